@@ -1,0 +1,99 @@
+"""Checksummed, atomically written artifacts (JSON and npz); never pickle.
+
+Every persisted genoray artifact is either JSON, ``.npz`` read with ``allow_pickle=False``,
+Parquet, or a FAISS index file, and every file is listed with its sha256 in a JSON manifest
+that is verified before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ChecksumError(ValueError):
+    """A file does not match the sha256 recorded for it in its manifest."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 of the canonical JSON form of ``obj`` (sorted keys, no spaces)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write numeric arrays only (object arrays would need pickle and are refused)."""
+    for name, arr in arrays.items():
+        if np.asarray(arr).dtype == object:
+            raise TypeError(f"refusing to write object array {name!r} (would need pickle)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def verify_files(root: str | os.PathLike, files: dict[str, str]) -> None:
+    """Check every ``{relative_path: sha256}`` under ``root``; raise naming the first bad file."""
+    root = Path(root)
+    for rel, expected in sorted(files.items()):
+        p = root / rel
+        if not p.is_file():
+            raise ChecksumError(f"{p}: missing (listed in manifest)")
+        got = sha256_file(p)
+        if got != expected:
+            raise ChecksumError(f"{p}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")

@@ -1,0 +1,171 @@
+"""``genoray`` command line. Each command calls the same function as the Python API:
+
+quickstart -> genoray.quickstart.run_quickstart
+embed      -> genoray.embed.embed_sequences
+index      -> genoray.index.build_index
+train      -> genoray.train.train_head
+evaluate   -> genoray.train.evaluate_store
+predict    -> genoray.predictor.Predictor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default="kmer",
+                   help="kmer (default: k-mer spectrum + GC + z-curve), kmer-pos (adds position-aware "
+                        "features for fixed-window tasks), or hf:<hub id or local model dir>")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the named transformers model to run its own code (local dir or explicit org/name only)")
+
+
+def _print(obj, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    from genoray.quickstart import ENCODERS, format_result, run_quickstart
+
+    encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
+    result = run_quickstart(a.data, a.workdir, encoders, use_ray=not a.no_ray)
+    _print(result, a.json, format_result(result))
+    return 0
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    from genoray.config import EmbedConfig
+    from genoray.embed import embed_sequences
+    from genoray.quickstart import make_encoder
+
+    report = embed_sequences(a.inputs, a.out, make_encoder(a.encoder, a.trust_remote_code),
+                             embed_cfg=EmbedConfig(batch_size=a.batch_size), use_ray=not a.no_ray)
+    _print(report.to_dict(), True)
+    return 0
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from genoray.config import IndexConfig
+    from genoray.index import build_index
+
+    split = None if a.split == "all" else a.split
+    _print(asdict(build_index(a.store, a.out, IndexConfig(split=split))), True)
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from genoray.config import HeadConfig
+    from genoray.train import train_head
+
+    split = None if a.split == "all" else a.split
+    _print(train_head(a.store, a.index, a.out, HeadConfig(k=a.k, C=a.C), split=split), True)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from genoray.train import evaluate_store
+
+    _print(evaluate_store(a.store, a.index, a.head, split=a.split), True)
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from genoray.predictor import Predictor
+    from genoray.sequences import ReadReport, iter_sequences
+
+    predictor = Predictor.load(a.index, a.head)
+    report = ReadReport()
+    out = open(a.out, "w") if a.out else sys.stdout
+    n = 0
+    try:
+        for batch in iter_sequences(a.inputs, report=report):
+            ids, seqs = batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()
+            for p in predictor.predict(seqs, ids=ids, k=a.k):
+                out.write(json.dumps(p.to_dict()) + "\n")
+                n += 1
+    finally:
+        if a.out:
+            out.close()
+    summary = report.to_dict()
+    summary["predicted"] = n
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="embed, index, train and evaluate one labeled file end to end")
+    p.add_argument("--data", help="labeled Parquet/CSV/FASTA with train/test splits (default: bundled E. coli promoters)")
+    p.add_argument("--workdir", help="where stores, indexes and heads are written (default: a new temp dir)")
+    p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
+    p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("embed", help="embed sequence files into a new embedding store")
+    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files")
+    p.add_argument("--out", required=True, help="new store directory")
+    _add_encoder_args(p)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("index", help="build a FAISS index from an embedding store")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="new index directory")
+    p.add_argument("--split", default="train", help="split to index, or 'all' (default: train)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("train", help="fit the fused kNN + linear head")
+    p.add_argument("store")
+    p.add_argument("--index", required=True, help="index built from the same store and split")
+    p.add_argument("--out", required=True, help="new head directory")
+    p.add_argument("--split", default="train")
+    p.add_argument("--k", type=int, default=10, help="neighbours in the vote")
+    p.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of majority / kNN / linear / fused on a held-out split")
+    p.add_argument("store")
+    p.add_argument("--index", required=True)
+    p.add_argument("--head", required=True)
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines)")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--index", required=True)
+    p.add_argument("--head", required=True)
+    p.add_argument("--out", help="write JSON lines here instead of stdout")
+    p.add_argument("--k", type=int, help="neighbours to return per prediction")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from genoray.sequences import SequenceFormatError
+
+    try:
+        return args.func(args)
+    except (SequenceFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"genoray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Frozen, typed configuration for each stage.
+
+Configs are plain frozen dataclasses, built at the edge (CLI flags, job arguments) and passed
+whole to the stage functions. ``to_dict``/``from_dict`` give a JSON form that is recorded in
+artifacts (for example the encoder config is part of the encoder fingerprint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a (possibly nested) config dataclass from a dict, refusing unknown keys."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        ftype = names[key].type
+        nested = _NESTED.get((cls.__name__, key))
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value)
+        elif isinstance(value, list) and "tuple" in str(ftype):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class CleanPolicy:
+    """How raw sequences are cleaned; every rejection is counted with its reason.
+
+    Attributes:
+        uppercase: upper-case the sequence (lower-case soft-masking is otherwise rejected).
+        rna_to_dna: translate U to T.
+        ambiguous: ``"to_n"`` maps IUPAC ambiguity codes (R Y S W K M B D H V) to N;
+            ``"reject"`` rejects records that contain them.
+        strip_gaps: remove alignment gaps ``-`` and ``.`` instead of rejecting the record.
+        max_n_fraction: reject records whose fraction of N exceeds this.
+        min_length / max_length: reject records outside this length range (after cleaning).
+        duplicate_ids: ``"reject"`` rejects a repeated id within one read; ``"error"`` raises.
+    """
+
+    uppercase: bool = True
+    rna_to_dna: bool = True
+    ambiguous: Literal["to_n", "reject"] = "to_n"
+    strip_gaps: bool = False
+    max_n_fraction: float = 0.1
+    min_length: int = 1
+    max_length: int = 1_000_000
+    duplicate_ids: Literal["reject", "error"] = "reject"
+
+    def __post_init__(self) -> None:
+        if self.ambiguous not in ("to_n", "reject"):
+            raise ValueError(f"ambiguous must be 'to_n' or 'reject', got {self.ambiguous!r}")
+        if not 0.0 <= self.max_n_fraction <= 1.0:
+            raise ValueError(f"max_n_fraction must be in [0, 1], got {self.max_n_fraction}")
+        if not 0 <= self.min_length <= self.max_length:
+            raise ValueError(f"need 0 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
+        if self.duplicate_ids not in ("reject", "error"):
+            raise ValueError(f"duplicate_ids must be 'reject' or 'error', got {self.duplicate_ids!r}")
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """Where ids, sequences, labels and domains come from in each input format.
+
+    Attributes:
+        id_column / sequence_column / label_column / domain_column / split_column: column names
+            for Parquet and CSV/TSV input. ``id_column=None`` picks ``seq_id`` or ``id``.
+        label_key / domain_key / split_key: FASTA/FASTQ header tags ``key=value``.
+        batch_size: records per Arrow batch.
+        clean: the cleaning policy.
+    """
+
+    id_column: str | None = None
+    sequence_column: str = "sequence"
+    label_column: str | None = "label"
+    domain_column: str | None = "domain"
+    split_column: str | None = "split"
+    label_key: str = "label"
+    domain_key: str = "domain"
+    split_key: str = "split"
+    batch_size: int = 8192
+    clean: CleanPolicy = field(default_factory=CleanPolicy)
+
+
+@dataclass(frozen=True)
+class PositionConfig:
+    """Position-aware features for fixed-window tasks (see :mod:`genoray.encoders.kmer`).
+
+    Attributes:
+        window: window length in bp; ``0`` means "fit it": the most common sequence length
+            in the corpus passed to ``KmerEncoder.fit``.
+        ks: k-mer sizes whose occurrence is recorded per position bin (1 = one-hot).
+        bin_size: positions per bin; ``0`` chooses ``ceil(window / max_bins)``.
+        max_bins: upper bound on bins when ``bin_size`` is 0.
+        weight: weight of the positional block relative to the spectrum blocks.
+        length_policy: ``"crop_pad"`` centre-crops longer and centre-pads (with N) shorter
+            sequences to the window; ``"error"`` refuses any sequence whose length differs.
+    """
+
+    window: int = 0
+    ks: tuple[int, ...] = (1, 2)
+    bin_size: int = 0
+    max_bins: int = 64
+    weight: float = 2.0
+    length_policy: Literal["crop_pad", "error"] = "crop_pad"
+
+    def __post_init__(self) -> None:
+        if self.window < 0 or self.bin_size < 0 or self.max_bins < 1:
+            raise ValueError("window, bin_size must be >= 0 and max_bins >= 1")
+        if not self.ks or any(k < 1 or k > 4 for k in self.ks):
+            raise ValueError(f"position ks must be in 1..4, got {self.ks}")
+        if self.length_policy not in ("crop_pad", "error"):
+            raise ValueError(f"length_policy must be 'crop_pad' or 'error', got {self.length_policy!r}")
+
+
+@dataclass(frozen=True)
+class KmerConfig:
+    """The weightless default encoder: k-mer spectra + GC + z-curve (+ optional position block).
+
+    Attributes:
+        ks: k-mer sizes of the (position-free) spectrum; each k gives one L2-normalised block.
+        canonical: merge each k-mer with its reverse complement (strand-agnostic tasks).
+        gc: add GC content.
+        zcurve: add the 9 phase-specific z-curve components.
+        position: position-aware block; ``None`` for a position-free encoder.
+    """
+
+    ks: tuple[int, ...] = (1, 2, 3, 4)
+    canonical: bool = False
+    gc: bool = True
+    zcurve: bool = True
+    position: PositionConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 or k > 8 for k in self.ks):
+            raise ValueError(f"k-mer sizes must be in 1..8, got {self.ks}")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """A frozen Hugging Face model used as encoder.
+
+    Attributes:
+        model: hub id (``org/name``) or a local directory made by ``save_pretrained``.
+        revision: hub revision (commit) to pin; ignored for local directories.
+        trust_remote_code: run the model's own Python code. Only honoured for a local
+            directory or when the user names the model explicitly; never on by default.
+        pooling: ``"mean"`` (attention-mask aware) or ``"cls"``.
+        tile_nt / overlap_nt: tile sequences longer than ``tile_nt`` bp with this overlap;
+            tile embeddings are averaged weighted by tile length. ``tile_nt=0`` derives it
+            from the model's maximum context (one token per bp assumed, conservative).
+        reverse_complement: average the embedding with that of the reverse complement.
+        batch_size: sequences (tiles) per forward pass; batches are formed by length bucket.
+        dtype: ``"auto"`` uses bfloat16/float16 on GPU and float32 on CPU.
+        device: ``"auto"`` picks CUDA when available.
+        layer: hidden layer to pool (``-1`` = last).
+        local_files_only: never contact a hub.
+    """
+
+    model: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    pooling: Literal["mean", "cls"] = "mean"
+    tile_nt: int = 0
+    overlap_nt: int = 32
+    reverse_complement: bool = False
+    batch_size: int = 32
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    layer: int = -1
+    local_files_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.tile_nt and self.overlap_nt >= self.tile_nt:
+            raise ValueError("overlap_nt must be smaller than tile_nt")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Ray Data execution of the embedding stage.
+
+    Attributes:
+        batch_size: records per ``map_batches`` call.
+        num_actors: encoder actors (one model load each); ``0`` = one per 2 CPUs, at least 1.
+        cpus_per_actor: fractional on CPU-only hosts so read tasks can still be scheduled.
+        gpus_per_actor: set automatically to 1 when the cluster has GPUs and this is ``None``.
+    """
+
+    batch_size: int = 1024
+    num_actors: int = 0
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float | None = None
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS index over L2-normalised embeddings (inner product = cosine).
+
+    Attributes:
+        split: only index rows of this split (``None`` = all rows).
+        recall_queries: held-out queries used to measure recall@10 against exact search.
+        seed: sampling seed.
+    """
+
+    split: str | None = "train"
+    recall_queries: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The fused kNN + logistic-regression head.
+
+    Attributes:
+        k: neighbours in the vote.
+        temperature: softmax temperature over similarities in the vote.
+        C: inverse L2 strength of the logistic regression.
+        val_fraction: part of the training split held out to choose the fusion weight and
+            to calibrate the fused probabilities (temperature scaling).
+        seed: split seed.
+    """
+
+    k: int = 10
+    temperature: float = 0.05
+    C: float = 1.0
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+_NESTED: dict[tuple[str, str], type] = {
+    ("ReadConfig", "clean"): CleanPolicy,
+    ("KmerConfig", "position"): PositionConfig,
+}

@@ -1,0 +1,44 @@
+"""Encoders turn cleaned DNA sequences into fixed-size float32 vectors.
+
+Every encoder implements :class:`Encoder`: ``embed(sequences) -> float32[n, dim]``, a JSON
+``spec()`` from which :func:`encoder_from_spec` rebuilds an identical encoder, and a
+``fingerprint`` (sha256 of the spec, which includes name, version and every parameter) that
+keys stored embeddings so vectors from different encoders are never mixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from genoray.artifacts import sha256_json
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    dim: int
+
+    def embed(self, sequences: Sequence[str]) -> np.ndarray: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+def fingerprint(encoder: Encoder) -> str:
+    """Stable id of an encoder: sha256 of its canonical JSON spec (first 16 hex digits)."""
+    return sha256_json(encoder.spec())[:16]
+
+
+def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
+    """Rebuild an encoder from ``spec()`` output (as stored beside embeddings and indexes)."""
+    kind = spec.get("type")
+    if kind == "kmer":
+        from genoray.encoders.kmer import KmerEncoder
+
+        return KmerEncoder.from_spec(spec)
+    if kind == "hf":
+        from genoray.encoders.hf import HFEncoder
+
+        return HFEncoder.from_spec(spec)
+    raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer' or 'hf'")

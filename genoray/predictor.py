@@ -1,0 +1,112 @@
+"""``Predictor``: encoder + index + fused head -> one :class:`Prediction` per sequence.
+
+Plain Python (no Ray): the same object runs in a notebook, a batch job or a Serve replica.
+Each prediction carries the label, calibrated class probabilities, the k neighbours used as
+evidence (seq_id, label, cosine similarity) and an out-of-distribution score in [0, 1]: the
+fraction of training sequences whose k-th neighbour is closer than this query's (values near 1
+mean the query is farther from the reference data than almost all of it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.config import CleanPolicy
+from genoray.encoders import Encoder, encoder_from_spec, fingerprint
+from genoray.heads import FusedHead, load_head
+from genoray.index import VectorIndex
+from genoray.sequences import Cleaner
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    seq_id: str
+    label: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    neighbours: list[Neighbour]
+    ood_score: float
+    seq_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Predictor:
+    """Predict labels with evidence. Build with :meth:`load` from saved index and head dirs."""
+
+    def __init__(self, encoder: Encoder, index: VectorIndex, head: FusedHead, clean: CleanPolicy | None = None):
+        if index.dim != encoder.dim or head.n_features_in_ != encoder.dim:
+            raise ValueError(f"dimension mismatch: encoder {encoder.dim}, index {index.dim}, head {head.n_features_in_}")
+        self.encoder, self.index, self.head = encoder, index, head.attach_index(index)
+        self.cleaner = Cleaner(clean or CleanPolicy())
+
+    @classmethod
+    def load(cls, index_dir: str | Path, head_dir: str | Path) -> "Predictor":
+        index = VectorIndex.load(index_dir)
+        encoder = encoder_from_spec(index.manifest["encoder"])
+        fp = fingerprint(encoder)
+        if fp != index.manifest["fingerprint"]:
+            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest['fingerprint']}")
+        return cls(encoder, index, load_head(head_dir, encoder_fingerprint=fp))
+
+    def clean(self, sequences: list[str]) -> list[str]:
+        out = []
+        for i, s in enumerate(sequences):
+            seq, why = self.cleaner(s)
+            if why is not None:
+                raise ValueError(f"sequence {i}: {why}")
+            out.append(seq)
+        return out
+
+    def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None) -> list[Prediction]:
+        """Predict for raw sequences (cleaned with the predictor's policy).
+
+        Args:
+            sequences: DNA sequences.
+            ids: optional ids; a query whose id is in the index does not vote for itself.
+            k: neighbours to return as evidence (default: the head's k).
+        """
+        if ids is not None and len(ids) != len(sequences):
+            raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
+        x = self.encoder.embed(self.clean(sequences))
+        proba, sims, pos = self.predict_vectors(x, ids)
+        k_show = k or self.head.k
+        out = []
+        for i in range(len(sequences)):
+            nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))
+                    for s, p in zip(sims[i, :k_show], pos[i, :k_show]) if p >= 0]
+            out.append(Prediction(
+                label=str(self.head.classes_[int(np.argmax(proba[i]))]),
+                probabilities={str(c): round(float(v), 6) for c, v in zip(self.head.classes_, proba[i])},
+                neighbours=nbrs,
+                ood_score=round(float(self.head.ood_score(sims[i, self.head.k - 1 : self.head.k])[0])
+                                if sims.shape[1] >= self.head.k else 1.0, 6),
+                seq_id=None if ids is None else ids[i],
+            ))
+        return out
+
+    def predict_vectors(self, x: np.ndarray, ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, neighbour similarities and index rows for embeddings ``x``."""
+        k = self.head.k
+        sims, pos = self.index.search(x, k + 1)
+        if ids is not None:
+            own = self.index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]
+            own &= pos >= 0
+        else:
+            own = np.zeros_like(pos, dtype=bool)
+        own[~own.any(axis=1), -1] = True  # no self-hit: drop the extra (k+1-th) neighbour
+        order = np.argsort(own, axis=1, kind="stable")[:, :k]
+        sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
+        p_knn = self.head.knn_.proba_from_neighbours(sims, pos)
+        p_lin = self.head.linear_.predict_proba(x)
+        return self.head.combine(p_knn, p_lin), sims, pos
