@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new head directory")
     p.add_argument("--split", default="train")
     p.add_argument("--k", type=int, default=10, help="neighbours in the vote")
-    p.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
+    p.add_argument("--C", type=float, default=None,
+                   help="inverse regularisation of the logistic regression (default: chosen on a validation split)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of majority / kNN / linear / fused on a held-out split")

@@ -229,7 +229,8 @@ class HeadConfig:
     Attributes:
         k: neighbours in the vote.
         temperature: softmax temperature over similarities in the vote.
-        C: inverse L2 strength of the logistic regression.
+        C: inverse L2 strength of the logistic regression; ``None`` chooses it from
+            (0.01, 0.1, 1) on the validation split.
         val_fraction: part of the training split held out to choose the fusion weight and
             to calibrate the fused probabilities (temperature scaling).
         seed: split seed.
@@ -237,7 +238,7 @@ class HeadConfig:
 
     k: int = 10
     temperature: float = 0.05
-    C: float = 1.0
+    C: float | None = None
     val_fraction: float = 0.2
     seed: int = 0
 

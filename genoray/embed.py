@@ -172,8 +172,9 @@ def _ray_embed(table: pa.Table, spec: dict[str, Any], encoder: Encoder, cfg: Emb
         n_actors = max(1, int(gpus / num_gpus))
     else:
         n_actors = max(1, int(cpus) - 1) if cpus > 2 else max(1, int(cpus))
-    blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=cfg.batch_size)]
-    ds = ray.data.from_arrow(blocks or [table])
+    blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=cfg.batch_size)] or [table]
+    n_actors = max(1, min(n_actors, len(blocks)))
+    ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"encoder_spec": spec},

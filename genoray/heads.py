@@ -28,6 +28,7 @@ from genoray.config import HeadConfig, to_dict
 FORMAT_VERSION = 1
 _WEIGHT_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 33))
+_C_GRID = (0.01, 0.1, 1.0)
 
 
 def _encode(y, classes: np.ndarray) -> np.ndarray:
@@ -208,12 +209,18 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     Args: see :class:`genoray.config.HeadConfig` (``k``, ``temperature``, ``C``,
     ``val_fraction``, ``seed``).
 
+    ``C=None`` chooses the regularisation of the linear part from (0.01, 0.1, 1) on the same
+    validation split, so wide feature sets (e.g. position-aware blocks on unaligned data)
+    are shrunk instead of overfitting.
+
     Fitted attributes: ``classes_``, ``weight_`` (of the kNN vote), ``calibration_`` (temperature),
+    ``C_`` (regularisation used),
     ``linear_``, ``knn_``, ``ood_reference_`` (sorted k-th-neighbour cosine distances of the
     training rows, leave-one-out), ``val_scores_`` (validation log-loss per fusion weight).
     """
 
-    def __init__(self, k: int = 10, temperature: float = 0.05, C: float = 1.0, val_fraction: float = 0.2, seed: int = 0):
+    def __init__(self, k: int = 10, temperature: float = 0.05, C: float | None = None, val_fraction: float = 0.2,
+                 seed: int = 0):
         self.k = k
         self.temperature = temperature
         self.C = C
@@ -230,9 +237,16 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array(sorted(set(y)), dtype=object)
         codes = _encode(y, self.classes_)
         tr, va = _stratified_split(codes, self.val_fraction, self.seed)
-        lin = LinearHead(C=self.C).fit(X[tr], y[tr])
+        grid = _C_GRID if self.C is None else (self.C,)
+        best = None
+        for C in grid:
+            lin = LinearHead(C=C).fit(X[tr], y[tr])
+            p = _align(lin, lin.predict_proba(X[va]), self.classes_)
+            loss = _log_loss(p, codes[va])
+            if best is None or loss < best[0]:
+                best = (loss, C, p)
+        _, self.C_, p_lin = best
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).fit(X[tr], y[tr])
-        p_lin = _align(lin, lin.predict_proba(X[va]), self.classes_)
         p_knn = _align(knn, knn.predict_proba(X[va]), self.classes_)
         scores = [_log_loss(w * p_knn + (1 - w) * p_lin, codes[va]) for w in _WEIGHT_GRID]
         self.val_scores_ = dict(zip(map(float, _WEIGHT_GRID), scores))
@@ -241,7 +255,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         cal = [_log_loss(calibrate(fused, t), codes[va]) for t in _TEMPERATURE_GRID]
         self.calibration_ = float(_TEMPERATURE_GRID[int(np.argmin(cal))])
         # refit both parts on all training rows
-        self.linear_ = LinearHead(C=self.C).fit(X, y)
+        self.linear_ = LinearHead(C=self.C_).fit(X, y)
         self.knn_ = KNNVoteHead(k=self.k, temperature=self.temperature).fit(X, y)
         self.n_features_in_ = X.shape[1]
         sims, _ = self.knn_.kneighbors(X, exclude_self=True)
@@ -299,6 +313,7 @@ def save_head(head: FusedHead, out_dir: str | Path, encoder_fingerprint: str | N
         "linear_classes": [str(c) for c in lin.classes_],
         "n_features": int(head.n_features_in_),
         "weight": head.weight_,
+        "C": head.C_,
         "calibration": head.calibration_,
         "val_scores": head.val_scores_,
         "encoder_fingerprint": encoder_fingerprint,
@@ -326,10 +341,10 @@ def load_head(path: str | Path, encoder_fingerprint: str | None = None) -> Fused
     head = FusedHead(**payload["params"])
     head.classes_ = np.array(payload["classes"], dtype=object)
     head.n_features_in_ = payload["n_features"]
-    head.weight_, head.calibration_ = payload["weight"], payload["calibration"]
+    head.weight_, head.calibration_, head.C_ = payload["weight"], payload["calibration"], payload["C"]
     head.val_scores_ = payload["val_scores"]
     head.ood_reference_ = arrays["ood_reference"]
-    lin = LinearHead(C=head.C)
+    lin = LinearHead(C=head.C_)
     lin.classes_ = np.array(payload["linear_classes"], dtype=object)
     lin.n_features_in_ = payload["n_features"]
     lin.coef_, lin.intercept_, lin.mean_, lin.scale_ = arrays["coef"], arrays["intercept"], arrays["mean"], arrays["scale"]

@@ -99,8 +99,9 @@ class VectorIndex:
             raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
         out.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(out / "index.faiss"))
-        pq.write_table(pa.table({"seq_id": pa.array(list(self.ids), pa.string()),
-                                 "label": pa.array(list(self.labels), pa.string())}), out / "ids.parquet")
+        pq.write_table(pa.table({
+            "seq_id": pa.array([str(i) for i in self.ids], pa.string()),
+            "label": pa.array([None if v is None else str(v) for v in self.labels], pa.string())}), out / "ids.parquet")
         self.manifest["files"] = {n: sha256_file(out / n) for n in ("index.faiss", "ids.parquet")}
         write_json(out / MANIFEST, self.manifest)
 

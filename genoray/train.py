@@ -38,7 +38,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
-            "weight_knn": head.weight_, "calibration": head.calibration_, "seconds": round(time.perf_counter() - t0, 3)}
+            "weight_knn": head.weight_, "calibration": head.calibration_, "C": head.C_, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,

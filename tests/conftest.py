@@ -1,0 +1,33 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray per test session: 2 CPUs, no dashboard, small object store."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def write_fasta(path: Path, records, width: int = 60) -> Path:
+    with open(path, "w") as f:
+        for header, seq in records:
+            f.write(f">{header}\n")
+            for i in range(0, len(seq), width):
+                f.write(seq[i : i + width] + "\n")
+    return path

@@ -1,0 +1,130 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_fasta
+from genoray.cli import main
+from genoray.config import KmerConfig, PositionConfig
+from genoray.embed import embed_sequences
+from genoray.encoders.kmer import KmerEncoder
+from genoray.index import build_index
+from genoray.predictor import Predictor
+from genoray.quickstart import bundled_dataset, run_quickstart
+from genoray.store import EmbeddingStore
+from genoray.train import evaluate_store, train_head
+
+
+@pytest.fixture
+def labeled_fasta(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(120):
+        label = "gc" if i % 2 else "at"
+        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
+        split = "test" if i % 5 == 0 else "train"
+        recs.append((f"s{i} label={label} split={split}", "".join(rng.choice(alphabet, size=60))))
+    recs.append(("bad label=gc split=train", "ACGTXXXX"))
+    return write_fasta(tmp_path / "toy.fa", recs)
+
+
+def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta):
+    enc = KmerEncoder()
+    rep = embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False, embed_cfg=None)
+    d = rep.to_dict()
+    assert (d["read"], d["accepted"], d["rejected"], d["written"]) == (121, 120, 1, 120)
+    assert d["rejected_by_reason"] == {"invalid_character": 1}
+    store = EmbeddingStore(tmp_path / "store")
+    emb = store.load()
+    assert len(set(emb.ids)) == 120 and emb.vectors.shape == (120, enc.dim)
+    from genoray.sequences import read_sequences
+
+    t, _ = read_sequences(labeled_fasta)
+    assert np.array_equal(emb.vectors, enc.embed(t["sequence"].to_pylist()))
+    with pytest.raises(FileExistsError):
+        embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False)
+
+
+def test_corrupt_store_part_is_refused(tmp_path, labeled_fasta):
+    embed_sequences(labeled_fasta, tmp_path / "store", KmerEncoder(), use_ray=False)
+    part = tmp_path / "store" / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 1
+    part.write_bytes(bytes(data))
+    from genoray.artifacts import ChecksumError
+
+    with pytest.raises(ChecksumError, match="part-00000"):
+        EmbeddingStore(tmp_path / "store")
+
+
+@pytest.mark.ray
+def test_ray_embedding_equals_local(ray_session, tmp_path, labeled_fasta):
+    enc = KmerEncoder(KmerConfig(position=PositionConfig()))
+    r1 = embed_sequences(labeled_fasta, tmp_path / "ray", enc, use_ray=True)
+    r2 = embed_sequences(labeled_fasta, tmp_path / "local", KmerEncoder(KmerConfig(position=PositionConfig())), use_ray=False)
+    assert r1.fingerprint == r2.fingerprint and r1.written == r2.written == 120
+    a, b = EmbeddingStore(tmp_path / "ray").load(), EmbeddingStore(tmp_path / "local").load()
+    order_a, order_b = np.argsort(a.ids), np.argsort(b.ids)
+    assert list(a.ids[order_a]) == list(b.ids[order_b])
+    assert np.array_equal(a.vectors[order_a], b.vectors[order_b])
+
+
+def test_stage_functions_and_predictor(tmp_path, labeled_fasta):
+    embed_sequences(labeled_fasta, tmp_path / "store", KmerEncoder(), use_ray=False)
+    ix = build_index(tmp_path / "store", tmp_path / "index")
+    assert ix.ntotal == 96 and ix.recall_at_10 == pytest.approx(1.0)
+    train_head(tmp_path / "store", tmp_path / "index", tmp_path / "head")
+    res = evaluate_store(tmp_path / "store", tmp_path / "index", tmp_path / "head")
+    assert res["fused"]["accuracy"] >= 0.9 and res["majority"]["mcc"] == 0.0
+    pred = Predictor.load(tmp_path / "index", tmp_path / "head")
+    out = pred.predict(["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], k=3)
+    assert [p.label for p in out] == ["gc", "at"]
+    assert len(out[0].neighbours) == 3 and out[0].neighbours[0].label == "gc"
+    assert abs(sum(out[0].probabilities.values()) - 1) < 1e-5 and 0 <= out[0].ood_score <= 1
+    # a query whose id is in the index does not vote for itself
+    emb = EmbeddingStore(tmp_path / "store").load("train")
+    _, _, pos = pred.predict_vectors(emb.vectors[:5], list(emb.ids[:5]))
+    assert not any(emb.ids[i] in set(pred.index.ids[pos[i]]) for i in range(5))
+    with pytest.raises(ValueError, match="sequence 0: invalid_character"):
+        pred.predict(["ACGQ"])
+
+
+def test_quickstart_on_bundled_data_beats_majority():
+    res = run_quickstart(encoders=("kmer",), use_ray=False)
+    run = res["runs"][0]
+    m = run["metrics"]
+    assert run["records"]["read"] == run["records"]["accepted"] + run["records"]["rejected"] == 5719
+    assert m["fused"]["accuracy"] > m["majority"]["accuracy"] + 0.25
+    assert m["fused"]["auroc"] > 0.85
+
+
+def test_cli_predict_and_errors(tmp_path, labeled_fasta, capsys):
+    assert main(["embed", str(labeled_fasta), "--out", str(tmp_path / "s"), "--no-ray"]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 120
+    assert main(["index", str(tmp_path / "s"), "--out", str(tmp_path / "i")]) == 0
+    assert main(["train", str(tmp_path / "s"), "--index", str(tmp_path / "i"), "--out", str(tmp_path / "h")]) == 0
+    capsys.readouterr()
+    q = write_fasta(tmp_path / "q.fa", [("q1", "GGCCGGCCAT" * 6), ("q2", "ACGTN!")])
+    assert main(["predict", str(q), "--index", str(tmp_path / "i"), "--head", str(tmp_path / "h"),
+                 "--out", str(tmp_path / "p.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (summary["read"], summary["predicted"], summary["rejected"]) == (2, 1, 1)
+    line = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert line["seq_id"] == "q1" and line["label"] == "gc" and line["neighbours"]
+    bad = tmp_path / "bad.fa"
+    bad.write_text("no header\n")
+    assert main(["embed", str(bad), "--out", str(tmp_path / "s2"), "--no-ray"]) == 2
+    assert "bad.fa: record 1: malformed" in capsys.readouterr().err
+
+
+def test_import_is_light_and_has_no_side_effects():
+    code = "import sys, genoray; print(sorted(m for m in ('torch','ray','faiss','transformers','sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bundled_dataset_is_shipped_with_citation():
+    path = bundled_dataset()
+    assert path.is_file() and "Liu" in (path.parent / "README.md").read_text()

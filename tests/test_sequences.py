@@ -1,0 +1,147 @@
+import gzip
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_fasta
+from genoray.config import CleanPolicy, ReadConfig
+from genoray.sequences import (Cleaner, ReadReport, SequenceFormatError, iter_sequences, read_sequences,
+                               reverse_complement, tile)
+
+
+def test_fasta_tags_wrapping_and_counts(tmp_path):
+    p = write_fasta(tmp_path / "a.fa", [("r1 label=pos split=train domain=ecoli some text", "ACGT" * 30),
+                                       ("r2 label=neg", "acgu"), ("r3", "ACGT" * 4 + "ACGR")], width=7)
+    t, r = read_sequences(p)
+    rows = t.to_pylist()
+    assert [x["seq_id"] for x in rows] == ["r1", "r2", "r3"]
+    assert rows[0]["sequence"] == "ACGT" * 30 and rows[0]["label"] == "pos"
+    assert rows[0]["split"] == "train" and rows[0]["domain"] == "ecoli"
+    assert '"description": "some text"' in rows[0]["meta"]
+    assert rows[1]["sequence"] == "ACGT" and rows[1]["label"] == "neg"  # lower-case + U->T
+    assert rows[2]["sequence"] == "ACGT" * 4 + "ACGN"  # IUPAC R -> N
+    assert (r.read, r.accepted, r.n_rejected) == (3, 3, 0)
+
+
+def test_fastq_and_gzip(tmp_path):
+    fq = tmp_path / "r.fastq.gz"
+    with gzip.open(fq, "wt") as f:
+        f.write("@q1 label=a\nACGT\n+\nIIII\n@q2\nGGCC\n+\nIIII\n")
+    t, r = read_sequences(fq)
+    assert t["sequence"].to_pylist() == ["ACGT", "GGCC"] and r.accepted == 2
+
+
+def test_parquet_csv_tsv(tmp_path):
+    tbl = pa.table({"id": ["a", "b"], "sequence": ["ACGT", "TTTT"], "label": ["x", "y"], "gene": ["g1", None]})
+    pq.write_table(tbl, tmp_path / "d.parquet")
+    t, _ = read_sequences(tmp_path / "d.parquet")
+    assert t["seq_id"].to_pylist() == ["a", "b"] and t["label"].to_pylist() == ["x", "y"]
+    assert t["meta"].to_pylist() == ['{"gene": "g1"}', None]
+    (tmp_path / "d.csv").write_text("seq_id,sequence,label\ns1,ACGT,p\ns2,GG,q\n")
+    (tmp_path / "d.tsv").write_text("seq_id\tsequence\n t1\tAC\n")
+    t, r = read_sequences([tmp_path / "d.csv", tmp_path / "d.tsv"])
+    assert t.num_rows == 3 and r.read == 3
+
+
+def test_shared_fasta_matches_parquet():
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data not present")
+    a, _ = read_sequences(SHARED_DATA / "ienhancer2l_layer1.fasta")
+    b, _ = read_sequences(SHARED_DATA / "ienhancer2l_layer1.parquet")
+    assert a.select(["seq_id", "sequence", "label", "split"]).equals(b.select(["seq_id", "sequence", "label", "split"]))
+
+
+@pytest.mark.parametrize("content,reason", [
+    (">a\n\n>b\nACGT\n", "empty"),
+    (">a\nACGXT\n", "invalid_character: 'X' at position 4"),
+    (">a\nACGT\n>a\nGGGG\n", "duplicate_id"),
+    (">a\nNNNNNNNNAC\n", "too_many_n"),
+])
+def test_bad_records_are_rejected_with_reason(tmp_path, content, reason):
+    p = tmp_path / "bad.fa"
+    p.write_text(content)
+    report = ReadReport()
+    list(iter_sequences(p, report=report))
+    assert report.read == report.accepted + report.n_rejected
+    assert report.n_rejected == 1
+    ex = report.examples[0]
+    assert ex.reason.startswith(reason) and ex.path == str(p) and ex.record >= 1
+
+
+def test_no_header_names_file_and_record(tmp_path):
+    p = tmp_path / "nohdr.fa"
+    p.write_text("ACGT\n>a\nAC\n")
+    with pytest.raises(SequenceFormatError, match=r"nohdr\.fa: record 1: malformed: .*Expected '>'"):
+        read_sequences(p)
+
+
+def test_truncated_gzip_is_an_error_not_a_short_read(tmp_path):
+    data = gzip.compress(b"".join(b">r%d\nACGTACGTAC\n" % i for i in range(20000)))
+    p = tmp_path / "cut.fa.gz"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SequenceFormatError, match=r"cut\.fa\.gz: record \d+: truncated compressed file after \d+ records"):
+        read_sequences(p)
+
+
+def test_binary_junk(tmp_path):
+    p = tmp_path / "junk.fasta"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SequenceFormatError, match=r"junk\.fasta"):
+        read_sequences(p)
+    q = tmp_path / "junk.parquet"
+    q.write_bytes(b"not parquet at all")
+    with pytest.raises(SequenceFormatError, match=r"junk\.parquet: file: not a readable Parquet file"):
+        read_sequences(q)
+
+
+def test_non_ascii_rejected(tmp_path):
+    p = tmp_path / "u.fa"
+    p.write_bytes(">a\nAC\xc3\xa9GT\n>b\nACGT\n".encode("latin-1"))
+    with pytest.raises(SequenceFormatError, match=r"u\.fa: record 1"):
+        read_sequences(p)
+
+
+def test_missing_columns_and_unknown_type(tmp_path):
+    pq.write_table(pa.table({"name": ["a"], "seq": ["AC"]}), tmp_path / "x.parquet")
+    with pytest.raises(SequenceFormatError, match=r"missing column"):
+        read_sequences(tmp_path / "x.parquet")
+    (tmp_path / "x.bam").write_text("")
+    with pytest.raises(SequenceFormatError, match="unknown file type"):
+        read_sequences(tmp_path / "x.bam")
+    with pytest.raises(SequenceFormatError, match="no such file"):
+        read_sequences(tmp_path / "absent.fa")
+
+
+def test_duplicate_ids_across_files_and_error_policy(tmp_path):
+    a = write_fasta(tmp_path / "a.fa", [("x", "ACGT")])
+    b = write_fasta(tmp_path / "b.fa", [("x", "GGGG"), ("y", "TTTT")])
+    t, r = read_sequences([a, b])
+    assert t["seq_id"].to_pylist() == ["x", "y"] and r.rejected["duplicate_id"] == 1
+    with pytest.raises(SequenceFormatError, match=r"b\.fa: record 1 \(id 'x'\): duplicate_id"):
+        read_sequences([a, b], ReadConfig(clean=CleanPolicy(duplicate_ids="error")))
+
+
+def test_cleaning_policy():
+    c = Cleaner(CleanPolicy(ambiguous="reject", min_length=3, max_length=5, strip_gaps=True))
+    assert c("AC-G.T") == ("ACGT", None)
+    assert c("ACR")[1].startswith("ambiguous_base: 'R' at position 3")
+    assert c("AC")[1].startswith("too_short")
+    assert c("ACGTAC")[1].startswith("too_long")
+    strict = Cleaner(CleanPolicy(uppercase=False, rna_to_dna=False))
+    assert strict("acgt")[1].startswith("invalid_character: 'a'")
+    assert strict("ACGU")[1].startswith("invalid_character: 'U'")
+    with pytest.raises(ValueError):
+        CleanPolicy(max_n_fraction=2)
+
+
+def test_tile_and_reverse_complement():
+    assert reverse_complement("AACGTN") == "NACGTT"
+    tiles = tile("ABCDEFGHIJ", 4, 1)
+    assert tiles == ["ABCD", "DEFG", "GHIJ"]
+    assert tile("ABCDEFGHIJK", 4, 1)[-1] == "HIJK"  # last tile aligned to the end
+    assert tile("ACG", 4, 1) == ["ACG"]
+    with pytest.raises(ValueError):
+        tile("ACGT", 4, 4)
