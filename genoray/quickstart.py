@@ -71,6 +71,7 @@ def run_quickstart(
             "dim": idx.dim,
             "records": {k: v for k, v in report.to_dict().items()
                         if k in ("read", "accepted", "rejected", "rejected_by_reason", "written")},
+            "embed_sequences_per_s": report.to_dict()["sequences_per_s"],
             "index": {"ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
             "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"]},
             "metrics": metrics,
