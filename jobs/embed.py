@@ -1,0 +1,14 @@
+"""Ray job entrypoint for `genoray embed` (same arguments; see `genoray embed --help`).
+
+    ray job submit --working-dir . -- python jobs/embed.py ...
+
+Connects to the cluster named by RAY_ADDRESS (set by `ray job submit`); the work is done by
+the same function the CLI and the Python API call.
+"""
+
+import sys
+
+from genoray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["embed", *sys.argv[1:]]))

@@ -1,0 +1,14 @@
+"""Ray job entrypoint for `genoray predict` (same arguments; see `genoray predict --help`).
+
+    ray job submit --working-dir . -- python jobs/predict.py ...
+
+Connects to the cluster named by RAY_ADDRESS (set by `ray job submit`); the work is done by
+the same function the CLI and the Python API call.
+"""
+
+import sys
+
+from genoray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["predict", *sys.argv[1:]]))
