@@ -108,6 +108,12 @@ class PositionConfig:
         weight: weight of the positional block relative to the spectrum blocks.
         length_policy: ``"crop_pad"`` centre-crops longer and centre-pads (with N) shorter
             sequences to the window; ``"error"`` refuses any sequence whose length differs.
+        enable: ``"auto"`` keeps the block only when ``fit`` finds position-specific base
+            composition in the (unlabeled) corpus: the largest per-position KL divergence of
+            base frequencies from the overall composition must exceed ``min_signal_bits`` and
+            10x its sampling-noise level. Windows not aligned on any site (e.g. enhancer
+            tiles) then get the position-free encoder. ``"always"`` keeps it regardless.
+        min_signal_bits: threshold of the ``auto`` test, in bits.
     """
 
     window: int = 0
@@ -116,8 +122,12 @@ class PositionConfig:
     max_bins: int = 64
     weight: float = 2.0
     length_policy: Literal["crop_pad", "error"] = "crop_pad"
+    enable: Literal["auto", "always"] = "auto"
+    min_signal_bits: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.enable not in ("auto", "always"):
+            raise ValueError(f"enable must be 'auto' or 'always', got {self.enable!r}")
         if self.window < 0 or self.bin_size < 0 or self.max_bins < 1:
             raise ValueError("window, bin_size must be >= 0 and max_bins >= 1")
         if not self.ks or any(k < 1 or k > 4 for k in self.ks):

@@ -75,7 +75,7 @@ def test_canonical_merges_reverse_complements():
 
 def test_position_block_is_one_hot_for_k1_bin1():
     enc = KmerEncoder(KmerConfig(ks=(1,), gc=False, zcurve=False,
-                                 position=PositionConfig(window=4, ks=(1,), bin_size=1, weight=1.0)))
+                                 position=PositionConfig(window=4, ks=(1,), bin_size=1, weight=1.0, enable="always")))
     x = enc.embed(["ACGT", "ACNT"])
     pos = x[:, 4:]
     expected0 = np.eye(4)[[0, 1, 2, 3]].reshape(-1) / 2.0  # one-hot, unit-normalised (norm sqrt(4))
@@ -87,7 +87,7 @@ def test_position_block_is_one_hot_for_k1_bin1():
 
 def test_position_bins_and_k2():
     enc = KmerEncoder(KmerConfig(ks=(1,), gc=False, zcurve=False,
-                                 position=PositionConfig(window=4, ks=(2,), bin_size=2, weight=1.0)))
+                                 position=PositionConfig(window=4, ks=(2,), bin_size=2, weight=1.0, enable="always")))
     pos = enc.embed(["AACC"])[0, 4:]
     # 2-mers AA(0) at pos0, AC(1) at pos1 -> bin 0; CC(5) at pos2 -> bin 1 (index 16+5)
     expected = np.zeros(32)
@@ -97,17 +97,17 @@ def test_position_bins_and_k2():
 
 def test_crop_pad_policy_and_error_policy():
     enc = KmerEncoder(KmerConfig(ks=(1,), gc=False, zcurve=False,
-                                 position=PositionConfig(window=4, ks=(1,), bin_size=1, weight=1.0)))
+                                 position=PositionConfig(window=4, ks=(1,), bin_size=1, weight=1.0, enable="always")))
     long, short = enc.embed(["TTACGTTT", "CG"])[:, 4:]  # centre crop -> ACGT? (8-4)//2=2 -> "ACGT"
     assert np.allclose(long, enc.embed(["ACGT"])[0, 4:])
     assert np.allclose(short, enc.embed(["NCGN"])[0, 4:])  # centre pad with N
-    strict = KmerEncoder(KmerConfig(position=PositionConfig(window=4, bin_size=1, length_policy="error")))
+    strict = KmerEncoder(KmerConfig(position=PositionConfig(window=4, bin_size=1, length_policy="error", enable="always")))
     with pytest.raises(ValueError, match="fitted on 4-bp windows"):
         strict.embed(["ACGTA"])
 
 
 def test_fit_resolves_window_and_spec_round_trip():
-    enc = KmerEncoder(KmerConfig(position=PositionConfig()))
+    enc = KmerEncoder(KmerConfig(position=PositionConfig(enable="always")))
     with pytest.raises(ValueError, match="not fitted"):
         enc.embed(["ACGT"])
     enc.fit(["ACGTAC"] * 3 + ["ACG"])
@@ -123,3 +123,21 @@ def test_spec_rejects_unknown():
         encoder_from_spec({"type": "nope"})
     with pytest.raises(ValueError, match="unknown keys"):
         encoder_from_spec({"type": "kmer", "version": 1, "config": {"bogus": 1}})
+
+
+def _corpus(n, length, motif=None, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list(ALPHA), size=length)) for _ in range(n)]
+    if motif:
+        mid = (length - len(motif)) // 2
+        seqs = [s[:mid] + motif + s[mid + len(motif):] for s in seqs]
+    return seqs
+
+
+def test_auto_keeps_position_block_only_for_aligned_windows():
+    aligned = KmerEncoder(KmerConfig(position=PositionConfig())).fit(_corpus(500, 40, motif="TATAAA"))
+    assert aligned.config.position is not None and aligned.fit_info_["position_block"]
+    assert aligned.fit_info_["position_signal_bits"] > 1.0  # a fixed base: log2(1/0.25)-ish
+    unaligned = KmerEncoder(KmerConfig(position=PositionConfig())).fit(_corpus(500, 40))
+    assert unaligned.config.position is None and not unaligned.fit_info_["position_block"]
+    assert fingerprint(unaligned) == fingerprint(KmerEncoder())  # identical vectors, identical key

@@ -133,6 +133,18 @@ def window_codes(sequences: Sequence[str], window: int, policy: str) -> np.ndarr
     return out
 
 
+def position_signal(sequences: Sequence[str], window: int) -> tuple[float, float]:
+    """Largest per-position KL divergence (bits) of base frequencies from the overall base
+    composition of the centred windows, and the KL expected from sampling noise alone
+    (``3 / (2 n ln 2)`` for 4 bases)."""
+    win = window_codes(sequences, window, "crop_pad")
+    counts = np.stack([(win == b).sum(axis=0) for b in range(4)], axis=1).astype(np.float64) + 0.5
+    p = counts / counts.sum(axis=1, keepdims=True)
+    g = counts.sum(axis=0) / counts.sum()
+    kl = (p * np.log2(p / g)).sum(axis=1)
+    return float(kl.max()), 3.0 / (2.0 * max(len(sequences), 1) * np.log(2.0))
+
+
 def position_block(win: np.ndarray, pos: PositionConfig) -> np.ndarray:
     """Binned positional k-mer occurrences for windowed codes ``(n, window)``."""
     n, window = win.shape
@@ -153,8 +165,9 @@ def position_block(win: np.ndarray, pos: PositionConfig) -> np.ndarray:
 class KmerEncoder:
     """k-mer spectrum + GC + z-curve encoder, optionally position-aware. No weights.
 
-    A position-aware encoder with ``window=0`` must be ``fit`` on a reference corpus first;
-    the fitted window and bin size become part of its ``spec`` and fingerprint.
+    A position-aware encoder with ``window=0`` or ``enable="auto"`` must be ``fit`` on a
+    reference corpus first; the fitted window and bin size (or the decision to drop the
+    position block) become part of its ``spec`` and fingerprint.
     """
 
     def __init__(self, config: KmerConfig | None = None):
@@ -182,17 +195,26 @@ class KmerEncoder:
     @property
     def needs_fit(self) -> bool:
         pos = self.config.position
-        return pos is not None and (pos.window == 0 or pos.bin_size == 0)
+        return pos is not None and (pos.window == 0 or pos.bin_size == 0 or pos.enable == "auto")
 
     def fit(self, sequences: Sequence[str]) -> "KmerEncoder":
-        """Resolve the position window (most common length) and bin size from a corpus."""
+        """Resolve the position window (most common length) and bin size from a corpus, and
+        with ``enable="auto"`` drop the position block when the corpus shows no positional
+        signal (see :class:`~genoray.config.PositionConfig`). ``fit_info_`` records why."""
         pos = self.config.position
-        if pos is None:
+        if pos is None or not self.needs_fit:
             return self
         window = pos.window or fit_window(sequences)
         bin_size = pos.bin_size or max(1, math.ceil(window / pos.max_bins))
+        signal, noise = position_signal(sequences, window)
+        keep = pos.enable == "always" or (signal > pos.min_signal_bits and signal > 10 * noise)
+        self.fit_info_ = {"window": window, "bin_size": bin_size, "position_signal_bits": round(signal, 5),
+                          "noise_bits": round(noise, 6), "position_block": keep}
+        if not keep:
+            self.config = dataclasses.replace(self.config, position=None)
+            return self
         self.config = dataclasses.replace(
-            self.config, position=dataclasses.replace(pos, window=window, bin_size=bin_size)
+            self.config, position=dataclasses.replace(pos, window=window, bin_size=bin_size, enable="always")
         )
         return self
 
