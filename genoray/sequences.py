@@ -64,11 +64,12 @@ class ReadReport:
     rejected: Counter = field(default_factory=Counter)
     examples: list[Reject] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    max_examples: int | None = MAX_REJECT_EXAMPLES  # None keeps every reject (for rejects tables)
 
     def reject(self, path: str, record: int, seq_id: str, reason: str) -> None:
         key = reason.split(":", 1)[0]
         self.rejected[key] += 1
-        if len(self.examples) < MAX_REJECT_EXAMPLES:
+        if self.max_examples is None or len(self.examples) < self.max_examples:
             self.examples.append(Reject(str(path), record, seq_id, reason))
 
     @property
@@ -79,8 +80,8 @@ class ReadReport:
         self.read += other.read
         self.accepted += other.accepted
         self.rejected.update(other.rejected)
-        room = MAX_REJECT_EXAMPLES - len(self.examples)
-        self.examples.extend(other.examples[: max(room, 0)])
+        room = None if self.max_examples is None else max(self.max_examples - len(self.examples), 0)
+        self.examples.extend(other.examples[:room])
         self.files.extend(other.files)
 
     def check(self) -> None:
@@ -260,7 +261,7 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[
         yield last
 
 
-def _table_batches(path: str, fmt: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -268,7 +269,7 @@ def _table_batches(path: str, fmt: str, batch_size: int) -> Iterator[pa.RecordBa
             pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError on junk
             raise SequenceFormatError(path, None, f"not a readable Parquet file: {e}") from e
-        yield from pf.iter_batches(batch_size=batch_size)
+        yield from pf.iter_batches(batch_size=batch_size, row_groups=row_groups)
         return
     import pyarrow.csv as pacsv
 
@@ -286,10 +287,11 @@ def _table_batches(path: str, fmt: str, batch_size: int) -> Iterator[pa.RecordBa
         raise SequenceFormatError(path, None, f"malformed delimited text: {e}") from e
 
 
-def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
-    record_no = 0
+def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder,
+                row_groups: list[int] | None = None, first_record: int = 1) -> Iterator[pa.RecordBatch]:
+    record_no = first_record - 1
     id_col = None
-    for batch in _table_batches(path, fmt, cfg.batch_size):
+    for batch in _table_batches(path, fmt, cfg.batch_size, row_groups):
         names = batch.schema.names
         if id_col is None:
             id_col = cfg.id_column or next((c for c in ("seq_id", "id") if c in names), None)
@@ -353,17 +355,35 @@ def iter_sequences(
         paths = [paths]
     seen: set[str] = set()
     for p in paths:
-        path = str(p)
-        if not Path(path).is_file():
-            raise SequenceFormatError(path, None, "no such file")
-        fmt = detect_format(path)
-        report.files.append(path)
-        builder = _BatchBuilder(path, cfg, report, seen)
-        if fmt == "fastx":
-            yield from _iter_fastx(path, cfg, builder)
-        else:
-            yield from _iter_table(path, fmt, cfg, builder)
+        yield from iter_file(p, cfg, report, seen)
     report.check()
+
+
+def iter_file(
+    path: str | Path,
+    cfg: ReadConfig,
+    report: ReadReport,
+    seen: set[str] | None = None,
+    row_groups: list[int] | None = None,
+    first_record: int = 1,
+) -> Iterator[pa.RecordBatch]:
+    """Stream one file (or, for Parquet, some of its row groups) into cleaned batches.
+
+    ``seen`` carries ids across calls for duplicate detection; ``first_record`` numbers the
+    records of a row-group range as in the whole file.
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        raise SequenceFormatError(path, None, "no such file")
+    fmt = detect_format(path)
+    report.files.append(path)
+    builder = _BatchBuilder(path, cfg, report, seen)
+    if fmt == "fastx":
+        if row_groups is not None:
+            raise ValueError(f"{path}: row groups only apply to Parquet")
+        yield from _iter_fastx(path, cfg, builder)
+    else:
+        yield from _iter_table(path, fmt, cfg, builder, row_groups, first_record)
 
 
 def read_sequences(
