@@ -47,10 +47,11 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from genoray.embed import embed_sequences
     from genoray.quickstart import make_encoder
 
+    cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
     report = embed_sequences(a.inputs, a.out, make_encoder(a.encoder, a.trust_remote_code),
-                             embed_cfg=EmbedConfig(batch_size=a.batch_size), use_ray=not a.no_ray)
+                             embed_cfg=cfg, use_ray=not a.no_ray)
     _print(report.to_dict(), True)
-    return 0
+    return 0 if report.status == "complete" else 3
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -114,11 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("embed", help="embed sequence files into a new embedding store")
-    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files")
-    p.add_argument("--out", required=True, help="new store directory")
+    p = sub.add_parser(
+        "embed", help="embed sequence files into an embedding store (resumable)",
+        description="Embed sequence files on a Ray actor pool. Rerunning into the same --out skips finished "
+                    "units, so an interrupted job resumes. Exit status: 0 complete, 3 partial (some files "
+                    "could not be read; they are listed), 2 error.")
+    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
+    p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
     _add_encoder_args(p)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1024, help="records per encoder call")
+    p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
+    p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
+                   help="a bad file: record it and go on (default, exit 3) or stop the job")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
     p.set_defaults(func=cmd_embed)
 
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SequenceFormatError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (SequenceFormatError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"genoray {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -202,19 +202,33 @@ class HFConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """Ray Data execution of the embedding stage.
+    """Execution of the embedding job (see :mod:`genoray.embed`).
 
     Attributes:
-        batch_size: records per ``map_batches`` call.
-        num_actors: encoder actors (one model load each); ``0`` = one per 2 CPUs, at least 1.
-        cpus_per_actor: fractional on CPU-only hosts so read tasks can still be scheduled.
-        gpus_per_actor: set automatically to 1 when the cluster has GPUs and this is ``None``.
+        batch_size: records per encoder call.
+        rows_per_unit: Parquet files are split into units of about this many rows (row groups);
+            FASTA/FASTQ files are one unit each.
+        num_actors: encoder actors (one model load each); ``0`` = one per GPU when the encoder
+            uses GPUs, else one per CPU.
+        cpus_per_actor: ``0`` = ``(cluster CPUs - 1) / actors`` capped at 1, so actors never
+            hold every CPU (which deadlocks the pipeline on small hosts).
+        gpus_per_actor: ``None`` = 1 for transformers encoders on a cluster with GPUs, else 0.
+        on_error: ``"continue"`` commits the good units and reports failed files
+            (``status="partial"``); ``"fail"`` raises on the first bad file.
     """
 
     batch_size: int = 1024
+    rows_per_unit: int = 200_000
     num_actors: int = 0
-    cpus_per_actor: float = 0.5
+    cpus_per_actor: float = 0.0
     gpus_per_actor: float | None = None
+    on_error: Literal["continue", "fail"] = "continue"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("continue", "fail"):
+            raise ValueError(f"on_error must be 'continue' or 'fail', got {self.on_error!r}")
+        if self.batch_size < 1 or self.rows_per_unit < 1 or self.num_actors < 0 or self.cpus_per_actor < 0:
+            raise ValueError("batch_size and rows_per_unit must be >= 1; num_actors, cpus_per_actor >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,38 @@
-"""``embed_sequences``: read sequence files, embed them on a Ray actor pool, write a store.
+"""``embed_sequences``: a resumable, idempotent embedding job on Ray Data.
 
-Ray Data runs the encoder in an actor pool (one encoder load per actor; fractional CPUs on
-CPU-only hosts so reads still get scheduled on small machines; one GPU per actor when the
-cluster has GPUs and the encoder is a transformers model). The driver streams results back
-with ``iter_batches`` and appends them to the store, which is committed atomically with its
-counts: ``read == accepted + rejected`` and ``written == accepted``.
+Work is split into *units*: one per FASTA/FASTQ file (gzip is not splittable), or a range of
+row groups (about ``rows_per_unit`` rows) of a Parquet file. A unit's key is a hash of its
+source (absolute path, size, mtime, row groups), the reading/cleaning config and the encoder
+fingerprint, so a changed input or encoder never reuses stale vectors.
+
+Ray Data runs the units on an actor pool (one encoder load per actor; fractional CPUs on
+CPU-only hosts so the read stage is never starved; one GPU per actor when the cluster has
+GPUs and the encoder is a transformers model). Each actor streams its unit through
+read -> clean -> embed -> Parquet and commits it atomically::
+
+    shards/<key>.parquet          embeddings (genoray.schema.embedding_schema)
+    shards/<key>.rejects.parquet  every rejected record: path, record, seq_id, reason
+    shards/<key>.done.json        counts + sha256; written last, so it marks a finished unit
+
+Only small per-unit summaries come back to the driver (its memory does not grow with the
+corpus except for an 8-byte hash per id used to detect duplicate ids across units). A rerun
+skips units whose done marker and shard checksum are intact, so a crashed job resumes and a
+finished one does no model work. A malformed file fails only its unit: the job records the
+file and reason, commits the rest and reports ``status="partial"`` (or, with
+``on_error="fail"``, raises). ``store.json`` is written last and lists exactly the committed
+shards; readers never glob.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +40,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.config import EmbedConfig, ReadConfig
+from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
+from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.sequences import ReadReport, read_sequences
-from genoray.store import EmbeddingStore, StoreWriter
+from genoray.sequences import ReadReport, SequenceFormatError, detect_format, iter_file
+from genoray.store import FORMAT_VERSION, MANIFEST, EmbeddingStore
 
 log = logging.getLogger(__name__)
+FIT_SAMPLE = 100_000
 
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
@@ -40,71 +62,261 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=object_store_mb * 2**20,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"),
-    )
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
+                 log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"))
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = bool(os.environ.get("GENORAY_PROGRESS"))
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
-class EmbedBatch:
-    """Ray Data callable class: builds the encoder once per actor and embeds Arrow batches."""
-
-    def __init__(self, encoder_spec: dict[str, Any]):
-        self.encoder = encoder_from_spec(encoder_spec)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return embed_table(self.encoder, batch)
-
-
-def embed_table(encoder: Encoder, batch: pa.Table) -> pa.Table:
-    """Embed one Arrow table of records; returns store rows (no sequence column)."""
-    seqs = batch[schema.SEQUENCE].to_pylist()
+def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Embed one Arrow batch of records; returns store rows (no sequence column)."""
+    seqs = batch.column(schema.SEQUENCE).to_pylist()
     vecs = np.ascontiguousarray(encoder.embed(seqs), dtype=np.float32)
     hashes = [hashlib.sha1(s.encode()).hexdigest() for s in seqs]
     emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
     return pa.table({
-        schema.SEQ_ID: batch[schema.SEQ_ID],
-        schema.LABEL: batch[schema.LABEL],
-        schema.DOMAIN: batch[schema.DOMAIN],
-        schema.SPLIT: batch[schema.SPLIT],
+        schema.SEQ_ID: batch.column(schema.SEQ_ID),
+        schema.LABEL: batch.column(schema.LABEL),
+        schema.DOMAIN: batch.column(schema.DOMAIN),
+        schema.SPLIT: batch.column(schema.SPLIT),
         schema.SEQ_HASH: pa.array(hashes, pa.string()),
         schema.EMBEDDING: emb,
     })
 
 
+# -- planning ---------------------------------------------------------------------------
+def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files from paths, directories (recursively, known extensions) and glob patterns."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith("."):
+                    try:
+                        detect_format(f)
+                    except SequenceFormatError:
+                        continue
+                    out.append(f)
+        elif any(c in str(item) for c in "*?["):
+            matches = sorted(Path(m) for m in __import__("glob").glob(str(item), recursive=True))
+            if not matches:
+                raise SequenceFormatError(str(item), None, "glob matched no files")
+            out.extend(matches)
+        else:
+            out.append(p)
+    return out
+
+
+def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int) -> list[dict[str, Any]]:
+    """Units of work with stable keys (see the module docstring)."""
+    units = []
+    cfg_hash = sha256_json(to_dict(read_cfg))[:16]
+    for f in files:
+        path = str(f.resolve())
+        if not f.is_file():
+            raise SequenceFormatError(str(f), None, "no such file")
+        st = f.stat()
+        ranges: list[tuple[list[int] | None, int]] = [(None, 1)]
+        if detect_format(f) == "parquet":
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except Exception:  # junk: one unit that will fail with a clear error
+                meta = None
+            if meta is not None and meta.num_row_groups > 1:
+                ranges, group, rows, first = [], [], 0, 1
+                for i in range(meta.num_row_groups):
+                    group.append(i)
+                    rows += meta.row_group(i).num_rows
+                    if rows >= rows_per_unit:
+                        ranges.append((group, first))
+                        first += rows
+                        group, rows = [], 0
+                if group:
+                    ranges.append((group, first))
+        for row_groups, first in ranges:
+            ident = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "row_groups": row_groups,
+                     "read_cfg": cfg_hash, "encoder": fp}
+            units.append({"key": sha256_json(ident)[:24], "path": path, "row_groups": row_groups, "first_record": first})
+    return units
+
+
+# -- one unit ---------------------------------------------------------------------------
+def shard_is_done(shard_dir: Path, key: str) -> dict[str, Any] | None:
+    """The done marker of a unit if it and its shard are intact, else ``None``."""
+    marker = shard_dir / f"{key}.done.json"
+    if not marker.is_file():
+        return None
+    try:
+        done = read_json(marker)
+        if sha256_file(shard_dir / done["file"]) != done["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return done
+
+
+def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
+                 batch_size: int) -> dict[str, Any]:
+    """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
+    with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
+    key = unit["key"]
+    report = ReadReport(max_examples=None)
+    tmp = shard_dir / f".{key}.{os.getpid()}.tmp"
+    writer = None
+    rows = 0
+    t0 = time.perf_counter()
+    try:
+        cfg = read_cfg if read_cfg.batch_size == batch_size else _with_batch(read_cfg, batch_size)
+        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"]):
+            out = embed_table(encoder, batch)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, out.schema, compression="zstd")
+            writer.write_table(out)
+            rows += out.num_rows
+        if writer is None:  # no accepted record: still commit an empty shard
+            writer = pq.ParquetWriter(tmp, schema.embedding_schema(encoder.dim), compression="zstd")
+        writer.close()
+        writer = None
+        _fsync(tmp)
+    except SequenceFormatError as e:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        return {"key": key, "path": unit["path"], "status": "failed", "error": str(e)}
+    report.check()
+    if report.examples:
+        rej = pa.table({"path": [r.path for r in report.examples], "record": [r.record for r in report.examples],
+                        "seq_id": [r.seq_id for r in report.examples], "reason": [r.reason for r in report.examples]})
+        pq.write_table(rej, shard_dir / f"{key}.rejects.parquet")
+    final = shard_dir / f"{key}.parquet"
+    os.replace(tmp, final)
+    done = {
+        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "status": "done",
+        "file": final.name, "sha256": sha256_file(final), "rows": rows,
+        "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
+        "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
+        "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
+        "node": os.uname().nodename,
+    }
+    if rows != report.accepted:
+        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.accepted}")
+    write_json(shard_dir / f"{key}.done.json", done)
+    return done
+
+
+def _with_batch(cfg: ReadConfig, batch_size: int) -> ReadConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, batch_size=batch_size)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+class EmbedUnits:
+    """Ray Data callable class: one encoder per actor; each call processes whole units."""
+
+    def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
+                 torch_threads: int = 1):
+        from genoray.config import from_dict
+
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, torch_threads))
+        except ImportError:  # pragma: no cover
+            pass
+        self.encoder = encoder_from_spec(encoder_spec)
+        self.read_cfg = from_dict(ReadConfig, read_cfg)
+        self.shard_dir = Path(shard_dir)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = []
+        for unit_json in batch["unit"]:
+            unit = json.loads(unit_json)
+            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size)))
+        return {"summary": np.array(out, dtype=object)}
+
+
+# -- the job ----------------------------------------------------------------------------
 @dataclass
 class EmbedReport:
-    """What one embedding run did; ``read == written + rejected`` is checked before commit."""
+    """What one run did. ``read == accepted + rejected`` and ``written == accepted`` over all
+    committed units; ``failed`` lists units whose file could not be parsed."""
 
     store: str
     fingerprint: str
-    read: ReadReport
+    status: str
+    read: int
+    accepted: int
+    rejected: Counter
     written: int
+    units: int
+    skipped: int
+    failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.read.to_dict()
-        d.update(store=self.store, fingerprint=self.fingerprint, written=self.written, seconds=self.seconds)
-        total = self.seconds.get("embed", 0.0)
-        d["sequences_per_s"] = round(self.written / total, 1) if total > 0 else None
-        return d
+        embed_s = self.seconds.get("embed", 0.0)
+        return {
+            "store": self.store, "fingerprint": self.fingerprint, "status": self.status,
+            "read": self.read, "accepted": self.accepted, "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())), "written": self.written,
+            "units": self.units, "units_skipped": self.skipped, "units_failed": len(self.failed),
+            "failed": self.failed, "seconds": self.seconds,
+            "sequences_per_s": round(self.written / embed_s, 1) if embed_s > 0 and self.skipped < self.units else None,
+        }
 
 
-def _fit_encoder(encoder: Encoder, table: pa.Table, fit_split: str | None) -> Encoder:
-    if not getattr(encoder, "needs_fit", False):
-        return encoder
-    seqs = table
-    if fit_split is not None and fit_split in set(table[schema.SPLIT].to_pylist()):
-        seqs = table.filter(pa.compute.equal(table[schema.SPLIT], fit_split))
-    return encoder.fit(seqs[schema.SEQUENCE].to_pylist())
+class DuplicateIdError(ValueError):
+    """The same seq_id occurs in more than one record of the corpus."""
+
+
+def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
+    """Up to FIT_SAMPLE sequences of ``fit_split`` (all splits if none match), streamed."""
+    in_split, any_split = [], []
+    for f in files:
+        try:
+            for batch in iter_file(f, read_cfg, ReadReport(), set()):
+                splits = batch.column(schema.SPLIT).to_pylist()
+                for s, sp in zip(batch.column(schema.SEQUENCE).to_pylist(), splits):
+                    if fit_split is not None and sp == fit_split and len(in_split) < FIT_SAMPLE:
+                        in_split.append(s)
+                    if len(any_split) < FIT_SAMPLE:
+                        any_split.append(s)
+                if len(in_split) >= FIT_SAMPLE:
+                    return in_split
+        except SequenceFormatError:
+            continue  # reported when its unit runs
+    return in_split or any_split
+
+
+def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: ReadConfig,
+                     fit_split: str | None) -> Encoder:
+    """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it."""
+    enc_file = out / "encoder.json"
+    requested = encoder.spec()
+    if enc_file.is_file():
+        saved = read_json(enc_file)
+        if sha256_json(saved["requested"]) != sha256_json(requested):
+            raise ValueError(f"{out}: this store was started with another encoder "
+                             f"({sha256_json(saved['requested'])[:16]} vs {sha256_json(requested)[:16]}); "
+                             "use a new output directory")
+        return encoder_from_spec(saved["fitted"])
+    if getattr(encoder, "needs_fit", False):
+        encoder.fit(_fit_sample(files, read_cfg, fit_split))
+    write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
+                          "fit_info": getattr(encoder, "fit_info_", None)})
+    return encoder
 
 
 def embed_sequences(
@@ -116,73 +328,151 @@ def embed_sequences(
     fit_split: str | None = "train",
     use_ray: bool = True,
 ) -> EmbedReport:
-    """Read, clean, embed and store sequences.
+    """Embed sequence files into a store; resumable and idempotent (see the module docstring).
 
     Args:
-        inputs: sequence files (see :func:`genoray.sequences.iter_sequences`).
-        out_dir: new store directory (must not exist or be empty).
-        encoder: any :class:`~genoray.encoders.Encoder`; a position-aware k-mer encoder that
-            is not yet fitted is fitted on the ``fit_split`` rows (all rows if absent).
-        read_cfg / embed_cfg: reading/cleaning and Ray execution settings.
-        use_ray: ``False`` embeds in this process (same code, no cluster), for small inputs
-            and for comparisons.
+        inputs: files, directories or glob patterns (FASTA/FASTQ[.gz], Parquet, CSV/TSV).
+        out_dir: store directory. Rerunning into the same directory with the same encoder
+            skips finished units; a different encoder is refused.
+        encoder: any :class:`~genoray.encoders.Encoder`; one that needs fitting (a
+            position-aware k-mer encoder) is fitted on up to 100k ``fit_split`` sequences.
+        read_cfg / embed_cfg: reading/cleaning and execution settings.
+        use_ray: ``False`` runs the units in this process (same code path, no cluster).
 
     Returns:
-        An :class:`EmbedReport` with counts and stage timings.
+        An :class:`EmbedReport`. Raises :class:`SequenceFormatError` for a bad file when
+        ``embed_cfg.on_error == "fail"`` and :class:`DuplicateIdError` for ids repeated
+        across units.
     """
+    read_cfg = read_cfg or ReadConfig()
     embed_cfg = embed_cfg or EmbedConfig()
     t0 = time.perf_counter()
-    table, report = read_sequences(inputs, read_cfg)
-    t_read = time.perf_counter() - t0
-    encoder = _fit_encoder(encoder, table, fit_split)
+    out = Path(out_dir)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    files = expand_inputs(inputs)
+    encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
     spec, fp = encoder.spec(), fingerprint(encoder)
-    writer = StoreWriter(out_dir, spec, fp, encoder.dim)
-    t1 = time.perf_counter()
-    try:
-        if use_ray and table.num_rows:
-            for out in _ray_embed(table, spec, encoder, embed_cfg):
-                writer.write(out)
+    units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit)
+    done: dict[str, dict[str, Any]] = {}
+    pending = []
+    for u in units:
+        d = shard_is_done(shard_dir, u["key"])
+        if d is not None:
+            done[u["key"]] = d
         else:
-            for start in range(0, table.num_rows, embed_cfg.batch_size):
-                writer.write(embed_table(encoder, table.slice(start, embed_cfg.batch_size)))
-        t_embed = time.perf_counter() - t1
-        if writer.rows != report.accepted:
-            raise RuntimeError(f"embedded {writer.rows} rows but {report.accepted} were accepted")
-        counts = report.to_dict()
-        counts["written"] = writer.rows
-        store = writer.commit(counts)
-    except BaseException:
-        writer.abort()
-        raise
-    return EmbedReport(str(store.path), fp, report, writer.rows, {"read": round(t_read, 3), "embed": round(t_embed, 3)})
+            pending.append(u)
+    skipped = len(done)
+    t1 = time.perf_counter()
+    failed: list[dict[str, Any]] = []
+    if pending:
+        if use_ray:
+            summaries = _run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
+        else:
+            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+        for s in summaries:
+            if s["status"] == "done":
+                done[s["key"]] = s
+            else:
+                failed.append(s)
+                log.error("unit failed: %s", s["error"])
+                if embed_cfg.on_error == "fail":
+                    raise SequenceFormatError(s["path"], None, s["error"])
+    t2 = time.perf_counter()
+    committed = [done[u["key"]] for u in units if u["key"] in done]
+    _check_unique_ids(shard_dir, committed)
+    status = "complete" if not failed else "partial"
+    rejected: Counter = Counter()
+    for d in committed:
+        rejected.update(d["rejected_by_reason"])
+    report = EmbedReport(
+        store=str(out), fingerprint=fp, status=status,
+        read=sum(d["read"] for d in committed), accepted=sum(d["accepted"] for d in committed),
+        rejected=rejected, written=sum(d["rows"] for d in committed), units=len(units), skipped=skipped,
+        failed=[{"path": f["path"], "error": f["error"]} for f in failed],
+        seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3)},
+    )
+    if report.read != report.accepted + sum(rejected.values()) or report.written != report.accepted:
+        raise RuntimeError(f"record counts do not add up: {report.to_dict()}")
+    _write_manifest(out, spec, fp, encoder.dim, committed, report)
+    _collect_garbage(shard_dir, {d["key"] for d in committed})
+    report.seconds["total"] = round(time.perf_counter() - t0, 3)
+    return report
 
 
-def _ray_embed(table: pa.Table, spec: dict[str, Any], encoder: Encoder, cfg: EmbedConfig):
+def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: ReadConfig, shard_dir: Path,
+                cfg: EmbedConfig):
     import ray
     import ray.data
 
     init_ray()
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    use_gpu = spec["type"] == "hf" and gpus > 0
-    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if use_gpu else 0.0)
+    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] == "hf" and gpus else 0.0)
     if cfg.num_actors:
         n_actors = cfg.num_actors
     elif num_gpus:
         n_actors = max(1, int(gpus / num_gpus))
     else:
-        n_actors = max(1, int(cpus) - 1) if cpus > 2 else max(1, int(cpus))
-    blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=cfg.batch_size)] or [table]
-    n_actors = max(1, min(n_actors, len(blocks)))
-    ds = ray.data.from_arrow(blocks)
+        n_actors = max(1, int(cpus))
+    n_actors = max(1, min(n_actors, len(pending)))
+    # Fractional CPUs: actors must never hold every CPU, or the read stage cannot be scheduled
+    # and the pipeline hangs silently (2-CPU deadlock).
+    cpus_per_actor = cfg.cpus_per_actor or max(0.1, min(1.0, (cpus - 1) / n_actors))
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"encoder_spec": spec},
-        batch_format="pyarrow",
-        batch_size=cfg.batch_size,
+        EmbedUnits,
+        fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
+                               "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
-        num_cpus=cfg.cpus_per_actor,
+        num_cpus=cpus_per_actor,
         num_gpus=num_gpus,
     )
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        yield batch
+    for row in ds.iter_rows():
+        yield json.loads(row["summary"])
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids],
+                    dtype=np.uint64)
+
+
+def _check_unique_ids(shard_dir: Path, committed: list[dict[str, Any]]) -> None:
+    if len(committed) < 2:
+        return  # ids are unique within a unit by construction
+    parts, owners = [], []
+    for i, d in enumerate(committed):
+        ids = pq.read_table(shard_dir / d["file"], columns=[schema.SEQ_ID])[schema.SEQ_ID].to_pylist()
+        parts.append(_id_hashes(ids))
+        owners.append(np.full(len(ids), i, dtype=np.int32))
+    h = np.concatenate(parts)
+    if len(h) == 0:
+        return
+    order = np.argsort(h, kind="stable")
+    dup = np.flatnonzero(h[order][1:] == h[order][:-1])
+    if len(dup):
+        files = sorted({committed[int(np.concatenate(owners)[order][j])]["path"] for j in np.r_[dup, dup + 1]})
+        raise DuplicateIdError(f"{len(dup)} seq_id(s) occur in more than one input unit; files involved: {files[:10]}")
+
+
+def _write_manifest(out: Path, spec, fp, dim, committed, report: EmbedReport) -> None:
+    write_json(out / MANIFEST, {
+        "format_version": FORMAT_VERSION,
+        "encoder": spec, "fingerprint": fp, "dim": dim,
+        "status": report.status,
+        "rows": report.written,
+        "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written")},
+        "failed": report.failed,
+        "parts": [{"file": f"shards/{d['file']}", "rows": d["rows"], "sha256": d["sha256"], "source": d["path"],
+                   "row_groups": d["row_groups"],
+                   "rejects": f"shards/{d['rejects_file']}" if d.get("rejects_file") else None} for d in committed],
+    })
+
+
+def _collect_garbage(shard_dir: Path, keep: set[str]) -> None:
+    """Remove shards of units no longer in the plan (changed inputs) and stale temp files."""
+    for f in shard_dir.iterdir():
+        key = f.name.lstrip(".").split(".")[0]
+        if key not in keep:
+            f.unlink(missing_ok=True)

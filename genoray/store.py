@@ -1,101 +1,34 @@
-"""The embedding store: Parquet parts plus a ``store.json`` manifest.
+"""The embedding store written by :func:`genoray.embed.embed_sequences`.
 
 Layout of a store directory::
 
-    store.json          format_version, encoder spec + fingerprint, dim, counts, parts (file, rows, sha256)
-    part-00000.parquet  rows of genoray.schema.embedding_schema(dim)
-    ...
+    store.json                 format_version, encoder spec + fingerprint, dim, status
+                               ("complete" | "partial"), counts, failed files, and parts
+                               (file, rows, sha256, source file, rejects table)
+    encoder.json               the encoder as requested and as fitted (reused on resume)
+    shards/<key>.parquet       rows of genoray.schema.embedding_schema(dim)
+    shards/<key>.rejects.parquet, shards/<key>.done.json
 
-A store is written to a temporary sibling directory and renamed into place only when complete,
-so a reader never sees half a store. Readers use the manifest, never a glob, and verify each
-part's sha256 before reading it.
+``store.json`` is written last (atomically), and readers use it, never a glob; each part's
+sha256 is verified before it is read.
 """
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
+from genoray.artifacts import read_json, verify_files
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "store.json"
-
-
-class StoreWriter:
-    """Append embedding batches into parts of at most ``rows_per_part`` rows; ``commit`` publishes."""
-
-    def __init__(self, out_dir: str | Path, encoder_spec: dict[str, Any], fingerprint: str, dim: int,
-                 rows_per_part: int = 100_000):
-        self.out_dir = Path(out_dir)
-        if (self.out_dir / MANIFEST).exists():
-            raise FileExistsError(f"{self.out_dir}: an embedding store already exists here; choose a new directory")
-        self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
-        self.spec, self.fingerprint, self.dim = encoder_spec, fingerprint, dim
-        self.schema = schema.embedding_schema(dim)
-        self.rows_per_part = rows_per_part
-        self.parts: list[dict[str, Any]] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows_in_part = 0
-        self.rows = 0
-
-    def _open_part(self) -> None:
-        name = f"part-{len(self.parts):05d}.parquet"
-        self.parts.append({"file": name, "rows": 0})
-        self._writer = pq.ParquetWriter(self.tmp / name, self.schema, compression="zstd")
-        self._rows_in_part = 0
-
-    def _close_part(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self.parts[-1]["rows"] = self._rows_in_part
-
-    def write(self, table: pa.Table) -> None:
-        table = table.select(self.schema.names).cast(self.schema)
-        offset = 0
-        while offset < table.num_rows:
-            if self._writer is None or self._rows_in_part >= self.rows_per_part:
-                self._close_part()
-                self._open_part()
-            take = min(self.rows_per_part - self._rows_in_part, table.num_rows - offset)
-            self._writer.write_table(table.slice(offset, take))
-            self._rows_in_part += take
-            self.rows += take
-            offset += take
-
-    def commit(self, counts: dict[str, Any]) -> "EmbeddingStore":
-        self._close_part()
-        for part in self.parts:
-            part["sha256"] = sha256_file(self.tmp / part["file"])
-        write_json(self.tmp / MANIFEST, {
-            "format_version": FORMAT_VERSION,
-            "encoder": self.spec,
-            "fingerprint": self.fingerprint,
-            "dim": self.dim,
-            "rows": self.rows,
-            "counts": counts,
-            "parts": self.parts,
-        })
-        if self.out_dir.exists():
-            if any(self.out_dir.iterdir()):
-                raise FileExistsError(f"{self.out_dir}: not empty; refusing to overwrite")
-            self.out_dir.rmdir()
-        self.tmp.rename(self.out_dir)
-        return EmbeddingStore(self.out_dir)
-
-    def abort(self) -> None:
-        self._close_part()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @dataclass
@@ -113,6 +46,12 @@ class Embeddings:
 
     def select(self, mask: np.ndarray) -> "Embeddings":
         return Embeddings(self.ids[mask], self.labels[mask], self.domains[mask], self.splits[mask], self.vectors[mask])
+
+
+def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
+    """The embedding column of a store table as a float32 ``(n, dim)`` matrix."""
+    emb = table[schema.EMBEDDING].combine_chunks()
+    return emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
 class EmbeddingStore:
@@ -141,21 +80,25 @@ class EmbeddingStore:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
-    def table(self) -> pa.Table:
-        parts = [pq.read_table(self.path / p["file"]) for p in self.manifest["parts"]]
-        if not parts:
-            return schema.embedding_schema(self.dim).empty_table()
-        return pa.concat_tables(parts)
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    def iter_tables(self, columns: list[str] | None = None):
+        """Stream the parts one at a time (bounded memory)."""
+        for p in self.manifest["parts"]:
+            yield pq.read_table(self.path / p["file"], columns=columns)
+
+    def table(self, split: str | None = None) -> pa.Table:
+        parts = [t if split is None else t.filter(pc.equal(t[schema.SPLIT], split)) for t in self.iter_tables()]
+        return pa.concat_tables(parts) if parts else schema.embedding_schema(self.dim).empty_table()
 
     def load(self, split: str | None = None) -> Embeddings:
         """Load rows (of one split, or all) into memory."""
-        t = self.table()
-        if split is not None:
-            t = t.filter(pa.compute.equal(t[schema.SPLIT], split))
-        emb = t[schema.EMBEDDING].combine_chunks()
-        vectors = emb.values.to_numpy(zero_copy_only=False).reshape(-1, self.dim).astype(np.float32, copy=False)
+        t = self.table(split)
 
         def col(name: str) -> np.ndarray:
             return np.array(t[name].to_pylist(), dtype=object)
 
-        return Embeddings(col(schema.SEQ_ID), col(schema.LABEL), col(schema.DOMAIN), col(schema.SPLIT), vectors)
+        return Embeddings(col(schema.SEQ_ID), col(schema.LABEL), col(schema.DOMAIN), col(schema.SPLIT),
+                          vectors_of(t, self.dim))

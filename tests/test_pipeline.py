@@ -43,19 +43,24 @@ def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta)
 
     t, _ = read_sequences(labeled_fasta)
     assert np.array_equal(emb.vectors, enc.embed(t["sequence"].to_pylist()))
-    with pytest.raises(FileExistsError):
-        embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False)
+    rej = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "store" / store.manifest["parts"][0]["rejects"])
+    assert rej.to_pylist() == [{"path": str(labeled_fasta.resolve()), "record": 121, "seq_id": "bad",
+                                "reason": "invalid_character: 'X' at position 5"}]
+    again = embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False)
+    assert again.skipped == again.units == 1 and again.written == 120  # finished: no model work
+    with pytest.raises(ValueError, match="another encoder"):
+        embed_sequences(labeled_fasta, tmp_path / "store", KmerEncoder(KmerConfig(ks=(2,))), use_ray=False)
 
 
 def test_corrupt_store_part_is_refused(tmp_path, labeled_fasta):
     embed_sequences(labeled_fasta, tmp_path / "store", KmerEncoder(), use_ray=False)
-    part = tmp_path / "store" / "part-00000.parquet"
+    part = tmp_path / "store" / EmbeddingStore(tmp_path / "store").manifest["parts"][0]["file"]
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 1
     part.write_bytes(bytes(data))
     from genoray.artifacts import ChecksumError
 
-    with pytest.raises(ChecksumError, match="part-00000"):
+    with pytest.raises(ChecksumError, match=part.name):
         EmbeddingStore(tmp_path / "store")
 
 
@@ -115,7 +120,11 @@ def test_cli_predict_and_errors(tmp_path, labeled_fasta, capsys):
     assert line["seq_id"] == "q1" and line["label"] == "gc" and line["neighbours"]
     bad = tmp_path / "bad.fa"
     bad.write_text("no header\n")
-    assert main(["embed", str(bad), "--out", str(tmp_path / "s2"), "--no-ray"]) == 2
+    assert main(["embed", str(bad), str(labeled_fasta), "--out", str(tmp_path / "s2"), "--no-ray"]) == 3
+    partial = json.loads(capsys.readouterr().out)
+    assert partial["status"] == "partial" and partial["written"] == 120 and partial["units_failed"] == 1
+    assert "bad.fa: record 1: malformed" in partial["failed"][0]["error"]
+    assert main(["embed", str(bad), "--out", str(tmp_path / "s3"), "--no-ray", "--on-error", "fail"]) == 2
     assert "bad.fa: record 1: malformed" in capsys.readouterr().err
 
 

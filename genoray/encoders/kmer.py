@@ -207,7 +207,7 @@ class KmerEncoder:
         window = pos.window or fit_window(sequences)
         bin_size = pos.bin_size or max(1, math.ceil(window / pos.max_bins))
         signal, noise = position_signal(sequences, window)
-        keep = pos.enable == "always" or (signal > pos.min_signal_bits and signal > 10 * noise)
+        keep = bool(pos.enable == "always" or (signal > pos.min_signal_bits and signal > 10 * noise))
         self.fit_info_ = {"window": window, "bin_size": bin_size, "position_signal_bits": round(signal, 5),
                           "noise_bits": round(noise, 6), "position_block": keep}
         if not keep:
