@@ -473,6 +473,5 @@ def _write_manifest(out: Path, spec, fp, dim, committed, report: EmbedReport) ->
 def _collect_garbage(shard_dir: Path, keep: set[str]) -> None:
     """Remove shards of units no longer in the plan (changed inputs) and stale temp files."""
     for f in shard_dir.iterdir():
-        key = f.name.lstrip(".").split(".")[0]
-        if key not in keep:
+        if f.name.startswith(".") or f.name.split(".")[0] not in keep:  # temp files of killed runs
             f.unlink(missing_ok=True)

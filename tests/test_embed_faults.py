@@ -1,0 +1,186 @@
+"""Faults in the embedding job: killed actors, a killed driver, bad files, several nodes."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_fasta
+from genoray.config import EmbedConfig
+from genoray.embed import embed_sequences
+from genoray.encoders.kmer import KmerEncoder
+from genoray.store import EmbeddingStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_corpus(d: Path, n_files: int, per_file: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    files = []
+    for f in range(n_files):
+        recs = [(f"f{f}_r{i} label={'a' if i % 2 else 'b'}", "".join(rng.choice(list("ACGT"), size=rng.integers(80, 200))))
+                for i in range(per_file)]
+        files.append(write_fasta(d / f"part{f:02d}.fa", recs))
+    return files
+
+
+def load_sorted(path):
+    e = EmbeddingStore(path).load()
+    order = np.argsort(e.ids)
+    return list(e.ids[order]), e.vectors[order]
+
+
+def test_bad_files_fail_only_their_unit(tmp_path):
+    good = make_corpus(tmp_path, 2, 50)
+    data = gzip.compress(b"".join(b">t%d\nACGTACGTAC\n" % i for i in range(20000)))
+    (tmp_path / "cut.fa.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.fq").write_bytes(os.urandom(4096))
+    rep = embed_sequences(tmp_path, tmp_path / "store", KmerEncoder(), use_ray=False)
+    d = rep.to_dict()
+    assert d["status"] == "partial" and d["written"] == 100 and d["units"] == 4
+    errors = {Path(f["path"]).name: f["error"] for f in d["failed"]}
+    assert set(errors) == {"cut.fa.gz", "junk.fq"}
+    assert "truncated compressed file" in errors["cut.fa.gz"]
+    store = EmbeddingStore(tmp_path / "store")
+    assert store.manifest["status"] == "partial" and store.rows == 100
+    assert not any("t1" == i for i in store.load().ids)  # nothing from the truncated file committed
+    # fix the inputs and rerun: only the formerly failed units do work
+    (tmp_path / "cut.fa.gz").unlink()
+    (tmp_path / "junk.fq").unlink()
+    again = embed_sequences(good, tmp_path / "store", KmerEncoder(), use_ray=False)
+    assert again.status == "complete" and again.skipped == 2 and again.written == 100
+
+
+def test_duplicate_ids_across_files_are_refused(tmp_path):
+    a = write_fasta(tmp_path / "a.fa", [("x", "ACGT"), ("y", "ACGA")])
+    b = write_fasta(tmp_path / "b.fa", [("x", "GGGG")])
+    from genoray.embed import DuplicateIdError
+
+    with pytest.raises(DuplicateIdError, match="more than one input unit"):
+        embed_sequences([a, b], tmp_path / "store", KmerEncoder(), use_ray=False)
+
+
+def test_parquet_split_into_row_group_units(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(list("ACGT"), size=50)) for _ in range(1000)]
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(1000)], "sequence": seqs}), tmp_path / "d.parquet",
+                   row_group_size=100)
+    seqs[503] = "ACGTZ"
+    rep = embed_sequences(tmp_path / "d.parquet", tmp_path / "s", KmerEncoder(), use_ray=False,
+                          embed_cfg=EmbedConfig(rows_per_unit=250))
+    assert rep.units == 4 and rep.written == 1000
+    ids, vecs = load_sorted(tmp_path / "s")
+    assert ids == sorted(f"p{i}" for i in range(1000))
+    assert np.array_equal(vecs[ids.index("p7")], KmerEncoder().embed([seqs[7]])[0])
+
+
+@pytest.mark.ray
+def test_killed_actor_loses_and_duplicates_nothing(ray_session, tmp_path):
+    files = make_corpus(tmp_path, 16, 400)
+    result = {}
+
+    def run():
+        result["report"] = embed_sequences(files, tmp_path / "store", KmerEncoder(), use_ray=True,
+                                           embed_cfg=EmbedConfig(num_actors=2, batch_size=50))
+
+    t = threading.Thread(target=run)
+    t.start()
+    killed = None
+    deadline = time.time() + 60
+    while killed is None and time.time() < deadline and t.is_alive():
+        shards = list((tmp_path / "store" / "shards").glob("*.done.json")) if (tmp_path / "store" / "shards").exists() else []
+        if shards:  # the done marker names the actor process that wrote it: kill that actor
+            killed = json.loads(shards[0].read_text())["worker_pid"]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    t.join(timeout=120)
+    assert killed is not None, "job finished before an actor could be killed"
+    rep = result["report"]
+    assert rep.status == "complete" and rep.written == rep.accepted == 16 * 400
+    ids, _ = load_sorted(tmp_path / "store")
+    assert len(ids) == len(set(ids)) == 6400
+
+
+def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
+    files = make_corpus(tmp_path, 12, 3000)
+    script = textwrap.dedent(f"""
+        import sys
+        from genoray.embed import embed_sequences
+        from genoray.config import EmbedConfig, KmerConfig, PositionConfig
+        from genoray.encoders.kmer import KmerEncoder
+        embed_sequences(sys.argv[2:], sys.argv[1], KmerEncoder(KmerConfig(position=PositionConfig())),
+                        use_ray=False, embed_cfg=EmbedConfig(batch_size=256))
+    """)
+    args = [sys.executable, "-c", script, str(tmp_path / "store")] + [str(f) for f in files]
+    proc = subprocess.Popen(args)
+    shard_dir = tmp_path / "store" / "shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if shard_dir.exists() and len(list(shard_dir.glob("*.done.json"))) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "job finished before it could be killed"
+    assert not (tmp_path / "store" / "store.json").exists()
+    finished_before = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("*.done.json")}
+    subprocess.run(args, check=True)
+    # the uninterrupted reference run
+    subprocess.run(args[:3] + [str(tmp_path / "ref")] + args[4:], check=True)
+    for name, mtime in finished_before.items():
+        assert (shard_dir / name).stat().st_mtime_ns == mtime  # skipped, not redone
+    assert not list(shard_dir.glob(".*"))  # no temp files left behind
+    a_ids, a = load_sorted(tmp_path / "store")
+    b_ids, b = load_sorted(tmp_path / "ref")
+    assert a_ids == b_ids and len(a_ids) == 36000 and np.array_equal(a, b)
+    assert EmbeddingStore(tmp_path / "store").manifest["counts"] == EmbeddingStore(tmp_path / "ref").manifest["counts"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_multi_node_cluster_embeds_every_record_once(tmp_path):
+    """Head + two worker nodes on this machine (separate Ray processes); run in a subprocess
+    because the test session already has its own Ray."""
+    files = make_corpus(tmp_path, 8, 300)
+    script = textwrap.dedent("""
+        import json, sys, tempfile
+        import ray
+        from ray.cluster_utils import Cluster
+        from genoray.embed import embed_sequences
+        from genoray.encoders.kmer import KmerEncoder
+        from genoray.config import EmbedConfig
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                          "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp(prefix="rc-")})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        ray.init(address=cluster.address, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        rep = embed_sequences(sys.argv[2:], sys.argv[1], KmerEncoder(), use_ray=True,
+                              embed_cfg=EmbedConfig(num_actors=2, cpus_per_actor=0.5))
+        import pathlib
+        nodes = {json.loads(p.read_text())["worker_pid"] for p in pathlib.Path(sys.argv[1], "shards").glob("*.done.json")}
+        print(json.dumps({"written": rep.written, "status": rep.status, "workers": len(nodes),
+                          "alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
+        ray.shutdown(); cluster.shutdown()
+    """)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")] + [str(f) for f in files],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["status"] == "complete" and res["written"] == 2400 and res["alive_nodes"] == 3
+    assert res["workers"] == 2  # both actors (one per worker node) did work
+    ids, _ = load_sorted(tmp_path / "store")
+    assert len(ids) == len(set(ids)) == 2400
