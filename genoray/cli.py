@@ -59,7 +59,9 @@ def cmd_index(a: argparse.Namespace) -> int:
     from genoray.index import build_index
 
     split = None if a.split == "all" else a.split
-    _print(asdict(build_index(a.store, a.out, IndexConfig(split=split))), True)
+    cfg = IndexConfig(split=split, index_type=a.type, shards=a.shards, memory_budget_mb=a.memory_budget_mb,
+                      target_recall=a.target_recall)
+    _print(asdict(build_index(a.store, a.out, cfg)), True)
     return 0
 
 
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="new index directory")
     p.add_argument("--split", default="train", help="split to index, or 'all' (default: train)")
+    p.add_argument("--type", default="auto",
+                   help="auto (Flat below 100k vectors, IVF-Flat within the memory budget, else IVF-PQ) or a "
+                        "FAISS factory string such as IVF1024,Flat or HNSW32")
+    p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
+    p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for stored vectors (auto type)")
+    p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("train", help="fit the fused kNN + linear head")

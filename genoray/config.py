@@ -233,16 +233,32 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """FAISS index over L2-normalised embeddings (inner product = cosine).
+    """Sharded FAISS index over L2-normalised embeddings (inner product = cosine).
 
     Attributes:
         split: only index rows of this split (``None`` = all rows).
-        recall_queries: held-out queries used to measure recall@10 against exact search.
+        index_type: ``"auto"`` (see :func:`genoray.index.choose_factory`) or a FAISS factory
+            string such as ``"Flat"``, ``"IVF1024,Flat"``, ``"IVF4096,PQ32"``, ``"HNSW32"``.
+        flat_threshold: below this many vectors ``auto`` builds an exact Flat index.
+        memory_budget_mb: ``auto`` stores raw vectors (IVF-Flat) only if they fit, else PQ codes.
+        shard_size / shards: rows per shard (``shards=0``) or an explicit shard count.
+        train_sample: vectors used to train IVF quantizers.
+        target_recall: recall@10 that nprobe / efSearch are tuned to reach.
+        recall_queries: queries for measuring recall against exact search.
+        use_gpu: train on GPU when FAISS sees one (checked at run time; CPU otherwise).
         seed: sampling seed.
     """
 
     split: str | None = "train"
-    recall_queries: int = 200
+    index_type: str = "auto"
+    flat_threshold: int = 100_000
+    memory_budget_mb: int = 4096
+    shard_size: int = 2_000_000
+    shards: int = 0
+    train_sample: int = 100_000
+    target_recall: float = 0.95
+    recall_queries: int = 500
+    use_gpu: bool = True
     seed: int = 0
 
 

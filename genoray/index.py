@@ -1,19 +1,35 @@
-"""``build_index``: a FAISS index over L2-normalised embeddings with ids and labels beside it.
+"""``build_index``: a sharded FAISS index over L2-normalised embeddings, with ids and labels.
 
-Cosine similarity is the metric: vectors are L2-normalised and searched by inner product, so a
-similarity of 1 means the same direction. An index directory holds::
+Cosine similarity is the metric: vectors are L2-normalised and searched by inner product.
+The index type follows the corpus (in the spirit of autofaiss):
 
-    manifest.json   format_version, index type, metric, dim, ntotal, encoder spec + fingerprint,
-                    recall@10 measured against exact numpy search, sha256 of every file
-    index.faiss     faiss.write_index output
-    ids.parquet     row i = vector i: seq_id, label
+* fewer than ``flat_threshold`` vectors: exact ``Flat``;
+* otherwise ``IVF<nlist>,Flat`` when the raw vectors fit ``memory_budget_mb``, else
+  ``IVF<nlist>,PQ<m>`` with ``m`` bytes per vector chosen to fit; ``HNSW32`` on request.
+  IVF quantizers are trained once on a sample (on GPU when ``faiss.get_num_gpus() > 0``),
+  then every shard is a copy of the trained index filled with its rows. ``nprobe`` (or HNSW
+  ``efSearch``) is tuned to the smallest value that reaches ``target_recall``.
+
+Rows go to shards by a hash of their ``seq_id`` and keep global ids (their order in the
+store), so search fans out to every shard and merges by similarity (larger is better for
+inner product); sharded exact search equals one flat index. recall@10 is measured against
+exact search on queries drawn from outside the indexed split when there are any.
+
+An index directory holds::
+
+    manifest.json       type, factory string, search params, metric, dim, ntotal, encoder
+                        spec + fingerprint, recall@10, and for every shard its files + sha256
+    shard-XX.faiss      faiss.write_index output
+    ids-XX.parquet      gid, seq_id, label of the shard's rows
 
 ``VectorIndex.load`` verifies every sha256 before reading (a flipped byte in a FAISS file would
-otherwise load and serve wrong answers without complaint).
+otherwise load and return wrong neighbours silently) and can memory-map the shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -36,6 +53,12 @@ def _faiss():
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("FAISS is not installed: pip install 'genoray[cpu]' (or 'genoray[gpu]')") from e
     return faiss
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu, or with faiss-gpu on a machine without GPUs)."""
+    faiss = _faiss()
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -52,21 +75,58 @@ def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(sims, top, axis=1), top
 
 
+def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard results; larger similarity first; missing (-1) ids last."""
+    s = np.concatenate(sims, axis=1)
+    i = np.concatenate(ids, axis=1)
+    s = np.where(i >= 0, s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return np.where(i >= 0, s, -np.inf).astype(np.float32), i
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids found (ties may swap equal-similarity ids)."""
+    """Mean fraction of the exact top-k ids found."""
     hits = [len(set(f[f >= 0]) & set(t)) / max(len(t), 1) for f, t in zip(found, truth)]
     return float(np.mean(hits)) if hits else 1.0
 
 
-class VectorIndex:
-    """Cosine kNN over a FAISS index, with the seq_id and label of every row."""
+def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
+    if n_shards == 1:
+        return np.zeros(len(seq_ids), dtype=np.int64)
+    return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % n_shards
+                     for s in seq_ids], dtype=np.int64)
 
-    def __init__(self, index: Any, ids: np.ndarray, labels: np.ndarray, manifest: dict[str, Any]):
-        self.index, self.ids, self.labels, self.manifest = index, ids, labels, manifest
+
+def choose_factory(n: int, d: int, cfg: IndexConfig) -> str:
+    """Index factory string for ``n`` vectors of dimension ``d`` (see the module docstring)."""
+    if cfg.index_type != "auto":
+        return cfg.index_type
+    if n < cfg.flat_threshold:
+        return "Flat"
+    nlist = int(2 ** round(math.log2(max(64.0, min(65536.0, 4 * math.sqrt(n))))))
+    if n * d * 4 <= cfg.memory_budget_mb * 2**20:
+        return f"IVF{nlist},Flat"
+    m = max(1, min(d // 2, int(cfg.memory_budget_mb * 2**20 / n)))
+    while d % m:
+        m -= 1
+    return f"IVF{nlist},PQ{m}"
+
+
+class VectorIndex:
+    """Cosine kNN over one or more FAISS shards, with the seq_id and label of every row.
+
+    ``search`` returns similarities and *global row positions*; ``ids[pos]`` and
+    ``labels[pos]`` give the neighbours' seq_id and label.
+    """
+
+    def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: dict[str, Any]):
+        self.shards, self.ids, self.labels, self.manifest = shards, ids, labels, manifest
+        self.set_search_params(manifest.get("search_params", {}))
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return int(sum(s.ntotal for s in self.shards))
 
     @property
     def dim(self) -> int:
@@ -74,23 +134,37 @@ class VectorIndex:
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> "VectorIndex":
+        """One exact (Flat) shard over ``vectors`` in memory; row i has global id i."""
         faiss = _faiss()
         x = l2_normalize(vectors)
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
-        manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "metric": "cosine",
+        manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
                     "dim": int(x.shape[1]), "ntotal": int(x.shape[0])}
         manifest.update(extra or {})
-        return cls(index, np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
+        return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
+
+    def set_search_params(self, params: dict[str, int]) -> None:
+        faiss = _faiss()
+        for shard in self.shards:
+            base = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else shard
+            if "nprobe" in params and hasattr(base, "nprobe"):
+                base.nprobe = int(params["nprobe"])
+            if "efSearch" in params and hasattr(base, "hnsw"):
+                base.hnsw.efSearch = int(params["efSearch"])
+        self.manifest["search_params"] = dict(params)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` cosine similarities and row positions (``-1`` where fewer than k rows)."""
+        """Top-``k`` cosine similarities and global row positions (``-1`` where fewer than k)."""
         q = l2_normalize(queries)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query dim {q.shape[1]} != index dim {self.dim}")
-        k = min(k, self.ntotal)
-        sims, pos = self.index.search(q, k)
-        return sims, pos
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query dim {q.shape[-1]} != index dim {self.dim}")
+        k = max(1, min(k, self.ntotal))
+        if len(self.shards) == 1:
+            sims, pos = self.shards[0].search(q, k)
+            return np.where(pos >= 0, sims, -np.inf).astype(np.float32), pos
+        results = [s.search(q, k) for s in self.shards]
+        return merge_topk([r[0] for r in results], [r[1] for r in results], k)
 
     def save(self, out_dir: str | Path) -> None:
         faiss = _faiss()
@@ -98,15 +172,25 @@ class VectorIndex:
         if (out / MANIFEST).exists():
             raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
         out.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(out / "index.faiss"))
-        pq.write_table(pa.table({
-            "seq_id": pa.array([str(i) for i in self.ids], pa.string()),
-            "label": pa.array([None if v is None else str(v) for v in self.labels], pa.string())}), out / "ids.parquet")
-        self.manifest["files"] = {n: sha256_file(out / n) for n in ("index.faiss", "ids.parquet")}
+        gids = _shard_gids(self)
+        shards_meta = []
+        for i, (shard, g) in enumerate(zip(self.shards, gids)):
+            fi, fids = f"shard-{i:02d}.faiss", f"ids-{i:02d}.parquet"
+            faiss.write_index(shard, str(out / fi))
+            pq.write_table(pa.table({
+                "gid": pa.array(g, pa.int64()),
+                "seq_id": pa.array([str(self.ids[j]) for j in g], pa.string()),
+                "label": pa.array([None if self.labels[j] is None else str(self.labels[j]) for j in g], pa.string()),
+            }), out / fids)
+            shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
+                                "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
+        self.manifest["shards"] = shards_meta
+        self.manifest["ntotal"] = self.ntotal
         write_json(out / MANIFEST, self.manifest)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> "VectorIndex":
+        """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
         faiss = _faiss()
         path = Path(path)
         if not (path / MANIFEST).is_file():
@@ -114,45 +198,192 @@ class VectorIndex:
         manifest = read_json(path / MANIFEST)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')}")
-        verify_files(path, manifest["files"])
-        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(path / "index.faiss"), flags)
-        table = pq.read_table(path / "ids.parquet")
-        if index.ntotal != manifest["ntotal"] or table.num_rows != manifest["ntotal"]:
-            raise ValueError(f"{path}: ntotal mismatch (faiss {index.ntotal}, ids {table.num_rows}, manifest {manifest['ntotal']})")
-        ids = np.array(table["seq_id"].to_pylist(), dtype=object)
-        labels = np.array(table["label"].to_pylist(), dtype=object)
-        return cls(index, ids, labels, manifest)
+        files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
+        verify_files(path, files)
+        n = int(manifest["ntotal"])
+        ids = np.empty(n, dtype=object)
+        labels = np.empty(n, dtype=object)
+        shards = []
+        for s in manifest["shards"]:
+            flags = 0
+            if mmap:
+                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC)
+            shard = faiss.read_index(str(path / s["index"]), flags)
+            t = pq.read_table(path / s["ids"])
+            if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
+                raise ValueError(f"{path / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
+                                 f"manifest {s['ntotal']})")
+            g = t["gid"].to_numpy()
+            ids[g] = t["seq_id"].to_pylist()
+            labels[g] = t["label"].to_pylist()
+            shards.append(shard)
+        if sum(s.ntotal for s in shards) != n:
+            raise ValueError(f"{path}: shards hold {sum(s.ntotal for s in shards)} vectors, manifest says {n}")
+        return cls(shards, ids, labels, manifest)
+
+
+def _shard_gids(index: VectorIndex) -> list[np.ndarray]:
+    """Global ids held by each shard (read back from FAISS, so files and ids always agree)."""
+    faiss = _faiss()
+    out = []
+    for shard in index.shards:
+        if isinstance(shard, faiss.IndexIDMap):
+            out.append(faiss.vector_to_array(shard.id_map).astype(np.int64))
+        elif hasattr(shard, "invlists"):
+            inv = shard.invlists
+            parts = [faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                     for lst in range(shard.nlist) if inv.list_size(lst)]
+            out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+        else:  # a single positional shard
+            out.append(np.arange(shard.ntotal, dtype=np.int64))
+    return out
 
 
 @dataclass
 class IndexReport:
     path: str
+    factory: str
+    shards: int
     ntotal: int
     dim: int
     recall_at_10: float
+    search_params: dict[str, int]
+    gpu_used: bool
     seconds: float
 
 
-def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | None = None) -> IndexReport:
-    """Index the embeddings of ``cfg.split`` from a store and measure recall@10 vs exact search."""
-    from genoray.store import EmbeddingStore
+def _empty_index(factory: str, d: int, sharded: bool):
+    faiss = _faiss()
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if sharded and not factory.startswith("IVF"):  # IVF stores ids itself; Flat/HNSW need a map
+        index = faiss.IndexIDMap(index)
+    return index
 
+
+def _train(index, sample: np.ndarray, use_gpu: bool) -> tuple[Any, bool]:
+    faiss = _faiss()
+    if index.is_trained:
+        return index, False
+    if use_gpu and gpu_count() > 0:
+        gpu = faiss.index_cpu_to_all_gpus(index)
+        gpu.train(sample)
+        return faiss.index_gpu_to_cpu(gpu), True
+    index.train(sample)
+    return index, False
+
+
+def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | None = None) -> IndexReport:
+    """Index the ``cfg.split`` rows of a store (streamed part by part); see the module docstring."""
+    from genoray.store import EmbeddingStore, vectors_of
+
+    faiss = _faiss()
     cfg = cfg or IndexConfig()
     t0 = time.perf_counter()
     store = EmbeddingStore(store_path)
-    emb = store.load(cfg.split)
-    if len(emb) == 0:
-        raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
-    extra = {"encoder": store.encoder_spec, "fingerprint": store.fingerprint,
-             "source_store": str(Path(store_path).resolve()), "split": cfg.split}
-    vindex = VectorIndex.from_vectors(emb.vectors, emb.ids, emb.labels, extra)
+    d = store.dim
     rng = np.random.default_rng(cfg.seed)
-    sample = rng.choice(len(emb), size=min(cfg.recall_queries, len(emb)), replace=False)
-    queries = emb.vectors[sample]
-    _, found = vindex.search(queries, 10)
-    _, truth = exact_search(emb.vectors, queries, 10)
-    recall = recall_at_k(found, truth)
-    vindex.manifest["recall_at_10"] = {"value": recall, "queries": int(len(sample)), "oracle": "numpy exact cosine"}
+
+    def parts():
+        for t in store.iter_tables(["seq_id", "label", "split", "embedding"]):
+            mask = np.ones(t.num_rows, bool) if cfg.split is None else pc.equal(t["split"], cfg.split).to_numpy(False)
+            mask = np.asarray(mask, dtype=bool) & True
+            yield t.filter(pa.array(mask)), t.filter(pa.array(~mask))
+
+    # pass 1: count, training sample, held-out queries
+    n, sample, queries_out, queries_in = 0, [], [], []
+    for inside, outside in parts():
+        n += inside.num_rows
+        if inside.num_rows:
+            vec = vectors_of(inside, d)
+            sample.append(vec[rng.random(len(vec)) < min(1.0, cfg.train_sample / max(store.rows, 1))])
+            queries_in.append(vec[rng.choice(len(vec), size=min(len(vec), cfg.recall_queries), replace=False)])
+        if outside.num_rows:
+            vec = vectors_of(outside, d)
+            queries_out.append(vec[rng.choice(len(vec), size=min(len(vec), cfg.recall_queries), replace=False)])
+    if n == 0:
+        raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
+    factory = choose_factory(n, d, cfg)
+    n_shards = max(1, cfg.shards or math.ceil(n / cfg.shard_size))
+    template, gpu_used = _train(_empty_index(factory, d, n_shards > 1),
+                                l2_normalize(np.concatenate(sample)) if sample else None, cfg.use_gpu)
+    blob = faiss.serialize_index(template)
+    shards = [faiss.deserialize_index(blob) for _ in range(n_shards)]
+    ids = np.empty(n, dtype=object)
+    labels = np.empty(n, dtype=object)
+    gid = 0
+    # pass 2: add every row to its shard with its global id
+    for inside, _ in parts():
+        if not inside.num_rows:
+            continue
+        vec = l2_normalize(vectors_of(inside, d))
+        sid = inside["seq_id"].to_pylist()
+        g = np.arange(gid, gid + len(sid), dtype=np.int64)
+        ids[g], labels[g] = sid, inside["label"].to_pylist()
+        owner = shard_of(sid, n_shards)
+        for s in range(n_shards):
+            m = owner == s
+            if not m.any():
+                continue
+            if n_shards == 1 and not factory.startswith("IVF"):
+                shards[s].add(vec[m])
+            else:
+                shards[s].add_with_ids(vec[m], g[m])
+        gid += len(sid)
+    extra = {"encoder": store.encoder_spec, "fingerprint": store.fingerprint, "split": cfg.split,
+             "source_store": str(Path(store_path).resolve()), "gpu_trained": gpu_used}
+    manifest = {"format_version": FORMAT_VERSION, "type": factory.split(",")[0].rstrip("0123456789") or factory,
+                "factory": factory, "metric": "cosine", "dim": d, "ntotal": n}
+    manifest.update(extra)
+    vindex = VectorIndex(shards, ids, labels, manifest)
+    queries = np.concatenate(queries_out or queries_in)
+    queries = queries[rng.choice(len(queries), size=min(len(queries), cfg.recall_queries), replace=False)]
+    truth = _exact_topk(parts, queries, d, 10)
+    params, recall = _tune(vindex, factory, queries, truth, cfg.target_recall)
+    vindex.set_search_params(params)
+    vindex.manifest["recall_at_10"] = {"value": recall, "queries": int(len(queries)), "target": cfg.target_recall,
+                                       "queries_from": "outside the indexed split" if queries_out else "indexed rows",
+                                       "oracle": "exact cosine over all indexed rows"}
     vindex.save(out_dir)
-    return IndexReport(str(out_dir), vindex.ntotal, vindex.dim, recall, round(time.perf_counter() - t0, 3))
+    return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used,
+                       round(time.perf_counter() - t0, 3))
+
+
+def _exact_topk(parts, queries: np.ndarray, d: int, k: int) -> np.ndarray:
+    """Exact top-k global ids for ``queries``, streaming over the store parts."""
+    from genoray.store import vectors_of
+
+    q = l2_normalize(queries)
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    gid = 0
+    for inside, _ in parts():
+        if not inside.num_rows:
+            continue
+        vec = l2_normalize(vectors_of(inside, d))
+        s = q @ vec.T
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = merge_topk([best_s, np.take_along_axis(s, top, 1)], [best_i, top + gid], k)
+        gid += len(vec)
+    return best_i
+
+
+def _tune(vindex: VectorIndex, factory: str, queries: np.ndarray, truth: np.ndarray,
+          target: float) -> tuple[dict[str, int], float]:
+    """Smallest nprobe / efSearch whose recall@10 reaches ``target`` (else the best tried)."""
+    if factory.startswith("IVF"):
+        nlist = int(factory[3:].split(",")[0])
+        grid = [("nprobe", p) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if p <= nlist]
+    elif factory.startswith("HNSW"):
+        grid = [("efSearch", e) for e in (16, 32, 64, 128, 256, 512)]
+    else:
+        grid = [(None, 0)]
+    best = ({}, -1.0)
+    for name, value in grid:
+        params = {name: value} if name else {}
+        vindex.set_search_params(params)
+        recall = recall_at_k(vindex.search(queries, 10)[1], truth)
+        if recall > best[1]:
+            best = (params, recall)
+        if recall >= target:
+            return params, recall
+    return best

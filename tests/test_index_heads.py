@@ -41,8 +41,8 @@ def test_flat_index_equals_exact_search(tmp_path):
 def test_flipped_byte_in_index_is_caught(tmp_path):
     X, y = blobs()
     VectorIndex.from_vectors(X, range(len(X)), y).save(tmp_path / "ix")
-    flip_byte(tmp_path / "ix" / "index.faiss")
-    with pytest.raises(ChecksumError, match=r"index\.faiss: sha256"):
+    flip_byte(tmp_path / "ix" / "shard-00.faiss")
+    with pytest.raises(ChecksumError, match=r"shard-00\.faiss: sha256"):
         VectorIndex.load(tmp_path / "ix")
 
 
