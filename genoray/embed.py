@@ -228,12 +228,10 @@ class EmbedUnits:
                  torch_threads: int = 1):
         from genoray.config import from_dict
 
-        try:
+        if encoder_spec.get("type") == "hf":  # torch is only imported for transformers encoders
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
-        except ImportError:  # pragma: no cover
-            pass
         self.encoder = encoder_from_spec(encoder_spec)
         self.read_cfg = from_dict(ReadConfig, read_cfg)
         self.shard_dir = Path(shard_dir)

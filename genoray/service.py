@@ -1,0 +1,294 @@
+"""The HTTP API of the predictor, independent of how it is hosted.
+
+:func:`create_app` builds the FastAPI app (pydantic request/response models, OpenAPI schema):
+
+* ``POST /v1/predict``: sequences (and optional ids, k) -> label, probabilities, neighbours,
+  OOD score and the bundle version that answered.
+* ``GET /v1/health``: liveness. ``GET /v1/ready``: 200 only once a bundle is loaded.
+* ``GET /v1/info``: bundle version, encoder, index type and counts (needs the API key).
+
+Limits: request body (413, checked on the byte stream before JSON parsing), number of
+sequences, sequence length and total bases (422 naming the field), alphabet (422 naming the
+sequence and position); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
+by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
+comma-separated), never from files in the repository.
+
+:class:`BundleHolder` owns the loaded predictor: it loads ``CURRENT`` synchronously at start,
+then watches ``CURRENT`` and loads a new version on a background thread, verifying it before a
+single reference swap, so in-flight requests finish on the version they started with and a
+corrupt bundle is refused while the old one keeps serving. The same app runs under Ray Serve
+(:mod:`genoray.serve`) and under plain uvicorn (the benchmark baseline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_body_bytes: int = 1 << 20
+    max_sequences: int = 64
+    max_length: int = 10_000
+    max_total_bases: int = 200_000
+    max_k: int = 100
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keys_from_env(var: str = "GENORAY_API_KEYS") -> tuple[str, ...]:
+    """sha256 digests of the comma-separated keys in ``$var`` (plaintext never kept)."""
+    return tuple(hash_key(k.strip()) for k in os.environ.get(var, "").split(",") if k.strip())
+
+
+class PredictRequest(BaseModel):
+    sequences: list[str] = Field(..., min_length=1, description="DNA sequences (A/C/G/T/N, IUPAC codes map to N)")
+    ids: list[str] | None = Field(None, description="optional ids; an id present in the index does not vote for itself")
+    k: int = Field(10, ge=1, description="neighbours returned per sequence")
+
+
+class NeighbourOut(BaseModel):
+    seq_id: str
+    label: str
+    similarity: float
+
+
+class PredictionOut(BaseModel):
+    seq_id: str | None
+    label: str
+    probabilities: dict[str, float]
+    neighbours: list[NeighbourOut]
+    ood_score: float
+
+
+class PredictResponse(BaseModel):
+    bundle_version: str
+    predictions: list[PredictionOut]
+
+
+class BundleHolder:
+    """Loads, watches and atomically swaps the bundle a replica serves."""
+
+    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
+        from genoray.bundle import lease, load_bundle
+
+        self.root = Path(root)
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
+        self.version = self.doc["version"]
+        lease(self.root, self.version, self.holder)
+        self.last_error: str | None = None
+        self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
+        self._thread.start()
+
+    def snapshot(self):
+        """The (predictor, version) pair to use for one request or batch."""
+        with self._lock:
+            return self.predictor, self.version
+
+    def _watch(self) -> None:
+        from genoray.bundle import current_version, lease
+
+        while not self._stop.wait(self._poll_s):
+            try:
+                target = current_version(self.root)
+                lease(self.root, self.version, self.holder)
+                if target and target != self.version and target not in self.refused:
+                    self.load(target)
+            except Exception:  # load() recorded why; keep serving the current bundle
+                pass
+
+    def load(self, version: str) -> None:
+        """Verify and load ``version``, then swap; on any error keep the current bundle."""
+        from genoray.bundle import lease, load_bundle, release
+
+        try:
+            predictor, doc = load_bundle(self.root, version)
+        except Exception as e:
+            self.refused.add(version)
+            self.last_error = f"refused bundle {version}: {e}"
+            log.error(self.last_error)
+            raise
+        lease(self.root, version, self.holder)
+        with self._lock:
+            old = self.version
+            self.predictor, self.doc, self.version = predictor, doc, version
+            self.swaps += 1
+        release(self.root, old, self.holder)
+        self.last_error = None
+        log.info("swapped bundle %s -> %s", old, version)
+
+    def close(self) -> None:
+        from genoray.bundle import release
+
+        self._stop.set()
+        release(self.root, self.version, self.holder)
+
+
+def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """Run several requests as one predictor call (one bundle version for the whole batch)."""
+    predictor, version = holder.snapshot()
+    seqs, ids, spans = [], [], []
+    for r in requests:
+        spans.append((len(seqs), len(seqs) + len(r.sequences)))
+        seqs.extend(r.sequences)
+        ids.extend(r.ids if r.ids is not None else [None] * len(r.sequences))
+    k = max(r.k for r in requests)
+    preds = predictor.predict(seqs, ids=ids, k=k)
+    out = []
+    for r, (a, b) in zip(requests, spans):
+        items = [p.to_dict() for p in preds[a:b]]
+        for it in items:
+            it["neighbours"] = it["neighbours"][: r.k]
+        out.append({"bundle_version": version, "predictions": items})
+    return out
+
+
+def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
+    """422 with the JSON path of the first problem."""
+    def bad(loc: list, msg: str):
+        raise HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg}])
+
+    if len(req.sequences) > limits.max_sequences:
+        bad(["sequences"], f"at most {limits.max_sequences} sequences per request, got {len(req.sequences)}")
+    if req.ids is not None and len(req.ids) != len(req.sequences):
+        bad(["ids"], f"{len(req.ids)} ids for {len(req.sequences)} sequences")
+    if req.k > limits.max_k:
+        bad(["k"], f"k must be <= {limits.max_k}")
+    total = 0
+    for i, s in enumerate(req.sequences):
+        if len(s) > limits.max_length:
+            bad(["sequences", i], f"sequence length {len(s)} > limit {limits.max_length}")
+        total += len(s)
+        _, why = cleaner(s)
+        if why is not None:
+            bad(["sequences", i], why)
+    if total > limits.max_total_bases:
+        bad(["sequences"], f"{total} bases in total > limit {limits.max_total_bases}")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 once a request body exceeds ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _reject_413(send, self.max_bytes)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _reject_413(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reject_413(send, limit: int) -> None:
+    body = ('{"detail":"request body larger than %d bytes"}' % limit).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    get_holder: Callable[[], BundleHolder | None],
+    run_predict: Callable[[PredictRequest], Awaitable[dict[str, Any]]],
+    key_hashes: tuple[str, ...] = (),
+    require_key: bool = True,
+    limits: ServiceLimits | None = None,
+) -> FastAPI:
+    """The genoray HTTP API. ``run_predict`` does the work (batched under Ray Serve)."""
+    from genoray.config import CleanPolicy
+    from genoray.sequences import Cleaner
+
+    limits = limits or ServiceLimits()
+    cleaner = Cleaner(CleanPolicy(max_length=limits.max_length))
+    if require_key and not key_hashes:
+        raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
+    app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0])
+
+    def auth(request: Request) -> None:
+        if not require_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        digest = hash_key(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
+        if not digest or not any(hmac.compare_digest(digest, k) for k in key_hashes):
+            raise HTTPException(status_code=401, detail="missing or invalid API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/ready")
+    def ready():
+        holder = get_holder()
+        if holder is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True, "bundle_version": holder.version}
+
+    @app.get("/v1/info", dependencies=[Depends(auth)])
+    def info() -> dict[str, Any]:
+        holder = get_holder()
+        if holder is None:
+            raise HTTPException(status_code=503, detail="no bundle loaded")
+        doc = holder.doc
+        return {"bundle_version": holder.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
+                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
+                "swaps": holder.swaps, "last_error": holder.last_error,
+                "limits": limits.__dict__}
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
+    async def predict(req: PredictRequest, response: Response) -> dict[str, Any]:
+        validate(req, limits, cleaner)
+        t0 = time.perf_counter()
+        out = await run_predict(req)
+        holder = get_holder()
+        if holder is not None:
+            response.headers["X-Genoray-Replica"] = holder.holder
+        log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
+        return out
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    return app

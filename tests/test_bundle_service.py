@@ -1,0 +1,141 @@
+"""Bundles (versioned, verified, atomic publish) and the HTTP API without Ray."""
+
+import json
+import os
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bundles import make_bundle
+from genoray.artifacts import ChecksumError
+from genoray.bundle import collect_garbage, current_version, lease, load_bundle, publish, verify_bundle
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bundles")
+    v1 = make_bundle(base / "w1", base / "root", k=5, seed=0)
+    return base / "root", v1
+
+
+def test_publish_and_load(root):
+    path, v1 = root
+    assert current_version(path) == v1
+    predictor, doc = load_bundle(path)
+    assert doc["version"] == v1 and doc["classes"] == ["at", "gc"] and doc["index"]["ntotal"] == 160
+    files = [p for p in (path / "versions" / v1).rglob("*") if p.is_file()]
+    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in files)
+    assert all((p.stat().st_mode & 0o222) == 0 for p in files)  # published files are read-only
+
+
+def test_corrupt_or_incomplete_bundle_is_refused(tmp_path):
+    v = make_bundle(tmp_path / "w", tmp_path / "r", publish_it=False)
+    vdir = tmp_path / "r" / "versions" / v
+    shard = vdir / "index" / "shard-00.faiss"
+    shard.chmod(0o644)
+    data = bytearray(shard.read_bytes())
+    data[-50] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="shard-00.faiss"):
+        publish(tmp_path / "r", v)
+    assert current_version(tmp_path / "r") is None
+    (vdir / "head" / "head.npz").chmod(0o644)
+    (vdir / "head" / "head.npz").unlink()
+    with pytest.raises(ChecksumError, match="missing"):
+        verify_bundle(tmp_path / "r", v)
+
+
+def test_gc_keeps_current_newest_and_leased(tmp_path):
+    root = tmp_path / "r"
+    versions = [make_bundle(tmp_path / f"w{i}", root, seed=i, publish_it=False) for i in range(4)]
+    publish(root, versions[0])  # CURRENT is the oldest
+    lease(root, versions[1], "replica-a")
+    removed = collect_garbage(root, keep=1)
+    assert removed == [versions[2]]
+    assert {p.name for p in (root / "versions").iterdir()} == {versions[0], versions[1], versions[3]}
+
+
+def client(path, **kw):
+    from genoray.serve import plain_app
+    from genoray.service import hash_key
+
+    return TestClient(plain_app(str(path), require_key=True, key_hashes=(hash_key(KEY),), **kw))
+
+
+def test_api_predicts_with_evidence(root):
+    path, v1 = root
+    c = client(path)
+    r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3},
+               headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["bundle_version"] == v1
+    assert [p["label"] for p in body["predictions"]] == ["gc", "at"]
+    assert len(body["predictions"][0]["neighbours"]) == 3
+    assert c.get("/v1/ready").json() == {"ready": True, "bundle_version": v1}
+    assert c.get("/v1/health").status_code == 200
+    info = c.get("/v1/info", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert info["index"]["ntotal"] == 160 and "PredictRequest" in json.dumps(c.get("/openapi.json").json())
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},
+                                     {"Authorization": "Basic " + KEY}])
+def test_api_requires_key(root, headers):
+    r = client(root[0]).post("/v1/predict", json={"sequences": ["ACGT"]}, headers=headers)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_no_keys_configured_is_refused_unless_auth_disabled(root):
+    from genoray.serve import plain_app
+
+    with pytest.raises(ValueError, match="GENORAY_API_KEYS"):
+        plain_app(str(root[0]), require_key=True)
+
+
+@pytest.mark.parametrize("payload,status,needle", [
+    ('{"sequences": ["ACGT"', 422, "json"),
+    ('{"sequences": "ACGT"}', 422, "sequences"),
+    ('{"sequences": []}', 422, "sequences"),
+    ('{"sequences": ["ACGTXX"]}', 422, "invalid_character: 'X' at position 5"),
+    ('{"sequences": ["ACGT"], "k": 0}', 422, "k"),
+    ('{"sequences": ["ACGT"], "k": 1000}', 422, "k must be <= 100"),
+    ('{"sequences": ["ACGT"], "ids": ["a", "b"]}', 422, "2 ids for 1 sequences"),
+    (json.dumps({"sequences": ["A" * 20_000]}), 422, "sequence length 20000 > limit 10000"),
+    (json.dumps({"sequences": ["ACGT"] * 10_000}), 422, "at most 64 sequences"),
+    (json.dumps({"sequences": ["A" * 10_000_000]}), 413, "larger than"),
+])
+def test_bad_requests_get_the_right_4xx(root, payload, status, needle):
+    c = client(root[0])
+    r = c.post("/v1/predict", content=payload, headers={"Authorization": f"Bearer {KEY}",
+                                                        "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle.lower() in r.text.lower()
+    ok = c.post("/v1/predict", json={"sequences": ["ACGTACGT"]}, headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200  # still healthy afterwards
+
+
+def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
+    from genoray.service import BundleHolder
+
+    root = tmp_path / "r"
+    v1 = make_bundle(tmp_path / "w1", root, seed=0)
+    holder = BundleHolder(root, poll_s=0.1)
+    try:
+        v2 = make_bundle(tmp_path / "w2", root, seed=1)
+        deadline = time.time() + 10
+        while holder.version != v2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert holder.version == v2 and holder.swaps == 1
+        v3 = make_bundle(tmp_path / "w3", root, seed=2, publish_it=False)
+        head = root / "versions" / v3 / "head" / "head.json"
+        head.chmod(0o644)
+        head.write_text(head.read_text().replace('"k": 10', '"k": 11'))
+        (root / "CURRENT").write_text(json.dumps({"version": v3}))  # simulate a bad publish
+        time.sleep(0.5)
+        assert holder.version == v2 and "refused bundle" in holder.last_error
+        assert v1 != v2
+    finally:
+        holder.close()
