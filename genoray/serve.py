@@ -19,6 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
+# The deployment instance of this replica process. Module-level so that the FastAPI routes
+# (pickled with the app) and the deployment class (pickled separately) share it by reference.
+_LOCAL: dict[str, Any] = {}
+
+
+def _register(replica) -> None:
+    _LOCAL["replica"] = replica
+
+
+def _holder():
+    replica = _LOCAL.get("replica")
+    return getattr(replica, "holder", None)
+
+
+async def _run_predict(req) -> dict[str, Any]:
+    return await _LOCAL["replica"].batched(req)
 
 
 @dataclass(frozen=True)
@@ -71,17 +87,11 @@ def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (deploy with ``serve.run(app, route_prefix="/")``)."""
     from ray import serve
 
-    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_batch
+    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_batch  # noqa: F401
 
     key_hashes = cfg.key_hashes or keys_from_env()
     limits = ServiceLimits(**cfg.limits)
-    state: dict[str, Any] = {}  # per replica process: the deployment instance
-
-    async def run_predict(req: PredictRequest) -> dict[str, Any]:
-        return await state["replica"].batched(req)
-
-    app = create_app(lambda: getattr(state.get("replica"), "holder", None), run_predict,
-                     key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    app = create_app(_holder, _run_predict, key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
 
     @serve.deployment(
         autoscaling_config={
@@ -101,7 +111,7 @@ def build_app(cfg: ServeConfig):
     class GenorayPredictor:
         def __init__(self, root: str, poll_s: float):
             self.holder = BundleHolder(root, poll_s=poll_s)
-            state["replica"] = self
+            _register(self)  # module function: pickled by reference, so it sets the real registry
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
             version = (user_config or {}).get("version")

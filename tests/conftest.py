@@ -31,3 +31,18 @@ def write_fasta(path: Path, records, width: int = 60) -> Path:
             for i in range(0, len(seq), width):
                 f.write(seq[i : i + width] + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session):
+    """Serve's HTTP proxy on 127.0.0.1 at a free port (one per session)."""
+    import socket
+
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
+    yield port
+    serve.shutdown()

@@ -1,0 +1,64 @@
+"""A bounded loopback load generator (threads + keep-alive http.client)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+
+def post(port: int, path: str, body: dict, key: str | None, timeout: float = 30.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request("POST", path, json.dumps(body), headers)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, data, dict(r.getheaders())
+
+
+def run_load(port: int, path: str, body: dict, key: str | None, seconds: float, concurrency: int,
+             max_requests: int, on_tick=None) -> list[tuple[float, float, int, str, str]]:
+    """Send requests from ``concurrency`` threads until ``seconds`` or ``max_requests``.
+    Returns (start, latency, status, bundle_version, replica) per request."""
+    results: list = []
+    lock = threading.Lock()
+    stop_at = time.time() + seconds
+    payload = json.dumps(body)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.time() < stop_at:
+            with lock:
+                if len(results) >= max_requests:
+                    return
+            t0 = time.time()
+            try:
+                conn.request("POST", path, payload, headers)
+                r = conn.getresponse()
+                data = r.read()
+                status = r.status
+                version = json.loads(data).get("bundle_version", "") if status == 200 else data[:200].decode(errors="replace")
+                replica = r.getheader("X-Genoray-Replica", "")
+            except Exception as e:  # connection-level failure counts as a failed request
+                status, version, replica = 0, repr(e), ""
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            with lock:
+                results.append((t0, time.time() - t0, status, version, replica))
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        if on_tick:
+            on_tick(results)
+        time.sleep(0.05)
+    return results
