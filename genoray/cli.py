@@ -6,6 +6,9 @@ index      -> genoray.index.build_index
 train      -> genoray.train.train_head
 evaluate   -> genoray.train.evaluate_store
 predict    -> genoray.predictor.Predictor
+publish    -> genoray.bundle.write_bundle + publish
+reindex    -> genoray.reindex.reindex
+serve      -> genoray.serve.build_app
 """
 
 from __future__ import annotations
@@ -104,6 +107,54 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(a: argparse.Namespace) -> int:
+    from genoray.bundle import current_version, publish, write_bundle
+
+    if a.version:
+        publish(a.root, a.version)
+    elif a.index and a.head:
+        publish(a.root, write_bundle(a.root, a.index, a.head))
+    else:
+        raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
+    _print({"current": current_version(a.root)}, True)
+    return 0
+
+
+def cmd_reindex(a: argparse.Namespace) -> int:
+    from genoray.quickstart import make_encoder
+    from genoray.reindex import ReindexConfig, reindex
+
+    cfg = ReindexConfig(recall_floor=a.recall_floor, max_accuracy_drop=a.max_accuracy_drop)
+    rep = reindex(a.inputs, a.work, a.bundles, make_encoder(a.encoder, a.trust_remote_code), cfg=cfg,
+                  use_ray=not a.no_ray)
+    _print(asdict(rep), True)
+    return 0 if rep.published else 4
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import time
+
+    from ray import serve
+
+    from genoray.embed import init_ray
+    from genoray.serve import ServeConfig, build_app, start_http
+
+    cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,
+                      min_replicas=a.min_replicas, max_replicas=a.max_replicas, poll_s=a.poll_s)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
+    init_ray()
+    start_http(cfg)
+    serve.run(build_app(cfg), name="genoray", route_prefix="/")
+    print(f"genoray serving {a.root} on http://{cfg.host}:{cfg.port}/v1/predict (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -168,6 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--k", type=int, help="neighbours to return per prediction")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("publish", help="write a verified bundle and make it CURRENT, or roll back to a version")
+    p.add_argument("root", help="bundle root directory")
+    p.add_argument("--index", help="index directory for a new version")
+    p.add_argument("--head", help="head directory for a new version")
+    p.add_argument("--version", help="publish this existing version instead (rollback)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "reindex", help="nightly: embed new files, rebuild, gate and publish",
+        description="Embed the input files into WORK/store (files done on earlier runs are skipped), build a new "
+                    "index and head, and publish them to BUNDLES if the gate passes. Exit status: 0 published, "
+                    "4 gate failed (the current bundle keeps serving; WORK/builds/<version>/gate.json says why).")
+    p.add_argument("inputs", nargs="+", help="all labeled files (old and new)")
+    p.add_argument("--work", required=True, help="working directory (long-lived store + builds)")
+    p.add_argument("--bundles", required=True, help="bundle root the service watches")
+    _add_encoder_args(p)
+    p.add_argument("--recall-floor", type=float, default=0.9)
+    p.add_argument("--max-accuracy-drop", type=float, default=0.02)
+    p.add_argument("--no-ray", action="store_true")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP with Ray Serve",
+                       description="Replicas load ROOT/CURRENT and follow it: publishing a new version (genoray "
+                                   "publish / reindex) swaps every replica without downtime. API keys come from "
+                                   "GENORAY_API_KEYS (comma-separated).")
+    p.add_argument("root", help="bundle root directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

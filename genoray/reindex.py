@@ -1,0 +1,123 @@
+"""``reindex``: the nightly job. Embed new labeled files, rebuild, gate, publish.
+
+1. Embed all input files into the long-lived store in ``work_dir/store``. The store is
+   resumable, so files embedded on earlier nights are skipped and only new ones do model work
+   (the encoder, including a fitted position window, is reused from the store).
+2. Build a new index over old + new rows and refit the head, in ``work_dir/builds/<version>``.
+3. Gate: recall@10 of the new index >= ``recall_floor``; fused accuracy on the held-out split
+   not worse than the current bundle's on the same rows by more than ``max_accuracy_drop``;
+   and a shift summary of the held-out rows under the current bundle (mean OOD score, fraction
+   above 0.99) written beside it.
+4. If the gate passes, write the bundle, publish it (atomic ``CURRENT`` flip; serving replicas
+   swap on their own), and collect old versions nobody leases. If it fails, nothing changes
+   and ``gate.json`` says why.
+
+A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.artifacts import write_json
+from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
+from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
+from genoray.embed import embed_sequences
+from genoray.index import build_index
+from genoray.metrics import classification_metrics
+from genoray.store import EmbeddingStore
+from genoray.train import evaluate_store, train_head
+
+
+@dataclass(frozen=True)
+class ReindexConfig:
+    """Gate and build settings of the nightly reindex.
+
+    Attributes:
+        recall_floor: minimum recall@10 of the new index against exact search.
+        max_accuracy_drop: largest allowed drop of held-out fused accuracy vs the current bundle.
+        eval_split: held-out split used by the gate.
+        keep_versions: published versions kept by garbage collection (plus CURRENT and leased).
+    """
+
+    recall_floor: float = 0.9
+    max_accuracy_drop: float = 0.02
+    eval_split: str = "test"
+    keep_versions: int = 3
+    index: IndexConfig = field(default_factory=IndexConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+
+
+@dataclass
+class ReindexReport:
+    version: str
+    published: bool
+    reasons: list[str]
+    gate: dict[str, Any]
+    embed: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def _current_on(root: Path, store: EmbeddingStore, split: str) -> dict[str, Any] | None:
+    """Metrics and shift summary of the current bundle on this store's held-out rows."""
+    if current_version(root) is None:
+        return None
+    predictor, doc = load_bundle(root)
+    if doc["fingerprint"] != store.fingerprint:
+        return {"version": doc["version"], "comparable": False,
+                "metrics": doc.get("metrics", {}).get("new", {}).get("fused")}
+    test = store.load(split)
+    proba, sims, _ = predictor.predict_vectors(test.vectors, list(test.ids))
+    ood = predictor.head.ood_score(sims[:, -1])
+    return {"version": doc["version"], "comparable": True,
+            "metrics": classification_metrics(test.labels, proba, predictor.head.classes_),
+            "shift": {"mean_ood_score": float(np.mean(ood)), "fraction_ood_above_0.99": float(np.mean(ood > 0.99)),
+                      "rows": len(test)}}
+
+
+def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read_cfg: ReadConfig | None = None,
+            cfg: ReindexConfig | None = None, use_ray: bool = True) -> ReindexReport:
+    """Run the nightly reindex (see the module docstring)."""
+    cfg = cfg or ReindexConfig()
+    work, root = Path(work_dir), Path(bundle_root)
+    t0 = time.perf_counter()
+    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, use_ray=use_ray)
+    t1 = time.perf_counter()
+    version = new_version_name()
+    build = work / "builds" / version
+    idx = build_index(work / "store", build / "index", dataclasses.replace(cfg.index, split="train"))
+    train_head(work / "store", build / "index", build / "head", cfg.head)
+    new = evaluate_store(work / "store", build / "index", build / "head", split=cfg.eval_split)
+    t2 = time.perf_counter()
+    store = EmbeddingStore(work / "store")
+    current = _current_on(root, store, cfg.eval_split)
+    reasons = []
+    if emb.status != "complete":
+        reasons.append(f"embedding was partial: {len(emb.failed)} file(s) failed: {[f['path'] for f in emb.failed]}")
+    if idx.recall_at_10 < cfg.recall_floor:
+        reasons.append(f"recall@10 {idx.recall_at_10:.3f} < floor {cfg.recall_floor}")
+    if current and current.get("metrics"):
+        drop = current["metrics"]["accuracy"] - new["fused"]["accuracy"]
+        if drop > cfg.max_accuracy_drop:
+            reasons.append(f"held-out accuracy {new['fused']['accuracy']:.4f} is {drop:.4f} below the current "
+                           f"bundle {current['version']} ({current['metrics']['accuracy']:.4f}); "
+                           f"allowed drop {cfg.max_accuracy_drop}")
+    gate = {"version": version, "passed": not reasons, "reasons": reasons, "recall_at_10": idx.recall_at_10,
+            "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
+            "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
+    write_json(build / "gate.json", gate)
+    published = False
+    if not reasons:
+        write_bundle(root, build / "index", build / "head", metrics=gate, version=version)
+        publish(root, version)
+        collect_garbage(root, keep=cfg.keep_versions)
+        published = True
+    return ReindexReport(version, published, reasons, gate, emb.to_dict(),
+                         {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)})

@@ -1,0 +1,65 @@
+"""The nightly reindex: only new files embedded, gate, publish, refusal keeps CURRENT."""
+
+import json
+
+import numpy as np
+
+from conftest import write_fasta
+from genoray.bundle import current_version
+from genoray.cli import main
+from genoray.config import IndexConfig
+from genoray.encoders.kmer import KmerEncoder
+from genoray.reindex import ReindexConfig, reindex
+
+
+def night(path, seed, n=150, flip=False):
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        label = "gc" if i % 2 else "at"
+        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
+        split = "test" if i % 5 == 0 else "train"
+        if flip and split == "train":  # a batch whose training labels are swapped
+            label = "at" if label == "gc" else "gc"
+        recs.append((f"n{seed}_{i} label={label} split={split}",
+                     "".join(rng.choice(alphabet, size=60))))
+    return write_fasta(path, recs)
+
+
+def test_nightly_reindex_publishes_then_gates(tmp_path):
+    d1 = night(tmp_path / "day1.fa", 1)
+    r1 = reindex([d1], tmp_path / "work", tmp_path / "bundles", KmerEncoder(), use_ray=False)
+    assert r1.published and current_version(tmp_path / "bundles") == r1.version
+    assert r1.gate["current"] is None and r1.embed["written"] == 150
+    d2 = night(tmp_path / "day2.fa", 2)
+    r2 = reindex([d1, d2], tmp_path / "work", tmp_path / "bundles", KmerEncoder(), use_ray=False)
+    assert r2.published and r2.embed["units_skipped"] == 1 and r2.embed["written"] == 300  # only day2 embedded
+    assert r2.gate["current"]["version"] == r1.version and r2.gate["current"]["comparable"]
+    assert r2.gate["ntotal"] == 240
+    # a night of mislabeled data: held-out accuracy collapses, the gate refuses, CURRENT stays
+    d3 = night(tmp_path / "day3.fa", 3, n=600, flip=True)
+    r3 = reindex([d1, d2, d3], tmp_path / "work", tmp_path / "bundles", KmerEncoder(), use_ray=False)
+    assert not r3.published and current_version(tmp_path / "bundles") == r2.version
+    assert "below the current bundle" in r3.reasons[0]
+    gate = json.loads((tmp_path / "work" / "builds" / r3.version / "gate.json").read_text())
+    assert gate["passed"] is False and "shift" in gate["current"]
+
+
+def test_recall_floor_blocks_publish(tmp_path):
+    d1 = night(tmp_path / "a.fa", 1)
+    cfg = ReindexConfig(recall_floor=1.01, index=IndexConfig())
+    rep = reindex([d1], tmp_path / "w", tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+    assert not rep.published and "recall@10" in rep.reasons[0] and current_version(tmp_path / "b") is None
+
+
+def test_cli_reindex_and_rollback(tmp_path, capsys):
+    d1 = night(tmp_path / "a.fa", 1)
+    assert main(["reindex", str(d1), "--work", str(tmp_path / "w"), "--bundles", str(tmp_path / "b"), "--no-ray"]) == 0
+    v1 = current_version(tmp_path / "b")
+    d2 = night(tmp_path / "b.fa", 2)
+    assert main(["reindex", str(d1), str(d2), "--work", str(tmp_path / "w"), "--bundles", str(tmp_path / "b"),
+                 "--no-ray"]) == 0
+    assert current_version(tmp_path / "b") != v1
+    assert main(["publish", str(tmp_path / "b"), "--version", v1]) == 0  # rollback
+    assert current_version(tmp_path / "b") == v1
+    capsys.readouterr()
