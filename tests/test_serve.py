@@ -8,7 +8,7 @@ import pytest
 
 from bundles import make_bundle
 from genoray.bundle import publish
-from loadgen import post, run_load
+from genoray.loadtest import post, run_load
 
 pytestmark = pytest.mark.ray
 KEY = "serve-test-key"

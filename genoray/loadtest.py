@@ -1,4 +1,8 @@
-"""A bounded loopback load generator (threads + keep-alive http.client)."""
+"""A bounded load generator for the predictor API, for tests and benchmarks.
+
+Loopback only: the host is fixed to 127.0.0.1, and every run is bounded in both time and
+request count. Threads with keep-alive ``http.client`` connections.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,25 @@ import http.client
 import json
 import threading
 import time
+
+
+def percentile(values, q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def summarize(results, seconds: float | None = None) -> dict:
+    """Throughput and latency percentiles (ms) of ``run_load`` results."""
+    ok = [r for r in results if r[2] == 200]
+    if not results:
+        return {"requests": 0}
+    span = seconds or (max(r[0] + r[1] for r in results) - min(r[0] for r in results))
+    lat = [1000 * r[1] for r in ok]
+    return {"requests": len(results), "ok": len(ok), "failed": len(results) - len(ok),
+            "status_counts": {str(s): sum(1 for r in results if r[2] == s) for s in sorted({r[2] for r in results})},
+            "req_per_s": round(len(ok) / span, 1) if span > 0 else None,
+            "p50_ms": round(percentile(lat, 50), 1), "p99_ms": round(percentile(lat, 99), 1)}
 
 
 def post(port: int, path: str, body: dict, key: str | None, timeout: float = 30.0):
@@ -24,6 +47,8 @@ def run_load(port: int, path: str, body: dict, key: str | None, seconds: float, 
              max_requests: int, on_tick=None) -> list[tuple[float, float, int, str, str]]:
     """Send requests from ``concurrency`` threads until ``seconds`` or ``max_requests``.
     Returns (start, latency, status, bundle_version, replica) per request."""
+    if seconds > 600 or max_requests > 1_000_000:
+        raise ValueError("load runs are bounded: at most 600 s and 1,000,000 requests")
     results: list = []
     lock = threading.Lock()
     stop_at = time.time() + seconds

@@ -1,0 +1,151 @@
+"""Online predictor load test on 127.0.0.1: Ray Serve (batched) vs a plain uvicorn app.
+
+Builds a bundle from the bundled E. coli promoter data (k-mer encoder), then measures the
+same predictor behind (a) one plain uvicorn/FastAPI process without batching (baseline) and
+(b) Ray Serve with ``@serve.batch`` (1 replica; on 2 cores a second adds no throughput).
+Requests carry 1 or 32 sequences; each load level runs a bounded loop (``--seconds`` and at
+most 5,000 requests) from a separate client process. Then a swap under load: a new bundle is
+published during a Serve run; failures and per-replica version changes are counted.
+
+    python bench/bench_serve.py [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIENT = """
+import json, sys
+from genoray.loadtest import run_load, summarize
+port, path, body, seconds, conc = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+res = run_load(port, path, body, None, seconds=seconds, concurrency=conc, max_requests=5000)
+print(json.dumps(summarize(res)))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, path: str = "/v1/ready", timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"service on port {port} not ready")
+
+
+def client(port: int, body: dict, seconds: float, conc: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CLIENT, str(port), "/v1/predict", json.dumps(body), str(seconds), str(conc)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_bundle(work: Path, root: Path, seed: int) -> str:
+    from genoray.bundle import write_bundle
+    from genoray.config import HeadConfig
+    from genoray.embed import embed_sequences
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.index import build_index
+    from genoray.quickstart import bundled_dataset
+    from genoray.train import train_head
+
+    embed_sequences(bundled_dataset(), work / "store", KmerEncoder(), use_ray=False)
+    build_index(work / "store", work / f"index{seed}")
+    train_head(work / "store", work / f"index{seed}", work / f"head{seed}", HeadConfig(seed=seed))
+    return write_bundle(root, work / f"index{seed}", work / f"head{seed}")
+
+
+def main() -> None:
+    import pyarrow.parquet as pq
+
+    from genoray.bundle import publish
+    from genoray.quickstart import bundled_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    root = work / "bundles"
+    v1 = make_bundle(work, root, 0)
+    publish(root, v1)
+    seqs = pq.read_table(bundled_dataset(), columns=["sequence"])["sequence"].to_pylist()
+    bodies = {"1 seq": {"sequences": seqs[:1], "k": 5}, "32 seq": {"sequences": seqs[:32], "k": 5}}
+    levels = [1, 8, 32]
+    rows = []
+    # (a) plain uvicorn baseline
+    port = free_port()
+    app = (f"import uvicorn; from genoray.serve import plain_app; "
+           f"uvicorn.run(plain_app({str(root)!r}), host='127.0.0.1', port={port}, log_level='warning')")
+    proc = subprocess.Popen([sys.executable, "-c", app])
+    try:
+        wait_ready(port)
+        for name, body in bodies.items():
+            for c in levels:
+                rows.append(("uvicorn (no batching)", name, c, client(port, body, args.seconds, c)))
+    finally:
+        proc.terminate()
+        proc.wait()
+    # (b) Ray Serve
+    from ray import serve
+
+    from genoray.embed import init_ray
+    from genoray.serve import ServeConfig, build_app, start_http
+
+    init_ray()
+    port = free_port()
+    cfg = ServeConfig(root=str(root), port=port, require_key=False, min_replicas=1, max_replicas=1, poll_s=0.5)
+    start_http(cfg)
+    serve.run(build_app(cfg), name="bench", route_prefix="/")
+    wait_ready(port)
+    for name, body in bodies.items():
+        for c in levels:
+            rows.append(("Ray Serve (batched)", name, c, client(port, body, args.seconds, c)))
+    print(f"bundle: E. coli promoters, k-mer encoder; {args.seconds:.0f} s per level; client in a separate process; "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'server':<22} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    for server, name, c, r in rows:
+        n = 1 if name == "1 seq" else 32
+        print(f"{server:<22} {name:<7} {c:>7} {r['req_per_s']:>8.1f} {r['req_per_s'] * n:>8.0f} "
+              f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['failed']:>6}")
+    # (c) swap under load
+    from genoray.loadtest import run_load
+
+    v2 = make_bundle(work, root, 1)
+    state = {}
+
+    def tick(results):
+        if not state and len(results) > 100:
+            publish(root, v2)
+            state["t"] = time.time()
+
+    res = run_load(port, "/v1/predict", bodies["1 seq"], None, seconds=10, concurrency=8, max_requests=5000,
+                   on_tick=tick)
+    by_replica = {}
+    for r in sorted(res):
+        by_replica.setdefault(r[4], []).append(r[3])
+    changes = {rep: sum(1 for a, b in zip(v, v[1:]) if a != b) for rep, v in by_replica.items()}
+    failed = sum(1 for r in res if r[2] != 200)
+    print(f"swap under load: {len(res)} requests, {failed} failed; version changes per replica: {list(changes.values())}; "
+          f"last version is the new one: {all(v[-1] == v2 for v in by_replica.values())}")
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()
