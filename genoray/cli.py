@@ -9,6 +9,7 @@ predict    -> genoray.predictor.Predictor
 publish    -> genoray.bundle.write_bundle + publish
 reindex    -> genoray.reindex.reindex
 serve      -> genoray.serve.build_app
+shift      -> genoray.shift.ShiftDetector
 """
 
 from __future__ import annotations
@@ -155,6 +156,26 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shift(a: argparse.Namespace) -> int:
+    from genoray.shift import ShiftConfig, ShiftDetector, plot_shift
+    from genoray.store import EmbeddingStore
+
+    ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
+    if ref_store.fingerprint != new_store.fingerprint:
+        raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
+                         "embed both with the same encoder")
+    ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
+    new = new_store.load(None if a.new_split == "all" else a.new_split)
+    det = ShiftDetector(ShiftConfig(max_samples=a.max_samples, seed=a.seed)).fit(ref.vectors)
+    groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
+    report = det.score(new.vectors, groups).to_dict()
+    if a.plot:
+        plot_shift(det, new.vectors, a.plot)
+        report["plot"] = a.plot
+    _print(report, True)
+    return 5 if report["is_shift"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -253,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
     p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("shift", help="test whether new embeddings are distributed like a reference",
+                       description="MMD permutation test, classifier two-sample test and kNN OOD fraction between "
+                                   "two stores made with the same encoder. Exit status: 0 no shift, 5 shift.")
+    p.add_argument("reference", help="reference embedding store")
+    p.add_argument("new", help="new embedding store")
+    p.add_argument("--reference-split", default="all")
+    p.add_argument("--new-split", default="all")
+    p.add_argument("--group-by", choices=("label", "domain", "none"), default="none",
+                   help="break the OOD fraction down by this column of the new store")
+    p.add_argument("--max-samples", type=int, default=1000, help="rows per side (seeded subsample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
+    p.set_defaults(func=cmd_shift)
     return parser
 
 

@@ -1,0 +1,192 @@
+"""Distribution shift between a reference corpus and new data, in embedding space.
+
+``ShiftDetector(cfg).fit(reference).score(new)`` returns a :class:`ShiftReport` with three
+views, all on seeded subsamples (``max_samples`` per side) so they run on millions of rows:
+
+* **MMD**: squared maximum mean discrepancy with an RBF kernel (bandwidth: median pairwise
+  distance of the pooled sample) on a PCA projection fitted on the reference; p-value from a
+  permutation test of the (biased) statistic.
+* **Classifier two-sample test**: out-of-fold AUC of a logistic regression telling reference
+  from new rows; p-value from the normal approximation of the AUC under the null
+  (Mann-Whitney variance), one-sided.
+* **kNN OOD**: each new row's cosine distance to its k-th nearest reference row, against a
+  threshold at the ``ood_quantile`` of the reference rows' own (leave-one-out) distances;
+  the fraction above it is compared with the expected ``1 - ood_quantile`` (binomial p-value),
+  overall and per group (label or domain).
+
+``is_shift`` is true when any p-value is below ``alpha`` after a Bonferroni correction for
+the three tests. Nothing in the detector is mutated by ``score``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    max_samples: int = 1000
+    pca_dim: int = 32
+    n_permutations: int = 300
+    c2st_folds: int = 5
+    k: int = 10
+    ood_quantile: float = 0.95
+    alpha: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class ShiftReport:
+    n_reference: int
+    n_new: int
+    mmd2: float
+    mmd_p_value: float
+    c2st_auc: float
+    c2st_p_value: float
+    ood_threshold: float
+    ood_fraction: float
+    ood_expected: float
+    ood_p_value: float
+    is_shift: bool
+    by_group: dict[str, dict[str, float]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return x if len(x) <= n else x[np.sort(rng.choice(len(x), size=n, replace=False))]
+
+
+def mmd_permutation_test(x: np.ndarray, y: np.ndarray, n_permutations: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Biased MMD^2 with an RBF kernel (median heuristic) and its permutation p-value."""
+    z = np.vstack([x, y]).astype(np.float64)
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    med = np.median(d2[np.triu_indices(len(z), 1)])
+    kern = np.exp(-d2 / max(med, 1e-12))
+    n, m = len(x), len(y)
+
+    def stat(assign: np.ndarray) -> float:
+        a = np.where(assign, 1.0 / n, -1.0 / m)
+        return float(a @ kern @ a)
+
+    base = np.r_[np.ones(n, bool), np.zeros(m, bool)]
+    observed = stat(base)
+    null = np.array([stat(rng.permutation(base)) for _ in range(n_permutations)])
+    return observed, float((1 + np.sum(null >= observed)) / (1 + n_permutations))
+
+
+def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
+    """Out-of-fold AUC of reference-vs-new logistic regression and its one-sided p-value."""
+    from math import erf, sqrt
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z = np.vstack([x, y])
+    t = np.r_[np.zeros(len(x)), np.ones(len(y))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    p = cross_val_predict(clf, z, t, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(t, p))
+    n1, n2 = len(x), len(y)
+    sd = sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
+    return auc, float(0.5 * (1 - erf((auc - 0.5) / sd / sqrt(2))))
+
+
+def _binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    from scipy.stats import binom
+
+    return float(binom.sf(k - 1, n, p))
+
+
+class ShiftDetector:
+    """Fit on reference embeddings, score new embeddings (see the module docstring)."""
+
+    def __init__(self, cfg: ShiftConfig | None = None):
+        self.cfg = cfg or ShiftConfig()
+
+    def fit(self, reference: np.ndarray) -> "ShiftDetector":
+        from sklearn.decomposition import PCA
+
+        from genoray.heads import KNNVoteHead
+
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        ref = np.asarray(reference, dtype=np.float32)
+        if len(ref) < 10:
+            raise ValueError(f"need at least 10 reference rows, got {len(ref)}")
+        self.n_reference_ = len(ref)
+        # disjoint halves: rows to compare against (kNN set) and rows that calibrate the threshold,
+        # so new rows and calibration rows are scored the same way
+        order = rng.permutation(len(ref))
+        n_cal = min(cfg.max_samples, len(ref) // 2)
+        self.ref_sample_ = ref[np.sort(order[:n_cal])]
+        knn_ref = ref[np.sort(order[n_cal : n_cal + 10 * max(cfg.max_samples, 1000)])]
+        self.pca_ = PCA(n_components=min(cfg.pca_dim, ref.shape[1], n_cal - 1), random_state=cfg.seed).fit(self.ref_sample_)
+        self.knn_ = KNNVoteHead(k=cfg.k).fit(knn_ref, np.zeros(len(knn_ref), dtype=object))
+        self.threshold_ = float(np.quantile(self.ood_distance(self.ref_sample_), cfg.ood_quantile))
+        return self
+
+    def ood_distance(self, x: np.ndarray) -> np.ndarray:
+        sims, _ = self.knn_.index_.search(np.asarray(x, dtype=np.float32), self.cfg.k)
+        return 1.0 - sims[:, -1]
+
+    def score(self, new: np.ndarray, groups: np.ndarray | None = None) -> ShiftReport:
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed + 1)
+        new = np.asarray(new, dtype=np.float32)
+        if len(new) < 10:
+            raise ValueError(f"need at least 10 new rows, got {len(new)}")
+        idx = np.sort(rng.choice(len(new), size=min(cfg.max_samples, len(new)), replace=False))
+        sample = new[idx]
+        px, py = self.pca_.transform(self.ref_sample_), self.pca_.transform(sample)
+        mmd2, p_mmd = mmd_permutation_test(px, py, cfg.n_permutations, rng)
+        auc, p_c2st = classifier_two_sample_test(px, py, cfg.c2st_folds, cfg.seed)
+        dist = self.ood_distance(sample)
+        flagged = dist > self.threshold_
+        expected = 1.0 - cfg.ood_quantile
+        p_ood = _binomial_sf(int(flagged.sum()), len(flagged), expected)
+        by_group = {}
+        if groups is not None:
+            g = np.asarray(groups, dtype=object)[idx]
+            for name in sorted({str(v) for v in g}):
+                m = np.array([str(v) == name for v in g])
+                by_group[name] = {"n": int(m.sum()), "ood_fraction": float(flagged[m].mean())}
+        corrected = cfg.alpha / 3
+        return ShiftReport(
+            n_reference=self.n_reference_, n_new=len(new), mmd2=mmd2, mmd_p_value=p_mmd, c2st_auc=auc,
+            c2st_p_value=p_c2st, ood_threshold=self.threshold_, ood_fraction=float(flagged.mean()),
+            ood_expected=expected, ood_p_value=p_ood,
+            is_shift=bool(min(p_mmd, p_c2st, p_ood) < corrected), by_group=by_group, config=asdict(cfg))
+
+
+def plot_shift(detector: ShiftDetector, new: np.ndarray, path: str) -> None:
+    """PCA scatter of reference vs new rows as a PNG (needs matplotlib: ``pip install genoray[plot]``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plotting needs matplotlib: pip install 'genoray[plot]'") from e
+    rng = np.random.default_rng(detector.cfg.seed + 2)
+    sample = _subsample(np.asarray(new, dtype=np.float32), detector.cfg.max_samples, rng)
+    a, b = detector.pca_.transform(detector.ref_sample_), detector.pca_.transform(sample)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.scatter(a[:, 0], a[:, 1], s=4, alpha=0.5, label=f"reference ({len(a)})")
+    ax.scatter(b[:, 0], b[:, 1], s=4, alpha=0.5, label=f"new ({len(b)})")
+    ax.set_xlabel("PC1 (fitted on reference)")
+    ax.set_ylabel("PC2")
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
