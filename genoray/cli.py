@@ -79,9 +79,20 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    if a.target.endswith((".yaml", ".yml")):
+        from genoray.evaluate import evaluate, load_study
+
+        if not a.out:
+            raise ValueError("a study needs --out DIR for report.md and report.json")
+        report = evaluate(load_study(a.target), a.out)
+        print(Path(a.out, "report.md").read_text())
+        print(json.dumps(report["cost"]), file=sys.stderr)
+        return 0
     from genoray.train import evaluate_store
 
-    _print(evaluate_store(a.store, a.index, a.head, split=a.split), True)
+    if not (a.index and a.head):
+        raise ValueError("evaluating a store needs --index and --head")
+    _print(evaluate_store(a.target, a.index, a.head, split=a.split), True)
     return 0
 
 
@@ -226,11 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inverse regularisation of the logistic regression (default: chosen on a validation split)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of majority / kNN / linear / fused on a held-out split")
-    p.add_argument("store")
-    p.add_argument("--index", required=True)
-    p.add_argument("--head", required=True)
+    p = sub.add_parser(
+        "evaluate", help="score a trained head on a held-out split, or run a study (STUDY.yaml)",
+        description="genoray evaluate STORE --index I --head H: majority / kNN / linear / fused metrics on a split. "
+                    "genoray evaluate STUDY.yaml --out DIR: methods x datasets x protocols (within, cross, pooled) "
+                    "with bootstrap CIs and cost, written to DIR/report.md and DIR/report.json.")
+    p.add_argument("target", help="an embedding store, or a study YAML file (see examples/study.yaml)")
+    p.add_argument("--index")
+    p.add_argument("--head")
     p.add_argument("--split", default="test")
+    p.add_argument("--out", help="report directory (study mode)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines)")

@@ -1,0 +1,195 @@
+"""``evaluate``: a study of methods x datasets x protocols, written as Markdown + JSON.
+
+A study is one YAML file (see ``examples/study.yaml``)::
+
+    name: shared-benchmarks
+    seed: 0
+    bootstrap: 200                  # resamples for 95% confidence intervals
+    encoders: [kmer, kmer-pos]      # any genoray encoder name (hf:<dir> for a frozen model)
+    datasets: {ecoli: ../shared/data/ecoli_promoter_ipromoter2l.parquet, ...}
+    within: [ecoli, ...]            # train split -> test split of the same dataset
+    cross: [[ecoli, tata], ...]     # train split of A -> test split of B (same label set)
+    pooled: [[ecoli, tata]]         # union of train splits -> each test split
+    cost: {watts_per_core: 10, grid_gco2_per_kwh: 400}
+
+Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
+encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; in the cross
+protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
+``fused+pseudo-label`` (confidence curriculum with replay). Metrics: accuracy, macro F1, MCC,
+AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
+*estimate* = CPU seconds x ``watts_per_core`` (no power meter is read), CO2 = energy x
+``grid_gco2_per_kwh``. The report records seeds, package versions and data sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.artifacts import sha256_file, write_json
+from genoray.metrics import classification_metrics, majority_proba
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    datasets: dict[str, str]
+    encoders: tuple[str, ...] = ("kmer",)
+    within: tuple[str, ...] = ()
+    cross: tuple[tuple[str, str], ...] = ()
+    pooled: tuple[tuple[str, ...], ...] = ()
+    bootstrap: int = 200
+    seed: int = 0
+    cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
+
+
+def load_study(path: str | Path) -> Study:
+    import yaml
+
+    path = Path(path)
+    doc = yaml.safe_load(path.read_text())
+    base = path.parent
+
+    def resolve(p: str) -> str:
+        q = Path(p)
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    known = set(Study.__dataclass_fields__)
+    unknown = set(doc) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    study = Study(
+        name=doc["name"], datasets={k: resolve(v) for k, v in doc["datasets"].items()},
+        encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
+        cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
+        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)),
+        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
+    used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
+    missing = used - set(study.datasets)
+    if missing:
+        raise ValueError(f"{path}: datasets used but not defined: {sorted(missing)}")
+    return study
+
+
+def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, dtype=object)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n):
+        idx = rng.integers(0, len(y), size=len(y))
+        for k, v in classification_metrics(y[idx], proba[idx], classes).items():
+            samples.setdefault(k, []).append(v)
+    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in samples.items()}
+
+
+def _load(path: str):
+    from genoray.sequences import read_sequences
+
+    t, _ = read_sequences(path)
+    return (np.array(t["sequence"].to_pylist(), dtype=object), np.array(t["label"].to_pylist(), dtype=object),
+            np.array(t["split"].to_pylist(), dtype=object))
+
+
+def _methods(xtr, ytr, xte, cross: bool, seed: int):
+    from genoray.adapt import PseudoLabeler, domain_normalize
+    from genoray.heads import FusedHead, KNNVoteHead, LinearHead
+
+    yield "knn_vote", KNNVoteHead(k=10).fit(xtr, ytr), xte
+    yield "linear", LinearHead(C=0.1).fit(xtr, ytr), xte
+    yield "fused", FusedHead(seed=seed).fit(xtr, ytr), xte
+    if cross:
+        both = domain_normalize(np.vstack([xtr, xte]), np.r_[["src"] * len(xtr), ["tgt"] * len(xte)])
+        yield "fused+domain-norm", FusedHead(seed=seed).fit(both[: len(xtr)], ytr), both[len(xtr):]
+        yield "fused+pseudo-label", PseudoLabeler(lambda: FusedHead(seed=seed), seed=seed).fit(xtr, ytr, xte), xte
+
+
+def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol: str, data) -> list[dict[str, Any]]:
+    from genoray.quickstart import make_encoder
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    seqs_tr = np.concatenate([data[d][0][data[d][2] == "train"] for d in train])
+    y_tr = np.concatenate([data[d][1][data[d][2] == "train"] for d in train])
+    s_te, y_te = data[test][0][data[test][2] == "test"], data[test][1][data[test][2] == "test"]
+    if not set(y_te) <= set(y_tr):
+        raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
+    enc = make_encoder(encoder_name)
+    if getattr(enc, "needs_fit", False):
+        enc.fit(list(seqs_tr))
+    xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
+    embed_s = time.perf_counter() - t0
+    classes = np.array(sorted(set(y_tr)), dtype=object)
+    rows = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
+    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
+        t1, c1 = time.perf_counter(), time.process_time()
+        proba = head.predict_proba(x)
+        p = np.zeros((len(x), len(classes)))
+        for j, c in enumerate(head.classes_):
+            p[:, list(classes).index(c)] = proba[:, j]
+        rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
+    out = []
+    total_cpu = time.process_time() - c0
+    for r in rows:
+        m = classification_metrics(y_te, r["proba"], classes)
+        ci = bootstrap_ci(y_te, r["proba"], classes, study.bootstrap, study.seed)
+        out.append({"protocol": protocol, "train": "+".join(train), "test": test, "encoder": encoder_name,
+                    "method": r["method"], "n_train": int(len(y_tr)), "n_test": int(len(y_te)), **m,
+                    "ci95": ci, "embed_seconds": round(embed_s, 2), "total_cpu_seconds": round(total_cpu, 2)})
+    return out
+
+
+def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
+    """Run every cell of the study; write ``report.json`` and ``report.md`` into ``out_dir``."""
+    import sklearn
+
+    import genoray
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    data = {name: _load(path) for name, path in study.datasets.items()}
+    cells = []
+    for enc in study.encoders:
+        for d in study.within:
+            cells += _cell(study, enc, [d], d, "within", data)
+        for a, b in study.cross:
+            cells += _cell(study, enc, [a], b, "cross", data)
+        for group in study.pooled:
+            for d in group:
+                cells += _cell(study, enc, list(group), d, "pooled", data)
+    cpu = time.process_time() - c0
+    wh = cpu * study.cost["watts_per_core"] / 3600
+    report = {
+        "study": asdict(study), "results": cells,
+        "cost": {"wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
+                 "energy_wh_estimate": round(wh, 3), "co2_g_estimate": round(wh / 1000 * study.cost["grid_gco2_per_kwh"], 3),
+                 "basis": f"CPU seconds x {study.cost['watts_per_core']} W per core (assumed, no power meter); "
+                          f"{study.cost['grid_gco2_per_kwh']} gCO2/kWh (assumed grid intensity)"},
+        "provenance": {"genoray": genoray.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+                       "python": platform.python_version(), "seed": study.seed,
+                       "data_sha256": {k: sha256_file(v) for k, v in study.datasets.items()}},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(to_markdown(report))
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# genoray evaluation: {report['study']['name']}", "",
+             "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        ci = r["ci95"]
+        lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
+                     f"{r['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] | {r['mcc']:.3f} | "
+                     f"{r['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}] | {r['f1']:.3f} |")
+    c = report["cost"]
+    lines += ["", f"Cost: {c['wall_seconds']} s wall, {c['cpu_seconds']} CPU s, about {c['energy_wh_estimate']} Wh and "
+                  f"{c['co2_g_estimate']} g CO2 ({c['basis']}).",
+              "", f"Provenance: `{json.dumps(report['provenance'])}`"]
+    return "\n".join(lines) + "\n"
