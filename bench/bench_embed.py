@@ -74,7 +74,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:
         files = write_corpus(corpus(args.n), work)
-        small = write_corpus(corpus(args.n // 4, seed=1), work / "small" if (work / "small").mkdir() is None else work)
+        (work / "small").mkdir()
+        small = write_corpus(corpus(args.n // 4, seed=1), work / "small")
         t0 = time.perf_counter()
         init_ray()
         t_init = time.perf_counter() - t0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -96,7 +95,6 @@ def main() -> None:
             print(f"{mode:<22} {a:>10.0f} {b:>10.0f} {b / a:>9.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _ = resource  # for readers: peak RSS of the build is measured in its own process
 
 
 if __name__ == "__main__":

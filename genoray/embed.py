@@ -25,6 +25,7 @@ shards; readers never glob.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -107,7 +108,7 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
                         continue
                     out.append(f)
         elif any(c in str(item) for c in "*?["):
-            matches = sorted(Path(m) for m in __import__("glob").glob(str(item), recursive=True))
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
             if not matches:
                 raise SequenceFormatError(str(item), None, "glob matched no files")
             out.extend(matches)

@@ -79,8 +79,11 @@ class Predictor:
         if ids is not None and len(ids) != len(sequences):
             raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
         x = self.encoder.embed(self.clean(sequences))
-        proba, sims, pos = self.predict_vectors(x, ids)
         k_show = k or self.head.k
+        proba, sims, pos = self.predict_vectors(x, ids, k_show)
+        # k-th neighbour similarity -> OOD score (fewer than k neighbours: maximally unusual)
+        kth = sims[:, self.head.k - 1] if sims.shape[1] >= self.head.k else np.full(len(sims), -np.inf)
+        ood = self.head.ood_score(kth)
         out = []
         for i in range(len(sequences)):
             nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))
@@ -89,15 +92,16 @@ class Predictor:
                 label=str(self.head.classes_[int(np.argmax(proba[i]))]),
                 probabilities={str(c): round(float(v), 6) for c, v in zip(self.head.classes_, proba[i])},
                 neighbours=nbrs,
-                ood_score=round(float(self.head.ood_score(sims[i, self.head.k - 1 : self.head.k])[0])
-                                if sims.shape[1] >= self.head.k else 1.0, 6),
+                ood_score=round(float(ood[i]), 6),
                 seq_id=None if ids is None else ids[i],
             ))
         return out
 
-    def predict_vectors(self, x: np.ndarray, ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities, neighbour similarities and index rows for embeddings ``x``."""
-        k = self.head.k
+    def predict_vectors(self, x: np.ndarray, ids: list[str] | None = None,
+                        k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities (the vote uses the head's k), and the similarities and index rows of
+        the ``max(k, head.k)`` nearest neighbours of embeddings ``x`` (own ids excluded)."""
+        k = max(k or 0, self.head.k)
         sims, pos = self.index.search(x, k + 1)
         if ids is not None:
             own = self.index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]
@@ -107,6 +111,6 @@ class Predictor:
         own[~own.any(axis=1), -1] = True  # no self-hit: drop the extra (k+1-th) neighbour
         order = np.argsort(own, axis=1, kind="stable")[:, :k]
         sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
-        p_knn = self.head.knn_.proba_from_neighbours(sims, pos)
+        p_knn = self.head.knn_.proba_from_neighbours(sims[:, : self.head.k], pos[:, : self.head.k])
         p_lin = self.head.linear_.predict_proba(x)
         return self.head.combine(p_knn, p_lin), sims, pos

@@ -87,6 +87,10 @@ def test_stage_functions_and_predictor(tmp_path, labeled_fasta):
     out = pred.predict(["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], k=3)
     assert [p.label for p in out] == ["gc", "at"]
     assert len(out[0].neighbours) == 3 and out[0].neighbours[0].label == "gc"
+    wide = pred.predict(["GGCCGGCCAT" * 6], k=25)[0]  # more evidence than the vote uses
+    assert len(wide.neighbours) == 25 and wide.probabilities == out[0].probabilities
+    sims = [n.similarity for n in wide.neighbours]
+    assert sims == sorted(sims, reverse=True)
     assert abs(sum(out[0].probabilities.values()) - 1) < 1e-5 and 0 <= out[0].ood_score <= 1
     # a query whose id is in the index does not vote for itself
     emb = EmbeddingStore(tmp_path / "store").load("train")
