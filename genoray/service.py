@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -246,6 +247,14 @@ def create_app(
     if require_key and not key_hashes:
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # location and message only: never echo the input back (it may be a genome, or a
+        # value such as Infinity that JSON cannot encode; found by the property tests)
+        detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def auth(request: Request) -> None:
         if not require_key:

@@ -68,7 +68,7 @@ def test_fasta_and_parquet_round_trip(tmp_path, seqs):
 
 
 @FUZZ
-@given(st.recursion(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
                     lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=10), c, max_size=5),
                     max_leaves=20))
 def test_request_validation_never_500s(json_value):
