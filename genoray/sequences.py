@@ -269,7 +269,10 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
             pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError on junk
             raise SequenceFormatError(path, None, f"not a readable Parquet file: {e}") from e
-        yield from pf.iter_batches(batch_size=batch_size, row_groups=row_groups)
+        try:
+            yield from pf.iter_batches(batch_size=batch_size, row_groups=row_groups)
+        except (pa.ArrowException, OSError) as e:
+            raise SequenceFormatError(path, None, f"corrupt Parquet data: {e}") from e
         return
     import pyarrow.csv as pacsv
 
@@ -283,7 +286,7 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=None),
         )
         yield from reader
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowException, UnicodeDecodeError, OSError) as e:
         raise SequenceFormatError(path, None, f"malformed delimited text: {e}") from e
 
 
@@ -292,7 +295,10 @@ def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder,
     record_no = first_record - 1
     id_col = None
     for batch in _table_batches(path, fmt, cfg.batch_size, row_groups):
-        names = batch.schema.names
+        try:
+            names = batch.schema.names
+        except UnicodeDecodeError as e:
+            raise SequenceFormatError(path, None, f"column names are not valid UTF-8: {e}") from e
         if id_col is None:
             id_col = cfg.id_column or next((c for c in ("seq_id", "id") if c in names), None)
             missing = [c for c in (id_col, cfg.sequence_column) if c is None or c not in names]
