@@ -408,6 +408,9 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     import ray.data
 
     init_ray()
+    if ray.data.DataContext.get_current().max_errored_blocks != 0:
+        # with errored blocks allowed Ray Data drops whole blocks and still reports success
+        raise ValueError("DataContext.max_errored_blocks must be 0: genoray never drops records silently")
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
     num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] == "hf" and gpus else 0.0)

@@ -184,3 +184,50 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path):
     assert res["workers"] == 2  # both actors (one per worker node) did work
     ids, _ = load_sorted(tmp_path / "store")
     assert len(ids) == len(set(ids)) == 2400
+
+
+def test_failed_commit_leaves_no_visible_shard_and_retry_is_clean(tmp_path, monkeypatch):
+    files = make_corpus(tmp_path, 2, 30)
+    real = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full (injected)")
+        return real(src, dst)
+
+    monkeypatch.setattr("genoray.embed.os.replace", flaky)
+    with pytest.raises(OSError, match="injected"):
+        embed_sequences(files, tmp_path / "store", KmerEncoder(), use_ray=False)
+    shard_dir = tmp_path / "store" / "shards"
+    assert not (tmp_path / "store" / "store.json").exists()
+    assert not list(shard_dir.glob("*.done.json"))  # nothing half-committed is visible
+    rep = embed_sequences(files, tmp_path / "store", KmerEncoder(), use_ray=False)
+    assert rep.status == "complete" and rep.written == 60
+    listed = {p["file"] for p in EmbeddingStore(tmp_path / "store").manifest["parts"]}
+    on_disk = {f"shards/{p.name}" for p in shard_dir.glob("*.parquet") if not p.name.endswith(".rejects.parquet")}
+    assert on_disk == listed and not list(shard_dir.glob(".*"))
+
+
+def test_multi_member_gzip_reads_every_record(tmp_path):
+    p = tmp_path / "mm.fa.gz"
+    with open(p, "wb") as f:
+        for part in range(3):
+            f.write(gzip.compress(b"".join(b">m%d_%d\nACGTACGT\n" % (part, i) for i in range(1000))))
+    rep = embed_sequences(p, tmp_path / "s", KmerEncoder(), use_ray=False)
+    assert rep.read == rep.written == 3000
+
+
+@pytest.mark.ray
+def test_errored_blocks_setting_is_refused(ray_session, tmp_path):
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    files = make_corpus(tmp_path, 1, 10)
+    ctx.max_errored_blocks = 1
+    try:
+        with pytest.raises(ValueError, match="max_errored_blocks must be 0"):
+            embed_sequences(files, tmp_path / "s", KmerEncoder(), use_ray=True)
+    finally:
+        ctx.max_errored_blocks = 0
