@@ -13,7 +13,9 @@ A study is one YAML file (see ``examples/study.yaml``)::
     cost: {watts_per_core: 10, grid_gco2_per_kwh: 400}
 
 Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
-encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; in the cross
+encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; for an
+``hf:<model>`` encoder and a ``lora: {r: 8, epochs: 1, max_steps: 200}`` entry, also a LoRA
+fine-tune of the same model (:mod:`genoray.finetune`), timed like the rest; in the cross
 protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
 ``fused+pseudo-label`` (confidence curriculum with replay). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
@@ -46,6 +48,7 @@ class Study:
     pooled: tuple[tuple[str, ...], ...] = ()
     bootstrap: int = 200
     seed: int = 0
+    lora: dict[str, Any] | None = None
     cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
 
 
@@ -68,7 +71,7 @@ def load_study(path: str | Path) -> Study:
         name=doc["name"], datasets={k: resolve(v) for k, v in doc["datasets"].items()},
         encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
         cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
-        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)),
+        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
         cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
     used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
     missing = used - set(study.datasets)
@@ -132,6 +135,17 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         for j, c in enumerate(head.classes_):
             p[:, list(classes).index(c)] = proba[:, j]
         rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
+    if encoder_name.startswith("hf:") and study.lora:
+        from genoray.finetune import LoraClassifier
+
+        t1, c1 = time.perf_counter(), time.process_time()
+        clf = LoraClassifier(encoder_name[3:], seed=study.seed, **study.lora).fit(list(seqs_tr), y_tr)
+        proba = clf.predict_proba(list(s_te))
+        p = np.zeros((len(s_te), len(classes)))
+        for j, c in enumerate(clf.classes_):
+            p[:, list(classes).index(c)] = proba[:, j]
+        rows.append({"method": f"lora(r={clf.r}, steps={clf.steps_})", "proba": p,
+                     "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
     out = []
     total_cpu = time.process_time() - c0
     for r in rows:
@@ -139,7 +153,8 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         ci = bootstrap_ci(y_te, r["proba"], classes, study.bootstrap, study.seed)
         out.append({"protocol": protocol, "train": "+".join(train), "test": test, "encoder": encoder_name,
                     "method": r["method"], "n_train": int(len(y_tr)), "n_test": int(len(y_te)), **m,
-                    "ci95": ci, "embed_seconds": round(embed_s, 2), "total_cpu_seconds": round(total_cpu, 2)})
+                    "ci95": ci, "embed_seconds": round(embed_s, 2), "method_seconds": round(r["seconds"], 2),
+                    "method_cpu_seconds": round(r["cpu"], 2), "total_cpu_seconds": round(total_cpu, 2)})
     return out
 
 

@@ -68,3 +68,33 @@ def test_study_refuses_unknown_datasets(tmp_path):
     p.write_text("name: x\ndatasets: {a: a.parquet}\nwithin: [b]\n")
     with pytest.raises(ValueError, match="not defined"):
         load_study(p)
+
+
+def test_study_with_frozen_hf_model_and_lora(tmp_path):
+    pytest.importorskip("peft")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genoray.evaluate import evaluate, load_study
+    from tiny_models import make_char_bert
+
+    model = make_char_bert(tmp_path / "bert")
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("AAT" if i % 2 else "GGC"), 40)) for i in range(120)]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(120)], "sequence": seqs,
+                             "label": ["at" if i % 2 else "gc" for i in range(120)],
+                             "split": ["test" if i % 5 == 0 else "train" for i in range(120)]}), tmp_path / "toy.parquet")
+    (tmp_path / "s.yaml").write_text(f"""
+name: hf
+bootstrap: 10
+encoders: ["hf:{model}"]
+datasets: {{toy: toy.parquet}}
+within: [toy]
+lora: {{r: 4, lr: 0.005, epochs: 5, batch_size: 16}}
+""")
+    rep = evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
+    methods = {r["method"]: r for r in rep["results"]}
+    assert {"majority", "knn_vote", "linear", "fused"} <= set(methods)
+    lora = next(r for m, r in methods.items() if m.startswith("lora("))
+    assert lora["accuracy"] > 0.8 and lora["method_seconds"] > 0
+    assert methods["fused"]["accuracy"] > 0.8  # frozen random-init features still separate AT from GC
