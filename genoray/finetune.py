@@ -34,7 +34,8 @@ class LoraClassifier:
         local = Path(self.model).expanduser().is_dir()
         kw = {"trust_remote_code": self.trust_remote_code, "local_files_only": local}
         tok = AutoTokenizer.from_pretrained(self.model, **kw)
-        base = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=n_labels, **kw)
+        base = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=n_labels,
+                                                                  use_safetensors=True, **kw)
         targets = list(self.target_modules) if self.target_modules else _attention_modules(base)
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha, lora_dropout=0.0,
                          target_modules=targets)

@@ -90,3 +90,18 @@ def test_trust_remote_code_needs_local_dir_or_explicit_name():
 def test_missing_hub_model_fails_offline():
     with pytest.raises(OSError):
         HFEncoder(HFConfig(model="nobody/not-a-model", local_files_only=True))
+
+
+def test_pickle_checkpoints_are_refused(tmp_path, bert_dir):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(bert_dir, pickled)
+    state = load_file(str(pickled / "model.safetensors"))
+    (pickled / "model.safetensors").unlink()
+    torch.save(state, pickled / "pytorch_model.bin")  # what many hub checkpoints ship
+    with pytest.raises(OSError, match="safetensors"):
+        HFEncoder(HFConfig(model=str(pickled)))

@@ -2,7 +2,8 @@
 HyenaDNA, Caduceus, or any ``AutoModel`` checkpoint).
 
 * Loads by hub id or local directory with ``AutoTokenizer``/``AutoModel``; weights are read
-  from safetensors where the checkpoint has them. ``trust_remote_code`` is only passed when the
+  only from safetensors (``use_safetensors=True``): a pickle checkpoint (``pytorch_model.bin``)
+  is refused rather than unpickled; convert it once, in an isolated job, to safetensors. ``trust_remote_code`` is only passed when the
   user asked for it *and* the model is a local directory or was named explicitly by the user
   (the config field is ``False`` unless set).
 * Pooling: masked mean over real tokens (default; attention mask, or ``input_ids != pad`` for
@@ -79,7 +80,8 @@ class HFEncoder:
             kwargs["revision"] = config.revision
         path = str(Path(config.model).expanduser()) if local else config.model
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        self.model = AutoModel.from_pretrained(path, dtype=dtype, **kwargs)
+        # safetensors only: a pytorch_model.bin is a pickle, and genoray never loads pickles
+        self.model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
         self.model.eval().to(self.device)
         self.dtype = dtype
         self.dim = int(getattr(self.model.config, "hidden_size", 0) or getattr(self.model.config, "d_model", 0))
