@@ -174,7 +174,7 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     tmp = shard_dir / f".{key}.{os.getpid()}.tmp"
     writer = None
     rows = 0
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         cfg = read_cfg if read_cfg.batch_size == batch_size else _with_batch(read_cfg, batch_size)
         for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"]):
@@ -205,7 +205,7 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         "file": final.name, "sha256": sha256_file(final), "rows": rows,
         "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
         "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
-        "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
+        "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
         "node": os.uname().nodename,
     }
     if rows != report.accepted:
