@@ -153,7 +153,7 @@ def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
 def test_multi_node_cluster_embeds_every_record_once(tmp_path):
     """Head + two worker nodes on this machine (separate Ray processes); run in a subprocess
     because the test session already has its own Ray."""
-    files = make_corpus(tmp_path, 8, 300)
+    files = make_corpus(tmp_path, 12, 1500)
     script = textwrap.dedent("""
         import json, sys, tempfile
         import ray
@@ -168,7 +168,8 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path):
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         rep = embed_sequences(sys.argv[2:], sys.argv[1], KmerEncoder(), use_ray=True,
-                              embed_cfg=EmbedConfig(num_actors=2, cpus_per_actor=0.5))
+                              embed_cfg=EmbedConfig(num_actors=2, cpus_per_actor=1.0))
+        # 1 CPU per actor on 1-CPU worker nodes (head has none): one actor per node
         import pathlib
         nodes = {json.loads(p.read_text())["worker_pid"] for p in pathlib.Path(sys.argv[1], "shards").glob("*.done.json")}
         print(json.dumps({"written": rep.written, "status": rep.status, "workers": len(nodes),
@@ -180,10 +181,10 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path):
                          capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["status"] == "complete" and res["written"] == 2400 and res["alive_nodes"] == 3
+    assert res["status"] == "complete" and res["written"] == 18000 and res["alive_nodes"] == 3
     assert res["workers"] == 2  # both actors (one per worker node) did work
     ids, _ = load_sorted(tmp_path / "store")
-    assert len(ids) == len(set(ids)) == 2400
+    assert len(ids) == len(set(ids)) == 18000
 
 
 def test_failed_commit_leaves_no_visible_shard_and_retry_is_clean(tmp_path, monkeypatch):

@@ -141,3 +141,9 @@ def test_import_is_light_and_has_no_side_effects():
 def test_bundled_dataset_is_shipped_with_citation():
     path = bundled_dataset()
     assert path.is_file() and "Liu" in (path.parent / "README.md").read_text()
+
+
+def test_every_public_name_resolves():
+    import genoray
+
+    assert all(getattr(genoray, name) is not None for name in genoray.__all__)
