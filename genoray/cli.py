@@ -144,8 +144,10 @@ def cmd_reindex(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import signal
     import time
 
+    import ray
     from ray import serve
 
     from genoray.embed import init_ray
@@ -159,11 +161,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
     start_http(cfg)
     serve.run(build_app(cfg), name="genoray", route_prefix="/")
     print(f"genoray serving {a.root} on http://{cfg.host}:{cfg.port}/v1/predict (Ctrl-C to stop)", file=sys.stderr)
+
+    def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+        ray.shutdown()
     return 0
 
 
