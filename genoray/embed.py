@@ -64,14 +64,18 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
 
     if ray.is_initialized():
         return
+    quiet = os.environ.get("GENORAY_QUIET_RAY") == "1"  # set by the CLI unless -v
+    level = logging.WARNING if quiet else logging.INFO
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=False, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
-                 log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"))
+                 log_to_driver=False, logging_level=level, _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"))
     import ray.data
 
+    if quiet:  # Ray Data logs every dataset execution at INFO
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
