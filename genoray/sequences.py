@@ -5,8 +5,8 @@ Output contract: :data:`genoray.schema.RECORD_SCHEMA` record batches
 with records read, accepted and rejected by reason, so that ``read == accepted + rejected``.
 
 Malformed *files* (no FASTA header, truncated gzip, binary junk, non-ASCII bytes, a FASTQ
-whose qualities do not match) raise :class:`SequenceFormatError` naming the file, the record
-number and the reason. Malformed *records* (empty, too short/long, too many N, non-DNA
+whose qualities do not match, a ``<file>.sha256`` sidecar that does not match) raise
+:class:`SequenceFormatError` naming the file, the record number and the reason. Malformed *records* (empty, too short/long, too many N, non-DNA
 characters, repeated ids) are rejected and counted, never silently dropped.
 
 FASTA/FASTQ parsing uses ``dnaio`` (C-accelerated, handles gzip/bgzip/multi-member gzip and
@@ -335,6 +335,22 @@ def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder,
         yield last
 
 
+def verify_sidecar(path: str) -> None:
+    """If ``<file>.sha256`` exists (``sha256sum`` format or a bare digest), check the file
+    against it. A plain FASTA cut at a record boundary parses cleanly; only a checksum (or a
+    record count) can reveal the truncation."""
+    side = Path(path + ".sha256")
+    if not side.is_file():
+        return
+    from genoray.artifacts import sha256_file
+
+    words = side.read_text().split()
+    expected = words[0].lower() if words else ""
+    got = sha256_file(path)
+    if got != expected:
+        raise SequenceFormatError(path, None, f"checksum_mismatch: sha256 {got[:16]}... != {side.name} {expected[:16]}...")
+
+
 def iter_sequences(
     paths: str | Path | Iterable[str | Path],
     cfg: ReadConfig | None = None,
@@ -382,6 +398,7 @@ def iter_file(
     if not Path(path).is_file():
         raise SequenceFormatError(path, None, "no such file")
     fmt = detect_format(path)
+    verify_sidecar(path)
     report.files.append(path)
     builder = _BatchBuilder(path, cfg, report, seen)
     if fmt == "fastx":

@@ -139,3 +139,24 @@ def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
         assert v1 != v2
     finally:
         holder.close()
+
+
+def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    v1 = make_bundle(tmp_path / "w1", root, seed=0)
+
+    def crash(src, dst):
+        raise OSError("killed between staging and rename (injected)")
+
+    monkeypatch.setattr("genoray.bundle.os.rename", crash)
+    with pytest.raises(OSError, match="injected"):
+        make_bundle(tmp_path / "w2", root, seed=1)
+    monkeypatch.undo()
+    assert current_version(root) == v1 and load_bundle(root)[1]["version"] == v1
+    assert [p.name for p in (root / "versions").iterdir()] == [v1]  # nothing half-published
+    assert not list((root / "staging").iterdir())  # the failed writer cleaned up its staging dir
+    orphan = root / "staging" / "vX.dead"
+    orphan.mkdir()
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))  # a crashed writer's leftover
+    collect_garbage(root)
+    assert not orphan.exists() and current_version(root) == v1

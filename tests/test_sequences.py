@@ -145,3 +145,14 @@ def test_tile_and_reverse_complement():
     assert tile("ACG", 4, 1) == ["ACG"]
     with pytest.raises(ValueError):
         tile("ACGT", 4, 4)
+
+
+def test_sidecar_checksum_catches_boundary_truncation(tmp_path):
+    import hashlib
+
+    p = write_fasta(tmp_path / "a.fa", [("r1", "ACGT"), ("r2", "GGCC"), ("r3", "TTAA")])
+    (tmp_path / "a.fa.sha256").write_text(hashlib.sha256(p.read_bytes()).hexdigest() + "  a.fa\n")
+    assert read_sequences(p)[0].num_rows == 3
+    p.write_text(">r1\nACGT\n>r2\nGGCC\n")  # cut exactly at a record boundary: parses "fine"
+    with pytest.raises(SequenceFormatError, match=r"a\.fa: file: checksum_mismatch"):
+        read_sequences(p)
