@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from genoray.artifacts import sha256_file, write_json
+from genoray.heads import align_proba
 from genoray.metrics import classification_metrics, majority_proba
 
 
@@ -130,20 +131,14 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
     rows = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
     for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
         t1, c1 = time.perf_counter(), time.process_time()
-        proba = head.predict_proba(x)
-        p = np.zeros((len(x), len(classes)))
-        for j, c in enumerate(head.classes_):
-            p[:, list(classes).index(c)] = proba[:, j]
+        p = align_proba(head.classes_, head.predict_proba(x), classes)
         rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
     if encoder_name.startswith("hf:") and study.lora:
         from genoray.finetune import LoraClassifier
 
         t1, c1 = time.perf_counter(), time.process_time()
         clf = LoraClassifier(encoder_name[3:], seed=study.seed, **study.lora).fit(list(seqs_tr), y_tr)
-        proba = clf.predict_proba(list(s_te))
-        p = np.zeros((len(s_te), len(classes)))
-        for j, c in enumerate(clf.classes_):
-            p[:, list(classes).index(c)] = proba[:, j]
+        p = align_proba(clf.classes_, clf.predict_proba(list(s_te)), classes)
         rows.append({"method": f"lora(r={clf.r}, steps={clf.steps_})", "proba": p,
                      "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
     out = []

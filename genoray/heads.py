@@ -68,15 +68,22 @@ def vote(sims: np.ndarray, nbr_codes: np.ndarray, n_classes: int, temperature: f
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _drop_self(sims: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove row i's own position i from its neighbour list (search was done with k+1)."""
-    own = pos == np.arange(pos.shape[0])[:, None]
-    keep_first = ~own
-    # rows where self was not found: drop the last (k+1-th) neighbour instead
-    no_self = ~own.any(axis=1)
-    keep_first[no_self, -1] = False
-    order = np.argsort(~keep_first, axis=1, kind="stable")[:, :k]
+def drop_own(sims: np.ndarray, pos: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the first ``k`` neighbours that are not marked ``own`` (the query itself), from a
+    search done with one extra neighbour; rows without a self-hit drop the extra one."""
+    own = own.copy()
+    own[~own.any(axis=1), -1] = True
+    order = np.argsort(own, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
+
+
+def align_proba(classes_from, p: np.ndarray, classes_to) -> np.ndarray:
+    """Columns of ``p`` (in ``classes_from`` order) re-indexed to ``classes_to`` (0 where absent)."""
+    where = {c: i for i, c in enumerate(classes_to)}
+    out = np.zeros((p.shape[0], len(where)))
+    for j, c in enumerate(classes_from):
+        out[:, where[c]] = p[:, j]
+    return out
 
 
 class KNNVoteHead(ClassifierMixin, BaseEstimator):
@@ -119,7 +126,8 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         X = _check_X(X, self.n_features_in_)
         if exclude_self:
             sims, pos = self.index_.search(X, self.k + 1)
-            return _drop_self(sims, pos, min(self.k, self.index_.ntotal - 1))
+            own = pos == np.arange(pos.shape[0])[:, None]
+            return drop_own(sims, pos, own, min(self.k, self.index_.ntotal - 1))
         return self.index_.search(X, self.k)
 
     def proba_from_neighbours(self, sims: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -241,13 +249,13 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         best = None
         for C in grid:
             lin = LinearHead(C=C).fit(X[tr], y[tr])
-            p = _align(lin, lin.predict_proba(X[va]), self.classes_)
+            p = align_proba(lin.classes_, lin.predict_proba(X[va]), self.classes_)
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
                 best = (loss, C, p)
         _, self.C_, p_lin = best
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).fit(X[tr], y[tr])
-        p_knn = _align(knn, knn.predict_proba(X[va]), self.classes_)
+        p_knn = align_proba(knn.classes_, knn.predict_proba(X[va]), self.classes_)
         scores = [_log_loss(w * p_knn + (1 - w) * p_lin, codes[va]) for w in _WEIGHT_GRID]
         self.val_scores_ = dict(zip(map(float, _WEIGHT_GRID), scores))
         self.weight_ = float(_WEIGHT_GRID[int(np.argmin(scores))])
@@ -285,15 +293,6 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-
-def _align(head, p: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Columns of ``p`` (in ``head.classes_`` order) re-indexed to ``classes`` (0 where absent)."""
-    out = np.zeros((p.shape[0], len(classes)))
-    where = {c: i for i, c in enumerate(classes)}
-    for j, c in enumerate(head.classes_):
-        out[:, where[c]] = p[:, j]
-    return out
 
 
 def save_head(head: FusedHead, out_dir: str | Path, encoder_fingerprint: str | None = None) -> None:

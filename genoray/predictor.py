@@ -17,7 +17,7 @@ import numpy as np
 
 from genoray.config import CleanPolicy
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.heads import FusedHead, load_head
+from genoray.heads import FusedHead, drop_own, load_head
 from genoray.index import VectorIndex
 from genoray.sequences import Cleaner
 
@@ -103,14 +103,10 @@ class Predictor:
         the ``max(k, head.k)`` nearest neighbours of embeddings ``x`` (own ids excluded)."""
         k = max(k or 0, self.head.k)
         sims, pos = self.index.search(x, k + 1)
+        own = np.zeros_like(pos, dtype=bool)
         if ids is not None:
-            own = self.index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]
-            own &= pos >= 0
-        else:
-            own = np.zeros_like(pos, dtype=bool)
-        own[~own.any(axis=1), -1] = True  # no self-hit: drop the extra (k+1-th) neighbour
-        order = np.argsort(own, axis=1, kind="stable")[:, :k]
-        sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
+            own = (self.index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
+        sims, pos = drop_own(sims, pos, own, k)
         p_knn = self.head.knn_.proba_from_neighbours(sims[:, : self.head.k], pos[:, : self.head.k])
         p_lin = self.head.linear_.predict_proba(x)
         return self.head.combine(p_knn, p_lin), sims, pos
