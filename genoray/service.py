@@ -7,7 +7,8 @@
 * ``GET /v1/health``: liveness. ``GET /v1/ready``: 200 only once a bundle is loaded.
 * ``GET /v1/info``: bundle version, encoder, index type and counts (needs the API key).
 
-Limits: request body (413, checked on the byte stream before JSON parsing), number of
+Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per replica, off by
+default), request body (413, checked on the byte stream before JSON parsing), number of
 sequences, sequence length and total bases (422 naming the field), alphabet (422 naming the
 sequence and position); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
 by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
@@ -49,6 +50,29 @@ class ServiceLimits:
     max_length: int = 10_000
     max_total_bases: int = 200_000
     max_k: int = 100
+    rate_per_key: float = 0.0  # requests/s per API key and replica; 0 = no rate limit
+    burst_per_key: int = 20
+
+
+class TokenBucket:
+    """Per-key token buckets: ``rate`` tokens/s up to ``burst``; ``take`` returns the seconds
+    to wait (0 when a token was taken)."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._state: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._state.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._state[key] = (tokens - 1.0, now)
+                return 0.0
+            self._state[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
 
 
 def hash_key(key: str) -> str:
@@ -256,15 +280,22 @@ def create_app(
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    buckets = TokenBucket(limits.rate_per_key, limits.burst_per_key) if limits.rate_per_key > 0 else None
+
     def auth(request: Request) -> None:
-        if not require_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        digest = hash_key(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
-        if not digest or not any(hmac.compare_digest(digest, k) for k in key_hashes):
-            raise HTTPException(status_code=401, detail="missing or invalid API key",
-                                headers={"WWW-Authenticate": "Bearer"})
+        digest = ""
+        if require_key:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            digest = hash_key(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
+            if not digest or not any(hmac.compare_digest(digest, k) for k in key_hashes):
+                raise HTTPException(status_code=401, detail="missing or invalid API key",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        if buckets is not None:
+            wait = buckets.take(digest or (request.client.host if request.client else ""))
+            if wait > 0:
+                raise HTTPException(status_code=429, detail="rate limit exceeded for this API key",
+                                    headers={"Retry-After": str(max(1, round(wait + 0.5)))})
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

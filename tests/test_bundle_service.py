@@ -160,3 +160,18 @@ def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatc
     os.utime(orphan, (time.time() - 7200, time.time() - 7200))  # a crashed writer's leftover
     collect_garbage(root)
     assert not orphan.exists() and current_version(root) == v1
+
+
+def test_rate_limit_is_per_key(root):
+    from genoray.serve import plain_app
+    from genoray.service import hash_key
+
+    app = plain_app(str(root[0]), require_key=True, key_hashes=(hash_key("a"), hash_key("b")),
+                    limits={"rate_per_key": 0.5, "burst_per_key": 3})
+    c = TestClient(app)
+    body = {"sequences": ["ACGTACGT"]}
+    codes = [c.post("/v1/predict", json=body, headers={"Authorization": "Bearer a"}).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    r = c.post("/v1/predict", json=body, headers={"Authorization": "Bearer a"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert c.post("/v1/predict", json=body, headers={"Authorization": "Bearer b"}).status_code == 200
