@@ -76,14 +76,6 @@ class ReadReport:
     def n_rejected(self) -> int:
         return sum(self.rejected.values())
 
-    def merge(self, other: "ReadReport") -> None:
-        self.read += other.read
-        self.accepted += other.accepted
-        self.rejected.update(other.rejected)
-        room = None if self.max_examples is None else max(self.max_examples - len(self.examples), 0)
-        self.examples.extend(other.examples[:room])
-        self.files.extend(other.files)
-
     def check(self) -> None:
         if self.read != self.accepted + self.n_rejected:
             raise AssertionError(f"record counts do not add up: {self.to_dict()}")

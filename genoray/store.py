@@ -44,9 +44,6 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def select(self, mask: np.ndarray) -> "Embeddings":
-        return Embeddings(self.ids[mask], self.labels[mask], self.domains[mask], self.splits[mask], self.vectors[mask])
-
 
 def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
     """The embedding column of a store table as a float32 ``(n, dim)`` matrix."""
