@@ -32,6 +32,7 @@ _LAZY = {
     "KmerEncoder": "genoray.encoders.kmer",
     "HFEncoder": "genoray.encoders.hf",
     "encoder_from_spec": "genoray.encoders",
+    "encoder_from_name": "genoray.encoders",
     "embed_sequences": "genoray.embed",
     "EmbeddingStore": "genoray.store",
     "build_index": "genoray.index",

@@ -50,10 +50,10 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 def cmd_embed(a: argparse.Namespace) -> int:
     from genoray.config import EmbedConfig
     from genoray.embed import embed_sequences
-    from genoray.quickstart import make_encoder
+    from genoray.encoders import encoder_from_name
 
     cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
-    report = embed_sequences(a.inputs, a.out, make_encoder(a.encoder, a.trust_remote_code),
+    report = embed_sequences(a.inputs, a.out, encoder_from_name(a.encoder, a.trust_remote_code),
                              embed_cfg=cfg, use_ray=not a.no_ray)
     _print(report.to_dict(), True)
     return 0 if report.status == "complete" else 3
@@ -134,11 +134,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
-    from genoray.quickstart import make_encoder
+    from genoray.encoders import encoder_from_name
     from genoray.reindex import ReindexConfig, reindex
 
     cfg = ReindexConfig(recall_floor=a.recall_floor, max_accuracy_drop=a.max_accuracy_drop)
-    rep = reindex(a.inputs, a.work, a.bundles, make_encoder(a.encoder, a.trust_remote_code), cfg=cfg,
+    rep = reindex(a.inputs, a.work, a.bundles, encoder_from_name(a.encoder, a.trust_remote_code), cfg=cfg,
                   use_ray=not a.no_ray)
     _print(asdict(rep), True)
     return 0 if rep.published else 4

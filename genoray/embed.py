@@ -25,6 +25,7 @@ shards; readers never glob.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -48,7 +49,7 @@ from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.sequences import ReadReport, SequenceFormatError, detect_format, iter_file
-from genoray.store import FORMAT_VERSION, MANIFEST, EmbeddingStore
+from genoray.store import FORMAT_VERSION, MANIFEST
 
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
@@ -180,7 +181,7 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     rows = 0
     t0, started = time.perf_counter(), time.time()
     try:
-        cfg = read_cfg if read_cfg.batch_size == batch_size else _with_batch(read_cfg, batch_size)
+        cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
         for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"]):
             out = embed_table(encoder, batch)
             if writer is None:
@@ -216,12 +217,6 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.accepted}")
     write_json(shard_dir / f"{key}.done.json", done)
     return done
-
-
-def _with_batch(cfg: ReadConfig, batch_size: int) -> ReadConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, batch_size=batch_size)
 
 
 def _fsync(path: Path) -> None:

@@ -114,7 +114,7 @@ def _methods(xtr, ytr, xte, cross: bool, seed: int):
 
 
 def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol: str, data) -> list[dict[str, Any]]:
-    from genoray.quickstart import make_encoder
+    from genoray.encoders import encoder_from_name
 
     t0, c0 = time.perf_counter(), time.process_time()
     seqs_tr = np.concatenate([data[d][0][data[d][2] == "train"] for d in train])
@@ -122,7 +122,7 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
     s_te, y_te = data[test][0][data[test][2] == "test"], data[test][1][data[test][2] == "test"]
     if not set(y_te) <= set(y_tr):
         raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
-    enc = make_encoder(encoder_name)
+    enc = encoder_from_name(encoder_name)
     if getattr(enc, "needs_fit", False):
         enc.fit(list(seqs_tr))
     xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))

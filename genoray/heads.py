@@ -16,7 +16,6 @@ by sha256 in :func:`load_head`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin

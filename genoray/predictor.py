@@ -99,14 +99,20 @@ class Predictor:
 
     def predict_vectors(self, x: np.ndarray, ids: list[str] | None = None,
                         k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities (the vote uses the head's k), and the similarities and index rows of
-        the ``max(k, head.k)`` nearest neighbours of embeddings ``x`` (own ids excluded)."""
-        k = max(k or 0, self.head.k)
-        sims, pos = self.index.search(x, k + 1)
-        own = np.zeros_like(pos, dtype=bool)
-        if ids is not None:
-            own = (self.index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
-        sims, pos = drop_own(sims, pos, own, k)
-        p_knn = self.head.knn_.proba_from_neighbours(sims[:, : self.head.k], pos[:, : self.head.k])
-        p_lin = self.head.linear_.predict_proba(x)
-        return self.head.combine(p_knn, p_lin), sims, pos
+        """See :func:`predict_vectors`."""
+        return predict_vectors(self.index, self.head, x, ids, k)
+
+
+def predict_vectors(index: VectorIndex, head: FusedHead, x: np.ndarray, ids: list[str] | None = None,
+                    k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fused probabilities for embeddings ``x`` (the vote uses the head's k), and the
+    similarities and index rows of the ``max(k, head.k)`` nearest neighbours (own ids
+    excluded). ``head`` must be attached to ``index``."""
+    k = max(k or 0, head.k)
+    sims, pos = index.search(x, k + 1)
+    own = np.zeros_like(pos, dtype=bool)
+    if ids is not None:
+        own = (index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
+    sims, pos = drop_own(sims, pos, own, k)
+    p_knn = head.knn_.proba_from_neighbours(sims[:, : head.k], pos[:, : head.k])
+    return head.combine(p_knn, head.linear_.predict_proba(x)), sims, pos

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genoray.config import HeadConfig, IndexConfig, KmerConfig, PositionConfig, ReadConfig
+from genoray.config import HeadConfig, IndexConfig, ReadConfig
 from genoray.embed import embed_sequences
+from genoray.encoders import encoder_from_name
 from genoray.index import build_index
 from genoray.train import evaluate_store, train_head
 
@@ -24,22 +25,6 @@ ENCODERS = ("kmer", "kmer-pos")
 
 def bundled_dataset() -> Path:
     return Path(__file__).resolve().parent / "data" / BUNDLED
-
-
-def make_encoder(name: str, trust_remote_code: bool = False):
-    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``."""
-    from genoray.encoders.kmer import KmerEncoder
-
-    if name == "kmer":
-        return KmerEncoder(KmerConfig())
-    if name == "kmer-pos":
-        return KmerEncoder(KmerConfig(position=PositionConfig()))
-    if name.startswith("hf:"):
-        from genoray.config import HFConfig
-        from genoray.encoders.hf import HFEncoder
-
-        return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code))
-    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
 
 
 def run_quickstart(
@@ -57,7 +42,7 @@ def run_quickstart(
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", make_encoder(name), read_cfg, use_ray=use_ray)
+        report = embed_sequences(data, run_dir / "store", encoder_from_name(name), read_cfg, use_ray=use_ray)
         t1 = time.perf_counter()
         idx = build_index(run_dir / "store", run_dir / "index", IndexConfig(split="train"))
         t2 = time.perf_counter()

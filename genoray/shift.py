@@ -124,7 +124,7 @@ class ShiftDetector:
     def fit(self, reference: np.ndarray) -> "ShiftDetector":
         from sklearn.decomposition import PCA
 
-        from genoray.heads import KNNVoteHead
+        from genoray.index import VectorIndex
 
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
@@ -143,12 +143,12 @@ class ShiftDetector:
         # false positives on random halves instead of 5%)
         pca_rows = knn_ref if len(knn_ref) >= 10 else self.ref_sample_
         self.pca_ = PCA(n_components=min(cfg.pca_dim, ref.shape[1], len(pca_rows) - 1), random_state=cfg.seed).fit(pca_rows)
-        self.knn_ = KNNVoteHead(k=cfg.k).fit(knn_ref, np.zeros(len(knn_ref), dtype=object))
+        self.index_ = VectorIndex.from_vectors(knn_ref, np.arange(len(knn_ref)), np.full(len(knn_ref), None))
         self.threshold_ = float(np.quantile(self.ood_distance(self.ref_sample_), cfg.ood_quantile))
         return self
 
     def ood_distance(self, x: np.ndarray) -> np.ndarray:
-        sims, _ = self.knn_.index_.search(np.asarray(x, dtype=np.float32), self.cfg.k)
+        sims, _ = self.index_.search(np.asarray(x, dtype=np.float32), self.cfg.k)
         return 1.0 - sims[:, -1]
 
     def score(self, new: np.ndarray, groups: np.ndarray | None = None) -> ShiftReport:

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from genoray.artifacts import read_json
 from genoray.config import HeadConfig
 from genoray.heads import FusedHead, load_head, save_head
 from genoray.index import VectorIndex
 from genoray.metrics import classification_metrics, majority_proba
-from genoray.predictor import Predictor
+from genoray.predictor import predict_vectors
 from genoray.store import EmbeddingStore
 
 
@@ -30,11 +31,11 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     emb = store.load(split)
     if any(label is None for label in emb.labels):
         raise ValueError(f"{store_path}: {sum(l is None for l in emb.labels)} rows of split {split!r} have no label")
-    index = VectorIndex.load(index_dir)
-    if index.manifest.get("fingerprint") != store.fingerprint:
-        raise ValueError(f"{index_dir} was built with encoder {index.manifest.get('fingerprint')}, store has {store.fingerprint}")
-    if index.ntotal != len(emb):
-        raise ValueError(f"{index_dir} holds {index.ntotal} vectors but split {split!r} of the store has {len(emb)}")
+    manifest = read_json(Path(index_dir) / "manifest.json")  # the head's kNN part votes over this index
+    if manifest.get("fingerprint") != store.fingerprint:
+        raise ValueError(f"{index_dir} was built with encoder {manifest.get('fingerprint')}, store has {store.fingerprint}")
+    if manifest["ntotal"] != len(emb):
+        raise ValueError(f"{index_dir} holds {manifest['ntotal']} vectors but split {split!r} of the store has {len(emb)}")
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
@@ -48,13 +49,12 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     test = store.load(split)
     if len(test) == 0:
         raise ValueError(f"{store_path}: no rows in split {split!r}")
-    predictor = Predictor(encoder=_NoEncoder(store.dim), index=VectorIndex.load(index_dir),
-                          head=load_head(head_dir, encoder_fingerprint=store.fingerprint))
-    head = predictor.head
+    index = VectorIndex.load(index_dir)
+    head = load_head(head_dir, encoder_fingerprint=store.fingerprint).attach_index(index)
     classes = head.classes_
-    proba, sims, pos = predictor.predict_vectors(test.vectors, list(test.ids))
+    proba, sims, pos = predict_vectors(index, head, test.vectors, list(test.ids))
     results = {
-        "majority": classification_metrics(test.labels, majority_proba(predictor.index.labels, classes, len(test)), classes),
+        "majority": classification_metrics(test.labels, majority_proba(index.labels, classes, len(test)), classes),
         "knn_vote": classification_metrics(test.labels, head.knn_.proba_from_neighbours(sims, pos), classes),
         "linear": classification_metrics(test.labels, head.linear_.predict_proba(test.vectors), classes),
         "fused": classification_metrics(test.labels, proba, classes),
@@ -62,12 +62,3 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     results["fused"]["mean_ood_score"] = float(np.mean(head.ood_score(sims[:, -1])))
     return results
 
-
-class _NoEncoder:
-    """Stands in for the encoder when evaluating stored vectors (never embeds)."""
-
-    def __init__(self, dim: int):
-        self.dim = dim
-
-    def embed(self, sequences):  # pragma: no cover - evaluate_store passes vectors directly
-        raise RuntimeError("evaluate_store works on stored embeddings")

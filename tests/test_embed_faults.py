@@ -115,7 +115,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_session, tmp_path):
 
 def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
     files = make_corpus(tmp_path, 12, 3000)
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         from genoray.embed import embed_sequences
         from genoray.config import EmbedConfig, KmerConfig, PositionConfig

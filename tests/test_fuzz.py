@@ -3,7 +3,6 @@ round trips are exact."""
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -72,7 +71,6 @@ def test_fasta_and_parquet_round_trip(tmp_path, seqs):
                     lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=10), c, max_size=5),
                     max_leaves=20))
 def test_request_validation_never_500s(json_value):
-    from fastapi.testclient import TestClient
 
     body = {"sequences": json_value} if not isinstance(json_value, dict) else json_value
     r = _client().post("/v1/predict", content=json.dumps(body), headers={"Content-Type": "application/json"})

@@ -3,7 +3,6 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from genoray.config import IndexConfig
 from genoray.embed import embed_sequences

@@ -30,6 +30,26 @@ def fingerprint(encoder: Encoder) -> str:
     return sha256_json(encoder.spec())[:16]
 
 
+def encoder_from_name(name: str, trust_remote_code: bool = False) -> Encoder:
+    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``."""
+    from genoray.config import KmerConfig, PositionConfig
+
+    if name == "kmer":
+        from genoray.encoders.kmer import KmerEncoder
+
+        return KmerEncoder(KmerConfig())
+    if name == "kmer-pos":
+        from genoray.encoders.kmer import KmerEncoder
+
+        return KmerEncoder(KmerConfig(position=PositionConfig()))
+    if name.startswith("hf:"):
+        from genoray.config import HFConfig
+        from genoray.encoders.hf import HFEncoder
+
+        return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code))
+    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
+
+
 def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
     """Rebuild an encoder from ``spec()`` output (as stored beside embeddings and indexes)."""
     kind = spec.get("type")
