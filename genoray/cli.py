@@ -155,7 +155,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from genoray.serve import ServeConfig, build_app, start_http
 
     cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,
-                      min_replicas=a.min_replicas, max_replicas=a.max_replicas, poll_s=a.poll_s,
+                      min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+                      ingress_replicas=a.ingress_replicas, poll_s=a.poll_s,
                       limits={"rate_per_key": a.rate_per_key} if a.rate_per_key else {})
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
@@ -295,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="bundle root directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--min-replicas", type=int, default=1,
+                   help="model replicas kept running (use >= 2 so a dying replica's requests are retried on another)")
+    p.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling for model replicas")
+    p.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas (auth and validation)")
     p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
     p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
     p.add_argument("--rate-per-key", type=float, default=0.0,

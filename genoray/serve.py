@@ -1,40 +1,32 @@
 """Ray Serve hosting of the predictor API (:mod:`genoray.service`).
 
-``build_app(ServeConfig)`` returns a Serve application: one deployment whose replicas each hold
-a :class:`~genoray.service.BundleHolder` (bundle loaded synchronously in the constructor, then
-``CURRENT`` watched and swapped on a background thread) and batch concurrent requests with
-``@serve.batch`` on an inner method. Autoscaling, the queue bound (503 when full) and the
-per-replica concurrency are deployment options; the request timeout and the bind address are
-Serve HTTP options (``start_http``), 127.0.0.1 by default.
+``build_app(ServeConfig)`` returns a Serve application of two deployments:
 
-``reconfigure`` (Serve ``user_config``) can pin a version, e.g. for a rollback drill; normally
-replicas follow ``CURRENT``.
+* ``GenorayModel``: the replicas that do the work. Each holds a
+  :class:`~genoray.service.BundleHolder` (bundle loaded synchronously in the constructor, then
+  ``CURRENT`` watched and swapped on a background thread) and batches concurrent calls with
+  ``@serve.batch``. Autoscaled; the per-replica queue is bounded.
+* ``GenorayIngress``: the FastAPI app (auth, body/size/alphabet limits, rate limit). It forwards
+  each validated request to a model replica and **retries it on another replica when the one
+  it was sent to dies** (a prediction is a pure function of the request and the bundle, so a
+  retry is safe). A full model queue becomes 503 with ``Retry-After``; a prediction that does
+  not finish within ``predict_timeout_s`` becomes 504.
+
+The end-to-end request timeout (408) and the bind address are Serve HTTP options
+(``start_http``), 127.0.0.1 by default. ``reconfigure`` (Serve ``user_config``) of the model
+deployment can pin a version, e.g. for a rollback drill; normally replicas follow ``CURRENT``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
-# The deployment instance of this replica process. Module-level so that the FastAPI routes
-# (pickled with the app) and the deployment class (pickled separately) share it by reference.
-_LOCAL: dict[str, Any] = {}
-
-
-def _register(replica) -> None:
-    _LOCAL["replica"] = replica
-
-
-def _holder():
-    replica = _LOCAL.get("replica")
-    return getattr(replica, "holder", None)
-
-
-async def _run_predict(req) -> dict[str, Any]:
-    return await _LOCAL["replica"].batched(req)
 
 
 @dataclass(frozen=True)
@@ -46,13 +38,23 @@ class ServeConfig:
         host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
         require_key: refuse requests without a valid ``Authorization: Bearer`` key.
         key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
-        min_replicas / max_replicas / target_ongoing_requests: Serve autoscaling.
-        max_ongoing_requests: per replica; >= max_batch_size so batches can fill.
-        max_queued_requests: per caller queue bound; beyond it Serve answers 503.
+        min_replicas / max_replicas / target_ongoing_requests: model-replica autoscaling
+            (run >= 2 replicas in production: a request on a replica that dies is retried on another).
+        max_ongoing_requests: per model replica; >= max_batch_size so batches can fill.
+        max_queued_requests: per caller queue bound; beyond it the answer is 503.
         request_timeout_s: end-to-end timeout at the proxy (408).
+        predict_timeout_s: the ingress waits this long for a prediction, retries included (504);
+            keep it below ``request_timeout_s`` so callers get the more specific answer.
+        retries: attempts on another model replica after the one serving a request died.
         max_batch_size / batch_wait_timeout_s: dynamic batching.
         poll_s: how often replicas check ``CURRENT``.
-        num_cpus: logical CPUs per replica (fractional on small hosts).
+        num_cpus: logical CPUs per model replica (fractional on small hosts).
+        ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
+            (auth and validation only; light).
+        health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
+            watcher stopped, so the replica is replaced).
+        graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
+            requests for up to this long.
         limits: see :class:`genoray.service.ServiceLimits` (as a dict).
     """
 
@@ -67,12 +69,19 @@ class ServeConfig:
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
     request_timeout_s: float = 15.0
+    predict_timeout_s: float = 10.0
+    retries: int = 3
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
     poll_s: float = 2.0
     num_cpus: float = 0.5
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 60.0
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1
+    ingress_max_ongoing_requests: int = 256
+    health_check_period_s: float = 5.0
+    graceful_shutdown_timeout_s: float = 20.0
     limits: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -83,15 +92,56 @@ def start_http(cfg: ServeConfig) -> None:
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
 
 
+class ServeBackend:
+    """:class:`~genoray.service.Backend` that forwards to the model deployment through its handle."""
+
+    def __init__(self, model, timeout_s: float, retries: int):
+        self.model, self.timeout_s, self.retries = model, timeout_s, retries
+
+    async def _call(self, method: str, *args):
+        from fastapi import HTTPException
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+        from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        for attempt in range(self.retries + 1):
+            response = getattr(self.model, method).remote(*args)
+            try:
+                return await asyncio.wait_for(response, max(0.001, deadline - loop.time()))
+            except BackPressureError:
+                raise HTTPException(503, "all model replicas are busy; retry later", headers={"Retry-After": "1"})
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+            except (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError) as e:
+                log.warning("model replica lost during %s (attempt %d): %s", method, attempt + 1, type(e).__name__)
+                if attempt == self.retries or loop.time() >= deadline:
+                    raise HTTPException(503, "model replicas unavailable; retry later", headers={"Retry-After": "1"})
+                await asyncio.sleep(min(0.05 * 2**attempt, max(0.0, deadline - loop.time())))
+
+    async def predict(self, req) -> dict[str, Any]:
+        return await self._call("predict", req)
+
+    async def info(self) -> dict[str, Any] | None:
+        from fastapi import HTTPException
+
+        try:
+            return await self._call("info")
+        except HTTPException:
+            return None
+
+
 def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (deploy with ``serve.run(app, route_prefix="/")``)."""
     from ray import serve
 
-    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_batch  # noqa: F401
+    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_batch
 
     key_hashes = cfg.key_hashes or keys_from_env()
     limits = ServiceLimits(**cfg.limits)
-    app = create_app(_holder, _run_predict, key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    if cfg.require_key and not key_hashes:  # fail here, not in a replica constructor retried 20 times
+        raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
 
     @serve.deployment(
         autoscaling_config={
@@ -103,21 +153,17 @@ def build_app(cfg: ServeConfig):
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
-        health_check_period_s=5,
+        health_check_period_s=cfg.health_check_period_s,
         health_check_timeout_s=20,
-        graceful_shutdown_timeout_s=20,
+        graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
     )
-    @serve.ingress(app)
-    class GenorayPredictor:
+    class GenorayModel:
         def __init__(self, root: str, poll_s: float):
             self.holder = BundleHolder(root, poll_s=poll_s)
-            _register(self)  # module function: pickled by reference, so it sets the real registry
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
             version = (user_config or {}).get("version")
             if version and version != self.holder.version:
-                import threading
-
                 threading.Thread(target=self._load_quietly, args=(version,), daemon=True).start()
 
         def _load_quietly(self, version: str) -> None:
@@ -127,33 +173,60 @@ def build_app(cfg: ServeConfig):
                 pass
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
-        async def batched(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
-            import asyncio
-
+        async def predict(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
             return await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, requests)
 
+        def info(self) -> dict[str, Any]:
+            return self.holder.describe()
+
         def check_health(self) -> None:
-            if self.holder is None or self.holder.predictor is None:
-                raise RuntimeError("no bundle loaded")
+            # a dead watcher would leave this replica on an old bundle forever: let Serve replace it
+            if not self.holder.describe()["watching"]:
+                raise RuntimeError("bundle watcher stopped")
 
         def __del__(self):
             holder = getattr(self, "holder", None)
             if holder is not None:
                 holder.close()
 
-    return GenorayPredictor.bind(cfg.root, cfg.poll_s)
+    app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+
+    @serve.deployment(
+        num_replicas=cfg.ingress_replicas,
+        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
+    )
+    @serve.ingress(app)
+    class GenorayIngress:
+        def __init__(self, model):
+            # a module function is pickled by reference, so this sets the real module's registry
+            _set_backend(ServeBackend(model, cfg.predict_timeout_s, cfg.retries))
+
+    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))
+
+
+# The ingress replica's backend. Module-level so that the FastAPI routes (pickled with the app)
+# and the deployment class (pickled separately) share it by reference within a replica process.
+_BACKEND: dict[str, ServeBackend] = {}
+
+
+def _set_backend(backend: ServeBackend) -> None:
+    _BACKEND["backend"] = backend
+
+
+class _IngressBackend:
+    async def predict(self, req):
+        return await _BACKEND["backend"].predict(req)
+
+    async def info(self):
+        return await _BACKEND["backend"].info()
 
 
 def plain_app(root: str, require_key: bool = False, key_hashes: tuple[str, ...] = (), limits: dict | None = None):
     """The same API as a plain FastAPI app without Serve or batching (benchmark baseline)."""
-    import asyncio
+    from genoray.service import BundleHolder, LocalBackend, ServiceLimits, create_app
 
-    from genoray.service import BundleHolder, ServiceLimits, create_app, predict_batch
-
-    holder = BundleHolder(root)
-
-    async def run_predict(req):
-        return (await asyncio.get_running_loop().run_in_executor(None, predict_batch, holder, [req]))[0]
-
-    return create_app(lambda: holder, run_predict, key_hashes=key_hashes, require_key=require_key,
+    return create_app(LocalBackend(BundleHolder(root)), key_hashes=key_hashes, require_key=require_key,
                       limits=ServiceLimits(**(limits or {})))

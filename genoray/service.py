@@ -30,7 +30,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +128,14 @@ class BundleHolder:
         self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
         self._thread.start()
 
+    def describe(self, limits: dict | None = None) -> dict[str, Any]:
+        """What ``GET /v1/info`` reports about this replica's bundle."""
+        doc = self.doc
+        return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
+                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
+                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
+                "watching": self._thread.is_alive()}
+
     def snapshot(self):
         """The (predictor, version) pair to use for one request or batch."""
         with self._lock:
@@ -188,8 +195,36 @@ def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[
         items = [p.to_dict() for p in preds[a:b]]
         for it in items:
             it["neighbours"] = it["neighbours"][: r.k]
-        out.append({"bundle_version": version, "predictions": items})
+        out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})
     return out
+
+
+class Backend:
+    """Where the API's work happens. :class:`LocalBackend` runs it in this process; the Ray
+    Serve ingress (:mod:`genoray.serve`) forwards it to model replicas."""
+
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        """``predict_batch`` output for one request (with its ``replica``)."""
+        raise NotImplementedError
+
+    async def info(self) -> dict[str, Any] | None:
+        """``BundleHolder.describe()`` of a replica, or None when none is ready."""
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    """One in-process :class:`BundleHolder`; predictions run on a worker thread."""
+
+    def __init__(self, holder: BundleHolder):
+        self.holder = holder
+
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        import asyncio
+
+        return (await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, [req]))[0]
+
+    async def info(self) -> dict[str, Any] | None:
+        return self.holder.describe()
 
 
 def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
@@ -256,13 +291,12 @@ async def _reject_413(send, limit: int) -> None:
 
 
 def create_app(
-    get_holder: Callable[[], BundleHolder | None],
-    run_predict: Callable[[PredictRequest], Awaitable[dict[str, Any]]],
+    backend: Backend,
     key_hashes: tuple[str, ...] = (),
     require_key: bool = True,
     limits: ServiceLimits | None = None,
 ) -> FastAPI:
-    """The genoray HTTP API. ``run_predict`` does the work (batched under Ray Serve)."""
+    """The genoray HTTP API; ``backend`` does the work (batched model replicas under Ray Serve)."""
     from genoray.config import CleanPolicy
     from genoray.sequences import Cleaner
 
@@ -302,31 +336,25 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/v1/ready")
-    def ready():
-        holder = get_holder()
-        if holder is None:
+    async def ready():
+        info = await backend.info()
+        if info is None:
             return JSONResponse({"ready": False}, status_code=503)
-        return {"ready": True, "bundle_version": holder.version}
+        return {"ready": True, "bundle_version": info["bundle_version"]}
 
     @app.get("/v1/info", dependencies=[Depends(auth)])
-    def info() -> dict[str, Any]:
-        holder = get_holder()
-        if holder is None:
+    async def info() -> dict[str, Any]:
+        info = await backend.info()
+        if info is None:
             raise HTTPException(status_code=503, detail="no bundle loaded")
-        doc = holder.doc
-        return {"bundle_version": holder.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
-                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
-                "swaps": holder.swaps, "last_error": holder.last_error,
-                "limits": limits.__dict__}
+        return {**info, "limits": limits.__dict__}
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
     async def predict(req: PredictRequest, response: Response) -> dict[str, Any]:
         validate(req, limits, cleaner)
         t0 = time.perf_counter()
-        out = await run_predict(req)
-        holder = get_holder()
-        if holder is not None:
-            response.headers["X-Genoray-Replica"] = holder.holder
+        out = await backend.predict(req)
+        response.headers["X-Genoray-Replica"] = out.pop("replica", "")
         log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
         return out
 

@@ -162,6 +162,70 @@ def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatc
     assert not orphan.exists() and current_version(root) == v1
 
 
+PUBLISHER = """
+import os, signal, sys
+from genoray.bundle import publish, write_bundle
+
+root, index, head, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+calls = 0
+
+
+def crashing(fn):
+    def step(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == kill_at:  # SIGKILL: no finally blocks, no cleanup, like a lost node
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return step
+
+
+for name in ("replace", "rename", "fsync"):  # every durability step of write_bundle + publish
+    setattr(os, name, crashing(getattr(os, name)))
+publish(root, write_bundle(root, index, head))
+print(calls)
+"""
+
+
+@pytest.mark.chaos
+def test_publisher_sigkilled_at_every_step(tmp_path):
+    """B2: a publishing process SIGKILLed before each rename/replace/fsync (and not at all) leaves
+    CURRENT on the old or the new complete verified version; orphans are collected; a rerun publishes."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "r"
+    v1 = make_bundle(tmp_path / "w1", root, seed=0)
+    make_bundle(tmp_path / "w2", tmp_path / "scratch", seed=1)  # index + head dirs to publish
+    script = tmp_path / "publisher.py"
+    script.write_text(PUBLISHER)
+
+    def run(kill_at: int):
+        args = [sys.executable, str(script), str(root), str(tmp_path / "w2" / "index"), str(tmp_path / "w2" / "head"),
+                str(kill_at)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    steps = int(run(0).stdout.strip())  # a clean run: how many steps there are
+    assert steps >= 6
+    seen = {"old": 0, "new": 0}
+    for kill_at in range(1, steps + 1):
+        before = set((root / "versions").iterdir())
+        proc = run(kill_at)
+        assert proc.returncode == -9, proc.stderr[-500:]
+        version = current_version(root)
+        assert load_bundle(root)[1]["version"] == version  # CURRENT always names a verified bundle
+        seen["new" if version not in {v1} | {p.name for p in before} else "old"] += 1
+        for vdir in (root / "versions").iterdir():  # a version directory is complete or absent
+            verify_bundle(root, vdir.name)
+        for orphan in (root / "staging").iterdir():
+            os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+        publish(root, v1)  # roll back so that the next kill starts from the same state
+        collect_garbage(root, keep=1)
+        assert not list((root / "staging").iterdir())
+    assert seen["old"] >= 1 and seen["new"] >= 1, seen  # the kills hit both sides of the flip
+    assert run(0).returncode == 0 and current_version(root) != v1
+
+
 def test_rate_limit_is_per_key(root):
     from genoray.serve import plain_app
     from genoray.service import hash_key
