@@ -48,13 +48,15 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from genoray.config import EmbedConfig
+    from genoray.config import CleanPolicy, EmbedConfig, ReadConfig
     from genoray.embed import embed_sequences
     from genoray.encoders import encoder_from_name
 
     cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
+    read_cfg = ReadConfig(clean=CleanPolicy(max_length=a.max_length, long_records=a.long_records,
+                                            window_overlap=a.window_overlap))
     report = embed_sequences(a.inputs, a.out, encoder_from_name(a.encoder, a.trust_remote_code),
-                             embed_cfg=cfg, use_ray=not a.no_ray)
+                             read_cfg=read_cfg, embed_cfg=cfg, use_ray=not a.no_ray)
     _print(report.to_dict(), True)
     return 0 if report.status == "complete" else 3
 
@@ -223,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
     p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
                    help="a bad file: record it and go on (default, exit 3) or stop the job")
+    p.add_argument("--max-length", type=int, default=1_000_000, help="longest record kept whole (bp)")
+    p.add_argument("--long-records", choices=("reject", "window"), default="reject",
+                   help="longer records: reject (too_long) or cut into --max-length windows with ids <id>:<start>-<end>")
+    p.add_argument("--window-overlap", type=int, default=0, help="bases shared by consecutive windows")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
     p.set_defaults(func=cmd_embed)
 

@@ -48,6 +48,13 @@ class CleanPolicy:
         strip_gaps: remove alignment gaps ``-`` and ``.`` instead of rejecting the record.
         max_n_fraction: reject records whose fraction of N exceeds this.
         min_length / max_length: reject records outside this length range (after cleaning).
+        long_records: what happens to a record longer than ``max_length``: ``"reject"`` (reason
+            ``too_long``) or ``"window"``: cut it into ``max_length``-bp windows overlapping by
+            ``window_overlap`` (the last one aligned to the record's end), each a row with id
+            ``<id>:<start>-<end>`` (1-based, inclusive) and ``source_id``/``start``/``end`` in its
+            metadata; ``max_n_fraction`` then applies per window. Use it for chromosomes and
+            assemblies.
+        window_overlap: bases shared by consecutive windows.
         duplicate_ids: ``"reject"`` rejects a repeated id within one read; ``"error"`` raises.
     """
 
@@ -58,6 +65,8 @@ class CleanPolicy:
     max_n_fraction: float = 0.1
     min_length: int = 1
     max_length: int = 1_000_000
+    long_records: Literal["reject", "window"] = "reject"
+    window_overlap: int = 0
     duplicate_ids: Literal["reject", "error"] = "reject"
 
     def __post_init__(self) -> None:
@@ -67,6 +76,10 @@ class CleanPolicy:
             raise ValueError(f"max_n_fraction must be in [0, 1], got {self.max_n_fraction}")
         if not 0 <= self.min_length <= self.max_length:
             raise ValueError(f"need 0 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
+        if self.long_records not in ("reject", "window"):
+            raise ValueError(f"long_records must be 'reject' or 'window', got {self.long_records!r}")
+        if not 0 <= self.window_overlap < self.max_length:
+            raise ValueError(f"need 0 <= window_overlap < max_length, got {self.window_overlap}")
         if self.duplicate_ids not in ("reject", "error"):
             raise ValueError(f"duplicate_ids must be 'reject' or 'error', got {self.duplicate_ids!r}")
 

@@ -209,12 +209,14 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "status": "done",
         "file": final.name, "sha256": sha256_file(final), "rows": rows,
         "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
+        "windowed": report.windowed, "windows": report.windows,
+        "windows_rejected_by_reason": dict(report.windows_rejected),
         "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
         "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
         "node": os.uname().nodename,
     }
-    if rows != report.accepted:
-        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.accepted}")
+    if rows != report.rows:
+        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.rows}")
     write_json(shard_dir / f"{key}.done.json", done)
     return done
 
@@ -251,8 +253,9 @@ class EmbedUnits:
 # -- the job ----------------------------------------------------------------------------
 @dataclass
 class EmbedReport:
-    """What one run did. ``read == accepted + rejected`` and ``written == accepted`` over all
-    committed units; ``failed`` lists units whose file could not be parsed."""
+    """What one run did. ``read == accepted + rejected`` and ``written == accepted - windowed +
+    windows`` over all committed units (``windowed`` long records became ``windows`` rows, see
+    ``CleanPolicy.long_records``); ``failed`` lists units whose file could not be parsed."""
 
     store: str
     fingerprint: str
@@ -265,6 +268,9 @@ class EmbedReport:
     skipped: int
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    windowed: int = 0
+    windows: int = 0
+    windows_rejected: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         embed_s = self.seconds.get("embed", 0.0)
@@ -272,6 +278,8 @@ class EmbedReport:
             "store": self.store, "fingerprint": self.fingerprint, "status": self.status,
             "read": self.read, "accepted": self.accepted, "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())), "written": self.written,
+            **({"windowed": self.windowed, "windows": self.windows,
+                "windows_rejected_by_reason": dict(sorted(self.windows_rejected.items()))} if self.windowed else {}),
             "units": self.units, "units_skipped": self.skipped, "units_failed": len(self.failed),
             "failed": self.failed, "seconds": self.seconds,
             "sequences_per_s": round(self.written / embed_s, 1) if embed_s > 0 and self.skipped < self.units else None,
@@ -384,16 +392,21 @@ def embed_sequences(
     _check_unique_ids(shard_dir, committed)
     status = "complete" if not failed else "partial"
     rejected: Counter = Counter()
+    windows_rejected: Counter = Counter()
     for d in committed:
         rejected.update(d["rejected_by_reason"])
+        windows_rejected.update(d.get("windows_rejected_by_reason", {}))
     report = EmbedReport(
         store=str(out), fingerprint=fp, status=status,
         read=sum(d["read"] for d in committed), accepted=sum(d["accepted"] for d in committed),
         rejected=rejected, written=sum(d["rows"] for d in committed), units=len(units), skipped=skipped,
         failed=[{"path": f["path"], "error": f["error"]} for f in failed],
         seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3)},
+        windowed=sum(d.get("windowed", 0) for d in committed), windows=sum(d.get("windows", 0) for d in committed),
+        windows_rejected=windows_rejected,
     )
-    if report.read != report.accepted + sum(rejected.values()) or report.written != report.accepted:
+    if (report.read != report.accepted + sum(rejected.values())
+            or report.written != report.accepted - report.windowed + report.windows):
         raise RuntimeError(f"record counts do not add up: {report.to_dict()}")
     _write_manifest(out, spec, fp, encoder.dim, committed, report)
     _collect_garbage(shard_dir, {d["key"] for d in committed})
@@ -466,7 +479,7 @@ def _write_manifest(out: Path, spec, fp, dim, committed, report: EmbedReport) ->
         "encoder": spec, "fingerprint": fp, "dim": dim,
         "status": report.status,
         "rows": report.written,
-        "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written")},
+        "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")},
         "failed": report.failed,
         "parts": [{"file": f"shards/{d['file']}", "rows": d["rows"], "sha256": d["sha256"], "source": d["path"],
                    "row_groups": d["row_groups"],

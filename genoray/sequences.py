@@ -65,6 +65,14 @@ class ReadReport:
     examples: list[Reject] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     max_examples: int | None = MAX_REJECT_EXAMPLES  # None keeps every reject (for rejects tables)
+    windowed: int = 0  # accepted records cut into windows (CleanPolicy.long_records="window")
+    windows: int = 0  # rows those records became
+    windows_rejected: Counter = field(default_factory=Counter)  # windows dropped, by reason
+
+    @property
+    def rows(self) -> int:
+        """Rows emitted: one per accepted record, except that a windowed record gives ``windows``."""
+        return self.accepted - self.windowed + self.windows
 
     def reject(self, path: str, record: int, seq_id: str, reason: str) -> None:
         key = reason.split(":", 1)[0]
@@ -81,13 +89,18 @@ class ReadReport:
             raise AssertionError(f"record counts do not add up: {self.to_dict()}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "read": self.read,
             "accepted": self.accepted,
             "rejected": self.n_rejected,
             "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "rows": self.rows,
             "reject_examples": [vars(r) for r in self.examples[:20]],
         }
+        if self.windowed:
+            out.update(windowed=self.windowed, windows=self.windows,
+                       windows_rejected_by_reason=dict(sorted(self.windows_rejected.items())))
+        return out
 
 
 def _translation_table(policy: CleanPolicy) -> dict[int, int]:
@@ -135,12 +148,19 @@ class Cleaner:
         if n < p.min_length:
             return None, f"too_short: length {n} < min_length {p.min_length}"
         if n > p.max_length:
+            if p.long_records == "window":
+                return clean, None  # cut into windows by the reader; N fraction checked per window
             return None, f"too_long: length {n} > max_length {p.max_length}"
+        why = self.n_check(clean)
+        return (None, why) if why else (clean, None)
+
+    def n_check(self, seq: str) -> str | None:
+        p = self.policy
         if p.max_n_fraction < 1.0:
-            n_count = clean.count("N")
-            if n_count and n_count / n > p.max_n_fraction:
-                return None, f"too_many_n: {n_count}/{n} N > max_n_fraction {p.max_n_fraction}"
-        return clean, None
+            n_count = seq.count("N")
+            if n_count and n_count / len(seq) > p.max_n_fraction:
+                return f"too_many_n: {n_count}/{len(seq)} N > max_n_fraction {p.max_n_fraction}"
+        return None
 
 
 def detect_format(path: str | Path) -> str:
@@ -184,6 +204,7 @@ class _BatchBuilder:
         self.cleaner = Cleaner(cfg.clean)
         self.seen = seen if seen is not None else set()
         self.cols: dict[str, list] = {name: [] for name in schema.RECORD_SCHEMA.names}
+        self.pending: Iterator[None] | None = None
 
     def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
         self.report.read += 1
@@ -201,7 +222,13 @@ class _BatchBuilder:
             self.report.reject(self.path, record_no, seq_id, why)
             return
         self.seen.add(seq_id)
+        if len(seq) > self.cfg.clean.max_length:  # long_records="window": rows made lazily by drain()
+            self.pending = self._windows(record_no, seq_id, seq, label, domain, split, meta or {})
+            return
         self.report.accepted += 1
+        self._row(seq_id, seq, label, domain, split, meta)
+
+    def _row(self, seq_id, seq, label, domain, split, meta) -> None:
         c = self.cols
         c[schema.SEQ_ID].append(seq_id)
         c[schema.SEQUENCE].append(seq)
@@ -210,8 +237,37 @@ class _BatchBuilder:
         c[schema.SPLIT].append(None if split is None else str(split))
         c[schema.META].append(json.dumps(meta, sort_keys=True) if meta else None)
 
-    def full(self) -> bool:
-        return len(self.cols[schema.SEQ_ID]) >= self.cfg.batch_size
+    def _windows(self, record_no, seq_id, seq, label, domain, split, meta) -> Iterator[None]:
+        p, report = self.cfg.clean, self.report
+        kept = 0
+        for start in window_starts(len(seq), p.max_length, p.window_overlap):
+            window = seq[start : start + p.max_length]
+            why = self.cleaner.n_check(window)
+            if why is not None:
+                report.windows_rejected[why.split(":", 1)[0]] += 1
+            else:
+                end = start + len(window)
+                self._row(f"{seq_id}:{start + 1}-{end}", window, label, domain, split,
+                          {**meta, "source_id": seq_id, "start": start + 1, "end": end})
+                kept += 1
+            yield None
+        if kept:
+            report.accepted += 1
+            report.windowed += 1
+            report.windows += kept
+        else:
+            report.reject(self.path, record_no, seq_id, f"too_many_n: every window of {len(seq)} bp has N fraction "
+                                                        f"> {p.max_n_fraction}")
+
+    def drain(self) -> Iterator[pa.RecordBatch]:
+        """Full batches so far (windows of a long record included, batch by batch)."""
+        while True:
+            while self.pending is not None and len(self.cols[schema.SEQ_ID]) < self.cfg.batch_size:
+                if next(self.pending, StopIteration) is StopIteration:
+                    self.pending = None
+            if len(self.cols[schema.SEQ_ID]) < self.cfg.batch_size:
+                return
+            yield self.flush()
 
     def flush(self) -> pa.RecordBatch | None:
         if not self.cols[schema.SEQ_ID]:
@@ -236,8 +292,7 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[
                 if free:
                     tags["description"] = free
                 builder.add(record_no, seq_id, rec.sequence, label, domain, split, tags)
-                if builder.full():
-                    yield builder.flush()
+                yield from builder.drain()
     except dnaio.UnknownFileFormat as e:
         raise SequenceFormatError(path, None, f"not FASTA or FASTQ (binary or unknown content): {e}") from e
     except dnaio.FileFormatError as e:
@@ -320,8 +375,7 @@ def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder,
                 continue
             meta = {c: data[c][i] for c in extra if data[c][i] is not None} or None
             builder.add(record_no, sid, str(raw), labels[i], domains[i], splits[i], meta)
-            if builder.full():
-                yield builder.flush()
+            yield from builder.drain()
     last = builder.flush()
     if last is not None:
         yield last
@@ -422,12 +476,17 @@ def reverse_complement(seq: str) -> str:
 def tile(seq: str, size: int, overlap: int) -> list[str]:
     """Cut ``seq`` into windows of ``size`` bp overlapping by ``overlap``; the last window
     is aligned to the end so every base is covered and no window is shorter than needed."""
+    return [seq[s : s + size] for s in window_starts(len(seq), size, overlap)]
+
+
+def window_starts(length: int, size: int, overlap: int) -> list[int]:
+    """0-based starts of ``size``-bp windows overlapping by ``overlap`` that cover ``length`` bp
+    (the last window aligned to the end)."""
     if size <= 0 or overlap < 0 or overlap >= size:
         raise ValueError(f"need size > overlap >= 0, got size={size}, overlap={overlap}")
-    if len(seq) <= size:
-        return [seq]
-    step = size - overlap
-    starts = list(range(0, len(seq) - size + 1, step))
-    if starts[-1] + size < len(seq):
-        starts.append(len(seq) - size)
-    return [seq[s : s + size] for s in starts]
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, size - overlap))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts

@@ -156,3 +156,37 @@ def test_sidecar_checksum_catches_boundary_truncation(tmp_path):
     p.write_text(">r1\nACGT\n>r2\nGGCC\n")  # cut exactly at a record boundary: parses "fine"
     with pytest.raises(SequenceFormatError, match=r"a\.fa: file: checksum_mismatch"):
         read_sequences(p)
+
+
+def test_long_records_are_windowed_batch_by_batch(tmp_path):
+    """A record longer than max_length becomes windows: ids, bases and counts against an oracle;
+    an all-N region loses its windows (counted), a short record passes whole."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    chrom = "".join(rng.choice(list("ACGT"), size=10_050))
+    chrom = chrom[:3000] + "N" * 1500 + chrom[4500:]  # windows inside the gap are rejected
+    path = write_fasta(tmp_path / "genome.fa", [("chr1 label=x", chrom), ("short", "ACGT" * 10), ("allN", "N" * 2500)])
+    policy = CleanPolicy(max_length=1000, long_records="window", window_overlap=100)
+    report = ReadReport()
+    batches = list(iter_sequences([path], ReadConfig(clean=policy, batch_size=4), report))
+    assert max(b.num_rows for b in batches) <= 4
+    rows = pa.Table.from_batches(batches).to_pylist()
+    starts = list(range(0, 10_050 - 1000 + 1, 900)) + [10_050 - 1000]  # last window aligned to the end
+    expected = [(f"chr1:{s + 1}-{s + 1000}", chrom[s : s + 1000]) for s in starts
+                if chrom[s : s + 1000].count("N") <= 100]
+    got = [(r["seq_id"], r["sequence"]) for r in rows if r["seq_id"].startswith("chr1:")]
+    assert got == expected
+    assert all(r["label"] == "x" for r in rows if r["seq_id"].startswith("chr1:"))
+    meta = __import__("json").loads(rows[0]["meta"])
+    assert meta["source_id"] == "chr1" and (meta["start"], meta["end"]) == (1, 1000)
+    assert [r["seq_id"] for r in rows if not r["seq_id"].startswith("chr1:")] == ["short"]
+    assert report.read == 3 and report.accepted == 2 and report.rejected == {"too_many_n": 1}
+    assert report.windowed == 1 and report.windows == len(expected) and report.rows == len(rows)
+    n_gap = len(starts) - len(expected)
+    assert n_gap == 2 and report.windows_rejected["too_many_n"] == n_gap + 3  # + allN's 3 windows
+    with pytest.raises(ValueError, match="window_overlap"):
+        CleanPolicy(max_length=100, long_records="window", window_overlap=100)
+    report = ReadReport()  # the default still rejects, naming the reason
+    list(iter_sequences([path], ReadConfig(clean=CleanPolicy(max_length=1000)), report))
+    assert report.rejected["too_long"] == 2 and report.accepted == 1
