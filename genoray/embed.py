@@ -213,12 +213,20 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         "windows_rejected_by_reason": dict(report.windows_rejected),
         "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
         "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
-        "node": os.uname().nodename,
+        "node": os.uname().nodename, "ray_node": _ray_node_id(),
     }
     if rows != report.rows:
         raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.rows}")
     write_json(shard_dir / f"{key}.done.json", done)
     return done
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this unit ran on (None outside Ray): provenance for node-loss analysis."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
 def _fsync(path: Path) -> None:

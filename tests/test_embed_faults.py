@@ -87,6 +87,7 @@ def test_parquet_split_into_row_group_units(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.chaos
 def test_killed_actor_loses_and_duplicates_nothing(ray_session, tmp_path):
     files = make_corpus(tmp_path, 16, 400)
     result = {}
@@ -113,6 +114,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_session, tmp_path):
     assert len(ids) == len(set(ids)) == 6400
 
 
+@pytest.mark.chaos
 def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
     files = make_corpus(tmp_path, 12, 3000)
     script = textwrap.dedent("""
@@ -150,9 +152,13 @@ def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_multi_node_cluster_embeds_every_record_once(tmp_path):
+@pytest.mark.parametrize("lose_node", [False, pytest.param(True, marks=pytest.mark.chaos)])
+def test_multi_node_cluster_embeds_every_record_once(tmp_path, lose_node):
     """Head + two worker nodes on this machine (separate Ray processes); run in a subprocess
-    because the test session already has its own Ray."""
+    because the test session already has its own Ray. With ``lose_node`` (plan A8) a spare third
+    worker node runs from the start and, once the first unit is committed, a node hosting an
+    encoder actor is removed (its raylet and the actor killed); the job must still embed every
+    record exactly once."""
     files = make_corpus(tmp_path, 12, 1500)
     script = textwrap.dedent("""
         import json, sys, tempfile
@@ -163,30 +169,46 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path):
         from genoray.config import EmbedConfig
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                           "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp(prefix="rc-")})
-        for _ in range(2):
+        for _ in range(3 if LOSE_NODE else 2):
             cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        import pathlib, threading, time
+        removed = []
+        def lose_node():
+            while not (done := list(pathlib.Path(sys.argv[1], "shards").glob("*.done.json"))):
+                time.sleep(0.02)
+            busy = json.loads(done[0].read_text())["ray_node"]  # a node hosting an encoder actor
+            victim = next(n for n in cluster.worker_nodes if n.node_id == busy)
+            cluster.remove_node(victim, allow_graceful=False)
+            removed.append(len(list(pathlib.Path(sys.argv[1], "shards").glob("*.done.json"))))
+        if LOSE_NODE:
+            threading.Thread(target=lose_node, daemon=True).start()
         rep = embed_sequences(sys.argv[2:], sys.argv[1], KmerEncoder(), use_ray=True,
                               embed_cfg=EmbedConfig(num_actors=2, cpus_per_actor=1.0))
         # 1 CPU per actor on 1-CPU worker nodes (head has none): one actor per node
         import pathlib
         nodes = {json.loads(p.read_text())["worker_pid"] for p in pathlib.Path(sys.argv[1], "shards").glob("*.done.json")}
         print(json.dumps({"written": rep.written, "status": rep.status, "workers": len(nodes),
-                          "alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
+                          "removed": removed, "alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
         ray.shutdown(); cluster.shutdown()
     """)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    script = script.replace("LOSE_NODE", str(lose_node))
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")] + [str(f) for f in files],
                          capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(res)
     assert res["status"] == "complete" and res["written"] == 18000 and res["alive_nodes"] == 3
-    assert res["workers"] == 2  # both actors (one per worker node) did work
+    if lose_node:  # 4 nodes started, one removed while units were still to do
+        assert len(res["removed"]) == 1 and res["removed"][0] < 12
+    assert res["workers"] >= 2  # actors on both worker nodes (and the replacement's) did work
     ids, _ = load_sorted(tmp_path / "store")
     assert len(ids) == len(set(ids)) == 18000
 
 
+@pytest.mark.chaos
 def test_failed_commit_leaves_no_visible_shard_and_retry_is_clean(tmp_path, monkeypatch):
     files = make_corpus(tmp_path, 2, 30)
     real = os.replace
