@@ -180,9 +180,7 @@ def build_app(cfg: ServeConfig):
             return self.holder.describe()
 
         def check_health(self) -> None:
-            # a dead watcher would leave this replica on an old bundle forever: let Serve replace it
-            if not self.holder.describe()["watching"]:
-                raise RuntimeError("bundle watcher stopped")
+            self.holder.check()  # a dead watcher would pin an old bundle forever: Serve replaces us
 
         def __del__(self):
             holder = getattr(self, "holder", None)

@@ -136,6 +136,12 @@ class BundleHolder:
                 "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
                 "watching": self._thread.is_alive()}
 
+    def check(self) -> None:
+        """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
+        replica is then replaced instead of serving a stale bundle forever)."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"bundle watcher stopped; serving {self.version} without following CURRENT")
+
     def snapshot(self):
         """The (predictor, version) pair to use for one request or batch."""
         with self._lock:

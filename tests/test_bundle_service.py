@@ -137,8 +137,13 @@ def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
         time.sleep(0.5)
         assert holder.version == v2 and "refused bundle" in holder.last_error
         assert v1 != v2
+        holder.check()  # healthy while the watcher runs
     finally:
         holder.close()
+    holder._thread.join(timeout=5)
+    with pytest.raises(RuntimeError, match="watcher stopped"):  # E5: check_health now fails
+        holder.check()
+    assert holder.describe()["watching"] is False
 
 
 def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatch):
