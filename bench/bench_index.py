@@ -6,7 +6,9 @@ runs in a subprocess so its peak memory is measured on its own and compared with
 Then 1,000 held-out queries are searched in batch and one at a time with the built index and
 with exact search (faiss IndexFlatIP over the same vectors) in the same run.
 
-    python bench/bench_index.py [--n 1000000] [--budget-mb 4096]
+    python bench/bench_index.py [--n 1000000] [--budget-mb 4096] [--type auto] [--work DIR]
+
+``--work DIR`` keeps (and reuses) the generated store there, to compare index types.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import json, resource, sys, time
 from genoray.config import IndexConfig
 from genoray.index import build_index
 t0 = time.perf_counter()
-rep = build_index(sys.argv[1], sys.argv[2], IndexConfig(split="train", memory_budget_mb=int(sys.argv[3])))
+rep = build_index(sys.argv[1], sys.argv[2], IndexConfig(split="train", memory_budget_mb=int(sys.argv[3]),
+                                                        index_type=sys.argv[4]))
 print(json.dumps({"factory": rep.factory, "recall": rep.recall_at_10, "params": rep.search_params,
                   "seconds": time.perf_counter() - t0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -58,18 +61,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--budget-mb", type=int, default=4096)
+    ap.add_argument("--type", default="auto", help="faiss factory string, or auto")
+    ap.add_argument("--work", help="keep the generated store in this directory and reuse it")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-index-"))
     try:
-        seqs = corpus(args.n + 1000, seed=3)
-        split = ["train"] * args.n + ["test"] * 1000
-        pq.write_table(pa.table({"id": [f"s{i}" for i in range(len(seqs))], "sequence": seqs, "split": split}),
-                       work / "in.parquet", row_group_size=100_000)
-        del seqs
-        enc = KmerEncoder(KmerConfig(ks=(4,), gc=False, zcurve=False))
-        embed_sequences(work / "in.parquet", work / "store", enc, use_ray=False)
-        out = subprocess.run([sys.executable, "-c", BUILD, str(work / "store"), str(work / "index"), str(args.budget_mb)],
-                             capture_output=True, text=True, check=True)
+        if not (work / "store" / "store.json").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            seqs = corpus(args.n + 1000, seed=3)
+            split = ["train"] * args.n + ["test"] * 1000
+            pq.write_table(pa.table({"id": [f"s{i}" for i in range(len(seqs))], "sequence": seqs, "split": split}),
+                           work / "in.parquet", row_group_size=100_000)
+            del seqs
+            enc = KmerEncoder(KmerConfig(ks=(4,), gc=False, zcurve=False))
+            embed_sequences(work / "in.parquet", work / "store", enc, use_ray=False)
+        shutil.rmtree(work / "index", ignore_errors=True)
+        out = subprocess.run([sys.executable, "-c", BUILD, str(work / "store"), str(work / "index"), str(args.budget_mb),
+                              args.type], capture_output=True, text=True, check=True)
         build = json.loads(out.stdout.strip().splitlines()[-1])
         store = EmbeddingStore(work / "store")
         base = l2_normalize(store.load("train").vectors)
@@ -93,7 +101,8 @@ def main() -> None:
         for mode, a, b in rows:
             print(f"{mode:<22} {a:>10.0f} {b:>10.0f} {b / a:>9.1f}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class CleanPolicy:
             ``too_long``) or ``"window"``: cut it into ``max_length``-bp windows overlapping by
             ``window_overlap`` (the last one aligned to the record's end), each a row with id
             ``<id>:<start>-<end>`` (1-based, inclusive) and ``source_id``/``start``/``end`` in its
-            metadata; ``max_n_fraction`` then applies per window. Use it for chromosomes and
-            assemblies.
+            metadata (coordinates of the record as read). Each window is cleaned and checked on
+            its own (alphabet, N fraction), so one bad region loses its windows, not the record,
+            and no second record-sized copy is made. Use it for chromosomes and assemblies.
         window_overlap: bases shared by consecutive windows.
         duplicate_ids: ``"reject"`` rejects a repeated id within one read; ``"error"`` raises.
     """

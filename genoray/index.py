@@ -349,9 +349,11 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
 
 
 def _exact_topk(parts, queries: np.ndarray, d: int, k: int) -> np.ndarray:
-    """Exact top-k global ids for ``queries``, streaming over the store parts."""
+    """Exact top-k global ids for ``queries``, streaming over the store parts (faiss.knn works in
+    blocks, so no queries x part similarity matrix is materialised)."""
     from genoray.store import vectors_of
 
+    faiss = _faiss()
     q = l2_normalize(queries)
     best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
@@ -360,9 +362,8 @@ def _exact_topk(parts, queries: np.ndarray, d: int, k: int) -> np.ndarray:
         if not inside.num_rows:
             continue
         vec = l2_normalize(vectors_of(inside, d))
-        s = q @ vec.T
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = merge_topk([best_s, np.take_along_axis(s, top, 1)], [best_i, top + gid], k)
+        sims, top = faiss.knn(q, vec, min(k, len(vec)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s, best_i = merge_topk([best_s, sims], [best_i, top + gid], k)
         gid += len(vec)
     return best_i
 
@@ -372,9 +373,10 @@ def _tune(vindex: VectorIndex, factory: str, queries: np.ndarray, truth: np.ndar
     """Smallest nprobe / efSearch whose recall@10 reaches ``target`` (else the best tried)."""
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
-        grid = [("nprobe", p) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if p <= nlist]
+        steps = sorted({2**i for i in range(13)} | {3 * 2**i for i in range(12)})  # 1 2 3 4 6 8 12 16 24 ...
+        grid = [("nprobe", p) for p in steps if p <= nlist]
     elif factory.startswith("HNSW"):
-        grid = [("efSearch", e) for e in (16, 32, 64, 128, 256, 512)]
+        grid = [("efSearch", e) for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
     else:
         grid = [(None, 0)]
     best = ({}, -1.0)

@@ -131,6 +131,8 @@ class Cleaner:
 
     def __call__(self, raw: str) -> tuple[str | None, str | None]:
         p = self.policy
+        if p.long_records == "window" and len(raw) > p.max_length:
+            return raw, None  # the reader cuts it into windows and cleans each (no record-size copy)
         seq = "".join(raw.split()) if (" " in raw or "\t" in raw or "\r" in raw) else raw
         if self._strip is not None:
             seq = seq.translate(self._strip)
@@ -148,19 +150,12 @@ class Cleaner:
         if n < p.min_length:
             return None, f"too_short: length {n} < min_length {p.min_length}"
         if n > p.max_length:
-            if p.long_records == "window":
-                return clean, None  # cut into windows by the reader; N fraction checked per window
             return None, f"too_long: length {n} > max_length {p.max_length}"
-        why = self.n_check(clean)
-        return (None, why) if why else (clean, None)
-
-    def n_check(self, seq: str) -> str | None:
-        p = self.policy
         if p.max_n_fraction < 1.0:
-            n_count = seq.count("N")
-            if n_count and n_count / len(seq) > p.max_n_fraction:
-                return f"too_many_n: {n_count}/{len(seq)} N > max_n_fraction {p.max_n_fraction}"
-        return None
+            n_count = clean.count("N")
+            if n_count and n_count / n > p.max_n_fraction:
+                return None, f"too_many_n: {n_count}/{n} N > max_n_fraction {p.max_n_fraction}"
+        return clean, None
 
 
 def detect_format(path: str | Path) -> str:
@@ -241,12 +236,11 @@ class _BatchBuilder:
         p, report = self.cfg.clean, self.report
         kept = 0
         for start in window_starts(len(seq), p.max_length, p.window_overlap):
-            window = seq[start : start + p.max_length]
-            why = self.cleaner.n_check(window)
+            end = min(start + p.max_length, len(seq))
+            window, why = self.cleaner(seq[start:end])  # every check, per window
             if why is not None:
                 report.windows_rejected[why.split(":", 1)[0]] += 1
             else:
-                end = start + len(window)
                 self._row(f"{seq_id}:{start + 1}-{end}", window, label, domain, split,
                           {**meta, "source_id": seq_id, "start": start + 1, "end": end})
                 kept += 1
@@ -256,8 +250,8 @@ class _BatchBuilder:
             report.windowed += 1
             report.windows += kept
         else:
-            report.reject(self.path, record_no, seq_id, f"too_many_n: every window of {len(seq)} bp has N fraction "
-                                                        f"> {p.max_n_fraction}")
+            report.reject(self.path, record_no, seq_id, f"no_valid_window: all windows of the {len(seq)}-bp record "
+                                                        f"were rejected ({dict(report.windows_rejected)})")
 
     def drain(self) -> Iterator[pa.RecordBatch]:
         """Full batches so far (windows of a long record included, batch by batch)."""
@@ -292,6 +286,7 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[
                 if free:
                     tags["description"] = free
                 builder.add(record_no, seq_id, rec.sequence, label, domain, split, tags)
+                del rec  # a windowed chromosome: do not keep the parsed record alive while windows go out
                 yield from builder.drain()
     except dnaio.UnknownFileFormat as e:
         raise SequenceFormatError(path, None, f"not FASTA or FASTQ (binary or unknown content): {e}") from e

@@ -181,7 +181,7 @@ def test_long_records_are_windowed_batch_by_batch(tmp_path):
     meta = __import__("json").loads(rows[0]["meta"])
     assert meta["source_id"] == "chr1" and (meta["start"], meta["end"]) == (1, 1000)
     assert [r["seq_id"] for r in rows if not r["seq_id"].startswith("chr1:")] == ["short"]
-    assert report.read == 3 and report.accepted == 2 and report.rejected == {"too_many_n": 1}
+    assert report.read == 3 and report.accepted == 2 and report.rejected == {"no_valid_window": 1}
     assert report.windowed == 1 and report.windows == len(expected) and report.rows == len(rows)
     n_gap = len(starts) - len(expected)
     assert n_gap == 2 and report.windows_rejected["too_many_n"] == n_gap + 3  # + allN's 3 windows
