@@ -254,7 +254,8 @@ class IndexConfig:
         index_type: ``"auto"`` (see :func:`genoray.index.choose_factory`) or a FAISS factory
             string such as ``"Flat"``, ``"IVF1024,Flat"``, ``"IVF4096,PQ32"``, ``"HNSW32"``.
         flat_threshold: below this many vectors ``auto`` builds an exact Flat index.
-        memory_budget_mb: ``auto`` stores raw vectors (IVF-Flat) only if they fit, else PQ codes.
+        memory_budget_mb: ``auto`` stores 8-bit scalar-quantised vectors (IVF-SQ8) if they fit,
+            else PQ codes sized to fit.
         shard_size / shards: rows per shard (``shards=0``) or an explicit shard count.
         train_sample: vectors used to train IVF quantizers.
         target_recall: recall@10 that nprobe / efSearch are tuned to reach.

@@ -4,8 +4,11 @@ Cosine similarity is the metric: vectors are L2-normalised and searched by inner
 The index type follows the corpus (in the spirit of autofaiss):
 
 * fewer than ``flat_threshold`` vectors: exact ``Flat``;
-* otherwise ``IVF<nlist>,Flat`` when the raw vectors fit ``memory_budget_mb``, else
-  ``IVF<nlist>,PQ<m>`` with ``m`` bytes per vector chosen to fit; ``HNSW32`` on request.
+* otherwise ``IVF<nlist>,SQ8`` (8-bit scalar quantised vectors, one byte per dimension) when
+  they fit ``memory_budget_mb``, else ``IVF<nlist>,PQ<m>`` with ``m`` bytes per vector chosen to
+  fit; ``IVF<nlist>,Flat`` or ``HNSW32`` on request. On 1M x 256 k-mer spectra SQ8 searched
+  2x faster than IVF-Flat at the same nprobe (recall@10 0.953 vs 0.961) with a quarter of the
+  memory (bench/bench_index.py).
   IVF quantizers are trained once on a sample (on GPU when ``faiss.get_num_gpus() > 0``),
   then every shard is a copy of the trained index filled with its rows. ``nprobe`` (or HNSW
   ``efSearch``) is tuned to the smallest value that reaches ``target_recall``.
@@ -105,8 +108,8 @@ def choose_factory(n: int, d: int, cfg: IndexConfig) -> str:
     if n < cfg.flat_threshold:
         return "Flat"
     nlist = int(2 ** round(math.log2(max(64.0, min(65536.0, 4 * math.sqrt(n))))))
-    if n * d * 4 <= cfg.memory_budget_mb * 2**20:
-        return f"IVF{nlist},Flat"
+    if n * d <= cfg.memory_budget_mb * 2**20:
+        return f"IVF{nlist},SQ8"
     m = max(1, min(d // 2, int(cfg.memory_budget_mb * 2**20 / n)))
     while d % m:
         m -= 1

@@ -73,6 +73,25 @@ def test_spec_round_trip_and_fingerprint(bert_dir):
     assert fingerprint(cls) != fingerprint(enc)
 
 
+def test_changed_local_weights_are_refused(tmp_path, bert_dir):
+    """C4: a spec (from a store or bundle) pins the weights' sha256; other weights are refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from genoray.artifacts import ChecksumError
+
+    model = tmp_path / "model"
+    shutil.copytree(bert_dir, model)
+    spec = HFEncoder(HFConfig(model=str(model))).spec()
+    state = load_file(str(model / "model.safetensors"))
+    name = next(iter(state))
+    state[name] = state[name] + 0.01  # e.g. a re-downloaded or fine-tuned checkpoint
+    save_file(state, str(model / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ChecksumError, match="weights changed"):
+        encoder_from_spec(spec)
+
+
 def test_nt_like_esm_with_6mer_tokens(tmp_path):
     path = make_nt_like_esm(tmp_path / "nt")
     enc = HFEncoder(HFConfig(model=str(path)))

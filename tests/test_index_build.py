@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from genoray.config import IndexConfig
 from genoray.embed import embed_sequences
@@ -25,7 +26,7 @@ def synthetic_store(tmp_path, n=6000, d=32, seed=0):
 def test_choose_factory_rules():
     cfg = IndexConfig()
     assert choose_factory(50_000, 256, cfg) == "Flat"
-    assert choose_factory(1_000_000, 256, cfg) == "IVF4096,Flat"
+    assert choose_factory(1_000_000, 256, cfg) == "IVF4096,SQ8"
     assert choose_factory(1_000_000, 256, IndexConfig(memory_budget_mb=64)).startswith("IVF4096,PQ")
     assert choose_factory(10, 8, IndexConfig(index_type="HNSW32")) == "HNSW32"
 
@@ -51,11 +52,12 @@ def test_sharded_flat_equals_one_flat_index(tmp_path):
     assert [list(a.ids[r]) for r in ia] == [list(b.ids[r]) for r in ib]
 
 
-def test_ivf_reaches_target_recall_and_mmap_load_matches(tmp_path):
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8"])
+def test_ivf_reaches_target_recall_and_mmap_load_matches(tmp_path, factory):
     store = synthetic_store(tmp_path)
-    rep = build_index(store, tmp_path / "ivf", IndexConfig(index_type="IVF64,Flat", shards=2, target_recall=0.95,
+    rep = build_index(store, tmp_path / "ivf", IndexConfig(index_type=factory, shards=2, target_recall=0.95,
                                                            train_sample=5000))
-    assert rep.factory == "IVF64,Flat" and rep.recall_at_10 >= 0.95 and "nprobe" in rep.search_params
+    assert rep.factory == factory and rep.recall_at_10 >= 0.95 and "nprobe" in rep.search_params
     from genoray.store import EmbeddingStore
 
     emb = EmbeddingStore(store).load("train")

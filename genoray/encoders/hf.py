@@ -103,7 +103,15 @@ class HFEncoder:
     def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":
         if spec.get("type") != "hf" or spec.get("version") != VERSION:
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
-        return cls(from_dict(HFConfig, spec["config"]))
+        enc = cls(from_dict(HFConfig, spec["config"]))
+        expected = spec.get("weights_sha256")
+        if expected and enc._weights_sha != expected:
+            from genoray.artifacts import ChecksumError
+
+            # embeddings from other weights would be searched against this index silently
+            raise ChecksumError(f"{enc.config.model}: model weights changed since this index/store was built "
+                                f"(sha256 {str(enc._weights_sha)[:16]}... != {expected[:16]}...)")
+        return enc
 
     def spec(self) -> dict[str, Any]:
         cfg = to_dict(self.config)
