@@ -237,10 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new index directory")
     p.add_argument("--split", default="train", help="split to index, or 'all' (default: train)")
     p.add_argument("--type", default="auto",
-                   help="auto (Flat below 100k vectors, IVF-Flat within the memory budget, else IVF-PQ) or a "
+                   help="auto (Flat below 100k vectors, IVF-SQ8 within the memory budget, else IVF-PQ) or a "
                         "FAISS factory string such as IVF1024,Flat or HNSW32")
     p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
-    p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for stored vectors (auto type)")
+    p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for the stored vectors/codes (picks the auto type)")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
     p.set_defaults(func=cmd_index)
 
