@@ -4,7 +4,8 @@ Writes N sequences (200-300 bp, sampled and mutated from the shared data) into 1
 files, then embeds them with the k-mer encoder through ``embed_sequences`` twice per repeat:
 ``use_ray=False`` (the single-process loop: the same read -> clean -> embed -> write code, one
 unit after another) and ``use_ray=True`` (local Ray, actor pool). Prints medians and the ratio,
-plus the driver's peak RSS growth during the Ray runs for N/4 and N records (it should not
+the per-pair ratios (each pair run back to back, order alternating, because this
+machine's speed drifts between runs), plus the driver's peak RSS growth during the Ray runs for N/4 and N records (it should not
 grow with the corpus).
 
     python bench/bench_embed.py [--n 1000000] [--repeats 3]
@@ -80,8 +81,9 @@ def main() -> None:
         init_ray()
         t_init = time.perf_counter() - t0
         loop, ray_t = [], []
-        for r in range(args.repeats):
-            for mode, sink in ((False, loop), (True, ray_t)):
+        for r in range(args.repeats):  # pairs, in alternating order: this VM's speed drifts
+            order = ((False, loop), (True, ray_t)) if r % 2 == 0 else ((True, ray_t), (False, loop))
+            for mode, sink in order:
                 out = work / f"out-{mode}-{r}"
                 t0 = time.perf_counter()
                 rep = embed_sequences(files, out, KmerEncoder(), use_ray=mode)
@@ -96,11 +98,13 @@ def main() -> None:
             mem[name] = (n, p.peak - p.base)
             shutil.rmtree(out)
         m_loop, m_ray = statistics.median(loop), statistics.median(ray_t)
+        pair = sorted(a / b for a, b in zip(loop, ray_t))
         print(f"{args.n} sequences (200-300 bp) in 16 Parquet files, k-mer encoder (dim 350); "
               f"median of {args.repeats}; {os.cpu_count()} CPUs")
         print(f"{'mode':<34} {'seconds':>8} {'seq/s':>9} {'x loop':>7}")
         print(f"{'single-process loop':<34} {m_loop:>8.2f} {args.n / m_loop:>9.0f} {1.0:>7.2f}")
         print(f"{'Ray Data actor pool':<34} {m_ray:>8.2f} {args.n / m_ray:>9.0f} {m_loop / m_ray:>7.2f}")
+        print(f"per-pair ratios loop/Ray: {', '.join(f'{x:.2f}' for x in pair)} (median {statistics.median(pair):.2f})")
         print(f"(ray.init once: {t_init:.1f} s, not included)")
         for name, (n, grow) in mem.items():
             print(f"driver RSS growth during the Ray job, {name} = {n} records: {grow:.0f} MiB")

@@ -220,8 +220,10 @@ class EmbedConfig:
 
     Attributes:
         batch_size: records per encoder call.
-        rows_per_unit: Parquet files are split into units of about this many rows (row groups);
-            FASTA/FASTQ files are one unit each.
+        rows_per_unit: Parquet files are split into units of about this many rows (row groups).
+        bytes_per_unit: uncompressed FASTA files larger than this are split into byte ranges
+            cut at record headers (one unit each); gzip and FASTQ files are one unit each (gzip
+            cannot be entered in the middle; a FASTQ quality line may start with ``@``).
         num_actors: encoder actors (one model load each); ``0`` = one per GPU when the encoder
             uses GPUs, else one per CPU.
         cpus_per_actor: ``0`` = ``(cluster CPUs - 1) / actors`` capped at 1, so actors never
@@ -233,6 +235,7 @@ class EmbedConfig:
 
     batch_size: int = 1024
     rows_per_unit: int = 200_000
+    bytes_per_unit: int = 256 * 2**20
     num_actors: int = 0
     cpus_per_actor: float = 0.0
     gpus_per_actor: float | None = None
@@ -241,8 +244,10 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         if self.on_error not in ("continue", "fail"):
             raise ValueError(f"on_error must be 'continue' or 'fail', got {self.on_error!r}")
-        if self.batch_size < 1 or self.rows_per_unit < 1 or self.num_actors < 0 or self.cpus_per_actor < 0:
-            raise ValueError("batch_size and rows_per_unit must be >= 1; num_actors, cpus_per_actor >= 0")
+        if (self.batch_size < 1 or self.rows_per_unit < 1 or self.bytes_per_unit < 1 or self.num_actors < 0
+                or self.cpus_per_actor < 0):
+            raise ValueError("batch_size, rows_per_unit and bytes_per_unit must be >= 1; "
+                             "num_actors, cpus_per_actor >= 0")
 
 
 @dataclass(frozen=True)

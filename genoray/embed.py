@@ -48,7 +48,7 @@ from genoray import schema
 from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.sequences import ReadReport, SequenceFormatError, detect_format, iter_file
+from genoray.sequences import FASTA_SPLITTABLE, ReadReport, SequenceFormatError, detect_format, iter_file
 from genoray.store import FORMAT_VERSION, MANIFEST
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,10 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int) -> list[dict[str, Any]]:
-    """Units of work with stable keys (see the module docstring)."""
+def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
+               bytes_per_unit: int = 256 * 2**20) -> list[dict[str, Any]]:
+    """Units of work with stable keys (see the module docstring): a file, a range of a Parquet
+    file's row groups, or a byte range of a large uncompressed FASTA file."""
     units = []
     cfg_hash = sha256_json(to_dict(read_cfg))[:16]
     for f in files:
@@ -148,10 +150,18 @@ def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: 
                         group, rows = [], 0
                 if group:
                     ranges.append((group, first))
+        byte_ranges: list[list[int] | None] = [None]
+        if path.lower().endswith(FASTA_SPLITTABLE) and st.st_size > bytes_per_unit:
+            cuts = list(range(0, st.st_size, bytes_per_unit)) + [st.st_size]
+            byte_ranges = [[a, b] for a, b in zip(cuts, cuts[1:])]
         for row_groups, first in ranges:
-            ident = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "row_groups": row_groups,
-                     "read_cfg": cfg_hash, "encoder": fp}
-            units.append({"key": sha256_json(ident)[:24], "path": path, "row_groups": row_groups, "first_record": first})
+            for byte_range in byte_ranges:
+                ident = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "row_groups": row_groups,
+                         "read_cfg": cfg_hash, "encoder": fp}
+                if byte_range is not None:  # keys of unsplit files stay as they were (resumable stores)
+                    ident["byte_range"] = byte_range
+                units.append({"key": sha256_json(ident)[:24], "path": path, "row_groups": row_groups,
+                              "first_record": first, "byte_range": byte_range})
     return units
 
 
@@ -182,7 +192,8 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     t0, started = time.perf_counter(), time.time()
     try:
         cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
-        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"]):
+        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
+                               unit.get("byte_range")):
             out = embed_table(encoder, batch)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, out.schema, compression=SHARD_COMPRESSION)
@@ -206,7 +217,8 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     final = shard_dir / f"{key}.parquet"
     os.replace(tmp, final)
     done = {
-        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "status": "done",
+        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "byte_range": unit.get("byte_range"),
+        "status": "done",
         "file": final.name, "sha256": sha256_file(final), "rows": rows,
         "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
         "windowed": report.windowed, "windows": report.windows,
@@ -370,7 +382,7 @@ def embed_sequences(
     files = expand_inputs(inputs)
     encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
     spec, fp = encoder.spec(), fingerprint(encoder)
-    units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit)
+    units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
     done: dict[str, dict[str, Any]] = {}
     pending = []
     for u in units:
@@ -490,7 +502,7 @@ def _write_manifest(out: Path, spec, fp, dim, committed, report: EmbedReport) ->
         "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")},
         "failed": report.failed,
         "parts": [{"file": f"shards/{d['file']}", "rows": d["rows"], "sha256": d["sha256"], "source": d["path"],
-                   "row_groups": d["row_groups"],
+                   "row_groups": d["row_groups"], "byte_range": d.get("byte_range"),
                    "rejects": f"shards/{d['rejects_file']}" if d.get("rejects_file") else None} for d in committed],
     })
 

@@ -15,12 +15,13 @@ reports line numbers); see ``bench/bench_parsers.py`` for the comparison that ch
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -271,12 +272,66 @@ class _BatchBuilder:
         return batch
 
 
-def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+FASTA_SPLITTABLE = (".fa", ".fasta", ".fna", ".ffn", ".fas")  # uncompressed FASTA only
+
+
+def fasta_record_start(f: BinaryIO, offset: int, block: int = 1 << 20) -> int:
+    """Offset of the first record header (``>`` at a line start) at or after ``offset``, or the
+    file size. In FASTA ``>`` occurs only in headers, so byte ranges can be cut without parsing."""
+    size = f.seek(0, 2)
+    if offset <= 0:
+        return 0
+    if offset >= size:
+        return size
+    base = offset - 1  # file offset of data[0]; one byte back to see the newline before '>'
+    f.seek(base)
+    data = f.read(block)
+    while len(data) > 1:
+        hit = data.find(b"\n>")
+        if hit >= 0:
+            return base + hit + 1
+        base += len(data) - 1  # keep the last byte: '\n' may end this block and '>' start the next
+        f.seek(base)
+        data = f.read(block)
+    return size
+
+
+class _ByteRange(io.RawIOBase):
+    """A read-only view of bytes ``[start, end)`` of a file."""
+
+    def __init__(self, path: str, start: int, end: int):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(buf)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
+                byte_range: tuple[int, int] | None = None) -> Iterator[pa.RecordBatch]:
     import dnaio
 
     record_no = 0
+    source: Any = path
+    if byte_range is not None:  # records whose header starts in [start, end)
+        with open(path, "rb") as f:
+            start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
+        source = io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
     try:
-        with dnaio.open(path) as reader:
+        with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
             for rec in reader:
                 record_no += 1
                 seq_id, tags, free = parse_header(rec.name)
@@ -289,15 +344,15 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[
                 del rec  # a windowed chromosome: do not keep the parsed record alive while windows go out
                 yield from builder.drain()
     except dnaio.UnknownFileFormat as e:
-        raise SequenceFormatError(path, None, f"not FASTA or FASTQ (binary or unknown content): {e}") from e
+        raise SequenceFormatError(builder.path, None, f"not FASTA or FASTQ (binary or unknown content): {e}") from e
     except dnaio.FileFormatError as e:
-        raise SequenceFormatError(path, record_no + 1, f"malformed: {e}") from e
+        raise SequenceFormatError(builder.path, record_no + 1, f"malformed: {e}") from e
     except EOFError as e:
         raise SequenceFormatError(
             path, record_no + 1, f"truncated compressed file after {record_no} records: {e}"
         ) from e
     except (OSError, UnicodeDecodeError) as e:  # e.g. gzip CRC errors, 'Not a gzipped file'
-        raise SequenceFormatError(path, record_no + 1, f"unreadable: {e}") from e
+        raise SequenceFormatError(builder.path, record_no + 1, f"unreadable: {e}") from e
     last = builder.flush()
     if last is not None:
         yield last
@@ -429,23 +484,31 @@ def iter_file(
     seen: set[str] | None = None,
     row_groups: list[int] | None = None,
     first_record: int = 1,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream one file (or, for Parquet, some of its row groups) into cleaned batches.
+    """Stream one file (or, for Parquet, some of its row groups; for uncompressed FASTA, the
+    records whose header starts in ``byte_range``) into cleaned batches.
 
     ``seen`` carries ids across calls for duplicate detection; ``first_record`` numbers the
-    records of a row-group range as in the whole file.
+    records of a row-group range as in the whole file. In a byte range, record numbers count
+    from the range's first record, and errors name the range. A ``.sha256`` sidecar is checked
+    by the range that starts at byte 0 (once per file, not once per range).
     """
     path = str(path)
     if not Path(path).is_file():
         raise SequenceFormatError(path, None, "no such file")
     fmt = detect_format(path)
-    verify_sidecar(path)
+    if byte_range is None or byte_range[0] == 0:
+        verify_sidecar(path)
     report.files.append(path)
-    builder = _BatchBuilder(path, cfg, report, seen)
+    label = path if byte_range is None else f"{path} [bytes {byte_range[0]}-{byte_range[1]}]"
+    builder = _BatchBuilder(label, cfg, report, seen)
     if fmt == "fastx":
         if row_groups is not None:
             raise ValueError(f"{path}: row groups only apply to Parquet")
-        yield from _iter_fastx(path, cfg, builder)
+        if byte_range is not None and not path.lower().endswith(FASTA_SPLITTABLE):
+            raise ValueError(f"{path}: byte ranges only apply to uncompressed FASTA")
+        yield from _iter_fastx(path, cfg, builder, byte_range)
     else:
         yield from _iter_table(path, fmt, cfg, builder, row_groups, first_record)
 

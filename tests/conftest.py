@@ -46,3 +46,20 @@ def serve_port(ray_session):
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
     yield port
     serve.shutdown()
+
+
+class Sentinel:
+    """Unpickling this creates ``path``: proof that a loader ran pickle on attacker bytes."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def malicious_pickle(target: Path, sentinel: Path) -> Path:
+    import pickle
+
+    target.write_bytes(pickle.dumps(Sentinel(sentinel)))
+    return target

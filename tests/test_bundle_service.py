@@ -48,6 +48,35 @@ def test_corrupt_or_incomplete_bundle_is_refused(tmp_path):
         verify_bundle(tmp_path / "r", v)
 
 
+def test_malicious_pickles_in_head_or_bundle_are_never_unpickled(tmp_path):
+    """C2: pickle bytes as head.npz (checksums made to match), or a head.pkl added to a bundle,
+    are refused without being unpickled."""
+    import shutil
+
+    from conftest import malicious_pickle
+    from genoray.artifacts import sha256_file, sha256_json, write_json
+    from genoray.heads import load_head
+
+    root = tmp_path / "r"
+    v1 = make_bundle(tmp_path / "w1", root, seed=0)
+    sentinel = tmp_path / "PWNED"
+    head = tmp_path / "head"
+    shutil.copytree(tmp_path / "w1" / "head", head)
+    malicious_pickle(head / "head.npz", sentinel)
+    doc = json.loads((head / "head.json").read_text())  # an attacker who can also rewrite the checksums
+    doc["payload"]["npz_sha256"] = sha256_file(head / "head.npz")
+    doc["sha256"] = sha256_json(doc["payload"])
+    write_json(head / "head.json", doc)
+    with pytest.raises(ValueError, match="pickle"):
+        load_head(head)
+    vdir = root / "versions" / v1 / "head"
+    vdir.chmod(0o755)
+    malicious_pickle(vdir / "head.pkl", sentinel)
+    with pytest.raises(ChecksumError, match="not in bundle.json"):
+        load_bundle(root)
+    assert not sentinel.exists()
+
+
 def test_gc_keeps_current_newest_and_leased(tmp_path):
     root = tmp_path / "r"
     versions = [make_bundle(tmp_path / f"w{i}", root, seed=i, publish_it=False) for i in range(4)]

@@ -314,3 +314,29 @@ def test_embed_job_windows_long_records_and_reconciles(tmp_path):
     assert "chr7:50-1049" not in ids and "chr7:49501-50500" in ids and "chr7:1001-2000" in ids
     i = ids.index("chr7:1001-2000")
     np.testing.assert_allclose(vecs[i], enc.embed([chrom[1000:2000]])[0], rtol=1e-6)
+
+
+@pytest.mark.ray
+def test_large_fasta_is_split_into_byte_range_units(ray_session, tmp_path):
+    """One uncompressed FASTA becomes several units (cut at record headers) processed by
+    different actors; the store equals the unsplit run row for row, and a bad record's reject
+    names its byte range."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    recs = [(f"r{i} label={'a' if i % 2 else 'b'}", "".join(rng.choice(list("ACGT"), size=rng.integers(50, 300))))
+            for i in range(3000)]
+    recs[1234] = ("r1234 label=a", "ACGTQQQ")  # rejected: invalid character
+    fa = write_fasta(tmp_path / "big.fa", recs)
+    split_cfg = EmbedConfig(bytes_per_unit=fa.stat().st_size // 6 + 1, num_actors=2)
+    rep = embed_sequences(fa, tmp_path / "split", KmerEncoder(), embed_cfg=split_cfg, use_ray=True)
+    ref = embed_sequences(fa, tmp_path / "whole", KmerEncoder(), use_ray=False)
+    assert rep.units == 6 and ref.units == 1
+    assert (rep.read, rep.accepted, rep.written) == (ref.read, ref.accepted, ref.written) == (3000, 2999, 2999)
+    ids_a, vec_a = load_sorted(tmp_path / "split")
+    ids_b, vec_b = load_sorted(tmp_path / "whole")
+    assert ids_a == ids_b and np.array_equal(vec_a, vec_b)
+    rejects = [pq.read_table(p).to_pylist() for p in (tmp_path / "split" / "shards").glob("*.rejects.parquet")]
+    assert len(rejects) == 1 and "[bytes " in rejects[0][0]["path"] and rejects[0][0]["seq_id"] == "r1234"
+    done = [json.loads(p.read_text()) for p in (tmp_path / "split" / "shards").glob("*.done.json")]
+    assert len({d["worker_pid"] for d in done}) == 2  # both actors got ranges of the one file

@@ -92,6 +92,21 @@ def test_changed_local_weights_are_refused(tmp_path, bert_dir):
         encoder_from_spec(spec)
 
 
+def test_malicious_pickle_checkpoint_is_never_unpickled(tmp_path, bert_dir):
+    """C2: a pytorch_model.bin whose unpickling would create a file is refused unread."""
+    import shutil
+
+    from conftest import malicious_pickle
+
+    model, sentinel = tmp_path / "evil", tmp_path / "PWNED"
+    shutil.copytree(bert_dir, model)
+    (model / "model.safetensors").unlink()
+    malicious_pickle(model / "pytorch_model.bin", sentinel)
+    with pytest.raises(OSError, match="safetensors"):
+        HFEncoder(HFConfig(model=str(model)))
+    assert not sentinel.exists()
+
+
 def test_nt_like_esm_with_6mer_tokens(tmp_path):
     path = make_nt_like_esm(tmp_path / "nt")
     enc = HFEncoder(HFConfig(model=str(path)))

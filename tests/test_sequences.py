@@ -190,3 +190,34 @@ def test_long_records_are_windowed_batch_by_batch(tmp_path):
     report = ReadReport()  # the default still rejects, naming the reason
     list(iter_sequences([path], ReadConfig(clean=CleanPolicy(max_length=1000)), report))
     assert report.rejected["too_long"] == 2 and report.accepted == 1
+
+
+@pytest.mark.parametrize("block", [1 << 20, 2, 3, 7])
+def test_fasta_byte_ranges_cover_every_record_once(tmp_path, block):
+    """Cutting an uncompressed FASTA at arbitrary byte offsets, moved forward to the next header,
+    gives every record exactly once and in order (oracle: the whole-file read), for any block
+    size of the boundary search."""
+    import random
+
+    from genoray.sequences import fasta_record_start, iter_file
+
+    rng = random.Random(block)
+    recs = [(f"r{i}", "".join(rng.choice("ACGT") for _ in range(rng.randint(1, 200)))) for i in range(120)]
+    path = write_fasta(tmp_path / "split.fa", recs, width=50)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        data = path.read_bytes()
+        for offset in range(0, size + 1, 97):
+            start = fasta_record_start(f, offset, block)
+            assert start == size or (data[start:start + 1] == b">" and (start == 0 or data[start - 1:start] == b"\n"))
+            assert start >= offset and b"\n>" not in data[max(0, offset - 1):start]
+    for n_parts in (1, 3, 17, 400):
+        cuts = [size * i // n_parts for i in range(n_parts + 1)]
+        ids, report = [], ReadReport()
+        for a, b in zip(cuts, cuts[1:]):
+            for batch in iter_file(path, ReadConfig(), report, set(), byte_range=(a, b)):
+                ids += batch.column("seq_id").to_pylist()
+        assert ids == [r[0] for r in recs] and report.read == len(recs)
+    with pytest.raises(ValueError, match="uncompressed FASTA"):
+        list(iter_file(write_fasta(tmp_path / "x.fq.fa", recs[:1]).rename(tmp_path / "x.fq"), ReadConfig(),
+                       ReadReport(), byte_range=(0, 10)))
