@@ -94,6 +94,10 @@ def test_stage_functions_and_predictor(tmp_path, labeled_fasta):
     assert abs(sum(out[0].probabilities.values()) - 1) < 1e-5 and 0 <= out[0].ood_score <= 1
     # a query whose id is in the index does not vote for itself
     emb = EmbeddingStore(tmp_path / "store").load("train")
+    # B8 join integrity: one index row per training id, carrying that id's label from the store
+    label_of = dict(zip(emb.ids, emb.labels))
+    assert len(set(pred.index.ids)) == len(pred.index.ids) == len(label_of)
+    assert all(label_of[i] == lab for i, lab in zip(pred.index.ids, pred.index.labels))
     _, _, pos = pred.predict_vectors(emb.vectors[:5], list(emb.ids[:5]))
     assert not any(emb.ids[i] in set(pred.index.ids[pos[i]]) for i in range(5))
     with pytest.raises(ValueError, match="sequence 0: invalid_character"):
