@@ -108,6 +108,24 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+class ErrorOut(BaseModel):
+    detail: str
+
+
+_ERRORS = {  # documented in the OpenAPI schema (what the API can answer besides 200 and 422)
+    400: "body is not valid JSON",
+    401: "missing or invalid API key",
+    413: "request body too large",
+    429: "rate limit exceeded for this API key (Retry-After)",
+    503: "no bundle loaded, or every model replica is busy (Retry-After)",
+    504: "the prediction did not finish in time",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"description": _ERRORS[c], "model": ErrorOut} for c in codes}
+
+
 class BundleHolder:
     """Loads, watches and atomically swaps the bundle a replica serves."""
 
@@ -236,7 +254,7 @@ class LocalBackend(Backend):
 def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
     """422 with the JSON path of the first problem."""
     def bad(loc: list, msg: str):
-        raise HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg}])
+        raise HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
     if len(req.sequences) > limits.max_sequences:
         bad(["sequences"], f"at most {limits.max_sequences} sequences per request, got {len(req.sequences)}")
@@ -341,21 +359,22 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/ready")
+    @app.get("/v1/ready", responses={503: {"description": "no bundle loaded yet"}})
     async def ready():
         info = await backend.info()
         if info is None:
             return JSONResponse({"ready": False}, status_code=503)
         return {"ready": True, "bundle_version": info["bundle_version"]}
 
-    @app.get("/v1/info", dependencies=[Depends(auth)])
+    @app.get("/v1/info", dependencies=[Depends(auth)], responses=error_responses(401, 429, 503, 504))
     async def info() -> dict[str, Any]:
         info = await backend.info()
         if info is None:
             raise HTTPException(status_code=503, detail="no bundle loaded")
         return {**info, "limits": limits.__dict__}
 
-    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
+              responses=error_responses(400, 401, 413, 429, 503, 504))
     async def predict(req: PredictRequest, response: Response) -> dict[str, Any]:
         validate(req, limits, cleaner)
         t0 = time.perf_counter()
