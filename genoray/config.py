@@ -53,8 +53,9 @@ class CleanPolicy:
             ``window_overlap`` (the last one aligned to the record's end), each a row with id
             ``<id>:<start>-<end>`` (1-based, inclusive) and ``source_id``/``start``/``end`` in its
             metadata (coordinates of the record as read). Each window is cleaned and checked on
-            its own (alphabet, N fraction), so one bad region loses its windows, not the record,
-            and no second record-sized copy is made. Use it for chromosomes and assemblies.
+            its own (alphabet, N fraction), so one bad region loses its windows, not the record.
+            FASTA files are then streamed line by line, so a long record is never held whole.
+            Use it for chromosomes and assemblies.
         window_overlap: bases shared by consecutive windows.
         duplicate_ids: ``"reject"`` rejects a repeated id within one read; ``"error"`` raises.
     """

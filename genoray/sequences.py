@@ -202,16 +202,22 @@ class _BatchBuilder:
         self.cols: dict[str, list] = {name: [] for name in schema.RECORD_SCHEMA.names}
         self.pending: Iterator[None] | None = None
 
-    def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
+    def admit(self, record_no: int, seq_id: str | None) -> bool:
+        """Count a record as read; False (rejected, counted) if its id is missing or repeated."""
         self.report.read += 1
         if not seq_id:
             self.report.reject(self.path, record_no, "", "missing_id: record has no id")
-            return
+            return False
         if seq_id in self.seen:
             reason = f"duplicate_id: id {seq_id!r} already read"
             if self.cfg.clean.duplicate_ids == "error":
                 raise SequenceFormatError(self.path, record_no, reason, seq_id)
             self.report.reject(self.path, record_no, seq_id, reason)
+            return False
+        return True
+
+    def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
+        if not self.admit(record_no, seq_id):
             return
         seq, why = self.cleaner(raw)
         if why is not None:
@@ -234,24 +240,32 @@ class _BatchBuilder:
         c[schema.META].append(json.dumps(meta, sort_keys=True) if meta else None)
 
     def _windows(self, record_no, seq_id, seq, label, domain, split, meta) -> Iterator[None]:
-        p, report = self.cfg.clean, self.report
+        p = self.cfg.clean
         kept = 0
         for start in window_starts(len(seq), p.max_length, p.window_overlap):
-            end = min(start + p.max_length, len(seq))
-            window, why = self.cleaner(seq[start:end])  # every check, per window
-            if why is not None:
-                report.windows_rejected[why.split(":", 1)[0]] += 1
-            else:
-                self._row(f"{seq_id}:{start + 1}-{end}", window, label, domain, split,
-                          {**meta, "source_id": seq_id, "start": start + 1, "end": end})
-                kept += 1
+            kept += self.window(seq_id, start, seq[start : start + p.max_length], label, domain, split, meta)
             yield None
+        self.end_windows(record_no, seq_id, len(seq), kept)
+
+    def window(self, seq_id: str, start: int, raw: str, label, domain, split, meta) -> bool:
+        """Clean and add one window (0-based ``start``) of a long record; False if rejected."""
+        window, why = self.cleaner(raw)  # every check, per window
+        if why is not None:
+            self.report.windows_rejected[why.split(":", 1)[0]] += 1
+            return False
+        end = start + len(raw)
+        self._row(f"{seq_id}:{start + 1}-{end}", window, label, domain, split,
+                  {**meta, "source_id": seq_id, "start": start + 1, "end": end})
+        return True
+
+    def end_windows(self, record_no: int, seq_id: str, length: int, kept: int) -> None:
+        report = self.report
         if kept:
             report.accepted += 1
             report.windowed += 1
             report.windows += kept
         else:
-            report.reject(self.path, record_no, seq_id, f"no_valid_window: all windows of the {len(seq)}-bp record "
+            report.reject(self.path, record_no, seq_id, f"no_valid_window: all windows of the {length}-bp record "
                                                         f"were rejected ({dict(report.windows_rejected)})")
 
     def drain(self) -> Iterator[pa.RecordBatch]:
@@ -320,6 +334,82 @@ class _ByteRange(io.RawIOBase):
         super().close()
 
 
+class _StreamedRecord:
+    """State of one FASTA record read line by line (long records never held whole)."""
+
+    def __init__(self, record_no: int, header: str, cfg: ReadConfig):
+        self.record_no = record_no
+        self.seq_id, tags, free = parse_header(header)
+        self.label, self.domain = tags.pop(cfg.label_key, None), tags.pop(cfg.domain_key, None)
+        self.split = tags.pop(cfg.split_key, None)
+        if free:
+            tags["description"] = free
+        self.meta = tags
+        self.buf = bytearray()  # bases from offset buf_start of the record
+        self.buf_start = self.length = self.next_start = self.kept = 0
+        self.windowed = self.skip = False
+
+
+def _iter_fasta_windowed(source: BinaryIO, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    """FASTA reader for ``long_records="window"`` that streams each record line by line: a record
+    up to ``max_length`` is added whole; a longer one is cut into windows as its lines arrive,
+    keeping only the bases still needed (memory O(window), not O(record))."""
+    size, step = cfg.clean.max_length, cfg.clean.max_length - cfg.clean.window_overlap
+    rec: _StreamedRecord | None = None
+    record_no = 0
+
+    def emit(r: _StreamedRecord, upto: int) -> None:  # windows starting at next_start that end by `upto`
+        while r.next_start + size <= upto:
+            a = r.next_start - r.buf_start
+            r.kept += builder.window(r.seq_id, r.next_start, r.buf[a : a + size].decode("latin-1"),
+                                     r.label, r.domain, r.split, r.meta)
+            r.next_start += step
+
+    def finish(r: _StreamedRecord) -> None:
+        if not r.windowed:
+            builder.add(r.record_no, r.seq_id, r.buf.decode("latin-1"), r.label, r.domain, r.split, r.meta)
+        elif not r.skip:
+            if r.next_start - step + size < r.length:  # the last window, aligned to the record's end
+                r.next_start = r.length - size
+                emit(r, r.length)
+            builder.end_windows(r.record_no, r.seq_id, r.length, r.kept)
+
+    for line_no, line in enumerate(source, 1):
+        if line[:1] == b">":
+            if rec is not None:
+                finish(rec)
+                yield from builder.drain()
+            record_no += 1
+            rec = _StreamedRecord(record_no, line[1:].decode("utf-8", errors="replace").strip(), cfg)
+            continue
+        line = line.rstrip(b"\r\n")
+        if not line:
+            continue
+        if rec is None:
+            raise SequenceFormatError(builder.path, 1, f"malformed: line {line_no} is not inside a record "
+                                                       "(expected a '>' header first)")
+        rec.length += len(line)
+        if rec.skip:
+            continue
+        rec.buf += line
+        if not rec.windowed and rec.length > size:  # a long record: admit it once, then window it
+            rec.windowed = True
+            rec.skip = not builder.admit(rec.record_no, rec.seq_id)
+            if rec.skip:
+                rec.buf = bytearray()
+                continue
+            builder.seen.add(rec.seq_id)
+        if rec.windowed:
+            emit(rec, rec.length)
+            keep_from = min(rec.next_start, rec.length - size)
+            if keep_from - rec.buf_start > max(size, 1 << 20):
+                del rec.buf[: keep_from - rec.buf_start]
+                rec.buf_start = keep_from
+            yield from builder.drain()
+    if rec is not None:
+        finish(rec)
+
+
 def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
                 byte_range: tuple[int, int] | None = None) -> Iterator[pa.RecordBatch]:
     import dnaio
@@ -330,6 +420,9 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
         with open(path, "rb") as f:
             start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
         source = io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
+    if cfg.clean.long_records == "window" and path.lower().removesuffix(".gz").endswith(FASTA_SPLITTABLE):
+        yield from _stream_windowed(path, source, cfg, builder)
+        return
     try:
         with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
             for rec in reader:
@@ -349,10 +442,30 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
         raise SequenceFormatError(builder.path, record_no + 1, f"malformed: {e}") from e
     except EOFError as e:
         raise SequenceFormatError(
-            path, record_no + 1, f"truncated compressed file after {record_no} records: {e}"
+            builder.path, record_no + 1, f"truncated compressed file after {record_no} records: {e}"
         ) from e
     except (OSError, UnicodeDecodeError) as e:  # e.g. gzip CRC errors, 'Not a gzipped file'
         raise SequenceFormatError(builder.path, record_no + 1, f"unreadable: {e}") from e
+    last = builder.flush()
+    if last is not None:
+        yield last
+
+
+def _stream_windowed(path: str, source: Any, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    import gzip
+
+    raw = open(path, "rb") if isinstance(source, str) else source
+    f = gzip.GzipFile(fileobj=raw) if isinstance(source, str) and path.lower().endswith(".gz") else raw
+    try:
+        yield from _iter_fasta_windowed(f, cfg, builder)
+    except EOFError as e:
+        raise SequenceFormatError(builder.path, builder.report.read + 1,
+                                  f"truncated compressed file after {builder.report.read} records: {e}") from e
+    except OSError as e:  # gzip CRC errors, 'Not a gzipped file'
+        raise SequenceFormatError(builder.path, builder.report.read + 1, f"unreadable: {e}") from e
+    finally:
+        f.close()
+        raw.close()
     last = builder.flush()
     if last is not None:
         yield last

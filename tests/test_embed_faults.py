@@ -257,7 +257,7 @@ def test_errored_blocks_setting_is_refused(ray_session, tmp_path):
 
 
 GIANT = """
-import resource, sys
+import sys
 from genoray.config import CleanPolicy, ReadConfig
 from genoray.sequences import ReadReport, iter_sequences
 
@@ -266,14 +266,18 @@ cfg = ReadConfig(clean=CleanPolicy(max_length=1_000_000, long_records="window"),
 for batch in iter_sequences([sys.argv[1]], cfg, report):
     windows += batch.num_rows
     bases += sum(len(s) for s in batch.column("sequence").to_pylist())
-print(windows, bases, report.windowed, report.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's memory at fork)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(windows, bases, report.windowed, report.rows, hwm // 1024)
 """
 
 
 @pytest.mark.slow
 def test_giant_record_is_windowed_in_bounded_memory(tmp_path):
     """A6: one 250 Mbp record (wrapped FASTA, ~254 MB) is read as 250 windows of 1 Mbp in a
-    subprocess whose peak RSS stays under 1.2 GB (parser copy + cleaned copy + one batch)."""
+    subprocess whose peak RSS stays far under the plan's 1.2 GB: the windowed FASTA reader
+    streams the record line by line and keeps only the bases still needed (~184 MiB measured,
+    most of it the interpreter, pyarrow and one 16-window batch)."""
     import subprocess
     import sys
 
@@ -294,7 +298,7 @@ def test_giant_record_is_windowed_in_bounded_memory(tmp_path):
     windows, bases, windowed, rows, peak_mb = map(int, out.stdout.split())
     print(f"250 Mbp record: {windows} windows, peak RSS {peak_mb} MiB")
     assert (windows, bases, windowed, rows) == (250, n, 1, 250)
-    assert peak_mb < 1200
+    assert peak_mb < 400
 
 
 def test_embed_job_windows_long_records_and_reconciles(tmp_path):

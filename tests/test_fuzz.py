@@ -16,36 +16,41 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 pytestmark = pytest.mark.fuzz
 
 
-def read_or_error(path):
+WINDOWED = ReadConfig(clean=CleanPolicy(max_length=40, long_records="window", window_overlap=7), batch_size=5)
+
+
+def read_or_error(path, cfg=None):
     report = ReadReport()
     try:
-        rows = sum(b.num_rows for b in iter_sequences(path, report=report))
+        rows = sum(b.num_rows for b in iter_sequences(path, cfg, report=report))
     except SequenceFormatError as e:
         assert str(path) in str(e)  # the error names the file
         return None
-    assert report.read == report.accepted + report.n_rejected and rows == report.accepted
+    assert report.read == report.accepted + report.n_rejected and rows == report.rows
+    assert report.rows == report.accepted - report.windowed + report.windows
     return rows
 
 
 @FUZZ
-@given(data=st.binary(max_size=2000), suffix=st.sampled_from([".fa", ".fq", ".fa.gz", ".parquet", ".csv"]))
-def test_any_bytes_give_records_that_add_up_or_a_named_error(tmp_path, data, suffix):
+@given(data=st.binary(max_size=2000), suffix=st.sampled_from([".fa", ".fq", ".fa.gz", ".parquet", ".csv"]),
+       windowed=st.booleans())
+def test_any_bytes_give_records_that_add_up_or_a_named_error(tmp_path, data, suffix, windowed):
     p = tmp_path / f"x{suffix}"
     p.write_bytes(data)
-    read_or_error(p)
+    read_or_error(p, WINDOWED if windowed else None)
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.text(alphabet="abcXYZ019_-", min_size=1, max_size=12),
                           st.text(alphabet="ACGTNacgtnRYU-.*X", max_size=150)), max_size=30),
-       st.integers(min_value=1, max_value=90), st.booleans())
-def test_fasta_structure_fuzz(tmp_path, records, width, crlf):
+       st.integers(min_value=1, max_value=90), st.booleans(), st.booleans())
+def test_fasta_structure_fuzz(tmp_path, records, width, crlf, windowed):
     nl = "\r\n" if crlf else "\n"
     text = "".join(f">{h}{nl}" + "".join(s[i:i + width] + nl for i in range(0, len(s), width)) for h, s in records)
     p = tmp_path / "f.fa"
     p.write_text(text)
-    n = read_or_error(p)
-    assert n is not None and n <= len(records)
+    n = read_or_error(p, WINDOWED if windowed else None)
+    assert n is not None and (windowed or n <= len(records))
 
 
 seq_st = st.text(alphabet="ACGTN", min_size=1, max_size=200)

@@ -221,3 +221,45 @@ def test_fasta_byte_ranges_cover_every_record_once(tmp_path, block):
     with pytest.raises(ValueError, match="uncompressed FASTA"):
         list(iter_file(write_fasta(tmp_path / "x.fq.fa", recs[:1]).rename(tmp_path / "x.fq"), ReadConfig(),
                        ReadReport(), byte_range=(0, 10)))
+
+
+def test_streamed_fasta_windows_equal_in_memory_windows(tmp_path):
+    """The line-by-line FASTA reader (window mode) gives exactly the rows and counts of the
+    in-memory windowing used for other formats: plain and gzipped FASTA vs Parquet, with
+    overlap, a duplicated long id, lower case, CRLF and a bad base."""
+    import random
+
+    rng = random.Random(7)
+    recs = [("a", "".join(rng.choice("ACGT") for _ in range(2_345))), ("b", "acgt" * 100),
+            ("c", "".join(rng.choice("ACGTN") for _ in range(999)) + "X" + "ACGT" * 300), ("a", "ACGT" * 400),
+            ("d", "G" * 700)]
+    fa = write_fasta(tmp_path / "w.fa", recs, width=70)
+    fa.write_bytes(fa.read_bytes().replace(b"\n", b"\r\n"))
+    gz = tmp_path / "w.fa.gz"
+    gz.write_bytes(gzip.compress(fa.read_bytes()))
+    pqt = tmp_path / "w.parquet"
+    pq.write_table(pa.table({"id": [r[0] for r in recs], "sequence": [r[1] for r in recs]}), pqt)
+    cfg = ReadConfig(clean=CleanPolicy(max_length=500, long_records="window", window_overlap=120, max_n_fraction=0.3),
+                     batch_size=3)
+    results = []
+    for path in (fa, gz, pqt):
+        report = ReadReport()
+        rows = pa.Table.from_batches(list(iter_sequences([path], cfg, report))).select(["seq_id", "sequence", "meta"])
+        d = report.to_dict()
+        results.append((rows.to_pylist(), {k: d[k] for k in ("read", "accepted", "rejected_by_reason", "rows",
+                                                                 "windowed", "windows", "windows_rejected_by_reason")}))
+    assert results[0] == results[1] == results[2]
+    counts = results[0][1]
+    assert counts["read"] == 5 and counts["rejected_by_reason"] == {"duplicate_id": 1}
+    from genoray.sequences import window_starts
+
+    over_x = sum(1 for a in window_starts(2_200, 500, 120) if a <= 999 < a + 500)
+    assert counts["windows_rejected_by_reason"] == {"invalid_character": over_x}  # the windows over the X
+    with pytest.raises(SequenceFormatError, match="line 1 is not inside a record"):
+        bad = tmp_path / "bad.fa"
+        bad.write_text("ACGT\n>x\nACGT\n")
+        list(iter_sequences([bad], cfg))
+    with pytest.raises(SequenceFormatError, match="truncated"):
+        cut = tmp_path / "cut.fa.gz"
+        cut.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
+        list(iter_sequences([cut], cfg))
