@@ -110,7 +110,9 @@ def main() -> None:
 
     init_ray()
     port = free_port()
-    cfg = ServeConfig(root=str(root), port=port, require_key=False, min_replicas=1, max_replicas=1, poll_s=0.5)
+    # no access log, like the uvicorn baseline (log_level='warning' drops its access lines)
+    cfg = ServeConfig(root=str(root), port=port, require_key=False, min_replicas=1, max_replicas=1, poll_s=0.5,
+                      access_log=False)
     start_http(cfg)
     serve.run(build_app(cfg), name="bench", route_prefix="/")
     wait_ready(port)

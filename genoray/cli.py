@@ -158,7 +158,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,
                       min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-                      ingress_replicas=a.ingress_replicas, poll_s=a.poll_s,
+                      ingress_replicas=a.ingress_replicas, poll_s=a.poll_s, access_log=not a.no_access_log,
                       limits={"rate_per_key": a.rate_per_key} if a.rate_per_key else {})
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model replicas kept running (use >= 2 so a dying replica's requests are retried on another)")
     p.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling for model replicas")
     p.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas (auth and validation)")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="no per-request access log lines (one log write less per hop and request)")
     p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
     p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
     p.add_argument("--rate-per-key", type=float, default=0.0,
