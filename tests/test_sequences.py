@@ -218,6 +218,12 @@ def test_fasta_byte_ranges_cover_every_record_once(tmp_path, block):
             for batch in iter_file(path, ReadConfig(), report, set(), byte_range=(a, b)):
                 ids += batch.column("seq_id").to_pylist()
         assert ids == [r[0] for r in recs] and report.read == len(recs)
+    windowed = ReadConfig(clean=CleanPolicy(max_length=60, long_records="window", window_overlap=10))
+    whole = [b.column("seq_id").to_pylist() for b in iter_file(path, windowed, ReadReport(), set())]
+    cuts = [size * i // 5 for i in range(6)]
+    parts = [b.column("seq_id").to_pylist() for a, b_ in zip(cuts, cuts[1:])
+             for b in iter_file(path, windowed, ReadReport(), set(), byte_range=(a, b_))]
+    assert sum(parts, []) == sum(whole, []) and any(":" in i for i in sum(whole, []))  # streamed windows too
     with pytest.raises(ValueError, match="uncompressed FASTA"):
         list(iter_file(write_fasta(tmp_path / "x.fq.fa", recs[:1]).rename(tmp_path / "x.fq"), ReadConfig(),
                        ReadReport(), byte_range=(0, 10)))
