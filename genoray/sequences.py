@@ -192,6 +192,15 @@ def parse_header(description: str) -> tuple[str, dict[str, str], str]:
     return parts[0], tags, " ".join(free)
 
 
+def header_fields(description: str, cfg: ReadConfig) -> tuple[str, str | None, str | None, str | None, dict]:
+    """``(id, label, domain, split, meta)`` of a FASTA/FASTQ header, per ``cfg``'s tag keys."""
+    seq_id, tags, free = parse_header(description)
+    label, domain, split = tags.pop(cfg.label_key, None), tags.pop(cfg.domain_key, None), tags.pop(cfg.split_key, None)
+    if free:
+        tags["description"] = free
+    return seq_id, label, domain, split, tags
+
+
 class _BatchBuilder:
     """Collects accepted records, applies the id/duplicate policy and emits Arrow batches."""
 
@@ -339,12 +348,7 @@ class _StreamedRecord:
 
     def __init__(self, record_no: int, header: str, cfg: ReadConfig):
         self.record_no = record_no
-        self.seq_id, tags, free = parse_header(header)
-        self.label, self.domain = tags.pop(cfg.label_key, None), tags.pop(cfg.domain_key, None)
-        self.split = tags.pop(cfg.split_key, None)
-        if free:
-            tags["description"] = free
-        self.meta = tags
+        self.seq_id, self.label, self.domain, self.split, self.meta = header_fields(header, cfg)
         self.buf = bytearray()  # bases from offset buf_start of the record
         self.buf_start = self.length = self.next_start = self.kept = 0
         self.windowed = self.skip = False
@@ -427,13 +431,8 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
         with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
             for rec in reader:
                 record_no += 1
-                seq_id, tags, free = parse_header(rec.name)
-                label = tags.pop(cfg.label_key, None)
-                domain = tags.pop(cfg.domain_key, None)
-                split = tags.pop(cfg.split_key, None)
-                if free:
-                    tags["description"] = free
-                builder.add(record_no, seq_id, rec.sequence, label, domain, split, tags)
+                seq_id, label, domain, split, meta = header_fields(rec.name, cfg)
+                builder.add(record_no, seq_id, rec.sequence, label, domain, split, meta)
                 del rec  # a windowed chromosome: do not keep the parsed record alive while windows go out
                 yield from builder.drain()
     except dnaio.UnknownFileFormat as e:
