@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
     p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
     p.add_argument("--rate-per-key", type=float, default=0.0,
-                   help="requests/s per API key and replica (token bucket, burst 20; 429 beyond); 0 = off")
+                   help="requests/s per API key and ingress replica (token bucket, burst 20; 429 beyond); 0 = off")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("shift", help="test whether new embeddings are distributed like a reference",

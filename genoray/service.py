@@ -7,7 +7,7 @@
 * ``GET /v1/health``: liveness. ``GET /v1/ready``: 200 only once a bundle is loaded.
 * ``GET /v1/info``: bundle version, encoder, index type and counts (needs the API key).
 
-Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per replica, off by
+Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per ingress replica, off by
 default), request body (413, checked on the byte stream before JSON parsing), number of
 sequences, sequence length and total bases (422 naming the field), alphabet (422 naming the
 sequence and position); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
@@ -49,7 +49,7 @@ class ServiceLimits:
     max_length: int = 10_000
     max_total_bases: int = 200_000
     max_k: int = 100
-    rate_per_key: float = 0.0  # requests/s per API key and replica; 0 = no rate limit
+    rate_per_key: float = 0.0  # requests/s per API key and ingress replica (or app); 0 = no rate limit
     burst_per_key: int = 20
 
 
