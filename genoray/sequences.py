@@ -419,14 +419,10 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     import dnaio
 
     record_no = 0
-    source: Any = path
-    if byte_range is not None:  # records whose header starts in [start, end)
-        with open(path, "rb") as f:
-            start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
-        source = io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
     if cfg.clean.long_records == "window" and path.lower().removesuffix(".gz").endswith(FASTA_SPLITTABLE):
-        yield from _stream_windowed(path, source, cfg, builder)
+        yield from _stream_windowed(path, byte_range, cfg, builder)
         return
+    source: Any = path if byte_range is None else _open_range(path, byte_range)
     try:
         with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
             for rec in reader:
@@ -445,16 +441,29 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
         ) from e
     except (OSError, UnicodeDecodeError) as e:  # e.g. gzip CRC errors, 'Not a gzipped file'
         raise SequenceFormatError(builder.path, record_no + 1, f"unreadable: {e}") from e
+    finally:
+        if source is not path:
+            source.close()
     last = builder.flush()
     if last is not None:
         yield last
 
 
-def _stream_windowed(path: str, source: Any, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+def _open_range(path: str, byte_range: tuple[int, int]) -> BinaryIO:
+    """The records of an uncompressed FASTA whose header starts in ``[start, end)``."""
+    with open(path, "rb") as f:
+        start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
+    return io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
+
+
+def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadConfig,
+                     builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     import gzip
 
-    raw = open(path, "rb") if isinstance(source, str) else source
-    f = gzip.GzipFile(fileobj=raw) if isinstance(source, str) and path.lower().endswith(".gz") else raw
+    if byte_range is not None:
+        f = _open_range(path, byte_range)
+    else:
+        f = gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb", buffering=1 << 20)
     try:
         yield from _iter_fasta_windowed(f, cfg, builder)
     except EOFError as e:
@@ -464,7 +473,6 @@ def _stream_windowed(path: str, source: Any, cfg: ReadConfig, builder: _BatchBui
         raise SequenceFormatError(builder.path, builder.report.read + 1, f"unreadable: {e}") from e
     finally:
         f.close()
-        raw.close()
     last = builder.flush()
     if last is not None:
         yield last
