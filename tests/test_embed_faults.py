@@ -173,6 +173,9 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path, lose_node):
             cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # start units only once both actors are up: otherwise a slow second node start can leave
+        # every unit to the first actor, and the test could not tell that both nodes work
+        ray.data.DataContext.get_current().wait_for_min_actors_s = 120
         import pathlib, threading, time
         removed = []
         def lose_node():
