@@ -1,11 +1,14 @@
 """Online predictor load test on 127.0.0.1: Ray Serve (batched) vs a plain uvicorn app.
 
 Builds a bundle from the bundled E. coli promoter data (k-mer encoder), then measures the
-same predictor behind (a) one plain uvicorn/FastAPI process without batching (baseline) and
-(b) Ray Serve with ``@serve.batch`` (1 replica; on 2 cores a second adds no throughput).
-Requests carry 1 or 32 sequences; each load level runs a bounded loop (``--seconds`` and at
-most 5,000 requests) from a separate client process. Then a swap under load: a new bundle is
-published during a Serve run; failures and per-replica version changes are counted.
+same predictor behind (a) one plain uvicorn/FastAPI process without batching (baseline),
+(b) ``genoray serve --ingress proxy`` (Serve's Python proxy -> API replica -> batched model
+replica; 1 model replica: on 2 cores a second adds no throughput) and (c) ``genoray serve
+--ingress haproxy`` (HAProxy -> 2 replicas that each serve the API and batch their own
+requests). Each server runs as its own process (and Ray) the way a user starts it. Requests
+carry 1 or 32 sequences; each load level runs a bounded loop (``--seconds`` and at most 5,000
+requests) from a separate client process. After each Serve run, a swap under load: a new
+bundle is published; failures and per-replica version changes are counted.
 
     python bench/bench_serve.py [--seconds 8]
 """
@@ -72,6 +75,56 @@ def make_bundle(work: Path, root: Path, seed: int) -> str:
     return write_bundle(root, work / f"index{seed}", work / f"head{seed}")
 
 
+def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
+    """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray)."""
+    env = dict(os.environ)
+    if kind == "uvicorn":
+        code = (f"import uvicorn; from genoray.serve import plain_app; "
+                f"uvicorn.run(plain_app({str(root)!r}), host='127.0.0.1', port={port}, log_level='warning')")
+        cmd = [sys.executable, "-c", code]
+    else:  # no access log, like the uvicorn baseline (log_level='warning' drops its access lines)
+        replicas = "2" if kind == "haproxy" else "1"
+        cmd = [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--no-auth",
+               "--no-access-log", "--poll-s", "0.5", "--ingress", kind, "--min-replicas", replicas,
+               "--max-replicas", replicas]
+        env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()  # genoray serve stops Serve and Ray on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
+    """Publish ``new_version`` during a 10 s load; count failures and per-replica version changes."""
+    from genoray.bundle import publish
+    from genoray.loadtest import run_load
+
+    state = {}
+
+    def tick(results):
+        if not state and len(results) > 100:
+            publish(root, new_version)
+            state["t"] = time.time()
+
+    res = run_load(port, "/v1/predict", body, None, seconds=10, concurrency=8, max_requests=5000, on_tick=tick)
+    by_replica = {}
+    for r in sorted(res):
+        by_replica.setdefault(r[4], []).append(r[3])
+    changes = {rep: sum(1 for a, b in zip(v, v[1:]) if a != b) for rep, v in by_replica.items()}
+    failed = sum(1 for r in res if r[2] != 200)
+    return (f"{len(res)} requests, {failed} failed; version changes per replica: {list(changes.values())}; "
+            f"last version is the new one: {all(v[-1] == new_version for v in by_replica.values())}")
+
+
+SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve --ingress haproxy"}
+
+
 def main() -> None:
     import pyarrow.parquet as pq
 
@@ -80,73 +133,41 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--servers", default="uvicorn,proxy,haproxy", help="comma-separated subset of " + ",".join(SERVERS))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     root = work / "bundles"
-    v1 = make_bundle(work, root, 0)
-    publish(root, v1)
+    versions = [make_bundle(work, root, seed) for seed in range(3)]
+    publish(root, versions[0])
     seqs = pq.read_table(bundled_dataset(), columns=["sequence"])["sequence"].to_pylist()
     bodies = {"1 seq": {"sequences": seqs[:1], "k": 5}, "32 seq": {"sequences": seqs[:32], "k": 5}}
     levels = [1, 8, 32]
-    rows = []
-    # (a) plain uvicorn baseline
-    port = free_port()
-    app = (f"import uvicorn; from genoray.serve import plain_app; "
-           f"uvicorn.run(plain_app({str(root)!r}), host='127.0.0.1', port={port}, log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", app])
-    try:
-        wait_ready(port)
-        for name, body in bodies.items():
-            for c in levels:
-                rows.append(("uvicorn (no batching)", name, c, client(port, body, args.seconds, c)))
-    finally:
-        proc.terminate()
-        proc.wait()
-    # (b) Ray Serve
-    from ray import serve
-
-    from genoray.embed import init_ray
-    from genoray.serve import ServeConfig, build_app, start_http
-
-    init_ray()
-    port = free_port()
-    # no access log, like the uvicorn baseline (log_level='warning' drops its access lines)
-    cfg = ServeConfig(root=str(root), port=port, require_key=False, min_replicas=1, max_replicas=1, poll_s=0.5,
-                      access_log=False)
-    start_http(cfg)
-    serve.run(build_app(cfg), name="bench", route_prefix="/")
-    wait_ready(port)
-    for name, body in bodies.items():
-        for c in levels:
-            rows.append(("Ray Serve (batched)", name, c, client(port, body, args.seconds, c)))
+    rows, swaps = [], {}
+    for i, kind in enumerate(args.servers.split(",")):
+        port = free_port()
+        proc = start_server(kind, root, port)
+        try:
+            wait_ready(port, timeout=180)
+            for name, body in bodies.items():
+                for c in levels:
+                    rows.append((SERVERS[kind], name, c, client(port, body, args.seconds, c)))
+            if kind != "uvicorn":
+                swaps[kind] = swap_under_load(port, root, bodies["1 seq"], versions[1 + len(swaps) % 2])
+        finally:
+            stop_server(proc)
     print(f"bundle: E. coli promoters, k-mer encoder; {args.seconds:.0f} s per level; client in a separate process; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'server':<22} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    print(f"{'server':<24} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
     for server, name, c, r in rows:
         n = 1 if name == "1 seq" else 32
-        print(f"{server:<22} {name:<7} {c:>7} {r['req_per_s']:>8.1f} {r['req_per_s'] * n:>8.0f} "
+        print(f"{server:<24} {name:<7} {c:>7} {r['req_per_s']:>8.1f} {r['req_per_s'] * n:>8.0f} "
               f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['failed']:>6}")
-    # (c) swap under load
-    from genoray.loadtest import run_load
-
-    v2 = make_bundle(work, root, 1)
-    state = {}
-
-    def tick(results):
-        if not state and len(results) > 100:
-            publish(root, v2)
-            state["t"] = time.time()
-
-    res = run_load(port, "/v1/predict", bodies["1 seq"], None, seconds=10, concurrency=8, max_requests=5000,
-                   on_tick=tick)
-    by_replica = {}
-    for r in sorted(res):
-        by_replica.setdefault(r[4], []).append(r[3])
-    changes = {rep: sum(1 for a, b in zip(v, v[1:]) if a != b) for rep, v in by_replica.items()}
-    failed = sum(1 for r in res if r[2] != 200)
-    print(f"swap under load: {len(res)} requests, {failed} failed; version changes per replica: {list(changes.values())}; "
-          f"last version is the new one: {all(v[-1] == v2 for v in by_replica.values())}")
-    serve.shutdown()
+    base = {(name, c): r["req_per_s"] for server, name, c, r in rows if server == SERVERS["uvicorn"]}
+    for server, name, c, r in rows:
+        if server != SERVERS["uvicorn"] and (name, c) in base:
+            print(f"ratio {server} / uvicorn, {name}, {c} clients: {r['req_per_s'] / base[(name, c)]:.2f}x")
+    for kind, line in swaps.items():
+        print(f"swap under load ({SERVERS[kind]}): {line}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,16 @@
   retry is safe). A full model queue becomes 503 with ``Retry-After``; a prediction that does
   not finish within ``predict_timeout_s`` becomes 504.
 
+That is ``ingress="proxy"`` (the default): Serve's Python HTTP proxy in front, everything on
+loopback. ``ingress="haproxy"`` is Ray's high-throughput mode (``RAY_SERVE_ENABLE_HA_PROXY``,
+``RAY_SERVE_THROUGHPUT_OPTIMIZED``): HAProxy listens on the port and balances over replicas
+that each serve HTTP themselves (direct ingress). Each replica is then ``GenorayReplica``: the
+API and a bundle in one process, batching its own concurrent requests, so a request costs no
+Ray hop at all. HAProxy resends a request whose replica died before answering
+(``retry-on conn-failure empty-response``) to another replica. Ray reads this mode from the
+environment of its processes, so it must be set before Ray starts (:func:`haproxy_env`; the
+CLI does it; on a cluster, in ``cluster.yaml``).
+
 The end-to-end request timeout (408) and the bind address are Serve HTTP options
 (``start_http``), 127.0.0.1 by default. ``reconfigure`` (Serve ``user_config``) of the model
 deployment can pin a version, e.g. for a rollback drill; normally replicas follow ``CURRENT``.
@@ -22,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +66,9 @@ class ServeConfig:
             watcher stopped, so the replica is replaced).
         graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
             requests for up to this long.
+        ingress: ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas) or ``"haproxy"``
+            (HAProxy -> API-and-model replicas; see the module docstring). ``"haproxy"`` needs
+            :func:`haproxy_env` in the environment of the Ray processes.
         access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
             write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
             run-to-run noise in bench_serve).
@@ -86,7 +100,31 @@ class ServeConfig:
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 20.0
     access_log: bool = True
+    ingress: str = "proxy"
     limits: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+INGRESS_MODES = ("proxy", "haproxy")
+HAPROXY_RETRY_ON = "conn-failure empty-response"
+
+
+def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101) -> dict[str, str]:
+    """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
+
+    HAProxy resends a request to another replica when the connection fails or the replica dies
+    before answering (safe here: a prediction is a pure function of request and bundle); it uses
+    one thread per core up to 4. Ray's template binds HAProxy's stats and Prometheus ports on
+    all interfaces (read-only pages); pick free ones when several services share a host.
+    """
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
+        "RAY_SERVE_HAPROXY_RETRIES": "3",
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 2))),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+    }
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -147,14 +185,19 @@ def build_app(cfg: ServeConfig):
     limits = ServiceLimits(**cfg.limits)
     if cfg.require_key and not key_hashes:  # fail here, not in a replica constructor retried 20 times
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
+    if cfg.ingress not in INGRESS_MODES:
+        raise ValueError(f"ingress must be one of {INGRESS_MODES}, got {cfg.ingress!r}")
+    autoscaling = {
+        "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+        "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
+        "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
+    }
+    if cfg.ingress == "haproxy":
+        return _replica_app(cfg, key_hashes, limits, autoscaling)
 
     @serve.deployment(
-        autoscaling_config={
-            "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-            "target_ongoing_requests": cfg.target_ongoing_requests,
-            "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
-            "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
-        },
+        autoscaling_config=autoscaling,
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
@@ -168,15 +211,7 @@ def build_app(cfg: ServeConfig):
             self.holder = BundleHolder(root, poll_s=poll_s)
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
-            version = (user_config or {}).get("version")
-            if version and version != self.holder.version:
-                threading.Thread(target=self._load_quietly, args=(version,), daemon=True).start()
-
-        def _load_quietly(self, version: str) -> None:
-            try:
-                self.holder.load(version)
-            except Exception:  # already logged; the current bundle keeps serving
-                pass
+            _pin_version(self.holder, user_config)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
@@ -212,12 +247,93 @@ def build_app(cfg: ServeConfig):
     return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))
 
 
+class BatchedBackend:
+    """:class:`~genoray.service.Backend` of a ``GenorayReplica``: its own bundle, concurrent
+    requests batched in-process (``@serve.batch``), 504 after ``timeout_s``."""
+
+    def __init__(self, holder, timeout_s: float, max_batch_size: int, batch_wait_timeout_s: float):
+        from ray import serve
+
+        self.holder, self.timeout_s = holder, timeout_s
+        self._batched = serve.batch(max_batch_size=max_batch_size,
+                                    batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
+
+    async def _predict_many(self, requests: list) -> list[dict[str, Any]]:
+        from genoray.service import predict_batch
+
+        return await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, requests)
+
+    async def predict(self, req) -> dict[str, Any]:
+        from fastapi import HTTPException
+
+        try:
+            return await asyncio.wait_for(self._batched(req), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+
+    async def info(self) -> dict[str, Any] | None:
+        return self.holder.describe()
+
+
+def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, autoscaling: dict):
+    """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
+    from ray import serve
+
+    from genoray.service import BundleHolder, create_app
+
+    app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+
+    @serve.deployment(
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.num_cpus},
+        health_check_period_s=cfg.health_check_period_s,
+        health_check_timeout_s=20,
+        graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
+        logging_config={"enable_access_log": cfg.access_log},
+    )
+    @serve.ingress(app)
+    class GenorayReplica:
+        def __init__(self):
+            self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s)
+            _set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
+                                        cfg.batch_wait_timeout_s))
+
+        def reconfigure(self, user_config: dict[str, Any]) -> None:
+            _pin_version(self.holder, user_config)
+
+        def check_health(self) -> None:
+            self.holder.check()
+
+        def __del__(self):
+            holder = getattr(self, "holder", None)
+            if holder is not None:
+                holder.close()
+
+    return GenorayReplica.bind()
+
+
+def _pin_version(holder, user_config: dict[str, Any] | None) -> None:
+    """Serve ``user_config`` {"version": V}: load V in the background (the current one keeps serving)."""
+    version = (user_config or {}).get("version")
+    if version and version != holder.version:
+        threading.Thread(target=_load_quietly, args=(holder, version), daemon=True).start()
+
+
+def _load_quietly(holder, version: str) -> None:
+    try:
+        holder.load(version)
+    except Exception:  # already logged; the current bundle keeps serving
+        pass
+
+
 # The ingress replica's backend. Module-level so that the FastAPI routes (pickled with the app)
 # and the deployment class (pickled separately) share it by reference within a replica process.
-_BACKEND: dict[str, ServeBackend] = {}
+_BACKEND: dict[str, Any] = {}
 
 
-def _set_backend(backend: ServeBackend) -> None:
+def _set_backend(backend) -> None:
     _BACKEND["backend"] = backend
 
 

@@ -31,3 +31,13 @@ def test_jobs_are_thin_entrypoints_over_the_cli():
     for job in (ROOT / "jobs").glob("*.py"):
         text = job.read_text()
         assert "from genoray.cli import main" in text and len(text.splitlines()) < 30, job
+
+
+def test_haproxy_settings_documented_for_the_cluster():
+    from genoray.serve import haproxy_env
+
+    text = (ROOT / "cluster.yaml").read_text()
+    for key, value in haproxy_env().items():
+        assert key in text, key
+        if key != "RAY_SERVE_HAPROXY_NBTHREAD":  # depends on the node's cores
+            assert f"{key}={value}" in text or f'{key}="{value}"' in text, key
