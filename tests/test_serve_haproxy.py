@@ -8,6 +8,7 @@ connection closed before any response (no HAProxy log line, so no HTTP status). 
 therefore allows only that, and rarely: any HTTP error status fails it. The default
 ``--ingress proxy`` fails no request at all (``test_serve.py``)."""
 
+import json
 import os
 import signal
 import socket
@@ -119,3 +120,47 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
     assert len(by_replica) == 2
     for seq in by_replica.values():
         assert seq[0] == v1 and seq[-1] == v2 and sum(a != b for a, b in zip(seq, seq[1:])) == 1
+
+
+LIMITS = """
+import json, os, sys, time
+from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
+os.environ.update(haproxy_env(stats_port=int(sys.argv[3]), metrics_port=int(sys.argv[4])))
+from ray import serve
+from genoray.embed import init_ray
+from genoray.loadtest import post, run_load
+root, port = sys.argv[1], int(sys.argv[2])
+big = {"sequences": ["ACGTTGCAAG" * 1000] * 64, "k": 5}
+common = dict(root=root, port=port, require_key=False, min_replicas=1, max_replicas=1, ingress="haproxy",
+              limits={"max_total_bases": 1_000_000})
+init_ray()
+start_http(ServeConfig(**common))
+serve.run(build_app(ServeConfig(**common, max_ongoing_requests=1, max_queued_requests=1, max_batch_size=1)),
+          name="busy", route_prefix="/busy")
+while post(port, "/busy/v1/health", {}, None)[0] not in (200, 405):
+    time.sleep(0.2)
+res = run_load(port, "/busy/v1/predict", big, None, seconds=5, concurrency=8, max_requests=400)
+out = {"overflow": sorted({r[2] for r in res}), "overflow_after": post(port, "/busy/v1/predict", big, None)[0]}
+serve.delete("busy")
+serve.run(build_app(ServeConfig(**common, predict_timeout_s=0.05)), name="slow", route_prefix="/slow")
+status, body, _ = post(port, "/slow/v1/predict", big, None)
+out["slow"] = [status, body.decode()]
+out["small"] = post(port, "/slow/v1/predict", {"sequences": ["ACGT" * 20]}, None)[0]
+print("RESULT", json.dumps(out), flush=True)
+serve.shutdown()
+"""
+
+
+def test_haproxy_ingress_overflow_is_503_and_timeout_is_504(tmp_path):
+    """E3/E4 in haproxy mode: the replica's own queue bound answers 503, ``predict_timeout_s`` 504."""
+    root = tmp_path / "root"
+    make_bundle(tmp_path / "w1", root, seed=0)
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", LIMITS, str(root), str(free_port()), str(free_port()), str(free_port())],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert got["overflow"] == [200, 503] and got["overflow_after"] == 200, got
+    assert got["slow"][0] == 504 and "within 0.05 s" in got["slow"][1], got
+    assert got["small"] == 200, got
