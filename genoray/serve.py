@@ -49,7 +49,8 @@ class ServeConfig:
         host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
         require_key: refuse requests without a valid ``Authorization: Bearer`` key.
         key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
-        min_replicas / max_replicas / target_ongoing_requests: model-replica autoscaling
+        min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
+            hold a bundle (``GenorayModel``; ``GenorayReplica`` with ``ingress="haproxy"``)
             (run >= 2 replicas in production: a request on a replica that dies is retried on another).
         max_ongoing_requests: per model replica; >= max_batch_size so batches can fill.
         max_queued_requests: per caller queue bound; beyond it the answer is 503.
@@ -61,7 +62,7 @@ class ServeConfig:
         poll_s: how often replicas check ``CURRENT``.
         num_cpus: logical CPUs per model replica (fractional on small hosts).
         ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
-            (auth and validation only; light).
+            (auth and validation only; light). ``ingress="proxy"`` only.
         health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
             watcher stopped, so the replica is replaced).
         graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
@@ -124,6 +125,10 @@ def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101) -> dict[str, s
         "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 2))),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        # a stopping replica keeps serving this long so that load balancers stop sending to it;
+        # Serve's own HAProxy is reloaded within a second, and Ray's 30 s default made every
+        # shutdown (SIGTERM, scale-down) take over 30 s
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
 
 
@@ -187,17 +192,13 @@ def build_app(cfg: ServeConfig):
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     if cfg.ingress not in INGRESS_MODES:
         raise ValueError(f"ingress must be one of {INGRESS_MODES}, got {cfg.ingress!r}")
-    autoscaling = {
-        "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-        "target_ongoing_requests": cfg.target_ongoing_requests,
-        "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
-        "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
-    }
-    if cfg.ingress == "haproxy":
-        return _replica_app(cfg, key_hashes, limits, autoscaling)
-
-    @serve.deployment(
-        autoscaling_config=autoscaling,
+    replica_options = dict(  # the replicas that hold a bundle, in either topology
+        autoscaling_config={
+            "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
+            "metrics_interval_s": 1.0, "look_back_period_s": 5.0,
+        },
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
@@ -206,6 +207,10 @@ def build_app(cfg: ServeConfig):
         graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
         logging_config={"enable_access_log": cfg.access_log},
     )
+    if cfg.ingress == "haproxy":
+        return _replica_app(cfg, key_hashes, limits, replica_options)
+
+    @serve.deployment(**replica_options)
     class GenorayModel:
         def __init__(self, root: str, poll_s: float):
             self.holder = BundleHolder(root, poll_s=poll_s)
@@ -275,7 +280,7 @@ class BatchedBackend:
         return self.holder.describe()
 
 
-def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, autoscaling: dict):
+def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_options: dict):
     """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
     from ray import serve
 
@@ -283,16 +288,7 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, autoscal
 
     app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
 
-    @serve.deployment(
-        autoscaling_config=autoscaling,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
-        health_check_period_s=cfg.health_check_period_s,
-        health_check_timeout_s=20,
-        graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
-        logging_config={"enable_access_log": cfg.access_log},
-    )
+    @serve.deployment(**replica_options)
     @serve.ingress(app)
     class GenorayReplica:
         def __init__(self):
