@@ -3,7 +3,7 @@ predictions and auth, a replica SIGKILLed under load, then a swap under load.
 
 HAProxy resends the killed replica's in-flight requests to the other replica (its log shows
 them answered 200 after one retry). What it does not cover: Serve reloads HAProxy when the set
-of replicas changes, and in 8 kills under load 4 of about 37,000 requests ended with the
+of replicas changes, and in 12 kills under load 5 of about 51,000 requests ended with the
 connection closed before any response (no HAProxy log line, so no HTTP status). The test
 therefore allows only that, and rarely: any HTTP error status fails it. The default
 ``--ingress proxy`` fails no request at all (``test_serve.py``)."""
