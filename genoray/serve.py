@@ -113,8 +113,8 @@ def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101) -> dict[str, s
     """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
 
     HAProxy resends a request to another replica when the connection fails or the replica dies
-    before answering (safe here: a prediction is a pure function of request and bundle); it uses
-    one thread per core up to 4. Ray's template binds HAProxy's stats and Prometheus ports on
+    before answering (safe here: a prediction is a pure function of request and bundle); it runs
+    one thread per 2 cores, 1 to 4. Ray's template binds HAProxy's stats and Prometheus ports on
     all interfaces (read-only pages); pick free ones when several services share a host.
     """
     return {
