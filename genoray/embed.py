@@ -123,7 +123,7 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
-               bytes_per_unit: int = 256 * 2**20) -> list[dict[str, Any]]:
+               bytes_per_unit: int = EmbedConfig.bytes_per_unit) -> list[dict[str, Any]]:
     """Units of work with stable keys (see the module docstring): a file, a range of a Parquet
     file's row groups, or a byte range of a large uncompressed FASTA file."""
     units = []
@@ -228,7 +228,7 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         "node": os.uname().nodename, "ray_node": _ray_node_id(),
     }
     if rows != report.rows:
-        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but accepted {report.rows}")
+        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but the read yielded {report.rows}")
     write_json(shard_dir / f"{key}.done.json", done)
     return done
 

@@ -184,7 +184,7 @@ def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (deploy with ``serve.run(app, route_prefix="/")``)."""
     from ray import serve
 
-    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_batch
+    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_async
 
     key_hashes = cfg.key_hashes or keys_from_env()
     limits = ServiceLimits(**cfg.limits)
@@ -211,27 +211,16 @@ def build_app(cfg: ServeConfig):
         return _replica_app(cfg, key_hashes, limits, replica_options)
 
     @serve.deployment(**replica_options)
-    class GenorayModel:
+    class GenorayModel(_BundleReplica):
         def __init__(self, root: str, poll_s: float):
             self.holder = BundleHolder(root, poll_s=poll_s)
 
-        def reconfigure(self, user_config: dict[str, Any]) -> None:
-            _pin_version(self.holder, user_config)
-
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
-            return await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, requests)
+            return await predict_async(self.holder, requests)
 
         def info(self) -> dict[str, Any]:
             return self.holder.describe()
-
-        def check_health(self) -> None:
-            self.holder.check()  # a dead watcher would pin an old bundle forever: Serve replaces us
-
-        def __del__(self):
-            holder = getattr(self, "holder", None)
-            if holder is not None:
-                holder.close()
 
     app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
 
@@ -264,9 +253,9 @@ class BatchedBackend:
                                     batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
 
     async def _predict_many(self, requests: list) -> list[dict[str, Any]]:
-        from genoray.service import predict_batch
+        from genoray.service import predict_async
 
-        return await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, requests)
+        return await predict_async(self.holder, requests)
 
     async def predict(self, req) -> dict[str, Any]:
         from fastapi import HTTPException
@@ -290,38 +279,41 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
 
     @serve.deployment(**replica_options)
     @serve.ingress(app)
-    class GenorayReplica:
+    class GenorayReplica(_BundleReplica):
         def __init__(self):
             self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s)
             _set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s))
 
-        def reconfigure(self, user_config: dict[str, Any]) -> None:
-            _pin_version(self.holder, user_config)
-
-        def check_health(self) -> None:
-            self.holder.check()
-
-        def __del__(self):
-            holder = getattr(self, "holder", None)
-            if holder is not None:
-                holder.close()
-
     return GenorayReplica.bind()
 
 
-def _pin_version(holder, user_config: dict[str, Any] | None) -> None:
-    """Serve ``user_config`` {"version": V}: load V in the background (the current one keeps serving)."""
-    version = (user_config or {}).get("version")
-    if version and version != holder.version:
-        threading.Thread(target=_load_quietly, args=(holder, version), daemon=True).start()
+class _BundleReplica:
+    """What ``GenorayModel`` and ``GenorayReplica`` share: a ``self.holder``
+    (:class:`~genoray.service.BundleHolder`) that follows ``CURRENT``, a version pin through
+    Serve's ``user_config``, and a health check."""
 
+    holder: Any
 
-def _load_quietly(holder, version: str) -> None:
-    try:
-        holder.load(version)
-    except Exception:  # already logged; the current bundle keeps serving
-        pass
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``{"version": V}`` loads V in the background; the current one keeps serving meanwhile."""
+        version = (user_config or {}).get("version")
+        if version and version != self.holder.version:
+            threading.Thread(target=self._load_quietly, args=(version,), daemon=True).start()
+
+    def _load_quietly(self, version: str) -> None:
+        try:
+            self.holder.load(version)
+        except Exception:  # already logged; the current bundle keeps serving
+            pass
+
+    def check_health(self) -> None:
+        self.holder.check()  # a dead watcher would pin an old bundle forever: Serve replaces us
+
+    def __del__(self):
+        holder = getattr(self, "holder", None)
+        if holder is not None:
+            holder.close()
 
 
 # The ingress replica's backend. Module-level so that the FastAPI routes (pickled with the app)

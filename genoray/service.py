@@ -146,7 +146,7 @@ class BundleHolder:
         self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
         self._thread.start()
 
-    def describe(self, limits: dict | None = None) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What ``GET /v1/info`` reports about this replica's bundle."""
         doc = self.doc
         return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
@@ -223,6 +223,13 @@ def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[
     return out
 
 
+async def predict_async(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """:func:`predict_batch` on a worker thread, so the event loop keeps serving meanwhile."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, predict_batch, holder, requests)
+
+
 class Backend:
     """Where the API's work happens. :class:`LocalBackend` runs it in this process; the Ray
     Serve ingress (:mod:`genoray.serve`) forwards it to model replicas."""
@@ -243,9 +250,7 @@ class LocalBackend(Backend):
         self.holder = holder
 
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
-        import asyncio
-
-        return (await asyncio.get_running_loop().run_in_executor(None, predict_batch, self.holder, [req]))[0]
+        return (await predict_async(self.holder, [req]))[0]
 
     async def info(self) -> dict[str, Any] | None:
         return self.holder.describe()
