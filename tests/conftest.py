@@ -4,6 +4,16 @@ from pathlib import Path
 
 import pytest
 
+# A fresh, empty temp dir for the whole session, so leftovers of earlier runs (a Ray temp dir,
+# caches) cannot hide a missing set-up step: a fresh machine has none of them. Subprocesses
+# (multi-node Ray clusters) inherit it through TMPDIR. ``ray.cluster_utils.Cluster`` writes its
+# address file into the *default* Ray temp dir ($TMPDIR/ray) even when given ``temp_dir``, and
+# fails where no Ray ever ran, so that directory is created here too.
+SESSION_TMP = tempfile.mkdtemp(prefix="gr-")
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = None  # tempfile caches the old TMPDIR
+os.makedirs(os.path.join(SESSION_TMP, "ray"))
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -22,6 +32,13 @@ def ray_session():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def pytest_unconfigure(config):
+    """Remove the session temp dir (Ray's session files, pytest's tmp_path trees)."""
+    import shutil
+
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def write_fasta(path: Path, records, width: int = 60) -> Path:
