@@ -20,6 +20,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURE_DATA = Path(__file__).resolve().parent / "data"
+
+
+def data_file(name: str) -> Path:
+    """A real dataset by name: the full file from ``../shared/data`` when present, else the small
+    seeded sample shipped in ``tests/data`` (see its README), so no test skips on a fresh clone."""
+    full = SHARED_DATA / f"{name}.parquet"
+    return full if full.is_file() else FIXTURE_DATA / f"{name}.sample.parquet"
 
 
 @pytest.fixture(scope="session")
