@@ -16,13 +16,20 @@ same code a replica uses, and only then renames it into ``versions/``. ``publish
 ``CURRENT`` with a temp-file + ``os.replace`` (atomic), so a reader sees the old or the new
 version, never a mix. ``collect_garbage`` never removes ``CURRENT``, the newest ``keep``
 versions, or a version with a live lease.
+
+:class:`BundleHolder` is what a serving replica keeps: it loads ``CURRENT`` synchronously at
+start, then watches ``CURRENT`` and loads a new version on a background thread, verifying it
+before a single reference swap, so in-flight requests finish on the version they started with
+and a corrupt bundle is refused while the old one keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +37,7 @@ from typing import Any
 
 from genoray.artifacts import ChecksumError, read_json, sha256_file, verify_files, write_json
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 LEASE_TTL_S = 120.0
 
@@ -165,6 +173,76 @@ def collect_garbage(root: str | Path, keep: int = 3, lease_ttl_s: float = LEASE_
             if now - p.stat().st_mtime > 3600:
                 shutil.rmtree(p, ignore_errors=True)
     return removed
+
+
+class BundleHolder:
+    """Loads, watches and atomically swaps the bundle a replica serves."""
+
+    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
+        self.root = Path(root)
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
+        self.version = self.doc["version"]
+        lease(self.root, self.version, self.holder)
+        self.last_error: str | None = None
+        self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
+        self._thread.start()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` reports about this replica's bundle."""
+        doc = self.doc
+        return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
+                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
+                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
+                "watching": self._thread.is_alive()}
+
+    def check(self) -> None:
+        """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
+        replica is then replaced instead of serving a stale bundle forever)."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"bundle watcher stopped; serving {self.version} without following CURRENT")
+
+    def snapshot(self):
+        """The (predictor, version) pair to use for one request or batch."""
+        with self._lock:
+            return self.predictor, self.version
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                target = current_version(self.root)
+                lease(self.root, self.version, self.holder)
+                if target and target != self.version and target not in self.refused:
+                    self.load(target)
+            except Exception:  # load() recorded why; keep serving the current bundle
+                pass
+
+    def load(self, version: str) -> None:
+        """Verify and load ``version``, then swap; on any error keep the current bundle."""
+        try:
+            predictor, doc = load_bundle(self.root, version)
+        except Exception as e:
+            self.refused.add(version)
+            self.last_error = f"refused bundle {version}: {e}"
+            log.error(self.last_error)
+            raise
+        lease(self.root, version, self.holder)
+        with self._lock:
+            old = self.version
+            self.predictor, self.doc, self.version = predictor, doc, version
+            self.swaps += 1
+        release(self.root, old, self.holder)
+        self.last_error = None
+        log.info("swapped bundle %s -> %s", old, version)
+
+    def close(self) -> None:
+        self._stop.set()
+        release(self.root, self.version, self.holder)
 
 
 def _fsync_dir(path: Path) -> None:

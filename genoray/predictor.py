@@ -19,7 +19,7 @@ from genoray.config import CleanPolicy
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.heads import FusedHead, drop_own, load_head
 from genoray.index import VectorIndex
-from genoray.sequences import Cleaner
+from genoray.dna import Cleaner
 
 
 @dataclass(frozen=True)

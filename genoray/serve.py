@@ -3,7 +3,7 @@
 ``build_app(ServeConfig)`` returns a Serve application of two deployments:
 
 * ``GenorayModel``: the replicas that do the work. Each holds a
-  :class:`~genoray.service.BundleHolder` (bundle loaded synchronously in the constructor, then
+  :class:`~genoray.bundle.BundleHolder` (bundle loaded synchronously in the constructor, then
   ``CURRENT`` watched and swapped on a background thread) and batches concurrent calls with
   ``@serve.batch``. Autoscaled; the per-replica queue is bounded.
 * ``GenorayIngress``: the FastAPI app (auth, body/size/alphabet limits, rate limit). It forwards
@@ -35,7 +35,11 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genoray.bundle import BundleHolder
+    from genoray.service import PredictRequest
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,46 @@ def start_http(cfg: ServeConfig) -> None:
                 logging_config={"enable_access_log": cfg.access_log})
 
 
+def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """Run several requests as one predictor call (one bundle version for the whole batch)."""
+    predictor, version = holder.snapshot()
+    seqs, ids, spans = [], [], []
+    for r in requests:
+        spans.append((len(seqs), len(seqs) + len(r.sequences)))
+        seqs.extend(r.sequences)
+        ids.extend(r.ids if r.ids is not None else [None] * len(r.sequences))
+    k = max(r.k for r in requests)
+    preds = predictor.predict(seqs, ids=ids, k=k)
+    out = []
+    for r, (a, b) in zip(requests, spans):
+        items = [p.to_dict() for p in preds[a:b]]
+        for it in items:
+            it["neighbours"] = it["neighbours"][: r.k]
+        out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})
+    return out
+
+
+async def predict_async(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """:func:`predict_batch` on a worker thread, so the event loop keeps serving meanwhile."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, predict_batch, holder, requests)
+
+
+class LocalBackend:
+    """The :class:`~genoray.service.Backend` of a plain app: one in-process
+    :class:`~genoray.bundle.BundleHolder`; predictions run on a worker thread."""
+
+    def __init__(self, holder: BundleHolder):
+        self.holder = holder
+
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        return (await predict_async(self.holder, [req]))[0]
+
+    async def info(self) -> dict[str, Any] | None:
+        return self.holder.describe()
+
+
 class ServeBackend:
     """:class:`~genoray.service.Backend` that forwards to the model deployment through its handle."""
 
@@ -184,7 +228,8 @@ def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (deploy with ``serve.run(app, route_prefix="/")``)."""
     from ray import serve
 
-    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_async
+    from genoray.bundle import BundleHolder
+    from genoray.service import ServiceLimits, create_app, keys_from_env
 
     key_hashes = cfg.key_hashes or keys_from_env()
     limits = ServiceLimits(**cfg.limits)
@@ -253,8 +298,6 @@ class BatchedBackend:
                                     batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
 
     async def _predict_many(self, requests: list) -> list[dict[str, Any]]:
-        from genoray.service import predict_async
-
         return await predict_async(self.holder, requests)
 
     async def predict(self, req) -> dict[str, Any]:
@@ -273,7 +316,8 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
     from ray import serve
 
-    from genoray.service import BundleHolder, create_app
+    from genoray.bundle import BundleHolder
+    from genoray.service import create_app
 
     app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
 
@@ -290,7 +334,7 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
 
 class _BundleReplica:
     """What ``GenorayModel`` and ``GenorayReplica`` share: a ``self.holder``
-    (:class:`~genoray.service.BundleHolder`) that follows ``CURRENT``, a version pin through
+    (:class:`~genoray.bundle.BundleHolder`) that follows ``CURRENT``, a version pin through
     Serve's ``user_config``, and a health check."""
 
     holder: Any
@@ -335,7 +379,8 @@ class _IngressBackend:
 
 def plain_app(root: str, require_key: bool = False, key_hashes: tuple[str, ...] = (), limits: dict | None = None):
     """The same API as a plain FastAPI app without Serve or batching (benchmark baseline)."""
-    from genoray.service import BundleHolder, LocalBackend, ServiceLimits, create_app
+    from genoray.bundle import BundleHolder
+    from genoray.service import ServiceLimits, create_app
 
     return create_app(LocalBackend(BundleHolder(root)), key_hashes=key_hashes, require_key=require_key,
                       limits=ServiceLimits(**(limits or {})))

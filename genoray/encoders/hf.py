@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from genoray.config import HFConfig, from_dict, to_dict
-from genoray.sequences import reverse_complement, tile
+from genoray.dna import reverse_complement, tile
 
 VERSION = 1
 
