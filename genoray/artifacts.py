@@ -7,6 +7,7 @@ that is verified before anything is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -97,3 +98,57 @@ def verify_files(root: str | os.PathLike, files: dict[str, str]) -> None:
         got = sha256_file(p)
         if got != expected:
             raise ChecksumError(f"{p}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")
+
+
+class JsonDoc:
+    """Base of the frozen manifest dataclasses (``StoreManifest``, ``IndexManifest``,
+    ``BundleManifest``): JSON form with the on-disk keys, unknown keys kept in ``extra`` (so a
+    newer writer's keys survive a round trip), and read access by key (``doc["rows"]``) for
+    code written against the dict form. A field named ``clean`` holds a
+    :class:`~genoray.config.CleanPolicy` (``None`` when the artifact predates it)."""
+
+    extra: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (dataclass fields, then ``extra``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]):
+        """Build from a JSON document; keys that are not fields go to ``extra``."""
+        from genoray.config import CleanPolicy
+
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in doc.items() if k in names}
+        if isinstance(kwargs.get("clean"), dict):
+            kwargs["clean"] = CleanPolicy(**kwargs["clean"])
+        return cls(**kwargs, extra={k: v for k, v in doc.items() if k not in names})  # type: ignore[call-arg]
+
+    def __getitem__(self, key: str) -> Any:
+        if key != "extra" and key in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            return getattr(self, key)
+        return self.extra[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``doc[key]``, or ``default`` when the document has no such key."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+
+_MISSING = object()

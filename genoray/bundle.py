@@ -32,19 +32,61 @@ import stat
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genoray.artifacts import ChecksumError, read_json, sha256_file, verify_files, write_json
+from genoray.artifacts import ChecksumError, JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy
+
+if TYPE_CHECKING:
+    from genoray.predictor import Predictor
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 LEASE_TTL_S = 120.0
+MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True)
+class BundleManifest(JsonDoc):
+    """``bundle.json`` of a version.
+
+    Attributes:
+        format_version / version / parent / created_at: identity and lineage.
+        encoder / fingerprint: the encoder every vector and the head were made with.
+        classes: the head's classes, in its order.
+        index: factory, ntotal and recall@10 of the index.
+        metrics: what the writer measured (reindex gate report, evaluation).
+        files: sha256 of every file of the version except ``bundle.json``.
+        clean: the :class:`~genoray.config.CleanPolicy` the store was built with; serving
+            cleans queries with it (``None``: an older bundle; the default is used).
+    """
+
+    format_version: int
+    version: str
+    parent: str | None
+    created_at: str
+    encoder: dict[str, Any]
+    fingerprint: str
+    classes: list[str]
+    index: dict[str, Any]
+    metrics: dict[str, Any]
+    files: dict[str, str]
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (``clean`` left out when unknown, as older bundles had it)."""
+        doc = super().to_json()
+        if doc.get("clean") is None:
+            doc.pop("clean", None)
+        return doc
 
 
 def _files(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "bundle.json"}
+            if p.is_file() and p.name != MANIFEST}
 
 
 def new_version_name() -> str:
@@ -72,14 +114,14 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
         shutil.copytree(head_dir, stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
         idx = predictor.index.manifest
-        write_json(stage / "bundle.json", {
-            "format_version": FORMAT_VERSION, "version": version, "parent": current_version(root),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "encoder": idx["encoder"], "fingerprint": idx["fingerprint"],
-            "classes": [str(c) for c in predictor.head.classes_],
-            "index": {"factory": idx["factory"], "ntotal": idx["ntotal"], "recall_at_10": idx.get("recall_at_10")},
-            "metrics": metrics or {}, "files": _files(stage),
-        })
+        doc = BundleManifest(
+            format_version=FORMAT_VERSION, version=version, parent=current_version(root),
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            encoder=idx.encoder or {}, fingerprint=idx.fingerprint or "",
+            classes=[str(c) for c in predictor.head.classes_],
+            index={"factory": idx.factory, "ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
+            metrics=metrics or {}, files=_files(stage), clean=idx.clean)
+        write_json(stage / MANIFEST, doc.to_json())
         for p in stage.rglob("*"):
             if p.is_file():
                 p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -92,19 +134,20 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     return version
 
 
-def verify_bundle(root: str | Path, version: str) -> dict[str, Any]:
+def verify_bundle(root: str | Path, version: str) -> BundleManifest:
     """Check ``bundle.json`` and every file's sha256; return the bundle document."""
     vdir = Path(root) / "versions" / version
-    doc_path = vdir / "bundle.json"
+    doc_path = vdir / MANIFEST
     if not doc_path.is_file():
-        raise FileNotFoundError(f"{vdir}: not a bundle (no bundle.json)")
-    doc = read_json(doc_path)
-    if doc.get("format_version") != FORMAT_VERSION or doc.get("version") != version:
-        raise ValueError(f"{doc_path}: unsupported or mismatched bundle ({doc.get('format_version')}, {doc.get('version')})")
-    verify_files(vdir, doc["files"])
-    extra = set(_files(vdir)) - set(doc["files"])
+        raise FileNotFoundError(f"{vdir}: not a bundle (no {MANIFEST})")
+    raw = read_json(doc_path)
+    if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
+        raise ValueError(f"{doc_path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
+    doc = BundleManifest.from_json(raw)
+    verify_files(vdir, doc.files)
+    extra = set(_files(vdir)) - set(doc.files)
     if extra:
-        raise ChecksumError(f"{vdir}: files not in bundle.json: {sorted(extra)[:5]}")
+        raise ChecksumError(f"{vdir}: files not in {MANIFEST}: {sorted(extra)[:5]}")
     return doc
 
 
@@ -113,7 +156,7 @@ def publish(root: str | Path, version: str) -> None:
     root = Path(root)
     verify_bundle(root, version)
     write_json(root / "CURRENT", {"version": version,
-                                  "bundle_sha256": sha256_file(root / "versions" / version / "bundle.json")})
+                                  "bundle_sha256": sha256_file(root / "versions" / version / MANIFEST)})
     _fsync_dir(root)
 
 
@@ -122,7 +165,7 @@ def current_version(root: str | Path) -> str | None:
     return read_json(p)["version"] if p.is_file() else None
 
 
-def load_bundle(root: str | Path, version: str | None = None):
+def load_bundle(root: str | Path, version: str | None = None) -> tuple[Predictor, BundleManifest]:
     """Verify and load a version (default: ``CURRENT``); returns ``(Predictor, bundle.json)``."""
     from genoray.predictor import Predictor
 
@@ -182,7 +225,7 @@ class BundleHolder:
         self.root = Path(root)
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
-        self.version = self.doc["version"]
+        self.version = self.doc.version
         lease(self.root, self.version, self.holder)
         self.last_error: str | None = None
         self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
@@ -196,8 +239,8 @@ class BundleHolder:
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/info`` reports about this replica's bundle."""
         doc = self.doc
-        return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
-                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
+        return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
+                "classes": doc.classes, "index": doc.index, "created_at": doc.created_at,
                 "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
                 "watching": self._thread.is_alive()}
 

@@ -48,7 +48,16 @@ from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.errors import InvariantError
 from genoray.runtime import init_ray, tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units
-from genoray.store import ShardWriter, collect_garbage, shard_is_done, write_manifest
+from genoray.store import (
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    ShardWriter,
+    StoreManifest,
+    collect_garbage,
+    part_entry,
+    shard_is_done,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
@@ -192,7 +201,7 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
 def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: ReadConfig,
                      fit_split: str | None) -> Encoder:
     """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it."""
-    enc_file = out / "encoder.json"
+    enc_file = out / ENCODER_FILE
     requested = encoder.spec()
     if enc_file.is_file():
         saved = read_json(enc_file)
@@ -291,7 +300,12 @@ def embed_sequences(
     if (report.read != report.accepted + sum(rejected.values())
             or report.written != report.accepted - report.windowed + report.windows):
         raise InvariantError(f"record counts do not add up: {report.to_dict()}")
-    write_manifest(out, spec, fp, encoder.dim, committed, report)
+    counts = {k: v for k, v in report.to_dict().items()
+              if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")}
+    write_manifest(out, StoreManifest(
+        format_version=FORMAT_VERSION, encoder=spec, fingerprint=fp, dim=encoder.dim, status=report.status,
+        rows=report.written, counts=counts, failed=report.failed, parts=[part_entry(d) for d in committed],
+        clean=read_cfg.clean))
     collect_garbage(shard_dir, {d["key"] for d in committed})
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     return report

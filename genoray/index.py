@@ -31,10 +31,12 @@ otherwise load and return wrong neighbours silently) and can memory-map the shar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,69 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
-from genoray.config import IndexConfig
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy, IndexConfig
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexManifest(JsonDoc):
+    """``manifest.json`` of an index directory.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION`.
+        type / factory / metric: FAISS index type, factory string, ``"cosine"``.
+        dim / ntotal: vector size and number of indexed rows.
+        encoder / fingerprint: the store's encoder spec and fingerprint (``None`` for an
+            in-memory index made by :meth:`VectorIndex.from_vectors`).
+        split / source_store / gpu_trained: what was indexed, from where, and how.
+        search_params: ``nprobe`` / ``efSearch`` tuned to the target recall.
+        recall_at_10: recall reached against exact search, with the query set described.
+        shards: per shard its FAISS file, ids table, ntotal and sha256 of both.
+        clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
+            predictor (``None``: the store predates it; the default is then used).
+    """
+
+    format_version: int
+    type: str
+    factory: str
+    metric: str
+    dim: int
+    ntotal: int
+    encoder: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    split: str | None = None
+    source_store: str | None = None
+    gpu_trained: bool | None = None
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall_at_10: dict[str, Any] | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document; keys an in-memory index never had are left out, as before."""
+        doc = super().to_json()
+        for key in ("encoder", "fingerprint", "source_store", "gpu_trained", "recall_at_10", "clean"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        if not self.shards:
+            doc.pop("shards")
+        return doc
+
+
+def read_manifest(path: str | Path) -> IndexManifest:
+    """The manifest of the index directory ``path`` (checks the format version, not the files)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
+    doc = read_json(path / MANIFEST)
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / MANIFEST}: unsupported format_version {doc.get('format_version')}")
+    return IndexManifest.from_json(doc)
 
 
 def _faiss():
@@ -123,9 +183,11 @@ class VectorIndex:
     ``labels[pos]`` give the neighbours' seq_id and label.
     """
 
-    def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: dict[str, Any]):
+    def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: IndexManifest | dict[str, Any]):
+        if isinstance(manifest, dict):
+            manifest = IndexManifest.from_json(manifest)
         self.shards, self.ids, self.labels, self.manifest = shards, ids, labels, manifest
-        self.set_search_params(manifest.get("search_params", {}))
+        self.set_search_params(manifest.search_params)
 
     @property
     def ntotal(self) -> int:
@@ -133,7 +195,7 @@ class VectorIndex:
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return int(self.manifest.dim)
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> "VectorIndex":
@@ -143,8 +205,7 @@ class VectorIndex:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
-                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0])}
-        manifest.update(extra or {})
+                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0]), **(extra or {})}
         return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
 
     def set_search_params(self, params: dict[str, int]) -> None:
@@ -155,7 +216,7 @@ class VectorIndex:
                 base.nprobe = int(params["nprobe"])
             if "efSearch" in params and hasattr(base, "hnsw"):
                 base.hnsw.efSearch = int(params["efSearch"])
-        self.manifest["search_params"] = dict(params)
+        self.manifest = dataclasses.replace(self.manifest, search_params=dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine similarities and global row positions (``-1`` where fewer than k)."""
@@ -187,30 +248,25 @@ class VectorIndex:
             }), out / fids)
             shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
                                 "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
-        self.manifest["shards"] = shards_meta
-        self.manifest["ntotal"] = self.ntotal
-        write_json(out / MANIFEST, self.manifest)
+        self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
+        write_json(out / MANIFEST, self.manifest.to_json())
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> "VectorIndex":
         """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
         faiss = _faiss()
         path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
-        manifest = read_json(path / MANIFEST)
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')}")
-        files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
+        manifest = read_manifest(path)
+        files = {name: digest for s in manifest.shards for name, digest in s["sha256"].items()}
         verify_files(path, files)
-        n = int(manifest["ntotal"])
+        n = int(manifest.ntotal)
         ids = np.empty(n, dtype=object)
         labels = np.empty(n, dtype=object)
         shards = []
-        for s in manifest["shards"]:
+        for s in manifest.shards:
             flags = 0
             if mmap:
-                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC)
+                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest.factory else faiss.IO_FLAG_MMAP_IFC)
             shard = faiss.read_index(str(path / s["index"]), flags)
             t = pq.read_table(path / s["ids"])
             if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
@@ -332,20 +388,20 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
             else:
                 shards[s].add_with_ids(vec[m], g[m])
         gid += len(sid)
-    extra = {"encoder": store.encoder_spec, "fingerprint": store.fingerprint, "split": cfg.split,
-             "source_store": str(Path(store_path).resolve()), "gpu_trained": gpu_used}
-    manifest = {"format_version": FORMAT_VERSION, "type": factory.split(",")[0].rstrip("0123456789") or factory,
-                "factory": factory, "metric": "cosine", "dim": d, "ntotal": n}
-    manifest.update(extra)
+    manifest = IndexManifest(
+        format_version=FORMAT_VERSION, type=factory.split(",")[0].rstrip("0123456789") or factory, factory=factory,
+        metric="cosine", dim=d, ntotal=n, encoder=store.encoder_spec, fingerprint=store.fingerprint, split=cfg.split,
+        source_store=str(Path(store_path).resolve()), gpu_trained=gpu_used, clean=store.clean_policy)
     vindex = VectorIndex(shards, ids, labels, manifest)
     queries = np.concatenate(queries_out or queries_in)
     queries = queries[rng.choice(len(queries), size=min(len(queries), cfg.recall_queries), replace=False)]
     truth = _exact_topk(parts, queries, d, 10)
     params, recall = _tune(vindex, factory, queries, truth, cfg.target_recall)
     vindex.set_search_params(params)
-    vindex.manifest["recall_at_10"] = {"value": recall, "queries": int(len(queries)), "target": cfg.target_recall,
-                                       "queries_from": "outside the indexed split" if queries_out else "indexed rows",
-                                       "oracle": "exact cosine over all indexed rows"}
+    vindex.manifest = dataclasses.replace(vindex.manifest, recall_at_10={
+        "value": recall, "queries": int(len(queries)), "target": cfg.target_recall,
+        "queries_from": "outside the indexed split" if queries_out else "indexed rows",
+        "oracle": "exact cosine over all indexed rows"})
     vindex.save(out_dir)
     return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used,
                        round(time.perf_counter() - t0, 3))

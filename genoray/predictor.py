@@ -53,10 +53,12 @@ class Predictor:
     @classmethod
     def load(cls, index_dir: str | Path, head_dir: str | Path) -> "Predictor":
         index = VectorIndex.load(index_dir)
-        encoder = encoder_from_spec(index.manifest["encoder"])
+        if index.manifest.encoder is None:
+            raise ValueError(f"{index_dir}: the index manifest records no encoder")
+        encoder = encoder_from_spec(index.manifest.encoder)
         fp = fingerprint(encoder)
-        if fp != index.manifest["fingerprint"]:
-            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest['fingerprint']}")
+        if fp != index.manifest.fingerprint:
+            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest.fingerprint}")
         return cls(encoder, index, load_head(head_dir, encoder_fingerprint=fp))
 
     def clean(self, sequences: list[str]) -> list[str]:

@@ -19,8 +19,9 @@ table and done marker, :func:`write_manifest` writes ``store.json`` and
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +31,64 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy
 
 if TYPE_CHECKING:
     from genoray.sequences.report import ReadReport
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "store.json"
+ENCODER_FILE = "encoder.json"
 # float32 embeddings barely compress; zstd on them cost a quarter of the job's CPU time
 SHARD_COMPRESSION = {schema.SEQ_ID: "zstd", schema.LABEL: "zstd", schema.DOMAIN: "zstd", schema.SPLIT: "zstd",
                      schema.SEQ_HASH: "zstd", schema.EMBEDDING: "none"}
+
+
+@dataclass(frozen=True)
+class StoreManifest(JsonDoc):
+    """``store.json``: what a store holds and how it was made.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION`.
+        encoder / fingerprint / dim: the fitted encoder's spec, its fingerprint and vector size.
+        status: ``"complete"`` or ``"partial"`` (some units failed; see ``failed``).
+        rows: rows over all parts.
+        counts: read / accepted / rejected (by reason) / written (/ windowed / windows).
+        failed: ``{"path", "error"}`` of each unit whose file could not be parsed.
+        parts: per committed unit: file, rows, sha256, source, row_groups, byte_range, rejects.
+        clean: the :class:`~genoray.config.CleanPolicy` the records were cleaned with; ``None``
+            in stores written before it was recorded (readers then assume the default).
+    """
+
+    format_version: int
+    encoder: dict[str, Any]
+    fingerprint: str
+    dim: int
+    status: str
+    rows: int
+    counts: dict[str, Any]
+    failed: list[dict[str, Any]]
+    parts: list[dict[str, Any]]
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest(path: str | Path) -> StoreManifest:
+    """The manifest of the store at ``path`` (checks the format version, not the files)."""
+    mpath = Path(path) / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path}: not an embedding store (no {MANIFEST})")
+    doc = read_json(mpath)
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{mpath}: unsupported format_version {doc.get('format_version')}")
+    return StoreManifest.from_json(doc)
+
+
+def has_manifest(path: str | Path) -> bool:
+    """Whether ``path`` holds a committed store (its ``store.json`` exists)."""
+    return (Path(path) / MANIFEST).is_file()
 
 
 @dataclass
@@ -67,37 +116,46 @@ class EmbeddingStore:
 
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{self.path}: not an embedding store (no {MANIFEST})")
-        self.manifest = read_json(mpath)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{mpath}: unsupported format_version {self.manifest.get('format_version')}")
+        self.manifest = read_manifest(self.path)
         if verify:
-            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest["parts"]})
+            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest.parts})
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        """Vector size."""
+        return int(self.manifest.dim)
 
     @property
     def encoder_spec(self) -> dict[str, Any]:
-        return self.manifest["encoder"]
+        """The fitted encoder's spec (:func:`genoray.encoders.encoder_from_spec` rebuilds it)."""
+        return self.manifest.encoder
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        """The encoder fingerprint every vector was made with."""
+        return self.manifest.fingerprint
 
     @property
     def rows(self) -> int:
-        return int(self.manifest["rows"])
+        """Rows over all parts."""
+        return int(self.manifest.rows)
+
+    @property
+    def clean_policy(self) -> CleanPolicy | None:
+        """The cleaning the records went through; ``None`` for a store written before it was
+        recorded (logged once per store: consumers then clean with the default policy)."""
+        if self.manifest.clean is None:
+            log.warning("%s: store records no CleanPolicy (written by an older genoray); "
+                        "queries will be cleaned with the default policy", self.path)
+        return self.manifest.clean
 
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
-        for p in self.manifest["parts"]:
+        for p in self.manifest.parts:
             yield pq.read_table(self.path / p["file"], columns=columns)
 
     def table(self, split: str | None = None) -> pa.Table:
+        """Rows (of one split, or all) as one Arrow table."""
         parts = [t if split is None else t.filter(pc.equal(t[schema.SPLIT], split)) for t in self.iter_tables()]
         return pa.concat_tables(parts) if parts else schema.embedding_schema(self.dim).empty_table()
 
@@ -198,20 +256,16 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def write_manifest(out: Path, spec: dict[str, Any], fp: str, dim: int, committed: list[dict[str, Any]],
-                   report: Any) -> None:
-    """Write ``store.json`` (last, atomically) listing exactly the ``committed`` units' shards."""
-    write_json(out / MANIFEST, {
-        "format_version": FORMAT_VERSION,
-        "encoder": spec, "fingerprint": fp, "dim": dim,
-        "status": report.status,
-        "rows": report.written,
-        "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")},
-        "failed": report.failed,
-        "parts": [{"file": f"shards/{d['file']}", "rows": d["rows"], "sha256": d["sha256"], "source": d["path"],
-                   "row_groups": d["row_groups"], "byte_range": d.get("byte_range"),
-                   "rejects": f"shards/{d['rejects_file']}" if d.get("rejects_file") else None} for d in committed],
-    })
+def write_manifest(out: Path, manifest: StoreManifest) -> None:
+    """Write ``store.json`` (last, atomically): it lists exactly the committed units' shards."""
+    write_json(Path(out) / MANIFEST, manifest.to_json())
+
+
+def part_entry(done: dict[str, Any]) -> dict[str, Any]:
+    """The ``parts`` entry of ``store.json`` for a unit's done marker."""
+    return {"file": f"shards/{done['file']}", "rows": done["rows"], "sha256": done["sha256"], "source": done["path"],
+            "row_groups": done["row_groups"], "byte_range": done.get("byte_range"),
+            "rejects": f"shards/{done['rejects_file']}" if done.get("rejects_file") else None}
 
 
 def collect_garbage(shard_dir: Path, keep: set[str]) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import read_json
 from genoray.config import HeadConfig
 from genoray.heads import FusedHead, load_head, save_head
 from genoray.index import VectorIndex
+from genoray.index import read_manifest as read_index_manifest
 from genoray.metrics import classification_metrics, majority_proba
 from genoray.predictor import predict_vectors
 from genoray.store import EmbeddingStore
@@ -31,7 +31,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     emb = store.load(split)
     if any(label is None for label in emb.labels):
         raise ValueError(f"{store_path}: {sum(l is None for l in emb.labels)} rows of split {split!r} have no label")
-    manifest = read_json(Path(index_dir) / "manifest.json")  # the head's kNN part votes over this index
+    manifest = read_index_manifest(index_dir)  # the head's kNN part votes over this index
     if manifest.get("fingerprint") != store.fingerprint:
         raise ValueError(f"{index_dir} was built with encoder {manifest.get('fingerprint')}, store has {store.fingerprint}")
     if manifest["ntotal"] != len(emb):
