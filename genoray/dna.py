@@ -31,6 +31,14 @@ def _translation_table(policy: CleanPolicy) -> dict[int, int]:
     return table
 
 
+class InvalidSequence(ValueError):
+    """A query sequence that its policy rejects: ``index`` in the request and the ``reason``."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+        super().__init__(f"sequence {index}: {reason}")
+
+
 class Cleaner:
     """Applies a :class:`CleanPolicy` to one sequence; returns ``(clean, None)`` or ``(None, reason)``."""
 
@@ -40,6 +48,7 @@ class Cleaner:
         self._strip = str.maketrans("", "", "-.") if policy.strip_gaps else None
 
     def __call__(self, raw: str) -> tuple[str | None, str | None]:
+        """``(cleaned sequence, None)``, or ``(None, "reason: detail")`` when rejected."""
         p = self.policy
         if p.long_records == "window" and len(raw) > p.max_length:
             return raw, None  # the reader cuts it into windows and cleans each (no record-size copy)
@@ -66,6 +75,17 @@ class Cleaner:
             if n_count and n_count / n > p.max_n_fraction:
                 return None, f"too_many_n: {n_count}/{n} N > max_n_fraction {p.max_n_fraction}"
         return clean, None
+
+    def clean_all(self, sequences: list[str]) -> list[str]:
+        """Clean every sequence of one request; raises :class:`InvalidSequence` at the first
+        rejected one."""
+        out = []
+        for i, s in enumerate(sequences):
+            seq, why = self(s)
+            if why is not None:
+                raise InvalidSequence(i, why)
+            out.append(seq)
+        return out
 
 
 _COMPLEMENT = str.maketrans("ACGTN", "TGCAN")

@@ -6,7 +6,8 @@
   :class:`~genoray.bundle.BundleHolder` (bundle loaded synchronously in the constructor, then
   ``CURRENT`` watched and swapped on a background thread) and batches concurrent calls with
   ``@serve.batch``. Autoscaled; the per-replica queue is bounded.
-* ``GenorayIngress``: the FastAPI app (auth, body/size/alphabet limits, rate limit). It forwards
+* ``GenorayIngress``: the FastAPI app (auth, body/size limits, rate limit; each sequence is
+  cleaned and checked by the model replica, with the bundle's cleaning policy). It forwards
   each validated request to a model replica and **retries it on another replica when the one
   it was sent to dies** (a prediction is a pure function of the request and the bundle, so a
   retry is safe). A full model queue becomes 503 with ``Retry-After``; a prediction that does
@@ -145,18 +146,36 @@ def start_http(cfg: ServeConfig) -> None:
 
 
 def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
-    """Run several requests as one predictor call (one bundle version for the whole batch)."""
+    """Run several requests as one predictor call (one bundle version for the whole batch).
+
+    Each request's sequences are cleaned once, with the bundle's policy (the store's
+    :class:`~genoray.config.CleanPolicy`); a request with a rejected sequence gets
+    ``{"error": {"loc": ["sequences", i], "msg": reason}}`` (the API's 422) and does not
+    disturb the others in its batch.
+    """
+    from genoray.dna import InvalidSequence
+
     predictor, version = holder.snapshot()
-    seqs, ids, spans = [], [], []
+    seqs: list[str] = []
+    ids: list[str | None] = []
+    spans: list[tuple[int, int] | dict[str, Any]] = []
     for r in requests:
-        spans.append((len(seqs), len(seqs) + len(r.sequences)))
-        seqs.extend(r.sequences)
-        ids.extend(r.ids if r.ids is not None else [None] * len(r.sequences))
-    k = max(r.k for r in requests)
-    preds = predictor.predict(seqs, ids=ids, k=k)
+        try:
+            clean = predictor.clean(r.sequences)
+        except InvalidSequence as e:
+            spans.append({"loc": ["sequences", e.index], "msg": e.reason})
+            continue
+        spans.append((len(seqs), len(seqs) + len(clean)))
+        seqs.extend(clean)
+        ids.extend(r.ids if r.ids is not None else [None] * len(clean))
+    valid = [r for r, span in zip(requests, spans) if isinstance(span, tuple)]
+    preds = predictor.predict(seqs, ids=ids, k=max(r.k for r in valid), cleaned=True) if valid else []
     out = []
-    for r, (a, b) in zip(requests, spans):
-        items = [p.to_dict() for p in preds[a:b]]
+    for r, span in zip(requests, spans):
+        if isinstance(span, dict):
+            out.append({"bundle_version": version, "error": span, "replica": holder.holder})
+            continue
+        items = [p.to_dict() for p in preds[span[0]:span[1]]]
         for it in items:
             it["neighbours"] = it["neighbours"][: r.k]
         out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})

@@ -9,8 +9,9 @@
 
 Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per ingress replica, off by
 default), request body (413, checked on the byte stream before JSON parsing), number of
-sequences, sequence length and total bases (422 naming the field), alphabet (422 naming the
-sequence and position); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
+sequences, sequence length and total bases (422 naming the field), alphabet and N fraction
+(422 naming the sequence and position; checked where the bundle is, with the cleaning policy
+the store was built with, once per request); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
 by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
 comma-separated), never from files in the repository.
 
@@ -136,10 +137,17 @@ class Backend(Protocol):
         ...
 
 
-def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
-    """422 with the JSON path of the first problem."""
+def unprocessable(loc: list, msg: str) -> HTTPException:
+    """The API's 422: the JSON path of the problem and what is wrong (never the input)."""
+    return HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def validate(req: PredictRequest, limits: ServiceLimits) -> None:
+    """422 with the JSON path of the first problem with the request's size, ids or k. The
+    sequences' alphabet and content are checked where the bundle is, with the policy the
+    store was cleaned with (:func:`genoray.serve.predict_batch`)."""
     def bad(loc: list, msg: str):
-        raise HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+        raise unprocessable(loc, msg)
 
     if len(req.sequences) > limits.max_sequences:
         bad(["sequences"], f"at most {limits.max_sequences} sequences per request, got {len(req.sequences)}")
@@ -152,9 +160,6 @@ def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
         if len(s) > limits.max_length:
             bad(["sequences", i], f"sequence length {len(s)} > limit {limits.max_length}")
         total += len(s)
-        _, why = cleaner(s)
-        if why is not None:
-            bad(["sequences", i], why)
     if total > limits.max_total_bases:
         bad(["sequences"], f"{total} bases in total > limit {limits.max_total_bases}")
 
@@ -206,11 +211,7 @@ def create_app(
     limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The genoray HTTP API; ``backend`` does the work (batched model replicas under Ray Serve)."""
-    from genoray.config import CleanPolicy
-    from genoray.dna import Cleaner
-
     limits = limits or ServiceLimits()
-    cleaner = Cleaner(CleanPolicy(max_length=limits.max_length))
     if require_key and not key_hashes:
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0])
@@ -261,10 +262,12 @@ def create_app(
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
               responses=error_responses(400, 401, 413, 429, 503, 504))
     async def predict(req: PredictRequest, response: Response) -> dict[str, Any]:
-        validate(req, limits, cleaner)
+        validate(req, limits)
         t0 = time.perf_counter()
         out = await backend.predict(req)
         response.headers["X-Genoray-Replica"] = out.pop("replica", "")
+        if "error" in out:  # a sequence the bundle's cleaning policy rejects
+            raise unprocessable(out["error"]["loc"], out["error"]["msg"])
         log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
         return out
 
