@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def domain_normalize(x: np.ndarray, domains: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -260,10 +260,14 @@ class BundleHolder:
             try:
                 target = current_version(self.root)
                 lease(self.root, self.version, self.holder)
-                if target and target != self.version and target not in self.refused:
+            except Exception as e:  # e.g. CURRENT mid-rewrite on a network filesystem: next poll
+                log.warning("bundle watcher of %s: %s: %s", self.root, type(e).__name__, e)
+                continue
+            if target and target != self.version and target not in self.refused:
+                try:
                     self.load(target)
-            except Exception:  # load() recorded why; keep serving the current bundle
-                pass
+                except Exception:  # load() logged and recorded why; keep serving the current bundle
+                    log.debug("keeping bundle %s after refusing %s", self.version, target)
 
     def load(self, version: str) -> None:
         """Verify and load ``version``, then swap; on any error keep the current bundle."""

@@ -7,7 +7,11 @@ the HTTP service) and encoders use it without importing the file readers.
 
 from __future__ import annotations
 
+import logging
+
 from genoray.config import CleanPolicy
+
+log = logging.getLogger(__name__)
 
 _IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 _INVALID = "!"

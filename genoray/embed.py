@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
 
 
-
 def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
     """Embed one Arrow batch of records; returns store rows (no sequence column)."""
     seqs = batch.column(schema.SEQUENCE).to_pylist()
@@ -193,8 +192,9 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
                         any_split.append(s)
                 if len(in_split) >= FIT_SAMPLE:
                     return in_split
-        except SequenceFormatError:
-            continue  # reported when its unit runs
+        except SequenceFormatError as e:
+            log.debug("fit sample skips %s: %s", f, e)  # reported when its unit runs
+            continue
     return in_split or any_split
 
 
@@ -308,6 +308,9 @@ def embed_sequences(
         clean=read_cfg.clean))
     collect_garbage(shard_dir, {d["key"] for d in committed})
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
+    log.info("embed %s: %s, read %d, accepted %d, rejected %d, written %d; units %d (skipped %d, failed %d); %.1f s",
+             out, report.status, report.read, report.accepted, sum(rejected.values()), report.written, report.units,
+             report.skipped, len(report.failed), report.seconds["total"])
     return report
 
 

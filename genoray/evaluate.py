@@ -26,6 +26,7 @@ AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ import numpy as np
 from genoray.artifacts import sha256_file, write_json
 from genoray.heads import align_proba
 from genoray.metrics import classification_metrics, majority_proba
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(to_markdown(report))
+    log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
+             report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report
 
 

@@ -10,10 +10,13 @@ serving. Needs ``peft`` (``pip install 'genoray[finetune]'``).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class LoraClassifier:

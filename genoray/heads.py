@@ -15,6 +15,7 @@ by sha256 in :func:`load_head`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
 from genoray.config import HeadConfig, to_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _WEIGHT_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)

@@ -403,8 +403,10 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         "queries_from": "outside the indexed split" if queries_out else "indexed rows",
         "oracle": "exact cosine over all indexed rows"})
     vindex.save(out_dir)
-    return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used,
-                       round(time.perf_counter() - t0, 3))
+    seconds = round(time.perf_counter() - t0, 3)
+    log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %.1f s",
+             out_dir, factory, n_shards, n, d, params or "exact", recall, seconds)
+    return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used, seconds)
 
 
 def _exact_topk(parts, queries: np.ndarray, d: int, k: int) -> np.ndarray:

@@ -14,6 +14,8 @@ Embedding store rows (output of :mod:`genoray.embed`)::
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
 SEQ_ID = "seq_id"
@@ -35,6 +37,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field(META, pa.string()),
     ]
 )
+
+log = logging.getLogger(__name__)
 
 
 def embedding_schema(dim: int) -> pa.Schema:

@@ -221,14 +221,16 @@ class ServeBackend:
             try:
                 return await asyncio.wait_for(response, max(0.001, deadline - loop.time()))
             except BackPressureError:
-                raise HTTPException(503, "all model replicas are busy; retry later", headers={"Retry-After": "1"})
-            except asyncio.TimeoutError:
+                raise HTTPException(503, "all model replicas are busy; retry later",
+                                    headers={"Retry-After": "1"}) from None
+            except TimeoutError:
                 response.cancel()
-                raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+                raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s") from None
             except (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError) as e:
                 log.warning("model replica lost during %s (attempt %d): %s", method, attempt + 1, type(e).__name__)
                 if attempt == self.retries or loop.time() >= deadline:
-                    raise HTTPException(503, "model replicas unavailable; retry later", headers={"Retry-After": "1"})
+                    raise HTTPException(503, "model replicas unavailable; retry later",
+                                        headers={"Retry-After": "1"}) from e
                 await asyncio.sleep(min(0.05 * 2**attempt, max(0.0, deadline - loop.time())))
 
     async def predict(self, req) -> dict[str, Any]:
@@ -324,8 +326,8 @@ class BatchedBackend:
 
         try:
             return await asyncio.wait_for(self._batched(req), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+        except TimeoutError:
+            raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s") from None
 
     async def info(self) -> dict[str, Any] | None:
         return self.holder.describe()
@@ -367,8 +369,8 @@ class _BundleReplica:
     def _load_quietly(self, version: str) -> None:
         try:
             self.holder.load(version)
-        except Exception:  # already logged; the current bundle keeps serving
-            pass
+        except Exception as e:  # the current bundle keeps serving
+            log.warning("pinned version %s not loaded, still serving %s: %s", version, self.holder.version, e)
 
     def check_health(self) -> None:
         self.holder.check()  # a dead watcher would pin an old bundle forever: Serve replaces us

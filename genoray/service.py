@@ -198,7 +198,7 @@ class _TooLarge(Exception):
 
 
 async def _reject_413(send, limit: int) -> None:
-    body = ('{"detail":"request body larger than %d bytes"}' % limit).encode()
+    body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

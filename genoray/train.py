@@ -3,6 +3,7 @@ kNN vote, linear head, fused head and the majority floor on a held-out split."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from genoray.index import read_manifest as read_index_manifest
 from genoray.metrics import classification_metrics, majority_proba
 from genoray.predictor import predict_vectors
 from genoray.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
 
 
 def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Path,
@@ -38,6 +41,8 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
         raise ValueError(f"{index_dir} holds {manifest['ntotal']} vectors but split {split!r} of the store has {len(emb)}")
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
+    log.info("train_head %s: %d rows, classes %s, kNN weight %s; %.1f s", out_dir, len(emb),
+             [str(c) for c in head.classes_], head.weight_, time.perf_counter() - t0)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
             "weight_knn": head.weight_, "calibration": head.calibration_, "C": head.C_, "seconds": round(time.perf_counter() - t0, 3)}
 

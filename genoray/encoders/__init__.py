@@ -8,12 +8,15 @@ keys stored embeddings so vectors from different encoders are never mixed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from genoray.artifacts import sha256_json
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable

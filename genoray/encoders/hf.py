@@ -17,6 +17,7 @@ HyenaDNA, Caduceus, or any ``AutoModel`` checkpoint).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import numpy as np
 
 from genoray.config import HFConfig, from_dict, to_dict
 from genoray.dna import reverse_complement, tile
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 
@@ -36,11 +39,16 @@ def masked_mean(hidden, mask):
 
 
 def resolve_device(requested: str = "auto") -> str:
+    """``"cuda"`` when asked for (or ``"auto"``) and available, else ``"cpu"`` (logged when a
+    requested GPU is missing)."""
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("device auto: %s", device)
+        return device
     if requested.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %r requested but CUDA is not available: falling back to CPU", requested)
         return "cpu"
     return requested
 

@@ -17,6 +17,7 @@ Vector layout (each block in this order; ``dim`` is their sum):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from genoray.config import KmerConfig, PositionConfig, from_dict, to_dict
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 _CODE = np.full(256, 4, dtype=np.uint8)

@@ -4,6 +4,7 @@ records and the counting of every record in a :class:`~genoray.sequences.report.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -12,6 +13,8 @@ from genoray import schema
 from genoray.config import ReadConfig
 from genoray.dna import Cleaner, window_starts
 from genoray.sequences.report import ReadReport, SequenceFormatError
+
+log = logging.getLogger(__name__)
 
 
 class _BatchBuilder:

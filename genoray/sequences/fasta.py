@@ -4,6 +4,7 @@ line streamer for windowed long records, and byte ranges of uncompressed FASTA."
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -12,6 +13,9 @@ import pyarrow as pa
 from genoray.config import ReadConfig
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.report import SequenceFormatError
+
+log = logging.getLogger(__name__)
+
 
 def parse_header(description: str) -> tuple[str, dict[str, str], str]:
     """Split a FASTA/FASTQ header into ``(id, key=value tags, remaining free text)``."""

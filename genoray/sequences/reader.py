@@ -3,6 +3,7 @@ supported file type, with ``.sha256`` sidecar checks."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.fasta import FASTA_SPLITTABLE, _iter_fastx
 from genoray.sequences.report import ReadReport, SequenceFormatError
 from genoray.sequences.tables import _iter_table
+
+log = logging.getLogger(__name__)
 
 FASTX_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fq", ".fastq")
 PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MAX_REJECT_EXAMPLES = 1000
 
@@ -58,8 +61,11 @@ class ReadReport:
         return sum(self.rejected.values())
 
     def check(self) -> None:
+        """Raise :class:`~genoray.errors.InvariantError` unless ``read == accepted + rejected``."""
         if self.read != self.accepted + self.n_rejected:
-            raise AssertionError(f"record counts do not add up: {self.to_dict()}")
+            from genoray.errors import InvariantError
+
+            raise InvariantError(f"record counts do not add up: {self.to_dict()}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -9,6 +10,8 @@ import pyarrow as pa
 from genoray.config import ReadConfig
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.report import SequenceFormatError
+
+log = logging.getLogger(__name__)
 
 
 def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
@@ -63,7 +66,7 @@ def _iter_table(path: str, fmt: str, cfg: ReadConfig, builder: _BatchBuilder,
         known = {id_col, cfg.sequence_column, cfg.label_column, cfg.domain_column, cfg.split_column}
         extra = [c for c in names if c not in known]
 
-        def col(name: str | None) -> list:
+        def col(name: str | None, data: dict = data, n: int = n) -> list:
             return data[name] if name and name in data else [None] * n
 
         ids, seqs = data[id_col], data[cfg.sequence_column]

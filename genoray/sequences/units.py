@@ -9,6 +9,7 @@ encoder fingerprint, so a changed input or encoder never reuses stale results.
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.sequences.fasta import FASTA_SPLITTABLE
 from genoray.sequences.reader import detect_format
 from genoray.sequences.report import SequenceFormatError
+
+log = logging.getLogger(__name__)
+
 
 def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     """Files from paths, directories (recursively, known extensions) and glob patterns."""
@@ -34,6 +38,7 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
                     try:
                         detect_format(f)
                     except SequenceFormatError:
+                        log.debug("skipping %s: not a sequence file type", f)
                         continue
                     out.append(f)
         elif any(c in str(item) for c in "*?["):
