@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class PseudoLabeler:
         seed: split seed.
     """
 
-    def __init__(self, make_head: Callable[[], object], fractions=(0.2, 0.4, 0.6, 0.8), val_fraction: float = 0.2,
+    def __init__(self, make_head: Callable[[], Any], fractions=(0.2, 0.4, 0.6, 0.8), val_fraction: float = 0.2,
                  seed: int = 0):
         self.make_head, self.fractions, self.val_fraction, self.seed = make_head, tuple(fractions), val_fraction, seed
 

@@ -78,7 +78,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle in **kwds
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -86,8 +86,8 @@ class Cleaner:
         out = []
         for i, s in enumerate(sequences):
             seq, why = self(s)
-            if why is not None:
-                raise InvalidSequence(i, why)
+            if seq is None:
+                raise InvalidSequence(i, why or "rejected")
             out.append(seq)
         return out
 

@@ -180,7 +180,8 @@ class DuplicateIdError(ValueError):
 
 def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
     """Up to FIT_SAMPLE sequences of ``fit_split`` (all splits if none match), streamed."""
-    in_split, any_split = [], []
+    in_split: list[str] = []
+    any_split: list[str] = []
     for f in files:
         try:
             for batch in iter_file(f, read_cfg, ReadReport(), set()):
@@ -211,7 +212,7 @@ def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: R
                              "use a new output directory")
         return encoder_from_spec(saved["fitted"])
     if getattr(encoder, "needs_fit", False):
-        encoder.fit(_fit_sample(files, read_cfg, fit_split))
+        encoder.fit(_fit_sample(files, read_cfg, fit_split))  # type: ignore[attr-defined]
     write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
                           "fit_info": getattr(encoder, "fit_info_", None)})
     return encoder
@@ -336,8 +337,8 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     # Fractional CPUs: actors must never hold every CPU, or the read stage cannot be scheduled
     # and the pipeline hangs silently (2-CPU deadlock).
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, min(1.0, (cpus - 1) / n_actors))
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(
+    items = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
+    ds = items.map_batches(
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},

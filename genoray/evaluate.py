@@ -76,7 +76,7 @@ def load_study(path: str | Path) -> Study:
         encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
         cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
         bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
-        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
+        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))  # type: ignore[operator]
     used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
     missing = used - set(study.datasets)
     if missing:
@@ -127,11 +127,11 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
     enc = encoder_from_name(encoder_name)
     if getattr(enc, "needs_fit", False):
-        enc.fit(list(seqs_tr))
+        enc.fit(list(seqs_tr))  # type: ignore[attr-defined]  # encoders that need fitting have fit()
     xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
     embed_s = time.perf_counter() - t0
     classes = np.array(sorted(set(y_tr)), dtype=object)
-    rows = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
+    rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
     for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
         t1, c1 = time.perf_counter(), time.process_time()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
@@ -175,7 +175,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
                 cells += _cell(study, enc, list(group), d, "pooled", data)
     cpu = time.process_time() - c0
     wh = cpu * study.cost["watts_per_core"] / 3600
-    report = {
+    report: dict[str, Any] = {
         "study": asdict(study), "results": cells,
         "cost": {"wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
                  "energy_wh_estimate": round(wh, 3), "co2_g_estimate": round(wh / 1000 * study.cost["grid_gco2_per_kwh"], 3),

@@ -255,6 +255,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
                 best = (loss, C, p)
+        assert best is not None  # the grid is never empty (for mypy)
         _, self.C_, p_lin = best
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).fit(X[tr], y[tr])
         p_knn = align_proba(knn.classes_, knn.predict_proba(X[va]), self.classes_)

@@ -184,10 +184,9 @@ class VectorIndex:
     """
 
     def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: IndexManifest | dict[str, Any]):
-        if isinstance(manifest, dict):
-            manifest = IndexManifest.from_json(manifest)
-        self.shards, self.ids, self.labels, self.manifest = shards, ids, labels, manifest
-        self.set_search_params(manifest.search_params)
+        self.manifest: IndexManifest = IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+        self.shards, self.ids, self.labels = shards, ids, labels
+        self.set_search_params(self.manifest.search_params)
 
     @property
     def ntotal(self) -> int:
@@ -319,7 +318,7 @@ def _empty_index(factory: str, d: int, sharded: bool):
     return index
 
 
-def _train(index, sample: np.ndarray, use_gpu: bool) -> tuple[Any, bool]:
+def _train(index, sample: np.ndarray | None, use_gpu: bool) -> tuple[Any, bool]:
     faiss = _faiss()
     if index.is_trained:
         return index, False
@@ -435,12 +434,12 @@ def _tune(vindex: VectorIndex, factory: str, queries: np.ndarray, truth: np.ndar
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
         steps = sorted({2**i for i in range(13)} | {3 * 2**i for i in range(12)})  # 1 2 3 4 6 8 12 16 24 ...
-        grid = [("nprobe", p) for p in steps if p <= nlist]
+        grid: list[tuple[str, int]] = [("nprobe", p) for p in steps if p <= nlist]
     elif factory.startswith("HNSW"):
         grid = [("efSearch", e) for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
     else:
-        grid = [(None, 0)]
-    best = ({}, -1.0)
+        grid = [("", 0)]
+    best: tuple[dict[str, int], float] = ({}, -1.0)
     for name, value in grid:
         params = {name: value} if name else {}
         vindex.set_search_params(params)

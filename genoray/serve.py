@@ -258,7 +258,7 @@ def build_app(cfg: ServeConfig):
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     if cfg.ingress not in INGRESS_MODES:
         raise ValueError(f"ingress must be one of {INGRESS_MODES}, got {cfg.ingress!r}")
-    replica_options = dict(  # the replicas that hold a bundle, in either topology
+    replica_options: dict[str, Any] = dict(  # the replicas that hold a bundle, in either topology
         autoscaling_config={
             "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
@@ -304,7 +304,7 @@ def build_app(cfg: ServeConfig):
             # a module function is pickled by reference, so this sets the real module's registry
             _set_backend(ServeBackend(model, cfg.predict_timeout_s, cfg.retries))
 
-    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))
+    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))  # type: ignore[attr-defined]
 
 
 class BatchedBackend:
@@ -350,7 +350,7 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
             _set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s))
 
-    return GenorayReplica.bind()
+    return GenorayReplica.bind()  # type: ignore[attr-defined]
 
 
 class _BundleReplica:

@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Encoder(Protocol):
-    dim: int
+    """What the pipeline needs of an encoder: its vector size, ``embed`` and a JSON ``spec``."""
+
+    @property
+    def dim(self) -> int: ...
 
     def embed(self, sequences: Sequence[str]) -> np.ndarray: ...
 

@@ -103,9 +103,9 @@ class HFEncoder:
     def _context_nt(self) -> int:
         limits = [getattr(self.model.config, "max_position_embeddings", None),
                   getattr(self.tokenizer, "model_max_length", None)]
-        limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+        usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
         # one token per base is the conservative assumption (k-mer/BPE tokenizers need fewer)
-        return max(16, min(limits) - 2) if limits else 512
+        return max(16, min(usable) - 2) if usable else 512
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":

@@ -42,11 +42,11 @@ class _BatchBuilder:
         return True
 
     def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
-        if not self.admit(record_no, seq_id):
+        if not self.admit(record_no, seq_id) or seq_id is None:  # admit() rejects a missing id
             return
         seq, why = self.cleaner(raw)
-        if why is not None:
-            self.report.reject(self.path, record_no, seq_id, why)
+        if seq is None:
+            self.report.reject(self.path, record_no, seq_id, why or "rejected")
             return
         self.seen.add(seq_id)
         if len(seq) > self.cfg.clean.max_length:  # long_records="window": rows made lazily by drain()

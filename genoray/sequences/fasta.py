@@ -207,6 +207,7 @@ def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadCon
                      builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     import gzip
 
+    f: Any
     if byte_range is not None:
         f = _open_range(path, byte_range)
     else:
