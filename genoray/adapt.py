@@ -47,6 +47,8 @@ class PseudoLabeler:
         self.make_head, self.fractions, self.val_fraction, self.seed = make_head, tuple(fractions), val_fraction, seed
 
     def fit(self, xs: np.ndarray, ys: np.ndarray, xt: np.ndarray) -> "PseudoLabeler":
+        """Fit on labeled source rows, then add confident target pseudo-labels round by round while
+        source validation accuracy does not drop; returns ``self``."""
         rng = np.random.default_rng(self.seed)
         ys = np.asarray(ys, dtype=object)
         val = rng.random(len(xs)) < self.val_fraction
@@ -70,7 +72,9 @@ class PseudoLabeler:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of the selected head."""
         return self.head_.predict_proba(x)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Most probable class of each row."""
         return self.head_.predict(x)

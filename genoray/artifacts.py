@@ -26,6 +26,7 @@ class ChecksumError(ValueError):
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -39,6 +40,7 @@ def sha256_json(obj: Any) -> str:
 
 
 def canonical_json(obj: Any) -> str:
+    """Sorted-key, compact JSON: the form that is hashed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -60,10 +62,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write indented, sorted JSON atomically (temp file + rename)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -87,6 +91,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` with ``allow_pickle=False`` (object arrays are refused)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 

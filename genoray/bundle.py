@@ -161,6 +161,7 @@ def publish(root: str | Path, version: str) -> None:
 
 
 def current_version(root: str | Path) -> str | None:
+    """The version ``CURRENT`` points at, or ``None`` before the first publish."""
     p = Path(root) / "CURRENT"
     return read_json(p)["version"] if p.is_file() else None
 
@@ -186,6 +187,7 @@ def lease(root: str | Path, version: str, holder: str) -> None:
 
 
 def release(root: str | Path, version: str, holder: str) -> None:
+    """Drop ``holder``'s lease on ``version``."""
     (Path(root) / "leases" / version / holder).unlink(missing_ok=True)
 
 
@@ -288,6 +290,7 @@ class BundleHolder:
         log.info("swapped bundle %s -> %s", old, version)
 
     def close(self) -> None:
+        """Stop watching and release the lease of the version in use."""
         self._stop.set()
         release(self.root, self.version, self.holder)
 

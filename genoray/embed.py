@@ -161,6 +161,7 @@ class EmbedReport:
     windows_rejected: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (what ``genoray embed`` prints)."""
         embed_s = self.seconds.get("embed", 0.0)
         return {
             "store": self.store, "fingerprint": self.fingerprint, "status": self.status,

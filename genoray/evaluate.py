@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Study:
+    """An evaluation study: datasets, encoders, protocols (within / cross / pooled), bootstrap and cost settings."""
+
     name: str
     datasets: dict[str, str]
     encoders: tuple[str, ...] = ("kmer",)
@@ -57,6 +59,7 @@ class Study:
 
 
 def load_study(path: str | Path) -> Study:
+    """Read a study YAML; dataset paths are resolved against the file's directory."""
     import yaml
 
     path = Path(path)
@@ -85,6 +88,7 @@ def load_study(path: str | Path) -> Study:
 
 
 def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
+    """95% bootstrap intervals of each metric (``n`` resamples of the test rows)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype=object)
     samples: dict[str, list[float]] = {}
@@ -195,6 +199,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the cost line."""
     lines = [f"# genoray evaluation: {report['study']['name']}", "",
              "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
              "|---|---|---|---|---|---|---|---|"]

@@ -103,6 +103,7 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         self.smoothing = smoothing
 
     def fit(self, X, y) -> "KNNVoteHead":
+        """Index ``X`` (L2-normalised) as the reference set with labels ``y``; returns ``self``."""
         from genoray.index import VectorIndex
 
         X = _check_X(X)
@@ -133,13 +134,16 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         return self.index_.search(X, self.k)
 
     def proba_from_neighbours(self, sims: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Vote probabilities from neighbour similarities and index rows (``-1`` = none)."""
         codes = np.where(pos >= 0, self.y_[np.clip(pos, 0, None)], -1)
         return vote(sims, codes, len(self.classes_), self.temperature, self.smoothing)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Vote probabilities of the k nearest reference rows of each row of ``X``."""
         return self.proba_from_neighbours(*self.kneighbors(X, exclude_self))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -156,6 +160,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X, y) -> "LinearHead":
+        """Standardise and fit the logistic regression; returns ``self``."""
         from sklearn.linear_model import LogisticRegression
 
         X = _check_X(X).astype(np.float64)
@@ -173,11 +178,13 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        """Logits of the logistic regression."""
         check_is_fitted(self, "coef_")
         X = _check_X(X, self.n_features_in_).astype(np.float64)
         return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of the logistic regression."""
         z = self.decision_function(X)
         if self.coef_.shape[0] == 1:  # binary: sklearn stores one row for classes_[1]
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
@@ -187,6 +194,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -239,9 +247,11 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_config(cls, cfg: HeadConfig) -> "FusedHead":
+        """A head with the settings of ``cfg``."""
         return cls(**to_dict(cfg))
 
     def fit(self, X, y) -> "FusedHead":
+        """Fit both parts, choose the mixing weight and ``C`` on a validation part, calibrate; returns ``self``."""
         X = _check_X(X)
         y = np.asarray(y, dtype=object)
         self.classes_ = np.array(sorted(set(y)), dtype=object)
@@ -279,6 +289,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return self
 
     def combine(self, p_knn: np.ndarray, p_lin: np.ndarray) -> np.ndarray:
+        """Mix vote and linear probabilities with the fitted weight, then calibrate."""
         return calibrate(self.weight_ * p_knn + (1 - self.weight_) * p_lin, self.calibration_)
 
     def ood_score(self, kth_similarity: np.ndarray) -> np.ndarray:
@@ -288,6 +299,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return np.searchsorted(self.ood_reference_, d, side="left") / max(len(self.ood_reference_), 1)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Calibrated fused probabilities of each row."""
         check_is_fitted(self, "weight_")
         if not hasattr(self, "knn_"):
             raise ValueError("this head was loaded without its index: call attach_index(index) first")
@@ -295,6 +307,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return self.combine(self.knn_.predict_proba(X, exclude_self), self.linear_.predict_proba(X))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 

@@ -125,6 +125,7 @@ def gpu_count() -> int:
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2-normalised float32 copy (zero rows stay zero)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
@@ -155,6 +156,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
+    """Shard of each seq_id: a stable hash modulo ``n_shards``."""
     if n_shards == 1:
         return np.zeros(len(seq_ids), dtype=np.int64)
     return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % n_shards
@@ -190,10 +192,12 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        """Vectors over all shards."""
         return int(sum(s.ntotal for s in self.shards))
 
     @property
     def dim(self) -> int:
+        """Vector size."""
         return int(self.manifest.dim)
 
     @classmethod
@@ -208,6 +212,7 @@ class VectorIndex:
         return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
 
     def set_search_params(self, params: dict[str, int]) -> None:
+        """Set ``nprobe`` / ``efSearch`` on every shard (recorded in the manifest)."""
         faiss = _faiss()
         for shard in self.shards:
             base = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else shard
@@ -230,6 +235,7 @@ class VectorIndex:
         return merge_topk([r[0] for r in results], [r[1] for r in results], k)
 
     def save(self, out_dir: str | Path) -> None:
+        """Write shards, ids tables and ``manifest.json`` (with sha256) into a new directory."""
         faiss = _faiss()
         out = Path(out_dir)
         if (out / MANIFEST).exists():
@@ -299,6 +305,8 @@ def _shard_gids(index: VectorIndex) -> list[np.ndarray]:
 
 @dataclass
 class IndexReport:
+    """What :func:`build_index` built: factory, shards, rows, dim, recall@10, search params, seconds."""
+
     path: str
     factory: str
     shards: int

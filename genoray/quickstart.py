@@ -27,6 +27,7 @@ ENCODERS = ("kmer", "kmer-pos")
 
 
 def bundled_dataset() -> Path:
+    """Path of the bundled E. coli promoter Parquet file."""
     return Path(__file__).resolve().parent / "data" / BUNDLED
 
 

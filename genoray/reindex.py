@@ -60,6 +60,8 @@ class ReindexConfig:
 
 @dataclass
 class ReindexReport:
+    """What one reindex run did: version, whether it was published and why not, gate and timings."""
+
     version: str
     published: bool
     reasons: list[str]

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def embedding_schema(dim: int) -> pa.Schema:
+    """Arrow schema of store rows with ``dim``-float embeddings."""
     return pa.schema(
         [
             pa.field(SEQ_ID, pa.string(), nullable=False),

@@ -197,9 +197,11 @@ class LocalBackend:
         self.holder = holder
 
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        """Predict one request on a worker thread."""
         return (await predict_async(self.holder, [req]))[0]
 
     async def info(self) -> dict[str, Any] | None:
+        """The holder's bundle description."""
         return self.holder.describe()
 
 
@@ -234,9 +236,11 @@ class ServeBackend:
                 await asyncio.sleep(min(0.05 * 2**attempt, max(0.0, deadline - loop.time())))
 
     async def predict(self, req) -> dict[str, Any]:
+        """Forward one request to a model replica (retried on another when it dies)."""
         return await self._call("predict", req)
 
     async def info(self) -> dict[str, Any] | None:
+        """A model replica's bundle description, or ``None`` when none answers."""
         from fastapi import HTTPException
 
         try:
@@ -322,6 +326,7 @@ class BatchedBackend:
         return await predict_async(self.holder, requests)
 
     async def predict(self, req) -> dict[str, Any]:
+        """Batch this request with concurrent ones; 504 after ``timeout_s``."""
         from fastapi import HTTPException
 
         try:
@@ -330,6 +335,7 @@ class BatchedBackend:
             raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s") from None
 
     async def info(self) -> dict[str, Any] | None:
+        """This replica's bundle description."""
         return self.holder.describe()
 
 

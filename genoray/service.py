@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServiceLimits:
+    """Request limits of the HTTP API (413/422/429); ``rate_per_key`` 0 turns rate limiting off."""
+
     max_body_bytes: int = 1 << 20
     max_sequences: int = 64
     max_length: int = 10_000
@@ -61,6 +63,7 @@ class TokenBucket:
         self._lock = threading.Lock()
 
     def take(self, key: str) -> float:
+        """Take a token for ``key``: 0 when taken, else the seconds until one is available."""
         now = time.monotonic()
         with self._lock:
             tokens, last = self._state.get(key, (float(self.burst), now))
@@ -73,6 +76,7 @@ class TokenBucket:
 
 
 def hash_key(key: str) -> str:
+    """sha256 hex digest of an API key."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -82,18 +86,24 @@ def keys_from_env(var: str = "GENORAY_API_KEYS") -> tuple[str, ...]:
 
 
 class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``."""
+
     sequences: list[str] = Field(..., min_length=1, description="DNA sequences (A/C/G/T/N, IUPAC codes map to N)")
     ids: list[str] | None = Field(None, description="optional ids; an id present in the index does not vote for itself")
     k: int = Field(10, ge=1, description="neighbours returned per sequence")
 
 
 class NeighbourOut(BaseModel):
+    """One neighbour in a prediction."""
+
     seq_id: str
     label: str
     similarity: float
 
 
 class PredictionOut(BaseModel):
+    """The prediction for one sequence."""
+
     seq_id: str | None
     label: str
     probabilities: dict[str, float]
@@ -102,11 +112,15 @@ class PredictionOut(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """Body of a 200 answer to ``POST /v1/predict``."""
+
     bundle_version: str
     predictions: list[PredictionOut]
 
 
 class ErrorOut(BaseModel):
+    """Body of an error answer."""
+
     detail: str
 
 
@@ -121,6 +135,7 @@ _ERRORS = {  # documented in the OpenAPI schema (what the API can answer besides
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given status codes."""
     return {c: {"description": _ERRORS[c], "model": ErrorOut} for c in codes}
 
 

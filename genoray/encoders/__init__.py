@@ -24,11 +24,17 @@ class Encoder(Protocol):
     """What the pipeline needs of an encoder: its vector size, ``embed`` and a JSON ``spec``."""
 
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """Length of each embedding vector."""
+        ...
 
-    def embed(self, sequences: Sequence[str]) -> np.ndarray: ...
+    def embed(self, sequences: Sequence[str]) -> np.ndarray:
+        """Embed cleaned sequences into a float32 ``(n, dim)`` matrix."""
+        ...
 
-    def spec(self) -> dict[str, Any]: ...
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable spec that :func:`encoder_from_spec` rebuilds the encoder from."""
+        ...
 
 
 def fingerprint(encoder: Encoder) -> str:

@@ -109,6 +109,7 @@ class HFEncoder:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":
+        """Rebuild from :meth:`spec` (the weights are verified against the recorded sha256)."""
         if spec.get("type") != "hf" or spec.get("version") != VERSION:
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
         enc = cls(from_dict(HFConfig, spec["config"]))
@@ -122,6 +123,7 @@ class HFEncoder:
         return enc
 
     def spec(self) -> dict[str, Any]:
+        """Model, revision, weight checksums and pooling settings as JSON."""
         cfg = to_dict(self.config)
         cfg.pop("device")  # where it runs does not change what it computes
         cfg.pop("batch_size")
@@ -129,6 +131,7 @@ class HFEncoder:
 
     @property
     def fingerprint(self) -> str:
+        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
         from genoray.encoders import fingerprint
 
         return fingerprint(self)

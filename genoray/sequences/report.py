@@ -25,6 +25,8 @@ class SequenceFormatError(ValueError):
 
 @dataclass
 class Reject:
+    """One rejected record: file, record number, id and reason."""
+
     path: str
     record: int
     seq_id: str
@@ -51,6 +53,7 @@ class ReadReport:
         return self.accepted - self.windowed + self.windows
 
     def reject(self, path: str, record: int, seq_id: str, reason: str) -> None:
+        """Count a rejected record under its reason (the text before ``:``) and keep an example."""
         key = reason.split(":", 1)[0]
         self.rejected[key] += 1
         if self.max_examples is None or len(self.examples) < self.max_examples:
@@ -58,6 +61,7 @@ class ReadReport:
 
     @property
     def n_rejected(self) -> int:
+        """Rejected records over all reasons."""
         return sum(self.rejected.values())
 
     def check(self) -> None:
@@ -68,6 +72,7 @@ class ReadReport:
             raise InvariantError(f"record counts do not add up: {self.to_dict()}")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form with up to 20 reject examples."""
         out = {
             "read": self.read,
             "accepted": self.accepted,
