@@ -47,7 +47,10 @@ import pyarrow.parquet as pq
 
 from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
 from genoray.config import CleanPolicy, IndexConfig
+from genoray.knn import exact_search, l2_normalize, merge_topk, recall_at_k
 
+__all__ = ["IndexManifest", "IndexReport", "VectorIndex", "build_index", "choose_factory", "exact_search",
+           "gpu_count", "l2_normalize", "merge_topk", "read_manifest", "recall_at_k", "shard_of"]
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -122,37 +125,6 @@ def gpu_count() -> int:
     """GPUs FAISS can use (0 with faiss-cpu, or with faiss-gpu on a machine without GPUs)."""
     faiss = _faiss()
     return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2-normalised float32 copy (zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force cosine top-k in numpy (the oracle for recall and tests)."""
-    sims = l2_normalize(queries) @ l2_normalize(base).T
-    k = min(k, base.shape[0])
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, top, axis=1), top
-
-
-def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results; larger similarity first; missing (-1) ids last."""
-    s = np.concatenate(sims, axis=1)
-    i = np.concatenate(ids, axis=1)
-    s = np.where(i >= 0, s, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    return np.where(i >= 0, s, -np.inf).astype(np.float32), i
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids found."""
-    hits = [len(set(f[f >= 0]) & set(t)) / max(len(t), 1) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
 
 
 def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
