@@ -153,7 +153,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from genoray.embed import init_ray
+    from genoray.runtime import init_ray
     from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
 
     cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,

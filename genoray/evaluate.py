@@ -26,6 +26,7 @@ AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,9 +39,13 @@ from genoray.artifacts import sha256_file, write_json
 from genoray.heads import align_proba
 from genoray.metrics import classification_metrics, majority_proba
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Study:
+    """An evaluation study: datasets, encoders, protocols (within / cross / pooled), bootstrap and cost settings."""
+
     name: str
     datasets: dict[str, str]
     encoders: tuple[str, ...] = ("kmer",)
@@ -54,6 +59,7 @@ class Study:
 
 
 def load_study(path: str | Path) -> Study:
+    """Read a study YAML; dataset paths are resolved against the file's directory."""
     import yaml
 
     path = Path(path)
@@ -73,7 +79,7 @@ def load_study(path: str | Path) -> Study:
         encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
         cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
         bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
-        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
+        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))  # type: ignore[operator]
     used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
     missing = used - set(study.datasets)
     if missing:
@@ -82,6 +88,7 @@ def load_study(path: str | Path) -> Study:
 
 
 def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
+    """95% bootstrap intervals of each metric (``n`` resamples of the test rows)."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype=object)
     samples: dict[str, list[float]] = {}
@@ -124,11 +131,11 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
     enc = encoder_from_name(encoder_name)
     if getattr(enc, "needs_fit", False):
-        enc.fit(list(seqs_tr))
+        enc.fit(list(seqs_tr))  # type: ignore[attr-defined]  # encoders that need fitting have fit()
     xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
     embed_s = time.perf_counter() - t0
     classes = np.array(sorted(set(y_tr)), dtype=object)
-    rows = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
+    rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
     for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
         t1, c1 = time.perf_counter(), time.process_time()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
@@ -172,7 +179,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
                 cells += _cell(study, enc, list(group), d, "pooled", data)
     cpu = time.process_time() - c0
     wh = cpu * study.cost["watts_per_core"] / 3600
-    report = {
+    report: dict[str, Any] = {
         "study": asdict(study), "results": cells,
         "cost": {"wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
                  "energy_wh_estimate": round(wh, 3), "co2_g_estimate": round(wh / 1000 * study.cost["grid_gco2_per_kwh"], 3),
@@ -186,10 +193,13 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(to_markdown(report))
+    log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
+             report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the cost line."""
     lines = [f"# genoray evaluation: {report['study']['name']}", "",
              "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
              "|---|---|---|---|---|---|---|---|"]

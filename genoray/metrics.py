@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def classification_metrics(y_true, proba: np.ndarray, classes) -> dict[str, float]:

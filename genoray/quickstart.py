@@ -8,6 +8,7 @@ floor on the ``test`` split. With no arguments it uses the bundled E. coli promo
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +20,14 @@ from genoray.encoders import encoder_from_name
 from genoray.index import build_index
 from genoray.train import evaluate_store, train_head
 
+log = logging.getLogger(__name__)
+
 BUNDLED = "ecoli_promoter_ipromoter2l.parquet"
 ENCODERS = ("kmer", "kmer-pos")
 
 
 def bundled_dataset() -> Path:
+    """Path of the bundled E. coli promoter Parquet file."""
     return Path(__file__).resolve().parent / "data" / BUNDLED
 
 

@@ -18,6 +18,7 @@ A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the READ
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from genoray.index import build_index
 from genoray.metrics import classification_metrics
 from genoray.store import EmbeddingStore
 from genoray.train import evaluate_store, train_head
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class ReindexConfig:
 
 @dataclass
 class ReindexReport:
+    """What one reindex run did: version, whether it was published and why not, gate and timings."""
+
     version: str
     published: bool
     reasons: list[str]
@@ -119,5 +124,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
-    return ReindexReport(version, published, reasons, gate, emb.to_dict(),
-                         {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)})
+    seconds = {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)}
+    log.info("reindex %s: version %s %s; %s s", root, version,
+             "published" if published else f"not published ({'; '.join(reasons)})", seconds)
+    return ReindexReport(version, published, reasons, gate, emb.to_dict(), seconds)

@@ -20,14 +20,19 @@ the three tests. Nothing in the detector is mutated by ``score``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ShiftConfig:
+    """Settings of :class:`ShiftDetector`: sample size, PCA dimensions, permutations, k and OOD quantile, alpha, seed."""
+
     max_samples: int = 1000
     pca_dim: int = 32
     n_permutations: int = 300
@@ -39,6 +44,8 @@ class ShiftConfig:
 
 @dataclass
 class ShiftReport:
+    """Test statistics, p-values and the shift verdict for one comparison."""
+
     n_reference: int
     n_new: int
     mmd2: float
@@ -54,6 +61,7 @@ class ShiftReport:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
         return asdict(self)
 
 
@@ -122,6 +130,7 @@ class ShiftDetector:
         self.cfg = cfg or ShiftConfig()
 
     def fit(self, reference: np.ndarray) -> "ShiftDetector":
+        """Sample the reference, fit the PCA and a kNN index for OOD distances; returns ``self``."""
         from sklearn.decomposition import PCA
 
         from genoray.index import VectorIndex
@@ -148,10 +157,13 @@ class ShiftDetector:
         return self
 
     def ood_distance(self, x: np.ndarray) -> np.ndarray:
+        """Cosine distance of each row to its k-th reference neighbour."""
         sims, _ = self.index_.search(np.asarray(x, dtype=np.float32), self.cfg.k)
         return 1.0 - sims[:, -1]
 
     def score(self, new: np.ndarray, groups: np.ndarray | None = None) -> ShiftReport:
+        """Compare new embeddings with the reference: MMD permutation test, classifier two-sample test
+        and the fraction of OOD rows (overall and per group)."""
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed + 1)
         new = np.asarray(new, dtype=np.float32)

@@ -3,19 +3,22 @@ kNN vote, linear head, fused head and the majority floor on a held-out split."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import read_json
 from genoray.config import HeadConfig
 from genoray.heads import FusedHead, load_head, save_head
 from genoray.index import VectorIndex
+from genoray.index import read_manifest as read_index_manifest
 from genoray.metrics import classification_metrics, majority_proba
 from genoray.predictor import predict_vectors
 from genoray.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
 
 
 def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Path,
@@ -31,13 +34,15 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     emb = store.load(split)
     if any(label is None for label in emb.labels):
         raise ValueError(f"{store_path}: {sum(l is None for l in emb.labels)} rows of split {split!r} have no label")
-    manifest = read_json(Path(index_dir) / "manifest.json")  # the head's kNN part votes over this index
+    manifest = read_index_manifest(index_dir)  # the head's kNN part votes over this index
     if manifest.get("fingerprint") != store.fingerprint:
         raise ValueError(f"{index_dir} was built with encoder {manifest.get('fingerprint')}, store has {store.fingerprint}")
     if manifest["ntotal"] != len(emb):
         raise ValueError(f"{index_dir} holds {manifest['ntotal']} vectors but split {split!r} of the store has {len(emb)}")
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
+    log.info("train_head %s: %d rows, classes %s, kNN weight %s; %.1f s", out_dir, len(emb),
+             [str(c) for c in head.classes_], head.weight_, time.perf_counter() - t0)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
             "weight_knn": head.weight_, "calibration": head.calibration_, "C": head.C_, "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -32,6 +32,7 @@ def test_pseudo_labelling_helps_on_a_shifted_target_and_keeps_the_source():
     assert (pl.predict(xs) == ys).mean() > 0.85  # replay: the source is not forgotten
 
 
+@pytest.mark.slow
 def test_study_within_cross_pooled(tmp_path):
     from conftest import data_file
     from genoray.cli import main
@@ -69,6 +70,7 @@ def test_study_refuses_unknown_datasets(tmp_path):
         load_study(p)
 
 
+@pytest.mark.slow
 def test_study_with_frozen_hf_model_and_lora(tmp_path):
     pytest.importorskip("peft")
     import pyarrow as pa

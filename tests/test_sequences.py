@@ -275,3 +275,11 @@ def test_streamed_fasta_windows_equal_in_memory_windows(tmp_path):
         cut = tmp_path / "cut.fa.gz"
         cut.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
         list(iter_sequences([cut], cfg))
+
+
+def test_broken_count_invariant_is_an_invariant_error():
+    from genoray.errors import InvariantError
+
+    report = ReadReport(read=2, accepted=1)
+    with pytest.raises(InvariantError, match="do not add up"):
+        report.check()

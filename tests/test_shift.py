@@ -42,6 +42,7 @@ def test_too_little_data_is_refused():
         ShiftDetector(CFG).fit(lowrank(5))
 
 
+@pytest.mark.slow
 def test_cli_shift_between_two_real_stores(tmp_path, capsys):
     import json
 

@@ -8,6 +8,7 @@ keys stored embeddings so vectors from different encoders are never mixed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,14 +16,25 @@ import numpy as np
 
 from genoray.artifacts import sha256_json
 
+log = logging.getLogger(__name__)
+
 
 @runtime_checkable
 class Encoder(Protocol):
-    dim: int
+    """What the pipeline needs of an encoder: its vector size, ``embed`` and a JSON ``spec``."""
 
-    def embed(self, sequences: Sequence[str]) -> np.ndarray: ...
+    @property
+    def dim(self) -> int:
+        """Length of each embedding vector."""
+        ...
 
-    def spec(self) -> dict[str, Any]: ...
+    def embed(self, sequences: Sequence[str]) -> np.ndarray:
+        """Embed cleaned sequences into a float32 ``(n, dim)`` matrix."""
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable spec that :func:`encoder_from_spec` rebuilds the encoder from."""
+        ...
 
 
 def fingerprint(encoder: Encoder) -> str:
