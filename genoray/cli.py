@@ -22,13 +22,60 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from genoray.config import (EmbedConfig, HeadConfig, HFConfig, IndexConfig, KmerConfig, PositionConfig, ReadConfig,
+                            ReindexConfig, ServeConfig, ShiftConfig)
+from genoray.flags import Group, add_group, build
+
+# Every config flag is generated from these dataclasses (genoray.flags): a default lives only in config.py.
+READ = Group("read", ReadConfig, names={"batch_size": "read-batch-size"},
+             title="reading and cleaning (ReadConfig, CleanPolicy)")
+KMER = Group("kmer", KmerConfig, skip=("position",), title="k-mer encoder (--encoder kmer or kmer-pos; KmerConfig)")
+POS = Group("pos", PositionConfig, prefix="pos-", title="position block (--encoder kmer-pos; PositionConfig)")
+HF = Group("hf", HFConfig, prefix="hf-", skip=("model",), names={"trust_remote_code": "trust-remote-code"},
+           title="transformers encoder (--encoder hf:<model>; HFConfig)")
+EMBED = Group("embed", EmbedConfig, title="embedding job (EmbedConfig)")
+INDEX = Group("index", IndexConfig, names={"index_type": ("type", "index-type"), "seed": "index-seed"},
+              title="index (IndexConfig)")
+HEAD = Group("head", HeadConfig, names={"seed": "head-seed"}, title="fused head (HeadConfig)")
+REINDEX = Group("reindex", ReindexConfig,
+                names={"index.index_type": ("type", "index-type"), "index.seed": "index-seed",
+                       "head.seed": "head-seed"},
+                title="gate, index, head and embedding job (ReindexConfig)")
+SERVE = Group("serve", ServeConfig, skip=("root",), negative={"require_key": ("no-auth",)},
+              title="service (ServeConfig, ServiceLimits)")
+SHIFT = Group("shift", ShiftConfig, title="shift tests (ShiftConfig)")
+ENCODER_GROUPS = (KMER, POS, HF)
+# the groups of each command (the test checks that every config field has a flag somewhere)
+COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
+    "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX, HEAD),
+    "embed": (READ, *ENCODER_GROUPS, EMBED),
+    "index": (INDEX,),
+    "train": (HEAD,),
+    "reindex": (READ, *ENCODER_GROUPS, REINDEX),
+    "serve": (SERVE,),
+    "shift": (SHIFT,),
+}
+
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="kmer",
                    help="kmer (default: k-mer spectrum + GC + z-curve), kmer-pos (adds position-aware "
                         "features for fixed-window tasks), or hf:<hub id or local model dir>")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the named transformers model to run its own code (local dir or explicit org/name only)")
+
+
+def _add_groups(p: argparse.ArgumentParser, command: str) -> None:
+    for g in COMMAND_GROUPS[command]:
+        add_group(p, g)
+
+
+def _encoder(a: argparse.Namespace, name: str | None = None):
+    """The encoder named by ``--encoder`` with the settings of its flag group."""
+    from genoray.encoders import encoder_from_name
+
+    name = name or a.encoder
+    if name.startswith("hf:"):
+        return encoder_from_name(name, hf=build(a, HF, model=name[3:]))
+    return encoder_from_name(name, kmer=build(a, KMER), position=build(a, POS))
 
 
 def _print(obj, as_json: bool, text: str | None = None) -> None:
@@ -42,42 +89,34 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     from genoray.quickstart import ENCODERS, format_result, run_quickstart
 
     encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
-    result = run_quickstart(a.data, a.workdir, encoders, use_ray=not a.no_ray)
+    result = run_quickstart(a.data, a.workdir, encoders, head_cfg=build(a, HEAD), read_cfg=build(a, READ),
+                            use_ray=not a.no_ray, index_cfg=build(a, INDEX), embed_cfg=build(a, EMBED),
+                            make_encoder=lambda name: _encoder(a, name))
     _print(result, a.json, format_result(result))
     return 0
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from genoray.config import CleanPolicy, EmbedConfig, ReadConfig
     from genoray.embed import embed_sequences
-    from genoray.encoders import encoder_from_name
 
-    cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
-    read_cfg = ReadConfig(clean=CleanPolicy(max_length=a.max_length, long_records=a.long_records,
-                                            window_overlap=a.window_overlap))
-    report = embed_sequences(a.inputs, a.out, encoder_from_name(a.encoder, a.trust_remote_code),
-                             read_cfg=read_cfg, embed_cfg=cfg, use_ray=not a.no_ray)
+    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=build(a, READ), embed_cfg=build(a, EMBED),
+                             use_ray=not a.no_ray)
     _print(report.to_dict(), True)
     return 0 if report.status == "complete" else 3
 
 
 def cmd_index(a: argparse.Namespace) -> int:
-    from genoray.config import IndexConfig
     from genoray.index import build_index
 
-    split = None if a.split == "all" else a.split
-    cfg = IndexConfig(split=split, index_type=a.type, shards=a.shards, memory_budget_mb=a.memory_budget_mb,
-                      target_recall=a.target_recall)
-    _print(asdict(build_index(a.store, a.out, cfg)), True)
+    _print(asdict(build_index(a.store, a.out, build(a, INDEX))), True)
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from genoray.config import HeadConfig
     from genoray.train import train_head
 
     split = None if a.split == "all" else a.split
-    _print(train_head(a.store, a.index, a.out, HeadConfig(k=a.k, C=a.C), split=split), True)
+    _print(train_head(a.store, a.index, a.out, build(a, HEAD), split=split), True)
     return 0
 
 
@@ -136,11 +175,9 @@ def cmd_publish(a: argparse.Namespace) -> int:
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
-    from genoray.encoders import encoder_from_name
-    from genoray.reindex import ReindexConfig, reindex
+    from genoray.reindex import reindex
 
-    cfg = ReindexConfig(recall_floor=a.recall_floor, max_accuracy_drop=a.max_accuracy_drop)
-    rep = reindex(a.inputs, a.work, a.bundles, encoder_from_name(a.encoder, a.trust_remote_code), cfg=cfg,
+    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a), read_cfg=build(a, READ), cfg=build(a, REINDEX),
                   use_ray=not a.no_ray)
     _print(asdict(rep), True)
     return 0 if rep.published else 4
@@ -154,12 +191,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from ray import serve
 
     from genoray.embed import init_ray
-    from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
+    from genoray.serve import build_app, haproxy_env, start_http
 
-    cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,
-                      min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-                      ingress_replicas=a.ingress_replicas, poll_s=a.poll_s, access_log=not a.no_access_log,
-                      ingress=a.ingress, limits={"rate_per_key": a.rate_per_key} if a.rate_per_key else {})
+    cfg = build(a, SERVE, root=a.root)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     if cfg.ingress == "haproxy":
@@ -187,7 +221,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
-    from genoray.shift import ShiftConfig, ShiftDetector, plot_shift
+    from genoray.shift import ShiftDetector, plot_shift
     from genoray.store import EmbeddingStore
 
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
@@ -196,7 +230,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
                          "embed both with the same encoder")
     ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
     new = new_store.load(None if a.new_split == "all" else a.new_split)
-    det = ShiftDetector(ShiftConfig(max_samples=a.max_samples, seed=a.seed)).fit(ref.vectors)
+    det = ShiftDetector(build(a, SHIFT)).fit(ref.vectors)
     groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
     report = det.score(new.vectors, groups).to_dict()
     if a.plot:
@@ -217,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_groups(p, "quickstart")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
@@ -227,27 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
     p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
     _add_encoder_args(p)
-    p.add_argument("--batch-size", type=int, default=1024, help="records per encoder call")
-    p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
-    p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
-                   help="a bad file: record it and go on (default, exit 3) or stop the job")
-    p.add_argument("--max-length", type=int, default=1_000_000, help="longest record kept whole (bp)")
-    p.add_argument("--long-records", choices=("reject", "window"), default="reject",
-                   help="longer records: reject (too_long) or cut into --max-length windows with ids <id>:<start>-<end>")
-    p.add_argument("--window-overlap", type=int, default=0, help="bases shared by consecutive windows")
+    _add_groups(p, "embed")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("index", help="build a FAISS index from an embedding store")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="new index directory")
-    p.add_argument("--split", default="train", help="split to index, or 'all' (default: train)")
-    p.add_argument("--type", default="auto",
-                   help="auto (Flat below 100k vectors, IVF-SQ8 within the memory budget, else IVF-PQ) or a "
-                        "FAISS factory string such as IVF1024,Flat or HNSW32")
-    p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
-    p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for the stored vectors/codes (picks the auto type)")
-    p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
+    _add_groups(p, "index")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("train", help="fit the fused kNN + linear head")
@@ -255,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index built from the same store and split")
     p.add_argument("--out", required=True, help="new head directory")
     p.add_argument("--split", default="train")
-    p.add_argument("--k", type=int, default=10, help="neighbours in the vote")
-    p.add_argument("--C", type=float, default=None,
-                   help="inverse regularisation of the logistic regression (default: chosen on a validation split)")
+    _add_groups(p, "train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -296,9 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", required=True, help="working directory (long-lived store + builds)")
     p.add_argument("--bundles", required=True, help="bundle root the service watches")
     _add_encoder_args(p)
-    p.add_argument("--recall-floor", type=float, default=0.9)
-    p.add_argument("--max-accuracy-drop", type=float, default=0.02)
-    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
+    _add_groups(p, "reindex")
     p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP with Ray Serve",
@@ -306,25 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "publish / reindex) swaps every replica without downtime. API keys come from "
                                    "GENORAY_API_KEYS (comma-separated).")
     p.add_argument("root", help="bundle root directory")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--min-replicas", type=int, default=1,
-                   help="model replicas kept running (use >= 2 so a dying replica's requests are retried on another)")
-    p.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling for model replicas")
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
-                   help="proxy: Serve's Python proxy -> API replicas -> model replicas, loopback only. haproxy: "
-                        "Ray's high-throughput mode, HAProxy -> replicas that serve the API and the model in one "
-                        "process, no Ray hop per request (2 cores: 943 vs 173 single-sequence req/s at 32 "
-                        "clients). HAProxy's stats and metrics ports (RAY_SERVE_HAPROXY_STATS_PORT, _METRICS_PORT; "
-                        "default 8404, 9101) bind all interfaces")
-    p.add_argument("--ingress-replicas", type=int, default=1,
-                   help="HTTP ingress replicas (auth and validation; --ingress proxy only)")
-    p.add_argument("--no-access-log", action="store_true",
-                   help="no per-request access log lines (one log write less per hop and request)")
-    p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
-    p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
-    p.add_argument("--rate-per-key", type=float, default=0.0,
-                   help="requests/s per API key and ingress replica (token bucket, burst 20; 429 beyond); 0 = off")
+    _add_groups(p, "serve")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("shift", help="test whether new embeddings are distributed like a reference",
@@ -336,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-split", default="all")
     p.add_argument("--group-by", choices=("label", "domain", "none"), default="none",
                    help="break the OOD fraction down by this column of the new store")
-    p.add_argument("--max-samples", type=int, default=1000, help="rows per side (seeded subsample)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_groups(p, "shift")
     p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
     p.set_defaults(func=cmd_shift)
     return parser

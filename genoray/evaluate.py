@@ -28,57 +28,16 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genoray.artifacts import sha256_file, write_json
+from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
 from genoray.heads import align_proba
 from genoray.metrics import classification_metrics, majority_proba
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    datasets: dict[str, str]
-    encoders: tuple[str, ...] = ("kmer",)
-    within: tuple[str, ...] = ()
-    cross: tuple[tuple[str, str], ...] = ()
-    pooled: tuple[tuple[str, ...], ...] = ()
-    bootstrap: int = 200
-    seed: int = 0
-    lora: dict[str, Any] | None = None
-    cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
-
-
-def load_study(path: str | Path) -> Study:
-    import yaml
-
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    base = path.parent
-
-    def resolve(p: str) -> str:
-        q = Path(p)
-        return str(q if q.is_absolute() else (base / q).resolve())
-
-    known = set(Study.__dataclass_fields__)
-    unknown = set(doc) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    study = Study(
-        name=doc["name"], datasets={k: resolve(v) for k, v in doc["datasets"].items()},
-        encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
-        cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
-        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
-        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
-    used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
-    missing = used - set(study.datasets)
-    if missing:
-        raise ValueError(f"{path}: datasets used but not defined: {sorted(missing)}")
-    return study
 
 
 def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genoray.config import HeadConfig, IndexConfig, ReadConfig
+from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
 from genoray.embed import embed_sequences
-from genoray.encoders import encoder_from_name
+from genoray.encoders import Encoder, encoder_from_name
 from genoray.index import build_index
 from genoray.train import evaluate_store, train_head
 
@@ -34,21 +35,29 @@ def run_quickstart(
     head_cfg: HeadConfig | None = None,
     read_cfg: ReadConfig | None = None,
     use_ray: bool = True,
+    index_cfg: IndexConfig | None = None,
+    embed_cfg: EmbedConfig | None = None,
+    make_encoder: Callable[[str], Encoder] = encoder_from_name,
 ) -> dict[str, Any]:
-    """Run embed -> index -> train -> evaluate for each encoder; return a JSON-able result."""
+    """Run embed -> index -> train -> evaluate for each encoder; return a JSON-able result.
+
+    ``make_encoder`` turns each name of ``encoders`` into an encoder (the CLI passes one that
+    applies its encoder flags)."""
+    index_cfg = index_cfg or IndexConfig()
     data = Path(data) if data else bundled_dataset()
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="genoray-quickstart-"))
     result: dict[str, Any] = {"dataset": str(data), "workdir": str(workdir), "runs": []}
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", encoder_from_name(name), read_cfg, use_ray=use_ray)
+        report = embed_sequences(data, run_dir / "store", make_encoder(name), read_cfg, embed_cfg,
+                                 fit_split=index_cfg.split, use_ray=use_ray)
         t1 = time.perf_counter()
-        idx = build_index(run_dir / "store", run_dir / "index", IndexConfig(split="train"))
+        idx = build_index(run_dir / "store", run_dir / "index", index_cfg)
         t2 = time.perf_counter()
-        head = train_head(run_dir / "store", run_dir / "index", run_dir / "head", head_cfg)
+        head = train_head(run_dir / "store", run_dir / "index", run_dir / "head", head_cfg, split=index_cfg.split)
         t3 = time.perf_counter()
-        metrics = evaluate_store(run_dir / "store", run_dir / "index", run_dir / "head")
+        metrics = evaluate_store(run_dir / "store", run_dir / "index", run_dir / "head", train_split=index_cfg.split)
         t4 = time.perf_counter()
         result["runs"].append({
             "encoder": name,

@@ -30,7 +30,6 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_body_bytes: int = 1 << 20
-    max_sequences: int = 64
-    max_length: int = 10_000
-    max_total_bases: int = 200_000
-    max_k: int = 100
-    rate_per_key: float = 0.0  # requests/s per API key and ingress replica (or app); 0 = no rate limit
-    burst_per_key: int = 20
 
 
 class TokenBucket:

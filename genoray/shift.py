@@ -25,16 +25,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ShiftConfig:
-    max_samples: int = 1000
-    pca_dim: int = 32
-    n_permutations: int = 300
-    k: int = 10
-    ood_quantile: float = 0.95
-    alpha: float = 0.05
-    seed: int = 0
+from genoray.config import ShiftConfig  # noqa: F401 (defined in config.py)
 
 
 @dataclass

@@ -30,23 +30,29 @@ def fingerprint(encoder: Encoder) -> str:
     return sha256_json(encoder.spec())[:16]
 
 
-def encoder_from_name(name: str, trust_remote_code: bool = False) -> Encoder:
-    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``."""
+def encoder_from_name(name: str, trust_remote_code: bool = False, *, kmer=None, position=None, hf=None) -> Encoder:
+    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``.
+
+    ``kmer`` / ``position`` (:class:`~genoray.config.KmerConfig` / ``PositionConfig``) and ``hf``
+    (:class:`~genoray.config.HFConfig`; its ``model`` is replaced by the name's) override the
+    defaults of the named encoder.
+    """
+    import dataclasses
+
     from genoray.config import KmerConfig, PositionConfig
 
-    if name == "kmer":
+    if name in ("kmer", "kmer-pos"):
         from genoray.encoders.kmer import KmerEncoder
 
-        return KmerEncoder(KmerConfig())
-    if name == "kmer-pos":
-        from genoray.encoders.kmer import KmerEncoder
-
-        return KmerEncoder(KmerConfig(position=PositionConfig()))
+        pos = (position or PositionConfig()) if name == "kmer-pos" else None
+        return KmerEncoder(dataclasses.replace(kmer or KmerConfig(), position=pos))
     if name.startswith("hf:"):
         from genoray.config import HFConfig
         from genoray.encoders.hf import HFEncoder
 
-        return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code))
+        cfg = HFConfig(model=name[3:], trust_remote_code=trust_remote_code) if hf is None else \
+            dataclasses.replace(hf, model=name[3:], trust_remote_code=trust_remote_code or hf.trust_remote_code)
+        return HFEncoder(cfg)
     raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
 
 
