@@ -22,24 +22,36 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from genoray.config import (EmbedConfig, HeadConfig, HFConfig, IndexConfig, KmerConfig, PositionConfig, ReadConfig,
-                            ReindexConfig, ServeConfig, ShiftConfig)
+from genoray.config import (
+    EmbedConfig,
+    HeadConfig,
+    HFConfig,
+    IndexConfig,
+    KmerConfig,
+    PositionConfig,
+    ReadConfig,
+    ReindexConfig,
+    ServeConfig,
+    ShiftConfig,
+)
 from genoray.flags import Group, add_group, build
 
 # Every config flag is generated from these dataclasses (genoray.flags): a default lives only in config.py.
-READ = Group("read", ReadConfig, names={"batch_size": "read-batch-size"},
+READ = Group("read", ReadConfig, names={"batch_size": "read-batch-size"}, skip=("split_names", "split_cutoffs"),
              title="reading and cleaning (ReadConfig, CleanPolicy)")
 KMER = Group("kmer", KmerConfig, skip=("position",), title="k-mer encoder (--encoder kmer or kmer-pos; KmerConfig)")
 POS = Group("pos", PositionConfig, prefix="pos-", title="position block (--encoder kmer-pos; PositionConfig)")
 HF = Group("hf", HFConfig, prefix="hf-", skip=("model",), names={"trust_remote_code": "trust-remote-code"},
            title="transformers encoder (--encoder hf:<model>; HFConfig)")
 EMBED = Group("embed", EmbedConfig, title="embedding job (EmbedConfig)")
-INDEX = Group("index", IndexConfig, names={"index_type": ("type", "index-type"), "seed": "index-seed"},
+INDEX = Group("index", IndexConfig, names={"index_type": ("type", "index-type"), "seed": "index-seed",
+                                          "split": ("train-split", "split")},
               title="index (IndexConfig)")
 HEAD = Group("head", HeadConfig, names={"seed": "head-seed"}, title="fused head (HeadConfig)")
 REINDEX = Group("reindex", ReindexConfig,
                 names={"index.index_type": ("type", "index-type"), "index.seed": "index-seed",
-                       "head.seed": "head-seed"},
+                       "head.seed": "head-seed", "index.split": ("train-split", "split"),
+                       "eval_split": ("test-split", "eval-split")},
                 title="gate, index, head and embedding job (ReindexConfig)")
 SERVE = Group("serve", ServeConfig, skip=("root",), negative={"require_key": ("no-auth",)},
               title="service (ServeConfig, ServiceLimits)")
@@ -68,6 +80,20 @@ def _add_groups(p: argparse.ArgumentParser, command: str) -> None:
         add_group(p, g)
 
 
+def _read_cfg(a: argparse.Namespace, train: str | None, test: str | None) -> ReadConfig:
+    """The ReadConfig of the flags; ``--test-fraction`` names its splits after the train/test splits."""
+    return build(a, READ, split_names=(_split(train) or "train", _split(test) or "test"))
+
+
+def _add_split_args(p: argparse.ArgumentParser, train: bool = True) -> None:
+    if train:
+        p.add_argument("--train-split", default="train",
+                       help="split the encoder is fitted on ('all': every row) and the name --test-fraction gives "
+                            "the rest (default: train)")
+    p.add_argument("--test-split", default="test",
+                   help="held-out split, and the name --test-fraction gives the held-out part (default: test)")
+
+
 def _encoder(a: argparse.Namespace, name: str | None = None):
     """The encoder named by ``--encoder`` with the settings of its flag group."""
     from genoray.encoders import encoder_from_name
@@ -78,19 +104,81 @@ def _encoder(a: argparse.Namespace, name: str | None = None):
     return encoder_from_name(name, kmer=build(a, KMER), position=build(a, POS))
 
 
+# Exit status of every command (also in README "Exit codes" and `genoray --help`).
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad flags or settings, unreadable or malformed input that stops the job, missing files
+EXIT_PARTIAL = 3  # some input files failed (listed); the rest was written
+EXIT_GATE = 4  # reindex: the gate failed, nothing published (the current bundle keeps serving)
+EXIT_SHIFT = 5  # shift: the new data is distributed differently
+EXIT_EMPTY = 6  # nothing was written (no input records, every record rejected, every file failed)
+EXIT_BUG = 70  # a broken internal invariant or an unexpected exception: a bug in genoray, please report it
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_USAGE: "usage or input error: bad flag or setting, missing/malformed input file (one line on stderr)",
+    EXIT_PARTIAL: "partial: some input files failed and are listed; the rest was written",
+    EXIT_GATE: "reindex: gate failed, nothing published",
+    EXIT_SHIFT: "shift: distribution shift detected",
+    EXIT_EMPTY: "nothing written: no record survived reading/cleaning or every file failed (--allow-empty: 0)",
+    EXIT_BUG: "internal error (a bug or broken invariant in genoray; -v shows the traceback)",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class NothingWritten(Exception):
+    """A job finished without writing anything (exit 6 unless ``--allow-empty``)."""
+
+
+def strict_json(obj):
+    """``obj`` with every NaN/inf float replaced by None (strict JSON has no NaN), and the
+    dotted paths of the replaced values."""
+    import math
+
+    replaced: list[str] = []
+
+    def walk(o, path):
+        if isinstance(o, float) and not math.isfinite(o):
+            replaced.append(path)
+            return None
+        if isinstance(o, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(o)]
+        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy scalars
+            return walk(o.item(), path)
+        return o
+
+    return walk(obj, ""), replaced
+
+
+NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
+              "MCC and F1 need predictions and labels of more than one class)")
+
+
+def dumps(obj, indent: int | None = None) -> str:
+    """Strict JSON (``NaN``/``inf`` become ``null``)."""
+    clean, _ = strict_json(obj)
+    return json.dumps(clean, indent=indent, default=str, allow_nan=False)
+
+
 def _print(obj, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
+    clean, replaced = strict_json(obj)
+    if as_json or text is None:
+        print(json.dumps(clean, indent=2, default=str, allow_nan=False))
     else:
-        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+        print(text)
+    if replaced:
+        print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from genoray.quickstart import ENCODERS, format_result, run_quickstart
 
     encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
-    result = run_quickstart(a.data, a.workdir, encoders, head_cfg=build(a, HEAD), read_cfg=build(a, READ),
-                            use_ray=not a.no_ray, index_cfg=build(a, INDEX), embed_cfg=build(a, EMBED),
+    index_cfg = build(a, INDEX)
+    result = run_quickstart(a.data, a.workdir, encoders, head_cfg=build(a, HEAD),
+                            read_cfg=_read_cfg(a, index_cfg.split, a.test_split), test_split=_split(a.test_split),
+                            use_ray=not a.no_ray, index_cfg=index_cfg, embed_cfg=build(a, EMBED),
                             make_encoder=lambda name: _encoder(a, name))
     _print(result, a.json, format_result(result))
     return 0
@@ -99,10 +187,39 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 def cmd_embed(a: argparse.Namespace) -> int:
     from genoray.embed import embed_sequences
 
-    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=build(a, READ), embed_cfg=build(a, EMBED),
-                             use_ray=not a.no_ray)
-    _print(report.to_dict(), True)
-    return 0 if report.status == "complete" else 3
+    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=_read_cfg(a, a.train_split, a.test_split),
+                             embed_cfg=build(a, EMBED), fit_split=_split(a.train_split), use_ray=not a.no_ray)
+    out = report.to_dict()
+    manifest = json.loads(Path(a.out, "store.json").read_text())
+    rejects = [str(Path(a.out, p["rejects"])) for p in manifest["parts"] if p.get("rejects")]
+    out["rejects_tables"] = rejects  # Parquet: source file, record number, seq_id, reason
+    _print(out, True)
+    if report.failed:
+        print(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")",
+              file=sys.stderr)
+    if out["rejected"]:
+        print(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
+              f"rejects tables: {', '.join(rejects) or '(none kept)'}", file=sys.stderr)
+    if report.written == 0:
+        _nothing_written(a, _why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
+        return EXIT_PARTIAL if report.failed else EXIT_OK
+    return EXIT_OK if report.status == "complete" else EXIT_PARTIAL
+
+
+def _why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int) -> str:
+    if failed and len(failed) == units:
+        return f"every input file failed; first: {failed[0]['error']}"
+    if read == 0:
+        return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    hint = " (protein or other non-DNA input?)" if max(rejected, key=rejected.get, default="") == "invalid_character" else ""
+    return f"all {read} records were rejected: {reasons}{hint}"
+
+
+def _nothing_written(a: argparse.Namespace, why: str) -> None:
+    if not getattr(a, "allow_empty", False):
+        raise NothingWritten(why)
+    print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -115,8 +232,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from genoray.train import train_head
 
-    split = None if a.split == "all" else a.split
-    _print(train_head(a.store, a.index, a.out, build(a, HEAD), split=split), True)
+    _print(train_head(a.store, a.index, a.out, build(a, HEAD), split=_split(a.split)), True)
     return 0
 
 
@@ -130,12 +246,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(Path(a.out, "report.md").read_text())
         print(json.dumps(report["cost"]), file=sys.stderr)
         return 0
-    from genoray.train import evaluate_store
+    from genoray.quickstart import evaluation_report, format_evaluation
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    _print(evaluate_store(a.target, a.index, a.head, split=a.split), True)
-    return 0
+    rep = evaluation_report(a.target, a.index, a.head, split=_split(a.split), train_split=_split(a.train_split),
+                            bootstrap=a.bootstrap, seed=a.seed)
+    _print(rep, a.json, format_evaluation(rep))
+    return EXIT_OK
+
+
+def _split(name: str | None) -> str | None:
+    """A split name from the command line: ``all`` (or ``none``) means every row."""
+    return None if name is None or name.lower() in ("all", "none") else name
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -177,7 +300,9 @@ def cmd_publish(a: argparse.Namespace) -> int:
 def cmd_reindex(a: argparse.Namespace) -> int:
     from genoray.reindex import reindex
 
-    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a), read_cfg=build(a, READ), cfg=build(a, REINDEX),
+    cfg = build(a, REINDEX)
+    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a), read_cfg=_read_cfg(a, cfg.index.split, cfg.eval_split),
+                  cfg=cfg,
                   use_ray=not a.no_ray)
     _print(asdict(rep), True)
     return 0 if rep.published else 4
@@ -241,8 +366,14 @@ def cmd_shift(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    from genoray import __version__
+
+    epilog = "exit status:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.",
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress and Ray's own messages to stderr, tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"genoray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="embed, index, train and evaluate one labeled file end to end")
@@ -251,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_split_args(p, train=False)
     _add_groups(p, "quickstart")
     p.set_defaults(func=cmd_quickstart)
 
@@ -258,10 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="embed sequence files into an embedding store (resumable)",
         description="Embed sequence files on a Ray actor pool. Rerunning into the same --out skips finished "
                     "units, so an interrupted job resumes. Exit status: 0 complete, 3 partial (some files "
-                    "could not be read; they are listed), 2 error.")
+                    "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug.")
     p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
     p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
     _add_encoder_args(p)
+    p.add_argument("--allow-empty", action="store_true",
+                   help=f"exit 0 when nothing is written (default: exit {EXIT_EMPTY})")
+    _add_split_args(p)
     _add_groups(p, "embed")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
     p.set_defaults(func=cmd_embed)
@@ -276,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--index", required=True, help="index built from the same store and split")
     p.add_argument("--out", required=True, help="new head directory")
-    p.add_argument("--split", default="train")
+    p.add_argument("--train-split", "--split", dest="split", default="train",
+                   help="split to fit on, or 'all' (default: train)")
     _add_groups(p, "train")
     p.set_defaults(func=cmd_train)
 
@@ -288,7 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="an embedding store, or a study YAML file (see examples/study.yaml)")
     p.add_argument("--index")
     p.add_argument("--head")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", "--test-split", dest="split", default="test",
+                   help="split to score, or 'all' (default: test)")
+    p.add_argument("--train-split", default="train", help="split the index and head were built on (default: train)")
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples for the 95%% intervals (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (strict: undefined values are null)")
     p.add_argument("--out", help="report directory (study mode)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -344,18 +485,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (see ``EXIT_CODES``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
         os.environ.setdefault("GENORAY_QUIET_RAY", "1")
+    from genoray.errors import InvariantError
     from genoray.sequences import SequenceFormatError
 
     try:
         return args.func(args)
-    except (SequenceFormatError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    except NothingWritten as e:
+        print(f"genoray {args.command}: nothing written: {e} (exit {EXIT_EMPTY}; --allow-empty accepts this)",
+              file=sys.stderr)
+        return EXIT_EMPTY
+    except KeyboardInterrupt:
+        print(f"genoray {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (InvariantError, AssertionError) as e:
+        return _bug(args, e)
+    except (SequenceFormatError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ValueError, RuntimeError, ImportError) as e:
         print(f"genoray {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 (anything else is not the user's fault: report it as a bug)
+        return _bug(args, e)
+
+
+def _bug(args: argparse.Namespace, e: BaseException) -> int:
+    import traceback
+
+    if args.verbose:
+        traceback.print_exc()
+    print(f"genoray {args.command}: internal error (a bug in genoray, please report it): {type(e).__name__}: {e}"
+          + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
+    return EXIT_BUG
 
 
 if __name__ == "__main__":

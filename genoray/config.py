@@ -160,6 +160,13 @@ class ReadConfig:
         label_key / domain_key / split_key: FASTA/FASTQ header tags ``key=value``.
         batch_size: records per Arrow batch.
         clean: the cleaning policy.
+        test_fraction: records without a split (no split column or tag) get one: this fraction
+            of each label becomes the test split, the rest the train split (stratified, seeded,
+            decided per record id; see :mod:`genoray.splits`). 0 leaves them without a split.
+        split_seed: seed of that assignment.
+        split_names: names of the (train, test) splits it assigns.
+        split_cutoffs: per-label hash thresholds of the assignment; filled by
+            ``embed_sequences`` from a pass over the input (leave empty).
     """
 
     id_column: str | None = None
@@ -172,6 +179,15 @@ class ReadConfig:
     split_key: str = "split"
     batch_size: int = 8192
     clean: CleanPolicy = field(default_factory=CleanPolicy)
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    split_names: tuple[str, str] = ("train", "test")
+    split_cutoffs: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        validate(self, (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                 (0.0 <= self.test_fraction < 1.0, f"test_fraction must be in [0, 1), got {self.test_fraction}"),
+                 (len(set(self.split_names)) == 2, f"split_names must be two different names, got {self.split_names}"))
 
 
 @config_class

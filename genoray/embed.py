@@ -48,6 +48,7 @@ from genoray import schema
 from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
+from genoray.errors import InvariantError
 from genoray.sequences import FASTA_SPLITTABLE, ReadReport, SequenceFormatError, detect_format, iter_file
 from genoray.store import FORMAT_VERSION, MANIFEST
 
@@ -228,7 +229,7 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
         "node": os.uname().nodename, "ray_node": _ray_node_id(),
     }
     if rows != report.rows:
-        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but the read yielded {report.rows}")
+        raise InvariantError(f"{unit['path']}: wrote {rows} rows but the read yielded {report.rows}")
     write_json(shard_dir / f"{key}.done.json", done)
     return done
 
@@ -333,12 +334,15 @@ class DuplicateIdError(ValueError):
 
 
 def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
-    """Up to FIT_SAMPLE sequences of ``fit_split`` (all splits if none match), streamed."""
+    """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed; no
+    record of ``fit_split`` is an error (the encoder must never see test rows)."""
     in_split, any_split = [], []
+    found: set = set()
     for f in files:
         try:
             for batch in iter_file(f, read_cfg, ReadReport(), set()):
                 splits = batch.column(schema.SPLIT).to_pylist()
+                found.update(splits)
                 for s, sp in zip(batch.column(schema.SEQUENCE).to_pylist(), splits):
                     if fit_split is not None and sp == fit_split and len(in_split) < FIT_SAMPLE:
                         in_split.append(s)
@@ -348,6 +352,10 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
                     return in_split
         except SequenceFormatError:
             continue  # reported when its unit runs
+    if fit_split is not None and not in_split:  # never fit on other (e.g. test) rows
+        raise ValueError(f"no records of split {fit_split!r} to fit the encoder on (splits found: "
+                         f"{sorted({str(s) for s in found})}); name the training split (--train-split) or hold "
+                         "out a test split from unsplit data (--test-fraction)")
     return in_split or any_split
 
 
@@ -404,6 +412,10 @@ def embed_sequences(
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(inputs)
+    if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
+        from genoray.splits import with_cutoffs
+
+        read_cfg = with_cutoffs(read_cfg, files)
     encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
     spec, fp = encoder.spec(), fingerprint(encoder)
     units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
@@ -452,7 +464,7 @@ def embed_sequences(
     )
     if (report.read != report.accepted + sum(rejected.values())
             or report.written != report.accepted - report.windowed + report.windows):
-        raise RuntimeError(f"record counts do not add up: {report.to_dict()}")
+        raise InvariantError(f"record counts do not add up: {report.to_dict()}")
     _write_manifest(out, spec, fp, encoder.dim, committed, report)
     _collect_garbage(shard_dir, {d["key"] for d in committed})
     report.seconds["total"] = round(time.perf_counter() - t0, 3)

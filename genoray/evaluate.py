@@ -37,18 +37,7 @@ import numpy as np
 from genoray.artifacts import sha256_file, write_json
 from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
 from genoray.heads import align_proba
-from genoray.metrics import classification_metrics, majority_proba
-
-
-def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y, dtype=object)
-    samples: dict[str, list[float]] = {}
-    for _ in range(n):
-        idx = rng.integers(0, len(y), size=len(y))
-        for k, v in classification_metrics(y[idx], proba[idx], classes).items():
-            samples.setdefault(k, []).append(v)
-    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in samples.items()}
+from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba
 
 
 def _load(path: str):
@@ -148,6 +137,10 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     return report
 
 
+def _f(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.3f}"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# genoray evaluation: {report['study']['name']}", "",
              "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
@@ -155,8 +148,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         ci = r["ci95"]
         lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
-                     f"{r['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] | {r['mcc']:.3f} | "
-                     f"{r['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}] | {r['f1']:.3f} |")
+                     f"{_f(r['accuracy'])} [{_f(ci['accuracy'][0])}, {_f(ci['accuracy'][1])}] | {_f(r['mcc'])} | "
+                     f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} |")
     c = report["cost"]
     lines += ["", f"Cost: {c['wall_seconds']} s wall, {c['cpu_seconds']} CPU s, about {c['energy_wh_estimate']} Wh and "
                   f"{c['co2_g_estimate']} g CO2 ({c['basis']}).",

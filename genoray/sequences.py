@@ -87,7 +87,9 @@ class ReadReport:
 
     def check(self) -> None:
         if self.read != self.accepted + self.n_rejected:
-            raise AssertionError(f"record counts do not add up: {self.to_dict()}")
+            from genoray.errors import InvariantError
+
+            raise InvariantError(f"record counts do not add up: {self.to_dict()}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -228,6 +230,10 @@ class _BatchBuilder:
     def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
         if not self.admit(record_no, seq_id):
             return
+        if split is None and self.cfg.split_cutoffs:  # ReadConfig.test_fraction (genoray.splits)
+            from genoray.splits import assign
+
+            split = assign(seq_id, label, self.cfg)
         seq, why = self.cleaner(raw)
         if why is not None:
             self.report.reject(self.path, record_no, seq_id, why)

@@ -7,8 +7,21 @@ import dataclasses
 import pytest
 
 from genoray import cli
-from genoray.config import (CleanPolicy, EmbedConfig, HeadConfig, HFConfig, IndexConfig, KmerConfig, PositionConfig,
-                            ReadConfig, ReindexConfig, ServeConfig, ServiceLimits, ShiftConfig, parse)
+from genoray.config import (
+    CleanPolicy,
+    EmbedConfig,
+    HeadConfig,
+    HFConfig,
+    IndexConfig,
+    KmerConfig,
+    PositionConfig,
+    ReadConfig,
+    ReindexConfig,
+    ServeConfig,
+    ServiceLimits,
+    ShiftConfig,
+    parse,
+)
 from genoray.flags import leaves
 
 # what each command needs besides flags (positionals, required options)
@@ -25,7 +38,9 @@ STAGE_CONFIGS = (CleanPolicy, ReadConfig, KmerConfig, PositionConfig, HFConfig, 
                  HeadConfig, ReindexConfig, ServeConfig, ServiceLimits, ShiftConfig)
 # fields set by the command itself rather than by a flag of their own
 SET_BY_COMMAND = {(ServeConfig, "root"): "positional ROOT", (HFConfig, "model"): "--encoder hf:<model>",
-                  (KmerConfig, "position"): "--encoder kmer-pos"}
+                  (KmerConfig, "position"): "--encoder kmer-pos",
+                  (ReadConfig, "split_names"): "--train-split / --test-split",
+                  (ReadConfig, "split_cutoffs"): "computed by embed_sequences"}
 
 
 def _flag_fields() -> set[tuple[type, str]]:
@@ -129,3 +144,229 @@ def test_old_import_locations_still_work():
     from genoray.shift import ShiftConfig as H
 
     assert (R, S, L, H) == (ReindexConfig, ServeConfig, ServiceLimits, ShiftConfig)
+
+
+# ---- toy data ---------------------------------------------------------------------------------
+
+def toy_table(path, n=80, splits=True, labels=("at", "gc"), seed=0, lengths=None):
+    """Parquet with two separable classes (AT-rich vs GC-rich); every 5th row is test."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    rows = {"id": [], "sequence": [], "label": []}
+    if splits:
+        rows["split"] = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
+        length = lengths(i) if lengths else 60
+        rows["id"].append(f"s{i}")
+        rows["sequence"].append("".join(rng.choice(alphabet, size=length)))
+        rows["label"].append(label)
+        if splits:
+            rows["split"].append("test" if i % 5 == 0 else "train")
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+def run(capsys, *argv):
+    """``genoray ARGV`` in-process: (exit status, stdout, stderr)."""
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def strict_loads(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return __import__("json").loads(text, parse_constant=refuse)
+
+
+# ---- exit codes (issue 16 item 2) --------------------------------------------------------------
+
+def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prot = tmp_path / "prot.fa"
+    prot.write_text(">p1\nMKVLAAGIVGLLLAQWERTY\n>p2\nMSTNPKPQRKTKRNTNRRPQ\n")
+    empty = tmp_path / "empty.fa"
+    empty.write_text("")
+    noseq = tmp_path / "noseq.parquet"
+    pq.write_table(pa.table({"id": ["a"], "seq": ["ACGT"]}), noseq)
+    for f, why in [(prot, "all 2 records were rejected: invalid_character 2 (protein"),
+                   (empty, "the input holds no records"), (noseq, "every input file failed; first: ")]:
+        rc, out, err = run(capsys, "embed", f, "--out", tmp_path / f"s_{f.name}", "--no-ray")
+        assert rc == cli.EXIT_EMPTY == 6, (f, err)
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("genoray embed: nothing written: ") and why in last
+        assert strict_loads(out)["written"] == 0
+    rc, out, err = run(capsys, "embed", prot, "--out", tmp_path / "s_ok", "--no-ray", "--allow-empty")
+    assert rc == 0 and "warning: nothing written" in err
+    assert strict_loads(out)["rejects_tables"]  # the summary names the rejects table
+    # partial: one good file and one bad file -> 3; both bad -> 6
+    good = toy_table(tmp_path / "good.parquet")
+    rc, out, _ = run(capsys, "embed", good, noseq, "--out", tmp_path / "s_part", "--no-ray")
+    assert rc == cli.EXIT_PARTIAL == 3 and strict_loads(out)["written"] == 80
+
+
+def test_broken_invariant_and_unexpected_errors_are_bugs_not_user_errors(tmp_path, capsys, monkeypatch):
+    import genoray.index
+    from genoray.errors import InvariantError
+
+    def broken(*a, **k):
+        raise InvariantError("record counts do not add up")
+
+    monkeypatch.setattr(genoray.index, "build_index", broken)
+    rc, _, err = run(capsys, "index", tmp_path, "--out", tmp_path / "i")
+    assert rc == cli.EXIT_BUG == 70 and "internal error (a bug in genoray" in err
+
+    def typo(*a, **k):
+        return {}["missing"]
+
+    monkeypatch.setattr(genoray.index, "build_index", typo)
+    rc, _, err = run(capsys, "index", tmp_path, "--out", tmp_path / "i")
+    assert rc == 70 and "KeyError" in err
+    rc, _, err = run(capsys, "index", tmp_path / "nope", "--out", tmp_path / "i2")
+    monkeypatch.undo()
+    rc, _, err = run(capsys, "index", tmp_path / "nope", "--out", tmp_path / "i2")
+    assert rc == 2 and "not an embedding store" in err
+
+
+def test_help_lists_every_exit_code_and_version(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for code in cli.EXIT_CODES:
+        assert f"  {code:>3}  " in text
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    from genoray import __version__
+
+    assert capsys.readouterr().out.strip() == f"genoray {__version__}"
+
+
+# ---- strict JSON (issue 16 item 3) -------------------------------------------------------------
+
+def test_json_output_is_strict_and_nan_is_null_with_a_reason(tmp_path, capsys):
+    # a test split with a single class: AUROC is undefined
+    data = toy_table(tmp_path / "t.parquet", n=60)
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data).to_pydict()
+    t["split"] = ["test" if (i % 4 == 0 and lab == "at") else "train" for i, lab in enumerate(t["label"])]
+    import pyarrow as pa
+
+    pq.write_table(pa.table(t), data)
+    for args in (["embed", data, "--out", tmp_path / "s", "--no-ray"], ["index", tmp_path / "s", "--out", tmp_path / "i"],
+                 ["train", tmp_path / "s", "--index", tmp_path / "i", "--out", tmp_path / "h"]):
+        assert run(capsys, *args)[0] == 0
+    rc, out, err = run(capsys, "evaluate", tmp_path / "s", "--index", tmp_path / "i", "--head", tmp_path / "h",
+                       "--json")
+    assert rc == 0
+    doc = strict_loads(out)
+    assert doc["methods"]["fused"]["auroc"] is None
+    assert "auroc" in err and "written as null" in err
+    rc, out, err = run(capsys, "evaluate", tmp_path / "s", "--index", tmp_path / "i", "--head", tmp_path / "h")
+    assert "AUROC" in out and "undefined" in out
+
+
+# ---- splits (issue 16 item 4) ------------------------------------------------------------------
+
+def test_test_fraction_holds_out_an_exact_stratified_seeded_split(tmp_path, capsys):
+    import collections
+
+    from genoray.store import EmbeddingStore
+
+    data = toy_table(tmp_path / "u.parquet", n=70, splits=False, labels=("at", "gc", "at", "gc", "at", "gc", "gc"))
+    counts = collections.Counter(("at", "gc", "at", "gc", "at", "gc", "gc")[i % 7] for i in range(70))
+
+    def embed(out, *extra):
+        rc, _, err = run(capsys, "embed", data, "--out", out, "--no-ray", "--test-fraction", "0.25", *extra)
+        assert rc == 0, err
+        e = EmbeddingStore(out).load()
+        return dict(zip(e.ids, e.splits)), e
+
+    a, e = embed(tmp_path / "a")
+    for label, n in counts.items():
+        got = collections.Counter(s for s, lab in zip(e.splits, e.labels) if lab == label)
+        assert got == {"test": round(0.25 * n), "train": n - round(0.25 * n)}, label
+    assert embed(tmp_path / "b")[0] == a  # seeded: the same split again
+    assert embed(tmp_path / "c", "--split-seed", "1")[0] != a
+    renamed, _ = embed(tmp_path / "d", "--train-split", "fit", "--test-split", "holdout")
+    assert renamed == {k: {"train": "fit", "test": "holdout"}[v] for k, v in a.items()}
+    # the stages downstream find the assigned splits without further flags
+    assert run(capsys, "index", tmp_path / "a", "--out", tmp_path / "i")[0] == 0
+    assert run(capsys, "train", tmp_path / "a", "--index", tmp_path / "i", "--out", tmp_path / "h")[0] == 0
+    rc, out, _ = run(capsys, "evaluate", tmp_path / "a", "--index", tmp_path / "i", "--head", tmp_path / "h", "--json")
+    assert rc == 0 and strict_loads(out)["n"] == sum(v == "test" for v in a.values())
+    # data that has a split column keeps it
+    split_data = toy_table(tmp_path / "s.parquet", n=40)
+    assert run(capsys, "embed", split_data, "--out", tmp_path / "e", "--no-ray", "--test-fraction", "0.5")[0] == 0
+    e = EmbeddingStore(tmp_path / "e").load()
+    assert sum(s == "test" for s in e.splits) == 8  # every 5th row, as in the file
+
+
+def test_kmer_pos_never_fits_on_test_rows(tmp_path, capsys):
+    import json
+
+    # train rows are 50 bp, the (more numerous) test rows 80 bp: the fitted window must be 50
+    data = toy_table(tmp_path / "t.parquet", n=60, lengths=lambda i: 50 if i % 5 == 0 else 80)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data).to_pydict()
+    t["split"] = ["train" if i % 5 == 0 else "test" for i in range(60)]
+    pq.write_table(pa.table(t), data)
+    rc, _, err = run(capsys, "embed", data, "--out", tmp_path / "s", "--no-ray", "--encoder", "kmer-pos",
+                     "--pos-enable", "always")
+    assert rc == 0, err
+    fitted = json.loads((tmp_path / "s" / "encoder.json").read_text())["fitted"]["config"]["position"]
+    assert fitted["window"] == 50
+    # no train rows at all: an error naming the splits, not a silent fit on the test rows
+    t["split"] = ["dev" if i % 5 == 0 else "test" for i in range(60)]
+    pq.write_table(pa.table(t), data)
+    rc, _, err = run(capsys, "embed", data, "--out", tmp_path / "s2", "--no-ray", "--encoder", "kmer-pos")
+    assert rc == 2 and "no records of split 'train'" in err and "['dev', 'test']" in err
+    rc, _, err = run(capsys, "embed", data, "--out", tmp_path / "s3", "--no-ray", "--encoder", "kmer-pos",
+                     "--train-split", "dev", "--pos-enable", "always")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "s3" / "encoder.json").read_text())["fitted"]["config"]["position"]["window"] == 50
+
+
+def test_quickstart_fails_fast_on_missing_split_and_takes_split_names(tmp_path, capsys):
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = toy_table(tmp_path / "g.parquet", n=60)
+    t = pq.read_table(data).to_pydict()
+    t["split"] = ["test" if s == "test" else "dev" for s in t["split"]]
+    pq.write_table(pa.table(t), data)
+    t0 = time.perf_counter()
+    rc, _, err = run(capsys, "quickstart", "--data", data, "--workdir", tmp_path / "w", "--no-ray")
+    assert rc == 2 and "no rows in the train split 'train'" in err and "'dev': 48" in err
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "w").exists()  # before any embedding
+    rc, out, err = run(capsys, "quickstart", "--data", data, "--workdir", tmp_path / "w2", "--no-ray",
+                       "--train-split", "dev", "--json")
+    assert rc == 0, err
+    run_ = strict_loads(out)["runs"][0]
+    assert run_["evaluation"]["split"] == "test" and run_["evaluation"]["n"] == 12
+    assert run_["evaluation"]["train_split"] == "dev" and run_["index"]["ntotal"] == 48
+
+
+def test_evaluate_split_all_agrees_with_index_and_train(tmp_path, capsys):
+    data = toy_table(tmp_path / "t.parquet", n=40)
+    for args in (["embed", data, "--out", tmp_path / "s", "--no-ray"],
+                 ["index", tmp_path / "s", "--out", tmp_path / "i", "--split", "all"],
+                 ["train", tmp_path / "s", "--index", tmp_path / "i", "--out", tmp_path / "h", "--split", "all"]):
+        assert run(capsys, *args)[0] == 0
+    rc, out, err = run(capsys, "evaluate", tmp_path / "s", "--index", tmp_path / "i", "--head", tmp_path / "h",
+                       "--split", "all", "--train-split", "all", "--json")
+    assert rc == 0, err
+    rep = strict_loads(out)
+    assert rep["split"] == "all" and rep["n"] == 40
