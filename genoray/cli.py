@@ -70,9 +70,12 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="kmer",
+    p.add_argument("--encoder", default=None,
                    help="kmer (default: k-mer spectrum + GC + z-curve), kmer-pos (adds position-aware "
                         "features for fixed-window tasks), or hf:<hub id or local model dir>")
+    p.add_argument("--encoder-from", metavar="STORE|INDEX|BUNDLE",
+                   help="reuse the (fitted) encoder of an embedding store, index or bundle root, so the new store "
+                        "is comparable with it (same fingerprint; shift and evaluate require that)")
 
 
 def _add_groups(p: argparse.ArgumentParser, command: str) -> None:
@@ -96,9 +99,13 @@ def _add_split_args(p: argparse.ArgumentParser, train: bool = True) -> None:
 
 def _encoder(a: argparse.Namespace, name: str | None = None):
     """The encoder named by ``--encoder`` with the settings of its flag group."""
-    from genoray.encoders import encoder_from_name
+    from genoray.encoders import encoder_from_artifact, encoder_from_name
 
-    name = name or a.encoder
+    if getattr(a, "encoder_from", None):
+        if name or a.encoder:
+            raise ValueError("give --encoder or --encoder-from, not both")
+        return encoder_from_artifact(a.encoder_from)
+    name = name or a.encoder or "kmer"
     if name.startswith("hf:"):
         return encoder_from_name(name, hf=build(a, HF, model=name[3:]))
     return encoder_from_name(name, kmer=build(a, KMER), position=build(a, POS))
@@ -352,7 +359,8 @@ def cmd_shift(a: argparse.Namespace) -> int:
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
     if ref_store.fingerprint != new_store.fingerprint:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
-                         "embed both with the same encoder")
+                         f"embed both with the same encoder (e.g. genoray embed NEW_FILES --encoder-from {a.reference} "
+                         "--out NEW_STORE)")
     ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
     new = new_store.load(None if a.new_split == "all" else a.new_split)
     det = ShiftDetector(build(a, SHIFT)).fit(ref.vectors)

@@ -370,3 +370,32 @@ def test_evaluate_split_all_agrees_with_index_and_train(tmp_path, capsys):
     assert rc == 0, err
     rep = strict_loads(out)
     assert rep["split"] == "all" and rep["n"] == 40
+
+
+# ---- reuse a fitted encoder (issue 16 item 5) --------------------------------------------------
+
+def test_encoder_from_store_index_or_bundle_makes_stores_comparable(tmp_path, capsys):
+    import json
+
+    a = toy_table(tmp_path / "a.parquet", n=50, lengths=lambda i: 60)
+    b = toy_table(tmp_path / "b.parquet", n=50, lengths=lambda i: 70, seed=1)
+    common = ["--no-ray", "--encoder", "kmer-pos", "--pos-enable", "always"]
+    assert run(capsys, "embed", a, "--out", tmp_path / "sa", *common)[0] == 0
+    assert run(capsys, "embed", b, "--out", tmp_path / "sb", *common)[0] == 0
+    rc, _, err = run(capsys, "shift", tmp_path / "sa", tmp_path / "sb")
+    assert rc == 2 and "different encoders" in err and "--encoder-from" in err
+    fp = json.loads((tmp_path / "sa" / "store.json").read_text())["fingerprint"]
+    assert run(capsys, "index", tmp_path / "sa", "--out", tmp_path / "ia")[0] == 0
+    assert run(capsys, "train", tmp_path / "sa", "--index", tmp_path / "ia", "--out", tmp_path / "ha")[0] == 0
+    assert run(capsys, "publish", tmp_path / "bundles", "--index", tmp_path / "ia", "--head", tmp_path / "ha")[0] == 0
+    for source in ("sa", "ia", "bundles"):
+        out = tmp_path / f"sb_{source}"
+        rc, _, err = run(capsys, "embed", b, "--out", out, "--no-ray", "--encoder-from", tmp_path / source)
+        assert rc == 0, err
+        assert json.loads((out / "store.json").read_text())["fingerprint"] == fp, source
+    rc, out, err = run(capsys, "shift", tmp_path / "sa", tmp_path / "sb_sa")
+    assert rc in (0, 5), err
+    assert "n_new" in strict_loads(out)
+    rc, _, err = run(capsys, "embed", b, "--out", tmp_path / "x", "--no-ray", "--encoder-from", tmp_path / "sa",
+                     "--encoder", "kmer")
+    assert rc == 2 and "not both" in err

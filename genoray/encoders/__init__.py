@@ -56,6 +56,36 @@ def encoder_from_name(name: str, trust_remote_code: bool = False, *, kmer=None, 
     raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
 
 
+def encoder_from_artifact(path) -> Encoder:
+    """The (fitted) encoder that made an artifact: an embedding store, an index directory, a
+    bundle root (its ``CURRENT`` version) or one bundle version directory. Embedding new data
+    with it makes stores comparable (same fingerprint) even for encoders fitted on their data."""
+    from pathlib import Path
+
+    path = Path(path)
+    if (path / "store.json").is_file():
+        from genoray.store import EmbeddingStore
+
+        return encoder_from_spec(EmbeddingStore(path, verify=False).encoder_spec)
+    if (path / "encoder.json").is_file():  # a store whose first run was interrupted
+        from genoray.artifacts import read_json
+
+        return encoder_from_spec(read_json(path / "encoder.json")["fitted"])
+    if (path / "CURRENT").is_file() or (path / "bundle.json").is_file():
+        from genoray.bundle import current_version, verify_bundle
+
+        root, version = (path, current_version(path)) if (path / "CURRENT").is_file() else (path.parent.parent, path.name)
+        return encoder_from_spec(verify_bundle(root, version)["encoder"])
+    from genoray.index import MANIFEST
+
+    if (path / MANIFEST).is_file():
+        from genoray.artifacts import read_json
+
+        return encoder_from_spec(read_json(path / MANIFEST)["encoder"])
+    raise FileNotFoundError(f"{path}: not an embedding store, index or bundle (no store.json, {MANIFEST}, CURRENT "
+                            "or bundle.json)")
+
+
 def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
     """Rebuild an encoder from ``spec()`` output (as stored beside embeddings and indexes)."""
     kind = spec.get("type")
