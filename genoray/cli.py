@@ -272,23 +272,104 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from genoray.predictor import Predictor
     from genoray.sequences import ReadReport, iter_sequences
 
+    if a.format == "parquet" and not a.out:
+        raise ValueError("--format parquet needs --out FILE")
     predictor = Predictor.load(a.index, a.head)
     report = ReadReport()
-    out = open(a.out, "w") if a.out else sys.stdout
-    n = 0
+    rows: list[dict] = []
+    writer = _PredictionWriter(a.out, a.format, [str(c) for c in predictor.head.classes_], a.with_sequences)
     try:
         for batch in iter_sequences(a.inputs, report=report):
             ids, seqs = batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()
-            for p in predictor.predict(seqs, ids=ids, k=a.k):
-                out.write(json.dumps(p.to_dict()) + "\n")
-                n += 1
+            preds = [p.to_dict() for p in predictor.predict(seqs, ids=ids, k=a.k)]
+            if a.with_sequences:  # joined after the last batch: the source files are read once
+                rows += preds
+            else:
+                writer.write(preds)
+        if a.with_sequences:
+            missing = _join_neighbour_records(predictor.index.manifest, rows)
+            writer.write(rows)
     finally:
-        if a.out:
-            out.close()
+        writer.close()
     summary = report.to_dict()
-    summary["predicted"] = n
-    print(json.dumps(summary), file=sys.stderr)
-    return 0
+    summary["predicted"] = writer.n
+    if a.with_sequences:
+        summary["neighbours_without_sequence"] = missing
+    print(dumps(summary), file=sys.stderr)
+    if writer.n == 0:
+        _nothing_written(a, _why_empty(report.read, summary["rejected_by_reason"], [], 1))
+    return EXIT_OK
+
+
+class _PredictionWriter:
+    """Predictions as JSON lines, TSV (one row per query; neighbours as ``id:label:similarity``
+    joined by ``;``) or Parquet (probabilities one column per class, neighbours a list of structs)."""
+
+    def __init__(self, path: str | None, fmt: str, classes: list[str], with_sequences: bool = False):
+        self.path, self.fmt, self.classes, self.n, self.seqs = path, fmt, classes, 0, with_sequences
+        self.tables: list = []
+        self.f = None
+        if fmt != "parquet":
+            self.f = open(path, "w") if path else sys.stdout  # noqa: SIM115 (closed in close())
+            if fmt == "tsv":
+                extra = ["neighbour_sequences"] if with_sequences else []
+                self.f.write("\t".join(["seq_id", "label", "ood_score", *(f"p_{c}" for c in classes), "neighbours",
+                                        *extra]) + "\n")
+
+    def write(self, preds: list[dict]) -> None:
+        self.n += len(preds)
+        if self.fmt == "jsonl":
+            for p in preds:
+                self.f.write(dumps(p) + "\n")
+        elif self.fmt == "tsv":
+            for p in preds:
+                nb = ";".join(f"{x['seq_id']}:{x['label']}:{x['similarity']}" for x in p["neighbours"])
+                extra = [";".join(str(x.get("sequence")) for x in p["neighbours"])] if self.seqs else []
+                self.f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),
+                                        *(str(p["probabilities"][c]) for c in self.classes), nb, *extra]) + "\n")
+        elif preds:
+            import pyarrow as pa
+
+            cols = {"seq_id": [p["seq_id"] for p in preds], "label": [p["label"] for p in preds],
+                    "ood_score": [p["ood_score"] for p in preds]}
+            for c in self.classes:
+                cols[f"p_{c}"] = [p["probabilities"][c] for p in preds]
+            cols["neighbours"] = [p["neighbours"] for p in preds]
+            self.tables.append(pa.Table.from_pydict(cols))
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if self.tables:
+                pq.write_table(pa.concat_tables(self.tables, promote_options="default"), self.path)
+        elif self.path and self.f is not None:
+            self.f.close()
+
+
+def _join_neighbour_records(index_manifest: dict, rows: list[dict]) -> int:
+    """Add each neighbour's ``sequence`` and ``meta`` (read again from the source files of the
+    store the index was built from, default reading settings); returns how many were not found."""
+    from genoray.sequences import iter_sequences
+    from genoray.store import EmbeddingStore
+
+    store = EmbeddingStore(index_manifest["source_store"], verify=False)
+    wanted = {nb["seq_id"] for r in rows for nb in r["neighbours"]}
+    found: dict[str, tuple[str, dict | None]] = {}
+    sources = sorted({p["source"] for p in store.manifest["parts"]})
+    for batch in iter_sequences(sources):
+        for sid, seq, meta in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist(),
+                                  batch["meta"].to_pylist()):
+            if sid in wanted:
+                found[sid] = (seq, json.loads(meta) if meta else None)
+    missing = 0
+    for r in rows:
+        for nb in r["neighbours"]:
+            seq, meta = found.get(nb["seq_id"], (None, None))
+            nb["sequence"], nb["meta"] = seq, meta
+            missing += seq is None
+    return missing
 
 
 def cmd_publish(a: argparse.Namespace) -> int:
@@ -302,6 +383,24 @@ def cmd_publish(a: argparse.Namespace) -> int:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
     return 0
+
+
+def cmd_bundles(a: argparse.Namespace) -> int:
+    from genoray.bundle import list_versions
+
+    rows = list_versions(a.root, verify=a.verify)
+    lines = [f"{'':2}{'version':<28} {'created':<21} {'fingerprint':<17} {'vectors':>8} {'recall@10':>9}  classes"]
+    for r in rows:
+        rec = r.get("recall_at_10")
+        lines.append(f"{'*' if r['current'] else ' ':2}{r['version']:<28} {r.get('created_at') or '?':<21} "
+                     f"{r.get('fingerprint') or '?':<17} {r.get('ntotal') or '?':>8} "
+                     f"{'?' if rec is None else f'{rec:.3f}':>9}  {','.join(r.get('classes') or [])}"
+                     + (f"  leased by {','.join(r['leases'])}" if r["leases"] else "")
+                     + (f"  {r['verified']}" if "verified" in r else "") + (f"  ERROR {r['error']}" if "error" in r else ""))
+    lines.append("* = CURRENT" if any(r["current"] for r in rows) else "no version is CURRENT (nothing published)")
+    _print(rows, a.json, "\n".join(lines))
+    bad = [r for r in rows if "error" in r or r.get("verified", "ok") != "ok"]
+    return EXIT_USAGE if bad else EXIT_OK
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
@@ -319,13 +418,23 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import signal
     import time
 
+    from genoray.service import keys_from_env
+
+    cfg = build(a, SERVE, root=a.root)
+    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):  # before Ray starts: seconds, not minutes
+        raise ValueError("no API keys configured: set GENORAY_API_KEYS=key1,key2 (comma-separated), "
+                         "or pass --no-auth to accept requests without a key (local use only)")
+    from genoray.bundle import current_version
+
+    if current_version(a.root) is None:
+        raise FileNotFoundError(f"{a.root}: no CURRENT bundle has been published (genoray publish {a.root} "
+                                "--index INDEX --head HEAD)")
     import ray
     from ray import serve
 
     from genoray.embed import init_ray
     from genoray.serve import build_app, haproxy_env, start_http
 
-    cfg = build(a, SERVE, root=a.root)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     if cfg.ingress == "haproxy":
@@ -356,6 +465,11 @@ def cmd_shift(a: argparse.Namespace) -> int:
     from genoray.shift import ShiftDetector, plot_shift
     from genoray.store import EmbeddingStore
 
+    if a.plot:  # check before the (long) test, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)") from None
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
     if ref_store.fingerprint != new_store.fingerprint:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
@@ -441,12 +555,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report directory (study mode)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines)")
+    p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines, TSV or Parquet)")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--index", required=True)
     p.add_argument("--head", required=True)
-    p.add_argument("--out", help="write JSON lines here instead of stdout")
+    p.add_argument("--out", help="write predictions here instead of stdout (required for parquet)")
+    p.add_argument("--format", choices=("jsonl", "tsv", "parquet"), default="jsonl",
+                   help="jsonl (default): one JSON object per query; tsv: one row per query, probabilities as "
+                        "p_<class> columns, neighbours as id:label:similarity;...; parquet: the same columns, "
+                        "neighbours as a list of structs")
+    p.add_argument("--with-sequences", action="store_true",
+                   help="give each neighbour its sequence and metadata, read again from the source files of the "
+                        "store the index was built from (predictions are held in memory until then)")
     p.add_argument("--k", type=int, help="neighbours to return per prediction")
+    p.add_argument("--allow-empty", action="store_true",
+                   help=f"exit 0 when nothing is predicted (default: exit {EXIT_EMPTY})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("publish", help="write a verified bundle and make it CURRENT, or roll back to a version")
@@ -455,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", help="head directory for a new version")
     p.add_argument("--version", help="publish this existing version instead (rollback)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("bundles", help="list the versions of a bundle root and which one is CURRENT")
+    p.add_argument("root", help="bundle root directory")
+    p.add_argument("--verify", action="store_true", help="check every file of every version against its sha256")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_bundles)
 
     p = sub.add_parser(
         "reindex", help="nightly: embed new files, rebuild, gate and publish",

@@ -399,3 +399,95 @@ def test_encoder_from_store_index_or_bundle_makes_stores_comparable(tmp_path, ca
     rc, _, err = run(capsys, "embed", b, "--out", tmp_path / "x", "--no-ray", "--encoder-from", tmp_path / "sa",
                      "--encoder", "kmer")
     assert rc == 2 and "not both" in err
+
+
+# ---- small things (issue 16 item 8) ------------------------------------------------------------
+
+@pytest.fixture
+def built(tmp_path, capsys):
+    """A toy store, index and head built through the CLI."""
+    data = toy_table(tmp_path / "t.parquet", n=60)
+    for args in (["embed", data, "--out", tmp_path / "s", "--no-ray"], ["index", tmp_path / "s", "--out", tmp_path / "i"],
+                 ["train", tmp_path / "s", "--index", tmp_path / "i", "--out", tmp_path / "h"]):
+        assert run(capsys, *args)[0] == 0
+    return tmp_path, data
+
+
+def test_predict_formats_and_neighbour_sequences(built, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    tmp, data = built
+    q = tmp / "q.fa"
+    q.write_text(">q1\n" + "GGCCGGCCAT" * 6 + "\n>q2\n" + "AATTAATTGC" * 6 + "\n>bad\nACGTQ\n")
+    base = ["predict", q, "--index", tmp / "i", "--head", tmp / "h", "--k", "3"]
+    rc, out, err = run(capsys, *base)
+    lines = [strict_loads(x) for x in out.strip().splitlines()]
+    assert rc == 0 and [x["seq_id"] for x in lines] == ["q1", "q2"] and [x["label"] for x in lines] == ["gc", "at"]
+    rc, out, _ = run(capsys, *base, "--format", "tsv")
+    header, *rows = [r.split("\t") for r in out.strip().splitlines()]
+    assert header == ["seq_id", "label", "ood_score", "p_at", "p_gc", "neighbours"] and len(rows) == 2
+    assert rows[0][0] == "q1" and rows[0][1] == "gc" and len(rows[0][5].split(";")) == 3
+    assert abs(float(rows[0][3]) + float(rows[0][4]) - 1) < 1e-5
+    rc, _, err = run(capsys, *base, "--format", "parquet")
+    assert rc == 2 and "needs --out" in err
+    rc, _, _ = run(capsys, *base, "--format", "parquet", "--out", tmp / "p.parquet", "--with-sequences")
+    t = pq.read_table(tmp / "p.parquet").to_pylist()
+    assert rc == 0 and [r["seq_id"] for r in t] == ["q1", "q2"]
+    src = dict(zip(*(pq.read_table(data).column(c).to_pylist() for c in ("id", "sequence"))))
+    for r in t:
+        assert len(r["neighbours"]) == 3
+        for nb in r["neighbours"]:
+            assert nb["sequence"] == src[nb["seq_id"]]  # the neighbour's own sequence, from the source file
+    empty = tmp / "e.fa"
+    empty.write_text(">x\nQQQQ\n")
+    rc, out, err = run(capsys, "predict", empty, "--index", tmp / "i", "--head", tmp / "h")
+    assert rc == 6 and "nothing written" in err and json.loads(err.strip().splitlines()[0])["predicted"] == 0
+
+
+def test_bundles_lists_versions_and_current(built, capsys):
+    tmp, _ = built
+    root = tmp / "b"
+    assert run(capsys, "publish", root, "--index", tmp / "i", "--head", tmp / "h")[0] == 0
+    assert run(capsys, "publish", root, "--index", tmp / "i", "--head", tmp / "h")[0] == 0
+    versions = sorted(p.name for p in (root / "versions").iterdir())
+    assert run(capsys, "publish", root, "--version", versions[0])[0] == 0  # roll back
+    rc, out, _ = run(capsys, "bundles", root, "--json", "--verify")
+    rows = strict_loads(out)
+    assert rc == 0 and [r["version"] for r in rows] == versions
+    assert [r["current"] for r in rows] == [True, False] and all(r["verified"] == "ok" for r in rows)
+    rc, out, _ = run(capsys, "bundles", root)
+    assert rc == 0 and out.splitlines()[1].startswith(f"* {versions[0]}") and "* = CURRENT" in out
+    rc, _, err = run(capsys, "bundles", tmp / "nope")
+    assert rc == 2 and "not a bundle root" in err
+
+
+def test_serve_without_keys_names_no_auth_and_never_starts_ray(built, capsys, monkeypatch):
+    import genoray.embed
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(genoray.embed, "init_ray", no_ray)
+    monkeypatch.delenv("GENORAY_API_KEYS", raising=False)
+    tmp, _ = built
+    rc, _, err = run(capsys, "serve", tmp / "b")
+    assert rc == 2 and "--no-auth" in err and "GENORAY_API_KEYS" in err
+    rc, _, err = run(capsys, "serve", tmp / "b", "--no-auth")
+    assert rc == 2 and "no CURRENT bundle" in err
+
+
+def test_shift_plot_checks_matplotlib_before_the_test(built, capsys, monkeypatch):
+    import sys
+
+    import genoray.shift
+
+    def never(*a, **k):
+        raise AssertionError("the shift test ran")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(genoray.shift, "ShiftDetector", never)
+    tmp, _ = built
+    rc, _, err = run(capsys, "shift", tmp / "s", tmp / "s", "--plot", tmp / "x.png")
+    assert rc == 2 and "--plot needs matplotlib" in err and not (tmp / "x.png").exists()
