@@ -36,6 +36,8 @@ from genoray.config import (
 )
 from genoray.flags import Group, add_group, build
 
+log = logging.getLogger(__name__)
+
 # Every config flag is generated from these dataclasses (genoray.flags): a default lives only in config.py.
 READ = Group("read", ReadConfig, names={"batch_size": "read-batch-size"}, skip=("split_names", "split_cutoffs"),
              title="reading and cleaning (ReadConfig, CleanPolicy)")
@@ -86,6 +88,11 @@ def _add_groups(p: argparse.ArgumentParser, command: str) -> None:
 def _read_cfg(a: argparse.Namespace, train: str | None, test: str | None) -> ReadConfig:
     """The ReadConfig of the flags; ``--test-fraction`` names its splits after the train/test splits."""
     return build(a, READ, split_names=(_split(train) or "train", _split(test) or "test"))
+
+
+def _add_keep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temp dir of the local Ray this command starts (gr-ray-*; removed at exit otherwise)")
 
 
 def _add_split_args(p: argparse.ArgumentParser, train: bool = True) -> None:
@@ -179,11 +186,27 @@ def _print(obj, as_json: bool, text: str | None = None) -> None:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
-    from genoray.quickstart import ENCODERS, format_result, run_quickstart
+    import shutil
+    import tempfile
+
+    from genoray.quickstart import ENCODERS
 
     encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
     index_cfg = build(a, INDEX)
-    result = run_quickstart(a.data, a.workdir, encoders, head_cfg=build(a, HEAD),
+    workdir = a.workdir or tempfile.mkdtemp(prefix="genoray-quickstart-")
+    try:
+        return _quickstart(a, encoders, index_cfg, workdir)
+    finally:
+        if not a.workdir and not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"genoray quickstart: removed the work dir {workdir} (keep it with --keep or --workdir DIR)",
+                  file=sys.stderr)
+
+
+def _quickstart(a: argparse.Namespace, encoders, index_cfg: IndexConfig, workdir: str) -> int:
+    from genoray.quickstart import format_result, run_quickstart
+
+    result = run_quickstart(a.data, workdir, encoders, head_cfg=build(a, HEAD),
                             read_cfg=_read_cfg(a, index_cfg.split, a.test_split), test_split=_split(a.test_split),
                             use_ray=not a.no_ray, index_cfg=index_cfg, embed_cfg=build(a, EMBED),
                             make_encoder=lambda name: _encoder(a, name))
@@ -310,7 +333,7 @@ class _PredictionWriter:
         self.tables: list = []
         self.f = None
         if fmt != "parquet":
-            self.f = open(path, "w") if path else sys.stdout  # noqa: SIM115 (closed in close())
+            self.f = open(path, "w") if path else sys.stdout
             if fmt == "tsv":
                 extra = ["neighbour_sequences"] if with_sequences else []
                 self.f.write("\t".join(["seq_id", "label", "ood_score", *(f"p_{c}" for c in classes), "neighbours",
@@ -467,7 +490,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
 
     if a.plot:  # check before the (long) test, not after it
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib
         except ImportError:
             raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)") from None
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
@@ -500,10 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="embed, index, train and evaluate one labeled file end to end")
     p.add_argument("--data", help="labeled Parquet/CSV/FASTA with train/test splits (default: bundled E. coli promoters)")
-    p.add_argument("--workdir", help="where stores, indexes and heads are written (default: a new temp dir)")
+    p.add_argument("--workdir", help="where stores, indexes and heads are written (default: a temp dir, removed at "
+                                     "exit unless --keep)")
     p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temp work dir and Ray's temp dir at exit")
     _add_split_args(p, train=False)
     _add_groups(p, "quickstart")
     p.set_defaults(func=cmd_quickstart)
@@ -519,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty", action="store_true",
                    help=f"exit 0 when nothing is written (default: exit {EXIT_EMPTY})")
     _add_split_args(p)
+    _add_keep(p)
     _add_groups(p, "embed")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
     p.set_defaults(func=cmd_embed)
@@ -595,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundles", required=True, help="bundle root the service watches")
     _add_encoder_args(p)
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
+    _add_keep(p)
     _add_groups(p, "reindex")
     p.set_defaults(func=cmd_reindex)
 
@@ -603,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "publish / reindex) swaps every replica without downtime. API keys come from "
                                    "GENORAY_API_KEYS (comma-separated).")
     p.add_argument("root", help="bundle root directory")
+    _add_keep(p)
     _add_groups(p, "serve")
     p.set_defaults(func=cmd_serve)
 
@@ -627,10 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
-        os.environ.setdefault("GENORAY_QUIET_RAY", "1")
+        _quiet_ray()
     from genoray.errors import InvariantError
     from genoray.sequences import SequenceFormatError
 
+    ray_before = _ray_running()
     try:
         return args.func(args)
     except NothingWritten as e:
@@ -642,12 +671,53 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (InvariantError, AssertionError) as e:
         return _bug(args, e)
-    except (SequenceFormatError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ValueError, RuntimeError, ImportError) as e:
+    except (SequenceFormatError, OSError, ValueError, RuntimeError, ImportError) as e:  # input, settings, system
         print(f"genoray {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 (anything else is not the user's fault: report it as a bug)
+    except Exception as e:
         return _bug(args, e)
+    finally:
+        if not ray_before:
+            _stop_ray(keep=getattr(args, "keep", False))
+
+
+# Ray's messages a CLI user cannot act on (shown with -v): the driver's C++ log lines (e.g.
+# core_worker.cc "... max_restarts > 0 ..." on every embed), Ray Data's progress-bar hint, and
+# Serve's "Connecting to existing Serve app" at start.
+QUIET_LOGGERS = ("ray.data._internal.progress", "ray.serve")
+
+
+def _quiet_ray() -> None:
+    os.environ.setdefault("GENORAY_QUIET_RAY", "1")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # read by Ray's C++ core when it starts
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _stop_ray(keep: bool) -> None:
+    """Shut down the Ray this command started and remove its temp dir (``gr-ray-*``) unless ``keep``."""
+    import shutil
+
+    if not _ray_running():
+        return
+    import ray
+
+    temp = None
+    try:
+        temp = ray._private.worker._global_node.get_temp_dir_path()  # private, hence the guard
+    except Exception:
+        log.debug("no Ray temp dir found", exc_info=True)
+    ray.shutdown()
+    if temp and Path(temp).name.startswith("gr-ray-"):
+        if keep:
+            print(f"genoray: kept Ray's temp dir {temp}", file=sys.stderr)
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _bug(args: argparse.Namespace, e: BaseException) -> int:

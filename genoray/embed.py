@@ -49,6 +49,7 @@ from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.errors import InvariantError
+from genoray.progress import Progress
 from genoray.sequences import FASTA_SPLITTABLE, ReadReport, SequenceFormatError, detect_format, iter_file
 from genoray.store import FORMAT_VERSION, MANIFEST
 
@@ -436,7 +437,9 @@ def embed_sequences(
         else:
             tune_allocator()
             summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+        progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
         for s in summaries:
+            progress.update(s.get("rows", 0))
             if s["status"] == "done":
                 done[s["key"]] = s
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -491,3 +492,61 @@ def test_shift_plot_checks_matplotlib_before_the_test(built, capsys, monkeypatch
     tmp, _ = built
     rc, _, err = run(capsys, "shift", tmp / "s", tmp / "s", "--plot", tmp / "x.png")
     assert rc == 2 and "--plot needs matplotlib" in err and not (tmp / "x.png").exists()
+
+
+# ---- leftovers and noise (issue 16 items 9, 10) ------------------------------------------------
+
+def test_quickstart_removes_its_temp_workdir_unless_keep(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    data = toy_table(tmp_path / "t.parquet", n=40)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    rc, out, err = run(capsys, "quickstart", "--data", data, "--no-ray")
+    assert rc == 0 and "removed the work dir" in err and list(tmp.iterdir()) == []
+    rc, out, err = run(capsys, "quickstart", "--data", data, "--no-ray", "--keep", "--json")
+    kept = [p.name for p in tmp.iterdir()]
+    assert rc == 0 and len(kept) == 1 and kept[0].startswith("genoray-quickstart-")
+    assert strict_loads(out)["workdir"] == str(tmp / kept[0])
+
+
+@pytest.mark.ray
+def test_embed_on_ray_is_quiet_logs_progress_and_leaves_no_temp_dir(tmp_path):
+    """A real CLI process with a fresh TMPDIR: Ray's noise hidden, progress lines on a non-TTY
+    stderr, no gr-ray-* left behind; -v and --keep bring them back."""
+    import os
+    import subprocess
+    import sys
+
+    import shutil
+    import tempfile
+
+    data = toy_table(tmp_path / "t.parquet", n=40)
+    tmp = Path(tempfile.mkdtemp(prefix="g", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
+    env = {**os.environ, "TMPDIR": str(tmp), "GENORAY_PROGRESS_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-m", "genoray.cli", "embed", str(data), "--out", str(tmp_path / "s"),
+                        "--rows-per-unit", "10"], capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert "core_worker" not in p.stderr and "Progress bars disabled" not in p.stderr
+    assert "embed " in p.stderr and "units, " in p.stderr and "records/s" in p.stderr and "ETA" in p.stderr
+    assert not [x for x in tmp.iterdir() if x.name.startswith("gr-ray-")]
+    p = subprocess.run([sys.executable, "-m", "genoray.cli", "embed", str(data), "--out", str(tmp_path / "s2"),
+                        "--keep"], capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0 and [x for x in tmp.iterdir() if x.name.startswith("gr-ray-")], p.stderr
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_progress_lines():
+    import io
+
+    from genoray.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress("embed x", total_units=4, every_s=0, stream=buf)
+    p.update(100)
+    p.update(300, units=3)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("embed x: 1/4 units, 100 records,") and "ETA" in lines[0]
+    assert lines[1].startswith("embed x: 4/4 units, 400 records,") and lines[1].endswith("ETA 0m00s")
