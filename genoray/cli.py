@@ -223,6 +223,10 @@ def cmd_embed(a: argparse.Namespace) -> int:
     manifest = json.loads(Path(a.out, "store.json").read_text())
     rejects = [str(Path(a.out, p["rejects"])) for p in manifest["parts"] if p.get("rejects")]
     out["rejects_tables"] = rejects  # Parquet: source file, record number, seq_id, reason
+    # complete: every file read, rows written; partial: some files failed, rows written (exit 3);
+    # failed: files failed and nothing was written; empty: nothing to write (both exit 6)
+    out["outcome"] = ("failed" if report.failed else "empty") if report.written == 0 else \
+        ("partial" if report.failed else "complete")
     _print(out, True)
     if report.failed:
         print(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")",

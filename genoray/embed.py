@@ -335,8 +335,9 @@ class DuplicateIdError(ValueError):
 
 
 def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
-    """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed; no
-    record of ``fit_split`` is an error (the encoder must never see test rows)."""
+    """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed. Data
+    without any split labels is sampled whole; data whose splits do not include ``fit_split``
+    is an error (the encoder must never see test rows)."""
     in_split, any_split = [], []
     found: set = set()
     for f in files:
@@ -353,9 +354,9 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
                     return in_split
         except SequenceFormatError:
             continue  # reported when its unit runs
-    if fit_split is not None and not in_split:  # never fit on other (e.g. test) rows
+    if fit_split is not None and not in_split and found - {None}:  # never fit on other (e.g. test) rows
         raise ValueError(f"no records of split {fit_split!r} to fit the encoder on (splits found: "
-                         f"{sorted({str(s) for s in found})}); name the training split (--train-split) or hold "
+                         f"{sorted(str(s) for s in found - {None})}); name the training split (--train-split) or hold "
                          "out a test split from unsplit data (--test-fraction)")
     return in_split or any_split
 

@@ -152,7 +152,7 @@ def _show(v: Any) -> str:
     if v is None:
         return "none"
     if isinstance(v, tuple):
-        return ",".join(map(str, v))
+        return ",".join(map(str, v)) or "(empty)"
     return str(v)
 
 

@@ -205,6 +205,7 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
         last = err.strip().splitlines()[-1]
         assert last.startswith("genoray embed: nothing written: ") and why in last
         assert strict_loads(out)["written"] == 0
+        assert strict_loads(out)["outcome"] == ("failed" if f == noseq else "empty")
     rc, out, err = run(capsys, "embed", prot, "--out", tmp_path / "s_ok", "--no-ray", "--allow-empty")
     assert rc == 0 and "warning: nothing written" in err
     assert strict_loads(out)["rejects_tables"]  # the summary names the rejects table
@@ -212,6 +213,7 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
     good = toy_table(tmp_path / "good.parquet")
     rc, out, _ = run(capsys, "embed", good, noseq, "--out", tmp_path / "s_part", "--no-ray")
     assert rc == cli.EXIT_PARTIAL == 3 and strict_loads(out)["written"] == 80
+    assert strict_loads(out)["outcome"] == "partial"
 
 
 def test_broken_invariant_and_unexpected_errors_are_bugs_not_user_errors(tmp_path, capsys, monkeypatch):
