@@ -35,6 +35,7 @@ from genoray.config import (
     ShiftConfig,
 )
 from genoray.flags import Group, add_group, build
+from genoray.metrics import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -141,28 +142,6 @@ EXIT_CODES = {
 
 class NothingWritten(Exception):
     """A job finished without writing anything (exit 6 unless ``--allow-empty``)."""
-
-
-def strict_json(obj):
-    """``obj`` with every NaN/inf float replaced by None (strict JSON has no NaN), and the
-    dotted paths of the replaced values."""
-    import math
-
-    replaced: list[str] = []
-
-    def walk(o, path):
-        if isinstance(o, float) and not math.isfinite(o):
-            replaced.append(path)
-            return None
-        if isinstance(o, dict):
-            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [walk(v, f"{path}[{i}]") for i, v in enumerate(o)]
-        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy scalars
-            return walk(o.item(), path)
-        return o
-
-    return walk(obj, ""), replaced
 
 
 NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
@@ -337,7 +316,7 @@ class _PredictionWriter:
         self.tables: list = []
         self.f = None
         if fmt != "parquet":
-            self.f = open(path, "w") if path else sys.stdout
+            self.f = open(path, "w") if path else sys.stdout  # noqa: SIM115 (closed in close())
             if fmt == "tsv":
                 extra = ["neighbour_sequences"] if with_sequences else []
                 self.f.write("\t".join(["seq_id", "label", "ood_score", *(f"p_{c}" for c in classes), "neighbours",
@@ -456,7 +435,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if current_version(a.root) is None:
         raise FileNotFoundError(f"{a.root}: no CURRENT bundle has been published (genoray publish {a.root} "
                                 "--index INDEX --head HEAD)")
-    import ray
     from ray import serve
 
     from genoray.embed import init_ray
@@ -483,8 +461,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
-        ray.shutdown()
+        serve.shutdown()  # Ray itself is stopped (and its temp dir removed) by main()
     return 0
 
 
@@ -493,10 +470,10 @@ def cmd_shift(a: argparse.Namespace) -> int:
     from genoray.store import EmbeddingStore
 
     if a.plot:  # check before the (long) test, not after it
-        try:
-            import matplotlib
-        except ImportError:
-            raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)")
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
     if ref_store.fingerprint != new_store.fingerprint:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
@@ -678,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SequenceFormatError, OSError, ValueError, RuntimeError, ImportError) as e:  # input, settings, system
         print(f"genoray {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (anything else is not the user's fault: report it as a bug)
         return _bug(args, e)
     finally:
         if not ray_before:

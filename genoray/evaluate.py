@@ -37,7 +37,7 @@ import numpy as np
 from genoray.artifacts import sha256_file, write_json
 from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
 from genoray.heads import align_proba
-from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba
+from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba, strict_json
 
 
 def _load(path: str):
@@ -132,13 +132,13 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", strict_json(report)[0])  # undefined metrics (NaN) -> null
     (out / "report.md").write_text(to_markdown(report))
     return report
 
 
 def _f(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
+    return "n/a" if v is None or np.isnan(v) else f"{v:.3f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -208,7 +208,10 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
         assert strict_loads(out)["outcome"] == ("failed" if f == noseq else "empty")
     rc, out, err = run(capsys, "embed", prot, "--out", tmp_path / "s_ok", "--no-ray", "--allow-empty")
     assert rc == 0 and "warning: nothing written" in err
-    assert strict_loads(out)["rejects_tables"]  # the summary names the rejects table
+    tables = strict_loads(out)["rejects_tables"]  # the summary names the rejects table
+    import pyarrow.parquet as pq2
+
+    assert len(tables) == 1 and pq2.read_table(tables[0]).num_rows == 2
     # partial: one good file and one bad file -> 3; both bad -> 6
     good = toy_table(tmp_path / "good.parquet")
     rc, out, _ = run(capsys, "embed", good, noseq, "--out", tmp_path / "s_part", "--no-ray")
@@ -518,10 +521,9 @@ def test_embed_on_ray_is_quiet_logs_progress_and_leaves_no_temp_dir(tmp_path):
     """A real CLI process with a fresh TMPDIR: Ray's noise hidden, progress lines on a non-TTY
     stderr, no gr-ray-* left behind; -v and --keep bring them back."""
     import os
+    import shutil
     import subprocess
     import sys
-
-    import shutil
     import tempfile
 
     data = toy_table(tmp_path / "t.parquet", n=40)
@@ -529,13 +531,13 @@ def test_embed_on_ray_is_quiet_logs_progress_and_leaves_no_temp_dir(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp), "GENORAY_PROGRESS_S": "0"}
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-m", "genoray.cli", "embed", str(data), "--out", str(tmp_path / "s"),
-                        "--rows-per-unit", "10"], capture_output=True, text=True, env=env, timeout=240)
+                        "--rows-per-unit", "10"], capture_output=True, text=True, env=env, timeout=240, check=False)
     assert p.returncode == 0, p.stderr
     assert "core_worker" not in p.stderr and "Progress bars disabled" not in p.stderr
     assert "embed " in p.stderr and "units, " in p.stderr and "records/s" in p.stderr and "ETA" in p.stderr
     assert not [x for x in tmp.iterdir() if x.name.startswith("gr-ray-")]
     p = subprocess.run([sys.executable, "-m", "genoray.cli", "embed", str(data), "--out", str(tmp_path / "s2"),
-                        "--keep"], capture_output=True, text=True, env=env, timeout=240)
+                        "--keep"], capture_output=True, text=True, env=env, timeout=240, check=False)
     assert p.returncode == 0 and [x for x in tmp.iterdir() if x.name.startswith("gr-ray-")], p.stderr
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -552,3 +554,42 @@ def test_progress_lines():
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("embed x: 1/4 units, 100 records,") and "ETA" in lines[0]
     assert lines[1].startswith("embed x: 4/4 units, 400 records,") and lines[1].endswith("ETA 0m00s")
+
+
+# ---- readable results (issue 16 item 7) --------------------------------------------------------
+
+def test_evaluate_reports_split_n_classes_per_class_confusion_and_cis(built, capsys):
+    import numpy as np
+
+    from genoray.predictor import Predictor
+    from genoray.store import EmbeddingStore
+
+    tmp, _ = built
+    rc, out, _ = run(capsys, "evaluate", tmp / "s", "--index", tmp / "i", "--head", tmp / "h", "--json",
+                     "--bootstrap", "50")
+    rep = strict_loads(out)
+    assert rc == 0 and rep["split"] == "test" and rep["n"] == 12 and rep["classes"] == ["at", "gc"]
+    assert rep["positive_class"] == "gc" and rep["class_counts"] == {"at": 6, "gc": 6}
+    assert 0 <= rep["head"]["knn_weight"] <= 1 and rep["head"]["calibration_T"] > 0
+    for key in ("f1", "auroc", "knn_weight", "calibration_T", "confusion_matrix", "ci95"):
+        assert rep["definitions"][key]
+    # the fused head's confusion matrix against a hand count of the predictor's labels
+    test = EmbeddingStore(tmp / "s").load("test")
+    pred = Predictor.load(tmp / "i", tmp / "h")
+    proba, _, _ = pred.predict_vectors(test.vectors, list(test.ids))
+    predicted = np.asarray(pred.head.classes_, dtype=object)[proba.argmax(axis=1)]
+    cm = [[int(np.sum((test.labels == t) & (predicted == p))) for p in ("at", "gc")] for t in ("at", "gc")]
+    fused = rep["methods"]["fused"]
+    assert fused["confusion_matrix"] == cm and fused["n"] == 12
+    for i, c in enumerate(("at", "gc")):
+        tp, col = cm[i][i], cm[0][i] + cm[1][i]
+        assert fused["per_class"][c]["recall"] == pytest.approx(tp / sum(cm[i]))
+        assert fused["per_class"][c]["precision"] == pytest.approx(tp / col if col else 0.0)
+        assert fused["per_class"][c]["support"] == sum(cm[i])
+    assert fused["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 12)
+    for m in rep["methods"].values():
+        lo, hi = m["ci95"]["accuracy"]
+        assert lo <= m["accuracy"] <= hi
+    rc, text, _ = run(capsys, "evaluate", tmp / "s", "--index", tmp / "i", "--head", tmp / "h", "--bootstrap", "20")
+    assert "test split: test (n = 12; at: 6, gc: 6); positive class for AUROC: gc" in text
+    assert "kNN weight" in text and "calibration T" in text and "confusion matrix" in text and "definitions:" in text
