@@ -4,12 +4,16 @@ quickstart -> genoray.quickstart.run_quickstart
 embed      -> genoray.embed.embed_sequences
 index      -> genoray.index.build_index
 train      -> genoray.train.train_head
-evaluate   -> genoray.train.evaluate_store
+evaluate   -> genoray.quickstart.evaluation_report (genoray.train.evaluate_store; a study: genoray.evaluate.evaluate)
 predict    -> genoray.predictor.Predictor
 publish    -> genoray.bundle.write_bundle + publish
+bundles    -> genoray.bundle.list_versions
 reindex    -> genoray.reindex.reindex
 serve      -> genoray.serve.build_app
 shift      -> genoray.shift.ShiftDetector
+
+Config flags are generated from the dataclasses in genoray.config (genoray.flags); exit codes
+are ``EXIT_CODES`` (also in ``genoray --help`` and the README).
 """
 
 from __future__ import annotations
