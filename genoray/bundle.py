@@ -301,3 +301,34 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def list_versions(root: str | Path, verify: bool = False) -> list[dict[str, Any]]:
+    """Every version under ``root`` (oldest first): name, created_at, parent, encoder fingerprint,
+    classes, index size and recall, whether it is ``CURRENT`` and its live leases. With
+    ``verify`` each version's files are checked against their sha256 (``ok`` / the error)."""
+    root = Path(root)
+    vroot = root / "versions"
+    if not vroot.is_dir():
+        raise FileNotFoundError(f"{root}: not a bundle root (no versions/)")
+    current, now, out = current_version(root), time.time(), []
+    for vdir in sorted(p for p in vroot.iterdir() if p.is_dir()):
+        row: dict[str, Any] = {"version": vdir.name, "current": vdir.name == current}
+        try:
+            doc = verify_bundle(root, vdir.name) if verify else read_json(vdir / "bundle.json")
+            row.update(created_at=doc.get("created_at"), parent=doc.get("parent"), fingerprint=doc.get("fingerprint"),
+                       classes=doc.get("classes"), ntotal=doc.get("index", {}).get("ntotal"),
+                       recall_at_10=_recall_value(doc.get("index", {}).get("recall_at_10")))
+            if verify:
+                row["verified"] = "ok"
+        except (OSError, ValueError, KeyError) as e:
+            row["verified" if verify else "error"] = f"{type(e).__name__}: {e}"
+        ldir = root / "leases" / vdir.name
+        row["leases"] = sorted(p.name for p in ldir.iterdir() if now - p.stat().st_mtime < LEASE_TTL_S) \
+            if ldir.is_dir() else []
+        out.append(row)
+    return out
+
+
+def _recall_value(recall: Any) -> float | None:
+    return recall.get("value") if isinstance(recall, dict) else recall

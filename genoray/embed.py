@@ -46,6 +46,7 @@ from genoray.artifacts import read_json, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.errors import InvariantError
+from genoray.progress import Progress
 from genoray.runtime import init_ray, tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units
 from genoray.store import (
@@ -180,13 +181,17 @@ class DuplicateIdError(ValueError):
 
 
 def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
-    """Up to FIT_SAMPLE sequences of ``fit_split`` (all splits if none match), streamed."""
+    """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed. Data
+    without any split labels is sampled whole; data whose splits do not include ``fit_split``
+    is an error (the encoder must never see test rows)."""
     in_split: list[str] = []
     any_split: list[str] = []
+    found: set = set()
     for f in files:
         try:
             for batch in iter_file(f, read_cfg, ReadReport(), set()):
                 splits = batch.column(schema.SPLIT).to_pylist()
+                found.update(splits)
                 for s, sp in zip(batch.column(schema.SEQUENCE).to_pylist(), splits):
                     if fit_split is not None and sp == fit_split and len(in_split) < FIT_SAMPLE:
                         in_split.append(s)
@@ -197,6 +202,10 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
         except SequenceFormatError as e:
             log.debug("fit sample skips %s: %s", f, e)  # reported when its unit runs
             continue
+    if fit_split is not None and not in_split and found - {None}:  # never fit on other (e.g. test) rows
+        raise ValueError(f"no records of split {fit_split!r} to fit the encoder on (splits found: "
+                         f"{sorted(str(s) for s in found - {None})}); name the training split (--train-split) or hold "
+                         "out a test split from unsplit data (--test-fraction)")
     return in_split or any_split
 
 
@@ -253,6 +262,10 @@ def embed_sequences(
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(inputs)
+    if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
+        from genoray.splits import with_cutoffs
+
+        read_cfg = with_cutoffs(read_cfg, files)
     encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
     spec, fp = encoder.spec(), fingerprint(encoder)
     units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
@@ -273,7 +286,9 @@ def embed_sequences(
         else:
             tune_allocator()
             summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+        progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
         for s in summaries:
+            progress.update(s.get("rows", 0))
             if s["status"] == "done":
                 done[s["key"]] = s
             else:

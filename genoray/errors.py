@@ -4,5 +4,5 @@ from __future__ import annotations
 
 
 class InvariantError(RuntimeError):
-    """A broken internal invariant (counts that must add up, rows written vs read): a bug in
-    genoray or a corrupted artifact, never bad user input. The CLI reports it as a bug."""
+    """An internal invariant broke (counts that must add up do not, a shard holds other rows
+    than were read): a bug in genoray, not bad input. The CLI reports it as such (exit 70)."""

@@ -29,74 +29,18 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genoray.artifacts import sha256_file, write_json
+from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
 from genoray.heads import align_proba
-from genoray.metrics import classification_metrics, majority_proba
+from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba, strict_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Study:
-    """An evaluation study: datasets, encoders, protocols (within / cross / pooled), bootstrap and cost settings."""
-
-    name: str
-    datasets: dict[str, str]
-    encoders: tuple[str, ...] = ("kmer",)
-    within: tuple[str, ...] = ()
-    cross: tuple[tuple[str, str], ...] = ()
-    pooled: tuple[tuple[str, ...], ...] = ()
-    bootstrap: int = 200
-    seed: int = 0
-    lora: dict[str, Any] | None = None
-    cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
-
-
-def load_study(path: str | Path) -> Study:
-    """Read a study YAML; dataset paths are resolved against the file's directory."""
-    import yaml
-
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    base = path.parent
-
-    def resolve(p: str) -> str:
-        q = Path(p)
-        return str(q if q.is_absolute() else (base / q).resolve())
-
-    known = set(Study.__dataclass_fields__)
-    unknown = set(doc) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    study = Study(
-        name=doc["name"], datasets={k: resolve(v) for k, v in doc["datasets"].items()},
-        encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
-        cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
-        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
-        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))  # type: ignore[operator]
-    used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
-    missing = used - set(study.datasets)
-    if missing:
-        raise ValueError(f"{path}: datasets used but not defined: {sorted(missing)}")
-    return study
-
-
-def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
-    """95% bootstrap intervals of each metric (``n`` resamples of the test rows)."""
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y, dtype=object)
-    samples: dict[str, list[float]] = {}
-    for _ in range(n):
-        idx = rng.integers(0, len(y), size=len(y))
-        for k, v in classification_metrics(y[idx], proba[idx], classes).items():
-            samples.setdefault(k, []).append(v)
-    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in samples.items()}
 
 
 def _load(path: str):
@@ -191,11 +135,15 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", strict_json(report)[0])  # undefined metrics (NaN) -> null
     (out / "report.md").write_text(to_markdown(report))
     log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
              report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report
+
+
+def _f(v) -> str:
+    return "n/a" if v is None or np.isnan(v) else f"{v:.3f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -206,8 +154,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         ci = r["ci95"]
         lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
-                     f"{r['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] | {r['mcc']:.3f} | "
-                     f"{r['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}] | {r['f1']:.3f} |")
+                     f"{_f(r['accuracy'])} [{_f(ci['accuracy'][0])}, {_f(ci['accuracy'][1])}] | {_f(r['mcc'])} | "
+                     f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} |")
     c = report["cost"]
     lines += ["", f"Cost: {c['wall_seconds']} s wall, {c['cpu_seconds']} CPU s, about {c['energy_wh_estimate']} Wh and "
                   f"{c['co2_g_estimate']} g CO2 ({c['basis']}).",

@@ -31,83 +31,18 @@ deployment can pin a version, e.g. for a rollback drill; normally replicas follo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from genoray.bundle import BundleHolder
     from genoray.service import PredictRequest
 
+from genoray.config import ServeConfig  # noqa: F401 (defined in config.py; imported from here by callers)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Service settings (CLI: ``genoray serve --help``).
-
-    Attributes:
-        root: bundle root (the directory holding ``CURRENT`` and ``versions/``).
-        host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
-        require_key: refuse requests without a valid ``Authorization: Bearer`` key.
-        key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
-        min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
-            hold a bundle (``GenorayModel``; ``GenorayReplica`` with ``ingress="haproxy"``)
-            (run >= 2 replicas in production: a request on a replica that dies is retried on another).
-        max_ongoing_requests: per model replica; >= max_batch_size so batches can fill.
-        max_queued_requests: per caller queue bound; beyond it the answer is 503.
-        request_timeout_s: end-to-end timeout at the proxy (408).
-        predict_timeout_s: the ingress waits this long for a prediction, retries included (504);
-            keep it below ``request_timeout_s`` so callers get the more specific answer.
-        retries: attempts on another model replica after the one serving a request died.
-        max_batch_size / batch_wait_timeout_s: dynamic batching.
-        poll_s: how often replicas check ``CURRENT``.
-        num_cpus: logical CPUs per model replica (fractional on small hosts).
-        ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
-            (auth and validation only; light). ``ingress="proxy"`` only.
-        health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
-            watcher stopped, so the replica is replaced).
-        graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
-            requests for up to this long.
-        ingress: ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas) or ``"haproxy"``
-            (HAProxy -> API-and-model replicas; see the module docstring). ``"haproxy"`` needs
-            :func:`haproxy_env` in the environment of the Ray processes.
-        access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
-            write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
-            run-to-run noise in bench_serve).
-        limits: see :class:`genoray.service.ServiceLimits` (as a dict).
-    """
-
-    root: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    require_key: bool = True
-    key_hashes: tuple[str, ...] = ()
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 16
-    max_ongoing_requests: int = 64
-    max_queued_requests: int = 256
-    request_timeout_s: float = 15.0
-    predict_timeout_s: float = 10.0
-    retries: int = 3
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
-    poll_s: float = 2.0
-    num_cpus: float = 0.5
-    upscale_delay_s: float = 5.0
-    downscale_delay_s: float = 60.0
-    ingress_replicas: int = 1
-    ingress_num_cpus: float = 0.1
-    ingress_max_ongoing_requests: int = 256
-    health_check_period_s: float = 5.0
-    graceful_shutdown_timeout_s: float = 20.0
-    access_log: bool = True
-    ingress: str = "proxy"
-    limits: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 INGRESS_MODES = ("proxy", "haproxy")
@@ -254,10 +189,10 @@ def build_app(cfg: ServeConfig):
     from ray import serve
 
     from genoray.bundle import BundleHolder
-    from genoray.service import ServiceLimits, create_app, keys_from_env
+    from genoray.service import create_app, keys_from_env
 
     key_hashes = cfg.key_hashes or keys_from_env()
-    limits = ServiceLimits(**cfg.limits)
+    limits = cfg.limits
     if cfg.require_key and not key_hashes:  # fail here, not in a replica constructor retried 20 times
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     if cfg.ingress not in INGRESS_MODES:

@@ -29,7 +29,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -37,20 +36,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """Request limits of the HTTP API (413/422/429); ``rate_per_key`` 0 turns rate limiting off."""
-
-    max_body_bytes: int = 1 << 20
-    max_sequences: int = 64
-    max_length: int = 10_000
-    max_total_bases: int = 200_000
-    max_k: int = 100
-    rate_per_key: float = 0.0  # requests/s per API key and ingress replica (or app); 0 = no rate limit
-    burst_per_key: int = 20
 
 
 class TokenBucket:

@@ -26,20 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from genoray.config import ShiftConfig  # noqa: F401 (defined in config.py)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ShiftConfig:
-    """Settings of :class:`ShiftDetector`: sample size, PCA dimensions, permutations, k and OOD quantile, alpha, seed."""
-
-    max_samples: int = 1000
-    pca_dim: int = 32
-    n_permutations: int = 300
-    k: int = 10
-    ood_quantile: float = 0.95
-    alpha: float = 0.05
-    seed: int = 0
 
 
 @dataclass

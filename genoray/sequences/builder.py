@@ -44,6 +44,10 @@ class _BatchBuilder:
     def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
         if not self.admit(record_no, seq_id) or seq_id is None:  # admit() rejects a missing id
             return
+        if split is None and self.cfg.split_cutoffs:  # ReadConfig.test_fraction (genoray.splits)
+            from genoray.splits import assign
+
+            split = assign(seq_id, label, self.cfg)
         seq, why = self.cleaner(raw)
         if seq is None:
             self.report.reject(self.path, record_no, seq_id, why or "rejected")
