@@ -31,6 +31,7 @@ T = TypeVar("T")
 _PYDANTIC_CONFIG = {"extra": "forbid"}
 
 
+@typing.dataclass_transform(frozen_default=True)
 def config_class(cls: type[T]) -> type[T]:
     """``@dataclass(frozen=True)`` plus pydantic's ``extra="forbid"`` (unknown keys refused by :func:`parse`)."""
     cls = dataclass(frozen=True)(cls)
