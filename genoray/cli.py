@@ -639,8 +639,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.verbose:
-        _quiet_ray()
+    if args.verbose:
+        return _run(args)
+    from genoray.quiet import NativeStderrFilter, quiet_python_loggers
+
+    quiet_python_loggers()
+    with NativeStderrFilter():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from genoray.errors import InvariantError
     from genoray.sequences import SequenceFormatError
 
@@ -664,19 +672,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not ray_before:
             _stop_ray(keep=getattr(args, "keep", False))
-
-
-# Ray's messages a CLI user cannot act on (shown with -v): the driver's C++ log lines (e.g.
-# core_worker.cc "... max_restarts > 0 ..." on every embed), Ray Data's progress-bar hint, and
-# Serve's "Connecting to existing Serve app" at start.
-QUIET_LOGGERS = ("ray.data._internal.progress", "ray.serve")
-
-
-def _quiet_ray() -> None:
-    os.environ.setdefault("GENORAY_QUIET_RAY", "1")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # read by Ray's C++ core when it starts
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _ray_running() -> bool:

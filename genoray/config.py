@@ -347,7 +347,7 @@ class IndexConfig:
         seed: sampling seed.
     """
 
-    split: str | None = field(default="train", metadata={"none": ("all",)})
+    split: str | None = field(default="train", metadata={"none": ("all",), "none_help": "every row"})
     index_type: str = "auto"
     flat_threshold: int = 100_000
     memory_budget_mb: int = 4096

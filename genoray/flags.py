@@ -188,7 +188,8 @@ def add_group(parser: argparse.ArgumentParser, group: Group) -> None:
             kwargs["metavar"] = "A,B,..."
         else:
             kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[tp]
-        none_hint = f"; {' or '.join(none_words[2:] or none_words[:1])}: no value" if optional else ""
+        none_hint = (f"; {' or '.join(none_words[2:] or none_words[:1])}: {f.metadata.get('none_help', 'no value')}"
+                     if optional else "")
         kwargs["help"] = f"{text} (default: {_show(default)}{none_hint})".replace("%", "%%")
         target.add_argument(*flags, **kwargs)
 

@@ -593,3 +593,24 @@ def test_evaluate_reports_split_n_classes_per_class_confusion_and_cis(built, cap
     rc, text, _ = run(capsys, "evaluate", tmp / "s", "--index", tmp / "i", "--head", tmp / "h", "--bootstrap", "20")
     assert "test split: test (n = 12; at: 6, gc: 6); positive class for AUROC: gc" in text
     assert "kNN weight" in text and "calibration T" in text and "confusion matrix" in text and "definitions:" in text
+
+
+def test_native_stderr_filter_drops_only_ray_native_lines():
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+from genoray.quiet import NativeStderrFilter
+with NativeStderrFilter():
+    os.write(2, b"[2026-11-29 04:42:15,502 E 5076 5076] core_worker.cc:2465: Actor with class name ... max_restarts > 0\\n")
+    os.write(2, b"kept line 1\\n[not a ray line]\\n")
+    print("kept line 2", file=sys.stderr)
+    os.write(2, b"progress 10%\\rprogress 20%")
+print("after", file=sys.stderr)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False,
+                       env={**os.environ})
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == b"kept line 1\n[not a ray line]\nkept line 2\nprogress 10%\rprogress 20%after\n"
