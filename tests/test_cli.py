@@ -614,3 +614,19 @@ print("after", file=sys.stderr)
                        env={**os.environ})
     assert p.returncode == 0, p.stderr
     assert p.stderr == b"kept line 1\n[not a ray line]\nkept line 2\nprogress 10%\rprogress 20%after\n"
+
+
+@pytest.mark.ray
+def test_test_fraction_split_is_the_same_on_ray_workers(ray_session, tmp_path):
+    from genoray.config import ReadConfig
+    from genoray.embed import embed_sequences
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.store import EmbeddingStore
+
+    data = toy_table(tmp_path / "u.parquet", n=60, splits=False)
+    cfg = ReadConfig(test_fraction=0.25, split_seed=3)
+    embed_sequences(data, tmp_path / "ray", KmerEncoder(), read_cfg=cfg, use_ray=True)
+    embed_sequences(data, tmp_path / "local", KmerEncoder(), read_cfg=cfg, use_ray=False)
+    a, b = EmbeddingStore(tmp_path / "ray").load(), EmbeddingStore(tmp_path / "local").load()
+    assert dict(zip(a.ids, a.splits)) == dict(zip(b.ids, b.splits))
+    assert sum(s == "test" for s in a.splits) == 16  # round(0.25 * 30) per label
