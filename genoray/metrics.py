@@ -127,3 +127,10 @@ def strict_json(obj):
         return o
 
     return walk(obj, ""), replaced
+
+
+def strict_dumps(obj, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (``NaN``/``inf`` become ``null``)."""
+    import json
+
+    return json.dumps(strict_json(obj)[0], indent=indent, default=str, allow_nan=False)

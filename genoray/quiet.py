@@ -1,10 +1,11 @@
-"""Keep Ray's messages that a command-line user cannot act on out of the CLI's stderr (``-v``
+"""What the CLI does about Ray around a command: keep Ray's messages that a command-line user cannot act on out of the CLI's stderr (``-v``
 shows them): the driver's native (C++) log lines, such as ``core_worker.cc ... max_restarts > 0``
 at every embed, Ray Data's progress-bar hint, and Serve's start-up chatter.
 
 Native lines are written by Ray's C++ core straight to file descriptor 2, below Python's
 logging, so :class:`NativeStderrFilter` puts a pipe on fd 2 for the duration of a command and
 forwards everything except lines shaped like ``[2026-01-01 12:00:00,000 E 123 123] file.cc:42: ...``.
+:func:`stop_ray` shuts down a Ray the command started and removes its ``gr-ray-*`` temp dir.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import os
 import re
 import sys
 import threading
+from pathlib import Path
 from typing import Self
 
+log = logging.getLogger(__name__)
 QUIET_LOGGERS = ("ray.data._internal.progress", "ray.serve")
 NATIVE_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] [\w./-]+\.(?:cc|h):\d+: ")
 
@@ -67,3 +70,29 @@ class NativeStderrFilter:
         self.thread.join(timeout=2.0)
         if not self.thread.is_alive():
             os.close(self.reader)
+
+
+def ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def stop_ray(keep: bool) -> None:
+    """Shut down the Ray this command started and remove its temp dir (``gr-ray-*``) unless ``keep``."""
+    import shutil
+
+    if not ray_running():
+        return
+    import ray
+
+    temp = None
+    try:
+        temp = ray._private.worker._global_node.get_temp_dir_path()  # private, hence the guard
+    except Exception:
+        log.debug("no Ray temp dir found", exc_info=True)
+    ray.shutdown()
+    if temp and Path(temp).name.startswith("gr-ray-"):
+        if keep:
+            print(f"genoray: kept Ray's temp dir {temp}", file=sys.stderr)
+        else:
+            shutil.rmtree(temp, ignore_errors=True)

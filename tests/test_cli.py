@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from genoray import cli
+from genoray import cli, cli_args
 from genoray.config import (
     CleanPolicy,
     EmbedConfig,
@@ -50,7 +50,7 @@ def _flag_fields() -> set[tuple[type, str]]:
     subs = next(a for a in parser._actions if a.dest == "command").choices
     dests = {a.dest for sp in subs.values() for a in sp._actions}
     out = set()
-    for groups in cli.COMMAND_GROUPS.values():
+    for groups in cli_args.COMMAND_GROUPS.values():
         for g in groups:
             for path, f, owner, _tp, _opt, _d in leaves(g.cls):
                 if f"{g.key}.{path}" in dests:
@@ -67,12 +67,12 @@ def test_every_stage_config_field_has_a_flag():
     assert missing == []
 
 
-@pytest.mark.parametrize("command", sorted(cli.COMMAND_GROUPS))
+@pytest.mark.parametrize("command", sorted(cli_args.COMMAND_GROUPS))
 def test_parsed_defaults_equal_dataclass_defaults(command):
     from genoray.flags import build
 
     args = cli.build_parser().parse_args([command, *REQUIRED[command]])
-    for g in cli.COMMAND_GROUPS[command]:
+    for g in cli_args.COMMAND_GROUPS[command]:
         fixed = {"root": "root"} if g.cls is ServeConfig else {"model": "m"} if g.cls is HFConfig else {}
         expected = g.cls(**fixed)
         if g.cls is KmerConfig:
@@ -88,27 +88,27 @@ def test_flags_reach_nested_and_renamed_fields():
                       "--max-n-fraction", "0.3", "--min-length", "5", "--max-length", "900", "--ambiguous", "reject",
                       "--canonical", "--ks", "2,3", "--no-gc", "--read-batch-size", "7", "--batch-size", "11",
                       "--pos-window", "80", "--label-column", "none"])
-    read = build(a, cli.READ)
+    read = build(a, cli_args.READ)
     assert read.sequence_column == "seq" and read.id_column == "name" and read.label_column is None
-    assert read.batch_size == 7 and build(a, cli.EMBED).batch_size == 11
+    assert read.batch_size == 7 and build(a, cli_args.EMBED).batch_size == 11
     assert read.clean == CleanPolicy(max_n_fraction=0.3, min_length=5, max_length=900, ambiguous="reject")
-    assert build(a, cli.KMER) == KmerConfig(ks=(2, 3), canonical=True, gc=False)
-    enc = cli._encoder(a, "kmer-pos")
+    assert build(a, cli_args.KMER) == KmerConfig(ks=(2, 3), canonical=True, gc=False)
+    enc = cli_args._encoder(a, "kmer-pos")
     assert enc.config.position == PositionConfig(window=80) and enc.config.canonical
-    assert cli._encoder(a, "kmer").config.position is None
+    assert cli_args._encoder(a, "kmer").config.position is None
 
     # the old flag names still work
     a = p.parse_args(["index", "s", "--out", "o", "--split", "all", "--type", "Flat", "--target-recall", "0.9"])
-    assert build(a, cli.INDEX) == IndexConfig(split=None, index_type="Flat", target_recall=0.9)
+    assert build(a, cli_args.INDEX) == IndexConfig(split=None, index_type="Flat", target_recall=0.9)
     a = p.parse_args(["train", "s", "--index", "i", "--out", "o", "--k", "5", "--C", "0.5"])
-    assert build(a, cli.HEAD) == HeadConfig(k=5, C=0.5)
+    assert build(a, cli_args.HEAD) == HeadConfig(k=5, C=0.5)
     a = p.parse_args(["serve", "r", "--no-auth", "--no-access-log", "--ingress", "haproxy", "--rate-per-key", "2"])
-    cfg = build(a, cli.SERVE, root="r")
+    cfg = build(a, cli_args.SERVE, root="r")
     assert not cfg.require_key and not cfg.access_log and cfg.ingress == "haproxy"
     assert cfg.limits == ServiceLimits(rate_per_key=2.0)
     a = p.parse_args(["reindex", "x", "--work", "w", "--bundles", "b", "--recall-floor", "0.8", "--head-seed", "3",
                       "--split", "dev"])
-    cfg = build(a, cli.REINDEX)
+    cfg = build(a, cli_args.REINDEX)
     assert cfg.recall_floor == 0.8 and cfg.head.seed == 3 and cfg.index.split == "dev" and cfg.index.seed == 0
 
 
