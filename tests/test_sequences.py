@@ -283,3 +283,18 @@ def test_broken_count_invariant_is_an_invariant_error():
     report = ReadReport(read=2, accepted=1)
     with pytest.raises(InvariantError, match="do not add up"):
         report.check()
+
+
+def test_unit_keys_of_existing_stores_are_stable():
+    """A store written before the split settings existed must resume, not re-embed: the unit key
+    of the default reading settings is pinned (it is what every older store recorded), and the
+    split settings count only when a test split is drawn."""
+    import dataclasses
+
+    from genoray.artifacts import sha256_json
+    from genoray.config import ReadConfig
+    from genoray.sequences.units import key_fields
+
+    assert sha256_json(key_fields(ReadConfig()))[:16] == "5052b56bb5869163"
+    assert key_fields(dataclasses.replace(ReadConfig(), split_seed=7)) == key_fields(ReadConfig())
+    assert key_fields(dataclasses.replace(ReadConfig(), test_fraction=0.2)) != key_fields(ReadConfig())

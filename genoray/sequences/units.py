@@ -51,12 +51,26 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
+SPLIT_FIELDS = ("test_fraction", "split_seed", "split_names", "split_cutoffs")
+
+
+def key_fields(read_cfg: ReadConfig) -> dict[str, Any]:
+    """The reading settings a unit's key hashes. The held-out-split settings count only when a
+    test split is drawn (``test_fraction > 0``), so stores written before they existed keep
+    their keys and resume instead of re-embedding everything."""
+    fields = to_dict(read_cfg)
+    if not read_cfg.test_fraction:
+        for name in SPLIT_FIELDS:
+            fields.pop(name, None)
+    return fields
+
+
 def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
                bytes_per_unit: int = EmbedConfig.bytes_per_unit) -> list[dict[str, Any]]:
     """Units of work with stable keys (see the module docstring): a file, a range of a Parquet
     file's row groups, or a byte range of a large uncompressed FASTA file."""
     units = []
-    cfg_hash = sha256_json(to_dict(read_cfg))[:16]
+    cfg_hash = sha256_json(key_fields(read_cfg))[:16]
     for f in files:
         path = str(f.resolve())
         if not f.is_file():
