@@ -47,9 +47,12 @@ def new_version_name() -> str:
 
 
 def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
-                 metrics: dict[str, Any] | None = None, version: str | None = None) -> str:
+                 metrics: dict[str, Any] | None = None, version: str | None = None,
+                 target: list[str] | None = None) -> str:
     """Copy an index and a head into a new verified version under ``root``; returns its name.
-    Does not publish it (see :func:`publish`)."""
+    Does not publish it (see :func:`publish`). ``target``: unlabeled sequences of the data the
+    bundle will serve; their estimated class priors (and the decision whether to re-weight,
+    :mod:`genoray.priors`) are stored as ``head/priors.json`` and applied by every replica."""
     from genoray.predictor import Predictor
 
     root = Path(root)
@@ -62,6 +65,8 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     try:
         shutil.copytree(index_dir, stage / "index")
         shutil.copytree(head_dir, stage / "head")
+        if target is not None:
+            Predictor.load(stage / "index", stage / "head").adapt_to(list(target)).save(stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
         idx = predictor.index.manifest
         write_json(stage / "bundle.json", {

@@ -104,6 +104,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from genoray.sequences import ReadReport, iter_sequences
 
     predictor = Predictor.load(a.index, a.head)
+    adaptation = None
+    if a.target:  # unlabeled target sample: estimate its class priors, decide whether to re-weight
+        from genoray.sequences import read_sequences
+
+        target, _ = read_sequences(a.target)
+        adaptation = predictor.adapt_to(target["sequence"].to_pylist()).to_dict()
     report = ReadReport()
     out = open(a.out, "w") if a.out else sys.stdout
     n = 0
@@ -118,6 +124,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             out.close()
     summary = report.to_dict()
     summary["predicted"] = n
+    if adaptation is not None:
+        summary["target_adaptation"] = adaptation
     print(json.dumps(summary), file=sys.stderr)
     return 0
 
@@ -128,7 +136,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
     if a.version:
         publish(a.root, a.version)
     elif a.index and a.head:
-        publish(a.root, write_bundle(a.root, a.index, a.head))
+        target = None
+        if a.target:  # a bundle built for a target: its class priors travel in head/priors.json
+            from genoray.sequences import read_sequences
+
+            target = read_sequences(a.target)[0]["sequence"].to_pylist()
+        publish(a.root, write_bundle(a.root, a.index, a.head, target=target))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
@@ -278,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", required=True)
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--k", type=int, help="neighbours to return per prediction")
+    p.add_argument("--target", nargs="+", help="unlabeled sample of the target data (any supported format; labels "
+                   "ignored): estimate its class priors and re-weight probabilities when the shift is significant")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("publish", help="write a verified bundle and make it CURRENT, or roll back to a version")
@@ -285,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index directory for a new version")
     p.add_argument("--head", help="head directory for a new version")
     p.add_argument("--version", help="publish this existing version instead (rollback)")
+    p.add_argument("--target", nargs="+", help="unlabeled sample of the data this bundle will serve (any supported "
+                   "format; labels ignored): re-weight to its class priors when the shift is significant")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(

@@ -101,6 +101,8 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float]
     neighbours: list[NeighbourOut]
     ood_score: float
+    ood: bool = False
+    adaptation: dict[str, Any] | None = None
 
 
 class PredictResponse(BaseModel):
@@ -138,6 +140,9 @@ class BundleHolder:
         self.version = self.doc["version"]
         lease(self.root, self.version, self.holder)
         self.last_error: str | None = None
+        from genoray.monitor import DriftMonitor
+
+        self.monitor = DriftMonitor()  # requests, OOD rate, class mix per bundle version
         self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
         self.swaps = 0
         self._lock = threading.Lock()
@@ -152,7 +157,15 @@ class BundleHolder:
         return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
                 "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
                 "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
-                "watching": self._thread.is_alive()}
+                "watching": self._thread.is_alive(), **self.drift()}
+
+    def drift(self) -> dict[str, Any]:
+        """OOD threshold and calibration, target adaptation and this replica's drift counts."""
+        predictor, version = self.snapshot()
+        ood = predictor.ood.describe() if predictor.ood is not None else {
+            "method": "knn-rank (head without a fitted OOD scorer)", "flag_if_score_above": 0.95}
+        adapt = predictor.priors.to_dict() if predictor.priors is not None else None
+        return {"ood": ood, "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
 
     def check(self) -> None:
         """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
@@ -214,6 +227,7 @@ def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[
         ids.extend(r.ids if r.ids is not None else [None] * len(r.sequences))
     k = max(r.k for r in requests)
     preds = predictor.predict(seqs, ids=ids, k=k)
+    holder.monitor.record(version, [p.label for p in preds], [p.ood for p in preds])
     out = []
     for r, (a, b) in zip(requests, spans):
         items = [p.to_dict() for p in preds[a:b]]

@@ -38,6 +38,9 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
         raise ValueError(f"{index_dir} holds {manifest['ntotal']} vectors but split {split!r} of the store has {len(emb)}")
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
+    from genoray.ood import fit_on_store
+
+    fit_on_store(store, emb).save(out_dir)  # the per-query OOD score (ood.json + ood.npz)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
             "weight_knn": head.weight_, "calibration": head.calibration_, "C": head.C_, "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -1,0 +1,148 @@
+"""Per-query OOD score (item 1), label-shift correction (item 2) and their serving (item 5)."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from genoray.ood import OODConfig, OODScorer, crop
+from genoray.priors import PriorShift, em_priors, reweight
+
+
+def random_dna(n, length, gc, seed):
+    rng = np.random.default_rng(seed)
+    p = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
+    return ["".join(rng.choice(list("ACGT"), size=length, p=p)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def kmer_reference():
+    from genoray.encoders.kmer import KmerEncoder
+
+    enc = KmerEncoder()
+    seqs = random_dna(600, 200, 0.45, 0) + random_dna(600, 200, 0.55, 1)
+    labels = ["a"] * 600 + ["b"] * 600
+    ood = OODScorer(OODConfig(max_cal_rows=400)).fit(enc.embed(seqs), labels, seqs, enc)
+    return enc, ood
+
+
+def test_in_domain_rate_length_robust_and_shift_detected(kmer_reference):
+    enc, ood = kmer_reference
+    fresh = random_dna(300, 200, 0.45, 10) + random_dna(300, 200, 0.55, 11)
+    s_in = ood.score_sequences(fresh, enc)
+    assert 0.01 <= ood.flag(s_in).mean() <= 0.10  # calibrated at 5% on held-out rows
+    # the same distribution at other lengths is not flagged (length-matched calibration / centre window)
+    rng = np.random.default_rng(3)
+    for other in (crop(fresh, 60, rng), crop(fresh, 100, rng), [a + b for a, b in zip(fresh, fresh[1:] + fresh[:1])]):
+        s = ood.score_sequences(other, enc)
+        assert ood.flag(s).mean() <= 0.12
+        assert roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s))], np.r_[s_in, s]) <= 0.62
+    # a composition shift is seen at the reference length and at a shorter one
+    shifted = random_dna(300, 200, 0.75, 12)
+    s_sh = ood.score_sequences(shifted, enc)
+    assert roc_auc_score(np.r_[np.zeros(600), np.ones(300)], np.r_[s_in, s_sh]) > 0.95
+    assert ood.flag(ood.score_sequences(crop(shifted, 80, rng), enc)).mean() > 0.5
+
+
+def test_save_load_roundtrip_and_tamper(tmp_path, kmer_reference):
+    from genoray.artifacts import ChecksumError
+
+    enc, ood = kmer_reference
+    ood.save(tmp_path / "o")
+    back = OODScorer.load(tmp_path / "o")
+    x = random_dna(50, 70, 0.5, 5)
+    np.testing.assert_array_equal(back.score_sequences(x, enc), ood.score_sequences(x, enc))
+    assert back.describe() == ood.describe() and back.describe()["length_matched"]
+    doc = json.loads((tmp_path / "o" / "ood.json").read_text())
+    doc["payload"]["config"]["rate"] = 0.2
+    (tmp_path / "o" / "ood.json").write_text(json.dumps(doc))
+    with pytest.raises(ChecksumError, match="ood.json"):
+        OODScorer.load(tmp_path / "o")
+
+
+def test_knn_method_and_bad_input():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    o = OODScorer(OODConfig(method="knn")).fit(x)
+    far = o.score(rng.normal(size=(100, 8)) + 4.0)
+    assert o.flag(far).mean() > 0.9
+    with pytest.raises(ValueError, match="dimension 8"):
+        o.score(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="at least 20"):
+        OODScorer().fit(x[:5])
+    with pytest.raises(ValueError, match="method"):
+        OODConfig(method="nope")
+
+
+def _posteriors(n, prior1, seed):
+    """Exact posteriors of two unit-variance Gaussians (means -1, +1) under source priors 0.5/0.5."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prior1).astype(int)
+    x = rng.normal(size=n) + np.where(y == 1, 1.0, -1.0)
+    p1 = 1 / (1 + np.exp(-2 * x))
+    return np.stack([1 - p1, p1], axis=1), y
+
+
+def test_em_recovers_priors_and_bayes_reweighting():
+    proba, y = _posteriors(20000, 0.2, 0)
+    pi = em_priors(proba, np.array([0.5, 0.5]))
+    assert pi[1] == pytest.approx(y.mean(), abs=0.02)
+    # reweight is Bayes' rule: hand-computed for one row
+    out = reweight(np.array([[0.5, 0.5]]), np.array([0.5, 0.5]), np.array([0.8, 0.2]))
+    np.testing.assert_allclose(out, [[0.8, 0.2]])
+    shift = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5])
+    assert shift.applied and shift.p_value < 1e-6 and "re-weighted" in shift.reason
+    acc_before = np.mean(proba.argmax(1) == y)
+    acc_after = np.mean(shift.apply(proba).argmax(1) == y)
+    assert acc_after > acc_before + 0.03
+
+
+def test_no_prior_shift_leaves_probabilities_unchanged():
+    flagged = 0
+    for seed in range(20):
+        proba, _ = _posteriors(800, 0.5, seed)
+        shift = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5])
+        flagged += shift.applied
+        if not shift.applied:
+            np.testing.assert_array_equal(shift.apply(proba), proba)
+    assert flagged <= 2  # alpha 0.01 over 20 seeds
+
+
+def test_predictor_bundle_and_service_report_ood_and_adaptation(tmp_path):
+    from bundles import make_bundle
+    from fastapi.testclient import TestClient
+
+    from genoray.bundle import load_bundle, publish, write_bundle
+    from genoray.serve import plain_app
+
+    root = tmp_path / "bundles"
+    make_bundle(tmp_path / "w", root)
+    predictor, _ = load_bundle(root)
+    assert predictor.ood is not None and predictor.ood.describe()["length_matched"]
+    # a target with 90% "at"-like sequences: priors estimated, re-weighting applied
+    rng = np.random.default_rng(7)
+    target = ["".join(rng.choice(list("AATTGC"), size=60)) for _ in range(90)]
+    target += ["".join(rng.choice(list("GGCCAT"), size=60)) for _ in range(10)]
+    shift = predictor.adapt_to(target)
+    assert shift.applied and shift.target_priors[shift.classes.index("at")] > 0.7
+    preds = predictor.predict(target[:3] + ["ACGT" * 15])
+    assert all(p.adaptation["applied"] for p in preds) and all(isinstance(p.ood, bool) for p in preds)
+    # a bundle built for the target serves the same re-weighted probabilities
+    version = write_bundle(root, tmp_path / "w" / "index", tmp_path / "w" / "head", target=target)
+    publish(root, version)
+    served, _ = load_bundle(root)
+    assert served.priors.applied
+    np.testing.assert_allclose([p.probabilities["at"] for p in served.predict(target[:3])],
+                               [p.probabilities["at"] for p in preds[:3]])
+    client = TestClient(plain_app(str(root)))
+    r = client.post("/v1/predict", json={"sequences": target[:2] + ["GGGGCCCC" * 8]})
+    assert r.status_code == 200, r.text
+    out = r.json()["predictions"]
+    assert all("ood" in p and "ood_score" in p and p["adaptation"]["applied"] for p in out)
+    assert out[2]["ood"] is True  # all-GC 64-mer is far from both classes
+    info = client.get("/v1/info").json()
+    assert info["ood"]["rate"] == 0.05 and info["ood"]["n_calibration"] > 0 and "threshold_raw" in info["ood"]
+    assert info["drift"]["requests"] == 1 and info["drift"]["window_rows"] == 3
+    assert info["drift"]["ood_rate_window"] == pytest.approx(sum(p["ood"] for p in out) / 3)
+    assert set(info["drift"]["class_mix"]) <= {"at", "gc"} and info["target_adaptation"]["applied"]
