@@ -6,7 +6,9 @@
   the smallest class-conditional Mahalanobis distance of the query to the reference class
   means, in a whitened space (the first 4, 16 and 64 principal components, each with a
   Ledoit-Wolf shrinkage estimate of the pooled within-class covariance); each distance is
-  ranked against held-out rows and the largest rank is the raw score. ``method="knn"``: cosine
+  ranked against held-out rows, as is (when fitted with sequences) the per-base negative
+  log-likelihood under an order-5 Markov chain of the reference sequences; the largest
+  rank is the raw score (far in feature space, or improbable as DNA of the reference kind). ``method="knn"``: cosine
   distance to the ``k``-th nearest reference row (the older score, kept for comparison).
 * **length matching**: the feature vector of a short sequence is noisier (k-mer frequencies
   from fewer k-mers), which made the older score follow length rather than content. When the
@@ -48,6 +50,8 @@ class OODConfig:
             ranked against the calibration rows and the largest rank is the raw score, so a
             shift along a few strong directions is not drowned by many weak ones (and vice versa).
         k: neighbour rank of the ``knn`` method.
+        markov_order: order of the reference Markov chain whose per-base negative
+            log-likelihood is one more ranked view (only when fitted with sequences; 0 = off).
         length_ratio: ratio between consecutive calibration lengths (length-matched mode).
         min_length: shortest calibration length.
         seed: subsampling and cropping seed.
@@ -59,6 +63,7 @@ class OODConfig:
     max_cal_rows: int = 1000
     pca_dims: tuple[int, ...] = (4, 16, 64)
     k: int = 10
+    markov_order: int = 5
     length_ratio: float = 1.25
     min_length: int = 16
     seed: int = 0
@@ -111,7 +116,12 @@ class OODScorer:
         self.n_reference_, self.n_fit_, self.n_cal_ = len(x), len(fit), len(cal)
         self.dim_ = x.shape[1]
         self.spaces_, lengths = [], []
+        self.markov_ = np.zeros(0)
+        cal_seqs = None
         if sequences is not None and encoder is not None:
+            if cfg.markov_order > 0:
+                self.markov_ = markov_fit([str(sequences[i]) for i in fit], cfg.markov_order)
+            cal_seqs = [str(sequences[i]) for i in cal]
             self.reference_length_ = int(np.median([len(sequences[i]) for i in cal]))
             g, grid = float(cfg.min_length), []
             while g < self.reference_length_ / cfg.length_ratio ** 0.5:
@@ -120,17 +130,18 @@ class OODScorer:
             crng = np.random.default_rng(cfg.seed + 1)
             for length in sorted(set(grid)):
                 xf = np.asarray(encoder.embed(crop([str(sequences[i]) for i in fit], length, crng)), dtype=np.float32)
-                xc = np.asarray(encoder.embed(crop([str(sequences[i]) for i in cal], length, crng)), dtype=np.float32)
-                self.spaces_.append(self._fit_space(xf, y[fit], xc))
+                sc = crop(cal_seqs, length, crng)
+                xc = np.asarray(encoder.embed(sc), dtype=np.float32)
+                self.spaces_.append(self._fit_space(xf, y[fit], xc, sc))
                 lengths.append(length)
         else:
             self.reference_length_ = 0
-        self.spaces_.append(self._fit_space(x[fit], y[fit], x[cal]))  # at or above the reference length
+        self.spaces_.append(self._fit_space(x[fit], y[fit], x[cal], cal_seqs))  # at or above the reference length
         lengths.append(np.iinfo(np.int32).max)
         self.cal_lengths_ = np.asarray(lengths, dtype=np.int64)
         return self
 
-    def _fit_space(self, x: np.ndarray, y: np.ndarray, cal: np.ndarray) -> dict[str, np.ndarray]:
+    def _fit_space(self, x: np.ndarray, y: np.ndarray, cal: np.ndarray, cal_seqs=None) -> dict[str, np.ndarray]:
         from sklearn.covariance import LedoitWolf
 
         cfg = self.cfg
@@ -153,11 +164,13 @@ class OODScorer:
             for d in dims:
                 sp[f"precision{d}"] = LedoitWolf(assume_centered=True).fit(within[:, :d]).precision_
                 sp[f"cal{d}"] = np.sort(self._mahalanobis(sp, cal, d))
-        sp["cal_scores"] = np.sort(self._raw(sp, cal))
+        if len(self.markov_) and cal_seqs is not None:
+            sp["calmarkov"] = np.sort(markov_nll(self.markov_, cal_seqs, self.cfg.markov_order))
+        sp["cal_scores"] = np.sort(self._raw(sp, cal, cal_seqs))
         return sp
 
     # ---- scoring -------------------------------------------------------------------------
-    def _raw(self, sp: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    def _raw(self, sp: dict[str, np.ndarray], x: np.ndarray, seqs=None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if self.cfg.method == "knn":
             import faiss
@@ -174,6 +187,11 @@ class OODScorer:
             return 1.0 - sims[:, -1].astype(np.float64)
         ranks = [np.searchsorted(sp[f"cal{d}"], self._mahalanobis(sp, x, int(d)), side="left") / len(sp[f"cal{d}"])
                  for d in sp["dims"]]
+        if "calmarkov" in sp:
+            if seqs is None:
+                raise ValueError("this OOD scorer was fitted with sequences: score with score_sequences()")
+            nll = markov_nll(self.markov_, seqs, self.cfg.markov_order)
+            ranks.append(np.searchsorted(sp["calmarkov"], nll, side="left") / len(sp["calmarkov"]))
         return np.max(ranks, axis=0)
 
     @staticmethod
@@ -187,7 +205,7 @@ class OODScorer:
             best = np.minimum(best, np.einsum("ij,jk,ik->i", d, prec, d))
         return np.sqrt(np.maximum(best, 0.0))
 
-    def raw(self, vectors: np.ndarray, lengths: Sequence[int] | None = None) -> np.ndarray:
+    def raw(self, vectors: np.ndarray, lengths: Sequence[int] | None = None, seqs=None) -> np.ndarray:
         """Uncalibrated distance of each row from the (length-matched) reference; larger = more unusual."""
         x = np.asarray(vectors, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim_:
@@ -196,7 +214,7 @@ class OODScorer:
         out = np.empty(len(x))
         for t in np.unique(rows):
             m = rows == t
-            out[m] = self._raw(self.spaces_[t], x[m])
+            out[m] = self._raw(self.spaces_[t], x[m], None if seqs is None else [seqs[i] for i in np.flatnonzero(m)])
         return out
 
     def _table(self, lengths: Sequence[int] | None, n: int) -> np.ndarray:
@@ -211,7 +229,7 @@ class OODScorer:
             out[short] = np.argmin(np.abs(ll[:, None] - grid[None, :]), axis=1)
         return out
 
-    def score(self, vectors: np.ndarray, lengths: Sequence[int] | None = None) -> np.ndarray:
+    def score(self, vectors: np.ndarray, lengths: Sequence[int] | None = None, seqs=None) -> np.ndarray:
         """Calibrated score in [0, 1]: fraction of length-matched calibration rows whose raw
         score is below the query's (``lengths``: the queries' lengths; without them, or for
         queries at least as long as the reference, the full-length space is used)."""
@@ -223,7 +241,8 @@ class OODScorer:
         for t in np.unique(rows):
             m = rows == t
             cal = self.spaces_[t]["cal_scores"]
-            out[m] = np.searchsorted(cal, self._raw(self.spaces_[t], x[m]), side="left") / len(cal)
+            sm = None if seqs is None else [seqs[i] for i in np.flatnonzero(m)]
+            out[m] = np.searchsorted(cal, self._raw(self.spaces_[t], x[m], sm), side="left") / len(cal)
         return out
 
     def score_sequences(self, sequences: Sequence[str], encoder, vectors: np.ndarray | None = None) -> np.ndarray:
@@ -236,15 +255,17 @@ class OODScorer:
         x = np.asarray(encoder.embed(list(sequences)) if vectors is None else vectors, dtype=np.float32)
         ref = self.reference_length_
         long = lengths > ref * self.cfg.length_ratio ** 0.5 if ref else np.zeros(len(lengths), dtype=bool)
+        seqs = [str(q) for q in sequences]
         if long.any():
             x = x.copy()
             win = []
             for i in np.flatnonzero(long):
                 start = (int(lengths[i]) - ref) // 2
-                win.append(str(sequences[i])[start : start + ref])
+                seqs[i] = seqs[i][start : start + ref]
+                win.append(seqs[i])
             x[long] = np.asarray(encoder.embed(win), dtype=np.float32)
             lengths = np.where(long, ref, lengths)
-        return self.score(x, lengths)
+        return self.score(x, lengths, seqs)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         """``True`` where a calibrated score is beyond the ``1 - rate`` quantile."""
@@ -268,7 +289,7 @@ class OODScorer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {f"s{i}_{k}": v for i, sp in enumerate(self.spaces_) for k, v in sp.items() if not k.startswith("_")}
-        write_npz(out / "ood.npz", cal_lengths=self.cal_lengths_, **arrays)
+        write_npz(out / "ood.npz", cal_lengths=self.cal_lengths_, markov=self.markov_, **arrays)
         payload = {"format_version": FORMAT_VERSION, "kind": "ood", "config": asdict(self.cfg), "dim": int(self.dim_),
                    "n_reference": int(self.n_reference_), "n_fit": int(self.n_fit_), "n_cal": int(self.n_cal_),
                    "reference_length": int(self.reference_length_), "npz_sha256": sha256_file(out / "ood.npz")}
@@ -288,7 +309,7 @@ class OODScorer:
             raise ChecksumError(f"{path / 'ood.npz'}: sha256 does not match ood.json")
         a = read_npz(path / "ood.npz")
         self = cls(OODConfig(**payload["config"]))
-        self.cal_lengths_ = a["cal_lengths"]
+        self.cal_lengths_, self.markov_ = a["cal_lengths"], a["markov"]
         self.spaces_ = [{} for _ in range(len(self.cal_lengths_))]
         for name, v in a.items():
             if name.startswith("s") and "_" in name:
@@ -298,6 +319,32 @@ class OODScorer:
         self.n_reference_, self.n_fit_, self.n_cal_ = payload["n_reference"], payload["n_fit"], payload["n_cal"]
         self.reference_length_ = payload["reference_length"]
         return self
+
+
+def markov_fit(sequences: Sequence[str], order: int) -> np.ndarray:
+    """Log transition probabilities ``log p(base | previous order bases)`` (add-one smoothed),
+    flattened over the ``4**(order+1)`` (order+1)-mers; k-mers with N are skipped."""
+    from genoray.encoders.kmer import encode_batch, kmer_indices
+
+    counts = np.ones(4 ** (order + 1))
+    for s in sequences:
+        idx, valid = kmer_indices(encode_batch([s])[0], order + 1)
+        counts += np.bincount(idx[valid], minlength=len(counts))
+    c = counts.reshape(-1, 4)
+    return np.log(c / c.sum(axis=1, keepdims=True)).reshape(-1)
+
+
+def markov_nll(logp: np.ndarray, sequences: Sequence[str], order: int) -> np.ndarray:
+    """Per-base negative log-likelihood of each sequence under :func:`markov_fit`'s chain
+    (0 for a sequence with no valid (order+1)-mer)."""
+    from genoray.encoders.kmer import encode_batch, kmer_indices
+
+    out = np.zeros(len(sequences))
+    for i, s in enumerate(sequences):
+        idx, valid = kmer_indices(encode_batch([s])[0], order + 1)
+        if valid.any():
+            out[i] = -float(np.mean(logp[idx[valid]]))
+    return out
 
 
 def exists(path: str | Path) -> bool:
