@@ -83,11 +83,13 @@ class Predictor:
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
         proba, _, _ = predict_vectors(self.index, self.head, x)
-        flags, rate = None, 0.05
+        flags, rate, ratio = None, 0.05, None
         if self.ood is not None:
             flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
+            if self.ood.reference_length_:
+                ratio = float(np.median([len(s) for s in seqs])) / self.ood.reference_length_
         self.priors = PriorShift.estimate(proba, self.head.classes_, self.source_priors(), alpha=alpha,
-                                          ood_flags=flags, ood_rate=rate)
+                                          ood_flags=flags, ood_rate=rate, length_ratio=ratio)
         return self.priors
 
     def clean(self, sequences: list[str]) -> list[str]:
