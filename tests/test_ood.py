@@ -146,3 +146,48 @@ def test_predictor_bundle_and_service_report_ood_and_adaptation(tmp_path):
     assert info["drift"]["requests"] == 1 and info["drift"]["window_rows"] == 3
     assert info["drift"]["ood_rate_window"] == pytest.approx(sum(p["ood"] for p in out) / 3)
     assert set(info["drift"]["class_mix"]) <= {"at", "gc"} and info["target_adaptation"]["applied"]
+
+
+def test_domain_normalizer_is_inductive(tmp_path):
+    """Item 3: statistics come from the fitted sample only and apply to rows never seen."""
+    from genoray.adapt import DomainNormalizer
+
+    rng = np.random.default_rng(0)
+    src, tgt_sample, tgt_new = rng.normal(size=(50, 4)), rng.normal(2.0, 3.0, size=(40, 4)), rng.normal(2.0, 3.0, size=(7, 4))
+    norm = DomainNormalizer().fit(np.vstack([src, tgt_sample]), ["s"] * 50 + ["t"] * 40)
+    out = norm.transform(tgt_new, "t")
+    np.testing.assert_allclose(out, (tgt_new - tgt_sample.mean(0)) / tgt_sample.std(0), rtol=1e-5)
+    norm.save(tmp_path)
+    np.testing.assert_array_equal(DomainNormalizer.load(tmp_path).transform(tgt_new, "t"), out)
+    with pytest.raises(ValueError, match="not in fit"):
+        norm.transform(tgt_new, "other")
+
+
+def test_study_cross_adaptation_fits_on_rows_disjoint_from_scored(tmp_path, monkeypatch):
+    """Item 3: the study's cross-dataset adaptations see the target's train split, never its test rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genoray import adapt
+    from genoray.evaluate import Study, evaluate
+
+    paths = {}
+    for name, gc in (("a", 0.4), ("b", 0.6)):
+        seqs = random_dna(60, 80, gc, 1) + random_dna(60, 80, gc + 0.1, 2)
+        labels = ["x"] * 60 + ["y"] * 60
+        split = (["train"] * 45 + ["test"] * 15) * 2
+        paths[name] = str(tmp_path / f"{name}.parquet")
+        pq.write_table(pa.table({"id": [f"{name}{i}" for i in range(120)], "sequence": seqs, "label": labels,
+                                 "split": split}), paths[name])
+    seen = {}
+    real_fit = adapt.DomainNormalizer.fit
+
+    def spy(self, x, domains):
+        seen["tgt_rows"] = int(np.sum(np.asarray(domains) == "tgt"))
+        return real_fit(self, x, domains)
+
+    monkeypatch.setattr(adapt.DomainNormalizer, "fit", spy)
+    rep = evaluate(Study(name="t", datasets=paths, cross=(("a", "b"),), bootstrap=5), tmp_path / "rep")
+    assert seen["tgt_rows"] == 90  # b's train split (unlabeled), not the 30 scored test rows
+    cells = {r["method"]: r for r in rep["results"]}
+    assert cells["fused+domain-norm"]["n_test"] == 30 and "fused+pseudo-label" in cells
