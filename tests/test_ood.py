@@ -191,3 +191,36 @@ def test_study_cross_adaptation_fits_on_rows_disjoint_from_scored(tmp_path, monk
     assert seen["tgt_rows"] == 90  # b's train split (unlabeled), not the 30 scored test rows
     cells = {r["method"]: r for r in rep["results"]}
     assert cells["fused+domain-norm"]["n_test"] == 30 and "fused+pseudo-label" in cells
+
+
+@pytest.mark.ray
+def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
+    """Item 5 under Ray Serve: responses carry ``ood``; the replica's DriftMonitor exports through
+    ``ray.serve.metrics``; ``/v1/info`` shows the threshold, its calibration and the window."""
+    import urllib.request
+
+    from bundles import make_bundle
+    from ray import serve
+
+    from genoray.loadtest import post
+    from genoray.serve import ServeConfig, build_app
+    from genoray.service import hash_key
+
+    root = tmp_path / "root"
+    make_bundle(tmp_path / "w", root)
+    cfg = ServeConfig(root=str(root), port=serve_port, key_hashes=(hash_key("k"),), poll_s=0.5, num_cpus=0.1,
+                      min_replicas=1, max_replicas=1)
+    serve.run(build_app(cfg), name="drift", route_prefix="/drift")
+    try:
+        for _ in range(3):
+            status, body, _ = post(serve_port, "/drift/v1/predict", {"sequences": ["GGCCGGCCAT" * 6, "G" * 60]}, "k")
+            assert status == 200
+        preds = json.loads(body)["predictions"]
+        assert [type(p["ood"]) for p in preds] == [bool, bool] and preds[1]["ood"] is True
+        req = urllib.request.Request(f"http://127.0.0.1:{serve_port}/drift/v1/info", headers={"Authorization": "Bearer k"})
+        info = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert info["ood"]["length_matched"] and info["ood"]["rate"] == 0.05
+        assert info["drift"]["prometheus"] is True and info["drift"]["requests"] == 3
+        assert info["drift"]["window_rows"] == 6 and info["drift"]["ood_rate_window"] >= 1 / 3
+    finally:
+        serve.delete("drift")
