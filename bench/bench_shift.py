@@ -237,7 +237,8 @@ def target_section(data, cfg, rows_out: list) -> None:
         p = align_proba(head.classes_, head.predict_proba(enc.embed([seqs[i] for i in scored])), classes)
         ys = np.asarray(y, dtype=object)[scored]
         ratio = float(np.median([len(q) for q in s_tgt])) / ood.reference_length_
-        shift = PriorShift.estimate(p_tgt, classes, prior, ood_flags=flags, ood_rate=cfg.rate, length_ratio=ratio)
+        shift = PriorShift.estimate(p_tgt, classes, prior, ood_flags=flags, ood_rate=cfg.rate, length_ratio=ratio,
+                                    ood_p_value=ood.flagged_p_value(int(flags.sum()), len(flags)))
         always = PriorShift(**{**shift.to_dict(), "applied": True})
         floor = max(np.mean(ys == c) for c in classes)
         res = {}

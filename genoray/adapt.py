@@ -73,7 +73,13 @@ class DomainNormalizer:
     def load(cls, path) -> "DomainNormalizer":
         from pathlib import Path
 
-        from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json
+        from genoray.artifacts import (
+            ChecksumError,
+            read_json,
+            read_npz,
+            sha256_file,
+            sha256_json,
+        )
 
         path = Path(path)
         doc = read_json(path / "normalizer.json")

@@ -34,7 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
+from genoray.artifacts import (
+    ChecksumError,
+    read_json,
+    read_npz,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_npz,
+)
 
 FORMAT_VERSION = 1
 
@@ -270,6 +278,17 @@ class OODScorer:
     def flag(self, scores: np.ndarray) -> np.ndarray:
         """``True`` where a calibrated score is beyond the ``1 - rate`` quantile."""
         return np.asarray(scores) > 1.0 - self.cfg.rate
+
+    def flagged_p_value(self, k: int, m: int) -> float:
+        """One-sided p-value of ``k`` of ``m`` exchangeable in-domain rows being flagged. The
+        threshold is an order statistic of ``n`` calibration rows, so the exceedance probability
+        is Beta(n - j + 1, j) distributed and the count beta-binomial (a binomial at ``rate``
+        ignores the threshold's own noise and was measured to flag random halves at 15%)."""
+        from scipy.stats import betabinom
+
+        n = len(self.spaces_[-1]["cal_scores"])
+        j = int(np.floor((1.0 - self.cfg.rate) * n)) + 1
+        return float(betabinom.sf(k - 1, m, max(n - j + 1, 1), j))
 
     def threshold(self) -> float:
         """Raw-score threshold at the reference length (for reports)."""

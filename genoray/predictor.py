@@ -83,13 +83,15 @@ class Predictor:
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
         proba, _, _ = predict_vectors(self.index, self.head, x)
-        flags, rate, ratio = None, 0.05, None
+        flags, rate, ratio, p_ood = None, 0.05, None, None
         if self.ood is not None:
             flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
+            p_ood = self.ood.flagged_p_value(int(flags.sum()), len(flags))
             if self.ood.reference_length_:
                 ratio = float(np.median([len(s) for s in seqs])) / self.ood.reference_length_
         self.priors = PriorShift.estimate(proba, self.head.classes_, self.source_priors(), alpha=alpha,
-                                          ood_flags=flags, ood_rate=rate, length_ratio=ratio)
+                                          ood_flags=flags, ood_rate=rate, length_ratio=ratio,
+                                          ood_p_value=p_ood)
         return self.priors
 
     def clean(self, sequences: list[str]) -> list[str]:

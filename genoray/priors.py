@@ -92,10 +92,11 @@ class PriorShift:
     @classmethod
     def estimate(cls, proba: np.ndarray, classes, source_priors, alpha: float = 0.01,
                  ood_flags: np.ndarray | None = None, ood_rate: float = 0.05,
-                 length_ratio: float | None = None) -> "PriorShift":
+                 length_ratio: float | None = None, ood_p_value: float | None = None) -> "PriorShift":
         """Estimate from calibrated probabilities of unlabeled target rows and decide;
         ``ood_flags``: the per-row OOD flags of the same rows (their calibrated rate ``ood_rate``);
-        ``length_ratio``: target median length / reference length."""
+        ``length_ratio``: target median length / reference length; ``ood_p_value``: the OOD
+        scorer's own p-value for the flagged count (default: binomial at ``ood_rate``)."""
         from scipy.stats import binom, chi2
 
         src = np.asarray(source_priors, dtype=np.float64)
@@ -108,7 +109,7 @@ class PriorShift:
         covariate = False
         if ood_flags is not None and len(ood_flags):
             k, n = int(np.sum(ood_flags)), len(ood_flags)
-            p_ood = float(binom.sf(k - 1, n, ood_rate))
+            p_ood = float(binom.sf(k - 1, n, ood_rate)) if ood_p_value is None else float(ood_p_value)
             extra = {"ood_fraction": k / n, "ood_expected": ood_rate, "ood_p_value": p_ood}
             covariate = p_ood < alpha
         other_length = length_ratio is not None and not (1 / 1.5 <= length_ratio <= 1.5)

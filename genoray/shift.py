@@ -12,8 +12,9 @@ views, all on seeded subsamples (``max_samples`` per side) so they run on millio
 * **Per-row OOD**: the same calibrated score the predictor returns
   (:class:`genoray.ood.OODScorer`, fitted on reference rows, calibrated on held-out ones at
   rate ``1 - ood_quantile``, length-matched when sequences and the encoder are given); the
-  fraction of new rows flagged is compared with the expected ``1 - ood_quantile`` (binomial
-  p-value), overall and per group (label or domain).
+  fraction of new rows flagged is compared with the expected ``1 - ood_quantile``
+  (beta-binomial p-value, which accounts for the threshold being estimated from held-out
+  rows), overall and per group (label or domain).
 
 ``is_shift`` is true when any p-value is below ``alpha`` after a Bonferroni correction for
 the three tests. Nothing in the detector is mutated by ``score``.
@@ -109,13 +110,6 @@ def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, seed: int) -> tuple
     return auc, float(0.5 * (1 - erf((auc - 0.5) / sd / sqrt(2))))
 
 
-def _binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    from scipy.stats import binom
-
-    return float(binom.sf(k - 1, n, p))
-
-
 class ShiftDetector:
     """Fit on reference embeddings, score new embeddings (see the module docstring)."""
 
@@ -171,7 +165,7 @@ class ShiftDetector:
         seqs = None if sequences is None else [sequences[i] for i in idx]
         flagged = self.ood_.flag(self.ood_scores(sample, seqs, encoder))
         expected = 1.0 - cfg.ood_quantile
-        p_ood = _binomial_sf(int(flagged.sum()), len(flagged), expected)
+        p_ood = self.ood_.flagged_p_value(int(flagged.sum()), len(flagged))
         by_group = {}
         if groups is not None:
             g = np.asarray(groups, dtype=object)[idx]
