@@ -103,8 +103,9 @@ def synthetic(src: str, data, rng) -> list[tuple[str, str, list[str], np.ndarray
            (f"crop to {L // 3} bp", "length only", crop_all(s, L // 3, rng), y),
            (f"2 rows joined ({2 * L} bp)", "length only", [a + b for a, b in zip(s, s[1:] + s[:1])], y)]
     classes = sorted(set(y))
-    idx = prior_subsample(y, classes[-1] if "promoter" in classes else classes[0], 0.2, rng)
-    out.append((f"{classes[-1] if 'promoter' in classes else classes[0]} at 20%", "label prior", [s[i] for i in idx], y[idx]))
+    common = max(classes, key=lambda c: (np.sum(y == c), c))  # the most frequent class, cut to 20%
+    idx = prior_subsample(y, common, 0.2, rng)
+    out.append((f"{common} at 20%", "label prior", [s[i] for i in idx], y[idx]))
     if src == "ecoli_promoter_ipromoter2l":  # TSS at position 60 of 81: -10 box around 45..56
         out.append(("-10 box randomised", "motif loss", motif_loss(s, 44, 56, rng), y))
     return out
@@ -234,7 +235,10 @@ def target_section(data, cfg, rows_out: list) -> None:
         x_tgt = enc.embed(s_tgt)
         p_tgt = align_proba(head.classes_, head.predict_proba(x_tgt), classes)
         flags = ood.flag(ood.score_sequences(s_tgt, enc, x_tgt))
-        p = align_proba(head.classes_, head.predict_proba(enc.embed([seqs[i] for i in scored])), classes)
+        s_sc = [seqs[i] for i in scored]
+        x_sc = enc.embed(s_sc)
+        p = align_proba(head.classes_, head.predict_proba(x_sc), classes)
+        flags_sc = ood.flag(ood.score_sequences(s_sc, enc, x_sc))
         ys = np.asarray(y, dtype=object)[scored]
         ratio = float(np.median([len(q) for q in s_tgt])) / ood.reference_length_
         shift = PriorShift.estimate(p_tgt, classes, prior, ood_flags=flags, ood_rate=cfg.rate, length_ratio=ratio,
@@ -242,7 +246,7 @@ def target_section(data, cfg, rows_out: list) -> None:
         always = PriorShift(**{**shift.to_dict(), "applied": True})
         floor = max(np.mean(ys == c) for c in classes)
         res = {}
-        for label, pp in (("none", p), ("always", always.apply(p)), ("rule", shift.apply(p))):
+        for label, pp in (("none", p), ("always", always.apply(p)), ("rule", shift.apply(p, flags_sc))):
             m = classification_metrics(ys, pp, classes)
             res[label] = {"accuracy": m["accuracy"], "mcc": m["mcc"], "ece": ece(ys, pp, classes)}
         r = {"case": name, "floor": float(floor), **{f"{k}_{m}": v for k, d in res.items() for m, v in d.items()},
@@ -251,7 +255,7 @@ def target_section(data, cfg, rows_out: list) -> None:
         n, a, u = res["none"], res["always"], res["rule"]
         print(f"{name[:52]:<52} {floor:>6.3f} | {n['accuracy']:>5.3f} {n['ece']:>5.3f} {n['mcc']:>6.3f} | "
               f"acc {a['accuracy']:.3f} MCC {a['mcc']:>6.3f} | {u['accuracy']:>5.3f} {u['ece']:>5.3f} {u['mcc']:>6.3f} "
-              f"{u['mcc'] - n['mcc']:>+6.3f}  {'re-weight' if shift.applied else 'keep'} (LRT p={shift.p_value:.1e}, "
+              f"{u['mcc'] - n['mcc']:>+6.3f}  {'re-weight' if shift.applied else 'temper OOD rows' if shift.temper_ood != 1 else 'keep'} (LRT p={shift.p_value:.1e}, "
               f"OOD {flags.mean():.2f})")
 
 

@@ -117,10 +117,6 @@ class Predictor:
         x = self.encoder.embed(cleaned)
         k_show = k or self.head.k
         proba, sims, pos = self.predict_vectors(x, ids, k_show)
-        adaptation = None
-        if self.priors is not None:
-            proba = self.priors.apply(proba)
-            adaptation = self.priors.summary()
         if self.ood is not None:
             ood = self.ood.score_sequences(cleaned, self.encoder, x)
             flags = self.ood.flag(ood)
@@ -129,6 +125,10 @@ class Predictor:
             kth = sims[:, self.head.k - 1] if sims.shape[1] >= self.head.k else np.full(len(sims), -np.inf)
             ood = self.head.ood_score(kth)
             flags = ood > 0.95
+        adaptation = None
+        if self.priors is not None:
+            proba = self.priors.apply(proba, flags)
+            adaptation = self.priors.summary()
         out = []
         for i in range(len(sequences)):
             nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))

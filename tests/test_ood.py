@@ -224,3 +224,19 @@ def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
         assert info["drift"]["window_rows"] == 6 and info["drift"]["ood_rate_window"] >= 1 / 3
     finally:
         serve.delete("drift")
+
+
+def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempered():
+    """Item 4: the do-no-harm rule refuses EM under covariate shift and keeps every label."""
+    proba, _ = _posteriors(1000, 0.2, 1)
+    flags = np.zeros(1000, dtype=bool)
+    flags[:400] = True  # 40% of the target out of distribution at a 5% rate
+    shift = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5], ood_flags=flags, ood_rate=0.05)
+    assert not shift.applied and "covariate-shifted" in shift.reason and shift.extra["ood_fraction"] == 0.4
+    out = shift.apply(proba, flags)
+    np.testing.assert_array_equal(out.argmax(1), proba.argmax(1))  # labels kept
+    np.testing.assert_array_equal(out[400:], proba[400:])  # in-distribution rows untouched
+    assert np.all(out[:400].max(1) <= proba[:400].max(1) + 1e-12) and out[:400].max(1).mean() < 0.7
+    # too far from the reference length: no re-weighting either
+    far = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5], length_ratio=0.3)
+    assert not far.applied and "reference length" in far.reason
