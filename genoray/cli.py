@@ -209,9 +209,18 @@ def cmd_shift(a: argparse.Namespace) -> int:
                          "embed both with the same encoder")
     ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
     new = new_store.load(None if a.new_split == "all" else a.new_split)
-    det = ShiftDetector(ShiftConfig(max_samples=a.max_samples, seed=a.seed)).fit(ref.vectors)
+    # the per-row OOD share uses the predictor's score: class-conditional when the reference is
+    # labeled, length-matched when both stores' source sequences can be re-read
+    from genoray.encoders import encoder_from_spec
+    from genoray.ood import store_sequences
+
+    labels = ref.labels if all(v is not None for v in ref.labels) else None
+    ref_seqs, new_seqs = store_sequences(ref_store, ref.ids), store_sequences(new_store, new.ids)
+    enc = encoder_from_spec(ref_store.encoder_spec) if ref_seqs is not None and new_seqs is not None else None
+    det = ShiftDetector(ShiftConfig(max_samples=a.max_samples, seed=a.seed)).fit(
+        ref.vectors, labels, ref_seqs if enc else None, enc)
     groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
-    report = det.score(new.vectors, groups).to_dict()
+    report = det.score(new.vectors, groups, new_seqs if enc else None, enc).to_dict()
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot

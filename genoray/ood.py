@@ -371,20 +371,26 @@ def exists(path: str | Path) -> bool:
     return (Path(path) / "ood.json").is_file()
 
 
-def fit_on_store(store, emb, cfg: OODConfig | None = None) -> OODScorer:
-    """Fit a scorer on the rows ``emb`` of an :class:`~genoray.store.EmbeddingStore`. The
-    sequences for length-matched calibration are re-read from the store's source files (by
-    id); when a source is gone, the scorer is calibrated at the reference length only."""
-    from genoray.encoders import encoder_from_spec
+def store_sequences(store, ids) -> list[str] | None:
+    """The sequences of rows ``ids`` of an :class:`~genoray.store.EmbeddingStore`, re-read from
+    its source files (cleaned as when embedded); ``None`` when a source is gone or lacks an id."""
     from genoray.sequences import read_sequences
 
     sources = sorted({p.get("source") for p in store.manifest.get("parts", []) if p.get("source")})
-    seqs = None
-    if sources and all(Path(s).is_file() for s in sources):
-        table, _ = read_sequences(sources)
-        by_id = dict(zip(table["seq_id"].to_pylist(), table["sequence"].to_pylist()))
-        found = [by_id.get(str(i)) for i in emb.ids]
-        if all(s is not None for s in found):
-            seqs = found
+    if not sources or not all(Path(s).is_file() for s in sources):
+        return None
+    table, _ = read_sequences(sources)
+    by_id = dict(zip(table["seq_id"].to_pylist(), table["sequence"].to_pylist()))
+    found = [by_id.get(str(i)) for i in ids]
+    return found if all(s is not None for s in found) else None
+
+
+def fit_on_store(store, emb, cfg: OODConfig | None = None) -> OODScorer:
+    """Fit a scorer on the rows ``emb`` of an :class:`~genoray.store.EmbeddingStore`. The
+    sequences for length matching are re-read from the store's source files (by id); when a
+    source is gone, the scorer is calibrated at the reference length only."""
+    from genoray.encoders import encoder_from_spec
+
+    seqs = store_sequences(store, emb.ids)
     encoder = encoder_from_spec(store.encoder_spec) if seqs is not None else None
     return OODScorer(cfg).fit(emb.vectors, emb.labels, seqs, encoder)
