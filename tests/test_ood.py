@@ -240,3 +240,25 @@ def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempere
     # too far from the reference length: no re-weighting either
     far = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5], length_ratio=0.3)
     assert not far.applied and "reference length" in far.reason
+
+
+def test_cli_predict_with_target(tmp_path, capsys):
+    """Item 2 from the CLI: --target takes an unlabeled file; each line reports ood and the adaptation."""
+    from bundles import make_bundle
+    from conftest import write_fasta
+
+    from genoray.cli import main
+
+    make_bundle(tmp_path / "w", tmp_path / "root")
+    rng = np.random.default_rng(3)
+    target = [(f"t{i}", "".join(rng.choice(list("AATTGC" if i % 10 else "GGCCAT"), size=60))) for i in range(100)]
+    write_fasta(tmp_path / "target.fa", target)
+    write_fasta(tmp_path / "q.fa", target[:5])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "q.fa"), "--index", str(tmp_path / "w" / "index"), "--head",
+                 str(tmp_path / "w" / "head"), "--target", str(tmp_path / "target.fa")]) == 0
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    summary = json.loads(out.err.strip().splitlines()[-1])
+    assert len(lines) == 5 and all(isinstance(x["ood"], bool) and x["adaptation"]["applied"] for x in lines)
+    assert summary["target_adaptation"]["applied"] and summary["predicted"] == 5
