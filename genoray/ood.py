@@ -374,13 +374,17 @@ def exists(path: str | Path) -> bool:
 def store_sequences(store, ids) -> list[str] | None:
     """The sequences of rows ``ids`` of an :class:`~genoray.store.EmbeddingStore`, re-read from
     its source files (cleaned as when embedded); ``None`` when a source is gone or lacks an id."""
-    from genoray.sequences import read_sequences
+    from genoray.sequences import iter_sequences
 
     sources = sorted({p.get("source") for p in store.manifest.get("parts", []) if p.get("source")})
     if not sources or not all(Path(s).is_file() for s in sources):
         return None
-    table, _ = read_sequences(sources)
-    by_id = dict(zip(table["seq_id"].to_pylist(), table["sequence"].to_pylist()))
+    wanted = {str(i) for i in ids}
+    by_id: dict[str, str] = {}
+    for batch in iter_sequences(sources):  # streamed: only the wanted rows are kept
+        for sid, seq in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()):
+            if sid in wanted:
+                by_id[sid] = seq
     found = [by_id.get(str(i)) for i in ids]
     return found if all(s is not None for s in found) else None
 
@@ -391,6 +395,13 @@ def fit_on_store(store, emb, cfg: OODConfig | None = None) -> OODScorer:
     source is gone, the scorer is calibrated at the reference length only."""
     from genoray.encoders import encoder_from_spec
 
-    seqs = store_sequences(store, emb.ids)
+    cfg = cfg or OODConfig()
+    keep = np.arange(len(emb.ids))
+    cap = cfg.max_fit_rows + cfg.max_cal_rows
+    if len(keep) > cap:  # the scorer never uses more rows: read and hold only these
+        keep = np.sort(np.random.default_rng(cfg.seed + 2).choice(len(keep), size=cap, replace=False))
+    seqs = store_sequences(store, emb.ids[keep])
     encoder = encoder_from_spec(store.encoder_spec) if seqs is not None else None
-    return OODScorer(cfg).fit(emb.vectors, emb.labels, seqs, encoder)
+    scorer = OODScorer(cfg).fit(emb.vectors[keep], emb.labels[keep], seqs, encoder)
+    scorer.n_reference_ = len(emb.ids)
+    return scorer
