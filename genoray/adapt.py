@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class DomainNormalizer:
@@ -73,13 +77,7 @@ class DomainNormalizer:
     def load(cls, path) -> "DomainNormalizer":
         from pathlib import Path
 
-        from genoray.artifacts import (
-            ChecksumError,
-            read_json,
-            read_npz,
-            sha256_file,
-            sha256_json,
-        )
+        from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json
 
         path = Path(path)
         doc = read_json(path / "normalizer.json")
@@ -107,11 +105,13 @@ class PseudoLabeler:
         seed: split seed.
     """
 
-    def __init__(self, make_head: Callable[[], object], fractions=(0.2, 0.4, 0.6, 0.8), val_fraction: float = 0.2,
+    def __init__(self, make_head: Callable[[], Any], fractions=(0.2, 0.4, 0.6, 0.8), val_fraction: float = 0.2,
                  seed: int = 0):
         self.make_head, self.fractions, self.val_fraction, self.seed = make_head, tuple(fractions), val_fraction, seed
 
     def fit(self, xs: np.ndarray, ys: np.ndarray, xt: np.ndarray) -> "PseudoLabeler":
+        """Fit on labeled source rows, then add confident target pseudo-labels round by round while
+        source validation accuracy does not drop; returns ``self``."""
         rng = np.random.default_rng(self.seed)
         ys = np.asarray(ys, dtype=object)
         val = rng.random(len(xs)) < self.val_fraction
@@ -135,7 +135,9 @@ class PseudoLabeler:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of the selected head."""
         return self.head_.predict_proba(x)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Most probable class of each row."""
         return self.head_.predict(x)

@@ -34,15 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import (
-    ChecksumError,
-    read_json,
-    read_npz,
-    sha256_file,
-    sha256_json,
-    write_json,
-    write_npz,
-)
+from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
 
 FORMAT_VERSION = 1
 
@@ -178,7 +170,7 @@ class OODScorer:
         return sp
 
     # ---- scoring -------------------------------------------------------------------------
-    def _raw(self, sp: dict[str, np.ndarray], x: np.ndarray, seqs=None) -> np.ndarray:
+    def _raw(self, sp: dict[str, Any], x: np.ndarray, seqs=None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if self.cfg.method == "knn":
             import faiss
@@ -213,7 +205,7 @@ class OODScorer:
             best = np.minimum(best, np.einsum("ij,jk,ik->i", d, prec, d))
         return np.sqrt(np.maximum(best, 0.0))
 
-    def raw(self, vectors: np.ndarray, lengths: Sequence[int] | None = None, seqs=None) -> np.ndarray:
+    def raw(self, vectors: np.ndarray, lengths: Sequence[int] | np.ndarray | None = None, seqs=None) -> np.ndarray:
         """Uncalibrated distance of each row from the (length-matched) reference; larger = more unusual."""
         x = np.asarray(vectors, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim_:
@@ -225,19 +217,19 @@ class OODScorer:
             out[m] = self._raw(self.spaces_[t], x[m], None if seqs is None else [seqs[i] for i in np.flatnonzero(m)])
         return out
 
-    def _table(self, lengths: Sequence[int] | None, n: int) -> np.ndarray:
+    def _table(self, lengths: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
         out = np.full(n, len(self.spaces_) - 1)
         if lengths is None or self.reference_length_ == 0 or len(self.spaces_) == 1:
             return out
-        lengths = np.asarray(lengths, dtype=np.float64)
+        lens = np.asarray(lengths, dtype=np.float64)
         grid = np.log(self.cal_lengths_[:-1].astype(np.float64))
-        short = lengths < self.reference_length_ / self.cfg.length_ratio ** 0.5
+        short = lens < self.reference_length_ / self.cfg.length_ratio ** 0.5
         if short.any():
-            ll = np.log(np.maximum(lengths[short], 1.0))
+            ll = np.log(np.maximum(lens[short], 1.0))
             out[short] = np.argmin(np.abs(ll[:, None] - grid[None, :]), axis=1)
         return out
 
-    def score(self, vectors: np.ndarray, lengths: Sequence[int] | None = None, seqs=None) -> np.ndarray:
+    def score(self, vectors: np.ndarray, lengths: Sequence[int] | np.ndarray | None = None, seqs=None) -> np.ndarray:
         """Calibrated score in [0, 1]: fraction of length-matched calibration rows whose raw
         score is below the query's (``lengths``: the queries' lengths; without them, or for
         queries at least as long as the reference, the full-length space is used)."""
@@ -374,19 +366,22 @@ def exists(path: str | Path) -> bool:
 def store_sequences(store, ids) -> list[str] | None:
     """The sequences of rows ``ids`` of an :class:`~genoray.store.EmbeddingStore`, re-read from
     its source files (cleaned as when embedded); ``None`` when a source is gone or lacks an id."""
+    from genoray.config import ReadConfig
     from genoray.sequences import iter_sequences
 
+    clean = getattr(store.manifest, "clean", None)  # the store's CleanPolicy (None: older store, default)
+    cfg = ReadConfig(clean=clean) if clean is not None else None
     sources = sorted({p.get("source") for p in store.manifest.get("parts", []) if p.get("source")})
     if not sources or not all(Path(s).is_file() for s in sources):
         return None
     wanted = {str(i) for i in ids}
     by_id: dict[str, str] = {}
-    for batch in iter_sequences(sources):  # streamed: only the wanted rows are kept
+    for batch in iter_sequences(sources, cfg):  # streamed: only the wanted rows are kept
         for sid, seq in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()):
             if sid in wanted:
                 by_id[sid] = seq
-    found = [by_id.get(str(i)) for i in ids]
-    return found if all(s is not None for s in found) else None
+    found = [by_id[str(i)] for i in ids if str(i) in by_id]
+    return found if len(found) == len(ids) else None
 
 
 def fit_on_store(store, emb, cfg: OODConfig | None = None) -> OODScorer:

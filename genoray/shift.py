@@ -22,25 +22,21 @@ the three tests. Nothing in the detector is mutated by ``score``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from genoray.config import ShiftConfig  # noqa: F401 (defined in config.py)
 
-@dataclass(frozen=True)
-class ShiftConfig:
-    max_samples: int = 1000
-    pca_dim: int = 32
-    n_permutations: int = 300
-    k: int = 10
-    ood_quantile: float = 0.95
-    alpha: float = 0.05
-    seed: int = 0
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ShiftReport:
+    """Test statistics, p-values and the shift verdict for one comparison."""
+
     n_reference: int
     n_new: int
     mmd2: float
@@ -56,6 +52,7 @@ class ShiftReport:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
         return asdict(self)
 
 
@@ -152,6 +149,9 @@ class ShiftDetector:
         return self.ood_.score(x)
 
     def score(self, new: np.ndarray, groups: np.ndarray | None = None, sequences=None, encoder=None) -> ShiftReport:
+        """Compare new embeddings with the reference: MMD permutation test, classifier two-sample test
+        and the fraction of OOD rows (overall and per group; length-matched when ``sequences`` and
+        ``encoder`` are given)."""
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed + 1)
         new = np.asarray(new, dtype=np.float32)

@@ -202,7 +202,7 @@ def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
     from bundles import make_bundle
     from ray import serve
 
-    from genoray.loadtest import post
+    from bench.loadtest import post
     from genoray.serve import ServeConfig, build_app
     from genoray.service import hash_key
 
