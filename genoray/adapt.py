@@ -35,6 +35,7 @@ class DomainNormalizer:
         self.eps = eps
 
     def fit(self, x: np.ndarray, domains) -> "DomainNormalizer":
+        """Fit per-domain mean and scale of ``x`` (one domain name per row); returns ``self``."""
         x = np.asarray(x, dtype=np.float64)
         doms = np.asarray(domains, dtype=object).astype(str)
         if len(doms) != len(x):
@@ -75,6 +76,7 @@ class DomainNormalizer:
 
     @classmethod
     def load(cls, path) -> "DomainNormalizer":
+        """Read a normalizer written by :meth:`save`, verifying both sha256 checksums."""
         from pathlib import Path
 
         from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json

@@ -56,6 +56,7 @@ class DriftMonitor:
 
     @property
     def exporting(self) -> bool:
+        """Whether counts are also exported through ``ray.serve.metrics`` (inside a Serve replica)."""
         return self._metrics is not None
 
     def record(self, version: str, labels: list[str], ood: list[bool]) -> None:

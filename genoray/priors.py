@@ -155,6 +155,7 @@ class PriorShift:
         return p
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict (what ``priors.json`` and ``/v1/info`` hold)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def summary(self) -> dict[str, Any]:
@@ -170,6 +171,7 @@ class PriorShift:
 
     @classmethod
     def load(cls, path: str | Path) -> "PriorShift":
+        """Read ``priors.json`` written by :meth:`save`; raises ``ChecksumError`` if it was edited."""
         doc = read_json(Path(path) / "priors.json")
         payload = dict(doc.get("payload", {}))
         if sha256_json(payload) != doc.get("sha256"):
