@@ -97,9 +97,12 @@ def new_version_name() -> str:
 
 
 def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
-                 metrics: dict[str, Any] | None = None, version: str | None = None) -> str:
+                 metrics: dict[str, Any] | None = None, version: str | None = None,
+                 target: list[str] | None = None) -> str:
     """Copy an index and a head into a new verified version under ``root``; returns its name.
-    Does not publish it (see :func:`publish`)."""
+    Does not publish it (see :func:`publish`). ``target``: unlabeled sequences of the data the
+    bundle will serve; their estimated class priors (and the decision whether to re-weight,
+    :mod:`genoray.priors`) are stored as ``head/priors.json`` and applied by every replica."""
     from genoray.predictor import Predictor
 
     root = Path(root)
@@ -112,6 +115,8 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     try:
         shutil.copytree(index_dir, stage / "index")
         shutil.copytree(head_dir, stage / "head")
+        if target is not None:
+            Predictor.load(stage / "index", stage / "head").adapt_to(list(target)).save(stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
         idx = predictor.index.manifest
         doc = BundleManifest(
@@ -230,6 +235,9 @@ class BundleHolder:
         self.version = self.doc.version
         lease(self.root, self.version, self.holder)
         self.last_error: str | None = None
+        from genoray.monitor import DriftMonitor
+
+        self.monitor = DriftMonitor()  # requests, OOD rate, class mix per bundle version
         self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
         self.swaps = 0
         self._lock = threading.Lock()
@@ -244,7 +252,15 @@ class BundleHolder:
         return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
                 "classes": doc.classes, "index": doc.index, "created_at": doc.created_at,
                 "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
-                "watching": self._thread.is_alive()}
+                "watching": self._thread.is_alive(), **self.drift()}
+
+    def drift(self) -> dict[str, Any]:
+        """OOD threshold and calibration, target adaptation and this replica's drift counts."""
+        predictor, version = self.snapshot()
+        ood = predictor.ood.describe() if predictor.ood is not None else {
+            "method": "knn-rank (head without a fitted OOD scorer)", "flag_if_score_above": 0.95}
+        adapt = predictor.priors.to_dict() if predictor.priors is not None else None
+        return {"ood": ood, "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
 
     def check(self) -> None:
         """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the

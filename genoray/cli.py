@@ -183,6 +183,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.format == "parquet" and not a.out:
         raise ValueError("--format parquet needs --out FILE")
     predictor = Predictor.load(a.index, a.head)
+    adaptation = None
+    if a.target:  # unlabeled target sample: estimate its class priors, decide whether to re-weight
+        from genoray.sequences import read_sequences
+
+        target, _ = read_sequences(a.target)
+        adaptation = predictor.adapt_to(target["sequence"].to_pylist()).to_dict()
     report = ReadReport()
     rows: list[dict] = []
     writer = PredictionWriter(a.out, a.format, [str(c) for c in predictor.head.classes_], a.with_sequences)
@@ -203,6 +209,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     summary["predicted"] = writer.n
     if a.with_sequences:
         summary["neighbours_without_sequence"] = missing
+    if adaptation is not None:
+        summary["target_adaptation"] = adaptation
     print(dumps(summary), file=sys.stderr)
     if writer.n == 0:
         _nothing_written(a, _why_empty(report.read, summary["rejected_by_reason"], [], 1))
@@ -215,7 +223,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
     if a.version:
         publish(a.root, a.version)
     elif a.index and a.head:
-        publish(a.root, write_bundle(a.root, a.index, a.head))
+        target = None
+        if a.target:  # a bundle built for a target: its class priors travel in head/priors.json
+            from genoray.sequences import read_sequences
+
+            target = read_sequences(a.target)[0]["sequence"].to_pylist()
+        publish(a.root, write_bundle(a.root, a.index, a.head, target=target))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
@@ -312,9 +325,18 @@ def cmd_shift(a: argparse.Namespace) -> int:
                          "--out NEW_STORE)")
     ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
     new = new_store.load(None if a.new_split == "all" else a.new_split)
-    det = ShiftDetector(build(a, SHIFT)).fit(ref.vectors)
+    # the per-row OOD share uses the predictor's score: class-conditional when the reference is
+    # labeled, length-matched when both stores' source sequences can be re-read
+    from genoray.encoders import encoder_from_spec
+    from genoray.ood import store_sequences
+
+    labels = ref.labels if all(v is not None for v in ref.labels) else None
+    ref_seqs, new_seqs = store_sequences(ref_store, ref.ids), store_sequences(new_store, new.ids)
+    enc = encoder_from_spec(ref_store.encoder_spec) if ref_seqs is not None and new_seqs is not None else None
+    det = ShiftDetector(build(a, SHIFT)).fit(
+        ref.vectors, labels, ref_seqs if enc else None, enc)
     groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
-    report = det.score(new.vectors, groups).to_dict()
+    report = det.score(new.vectors, groups, new_seqs if enc else None, enc).to_dict()
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot

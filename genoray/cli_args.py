@@ -192,6 +192,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                    help="give each neighbour its sequence and metadata, read again from the source files of the "
                         "store the index was built from (predictions are held in memory until then)")
     p.add_argument("--k", type=int, help="neighbours to return per prediction")
+    p.add_argument("--target", nargs="+", help="unlabeled sample of the target data (any supported format; labels "
+                   "ignored): estimate its class priors and re-weight probabilities when the shift is significant")
     p.add_argument("--allow-empty", action="store_true",
                    help=f"exit 0 when nothing is predicted (default: exit {EXIT_EMPTY})")
     p.set_defaults(func=commands["predict"])
@@ -201,6 +203,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.add_argument("--index", help="index directory for a new version")
     p.add_argument("--head", help="head directory for a new version")
     p.add_argument("--version", help="publish this existing version instead (rollback)")
+    p.add_argument("--target", nargs="+", help="unlabeled sample of the data this bundle will serve (any supported "
+                   "format; labels ignored): re-weight to its class priors when the shift is significant")
     p.set_defaults(func=commands["publish"])
 
     p = sub.add_parser("bundles", help="list the versions of a bundle root and which one is CURRENT")

@@ -17,7 +17,8 @@ encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; 
 ``hf:<model>`` encoder and a ``lora: {r: 8, epochs: 1, max_steps: 200}`` entry, also a LoRA
 fine-tune of the same model (:mod:`genoray.finetune`), timed like the rest; in the cross
 protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
-``fused+pseudo-label`` (confidence curriculum with replay). Metrics: accuracy, macro F1, MCC,
+``fused+pseudo-label`` (confidence curriculum with replay), both *inductive*: fitted on the
+target dataset's unlabeled train split and scored on its test split (disjoint rows). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
 *estimate* = CPU seconds x ``watts_per_core`` (no power meter is read), CO2 = energy x
 ``grid_gco2_per_kwh``. The report records seeds, package versions and data sha256.
@@ -51,17 +52,19 @@ def _load(path: str):
             np.array(t["split"].to_pylist(), dtype=object))
 
 
-def _methods(xtr, ytr, xte, cross: bool, seed: int):
-    from genoray.adapt import PseudoLabeler, domain_normalize
+def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None):
+    """``xad``: the unlabeled target sample the cross-protocol adaptations are fitted on
+    (disjoint from ``xte``, the rows they score)."""
+    from genoray.adapt import DomainNormalizer, PseudoLabeler
     from genoray.heads import FusedHead, KNNVoteHead, LinearHead
 
     yield "knn_vote", KNNVoteHead(k=10).fit(xtr, ytr), xte
     yield "linear", LinearHead(C=0.1).fit(xtr, ytr), xte
     yield "fused", FusedHead(seed=seed).fit(xtr, ytr), xte
-    if cross:
-        both = domain_normalize(np.vstack([xtr, xte]), np.r_[["src"] * len(xtr), ["tgt"] * len(xte)])
-        yield "fused+domain-norm", FusedHead(seed=seed).fit(both[: len(xtr)], ytr), both[len(xtr):]
-        yield "fused+pseudo-label", PseudoLabeler(lambda: FusedHead(seed=seed), seed=seed).fit(xtr, ytr, xte), xte
+    if cross and xad is not None and len(xad):
+        norm = DomainNormalizer().fit(np.vstack([xtr, xad]), np.r_[["src"] * len(xtr), ["tgt"] * len(xad)])
+        yield "fused+domain-norm", FusedHead(seed=seed).fit(norm.transform(xtr, "src"), ytr), norm.transform(xte, "tgt")
+        yield "fused+pseudo-label", PseudoLabeler(lambda: FusedHead(seed=seed), seed=seed).fit(xtr, ytr, xad), xte
 
 
 def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol: str, data) -> list[dict[str, Any]]:
@@ -77,10 +80,14 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
     if getattr(enc, "needs_fit", False):
         enc.fit(list(seqs_tr))  # type: ignore[attr-defined]  # encoders that need fitting have fit()
     xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
+    xad = None
+    if protocol == "cross":  # unlabeled adaptation sample: the target's train rows, never the scored test rows
+        s_ad = data[test][0][data[test][2] == "train"]
+        xad = enc.embed(list(s_ad)) if len(s_ad) else None
     embed_s = time.perf_counter() - t0
     classes = np.array(sorted(set(y_tr)), dtype=object)
     rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
-    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
+    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad):
         t1, c1 = time.perf_counter(), time.process_time()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
         rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})

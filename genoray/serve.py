@@ -105,6 +105,7 @@ def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[
         ids.extend(r.ids if r.ids is not None else [None] * len(clean))
     valid = [r for r, span in zip(requests, spans) if isinstance(span, tuple)]
     preds = predictor.predict(seqs, ids=ids, k=max(r.k for r in valid), cleaned=True) if valid else []
+    holder.monitor.record(version, [p.label for p in preds], [p.ood for p in preds])
     out = []
     for r, span in zip(requests, spans):
         if isinstance(span, dict):

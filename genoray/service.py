@@ -97,6 +97,8 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float]
     neighbours: list[NeighbourOut]
     ood_score: float
+    ood: bool = False
+    adaptation: dict[str, Any] | None = None
 
 
 class PredictResponse(BaseModel):

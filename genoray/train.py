@@ -41,6 +41,9 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
         raise ValueError(f"{index_dir} holds {manifest['ntotal']} vectors but split {split!r} of the store has {len(emb)}")
     head = FusedHead.from_config(cfg).fit(emb.vectors, emb.labels)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
+    from genoray.ood import fit_on_store
+
+    fit_on_store(store, emb).save(out_dir)  # the per-query OOD score (ood.json + ood.npz)
     log.info("train_head %s: %d rows, classes %s, kNN weight %s; %.1f s", out_dir, len(emb),
              [str(c) for c in head.classes_], head.weight_, time.perf_counter() - t0)
     return {"head": str(out_dir), "rows": len(emb), "classes": [str(c) for c in head.classes_],
