@@ -27,17 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genoray import cli_args
-from genoray.cli_args import (
-    EMBED,
-    HEAD,
-    INDEX,
-    REINDEX,
-    SERVE,
-    SHIFT,
-    _encoder,
-    _read_cfg,
-    _split,
-)
+from genoray.cli_args import EMBED, HEAD, INDEX, REINDEX, SERVE, SHIFT, _encoder, _read_cfg, _split
 from genoray.config import IndexConfig
 from genoray.exitcodes import (  # noqa: F401
     EXIT_BUG,
