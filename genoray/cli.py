@@ -121,7 +121,7 @@ def _why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: i
     if read == 0:
         return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
-    hint = " (protein or other non-DNA input?)" if max(rejected, key=rejected.get, default="") == "invalid_character" else ""
+    hint = " (protein or other non-DNA input?)" if max(rejected, key=lambda r: rejected[r], default="") == "invalid_character" else ""
     return f"all {read} records were rejected: {reasons}{hint}"
 
 

@@ -97,7 +97,7 @@ def validate(cfg: Any, *rules: tuple[bool, str]) -> None:
     must hold. Raises ``ValueError("<Class>: <message>")`` on the first failure.
     """
     name = type(cfg).__name__
-    for fname, allowed in _literal_fields(type(cfg)).items():
+    for fname, allowed in _literal_fields(type(cfg)).items():  # type: ignore[arg-type]  # a class is hashable
         value = getattr(cfg, fname)
         if value not in allowed:
             shown = " or ".join(repr(a) for a in allowed)
