@@ -3,6 +3,7 @@
 quickstart -> genoray.quickstart.run_quickstart
 embed      -> genoray.embed.embed_sequences
 index      -> genoray.index.build_index
+plan       -> genoray.plan.estimate / plan_store
 train      -> genoray.train.train_head
 evaluate   -> genoray.train.evaluate_store
 predict    -> genoray.predictor.Predictor
@@ -67,9 +68,32 @@ def cmd_index(a: argparse.Namespace) -> int:
 
     split = None if a.split == "all" else a.split
     cfg = IndexConfig(split=split, index_type=a.type, shards=a.shards, memory_budget_mb=a.memory_budget_mb,
-                      target_recall=a.target_recall)
-    _print(asdict(build_index(a.store, a.out, cfg)), True)
+                      target_recall=a.target_recall, build_memory_mb=a.build_memory_mb)
+    if a.ray:
+        from genoray.embed import init_ray
+
+        init_ray()
+    _print(asdict(build_index(a.store, a.out, cfg, use_ray=a.ray)), True)
     return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from genoray.config import IndexConfig
+    from genoray.plan import ClusterSpec, estimate, format_plan, plan_store
+
+    cluster = ClusterSpec(nodes=a.nodes, memory_per_node_gb=a.memory_per_node, cpus_per_node=a.cpus_per_node,
+                          gpus_per_node=a.gpus_per_node)
+    budget = a.memory_budget_mb or int(0.5 * cluster.memory_bytes() * cluster.nodes / 2**20)
+    cfg = IndexConfig(index_type=a.type, memory_budget_mb=budget, shards=a.shards,
+                      split=None if a.split == "all" else a.split)
+    if a.store:
+        plan = plan_store(a.store, cfg, cluster, embed_rate=a.embed_rate)
+    elif a.n and a.dim:
+        plan = estimate(a.n, a.dim, cfg, cluster, encoder=a.encoder, embed_rate=a.embed_rate)
+    else:
+        raise SystemExit("genoray plan: give --n and --dim, or --store")
+    _print(plan.to_dict(), a.json, format_plan(plan))
+    return 0 if plan.fits else 4
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -248,7 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
     p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for the stored vectors/codes (picks the auto type)")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
+    p.add_argument("--build-memory-mb", type=int, default=0,
+                   help="memory one build process may use (default: available memory); refused up front if the plan exceeds it")
+    p.add_argument("--ray", action="store_true", help="build on the Ray cluster (train once, add per store partition)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("plan", help="predict time and memory of embedding, index build, serving and head fit")
+    p.add_argument("--n", type=int, default=0, help="vectors")
+    p.add_argument("--dim", type=int, default=0, help="embedding dimension")
+    p.add_argument("--store", help="plan for this embedding store instead of --n/--dim")
+    p.add_argument("--split", default="train", help="split to index, or 'all' (with --store)")
+    p.add_argument("--type", default="auto", help="auto or a FAISS factory string")
+    p.add_argument("--memory-budget-mb", type=int, default=0,
+                   help="memory for the codes, picks the auto type (default: half the memory of all nodes)")
+    p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--memory-per-node", type=float, default=0.0, help="GB per node (default: this machine's available memory)")
+    p.add_argument("--cpus-per-node", type=int, default=0, help="default: this machine's cores")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--encoder", default="kmer", help="kmer or hf (sets the embedding rate)")
+    p.add_argument("--embed-rate", type=float, default=0.0, help="measured sequences/s per node (overrides the default)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("train", help="fit the fused kNN + linear head")
     p.add_argument("store")

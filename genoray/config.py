@@ -263,7 +263,16 @@ class IndexConfig:
         memory_budget_mb: ``auto`` stores 8-bit scalar-quantised vectors (IVF-SQ8) if they fit,
             else PQ codes sized to fit.
         shard_size / shards: rows per shard (``shards=0``) or an explicit shard count.
-        train_sample: vectors used to train IVF quantizers.
+        train_sample: vectors used to train IVF quantizers; ``0`` sizes it from nlist
+            (:func:`genoray.plan.train_sample_size`: 64 per centroid, at least 39, at most
+            ``train_sample_cap``).
+        train_sample_cap: upper bound of the automatic training sample (the 39-per-centroid
+            floor wins over it).
+        build_memory_mb: memory one build process may use (``0``: this machine's available
+            memory); ``build_index`` refuses before any work when the plan does not fit.
+        add_cpus: CPUs each Ray add task asks for (fractional, so adds pack onto nodes).
+        refine_k_factor_max: PQ indexes re-rank up to ``k x`` this many candidates from stored
+            vectors; the build fails when the recall target is not reached within it.
         target_recall: recall@10 that nprobe / efSearch are tuned to reach.
         recall_queries: queries for measuring recall against exact search.
         use_gpu: train on GPU when FAISS sees one (checked at run time; CPU otherwise).
@@ -276,7 +285,11 @@ class IndexConfig:
     memory_budget_mb: int = 4096
     shard_size: int = 2_000_000
     shards: int = 0
-    train_sample: int = 100_000
+    train_sample: int = 0
+    train_sample_cap: int = 1_000_000
+    build_memory_mb: int = 0
+    add_cpus: float = 0.5
+    refine_k_factor_max: int = 16
     target_recall: float = 0.95
     recall_queries: int = 500
     use_gpu: bool = True
