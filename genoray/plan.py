@@ -151,7 +151,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     plan = Plan(n, d, factory, {**asdict(cl), "memory_per_node_bytes": mem, "cpus_per_node": cpus})
 
     # embed
-    kind = "hf" if encoder.startswith("hf") else "kmer"
+    kind = "hf" if encoder.startswith("hf") else "kmer"  # other encoders: pass embed_rate
     rate = embed_rate or (EMBED_RATE_GPU[kind] * gpus if gpus and EMBED_RATE_GPU[kind] else EMBED_RATE[kind] * cpus)
     plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
                             "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
@@ -244,9 +244,10 @@ def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -
     store = EmbeddingStore(store_path, verify=False)
     parts = store.manifest["parts"]
     n = split_rows(store, cfg.split)
-    enc = store.encoder_spec.get("name", store.encoder_spec.get("kind", "kmer")) if isinstance(store.encoder_spec, dict) else "kmer"
+    spec = store.encoder_spec if isinstance(store.encoder_spec, dict) else {}
+    enc = "hf" if str(spec.get("type", "kmer")).startswith("hf") else str(spec.get("type", "kmer"))
     part = max((p["rows"] for p in parts), default=1)
-    return estimate(n, store.dim, cfg, cluster, encoder=str(enc), partition_rows=part, **kw)
+    return estimate(n, store.dim, cfg, cluster, encoder=enc, partition_rows=min(part, 250_000), **kw)
 
 
 def split_rows(store, split: str | None) -> int:

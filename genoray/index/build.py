@@ -180,18 +180,23 @@ def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, t
     vec = _vectors(t, d)
     gids = np.arange(part["gid_start"], part["gid_start"] + t.num_rows, dtype=np.int64)
     files = {}
+    tmp = f".tmp{os.getpid()}"  # a retried or duplicate task never leaves a half-written file
     if ivf:
         index = faiss.deserialize_index(np.asarray(_resolve(template)))
         if len(vec):
             index.add_with_ids(vec, gids)
-        faiss.write_index(index, str(out / f"{key}.faiss"))
+        faiss.write_index(index, str(out / f"{key}.faiss{tmp}"))
+        os.replace(out / f"{key}.faiss{tmp}", out / f"{key}.faiss")
         files[f"{key}.faiss"] = sha256_file(out / f"{key}.faiss")
         del index
     if refine or not ivf:
-        np.save(out / f"{key}.vec.npy", vec.astype(np.float16 if refine else np.float32))
+        with open(out / f"{key}.vec.npy{tmp}", "wb") as fh:
+            np.save(fh, vec.astype(np.float16 if refine else np.float32))
+        os.replace(out / f"{key}.vec.npy{tmp}", out / f"{key}.vec.npy")
         files[f"{key}.vec.npy"] = sha256_file(out / f"{key}.vec.npy")
     pq.write_table(pa.table({"gid": pa.array(gids), "seq_id": t["seq_id"], "label": t["label"]}),
-                   out / f"{key}.ids.parquet")
+                   out / f"{key}.ids.parquet{tmp}")
+    os.replace(out / f"{key}.ids.parquet{tmp}", out / f"{key}.ids.parquet")
     files[f"{key}.ids.parquet"] = sha256_file(out / f"{key}.ids.parquet")
     done = {**part, "files": files, "node_id": _node_id(), "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
     write_json(out / f"{key}.done.json", done)
