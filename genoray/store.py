@@ -10,7 +10,8 @@ Layout of a store directory::
     shards/<key>.rejects.parquet, shards/<key>.done.json
 
 ``store.json`` is written last (atomically), and readers use it, never a glob; each part's
-sha256 is verified before it is read.
+sha256 is verified before it is read. ``verified.json`` records size, mtime and sha256 of each
+part when it was last verified, so an unchanged part is not hashed again on every open.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from genoray.artifacts import read_json, verify_files
 
 FORMAT_VERSION = 2
 MANIFEST = "store.json"
+VERIFIED = "verified.json"  # size, mtime and sha256 of each part when it was last verified
 
 
 @dataclass
@@ -62,8 +64,10 @@ class EmbeddingStore:
         self.manifest = read_json(mpath)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{mpath}: unsupported format_version {self.manifest.get('format_version')}")
-        if verify:
-            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest["parts"]})
+        self.hashed = 0
+        if verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
+            self.hashed = verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest["parts"]},
+                                       record=self.path / VERIFIED)
 
     @property
     def dim(self) -> int:

@@ -263,7 +263,8 @@ def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int,
 
 def tune_index(out_dir: str, manifest: dict[str, Any], queries, truth, target: float,
                k_factor_max: int) -> tuple[dict[str, int], float, list]:
-    """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10."""
+    """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
+    best setting tried, with its recall)."""
     vindex = VectorIndex.open(out_dir, manifest, mmap=True)
     q, truth = np.asarray(_resolve(queries)), np.asarray(_resolve(truth))
     factory = manifest["factory"]
@@ -285,7 +286,8 @@ def tune_index(out_dir: str, manifest: dict[str, Any], queries, truth, target: f
             tried.append((p, recall))
             if recall >= target:
                 return p, recall, tried
-    return {}, max(r for _, r in tried), tried
+    best = max(tried, key=lambda t: t[1])
+    return best[0], best[1], tried
 
 
 def _resolve(x):

@@ -9,6 +9,7 @@ dominate the time of a 1M-row index test.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def write_synthetic_store(path: str | Path, n: int, d: int, parts: int = 8, test
     (root / "shards").mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, n, parts + 1).astype(int)
     metas = [_write_part(root, f"part-{i:05d}", int(lo), int(hi - lo), d, rank, seed, test_fraction, "s")
-             for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+             for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
     encoder = {"type": "synthetic", "config": {"dim": d, "rank": rank, "seed": seed}, "version": 1}
     write_json(root / "encoder.json", encoder)
     write_json(root / "store.json", {"format_version": 2, "encoder": encoder, "fingerprint": f"synthetic-{d}-{seed}",
