@@ -32,9 +32,11 @@ GB = 2**30
 
 PROCESS_BASE = 170 * MB        # python + numpy + pyarrow + faiss + genoray imported, measured
 RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
+RAY_DRIVER = 420 * MB          # the build's driver on Ray (imports; it holds only summaries), measured
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
-READ_COPIES = 3.0              # float32 copies of a partition alive at once in an add task (Arrow, numpy, normalised)
+WORK_COPIES = 4.5              # bytes touched per input byte by a stage (Arrow read, filter, numpy, normalised,
+                               # residuals), fitted to the peak RSS measured at 250k x 256 (bench_index.py)
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
@@ -160,20 +162,20 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     # index build
     sample = train_sample_size(n, nlist, cfg.train_sample_cap)
     part = min(n, partition_rows)
-    train_mem = RAY_WORKER_BASE + sample * d * 4 * 3 + sample * 8 + quantizer * 2
-    if f["pq"]:
-        train_mem += sample * d * 4  # residuals
-    add_mem = RAY_WORKER_BASE + part * (READ_COPIES * d * 4 + ROW_META + per_vec) + quantizer
+    # Peak RSS: a process keeps the heap of its earlier stages (glibc does not return freed
+    # arenas), so the peak is base + what every stage it ran touched, not the largest stage.
+    part_work = WORK_COPIES * part * (d * 4 + ROW_META)
+    sample_work = WORK_COPIES * sample * d * 4 + quantizer * 2
     n_shards = max(1, cfg.shards or math.ceil(n / cfg.shard_size))
     shard_rows = math.ceil(n / n_shards)
+    train_mem = RAY_WORKER_BASE + sample_work + (sample * d * 4 if f["pq"] else 0)
+    add_mem = RAY_WORKER_BASE + part_work + part * per_vec + quantizer
     merge_mem = RAY_WORKER_BASE + shard_rows * (per_vec * 1.5 + ID_TABLE_ROW) + quantizer * 2
+    worker_mem = RAY_WORKER_BASE + part_work + sample_work + shard_rows * per_vec * 1.5  # one process may run all
     refine_disk = n * d * 2 if f["pq"] else 0
-    # one process doing it all (use_ray=False): the largest stage, plus the loaded index for recall tuning
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
-    single_mem = PROCESS_BASE + max(sample * d * 4 * 3 + quantizer * 2,
-                                    part * (READ_COPIES * d * 4 + ROW_META) + index_bytes * 1.5,
-                                    index_bytes + ids_bytes + queries * part * 4)
+    single_mem = PROCESS_BASE + part_work + sample_work + index_bytes * 1.5 + ids_bytes
     train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
     if f["pq"]:
         train_flops += 25 * sample * 256 * d * 2
@@ -194,7 +196,8 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
         "shards": n_shards, "partition_rows": part, "partitions": math.ceil(n / max(part, 1)),
         "add_workers_per_node": workers_per_node,
         "peak_train_bytes": int(train_mem), "peak_add_worker_bytes": int(add_mem),
-        "peak_merge_worker_bytes": int(merge_mem), "peak_worker_bytes": int(max(train_mem, add_mem, merge_mem)),
+        "peak_merge_worker_bytes": int(merge_mem), "peak_worker_bytes": int(worker_mem),
+        "peak_driver_bytes": RAY_DRIVER,
         "peak_single_process_bytes": int(single_mem), "refine_disk_bytes": refine_disk,
         "train_s": train_s, "add_s": add_s, "merge_s": merge_s, "tune_s": tune_s,
         "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
@@ -221,14 +224,14 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
                            "seconds": hs * latency_s / cpus + 100 * hs * d * 2 * 2 / (flops * cpus)}
 
     limit = 0.8 * mem
-    checks = [("quantizer training", train_mem), ("one add task", add_mem), ("one shard merge", merge_mem),
+    checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),
               ("one serving replica (per shard group)", per_group)]
     for what, need in checks:
         if need > limit:
             plan.fits = False
             plan.problems.append(f"{what} needs {human(need)}, over the budget of {human(limit)} per node "
                                  f"(80% of {human(mem)})")
-    if workers_per_node == 0 and not any("add task" in p for p in plan.problems):
+    if workers_per_node == 0 and not any("build worker" in p for p in plan.problems):
         plan.fits = False
         plan.problems.append(f"no add task fits a node ({human(add_mem)} each, {human(limit)} usable)")
     return plan
