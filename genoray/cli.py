@@ -70,8 +70,10 @@ def cmd_index(a: argparse.Namespace) -> int:
     cfg = IndexConfig(split=split, index_type=a.type, shards=a.shards, memory_budget_mb=a.memory_budget_mb,
                       target_recall=a.target_recall, build_memory_mb=a.build_memory_mb)
     if a.ray:
-        from genoray.embed import init_ray
-
+        try:  # init_ray moves from embed to runtime
+            from genoray.runtime import init_ray
+        except ImportError:
+            from genoray.embed import init_ray
         init_ray()
     _print(asdict(build_index(a.store, a.out, cfg, use_ray=a.ray)), True)
     return 0
