@@ -135,3 +135,17 @@ def test_old_index_dirs_load_or_fail_clearly(tmp_path):
     write_json(tmp_path / "v2" / "manifest.json", m)
     with pytest.raises(ValueError, match="unsupported format_version 1.*rebuild"):
         VectorIndex.load(tmp_path / "v2")
+
+
+def test_arrow_column_behaves_like_the_object_array_it_replaces():
+    import pyarrow as pa
+
+    from genoray.index import ArrowColumn
+
+    col = ArrowColumn(pa.array(["a", None, "c", "d"]))
+    ref = np.array(["a", None, "c", "d"], dtype=object)
+    pos = np.array([[3, 0], [-1, 2]])
+    got = col[pos]
+    assert got.shape == (2, 2) and list(got.ravel()) == ["d", "a", None, "c"]
+    assert col[2] == ref[2] and list(col) == list(ref) and len(col) == 4
+    assert list(np.asarray(col)) == list(ref) and list(col[1:3]) == list(ref[1:3])
