@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 
 from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
-from genoray.index.build import (
-    IndexReport,
+from genoray.index.build import IndexReport
+from genoray.index.core import MANIFEST, merge_topk
+from genoray.index.stages import (
     _Local,
     _pick_queries,
     add_part,
@@ -38,7 +39,6 @@ from genoray.index.build import (
     scan_part,
     tune_index,
 )
-from genoray.index.core import MANIFEST, merge_topk
 
 
 class RetrainNeeded(RuntimeError):
