@@ -35,8 +35,11 @@ RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
 RAY_DRIVER = 420 * MB          # the build's driver on Ray (imports; it holds only summaries), measured
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
-WORK_COPIES = 4.5              # bytes touched per input byte by a stage (Arrow read, filter, numpy, normalised,
-                               # residuals), fitted to the peak RSS measured at 250k x 256 (bench_index.py)
+WORK_PART = 9.0                # peak bytes per byte of a partition's rows (Arrow read of every column, filter,
+                               # numpy, normalised copy, faiss add buffers, heap kept between stages)
+WORK_SAMPLE = 1.0              # peak bytes per byte of the training sample (it is freed and reused after training)
+WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growth, loaded index for tuning)
+# the three are fitted to the peak RSS measured at 250k and 1M x 256 (bench/bench_index.py; README "Capacity")
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
@@ -164,8 +167,8 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     part = min(n, partition_rows)
     # Peak RSS: a process keeps the heap of its earlier stages (glibc does not return freed
     # arenas), so the peak is base + what every stage it ran touched, not the largest stage.
-    part_work = WORK_COPIES * part * (d * 4 + ROW_META)
-    sample_work = WORK_COPIES * sample * d * 4 + quantizer * 2
+    part_work = WORK_PART * part * (d * 4 + ROW_META)
+    sample_work = WORK_SAMPLE * sample * d * 4 + quantizer * 2
     n_shards = max(1, cfg.shards or math.ceil(n / cfg.shard_size))
     shard_rows = math.ceil(n / n_shards)
     train_mem = RAY_WORKER_BASE + sample_work + (sample * d * 4 if f["pq"] else 0)
@@ -175,7 +178,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     refine_disk = n * d * 2 if f["pq"] else 0
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
-    single_mem = PROCESS_BASE + part_work + sample_work + index_bytes * 1.5 + ids_bytes
+    single_mem = PROCESS_BASE + part_work + sample_work + index_bytes * (1 + WORK_INDEX) + ids_bytes
     train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
     if f["pq"]:
         train_flops += 25 * sample * 256 * d * 2
