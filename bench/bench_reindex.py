@@ -48,7 +48,9 @@ def run(mode: str, work: Path, floor: float) -> dict:
     out = work / f"index-{mode}"
     shutil.rmtree(out, ignore_errors=True)
     res = subprocess.run([sys.executable, "-c", RUN, mode, str(work / "store"), str(work / "v1"), str(out), str(floor)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise RuntimeError(f"{mode} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -64,12 +66,20 @@ def main() -> None:
     ap.add_argument("--floor", type=float, default=0.9, help="recall@10 floor of the nightly gate")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", help="keep files here")
+    ap.add_argument("--reuse", action="store_true", help="reuse the store (already grown) and v1 index in --work")
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-reindex-"))
     try:
-        write_synthetic_store(work / "store", args.n, args.dim, parts=max(1, args.n // 125_000), test_fraction=0.001)
-        v1 = build_index(work / "store", work / "v1", IndexConfig(split="train"))
-        append_synthetic_rows(work / "store", int(args.n * args.new), seed=1)
+        if args.reuse:
+            from genoray.index import VectorIndex
+
+            v1 = VectorIndex.load(work / "v1")
+            v1.factory, v1.recall_at_10 = v1.manifest["factory"], v1.manifest["recall_at_10"]["value"]
+        else:
+            write_synthetic_store(work / "store", args.n, args.dim, parts=max(1, args.n // 125_000),
+                                  test_fraction=0.001)
+            v1 = build_index(work / "store", work / "v1", IndexConfig(split="train"))
+            append_synthetic_rows(work / "store", int(args.n * args.new), seed=0)  # same distribution, new rows
         results: dict[str, list[dict]] = {"full": [], "incremental": []}
         for r in range(args.repeats):
             for mode in (("full", "incremental") if r % 2 == 0 else ("incremental", "full")):
