@@ -23,25 +23,18 @@ A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the READ
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genoray.artifacts import write_json
-from genoray.bundle import (
-    collect_garbage,
-    current_version,
-    load_bundle,
-    new_version_name,
-    publish,
-    write_bundle,
-)
-from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
+from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
+from genoray.config import ReadConfig, ReindexConfig
 from genoray.embed import embed_sequences
 from genoray.index import MANIFEST, build_index
 from genoray.index.delta import RetrainNeeded, extend_index
@@ -49,33 +42,13 @@ from genoray.metrics import classification_metrics
 from genoray.store import EmbeddingStore
 from genoray.train import evaluate_store, train_head
 
-
-@dataclass(frozen=True)
-class ReindexConfig:
-    """Gate and build settings of the nightly reindex.
-
-    Attributes:
-        recall_floor: minimum recall@10 of the new index against exact search.
-        max_accuracy_drop: largest allowed drop of held-out fused accuracy vs the current bundle.
-        eval_split: held-out split used by the gate.
-        keep_versions: published versions kept by garbage collection (plus CURRENT and leased).
-        incremental: add new rows to the current index as a delta when the drift rules allow.
-        shift_alpha: significance level of the shift test that forces a retrain.
-    """
-
-    recall_floor: float = 0.9
-    max_accuracy_drop: float = 0.02
-    eval_split: str = "test"
-    keep_versions: int = 3
-    incremental: bool = True
-    shift_alpha: float = 0.05
-    index: IndexConfig = field(default_factory=IndexConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ReindexReport:
+    """What one reindex run did: version, whether it was published and why not, gate and timings."""
+
     version: str
     published: bool
     reasons: list[str]
@@ -107,16 +80,16 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     cfg = cfg or ReindexConfig()
     work, root = Path(work_dir), Path(bundle_root)
     t0 = time.perf_counter()
-    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, use_ray=use_ray)
+    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, fit_split=cfg.index.split,
+                          use_ray=use_ray)
     t1 = time.perf_counter()
     version = new_version_name()
     build = work / "builds" / version
-    idx_cfg = dataclasses.replace(cfg.index, split="train")
     idx, index_mode = None, {"mode": "full", "reason": "first build"}
     cur = current_version(root)
     if cfg.incremental and cur is not None and (root / "versions" / cur / "index" / MANIFEST).is_file():
         try:
-            idx = extend_index(root / "versions" / cur / "index", work / "store", build / "index", idx_cfg,
+            idx = extend_index(root / "versions" / cur / "index", work / "store", build / "index", cfg.index,
                                recall_floor=cfg.recall_floor, shift_alpha=cfg.shift_alpha)
             index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
         except RetrainNeeded as e:
@@ -125,8 +98,8 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     elif not cfg.incremental:
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
-        idx = build_index(work / "store", build / "index", idx_cfg)
-    train_head(work / "store", build / "index", build / "head", cfg.head)
+        idx = build_index(work / "store", build / "index", cfg.index)
+    train_head(work / "store", build / "index", build / "head", cfg.head, split=cfg.index.split)
     new = evaluate_store(work / "store", build / "index", build / "head", split=cfg.eval_split)
     t2 = time.perf_counter()
     store = EmbeddingStore(work / "store")
@@ -153,5 +126,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
-    return ReindexReport(version, published, reasons, gate, emb.to_dict(),
-                         {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)})
+    seconds = {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)}
+    log.info("reindex %s: version %s %s; %s s", root, version,
+             "published" if published else f"not published ({'; '.join(reasons)})", seconds)
+    return ReindexReport(version, published, reasons, gate, emb.to_dict(), seconds)

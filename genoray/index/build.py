@@ -33,6 +33,8 @@ Stages:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import shutil
 import time
@@ -46,7 +48,7 @@ import pyarrow.parquet as pq
 
 from genoray.artifacts import read_json, sha256_file, write_json
 from genoray.config import IndexConfig
-from genoray.index.core import FORMAT_VERSION, MANIFEST, choose_factory, merge_topk
+from genoray.index.core import FORMAT_VERSION, MANIFEST, IndexManifest, choose_factory, merge_topk
 from genoray.index.stages import (
     PARTITION_ROWS,
     _Local,
@@ -60,6 +62,8 @@ from genoray.index.stages import (
     tune_index,
 )
 
+log = logging.getLogger(__name__)
+
 
 class RecallNotReached(RuntimeError):
     """No search setting within the budget reaches the recall target."""
@@ -67,6 +71,10 @@ class RecallNotReached(RuntimeError):
 
 @dataclass
 class IndexReport:
+    """What :func:`build_index` (or :func:`~genoray.index.delta.extend_index`) built: factory,
+    shards, rows, dim, recall@10, search params, seconds, and how the build ran (training
+    sample, partitions, resumed partitions, add nodes, peak worker RSS, the plan's prediction)."""
+
     path: str
     factory: str
     shards: int
@@ -90,6 +98,12 @@ def _template_key(factory: str, d: int, sample_n: int, cfg: IndexConfig, store) 
         ",".join(p["sha256"] for p in store.manifest["parts"])
 
 
+def clean_json(policy) -> dict[str, Any] | None:
+    """The store's :class:`~genoray.config.CleanPolicy` as the index manifest records it
+    (``None``: the store predates it)."""
+    return dataclasses.asdict(policy) if policy is not None else None
+
+
 def _files_ok(root: Path, files: dict[str, str]) -> bool:
     return all((root / f).is_file() for f in files)
 
@@ -106,14 +120,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     Raises :class:`genoray.plan.CapacityError` before any work when the plan does not fit, and
     :class:`RecallNotReached` when no search setting reaches ``target_recall``.
     """
-    from genoray.plan import (
-        CapacityError,
-        ClusterSpec,
-        check_fits,
-        estimate,
-        human,
-        train_sample_size,
-    )
+    from genoray.plan import CapacityError, ClusterSpec, check_fits, estimate, human, train_sample_size
     from genoray.store import EmbeddingStore
 
     cfg = cfg or IndexConfig()
@@ -124,7 +131,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     store = EmbeddingStore(store_path)
     store_path = str(Path(store_path).resolve())
     d = store.dim
-    ex = _Ray() if use_ray else _Local()
+    ex: Any = _Ray() if use_ray else _Local()
 
     # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
     counts = []
@@ -242,6 +249,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
                 "factory": factory, "metric": "cosine", "dim": d, "ntotal": n, "encoder": store.encoder_spec,
                 "fingerprint": store.fingerprint, "split": cfg.split, "source_store": store_path,
                 "gpu_trained": gpu_used, "shards": shards_meta, "shared_quantizer": ivf,
+                "clean": clean_json(store.clean_policy),
                 "trained": {"file": "trained.faiss", "sha256": template_sha, "train_sample": sample_n},
                 "partitions": [{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows", "gid_start")} for p in parts]}
     params, recall, _tried = ex.one(tune_index, str(out), manifest, qref, truth, cfg.target_recall,
@@ -257,10 +265,13 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
                                 "oracle": "exact cosine over all indexed rows"}
     manifest["build"] = {"partitions": len(parts), "resumed": resumed,
                          "add_nodes": sorted({m["node_id"] for m in added}), "peak_worker_rss_mb": peak_worker}
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, IndexManifest.from_json(manifest).to_json())
     shutil.rmtree(pdir, ignore_errors=True)
+    seconds = round(time.perf_counter() - t0, 3)
+    log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %d partitions (%d resumed); %.1f s",
+             out_dir, factory, len(shards_meta), n, d, params or "exact", recall, len(parts), resumed, seconds)
     return IndexReport(str(out_dir), factory, len(shards_meta), n, d, recall, params, gpu_used,
-                       round(time.perf_counter() - t0, 3), sample_n, len(parts), resumed,
+                       seconds, sample_n, len(parts), resumed,
                        sorted({m["node_id"] for m in added}), peak_worker,
                        {"peak_single_process_mb": ix["peak_single_process_bytes"] / 2**20,
                         "peak_worker_mb": ix["peak_worker_bytes"] / 2**20,

@@ -22,7 +22,10 @@ directories written by earlier versions (format 2: no refine files) load unchang
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,90 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
-from genoray.config import IndexConfig
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy, IndexConfig
+from genoray.knn import exact_search, l2_normalize, merge_topk, recall_at_k
 
+__all__ = ["FORMAT_VERSION", "MANIFEST", "READABLE_VERSIONS", "ArrowColumn", "IndexManifest", "VectorIndex",
+           "as_column", "choose_factory", "exact_search", "gpu_count", "l2_normalize", "merge_topk",
+           "read_manifest", "recall_at_k", "shard_of"]
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexManifest(JsonDoc):
+    """``manifest.json`` of an index directory.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION` (older :data:`READABLE_VERSIONS` still load).
+        type / factory / metric: FAISS index type, factory string, ``"cosine"``.
+        dim / ntotal: vector size and number of indexed rows.
+        encoder / fingerprint: the store's encoder spec and fingerprint (``None`` for an
+            in-memory index made by :meth:`VectorIndex.from_vectors`).
+        split / source_store / gpu_trained: what was indexed, from where, and how.
+        search_params: ``nprobe`` / ``efSearch`` / ``k_factor`` tuned to the target recall.
+        recall_at_10: recall reached against exact search, with the query set described.
+        shards: per shard its FAISS file, ids table, ntotal, sha256 (and refine file, gid_start).
+        shared_quantizer: IVF shards share the quantizer stored once in ``trained``.
+        trained: the trained empty index file, its sha256 and training sample size.
+        partitions: the store partitions the build added (key, file, sha256, offset, rows, gid_start).
+        build: how the build ran (partitions, resumed, add nodes, peak worker RSS; incremental).
+        clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
+            predictor (``None``: the store predates it; the default is then used).
+    """
+
+    format_version: int
+    type: str
+    factory: str
+    metric: str
+    dim: int
+    ntotal: int
+    encoder: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    split: str | None = None
+    source_store: str | None = None
+    gpu_trained: bool | None = None
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall_at_10: dict[str, Any] | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    shared_quantizer: bool = False
+    trained: dict[str, Any] | None = None
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    build: dict[str, Any] | None = None
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document; keys an index never had are left out."""
+        doc = super().to_json()
+        for key in ("encoder", "fingerprint", "source_store", "gpu_trained", "recall_at_10", "clean", "trained",
+                    "build"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        for key in ("shards", "partitions"):
+            if not doc.get(key):
+                doc.pop(key, None)
+        if not self.shared_quantizer:
+            doc.pop("shared_quantizer")
+        return doc
+
+
+def read_manifest(path: str | Path) -> IndexManifest:
+    """The manifest of the index directory ``path`` (checks the format version, not the files)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
+    return _checked(path, read_json(path / MANIFEST))
+
+
+def _checked(path: Path, manifest: IndexManifest | dict[str, Any]) -> IndexManifest:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')} "
+                         f"(this genoray reads {READABLE_VERSIONS}); rebuild the index with `genoray index`")
+    return IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
 
 
 def _faiss():
@@ -53,37 +134,8 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force cosine top-k in numpy (the oracle for recall and tests)."""
-    sims = l2_normalize(queries) @ l2_normalize(base).T
-    k = min(k, base.shape[0])
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, top, axis=1), top
-
-
-def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results; larger similarity first; missing (-1) ids last."""
-    s = np.concatenate(sims, axis=1)
-    i = np.concatenate(ids, axis=1)
-    s = np.where(i >= 0, s, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    return np.where(i >= 0, s, -np.inf).astype(np.float32), i
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids found."""
-    hits = [len(set(f[f >= 0]) & set(t)) / max(len(t), 1) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
-
-
 def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
+    """Shard of each seq_id: a stable hash modulo ``n_shards``."""
     if n_shards == 1:
         return np.zeros(len(seq_ids), dtype=np.int64)
     return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % n_shards
@@ -166,18 +218,21 @@ class VectorIndex:
     ``labels[pos]`` give the neighbours' seq_id and label.
     """
 
-    def __init__(self, shards: list[Any], ids, labels, manifest: dict[str, Any]):
-        self.shards, self.ids, self.labels, self.manifest = shards, ids, labels, manifest
+    def __init__(self, shards: list[Any], ids, labels, manifest: IndexManifest | dict[str, Any]):
+        self.manifest: IndexManifest = IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+        self.shards, self.ids, self.labels = shards, ids, labels
         self.refine: list[tuple[int, np.ndarray]] = []  # (first gid, float16 vectors) per shard
-        self.set_search_params(manifest.get("search_params", {}))
+        self.set_search_params(self.manifest.search_params)
 
     @property
     def ntotal(self) -> int:
+        """Vectors over all shards."""
         return int(sum(s.ntotal for s in self.shards))
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        """Vector size."""
+        return int(self.manifest.dim)
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> VectorIndex:
@@ -187,11 +242,11 @@ class VectorIndex:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
-                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0])}
-        manifest.update(extra or {})
+                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0]), **(extra or {})}
         return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
 
     def set_search_params(self, params: dict[str, int]) -> None:
+        """Set ``nprobe`` / ``efSearch`` on every shard and ``k_factor`` (recorded in the manifest)."""
         faiss = _faiss()
         for shard in self.shards:
             base = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else shard
@@ -199,7 +254,7 @@ class VectorIndex:
                 base.nprobe = int(params["nprobe"])
             if "efSearch" in params and hasattr(base, "hnsw"):
                 base.hnsw.efSearch = int(params["efSearch"])
-        self.manifest["search_params"] = dict(params)
+        self.manifest = dataclasses.replace(self.manifest, search_params=dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine similarities and global row positions (``-1`` where fewer than k)."""
@@ -207,7 +262,7 @@ class VectorIndex:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query dim {q.shape[-1]} != index dim {self.dim}")
         k = max(1, min(k, self.ntotal))
-        k_factor = int(self.manifest.get("search_params", {}).get("k_factor", 1))
+        k_factor = int(self.manifest.search_params.get("k_factor", 1))
         if self.refine and k_factor > 1:
             results = [self._refined(shard, q, k, k_factor, start, vecs)
                        for shard, (start, vecs) in zip(self.shards, self.refine)]
@@ -246,6 +301,7 @@ class VectorIndex:
         return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
 
     def save(self, out_dir: str | Path) -> None:
+        """Write shards, ids tables and ``manifest.json`` (with sha256) into a new directory."""
         faiss = _faiss()
         out = Path(out_dir)
         if (out / MANIFEST).exists():
@@ -261,26 +317,20 @@ class VectorIndex:
                                      "label": labels.take(pa.array(g))}), out / fids)
             shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
                                 "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
-        self.manifest["shards"] = shards_meta
-        self.manifest["ntotal"] = self.ntotal
-        write_json(out / MANIFEST, self.manifest)
+        self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
+        write_json(out / MANIFEST, self.manifest.to_json())
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> VectorIndex:
         """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
-        path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
-        return cls.open(path, read_json(path / MANIFEST), mmap)
+        return cls.open(path, read_manifest(path), mmap)
 
     @classmethod
-    def open(cls, path: str | Path, manifest: dict[str, Any], mmap: bool = False) -> VectorIndex:
+    def open(cls, path: str | Path, manifest: IndexManifest | dict[str, Any], mmap: bool = False) -> VectorIndex:
         """Load the index files that ``manifest`` lists (checksums verified)."""
         faiss = _faiss()
         path = Path(path)
-        if manifest.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')} "
-                             f"(this genoray reads {READABLE_VERSIONS}); rebuild the index with `genoray index`")
+        manifest = _checked(path, manifest)
         files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
         shared = manifest.get("shared_quantizer", False)
         if shared:

@@ -28,17 +28,9 @@ import pyarrow.parquet as pq
 
 from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
-from genoray.index.build import IndexReport
-from genoray.index.core import MANIFEST, merge_topk
-from genoray.index.stages import (
-    _Local,
-    _pick_queries,
-    add_part,
-    exact_part,
-    merge_shard,
-    scan_part,
-    tune_index,
-)
+from genoray.index.build import IndexReport, clean_json
+from genoray.index.core import MANIFEST, IndexManifest, merge_topk
+from genoray.index.stages import _Local, _pick_queries, add_part, exact_part, merge_shard, scan_part, tune_index
 
 
 class RetrainNeeded(RuntimeError):
@@ -126,6 +118,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
             _link(old / f, out / f)
     _link(old / m["trained"]["file"], out / m["trained"]["file"])
     manifest = {**m, "ntotal": n_old + n_new, "shards": [*m["shards"], meta], "source_store": store_path,
+                "clean": clean_json(store.clean_policy) or m.get("clean"),
                 "partitions": [*m["partitions"], *[{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows",
                                                                       "gid_start")} for p in delta]]}
 
@@ -146,7 +139,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                                 "oracle": "exact cosine over all indexed rows"}
     manifest["build"] = {"incremental": True, "base": str(old.resolve()), "delta_rows": n_new,
                          "shift": {"is_shift": bool(shift.is_shift)}}
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, IndexManifest.from_json(manifest).to_json())
     return IndexReport(str(out), m["factory"], len(manifest["shards"]), n_old + n_new, d, recall,
                        manifest["search_params"], False, round(time.perf_counter() - t0, 3), 0, len(delta), 0, ["local"],
                        float(meta.get("peak_rss_mb", 0.0)), {"delta_rows": n_new, "sha256_reused": sum(
