@@ -355,7 +355,7 @@ class VectorIndex:
                 attach_quantizer(shard, trained)
             shards.append(shard)
             if s.get("refine"):
-                refine.append((int(s["gid_start"]), np.load(path / s["refine"], mmap_mode="r")))
+                refine.append((int(s["gid_start"]), np.load(path / s["refine"], mmap_mode="r", allow_pickle=False)))
         if sum(s.ntotal for s in shards) != n:
             raise ValueError(f"{path}: shards hold {sum(s.ntotal for s in shards)} vectors, manifest says {n}")
         t = pa.concat_tables(tables)

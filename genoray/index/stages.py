@@ -148,7 +148,7 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
             index.merge_from(part_index, 0)
             del part_index
         else:
-            vec = np.load(pdir / f"{p['key']}.vec.npy")
+            vec = np.load(pdir / f"{p['key']}.vec.npy", allow_pickle=False)
             if sharded:
                 index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
             else:
@@ -167,7 +167,7 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
             "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}, "peak_rss_mb": _peak_rss_mb()}
     if refine:
         fr = f"refine-{shard:02d}.npy"
-        vecs = [np.load(pdir / f"{p['key']}.vec.npy", mmap_mode="r") for p in parts]
+        vecs = [np.load(pdir / f"{p['key']}.vec.npy", mmap_mode="r", allow_pickle=False) for p in parts]
         total = sum(len(v) for v in vecs)
         mm = np.lib.format.open_memmap(out / fr, mode="w+", dtype=np.float16, shape=(total, vecs[0].shape[1] if vecs else 0))
         pos = 0
