@@ -145,6 +145,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    """``genoray plan``: predicted memory and time per stage; exit 4 when it does not fit."""
     from genoray.plan import ClusterSpec, estimate, format_plan, plan_store
 
     cluster = ClusterSpec(nodes=a.nodes, memory_per_node_gb=a.memory_per_node, cpus_per_node=a.cpus_per_node,

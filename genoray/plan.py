@@ -64,9 +64,11 @@ class ClusterSpec:
     gflops_per_core: float = GFLOPS_PER_CORE
 
     def memory_bytes(self) -> int:
+        """Memory per node in bytes (this machine's available memory when not given)."""
         return int(self.memory_per_node_gb * GB) if self.memory_per_node_gb > 0 else available_memory()
 
     def cpus(self) -> int:
+        """CPUs per node (this machine's cores when not given)."""
         return self.cpus_per_node or (os.cpu_count() or 1)
 
 
@@ -134,6 +136,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-ready dict (what ``genoray plan --json`` prints)."""
         return asdict(self)
 
 
@@ -279,6 +282,7 @@ def check_fits(plan: Plan) -> None:
 
 
 def human(b: float) -> str:
+    """Bytes as a short human-readable size (``1.5 GiB``)."""
     for unit, size in (("TiB", 2**40), ("GiB", GB), ("MiB", MB)):
         if b >= size:
             return f"{b / size:.1f} {unit}"
@@ -286,6 +290,7 @@ def human(b: float) -> str:
 
 
 def hours(s: float) -> str:
+    """Seconds as a short duration (seconds, minutes or hours)."""
     return f"{s / 3600:.2f} h" if s >= 3600 else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s")
 
 

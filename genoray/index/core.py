@@ -199,6 +199,7 @@ class ArrowColumn:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the Arrow buffers."""
         return int(self.array.nbytes)
 
 
