@@ -10,6 +10,7 @@ publish    -> genoray.bundle.write_bundle + publish
 reindex    -> genoray.reindex.reindex
 serve      -> genoray.serve.build_app
 shift      -> genoray.shift.ShiftDetector
+convert-weights -> genoray.weights.convert_weights
 """
 
 from __future__ import annotations
@@ -206,6 +207,15 @@ def cmd_shift(a: argparse.Namespace) -> int:
     return 5 if report["is_shift"] else 0
 
 
+def cmd_convert_weights(a: argparse.Namespace) -> int:
+    from genoray.weights import convert_weights
+
+    report = convert_weights(a.src, a.dst)
+    _print(report, True)
+    print(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -340,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
     p.set_defaults(func=cmd_shift)
+
+    p = sub.add_parser(
+        "convert-weights", help="convert a pytorch_model.bin (pickle) checkpoint to safetensors, safely",
+        description="Read SRC/pytorch_model.bin with torch's weights-only unpickler (anything else in the "
+                    "pickle is refused, with the reason; nothing is executed), write DST/model.safetensors, copy "
+                    "the config, tokenizer and model-code files, and print the weights sha256 that an "
+                    "hf:DST encoder spec pins.")
+    p.add_argument("src", help="model directory holding pytorch_model.bin")
+    p.add_argument("dst", help="new directory for the converted model")
+    p.set_defaults(func=cmd_convert_weights)
     return parser
 
 

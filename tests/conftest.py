@@ -24,6 +24,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def hyena_dir(request, tmp_path_factory) -> Path:
+    """HyenaDNA-tiny converted to safetensors (see tests/hyena.py); fails, never skips, when
+    the anticapt wheel cannot be fetched."""
+    from hyena import FetchError, hyena_tiny
+
+    try:
+        return hyena_tiny(Path(request.config.cache.mkdir("anticapt-wheel")), tmp_path_factory.mktemp("hyena"))
+    except FetchError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 def write_fasta(path: Path, records, width: int = 60) -> Path:
     with open(path, "w") as f:
         for header, seq in records:

@@ -10,6 +10,12 @@ HyenaDNA, Caduceus, or any ``AutoModel`` checkpoint).
   tokenizers such as HyenaDNA's that return no mask) or the first (CLS) token.
 * Sequences longer than the tile length are tiled with overlap; tile embeddings are averaged
   weighted by tile length. Optional reverse-complement averaging.
+* Batch invariance: a sequence's vector does not depend on the other sequences in its batch
+  or on the batch size. genoray pads on the right itself, whatever the tokenizer's
+  ``padding_side`` (HyenaDNA's pads on the left, and in a causal model left pads feed every
+  later token), passes the mask to models that take one, and pools over real tokens only. A
+  bidirectional model that takes no attention mask is batched only with tiles of equal token
+  length (``padding_mode == "exact"``), so it never sees a pad.
 * Batches are formed by length bucket (sorted by length) to minimise padding; the output
   order equals the input order.
 * float16/bfloat16 on GPU, float32 on CPU; the device is checked and falls back to CPU.
@@ -26,7 +32,7 @@ import numpy as np
 from genoray.config import HFConfig, from_dict, to_dict
 from genoray.sequences import reverse_complement, tile
 
-VERSION = 1
+VERSION = 2  # 2: genoray pads on the right itself (v1 used the tokenizer's side: left for HyenaDNA)
 
 
 def masked_mean(hidden, mask):
@@ -91,6 +97,8 @@ class HFEncoder:
         if config.overlap_nt >= self.tile_nt:
             raise ValueError(f"overlap_nt {config.overlap_nt} >= tile length {self.tile_nt}")
         self._weights_sha = _weights_digest(path) if local else None
+        self.padding_mode = self._padding_mode()
+        self._version = VERSION
 
     def _context_nt(self) -> int:
         limits = [getattr(self.model.config, "max_position_embeddings", None),
@@ -101,9 +109,16 @@ class HFEncoder:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":
-        if spec.get("type") != "hf" or spec.get("version") != VERSION:
+        if spec.get("type") != "hf" or spec.get("version") not in (1, VERSION):
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
         enc = cls(from_dict(HFConfig, spec["config"]))
+        if spec["version"] == 1:
+            # v1 let the tokenizer pad; only right padding with an attention mask computed what v2 does
+            if getattr(enc.tokenizer, "padding_side", "right") != "right" or not enc._takes_mask:
+                raise ValueError(f"{enc.config.model}: this store/index was embedded by hf encoder v1, whose "
+                                 "vectors depended on the other sequences in a batch for this model (left "
+                                 "padding); re-embed it")
+            enc._version = 1
         expected = spec.get("weights_sha256")
         if expected and enc._weights_sha != expected:
             from genoray.artifacts import ChecksumError
@@ -117,7 +132,7 @@ class HFEncoder:
         cfg = to_dict(self.config)
         cfg.pop("device")  # where it runs does not change what it computes
         cfg.pop("batch_size")
-        return {"type": "hf", "version": VERSION, "config": cfg, "weights_sha256": self._weights_sha}
+        return {"type": "hf", "version": self._version, "config": cfg, "weights_sha256": self._weights_sha}
 
     @property
     def fingerprint(self) -> str:
@@ -125,18 +140,59 @@ class HFEncoder:
 
         return fingerprint(self)
 
+    def _padding_mode(self) -> str:
+        """``"right"`` when padding cannot reach real tokens: the model takes an attention mask
+        (bidirectional encoders) or is causal (pads after the last real token are never seen by
+        it). ``"exact"`` otherwise (a bidirectional model that ignores padding): tiles are then
+        batched only with tiles of the same token length, so no padding is ever added."""
+        import inspect
+
+        cfg = self.model.config
+        params = inspect.signature(self.model.forward).parameters
+        self._takes_mask = "attention_mask" in params
+        returns_mask = "attention_mask" in self.tokenizer(["ACGT"])
+        if self._takes_mask and returns_mask:
+            return "right"
+        archs = " ".join(getattr(cfg, "architectures", None) or [])
+        auto_map = getattr(cfg, "auto_map", None) or {}
+        causal = (bool(getattr(cfg, "is_decoder", False)) or "CausalLM" in archs
+                  or "AutoModelForCausalLM" in auto_map
+                  or getattr(cfg, "model_type", "") in ("hyenadna", "gpt2", "mamba", "llama", "mistral"))
+        return "right" if causal else "exact"
+
+    def _token_ids(self, chunks: list[str]) -> list[list[int]]:
+        return list(self.tokenizer(chunks, padding=False, truncation=False)["input_ids"])
+
     def _forward(self, chunks: list[str]) -> np.ndarray:
+        """Pooled vectors of ``chunks``, padded on the right by genoray itself (whatever the
+        tokenizer's ``padding_side``: a left-padding tokenizer such as HyenaDNA's made every
+        vector depend on the other sequences in its causal batch)."""
+        ids = self._token_ids(chunks)
+        if self.padding_mode == "exact":
+            by_len: dict[int, list[int]] = {}
+            for i, row in enumerate(ids):
+                by_len.setdefault(len(row), []).append(i)
+            out = np.zeros((len(chunks), self.dim), dtype=np.float32)
+            for rows in by_len.values():
+                out[rows] = self._run([ids[i] for i in rows])
+            return out
+        return self._run(ids)
+
+    def _run(self, ids: list[list[int]]) -> np.ndarray:
         import torch
 
-        enc = self.tokenizer(chunks, padding=True, return_tensors="pt")
-        ids = enc["input_ids"].to(self.device)
-        if "attention_mask" in enc:
-            mask = enc["attention_mask"].to(self.device)
-        else:  # e.g. HyenaDNA: no mask, left padding
-            pad = self.tokenizer.pad_token_id
-            mask = (ids != pad).long() if pad is not None else torch.ones_like(ids)
-        kwargs = {"input_ids": ids}
-        if "attention_mask" in enc:
+        width = max(len(r) for r in ids)
+        pad = self.tokenizer.pad_token_id
+        batch = torch.full((len(ids), width), 0 if pad is None else pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        if self.device.startswith("cuda"):
+            batch, mask = batch.pin_memory(), mask.pin_memory()
+        batch, mask = batch.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        kwargs = {"input_ids": batch}
+        if self._takes_mask:
             kwargs["attention_mask"] = mask
         with torch.inference_mode():
             out = self.model(**kwargs, output_hidden_states=self.config.layer != -1)
