@@ -43,7 +43,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     from genoray.quickstart import ENCODERS, format_result, run_quickstart
 
     encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
-    result = run_quickstart(a.data, a.workdir, encoders, use_ray=not a.no_ray)
+    result = run_quickstart(a.data, a.workdir, encoders, use_ray=not a.no_ray, trust_remote_code=a.trust_remote_code)
     _print(result, a.json, format_result(result))
     return 0
 
@@ -53,11 +53,12 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from genoray.embed import embed_sequences
     from genoray.encoders import encoder_from_name
 
-    cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
+    cfg = EmbedConfig(batch_size=a.batch_size or EmbedConfig.batch_size, num_actors=a.num_actors,
+                      on_error=a.on_error)
     read_cfg = ReadConfig(clean=CleanPolicy(max_length=a.max_length, long_records=a.long_records,
                                             window_overlap=a.window_overlap))
-    report = embed_sequences(a.inputs, a.out, encoder_from_name(a.encoder, a.trust_remote_code),
-                             read_cfg=read_cfg, embed_cfg=cfg, use_ray=not a.no_ray)
+    encoder = encoder_from_name(a.encoder, a.trust_remote_code, batch_size=a.batch_size)
+    report = embed_sequences(a.inputs, a.out, encoder, read_cfg=read_cfg, embed_cfg=cfg, use_ray=not a.no_ray)
     _print(report.to_dict(), True)
     return 0 if report.status == "complete" else 3
 
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where stores, indexes and heads are written (default: a new temp dir)")
     p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
     p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf:<local dir> model run its own code (HyenaDNA; see README, 'A real DNA model')")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_quickstart)
 
@@ -237,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
     p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
     _add_encoder_args(p)
-    p.add_argument("--batch-size", type=int, default=1024, help="records per encoder call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="records per encoder call (default 1024); for hf: encoders also sequences (tiles) per "
+                        "forward pass (default 32). Vectors do not depend on it")
     p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
     p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
                    help="a bad file: record it and go on (default, exit 3) or stop the job")

@@ -34,15 +34,17 @@ def run_quickstart(
     head_cfg: HeadConfig | None = None,
     read_cfg: ReadConfig | None = None,
     use_ray: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Run embed -> index -> train -> evaluate for each encoder; return a JSON-able result."""
+    """Run embed -> index -> train -> evaluate for each encoder; return a JSON-able result.
+    ``trust_remote_code`` lets an ``hf:<local dir>`` model such as HyenaDNA run its own code."""
     data = Path(data) if data else bundled_dataset()
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="genoray-quickstart-"))
     result: dict[str, Any] = {"dataset": str(data), "workdir": str(workdir), "runs": []}
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", encoder_from_name(name), read_cfg, use_ray=use_ray)
+        report = embed_sequences(data, run_dir / "store", encoder_from_name(name, trust_remote_code), read_cfg, use_ray=use_ray)
         t1 = time.perf_counter()
         idx = build_index(run_dir / "store", run_dir / "index", IndexConfig(split="train"))
         t2 = time.perf_counter()

@@ -30,8 +30,9 @@ def fingerprint(encoder: Encoder) -> str:
     return sha256_json(encoder.spec())[:16]
 
 
-def encoder_from_name(name: str, trust_remote_code: bool = False) -> Encoder:
-    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``."""
+def encoder_from_name(name: str, trust_remote_code: bool = False, batch_size: int | None = None) -> Encoder:
+    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``.
+    ``batch_size`` sets a transformers encoder's forward-pass batch (default 32)."""
     from genoray.config import KmerConfig, PositionConfig
 
     if name == "kmer":
@@ -46,7 +47,8 @@ def encoder_from_name(name: str, trust_remote_code: bool = False) -> Encoder:
         from genoray.config import HFConfig
         from genoray.encoders.hf import HFEncoder
 
-        return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code))
+        extra = {"batch_size": batch_size} if batch_size else {}
+        return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code, **extra))
     raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
 
 
