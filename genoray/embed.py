@@ -54,6 +54,7 @@ from genoray.store import FORMAT_VERSION, MANIFEST
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
 # float32 embeddings barely compress; zstd on them cost a quarter of the job's CPU time
+TORCH_ENCODERS = ("hf", "fusion")  # encoder spec types that run a transformers model
 SHARD_COMPRESSION = {schema.SEQ_ID: "zstd", schema.LABEL: "zstd", schema.DOMAIN: "zstd", schema.SPLIT: "zstd",
                      schema.SEQ_HASH: "zstd", schema.EMBEDDING: "none"}
 
@@ -275,7 +276,7 @@ class EmbedUnits:
         from genoray.config import from_dict
 
         tune_allocator()
-        if encoder_spec.get("type") == "hf":  # torch is only imported for transformers encoders
+        if encoder_spec.get("type") in TORCH_ENCODERS:  # torch is only imported for transformers encoders
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
@@ -470,7 +471,7 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
         raise ValueError("DataContext.max_errored_blocks must be 0: genoray never drops records silently")
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] == "hf" and gpus else 0.0)
+    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] in TORCH_ENCODERS and gpus else 0.0)
     if cfg.num_actors:
         n_actors = cfg.num_actors
     elif num_gpus:

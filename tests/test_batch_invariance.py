@@ -16,7 +16,7 @@ from tiny_models import make_char_bert, make_nt_like_esm
 
 from genoray.encoders.hf import HFEncoder
 
-ENCODERS = ["kmer", "kmer-pos", "bert", "esm", "hyena"]
+ENCODERS = ["kmer", "kmer-pos", "bert", "esm", "hyena", "hyena+kmer-pos"]
 
 
 def _random_seqs(rng, n, lo, hi):
@@ -34,6 +34,11 @@ def _make(name, models, batch_size=32, **kw):
         return KmerEncoder(KmerConfig())
     if name == "kmer-pos":  # fixed window, block always on: position features vary with length
         return KmerEncoder(KmerConfig(position=PositionConfig(window=120, bin_size=4, enable="always")))
+    if name == "hyena+kmer-pos":
+        from genoray.encoders.fusion import FusionEncoder
+
+        fused = FusionEncoder(_make("hyena", models, batch_size, **kw), _make("kmer-pos", models))
+        return fused.fit(_random_seqs(np.random.default_rng(1), 40, 50, 200))
     return HFEncoder(HFConfig(model=str(models[name]), batch_size=batch_size, trust_remote_code=name == "hyena",
                               **kw))
 
@@ -54,7 +59,7 @@ def test_vector_does_not_depend_on_batch(name, models):
     shuffled = enc.embed([seqs[i] for i in perm])
     variants["shuffled"] = shuffled[np.argsort(perm)]
     variants["records per call 3"] = np.vstack([enc.embed(seqs[i:i + 3]) for i in range(0, len(seqs), 3)])
-    if isinstance(enc, HFEncoder):
+    if isinstance(enc, HFEncoder) or name == "hyena+kmer-pos":
         for bs in (1, 2, 5, 64):  # forward-pass batch size
             variants[f"forward batch {bs}"] = _make(name, models, batch_size=bs).embed(seqs)
     for what, got in variants.items():

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_fasta
+
 from genoray.cli import main
 
 pytestmark = [pytest.mark.ray]

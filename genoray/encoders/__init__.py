@@ -31,7 +31,8 @@ def fingerprint(encoder: Encoder) -> str:
 
 
 def encoder_from_name(name: str, trust_remote_code: bool = False, batch_size: int | None = None) -> Encoder:
-    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``.
+    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware), ``hf:<hub id or dir>``,
+    or ``hf:<model>+kmer`` / ``hf:<model>+kmer-pos`` (:class:`~genoray.encoders.fusion.FusionEncoder`).
     ``batch_size`` sets a transformers encoder's forward-pass batch (default 32)."""
     from genoray.config import KmerConfig, PositionConfig
 
@@ -43,13 +44,19 @@ def encoder_from_name(name: str, trust_remote_code: bool = False, batch_size: in
         from genoray.encoders.kmer import KmerEncoder
 
         return KmerEncoder(KmerConfig(position=PositionConfig()))
+    base, plus, suffix = name.rpartition("+")
+    if plus and base.startswith("hf:") and suffix in ("kmer", "kmer-pos"):  # feature fusion
+        from genoray.encoders.fusion import FusionEncoder
+
+        return FusionEncoder(encoder_from_name(base, trust_remote_code, batch_size), encoder_from_name(suffix))
     if name.startswith("hf:"):
         from genoray.config import HFConfig
         from genoray.encoders.hf import HFEncoder
 
         extra = {"batch_size": batch_size} if batch_size else {}
         return HFEncoder(HFConfig(model=name[3:], trust_remote_code=trust_remote_code, **extra))
-    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
+    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos', 'hf:<model id or directory>' or "
+                     "'hf:<model>+kmer' / 'hf:<model>+kmer-pos' (fusion)")
 
 
 def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
@@ -63,4 +70,8 @@ def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
         from genoray.encoders.hf import HFEncoder
 
         return HFEncoder.from_spec(spec)
-    raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer' or 'hf'")
+    if kind == "fusion":
+        from genoray.encoders.fusion import FusionEncoder
+
+        return FusionEncoder.from_spec(spec)
+    raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer', 'hf' or 'fusion'")
