@@ -61,6 +61,7 @@ def test_kmer_pos_fusion_has_a_position_block_and_spec_round_trips(bert_dir):
 
 def test_fusion_through_embed_index_train_predict(bert_dir, tmp_path):
     from conftest import write_fasta
+
     from genoray.embed import embed_sequences
     from genoray.index import build_index
     from genoray.predictor import Predictor
