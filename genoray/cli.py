@@ -54,7 +54,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from genoray.encoders import encoder_from_name
 
     cfg = EmbedConfig(batch_size=a.batch_size or EmbedConfig.batch_size, num_actors=a.num_actors,
-                      on_error=a.on_error)
+                      on_error=a.on_error, allow_cpu=a.allow_cpu, max_actors=a.max_actors)
     read_cfg = ReadConfig(clean=CleanPolicy(max_length=a.max_length, long_records=a.long_records,
                                             window_overlap=a.window_overlap))
     encoder = encoder_from_name(a.encoder, a.trust_remote_code, batch_size=a.batch_size)
@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records per encoder call (default 1024); for hf: encoders also sequences (tiles) per "
                         "forward pass (default 32). Vectors do not depend on it")
     p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
+    p.add_argument("--max-actors", type=int, default=0,
+                   help="elastic pool: grow up to this many actors as nodes/GPUs join (default: fixed pool)")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="run an hf: encoder on CPU actors when the Ray cluster has no GPU (refused otherwise)")
     p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
                    help="a bad file: record it and go on (default, exit 3) or stop the job")
     p.add_argument("--max-length", type=int, default=1_000_000, help="longest record kept whole (bp)")

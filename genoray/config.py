@@ -232,6 +232,10 @@ class EmbedConfig:
         gpus_per_actor: ``None`` = 1 for transformers encoders on a cluster with GPUs, else 0.
         on_error: ``"continue"`` commits the good units and reports failed files
             (``status="partial"``); ``"fail"`` raises on the first bad file.
+        allow_cpu: run a transformers encoder on CPU actors when the Ray cluster has no GPU
+            (otherwise the job refuses with a clear message: it would be ~100x slower).
+        max_actors: elastic actor pool: start with ``num_actors`` (or the default) and grow to
+            this many as nodes/GPUs join (``0`` = a fixed pool).
     """
 
     batch_size: int = 1024
@@ -241,6 +245,8 @@ class EmbedConfig:
     cpus_per_actor: float = 0.0
     gpus_per_actor: float | None = None
     on_error: Literal["continue", "fail"] = "continue"
+    allow_cpu: bool = False
+    max_actors: int = 0
 
     def __post_init__(self) -> None:
         if self.on_error not in ("continue", "fail"):

@@ -471,7 +471,12 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
         raise ValueError("DataContext.max_errored_blocks must be 0: genoray never drops records silently")
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] in TORCH_ENCODERS and gpus else 0.0)
+    torch_encoder = spec["type"] in TORCH_ENCODERS
+    if torch_encoder and not gpus and cfg.gpus_per_actor is None and not cfg.allow_cpu:
+        raise RuntimeError(f"the Ray cluster has no GPU ({cpus:g} CPUs) and the encoder is a transformers model, "
+                           "which is about 100x slower on CPUs: start GPU nodes, or pass --allow-cpu "
+                           "(EmbedConfig(allow_cpu=True)) to run it on CPU actors anyway")
+    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if torch_encoder and gpus else 0.0)
     if cfg.num_actors:
         n_actors = cfg.num_actors
     elif num_gpus:
@@ -488,7 +493,9 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
+        compute=(ray.data.ActorPoolStrategy(min_size=n_actors, max_size=max(cfg.max_actors, n_actors))
+                 if cfg.max_actors else ray.data.ActorPoolStrategy(size=n_actors)),
         num_cpus=cpus_per_actor,
         num_gpus=num_gpus,
     )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genoray.config import HeadConfig, IndexConfig, ReadConfig
+from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
 from genoray.embed import embed_sequences
 from genoray.encoders import encoder_from_name
 from genoray.index import build_index
@@ -44,7 +44,8 @@ def run_quickstart(
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", encoder_from_name(name, trust_remote_code), read_cfg, use_ray=use_ray)
+        report = embed_sequences(data, run_dir / "store", encoder_from_name(name, trust_remote_code), read_cfg,
+                                 EmbedConfig(allow_cpu=True), use_ray=use_ray)  # a local demo: CPU is fine
         t1 = time.perf_counter()
         idx = build_index(run_dir / "store", run_dir / "index", IndexConfig(split="train"))
         t2 = time.perf_counter()

@@ -41,8 +41,11 @@ def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_di
 
     fa, recs = _toy(tmp_path / "toy.fa")
     store, index, head = tmp_path / "store", tmp_path / "index", tmp_path / "head"
+    # no GPU in the test cluster: a transformers job refuses unless told CPU is fine
+    assert main(["embed", str(fa), "--out", str(store), "--encoder", f"hf:{hyena_dir}", "--trust-remote-code"]) == 2
+    assert "no GPU" in capsys.readouterr().err
     assert main(["embed", str(fa), "--out", str(store), "--encoder", f"hf:{hyena_dir}", "--trust-remote-code",
-                 "--batch-size", "7"]) == 0
+                 "--batch-size", "7", "--allow-cpu"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert (rep["read"], rep["accepted"], rep["rejected"], rep["written"]) == (90, 90, 0, 90)
     emb = EmbeddingStore(store).load(None)

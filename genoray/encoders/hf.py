@@ -85,9 +85,15 @@ class HFEncoder:
         if config.revision and not local:
             kwargs["revision"] = config.revision
         path = str(Path(config.model).expanduser()) if local else config.model
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        # safetensors only: a pytorch_model.bin is a pickle, and genoray never loads pickles
-        self.model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
+        if not kwargs["local_files_only"]:
+            kwargs["local_files_only"] = not _needs_hub(path, kwargs.get("revision"))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            # safetensors only: a pytorch_model.bin is a pickle, and genoray never loads pickles
+            self.model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
+        except OSError as e:
+            where = "local directory" if local else "hub id (not in the local Hugging Face cache)"
+            raise ModelUnavailableError(f"{config.model}: cannot load this {where}: {_first_line(e)}") from e
         self.model.eval().to(self.device)
         self.dtype = dtype
         self.dim = int(getattr(self.model.config, "hidden_size", 0) or getattr(self.model.config, "d_model", 0))
@@ -233,6 +239,47 @@ class HFEncoder:
         if self.config.reverse_complement:
             vecs = (vecs + self._embed_strand([reverse_complement(s) for s in sequences])) / 2
         return vecs
+
+
+class ModelUnavailableError(FileNotFoundError):
+    """A model that is neither a usable local directory, nor cached, nor reachable on the hub."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400]
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _needs_hub(model: str, revision: str | None) -> bool:
+    """Whether loading ``model`` must contact the hub: ``False`` when its config is already in
+    the local cache. When it must and the hub does not answer a TCP connect within
+    ``HUB_PROBE_TIMEOUT_S``, raise :class:`ModelUnavailableError` at once instead of letting
+    transformers retry for about a minute."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ModelUnavailableError(f"{model}: not a local directory and not in the Hugging Face cache, and "
+                                    "HF_HUB_OFFLINE is set: download it on a connected machine (hf download "
+                                    f"{model} --local-dir DIR) and pass hf:DIR")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ModelUnavailableError(f"{model}: not a local directory and not in the Hugging Face cache, and the hub "
+                                    f"({host}:{port}) is unreachable ({e.__class__.__name__}: {e}): download it on a "
+                                    f"connected machine (hf download {model} --local-dir DIR) and pass hf:DIR") from None
+    return True
 
 
 def _weights_digest(path: str) -> str | None:
