@@ -193,6 +193,9 @@ class HFConfig:
         device: ``"auto"`` picks CUDA when available.
         layer: hidden layer to pool (``-1`` = last).
         local_files_only: never contact a hub.
+        tokens_per_batch: ``> 0`` forms forward batches by a token budget over length-sorted
+            tiles (``rows x longest tile <= budget``) instead of ``batch_size`` rows: short
+            tiles go in big batches, long ones in small ones, padding stays minimal.
     """
 
     model: str
@@ -207,6 +210,7 @@ class HFConfig:
     device: str = "auto"
     layer: int = -1
     local_files_only: bool = False
+    tokens_per_batch: int = 0
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "cls"):
@@ -236,6 +240,8 @@ class EmbedConfig:
             (otherwise the job refuses with a clear message: it would be ~100x slower).
         max_actors: elastic actor pool: start with ``num_actors`` (or the default) and grow to
             this many as nodes/GPUs join (``0`` = a fixed pool).
+        prefetch_batches: read and clean up to this many batches ahead on a thread while the
+            encoder runs (``0`` = read, then embed, one after the other).
     """
 
     batch_size: int = 1024
@@ -247,6 +253,7 @@ class EmbedConfig:
     on_error: Literal["continue", "fail"] = "continue"
     allow_cpu: bool = False
     max_actors: int = 0
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         if self.on_error not in ("continue", "fail"):

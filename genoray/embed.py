@@ -181,8 +181,51 @@ def shard_is_done(shard_dir: Path, key: str) -> dict[str, Any] | None:
     return done
 
 
+def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
+    """Iterate ``iterable`` on a thread, up to ``depth`` items ahead (``0``: no thread).
+    An exception in the producer is raised here, at the item where it happened."""
+    if depth <= 0:
+        yield from iterable
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            q.put((done, e))
+
+    t = threading.Thread(target=produce, name="genoray-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
 def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
-                 batch_size: int) -> dict[str, Any]:
+                 batch_size: int, prefetch_batches: int = 0) -> dict[str, Any]:
     """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
     with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
     key = unit["key"]
@@ -193,8 +236,8 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     t0, started = time.perf_counter(), time.time()
     try:
         cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
-        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
-                               unit.get("byte_range")):
+        for batch in prefetch(iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
+                                        unit.get("byte_range")), prefetch_batches):
             out = embed_table(encoder, batch)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, out.schema, compression=SHARD_COMPRESSION)
@@ -272,7 +315,7 @@ class EmbedUnits:
     """Ray Data callable class: one encoder per actor; each call processes whole units."""
 
     def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
-                 torch_threads: int = 1):
+                 torch_threads: int = 1, prefetch_batches: int = 0):
         from genoray.config import from_dict
 
         tune_allocator()
@@ -284,12 +327,14 @@ class EmbedUnits:
         self.read_cfg = from_dict(ReadConfig, read_cfg)
         self.shard_dir = Path(shard_dir)
         self.batch_size = batch_size
+        self.prefetch_batches = prefetch_batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
         for unit_json in batch["unit"]:
             unit = json.loads(unit_json)
-            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size)))
+            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size,
+                                                   self.prefetch_batches)))
         return {"summary": np.array(out, dtype=object)}
 
 
@@ -424,7 +469,8 @@ def embed_sequences(
             summaries = _run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
         else:
             tune_allocator()
-            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
+                         for u in pending)
         for s in summaries:
             if s["status"] == "done":
                 done[s["key"]] = s
@@ -491,7 +537,8 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     ds = ds.map_batches(
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
-                               "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},
+                               "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor)),
+                               "prefetch_batches": cfg.prefetch_batches},
         batch_size=1,
         # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
         compute=(ray.data.ActorPoolStrategy(min_size=n_actors, max_size=max(cfg.max_actors, n_actors))

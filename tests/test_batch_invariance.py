@@ -62,6 +62,7 @@ def test_vector_does_not_depend_on_batch(name, models):
     if isinstance(enc, HFEncoder) or name == "hyena+kmer-pos":
         for bs in (1, 2, 5, 64):  # forward-pass batch size
             variants[f"forward batch {bs}"] = _make(name, models, batch_size=bs).embed(seqs)
+        variants["token budget 400"] = _make(name, models, tokens_per_batch=400).embed(seqs)
     for what, got in variants.items():
         cos = _cos(alone, got)
         assert cos.min() >= 0.9999, f"{name}, {what}: min cosine {cos.min():.6f} (seq {int(cos.argmin())})"
@@ -121,3 +122,36 @@ def test_exact_length_batches_for_bidirectional_models_without_mask(models):
     seqs = _random_seqs(np.random.default_rng(5), 9, 5, 60)
     alone = np.vstack([enc.embed([s]) for s in seqs])
     assert _cos(alone, enc.embed(seqs)).min() >= 0.9999
+
+
+def test_token_budget_batches_cover_every_tile_once_within_budget():
+    from genoray.encoders.hf import padding_waste, plan_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(50, 2000, 500)
+    batches = plan_batches(lengths, 32, tokens_per_batch=8192)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 8192
+    unsorted = [np.arange(i, min(i + 32, 500)) for i in range(0, 500, 32)]
+    # exact oracle on a hand example: lengths 1, 3 in one batch -> 2 padded of 4 real
+    assert padding_waste([1, 3], [np.array([0, 1])]) == 0.5
+    assert padding_waste(lengths, batches) < padding_waste(lengths, plan_batches(lengths, 32)) \
+        < padding_waste(lengths, unsorted)
+
+
+def test_prefetch_keeps_order_and_raises_where_the_producer_failed():
+    from genoray.embed import prefetch
+
+    assert list(prefetch(iter(range(50)), 2)) == list(range(50)) == list(prefetch(iter(range(50)), 0))
+
+    def bad():
+        yield 1
+        yield 2
+        raise ValueError("record 3: broken")
+
+    got = []
+    with pytest.raises(ValueError, match="record 3"):
+        for x in prefetch(bad(), 2):
+            got.append(x)
+    assert got == [1, 2]

@@ -138,6 +138,7 @@ class HFEncoder:
         cfg = to_dict(self.config)
         cfg.pop("device")  # where it runs does not change what it computes
         cfg.pop("batch_size")
+        cfg.pop("tokens_per_batch", None)  # batching does not change the vectors
         return {"type": "hf", "version": self._version, "config": cfg, "weights_sha256": self._weights_sha}
 
     @property
@@ -173,12 +174,14 @@ class HFEncoder:
         """Pooled vectors of ``chunks``, padded on the right by genoray itself (whatever the
         tokenizer's ``padding_side``: a left-padding tokenizer such as HyenaDNA's made every
         vector depend on the other sequences in its causal batch)."""
-        ids = self._token_ids(chunks)
+        return self._forward_ids(self._token_ids(chunks))
+
+    def _forward_ids(self, ids: list[list[int]]) -> np.ndarray:
         if self.padding_mode == "exact":
             by_len: dict[int, list[int]] = {}
             for i, row in enumerate(ids):
                 by_len.setdefault(len(row), []).append(i)
-            out = np.zeros((len(chunks), self.dim), dtype=np.float32)
+            out = np.zeros((len(ids), self.dim), dtype=np.float32)
             for rows in by_len.values():
                 out[rows] = self._run([ids[i] for i in rows])
             return out
@@ -216,12 +219,21 @@ class HFEncoder:
             for t in tile(s, self.tile_nt, self.config.overlap_nt):
                 tiles.append(t)
                 owner.append(i)
-        order = np.argsort([len(t) for t in tiles], kind="stable")  # length buckets
         vecs = np.zeros((len(tiles), self.dim), dtype=np.float32)
-        bs = max(1, self.config.batch_size)
-        for start in range(0, len(order), bs):
-            sel = order[start : start + bs]
-            vecs[sel] = self._forward([tiles[j] for j in sel])
+        batches = plan_batches([len(t) for t in tiles], self.config.batch_size, self.config.tokens_per_batch)
+        if len(batches) < 2:
+            for sel in batches:
+                vecs[sel] = self._forward([tiles[j] for j in sel])
+        else:  # tokenize the next batch on a thread while this one runs (torch releases the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="genoray-tokenize") as pool:
+                ahead = pool.submit(self._token_ids, [tiles[j] for j in batches[0]])
+                for i, sel in enumerate(batches):
+                    ids = ahead.result()
+                    if i + 1 < len(batches):
+                        ahead = pool.submit(self._token_ids, [tiles[j] for j in batches[i + 1]])
+                    vecs[sel] = self._forward_ids(ids)
         weights = np.array([len(t) for t in tiles], dtype=np.float64)
         owner_arr = np.array(owner)
         out = np.zeros((len(sequences), self.dim), dtype=np.float64)
@@ -239,6 +251,32 @@ class HFEncoder:
         if self.config.reverse_complement:
             vecs = (vecs + self._embed_strand([reverse_complement(s) for s in sequences])) / 2
         return vecs
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, tokens_per_batch: int = 0) -> list[np.ndarray]:
+    """Index batches over length-sorted items: ``batch_size`` items each, or with
+    ``tokens_per_batch > 0`` as many as fit ``rows x longest <= tokens_per_batch`` (at least one)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")  # length buckets
+    if tokens_per_batch <= 0:
+        bs = max(1, batch_size)
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+    batches, start = [], 0
+    srt = np.asarray(lengths)[order]
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * srt[stop] <= tokens_per_batch:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
+def padding_waste(lengths: Sequence[int], batches: list[np.ndarray]) -> float:
+    """Padded positions / real positions when each batch is padded to its longest item."""
+    lengths = np.asarray(lengths)
+    real = lengths.sum()
+    padded = sum(len(b) * lengths[b].max() for b in batches if len(b))
+    return float(padded - real) / max(1, real)
 
 
 class ModelUnavailableError(FileNotFoundError):
