@@ -105,6 +105,7 @@ class HFEncoder:
         self._weights_sha = _weights_digest(path) if local else None
         self.padding_mode = self._padding_mode()
         self._version = VERSION
+        self.tokenize_ahead = True  # tokenize batch i+1 on a thread during batch i (bench: off = old loop)
 
     def _context_nt(self) -> int:
         limits = [getattr(self.model.config, "max_position_embeddings", None),
@@ -221,7 +222,7 @@ class HFEncoder:
                 owner.append(i)
         vecs = np.zeros((len(tiles), self.dim), dtype=np.float32)
         batches = plan_batches([len(t) for t in tiles], self.config.batch_size, self.config.tokens_per_batch)
-        if len(batches) < 2:
+        if len(batches) < 2 or not self.tokenize_ahead:
             for sel in batches:
                 vecs[sel] = self._forward([tiles[j] for j in sel])
         else:  # tokenize the next batch on a thread while this one runs (torch releases the GIL)
