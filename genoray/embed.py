@@ -315,7 +315,7 @@ class EmbedUnits:
     """Ray Data callable class: one encoder per actor; each call processes whole units."""
 
     def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
-                 torch_threads: int = 1, prefetch_batches: int = 0):
+                 torch_threads: int = 1, prefetch_batches: int = 0, weights_hints: list | None = None):
         from genoray.config import from_dict
 
         tune_allocator()
@@ -323,6 +323,10 @@ class EmbedUnits:
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
+            from genoray.encoders.hf import trust_weights_hint
+
+            for hint in weights_hints or []:  # weights hashed once per job, by the driver
+                trust_weights_hint(hint)
         self.encoder = encoder_from_spec(encoder_spec)
         self.read_cfg = from_dict(ReadConfig, read_cfg)
         self.shard_dir = Path(shard_dir)
@@ -538,7 +542,7 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor)),
-                               "prefetch_batches": cfg.prefetch_batches},
+                               "prefetch_batches": cfg.prefetch_batches, "weights_hints": _weights_hints(spec)},
         batch_size=1,
         # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
         compute=(ray.data.ActorPoolStrategy(min_size=n_actors, max_size=max(cfg.max_actors, n_actors))
@@ -548,6 +552,17 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     )
     for row in ds.iter_rows():
         yield json.loads(row["summary"])
+
+
+def _weights_hints(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Digests of the local model weights the driver already hashed (see ``trust_weights_hint``)."""
+    if spec["type"] not in TORCH_ENCODERS:
+        return []
+    from genoray.encoders.hf import weights_hint
+
+    models = [spec] if spec["type"] == "hf" else [spec["model"]]
+    hints = [weights_hint(m["config"]["model"]) for m in models if m.get("type") == "hf"]
+    return [h for h in hints if h]
 
 
 def _id_hashes(ids: list[str]) -> np.ndarray:

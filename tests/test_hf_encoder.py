@@ -160,3 +160,30 @@ def test_unreachable_hub_fails_in_seconds_with_one_line(monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
         HFEncoder(HFConfig(model="nobody/not-a-model"))
+
+
+def test_weights_are_hashed_once_per_process_and_rehashed_when_they_change(tmp_path, bert_dir, monkeypatch):
+    import shutil
+
+    from genoray.encoders import hf
+
+    model = tmp_path / "m"
+    shutil.copytree(bert_dir, model)
+    calls = []
+    real = hf._hash_weights
+    monkeypatch.setattr(hf, "_hash_weights", lambda sig: calls.append(sig) or real(sig))
+    a = HFEncoder(HFConfig(model=str(model)))
+    b = encoder_from_spec(a.spec())  # the driver builds the spec, then rebuilds from it: one hash
+    assert len(calls) == 1 and a.spec() == b.spec()
+    hint = hf.weights_hint(str(model))
+    assert hint["sha256"] == a.spec()["weights_sha256"]
+    hf._DIGESTS.clear()
+    hf.trust_weights_hint(hint)  # an actor: same files (path, sizes, mtimes) -> no hashing
+    HFEncoder(HFConfig(model=str(model)))
+    assert len(calls) == 1
+    hf._DIGESTS.clear()
+    f = model / "model.safetensors"
+    f.write_bytes(f.read_bytes())  # new mtime: the hint no longer applies
+    hf.trust_weights_hint(hint)
+    HFEncoder(HFConfig(model=str(model)))
+    assert len(calls) == 2

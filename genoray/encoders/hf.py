@@ -321,13 +321,49 @@ def _needs_hub(model: str, revision: str | None) -> bool:
     return True
 
 
+_DIGESTS: dict[tuple, str] = {}  # weights_signature -> sha256, per process
+
+
+def weights_signature(path: str) -> tuple:
+    """(resolved dir, (name, size, mtime_ns) of each weight file): what a digest is cached by."""
+    root = Path(path).expanduser().resolve()
+    files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return (str(root), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def weights_hint(path: str) -> dict[str, Any] | None:
+    """The signature and digest of a local checkpoint already hashed in this process, to hand to
+    the embedding actors so they do not hash the same files again (``None`` if not hashed)."""
+    if not _is_local(path):
+        return None
+    sig = weights_signature(path)
+    return {"signature": [sig[0], [list(f) for f in sig[1]]], "sha256": _DIGESTS[sig]} if sig in _DIGESTS else None
+
+
+def trust_weights_hint(hint: dict[str, Any] | None) -> None:
+    """Accept a digest computed by the job's driver for files whose signature (path, sizes and
+    mtimes) still matches here; any change of the files makes the actor hash them itself."""
+    if hint:
+        sig = (hint["signature"][0], tuple(tuple(f) for f in hint["signature"][1]))
+        if Path(sig[0]).is_dir() and weights_signature(sig[0]) == sig:
+            _DIGESTS[sig] = hint["sha256"]
+
+
 def _weights_digest(path: str) -> str | None:
-    """sha256 over the safetensors/bin weight files of a local checkpoint (for the fingerprint)."""
+    """sha256 over the safetensors/bin weight files of a local checkpoint (for the fingerprint);
+    computed once per process and files (cached by :func:`weights_signature`)."""
+    sig = weights_signature(path)
+    if not sig[1]:
+        return None
+    if sig not in _DIGESTS:
+        _DIGESTS[sig] = _hash_weights(sig)
+    return _DIGESTS[sig]
+
+
+def _hash_weights(sig: tuple) -> str:
     from genoray.artifacts import sha256_file
 
-    files = sorted(p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
-    if not files:
-        return None
+    files = [Path(sig[0]) / name for name, _, _ in sig[1]]
     import hashlib
 
     h = hashlib.sha256()
