@@ -11,6 +11,9 @@ A study is one YAML file (see ``examples/study.yaml``)::
     cross: [[ecoli, tata], ...]     # train split of A -> test split of B (same label set)
     pooled: [[ecoli, tata]]         # union of train splits -> each test split
     cost: {watts_per_core: 10, grid_gco2_per_kwh: 400}
+    trust_remote_code: false        # let hf:<local dir> models (HyenaDNA) run their own code
+    max_train: 0                    # seeded subsample: at most this many train / test rows
+    max_test: 0                     #   per dataset (0 = all)
 
 Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
 encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; for an
@@ -20,7 +23,9 @@ protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.a
 ``fused+pseudo-label`` (confidence curriculum with replay). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
 *estimate* = CPU seconds x ``watts_per_core`` (no power meter is read), CO2 = energy x
-``grid_gco2_per_kwh``. The report records seeds, package versions and data sha256.
+``grid_gco2_per_kwh``. Per method, ``train_seconds`` and ``inference_seconds`` (frozen methods:
+embedding the test split + the head's prediction; LoRA: its own forward passes). The report
+records seeds, package versions and data sha256.
 """
 
 from __future__ import annotations
