@@ -81,7 +81,9 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict[str, Any]:
     dst.mkdir(parents=True, exist_ok=True)
     out = dst / "model.safetensors"
     tmp = dst / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt", "converted_from": ckpt.name})
+    # one metadata key: safetensors writes the metadata map in hash order, and two keys made the
+    # file (and the weights sha256 a spec pins) differ between two conversions of the same checkpoint
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
     back = load_file(str(tmp))
     if back.keys() != tensors.keys() or any(not torch.equal(back[k], tensors[k]) for k in tensors):
         tmp.unlink(missing_ok=True)
