@@ -10,10 +10,13 @@ serving. Needs ``peft`` (``pip install 'genoray[finetune]'``).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class LoraClassifier:
@@ -59,6 +62,7 @@ class LoraClassifier:
         return {k: enc[k].to(self.device_) for k in keep if k in enc}
 
     def fit(self, sequences, labels) -> "LoraClassifier":
+        """Fine-tune LoRA adapters and a classification head on ``(sequences, labels)``; returns ``self``."""
         import torch
 
         torch.manual_seed(self.seed)
@@ -90,6 +94,7 @@ class LoraClassifier:
         return self
 
     def predict_proba(self, sequences) -> np.ndarray:
+        """Class probabilities of each sequence."""
         import torch
 
         self.net_.eval()
@@ -101,6 +106,7 @@ class LoraClassifier:
         return np.vstack(out)
 
     def predict(self, sequences) -> np.ndarray:
+        """Most probable class of each sequence."""
         return self.classes_[np.argmax(self.predict_proba(sequences), axis=1)]
 
 

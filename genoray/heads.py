@@ -15,6 +15,7 @@ by sha256 in :func:`load_head`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
 from genoray.config import HeadConfig, to_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _WEIGHT_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
@@ -100,6 +103,7 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         self.smoothing = smoothing
 
     def fit(self, X, y) -> "KNNVoteHead":
+        """Index ``X`` (L2-normalised) as the reference set with labels ``y``; returns ``self``."""
         from genoray.index import VectorIndex
 
         X = _check_X(X)
@@ -130,13 +134,16 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         return self.index_.search(X, self.k)
 
     def proba_from_neighbours(self, sims: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Vote probabilities from neighbour similarities and index rows (``-1`` = none)."""
         codes = np.where(pos >= 0, self.y_[np.clip(pos, 0, None)], -1)
         return vote(sims, codes, len(self.classes_), self.temperature, self.smoothing)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Vote probabilities of the k nearest reference rows of each row of ``X``."""
         return self.proba_from_neighbours(*self.kneighbors(X, exclude_self))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -153,6 +160,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X, y) -> "LinearHead":
+        """Standardise and fit the logistic regression; returns ``self``."""
         from sklearn.linear_model import LogisticRegression
 
         X = _check_X(X).astype(np.float64)
@@ -170,11 +178,13 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        """Logits of the logistic regression."""
         check_is_fitted(self, "coef_")
         X = _check_X(X, self.n_features_in_).astype(np.float64)
         return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of the logistic regression."""
         z = self.decision_function(X)
         if self.coef_.shape[0] == 1:  # binary: sklearn stores one row for classes_[1]
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
@@ -184,6 +194,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -236,9 +247,11 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_config(cls, cfg: HeadConfig) -> "FusedHead":
+        """A head with the settings of ``cfg``."""
         return cls(**to_dict(cfg))
 
     def fit(self, X, y) -> "FusedHead":
+        """Fit both parts, choose the mixing weight and ``C`` on a validation part, calibrate; returns ``self``."""
         X = _check_X(X)
         y = np.asarray(y, dtype=object)
         self.classes_ = np.array(sorted(set(y)), dtype=object)
@@ -252,6 +265,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
                 best = (loss, C, p)
+        assert best is not None  # the grid is never empty (for mypy)
         _, self.C_, p_lin = best
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).fit(X[tr], y[tr])
         p_knn = align_proba(knn.classes_, knn.predict_proba(X[va]), self.classes_)
@@ -275,6 +289,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return self
 
     def combine(self, p_knn: np.ndarray, p_lin: np.ndarray) -> np.ndarray:
+        """Mix vote and linear probabilities with the fitted weight, then calibrate."""
         return calibrate(self.weight_ * p_knn + (1 - self.weight_) * p_lin, self.calibration_)
 
     def ood_score(self, kth_similarity: np.ndarray) -> np.ndarray:
@@ -284,6 +299,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return np.searchsorted(self.ood_reference_, d, side="left") / max(len(self.ood_reference_), 1)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Calibrated fused probabilities of each row."""
         check_is_fitted(self, "weight_")
         if not hasattr(self, "knn_"):
             raise ValueError("this head was loaded without its index: call attach_index(index) first")
@@ -291,6 +307,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return self.combine(self.knn_.predict_proba(X, exclude_self), self.linear_.predict_proba(X))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 

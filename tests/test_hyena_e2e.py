@@ -33,7 +33,7 @@ def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_di
     from genoray.bundle import publish, write_bundle
     from genoray.config import HFConfig
     from genoray.encoders.hf import HFEncoder
-    from genoray.loadtest import post
+    from bench.loadtest import post
     from genoray.predictor import Predictor
     from genoray.serve import ServeConfig, build_app
     from genoray.service import hash_key
@@ -45,7 +45,7 @@ def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_di
     assert main(["embed", str(fa), "--out", str(store), "--encoder", f"hf:{hyena_dir}", "--trust-remote-code"]) == 2
     assert "no GPU" in capsys.readouterr().err
     assert main(["embed", str(fa), "--out", str(store), "--encoder", f"hf:{hyena_dir}", "--trust-remote-code",
-                 "--batch-size", "7", "--allow-cpu"]) == 0
+                 "--hf-batch-size", "7", "--allow-cpu"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert (rep["read"], rep["accepted"], rep["rejected"], rep["written"]) == (90, 90, 0, 90)
     emb = EmbeddingStore(store).load(None)

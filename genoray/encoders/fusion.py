@@ -77,7 +77,7 @@ class FusionEncoder:
             raise ValueError("FusionEncoder.fit needs at least one sequence")
         step = max(1, math.ceil(len(seqs) / FIT_SAMPLE))
         raw = self._raw(seqs[::step])
-        norms = []
+        norms: list[dict[str, Any]] = []
         for name, a, b in self.blocks():
             mean = raw[:, a:b].mean(0)
             rms = float(np.sqrt(((raw[:, a:b] - mean) ** 2).sum(1).mean()))
