@@ -336,6 +336,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
 
 
 def cmd_convert_weights(a: argparse.Namespace) -> int:
+    """Convert a pickle checkpoint to safetensors; print the report and the weights sha256."""
     from genoray.weights import convert_weights
 
     report = convert_weights(a.src, a.dst)

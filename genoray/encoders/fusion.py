@@ -53,6 +53,7 @@ class FusionEncoder:
 
     @property
     def needs_fit(self) -> bool:
+        """Whether :meth:`fit` must run first (block normalisation or the k-mer encoder unfitted)."""
         return self.norms is None or bool(getattr(self.kmer, "needs_fit", False))
 
     def blocks(self) -> list[tuple[str, int, int]]:
@@ -62,6 +63,7 @@ class FusionEncoder:
 
     @property
     def dim(self) -> int:
+        """The model's dimension plus the k-mer encoder's."""
         return self.model.dim + self.kmer.dim
 
     def _raw(self, sequences: Sequence[str]) -> np.ndarray:
@@ -103,11 +105,13 @@ class FusionEncoder:
         return raw.astype(np.float32)
 
     def spec(self) -> dict[str, Any]:
+        """JSON spec: the model and k-mer specs and the fitted block normalisation."""
         return {"type": "fusion", "version": VERSION, "model": self.model.spec(), "kmer": self.kmer.spec(),
                 "norms": self.norms}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> FusionEncoder:
+        """Rebuild from :meth:`spec` (the model weights are verified by its own spec)."""
         from genoray.encoders import encoder_from_spec
 
         if spec.get("type") != "fusion" or spec.get("version") != VERSION:
@@ -119,6 +123,7 @@ class FusionEncoder:
 
     @property
     def fingerprint(self) -> str:
+        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
         from genoray.encoders import fingerprint
 
         return fingerprint(self)
