@@ -12,6 +12,7 @@ bundles    -> genoray.bundle.list_versions
 reindex    -> genoray.reindex.reindex
 serve      -> genoray.serve.build_app
 shift      -> genoray.shift.ShiftDetector
+convert-weights -> genoray.weights.convert_weights
 
 Config flags are generated from the dataclasses in genoray.config (genoray.flags); exit codes
 are ``EXIT_CODES`` (also in ``genoray --help`` and the README).
@@ -358,9 +359,20 @@ def cmd_shift(a: argparse.Namespace) -> int:
     return 5 if report["is_shift"] else 0
 
 
+def cmd_convert_weights(a: argparse.Namespace) -> int:
+    """Convert a pickle checkpoint to safetensors; print the report and the weights sha256."""
+    from genoray.weights import convert_weights
+
+    report = convert_weights(a.src, a.dst)
+    _print(report, True)
+    print(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index, "plan": cmd_plan, "train": cmd_train,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "publish": cmd_publish, "bundles": cmd_bundles,
-            "reindex": cmd_reindex, "serve": cmd_serve, "shift": cmd_shift}
+            "reindex": cmd_reindex, "serve": cmd_serve, "shift": cmd_shift,
+            "convert-weights": cmd_convert_weights}
 
 
 def build_parser() -> argparse.ArgumentParser:

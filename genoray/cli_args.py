@@ -61,7 +61,8 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None,
                    help="kmer (default: k-mer spectrum + GC + z-curve), kmer-pos (adds position-aware "
-                        "features for fixed-window tasks), or hf:<hub id or local model dir>")
+                        "features for fixed-window tasks), hf:<hub id or local model dir>, or "
+                        "hf:<model>+kmer / hf:<model>+kmer-pos (the model's vector joined with the k-mer one)")
     p.add_argument("--encoder-from", metavar="STORE|INDEX|BUNDLE",
                    help="reuse the (fitted) encoder of an embedding store, index or bundle root, so the new store "
                         "is comparable with it (same fingerprint; shift and evaluate require that)")
@@ -100,8 +101,10 @@ def _encoder(a: argparse.Namespace, name: str | None = None):
             raise ValueError("give --encoder or --encoder-from, not both")
         return encoder_from_artifact(a.encoder_from)
     name = name or a.encoder or "kmer"
-    if name.startswith("hf:"):
-        return encoder_from_name(name, hf=build(a, HF, model=name[3:]))
+    if name.startswith("hf:"):  # hf:<model>, or hf:<model>+kmer / +kmer-pos (fusion)
+        base, plus, suffix = name.rpartition("+")
+        model = base[3:] if plus and suffix in ("kmer", "kmer-pos") else name[3:]
+        return encoder_from_name(name, hf=build(a, HF, model=model), kmer=build(a, KMER), position=build(a, POS))
     return encoder_from_name(name, kmer=build(a, KMER), position=build(a, POS))
 
 
@@ -271,4 +274,14 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     _add_groups(p, "shift")
     p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
     p.set_defaults(func=commands["shift"])
+
+    p = sub.add_parser(
+        "convert-weights", help="convert a pytorch_model.bin (pickle) checkpoint to safetensors, safely",
+        description="Read SRC/pytorch_model.bin with torch's weights-only unpickler (anything else in the "
+                    "pickle is refused, with the reason; nothing is executed), write DST/model.safetensors, copy "
+                    "the config, tokenizer and model-code files, and print the weights sha256 that an "
+                    "hf:DST encoder spec pins.")
+    p.add_argument("src", help="model directory holding pytorch_model.bin")
+    p.add_argument("dst", help="new directory for the converted model")
+    p.set_defaults(func=commands["convert-weights"])
     return parser

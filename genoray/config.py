@@ -270,6 +270,9 @@ class HFConfig:
         device: ``"auto"`` picks CUDA when available.
         layer: hidden layer to pool (``-1`` = last).
         local_files_only: never contact a hub.
+        tokens_per_batch: ``> 0`` forms forward batches by a token budget over length-sorted
+            tiles (``rows x longest tile <= budget``) instead of ``batch_size`` rows: short
+            tiles go in big batches, long ones in small ones, padding stays minimal.
     """
 
     model: str
@@ -284,6 +287,7 @@ class HFConfig:
     device: str = "auto"
     layer: int = -1
     local_files_only: bool = False
+    tokens_per_batch: int = 0
 
     def __post_init__(self) -> None:
         validate(self,
@@ -310,6 +314,12 @@ class EmbedConfig:
         gpus_per_actor: ``None`` = 1 for transformers encoders on a cluster with GPUs, else 0.
         on_error: ``"continue"`` commits the good units and reports failed files
             (``status="partial"``); ``"fail"`` raises on the first bad file.
+        allow_cpu: run a transformers encoder on CPU actors when the Ray cluster has no GPU
+            (otherwise the job refuses with a clear message: it would be ~100x slower).
+        max_actors: elastic actor pool: start with ``num_actors`` (or the default) and grow to
+            this many as nodes/GPUs join (``0`` = a fixed pool).
+        prefetch_batches: read and clean up to this many batches ahead on a thread while the
+            encoder runs (``0`` = read, then embed, one after the other).
     """
 
     batch_size: int = 1024
@@ -319,6 +329,9 @@ class EmbedConfig:
     cpus_per_actor: float = 0.0
     gpus_per_actor: float | None = None
     on_error: Literal["continue", "fail"] = "continue"
+    allow_cpu: bool = False
+    max_actors: int = 0
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         validate(self, (min(self.batch_size, self.rows_per_unit, self.bytes_per_unit) >= 1
@@ -599,6 +612,9 @@ class Study:
         bootstrap: resamples for the 95% confidence intervals.
         seed: seed of every method and the bootstrap.
         lora: settings of a LoRA fine-tune for ``hf:`` encoders (``r``, ``epochs``, ``max_steps``).
+        trust_remote_code: let ``hf:`` encoders (local directories) run their own model code.
+        max_train: at most this many train rows per dataset (seeded sample; 0 = all).
+        max_test: at most this many test rows per dataset (seeded sample; 0 = all).
         cost: ``watts_per_core`` and ``grid_gco2_per_kwh`` of the energy/CO2 estimate.
     """
 
@@ -611,6 +627,9 @@ class Study:
     bootstrap: int = 200
     seed: int = 0
     lora: dict[str, Any] | None = None
+    trust_remote_code: bool = False
+    max_train: int = 0
+    max_test: int = 0
     cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
 
     def __post_init__(self) -> None:
@@ -618,6 +637,7 @@ class Study:
         missing = used - set(self.datasets)
         validate(self, (not missing, f"datasets used but not defined: {sorted(missing)}"),
                  (self.bootstrap >= 0, f"bootstrap must be >= 0, got {self.bootstrap}"),
+                 (self.max_train >= 0 and self.max_test >= 0, "max_train and max_test must be >= 0"),
                  (set(self.cost) >= {"watts_per_core", "grid_gco2_per_kwh"},
                   "cost needs watts_per_core and grid_gco2_per_kwh"))
 

@@ -62,6 +62,7 @@ from genoray.store import (
 
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
+TORCH_ENCODERS = ("hf", "fusion")  # encoder spec types that run a transformers model
 
 
 def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -81,6 +82,49 @@ def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
 
 
 # -- one unit ---------------------------------------------------------------------------
+def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
+    """Iterate ``iterable`` on a thread, up to ``depth`` items ahead (``0``: no thread).
+    An exception in the producer is raised here, at the item where it happened."""
+    if depth <= 0:
+        yield from iterable
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            q.put((done, e))
+
+    t = threading.Thread(target=produce, name="genoray-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
 def _ray_node_id() -> str | None:
     """The Ray node this unit ran on (None outside Ray): provenance for node-loss analysis."""
     import sys
@@ -90,7 +134,7 @@ def _ray_node_id() -> str | None:
 
 
 def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
-                 batch_size: int) -> dict[str, Any]:
+                 batch_size: int, prefetch_batches: int = 0) -> dict[str, Any]:
     """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
     with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
     key = unit["key"]
@@ -99,8 +143,8 @@ def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, s
     t0, started = time.perf_counter(), time.time()
     try:
         cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
-        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
-                               unit.get("byte_range")):
+        for batch in prefetch(iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
+                                        unit.get("byte_range")), prefetch_batches):
             shard.write(embed_table(encoder, batch))
         shard.close()
     except SequenceFormatError as e:
@@ -118,24 +162,30 @@ class EmbedUnits:
     """Ray Data callable class: one encoder per actor; each call processes whole units."""
 
     def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
-                 torch_threads: int = 1):
+                 torch_threads: int = 1, prefetch_batches: int = 0, weights_hints: list | None = None):
         from genoray.config import from_dict
 
         tune_allocator()
-        if encoder_spec.get("type") == "hf":  # torch is only imported for transformers encoders
+        if encoder_spec.get("type") in TORCH_ENCODERS:  # torch is only imported for transformers encoders
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
+            from genoray.encoders.hf import trust_weights_hint
+
+            for hint in weights_hints or []:  # weights hashed once per job, by the driver
+                trust_weights_hint(hint)
         self.encoder = encoder_from_spec(encoder_spec)
         self.read_cfg = from_dict(ReadConfig, read_cfg)
         self.shard_dir = Path(shard_dir)
         self.batch_size = batch_size
+        self.prefetch_batches = prefetch_batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
         for unit_json in batch["unit"]:
             unit = json.loads(unit_json)
-            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size)))
+            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size,
+                                                   self.prefetch_batches)))
         return {"summary": np.array(out, dtype=object)}
 
 
@@ -285,7 +335,8 @@ def embed_sequences(
             summaries = _run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
         else:
             tune_allocator()
-            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
+                         for u in pending)
         progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
         for s in summaries:
             progress.update(s.get("rows", 0))
@@ -342,7 +393,12 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
         raise ValueError("DataContext.max_errored_blocks must be 0: genoray never drops records silently")
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if spec["type"] == "hf" and gpus else 0.0)
+    torch_encoder = spec["type"] in TORCH_ENCODERS
+    if torch_encoder and not gpus and cfg.gpus_per_actor is None and not cfg.allow_cpu:
+        raise RuntimeError(f"the Ray cluster has no GPU ({cpus:g} CPUs) and the encoder is a transformers model, "
+                           "which is about 100x slower on CPUs: start GPU nodes, or pass --allow-cpu "
+                           "(EmbedConfig(allow_cpu=True)) to run it on CPU actors anyway")
+    num_gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if torch_encoder and gpus else 0.0)
     if cfg.num_actors:
         n_actors = cfg.num_actors
     elif num_gpus:
@@ -357,14 +413,28 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     ds = items.map_batches(
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
-                               "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},
+                               "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor)),
+                               "prefetch_batches": cfg.prefetch_batches, "weights_hints": _weights_hints(spec)},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
+        compute=(ray.data.ActorPoolStrategy(min_size=n_actors, max_size=max(cfg.max_actors, n_actors))
+                 if cfg.max_actors else ray.data.ActorPoolStrategy(size=n_actors)),
         num_cpus=cpus_per_actor,
         num_gpus=num_gpus,
     )
     for row in ds.iter_rows():
         yield json.loads(row["summary"])
+
+
+def _weights_hints(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Digests of the local model weights the driver already hashed (see ``trust_weights_hint``)."""
+    if spec["type"] not in TORCH_ENCODERS:
+        return []
+    from genoray.encoders.hf import weights_hint
+
+    models = [spec] if spec["type"] == "hf" else [spec["model"]]
+    hints = [weights_hint(m["config"]["model"]) for m in models if m.get("type") == "hf"]
+    return [h for h in hints if h]
 
 
 def _id_hashes(ids: list[str]) -> np.ndarray:

@@ -11,6 +11,9 @@ A study is one YAML file (see ``examples/study.yaml``)::
     cross: [[ecoli, tata], ...]     # train split of A -> test split of B (same label set)
     pooled: [[ecoli, tata]]         # union of train splits -> each test split
     cost: {watts_per_core: 10, grid_gco2_per_kwh: 400}
+    trust_remote_code: false        # let hf:<local dir> models (HyenaDNA) run their own code
+    max_train: 0                    # seeded subsample: at most this many train / test rows
+    max_test: 0                     #   per dataset (0 = all)
 
 Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
 encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; for an
@@ -21,7 +24,9 @@ protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.a
 target dataset's unlabeled train split and scored on its test split (disjoint rows). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
 *estimate* = CPU seconds x ``watts_per_core`` (no power meter is read), CO2 = energy x
-``grid_gco2_per_kwh``. The report records seeds, package versions and data sha256.
+``grid_gco2_per_kwh``. Per method, ``train_seconds`` and ``inference_seconds`` (frozen methods:
+embedding the test split + the head's prediction; LoRA: its own forward passes). The report
+records seeds, package versions and data sha256.
 """
 
 from __future__ import annotations
@@ -52,6 +57,18 @@ def _load(path: str):
             np.array(t["split"].to_pylist(), dtype=object))
 
 
+def _subsample(data, study: Study):
+    """At most ``max_train`` train and ``max_test`` test rows (seeded; 0 = all)."""
+    seqs, labels, splits = data
+    rng = np.random.default_rng(study.seed)
+    keep = np.ones(len(seqs), dtype=bool)
+    for split, cap in (("train", study.max_train), ("test", study.max_test)):
+        rows = np.flatnonzero(splits == split)
+        if cap and len(rows) > cap:
+            keep[rng.choice(rows, len(rows) - cap, replace=False)] = False
+    return seqs[keep], labels[keep], splits[keep]
+
+
 def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None):
     """``xad``: the unlabeled target sample the cross-protocol adaptations are fitted on
     (disjoint from ``xte``, the rows they score)."""
@@ -76,29 +93,41 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
     s_te, y_te = data[test][0][data[test][2] == "test"], data[test][1][data[test][2] == "test"]
     if not set(y_te) <= set(y_tr):
         raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
-    enc = encoder_from_name(encoder_name)
+    enc = encoder_from_name(encoder_name, study.trust_remote_code)
     if getattr(enc, "needs_fit", False):
         enc.fit(list(seqs_tr))  # type: ignore[attr-defined]  # encoders that need fitting have fit()
-    xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
+    xtr = enc.embed(list(seqs_tr))
+    t_te = time.perf_counter()
+    xte = enc.embed(list(s_te))
+    embed_test_s = time.perf_counter() - t_te
     xad = None
     if protocol == "cross":  # unlabeled adaptation sample: the target's train rows, never the scored test rows
         s_ad = data[test][0][data[test][2] == "train"]
         xad = enc.embed(list(s_ad)) if len(s_ad) else None
     embed_s = time.perf_counter() - t0
     classes = np.array(sorted(set(y_tr)), dtype=object)
-    rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
-    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad):
-        t1, c1 = time.perf_counter(), time.process_time()
+    rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)),
+                                   "seconds": 0.0, "cpu": 0.0, "train_s": 0.0, "infer_s": 0.0}]
+    t1, c1 = time.perf_counter(), time.process_time()
+    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad):  # fits, then yields
+        t2 = time.perf_counter()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
-        rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
-    if encoder_name.startswith("hf:") and study.lora:
+        t3 = time.perf_counter()
+        # inference of a frozen method = embedding the test split + the head's prediction
+        rows.append({"method": name, "proba": p, "seconds": t3 - t1, "cpu": time.process_time() - c1,
+                     "train_s": t2 - t1, "infer_s": embed_test_s + t3 - t2})
+        t1, c1 = time.perf_counter(), time.process_time()
+    if encoder_name.startswith("hf:") and "+" not in encoder_name and study.lora:
         from genoray.finetune import LoraClassifier
 
         t1, c1 = time.perf_counter(), time.process_time()
-        clf = LoraClassifier(encoder_name[3:], seed=study.seed, **study.lora).fit(list(seqs_tr), y_tr)
+        clf = LoraClassifier(encoder_name[3:], seed=study.seed, trust_remote_code=study.trust_remote_code,
+                             **study.lora).fit(list(seqs_tr), y_tr)
+        t2 = time.perf_counter()
         p = align_proba(clf.classes_, clf.predict_proba(list(s_te)), classes)
         rows.append({"method": f"lora(r={clf.r}, steps={clf.steps_})", "proba": p,
-                     "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
+                     "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1,
+                     "train_s": t2 - t1, "infer_s": time.perf_counter() - t2})
     out = []
     total_cpu = time.process_time() - c0
     for r in rows:
@@ -107,7 +136,8 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         out.append({"protocol": protocol, "train": "+".join(train), "test": test, "encoder": encoder_name,
                     "method": r["method"], "n_train": int(len(y_tr)), "n_test": int(len(y_te)), **m,
                     "ci95": ci, "embed_seconds": round(embed_s, 2), "method_seconds": round(r["seconds"], 2),
-                    "method_cpu_seconds": round(r["cpu"], 2), "total_cpu_seconds": round(total_cpu, 2)})
+                    "method_cpu_seconds": round(r["cpu"], 2), "total_cpu_seconds": round(total_cpu, 2),
+                    "train_seconds": round(r["train_s"], 2), "inference_seconds": round(r["infer_s"], 2)})
     return out
 
 
@@ -118,7 +148,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     import genoray
 
     t0, c0 = time.perf_counter(), time.process_time()
-    data = {name: _load(path) for name, path in study.datasets.items()}
+    data = {name: _subsample(_load(path), study) for name, path in study.datasets.items()}
     cells = []
     for enc in study.encoders:
         for d in study.within:
@@ -156,13 +186,14 @@ def _f(v) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table with the cost line."""
     lines = [f"# genoray evaluation: {report['study']['name']}", "",
-             "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 | train s | infer s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ci = r["ci95"]
         lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
                      f"{_f(r['accuracy'])} [{_f(ci['accuracy'][0])}, {_f(ci['accuracy'][1])}] | {_f(r['mcc'])} | "
-                     f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} |")
+                     f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} | "
+                     f"{r.get('train_seconds', '')} | {r.get('inference_seconds', '')} |")
     c = report["cost"]
     lines += ["", f"Cost: {c['wall_seconds']} s wall, {c['cpu_seconds']} CPU s, about {c['energy_wh_estimate']} Wh and "
                   f"{c['co2_g_estimate']} g CO2 ({c['basis']}).",

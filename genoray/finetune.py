@@ -37,13 +37,29 @@ class LoraClassifier:
         local = Path(self.model).expanduser().is_dir()
         kw = {"trust_remote_code": self.trust_remote_code, "local_files_only": local}
         tok = AutoTokenizer.from_pretrained(self.model, **kw)
+        # right padding: HyenaDNA's tokenizer pads on the left, and in a causal model the pads then
+        # feed every real token (its classifier already pools the last non-pad token, right-padding style)
+        tok.padding_side = "right"
         base = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=n_labels,
                                                                   use_safetensors=True, **kw)
+        import inspect
+
         targets = list(self.target_modules) if self.target_modules else _attention_modules(base)
-        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha, lora_dropout=0.0,
-                         target_modules=targets)
+        self.takes_mask_ = "attention_mask" in inspect.signature(base.forward).parameters  # HyenaDNA: no
+        if self.takes_mask_:
+            cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.r, lora_alpha=self.alpha, lora_dropout=0.0,
+                             target_modules=targets)
+        else:  # peft's SEQ_CLS wrapper always passes attention_mask=...: use the generic one
+            names = {n.split(".")[-1] for n, _ in base.named_modules()}
+            cfg = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=targets,
+                             modules_to_save=[m for m in ("classifier", "score") if m in names])
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return tok, get_peft_model(base, cfg).to(device), device
+
+    def _encode(self, seqs: list[str]):
+        enc = self.tokenizer_(seqs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        keep = ("input_ids", "attention_mask") if self.takes_mask_ else ("input_ids",)
+        return {k: enc[k].to(self.device_) for k in keep if k in enc}
 
     def fit(self, sequences, labels) -> "LoraClassifier":
         """Fine-tune LoRA adapters and a classification head on ``(sequences, labels)``; returns ``self``."""
@@ -63,8 +79,7 @@ class LoraClassifier:
             order = rng.permutation(len(seqs))
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
-                enc = self.tokenizer_([seqs[i] for i in idx], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt").to(self.device_)
+                enc = self._encode([seqs[i] for i in idx])
                 out = self.net_(**enc, labels=y[idx].to(self.device_))
                 out.loss.backward()
                 opt.step()
@@ -86,8 +101,7 @@ class LoraClassifier:
         seqs, out = list(sequences), []
         with torch.inference_mode():
             for start in range(0, len(seqs), 64):
-                enc = self.tokenizer_(seqs[start : start + 64], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt").to(self.device_)
+                enc = self._encode(seqs[start : start + 64])
                 out.append(torch.softmax(self.net_(**enc).logits.float(), dim=-1).cpu().numpy())
         return np.vstack(out)
 

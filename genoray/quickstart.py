@@ -8,6 +8,7 @@ floor on the ``test`` split. With no arguments it uses the bundled E. coli promo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -44,15 +45,20 @@ def run_quickstart(
     use_ray: bool = True,
     index_cfg: IndexConfig | None = None,
     embed_cfg: EmbedConfig | None = None,
-    make_encoder: Callable[[str], Encoder] = encoder_from_name,
+    make_encoder: Callable[[str], Encoder] | None = None,
     test_split: str | None = "test",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run embed -> index -> train -> evaluate for each encoder; return a JSON-able result.
 
     ``make_encoder`` turns each name of ``encoders`` into an encoder (the CLI passes one that
-    applies its encoder flags)."""
+    applies its encoder flags; default :func:`~genoray.encoders.encoder_from_name` with
+    ``trust_remote_code``, which lets an ``hf:<local dir>`` model such as HyenaDNA run its own
+    code). A transformers encoder may run on CPU actors here (``allow_cpu``): a local demo."""
     index_cfg = index_cfg or IndexConfig()
     read_cfg = read_cfg or ReadConfig()
+    embed_cfg = dataclasses.replace(embed_cfg or EmbedConfig(), allow_cpu=True)
+    make = make_encoder or (lambda name: encoder_from_name(name, trust_remote_code))
     data = Path(data) if data else bundled_dataset()
     _check_splits(data, read_cfg, index_cfg.split, test_split)
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="genoray-quickstart-"))
@@ -60,7 +66,7 @@ def run_quickstart(
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", make_encoder(name), read_cfg, embed_cfg,
+        report = embed_sequences(data, run_dir / "store", make(name), read_cfg, embed_cfg,
                                  fit_split=index_cfg.split, use_ray=use_ray)
         t1 = time.perf_counter()
         idx = build_index(run_dir / "store", run_dir / "index", index_cfg)

@@ -42,6 +42,22 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def hyena_dir(request, tmp_path_factory) -> Path:
+    """HyenaDNA-tiny converted to safetensors (see tests/hyena.py); fails, never skips, when
+    the anticapt wheel cannot be fetched. The wheel is cached under the repo's .pytest_cache
+    (not under the per-session TMPDIR), also when the cache plugin is off."""
+    from hyena import FetchError, hyena_tiny
+
+    cache = getattr(request.config, "cache", None)
+    wheels = (Path(cache.mkdir("anticapt-wheel")) if cache is not None
+              else Path(request.config.rootpath) / ".pytest_cache" / "d" / "anticapt-wheel")
+    try:
+        return hyena_tiny(wheels, tmp_path_factory.mktemp("hyena"))
+    except FetchError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 def pytest_unconfigure(config):
     """Remove the session temp dir (Ray's session files, pytest's tmp_path trees)."""
     import shutil

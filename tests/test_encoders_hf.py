@@ -139,3 +139,51 @@ def test_pickle_checkpoints_are_refused(tmp_path, bert_dir):
     torch.save(state, pickled / "pytorch_model.bin")  # what many hub checkpoints ship
     with pytest.raises(OSError, match="safetensors"):
         HFEncoder(HFConfig(model=str(pickled)))
+
+
+def test_unreachable_hub_fails_in_seconds_with_one_line(monkeypatch, capsys):
+    """Not local, not cached, hub unreachable: one clear line within seconds, not a minute of retries."""
+    import time
+
+    from genoray.cli import main
+    from genoray.encoders.hf import ModelUnavailableError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused at once
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="unreachable"):
+        HFEncoder(HFConfig(model="nobody/not-a-model"))
+    assert main(["embed", "x.fa", "--out", "o", "--encoder", "hf:nobody/not-a-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unreachable" in err[0] and "hf download" in err[0]
+    assert time.perf_counter() - t0 < 10
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
+        HFEncoder(HFConfig(model="nobody/not-a-model"))
+
+
+def test_weights_are_hashed_once_per_process_and_rehashed_when_they_change(tmp_path, bert_dir, monkeypatch):
+    import shutil
+
+    from genoray.encoders import hf
+
+    model = tmp_path / "m"
+    shutil.copytree(bert_dir, model)
+    calls = []
+    real = hf._hash_weights
+    monkeypatch.setattr(hf, "_hash_weights", lambda sig: calls.append(sig) or real(sig))
+    a = HFEncoder(HFConfig(model=str(model)))
+    b = encoder_from_spec(a.spec())  # the driver builds the spec, then rebuilds from it: one hash
+    assert len(calls) == 1 and a.spec() == b.spec()
+    hint = hf.weights_hint(str(model))
+    assert hint["sha256"] == a.spec()["weights_sha256"]
+    hf._DIGESTS.clear()
+    hf.trust_weights_hint(hint)  # an actor: same files (path, sizes, mtimes) -> no hashing
+    HFEncoder(HFConfig(model=str(model)))
+    assert len(calls) == 1
+    hf._DIGESTS.clear()
+    f = model / "model.safetensors"
+    f.write_bytes(f.read_bytes())  # new mtime: the hint no longer applies
+    hf.trust_weights_hint(hint)
+    HFEncoder(HFConfig(model=str(model)))
+    assert len(calls) == 2

@@ -99,3 +99,36 @@ lora: {{r: 4, lr: 0.005, epochs: 5, batch_size: 16}}
     lora = next(r for m, r in methods.items() if m.startswith("lora("))
     assert lora["accuracy"] > 0.8 and lora["method_seconds"] > 0
     assert methods["fused"]["accuracy"] > 0.8  # frozen random-init features still separate AT from GC
+
+
+def test_study_subsamples_and_runs_a_fused_encoder_without_lora(tmp_path):
+    pytest.importorskip("peft")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genoray.evaluate import evaluate, load_study
+    from tiny_models import make_char_bert
+
+    model = make_char_bert(tmp_path / "bert")
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(list("AAT" if i % 2 else "GGC"), 40)) for i in range(120)]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(120)], "sequence": seqs,
+                             "label": ["at" if i % 2 else "gc" for i in range(120)],
+                             "split": ["test" if i % 5 == 0 else "train" for i in range(120)]}), tmp_path / "toy.parquet")
+    (tmp_path / "s.yaml").write_text(f"""
+name: fused
+bootstrap: 10
+max_train: 30
+max_test: 10
+encoders: ["hf:{model}+kmer"]
+datasets: {{toy: toy.parquet}}
+within: [toy]
+lora: {{r: 4, max_steps: 2}}
+""")
+    rep = evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
+    methods = {r["method"]: r for r in rep["results"]}
+    assert set(methods) == {"majority", "knn_vote", "linear", "fused"}  # LoRA is for plain hf: models only
+    fused = methods["fused"]
+    assert (fused["n_train"], fused["n_test"]) == (30, 10)
+    assert fused["inference_seconds"] > 0 and fused["train_seconds"] >= 0 and fused["accuracy"] > 0.8
+    assert "infer s" in (tmp_path / "out" / "report.md").read_text()

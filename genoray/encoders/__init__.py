@@ -42,9 +42,12 @@ def fingerprint(encoder: Encoder) -> str:
     return sha256_json(encoder.spec())[:16]
 
 
-def encoder_from_name(name: str, trust_remote_code: bool = False, *, kmer=None, position=None, hf=None) -> Encoder:
-    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware) or ``hf:<hub id or dir>``.
+def encoder_from_name(name: str, trust_remote_code: bool = False, batch_size: int | None = None, *,
+                      kmer=None, position=None, hf=None) -> Encoder:
+    """Encoder from a CLI name: ``kmer``, ``kmer-pos`` (position-aware), ``hf:<hub id or dir>``,
+    or ``hf:<model>+kmer`` / ``hf:<model>+kmer-pos`` (:class:`~genoray.encoders.fusion.FusionEncoder`).
 
+    ``batch_size`` sets a transformers encoder's forward-pass batch (default 32, or ``hf``'s).
     ``kmer`` / ``position`` (:class:`~genoray.config.KmerConfig` / ``PositionConfig``) and ``hf``
     (:class:`~genoray.config.HFConfig`; its ``model`` is replaced by the name's) override the
     defaults of the named encoder.
@@ -58,14 +61,23 @@ def encoder_from_name(name: str, trust_remote_code: bool = False, *, kmer=None, 
 
         pos = (position or PositionConfig()) if name == "kmer-pos" else None
         return KmerEncoder(dataclasses.replace(kmer or KmerConfig(), position=pos))
+    base, plus, suffix = name.rpartition("+")
+    if plus and base.startswith("hf:") and suffix in ("kmer", "kmer-pos"):  # feature fusion
+        from genoray.encoders.fusion import FusionEncoder
+
+        return FusionEncoder(encoder_from_name(base, trust_remote_code, batch_size, hf=hf),
+                             encoder_from_name(suffix, kmer=kmer, position=position))
     if name.startswith("hf:"):
         from genoray.config import HFConfig
         from genoray.encoders.hf import HFEncoder
 
         cfg = HFConfig(model=name[3:], trust_remote_code=trust_remote_code) if hf is None else \
             dataclasses.replace(hf, model=name[3:], trust_remote_code=trust_remote_code or hf.trust_remote_code)
+        if batch_size:
+            cfg = dataclasses.replace(cfg, batch_size=batch_size)
         return HFEncoder(cfg)
-    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos' or 'hf:<model id or directory>'")
+    raise ValueError(f"unknown encoder {name!r}: use 'kmer', 'kmer-pos', 'hf:<model id or directory>' or "
+                     "'hf:<model>+kmer' / 'hf:<model>+kmer-pos' (fusion)")
 
 
 def encoder_from_artifact(path) -> Encoder:
@@ -111,4 +123,8 @@ def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
         from genoray.encoders.hf import HFEncoder
 
         return HFEncoder.from_spec(spec)
-    raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer' or 'hf'")
+    if kind == "fusion":
+        from genoray.encoders.fusion import FusionEncoder
+
+        return FusionEncoder.from_spec(spec)
+    raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer', 'hf' or 'fusion'")
