@@ -1,0 +1,122 @@
+"""HTTP service settings: request limits and the Ray Serve deployment."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from genoray.config.base import config_class, validate
+
+
+@config_class
+class ServiceLimits:
+    """Request limits of the HTTP API (:mod:`genoray.service`).
+
+    Attributes:
+        max_body_bytes: largest request body (413 beyond).
+        max_sequences: sequences per request.
+        max_length: longest sequence (bp) accepted in a request.
+        max_total_bases: sum of sequence lengths per request.
+        max_k: most neighbours a request may ask for.
+        rate_per_key: requests/s per API key and ingress replica (token bucket; 429 beyond); 0 = off.
+        burst_per_key: token-bucket burst per key.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_sequences: int = 64
+    max_length: int = 10_000
+    max_total_bases: int = 200_000
+    max_k: int = 100
+    rate_per_key: float = 0.0
+    burst_per_key: int = 20
+
+    def __post_init__(self) -> None:
+        validate(self, (min(self.max_body_bytes, self.max_sequences, self.max_length, self.max_total_bases,
+                            self.max_k, self.burst_per_key) >= 1, "every limit must be >= 1"),
+                 (self.rate_per_key >= 0, f"rate_per_key must be >= 0, got {self.rate_per_key}"))
+
+
+@config_class
+class ServeConfig:
+    """Service settings (CLI: ``genoray serve --help``; see :mod:`genoray.serve`).
+
+    Attributes:
+        root: bundle root (the directory holding ``CURRENT`` and ``versions/``).
+        host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
+        require_key: refuse requests without a valid ``Authorization: Bearer`` key.
+        key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
+        min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
+            hold a bundle (``GenorayModel``; ``GenorayReplica`` with ``ingress="haproxy"``)
+            (run >= 2 replicas in production: a request on a replica that dies is retried on another).
+        max_ongoing_requests: per model replica; >= max_batch_size so batches can fill.
+        max_queued_requests: per caller queue bound; beyond it the answer is 503.
+        request_timeout_s: end-to-end timeout at the proxy (408).
+        predict_timeout_s: the ingress waits this long for a prediction, retries included (504);
+            keep it below ``request_timeout_s`` so callers get the more specific answer.
+        retries: attempts on another model replica after the one serving a request died.
+        max_batch_size / batch_wait_timeout_s: dynamic batching.
+        poll_s: how often replicas check ``CURRENT``.
+        num_cpus: logical CPUs per model replica (fractional on small hosts).
+        upscale_delay_s / downscale_delay_s: autoscaling delays.
+        ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
+            (auth and validation only; light). ``ingress="proxy"`` only.
+        health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
+            watcher stopped, so the replica is replaced).
+        graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
+            requests for up to this long.
+        access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
+            write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
+            run-to-run noise in bench_serve).
+        ingress: ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas) or ``"haproxy"``
+            (HAProxy -> API-and-model replicas; see :mod:`genoray.serve`). ``"haproxy"`` needs
+            ``genoray.serve.haproxy_env()`` in the environment of the Ray processes.
+        limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
+    """
+
+    root: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    require_key: bool = True
+    key_hashes: tuple[str, ...] = ()
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 16
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256
+    request_timeout_s: float = 15.0
+    predict_timeout_s: float = 10.0
+    retries: int = 3
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.005
+    poll_s: float = 2.0
+    num_cpus: float = 0.5
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 60.0
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1
+    ingress_max_ongoing_requests: int = 256
+    health_check_period_s: float = 5.0
+    graceful_shutdown_timeout_s: float = 20.0
+    access_log: bool = True
+    ingress: Literal["proxy", "haproxy"] = "proxy"
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limits, dict):  # ServeConfig(limits={"rate_per_key": 2}) as before
+            object.__setattr__(self, "limits", ServiceLimits(**self.limits))
+        if isinstance(self.key_hashes, list):
+            object.__setattr__(self, "key_hashes", tuple(self.key_hashes))
+        validate(self,
+                 (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
+                 (0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
+                  f"need 0 <= min_replicas <= max_replicas >= 1, got {self.min_replicas}, {self.max_replicas}"),
+                 (min(self.max_ongoing_requests, self.max_queued_requests, self.max_batch_size,
+                      self.ingress_replicas, self.ingress_max_ongoing_requests) >= 1,
+                  ("max_ongoing_requests, max_queued_requests, max_batch_size, ingress_replicas and "
+                   "ingress_max_ongoing_requests must be >= 1")),
+                 (min(self.request_timeout_s, self.predict_timeout_s, self.poll_s, self.health_check_period_s) > 0,
+                  "request_timeout_s, predict_timeout_s, poll_s and health_check_period_s must be > 0"),
+                 (self.retries >= 0 and self.batch_wait_timeout_s >= 0 and self.num_cpus >= 0
+                  and self.ingress_num_cpus >= 0 and self.graceful_shutdown_timeout_s >= 0,
+                  "retries, batch_wait_timeout_s, num_cpus, ingress_num_cpus, graceful_shutdown_timeout_s must be >= 0"),
+                 (isinstance(self.limits, ServiceLimits), "limits must be a ServiceLimits"))
