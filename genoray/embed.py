@@ -47,7 +47,7 @@ from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.errors import InvariantError
 from genoray.progress import Progress
-from genoray.runtime import init_ray, tune_allocator
+from genoray.runtime import init_ray, prefetch, tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units
 from genoray.store import (
     ENCODER_FILE,
@@ -82,49 +82,6 @@ def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
 
 
 # -- one unit ---------------------------------------------------------------------------
-def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
-    """Iterate ``iterable`` on a thread, up to ``depth`` items ahead (``0``: no thread).
-    An exception in the producer is raised here, at the item where it happened."""
-    if depth <= 0:
-        yield from iterable
-        return
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
-            q.put((done, e))
-
-    t = threading.Thread(target=produce, name="genoray-read-ahead", daemon=True)
-    t.start()
-    try:
-        while True:
-            item, err = q.get()
-            if item is done:
-                if err is not None:
-                    raise err
-                return
-            yield item
-    finally:
-        stop.set()
-        t.join(timeout=5)
-
-
 def _ray_node_id() -> str | None:
     """The Ray node this unit ran on (None outside Ray): provenance for node-loss analysis."""
     import sys

@@ -1,5 +1,6 @@
-"""Process set-up shared by jobs and services: starting Ray, and tuning the allocator of
-processes that embed."""
+"""Process set-up shared by jobs and services: starting Ray, tuning the allocator of
+processes that embed, and a read-ahead thread (``prefetch``) that overlaps reading with the
+forward pass."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +63,46 @@ def tune_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 128 *
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
     return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
+
+
+def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
+    """Iterate ``iterable`` on a thread, up to ``depth`` items ahead (``0``: no thread).
+    An exception in the producer is raised here, at the item where it happened."""
+    if depth <= 0:
+        yield from iterable
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
+            q.put((done, e))
+
+    t = threading.Thread(target=produce, name="genoray-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
