@@ -207,6 +207,11 @@ class OODScorer:
 
     def raw(self, vectors: np.ndarray, lengths: Sequence[int] | np.ndarray | None = None, seqs=None) -> np.ndarray:
         """Uncalibrated distance of each row from the (length-matched) reference; larger = more unusual."""
+        return self._per_space(vectors, lengths, seqs, lambda sp, raw: raw)
+
+    def _per_space(self, vectors, lengths, seqs, finish) -> np.ndarray:
+        """Score each row in the reference space matched to its length: ``finish(space, raw)``
+        turns the raw distances of the rows of one space into the returned values."""
         x = np.asarray(vectors, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim_:
             raise ValueError(f"expected vectors of dimension {self.dim_}, got shape {x.shape}")
@@ -214,7 +219,8 @@ class OODScorer:
         out = np.empty(len(x))
         for t in np.unique(rows):
             m = rows == t
-            out[m] = self._raw(self.spaces_[t], x[m], None if seqs is None else [seqs[i] for i in np.flatnonzero(m)])
+            sm = None if seqs is None else [seqs[i] for i in np.flatnonzero(m)]
+            out[m] = finish(self.spaces_[t], self._raw(self.spaces_[t], x[m], sm))
         return out
 
     def _table(self, lengths: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
@@ -233,17 +239,8 @@ class OODScorer:
         """Calibrated score in [0, 1]: fraction of length-matched calibration rows whose raw
         score is below the query's (``lengths``: the queries' lengths; without them, or for
         queries at least as long as the reference, the full-length space is used)."""
-        x = np.asarray(vectors, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim_:
-            raise ValueError(f"expected vectors of dimension {self.dim_}, got shape {x.shape}")
-        rows = self._table(lengths, len(x))
-        out = np.empty(len(x))
-        for t in np.unique(rows):
-            m = rows == t
-            cal = self.spaces_[t]["cal_scores"]
-            sm = None if seqs is None else [seqs[i] for i in np.flatnonzero(m)]
-            out[m] = np.searchsorted(cal, self._raw(self.spaces_[t], x[m], sm), side="left") / len(cal)
-        return out
+        return self._per_space(vectors, lengths, seqs, lambda sp, raw: np.searchsorted(
+            sp["cal_scores"], raw, side="left") / len(sp["cal_scores"]))
 
     def score_sequences(self, sequences: Sequence[str], encoder, vectors: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores for raw sequences. Sequences longer than the reference are scored

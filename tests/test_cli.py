@@ -8,21 +8,7 @@ from pathlib import Path
 import pytest
 
 from genoray import cli, cli_args
-from genoray.config import (
-    CleanPolicy,
-    EmbedConfig,
-    HeadConfig,
-    HFConfig,
-    IndexConfig,
-    KmerConfig,
-    PositionConfig,
-    ReadConfig,
-    ReindexConfig,
-    ServeConfig,
-    ServiceLimits,
-    ShiftConfig,
-    parse,
-)
+from genoray import config as C
 from genoray.flags import leaves
 
 # what each command needs besides flags (positionals, required options)
@@ -36,13 +22,13 @@ REQUIRED = {
     "serve": ["root"],
     "shift": ["a", "b"],
 }
-STAGE_CONFIGS = (CleanPolicy, ReadConfig, KmerConfig, PositionConfig, HFConfig, EmbedConfig, IndexConfig,
-                 HeadConfig, ReindexConfig, ServeConfig, ServiceLimits, ShiftConfig)
+STAGE_CONFIGS = (C.CleanPolicy, C.ReadConfig, C.KmerConfig, C.PositionConfig, C.HFConfig, C.EmbedConfig, C.IndexConfig,
+                 C.HeadConfig, C.ReindexConfig, C.ServeConfig, C.ServiceLimits, C.ShiftConfig)
 # fields set by the command itself rather than by a flag of their own
-SET_BY_COMMAND = {(ServeConfig, "root"): "positional ROOT", (HFConfig, "model"): "--encoder hf:<model>",
-                  (KmerConfig, "position"): "--encoder kmer-pos",
-                  (ReadConfig, "split_names"): "--train-split / --test-split",
-                  (ReadConfig, "split_cutoffs"): "computed by embed_sequences"}
+SET_BY_COMMAND = {(C.ServeConfig, "root"): "positional ROOT", (C.HFConfig, "model"): "--encoder hf:<model>",
+                  (C.KmerConfig, "position"): "--encoder kmer-pos",
+                  (C.ReadConfig, "split_names"): "--train-split / --test-split",
+                  (C.ReadConfig, "split_cutoffs"): "computed by embed_sequences"}
 
 
 def _flag_fields() -> set[tuple[type, str]]:
@@ -74,10 +60,10 @@ def test_parsed_defaults_equal_dataclass_defaults(command):
 
     args = cli.build_parser().parse_args([command, *REQUIRED[command]])
     for g in cli_args.COMMAND_GROUPS[command]:
-        fixed = {"root": "root"} if g.cls is ServeConfig else {"model": "m"} if g.cls is HFConfig else {}
+        fixed = {"root": "root"} if g.cls is C.ServeConfig else {"model": "m"} if g.cls is C.HFConfig else {}
         expected = g.cls(**fixed)
-        if g.cls is KmerConfig:
-            expected = KmerConfig()
+        if g.cls is C.KmerConfig:
+            expected = C.KmerConfig()
         assert build(args, g, **fixed) == expected, (command, g.cls.__name__)
 
 
@@ -92,21 +78,21 @@ def test_flags_reach_nested_and_renamed_fields():
     read = build(a, cli_args.READ)
     assert read.sequence_column == "seq" and read.id_column == "name" and read.label_column is None
     assert read.batch_size == 7 and build(a, cli_args.EMBED).batch_size == 11
-    assert read.clean == CleanPolicy(max_n_fraction=0.3, min_length=5, max_length=900, ambiguous="reject")
-    assert build(a, cli_args.KMER) == KmerConfig(ks=(2, 3), canonical=True, gc=False)
+    assert read.clean == C.CleanPolicy(max_n_fraction=0.3, min_length=5, max_length=900, ambiguous="reject")
+    assert build(a, cli_args.KMER) == C.KmerConfig(ks=(2, 3), canonical=True, gc=False)
     enc = cli_args._encoder(a, "kmer-pos")
-    assert enc.config.position == PositionConfig(window=80) and enc.config.canonical
+    assert enc.config.position == C.PositionConfig(window=80) and enc.config.canonical
     assert cli_args._encoder(a, "kmer").config.position is None
 
     # the old flag names still work
     a = p.parse_args(["index", "s", "--out", "o", "--split", "all", "--type", "Flat", "--target-recall", "0.9"])
-    assert build(a, cli_args.INDEX) == IndexConfig(split=None, index_type="Flat", target_recall=0.9)
+    assert build(a, cli_args.INDEX) == C.IndexConfig(split=None, index_type="Flat", target_recall=0.9)
     a = p.parse_args(["train", "s", "--index", "i", "--out", "o", "--k", "5", "--C", "0.5"])
-    assert build(a, cli_args.HEAD) == HeadConfig(k=5, C=0.5)
+    assert build(a, cli_args.HEAD) == C.HeadConfig(k=5, C=0.5)
     a = p.parse_args(["serve", "r", "--no-auth", "--no-access-log", "--ingress", "haproxy", "--rate-per-key", "2"])
     cfg = build(a, cli_args.SERVE, root="r")
     assert not cfg.require_key and not cfg.access_log and cfg.ingress == "haproxy"
-    assert cfg.limits == ServiceLimits(rate_per_key=2.0)
+    assert cfg.limits == C.ServiceLimits(rate_per_key=2.0)
     a = p.parse_args(["reindex", "x", "--work", "w", "--bundles", "b", "--recall-floor", "0.8", "--head-seed", "3",
                       "--split", "dev"])
     cfg = build(a, cli_args.REINDEX)
@@ -123,19 +109,19 @@ def test_bad_flag_values_fail_with_the_config_message(capsys):
 
 def test_configs_validate_and_parse_from_dicts():
     with pytest.raises(ValueError, match="ingress must be"):
-        ServeConfig(root="r", ingress="nginx")
+        C.ServeConfig(root="r", ingress="nginx")
     with pytest.raises(ValueError, match="k must be >= 1"):
-        HeadConfig(k=0)
+        C.HeadConfig(k=0)
     with pytest.raises(ValueError, match="ood_quantile"):
-        ShiftConfig(ood_quantile=1.5)
+        C.ShiftConfig(ood_quantile=1.5)
     with pytest.raises(ValueError, match="unknown keys"):
-        parse(ReindexConfig, {"index": {"bogus": 1}})
-    cfg = parse(ServeConfig, {"root": "r", "limits": {"max_k": 5}, "key_hashes": ["a", "b"]})
+        C.parse(C.ReindexConfig, {"index": {"bogus": 1}})
+    cfg = C.parse(C.ServeConfig, {"root": "r", "limits": {"max_k": 5}, "key_hashes": ["a", "b"]})
     assert cfg.limits.max_k == 5 and cfg.key_hashes == ("a", "b")
-    assert ServeConfig(root="r", limits={"max_k": 5}).limits == ServiceLimits(max_k=5)  # the old dict form
-    assert parse(KmerConfig, {"ks": [1, 2], "position": {"ks": [1]}}) == KmerConfig(ks=(1, 2), position=PositionConfig(ks=(1,)))
+    assert C.ServeConfig(root="r", limits={"max_k": 5}).limits == C.ServiceLimits(max_k=5)  # the old dict form
+    assert C.parse(C.KmerConfig, {"ks": [1, 2], "position": {"ks": [1]}}) == C.KmerConfig(ks=(1, 2), position=C.PositionConfig(ks=(1,)))
     with pytest.raises(ValueError, match="clean.ambiguous: .*'to_n' or 'reject'"):
-        parse(ReadConfig, {"clean": {"ambiguous": "keep"}})
+        C.parse(C.ReadConfig, {"clean": {"ambiguous": "keep"}})
 
 
 def test_old_import_locations_still_work():
@@ -145,7 +131,7 @@ def test_old_import_locations_still_work():
     from genoray.service import ServiceLimits as L
     from genoray.shift import ShiftConfig as H
 
-    assert (R, S, L, H) == (ReindexConfig, ServeConfig, ServiceLimits, ShiftConfig)
+    assert (R, S, L, H) == (C.ReindexConfig, C.ServeConfig, C.ServiceLimits, C.ShiftConfig)
 
 
 # ---- toy data ---------------------------------------------------------------------------------
@@ -625,7 +611,7 @@ def test_test_fraction_split_is_the_same_on_ray_workers(ray_session, tmp_path):
     from genoray.store import EmbeddingStore
 
     data = toy_table(tmp_path / "u.parquet", n=60, splits=False)
-    cfg = ReadConfig(test_fraction=0.25, split_seed=3)
+    cfg = C.ReadConfig(test_fraction=0.25, split_seed=3)
     embed_sequences(data, tmp_path / "ray", KmerEncoder(), read_cfg=cfg, use_ray=True)
     embed_sequences(data, tmp_path / "local", KmerEncoder(), read_cfg=cfg, use_ray=False)
     a, b = EmbeddingStore(tmp_path / "ray").load(), EmbeddingStore(tmp_path / "local").load()

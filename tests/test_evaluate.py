@@ -70,30 +70,37 @@ def test_study_refuses_unknown_datasets(tmp_path):
         load_study(p)
 
 
-@pytest.mark.slow
-def test_study_with_frozen_hf_model_and_lora(tmp_path):
+def _run_toy_study(tmp_path, seed: int, study_yaml: str) -> dict:
+    """Run ``study_yaml`` (``{model}``: a tiny random char-BERT) on a 120-row AT-rich vs GC-rich
+    Parquet set (every 5th row test) in ``tmp_path``; returns the report."""
     pytest.importorskip("peft")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genoray.evaluate import evaluate, load_study
     from tiny_models import make_char_bert
 
     model = make_char_bert(tmp_path / "bert")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     seqs = ["".join(rng.choice(list("AAT" if i % 2 else "GGC"), 40)) for i in range(120)]
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(120)], "sequence": seqs,
                              "label": ["at" if i % 2 else "gc" for i in range(120)],
                              "split": ["test" if i % 5 == 0 else "train" for i in range(120)]}), tmp_path / "toy.parquet")
-    (tmp_path / "s.yaml").write_text(f"""
+    (tmp_path / "s.yaml").write_text(study_yaml.replace("{model}", str(model)))
+    from genoray.evaluate import evaluate, load_study
+
+    return evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_study_with_frozen_hf_model_and_lora(tmp_path):
+    rep = _run_toy_study(tmp_path, 0, """
 name: hf
 bootstrap: 10
 encoders: ["hf:{model}"]
-datasets: {{toy: toy.parquet}}
+datasets: {toy: toy.parquet}
 within: [toy]
-lora: {{r: 4, lr: 0.005, epochs: 5, batch_size: 16}}
+lora: {r: 4, lr: 0.005, epochs: 5, batch_size: 16}
 """)
-    rep = evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
     methods = {r["method"]: r for r in rep["results"]}
     assert {"majority", "knn_vote", "linear", "fused"} <= set(methods)
     lora = next(r for m, r in methods.items() if m.startswith("lora("))
@@ -102,30 +109,16 @@ lora: {{r: 4, lr: 0.005, epochs: 5, batch_size: 16}}
 
 
 def test_study_subsamples_and_runs_a_fused_encoder_without_lora(tmp_path):
-    pytest.importorskip("peft")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from genoray.evaluate import evaluate, load_study
-    from tiny_models import make_char_bert
-
-    model = make_char_bert(tmp_path / "bert")
-    rng = np.random.default_rng(1)
-    seqs = ["".join(rng.choice(list("AAT" if i % 2 else "GGC"), 40)) for i in range(120)]
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(120)], "sequence": seqs,
-                             "label": ["at" if i % 2 else "gc" for i in range(120)],
-                             "split": ["test" if i % 5 == 0 else "train" for i in range(120)]}), tmp_path / "toy.parquet")
-    (tmp_path / "s.yaml").write_text(f"""
+    rep = _run_toy_study(tmp_path, 1, """
 name: fused
 bootstrap: 10
 max_train: 30
 max_test: 10
 encoders: ["hf:{model}+kmer"]
-datasets: {{toy: toy.parquet}}
+datasets: {toy: toy.parquet}
 within: [toy]
-lora: {{r: 4, max_steps: 2}}
+lora: {r: 4, max_steps: 2}
 """)
-    rep = evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
     methods = {r["method"]: r for r in rep["results"]}
     assert set(methods) == {"majority", "knn_vote", "linear", "fused"}  # LoRA is for plain hf: models only
     fused = methods["fused"]
