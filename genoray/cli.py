@@ -77,7 +77,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from genoray.train import train_head
 
     split = None if a.split == "all" else a.split
-    _print(train_head(a.store, a.index, a.out, HeadConfig(k=a.k, C=a.C), split=split), True)
+    _print(train_head(a.store, a.index, a.out, HeadConfig(k=a.k, C=a.C, head=a.head), split=split), True)
     return 0
 
 
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("train", help="fit the fused kNN + linear head")
+    p = sub.add_parser("train", help="fit the fused head (kNN vote + linear and/or tree head)")
     p.add_argument("store")
     p.add_argument("--index", required=True, help="index built from the same store and split")
     p.add_argument("--out", required=True, help="new head directory")
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="neighbours in the vote")
     p.add_argument("--C", type=float, default=None,
                    help="inverse regularisation of the logistic regression (default: chosen on a validation split)")
+    p.add_argument("--head", choices=("linear", "trees", "auto"), default="auto",
+                   help="parts the head may mix with the kNN vote: linear, gradient-boosted trees, or both (auto; "
+                        "chosen by validation log-loss)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

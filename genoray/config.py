@@ -285,7 +285,7 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The fused kNN + logistic-regression head.
+    """The fused head: kNN vote + logistic regression + gradient-boosted trees.
 
     Attributes:
         k: neighbours in the vote.
@@ -295,6 +295,10 @@ class HeadConfig:
         val_fraction: part of the training split held out to choose the fusion weight and
             to calibrate the fused probabilities (temperature scaling).
         seed: split seed.
+        head: parts the fused head may mix: ``"linear"`` (kNN + linear), ``"trees"`` (kNN +
+            gradient-boosted trees) or ``"auto"`` (all three; chosen by validation log-loss).
+        max_rows: training rows the head fit uses at most (a seeded, class-stratified sample),
+            which bounds its time and memory on large stores.
     """
 
     k: int = 10
@@ -302,6 +306,8 @@ class HeadConfig:
     C: float | None = None
     val_fraction: float = 0.2
     seed: int = 0
+    head: str = "auto"
+    max_rows: int = 100_000
 
 
 _NESTED: dict[tuple[str, str], type] = {

@@ -36,9 +36,13 @@ class Prediction:
     neighbours: list[Neighbour]
     ood_score: float
     seq_id: str | None = None
+    contributions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["contributions"] is None:  # only present when asked for
+            del d["contributions"]
+        return d
 
 
 class Predictor:
@@ -68,13 +72,17 @@ class Predictor:
             out.append(seq)
         return out
 
-    def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None) -> list[Prediction]:
+    def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None,
+                contributions: int = 0) -> list[Prediction]:
         """Predict for raw sequences (cleaned with the predictor's policy).
 
         Args:
             sequences: DNA sequences.
             ids: optional ids; a query whose id is in the index does not vote for itself.
             k: neighbours to return as evidence (default: the head's k).
+            contributions: with a head that has a tree part, return this many top features
+                (embedding column and SHAP value toward the trees' predicted class) per
+                prediction; 0 = none.
         """
         if ids is not None and len(ids) != len(sequences):
             raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
@@ -84,6 +92,7 @@ class Predictor:
         # k-th neighbour similarity -> OOD score (fewer than k neighbours: maximally unusual)
         kth = sims[:, self.head.k - 1] if sims.shape[1] >= self.head.k else np.full(len(sims), -np.inf)
         ood = self.head.ood_score(kth)
+        contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):
             nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))
@@ -94,6 +103,7 @@ class Predictor:
                 neighbours=nbrs,
                 ood_score=round(float(ood[i]), 6),
                 seq_id=None if ids is None else ids[i],
+                contributions=None if contrib is None else contrib[i],
             ))
         return out
 
@@ -114,5 +124,4 @@ def predict_vectors(index: VectorIndex, head: FusedHead, x: np.ndarray, ids: lis
     if ids is not None:
         own = (index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
     sims, pos = drop_own(sims, pos, own, k)
-    p_knn = head.knn_.proba_from_neighbours(sims[:, : head.k], pos[:, : head.k])
-    return head.combine(p_knn, head.linear_.predict_proba(x)), sims, pos
+    return head.proba_from_neighbours(sims, pos, x), sims, pos

@@ -58,13 +58,18 @@ def run_quickstart(
                         if k in ("read", "accepted", "rejected", "rejected_by_reason", "written")},
             "embed_sequences_per_s": report.to_dict()["sequences_per_s"],
             "index": {"ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
-            "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"]},
+            "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"], "chosen": head["chosen"],
+                     "calibration_method": head["calibration_method"]},
             "metrics": metrics,
             "seconds": {"embed": round(t1 - t0, 2), "index": round(t2 - t1, 2), "train": round(t3 - t2, 2),
                         "evaluate": round(t4 - t3, 2)},
             "paths": {"store": str(run_dir / "store"), "index": str(run_dir / "index"), "head": str(run_dir / "head")},
         })
     return result
+
+
+def _calibration(head: dict[str, Any]) -> str:
+    return f"T {head['calibration']:.2f}" if head.get("calibration") is not None else str(head.get("calibration_method"))
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -78,7 +83,8 @@ def format_result(result: dict[str, Any]) -> str:
             f"records: read {r['read']}, accepted {r['accepted']}, rejected {r['rejected']} "
             f"{r['rejected_by_reason'] or ''}, embedded {r['written']}",
             f"index: {run['index']['ntotal']} vectors, recall@10 vs exact {run['index']['recall_at_10']:.3f}; "
-            f"fused head: kNN weight {run['head']['weight_knn']}, calibration T {run['head']['calibration']:.2f}",
+            f"fused head: kNN weight {run['head']['weight_knn']}, calibration {_calibration(run['head'])}",
+            f"head chosen on validation (auto = kNN / linear / trees mixtures): {run['head'].get('chosen', 'knn+linear')}",
             f"{'method':<10} {'accuracy':>8} {'F1':>7} {'MCC':>7} {'AUROC':>7}",
         ]
         for method, m in run["metrics"].items():
