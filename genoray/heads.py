@@ -33,6 +33,7 @@ from genoray.config import HeadConfig, to_dict
 FORMAT_VERSION = 2  # version-1 heads (kNN + linear) still load
 TREES_FILE = "trees.ubj"
 _ISO_FLOOR = 1e-4
+_TREE_Z = 2.0  # auto keeps trees only if they lower validation log-loss by > 2 standard errors
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 33))
 _C_GRID = (0.01, 0.1, 1.0)
 
@@ -268,15 +269,26 @@ def stratified_sample(codes: np.ndarray, n_max: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _loo_neighbours(index, X: np.ndarray, ids: np.ndarray, k: int, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def _loo_neighbours(index, X: np.ndarray, ids: np.ndarray, k: int, batch: int = 8192,
+                    exclude: set | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of rows ``X`` (whose ids are ``ids``) in ``index``, each row's own
-    entry excluded (searched in batches with one extra neighbour)."""
+    entry excluded, and with ``exclude`` also every row whose id is in that set (searched in
+    batches with extra neighbours; missing neighbours get position -1)."""
     out_s, out_p = [], []
     k_eff = min(k, index.ntotal - 1)
+    k_search = min(index.ntotal, k_eff + 1 if exclude is None else 3 * k_eff + 10)
+    in_excluded = None if exclude is None else np.frompyfunc(exclude.__contains__, 1, 1)
     for a in range(0, len(X), batch):
-        sims, pos = index.search(X[a : a + batch], k_eff + 1)
-        own = (index.ids[np.clip(pos, 0, None)] == np.asarray(ids[a : a + batch], dtype=object)[:, None]) & (pos >= 0)
-        s, p = drop_own(sims, pos, own, k_eff)
+        sims, pos = index.search(X[a : a + batch], k_search)
+        found = index.ids[np.clip(pos, 0, None)]
+        bad = (found == np.asarray(ids[a : a + batch], dtype=object)[:, None]) | (pos < 0)
+        if in_excluded is None:
+            s, p = drop_own(sims, pos, bad & (pos >= 0), k_eff)
+        else:
+            bad |= in_excluded(found).astype(bool)
+            order = np.argsort(bad, axis=1, kind="stable")[:, :k_eff]
+            s, p = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
+            p = np.where(np.take_along_axis(bad, order, 1), -1, p)
         out_s.append(s)
         out_p.append(p)
     return np.concatenate(out_s), np.concatenate(out_p)
@@ -435,13 +447,16 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     1. At most ``max_rows`` training rows are used (a seeded, class-stratified sample), so
        the fit's time and memory are bounded whatever the store size.
-    2. Validation predictions of the kNN vote come from the reference index with each row's
-       own entry excluded (leave-one-out), never from an all-against-all search.
+    2. Validation predictions of the kNN vote come from searches of the reference index that
+       skip the validation rows themselves (so they vote with fit rows only), and the OOD
+       reference from leave-one-out searches: never an all-against-all search.
     3. The linear part's ``C`` (``None``: chosen from 0.01, 0.1, 1) and the tree part (early
        stopping on a part of the fit rows) are fitted on the rest.
     4. The mixture is chosen among weights on a 0.1 grid over the parts ``head`` allows:
        ``linear`` = kNN + linear (the version-1 head), ``trees`` = kNN + trees, ``auto`` = all
-       three (each part alone is a grid point).
+       three (each part alone is a grid point). ``auto`` takes a mixture with trees only if
+       it beats the best kNN + linear mixture by more than 2 standard errors of the paired
+       per-row log-loss difference (small, noisy validation parts keep the simpler head).
     5. Calibration: temperature scaling or isotonic regression, whichever has the lower
        2-fold cross-fitted log-loss on the validation part; then fitted on all of it.
     6. The chosen parts are refitted on all sampled rows (trees for the early-stopped number
@@ -497,9 +512,11 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             X, y, codes, ids = X[rows], y[rows], codes[rows], ids[rows]
         tr, va = _stratified_split(codes, self.val_fraction, self.seed)
         self.knn_ = KNNVoteHead(k=self.k, temperature=self.temperature).attach(index, self.classes_)
-        sims, pos = _loo_neighbours(index, X, ids, self.k)  # all sampled rows: OOD reference + kNN validation
+        sims, _ = _loo_neighbours(index, X, ids, self.k)  # leave-one-out over the sampled rows
         self.ood_reference_ = np.sort(1.0 - sims[:, -1]).astype(np.float64)
-        val = {"knn": self.knn_.proba_from_neighbours(sims[va], pos[va])}
+        # the vote on the validation rows uses only reference rows outside the validation part
+        sims, pos = _loo_neighbours(index, X[va], ids[va], self.k, exclude=set(ids[va].tolist()))
+        val = {"knn": self.knn_.proba_from_neighbours(sims, pos)}
         parts = _HEAD_MODES[self.head]
         best = None
         for C in (_C_GRID if self.C is None else (self.C,)):
@@ -515,12 +532,17 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             val["trees"] = trees.predict_proba(X[va])
             tree_rounds = trees.rounds_
         scores = {}
-        best_mix, best_loss = None, np.inf
+        best: dict[bool, tuple[float, dict[str, float]]] = {}  # with trees / without trees
         for mix in _mixtures(parts):
             loss = _log_loss(sum(w * val[n] for n, w in mix.items()), codes[va])
             scores[mixture_name(mix)] = loss
-            if loss < best_loss - 1e-12:
-                best_mix, best_loss = mix, loss
+            key = mix.get("trees", 0) > 0
+            if key not in best or loss < best[key][0] - 1e-12:
+                best[key] = (loss, mix)
+        best_loss, best_mix = min(best.values(), key=lambda b: b[0])
+        self.tree_test_ = None
+        if self.head == "auto" and best_mix.get("trees", 0) > 0:
+            best_loss, best_mix = self._keep_trees(best[True], best[False], val, codes[va])
         self.mixture_ = {n: float(best_mix.get(n, 0.0)) for n in _PARTS}
         self.weight_ = self.mixture_["knn"]
         self.val_scores_ = scores
@@ -536,8 +558,23 @@ class FusedHead(ClassifierMixin, BaseEstimator):
                            "fit_rows": int(len(tr)), "val_rows": int(len(va)), "rows_used": int(len(y)),
                            "chosen": mixture_name(self.mixture_), "val_log_loss": float(best_loss),
                            "part_val_log_loss": {n: _log_loss(p, codes[va]) for n, p in val.items()},
-                           "tree_rounds": tree_rounds}
+                           "tree_rounds": tree_rounds, "tree_test": self.tree_test_}
         return self
+
+    @staticmethod
+    def _row_losses(p: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return -np.log(np.clip(p[np.arange(len(codes)), codes], 1e-12, 1.0))
+
+    def _keep_trees(self, with_trees, without, val, codes) -> tuple[float, dict[str, float]]:
+        """``auto`` adds the tree part only when it lowers the validation log-loss of the best
+        kNN + linear mixture significantly: a paired z-test over validation rows (z > 2)."""
+        def rows(mix):
+            return self._row_losses(sum(w * val[n] for n, w in mix.items()), codes)
+
+        d = rows(without[1]) - rows(with_trees[1])
+        z = float(d.mean() / max(d.std(ddof=1) / np.sqrt(len(d)), 1e-12)) if len(d) > 1 else 0.0
+        self.tree_test_ = {"gain": float(d.mean()), "z": z, "threshold": _TREE_Z}
+        return with_trees if z > _TREE_Z else without
 
     def _new_trees(self) -> TreeHead:
         return TreeHead(n_jobs=self.tree_threads, seed=self.seed)
