@@ -583,11 +583,14 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         """Temperature vs isotonic by 2-fold cross-fitted log-loss (seeded halves)."""
         a, b = _stratified_split(codes, 0.5, self.seed + 1)
         cv = {"temperature": 0.0, "isotonic": 0.0}
-        for fit, test in ((a, b), (b, a)):
+        if min(len(a), len(b)) < 10:  # too few validation rows to compare: temperature (one parameter)
+            cv["isotonic"] = float("inf")
+            a = b = np.zeros(0, dtype=np.int64)
+        for fit, test in ((a, b), (b, a)) if len(a) else ():
             cv["temperature"] += _log_loss(calibrate(p[test], _fit_temperature(p[fit], codes[fit])), codes[test]) / 2
             cv["isotonic"] += _log_loss(apply_isotonic(p[test], _fit_isotonic(p[fit], codes[fit])), codes[test]) / 2
-        self.calibration_scores_ = cv
-        self.calibration_method_ = min(cv, key=lambda m: (cv[m], m != "temperature"))
+        self.calibration_scores_ = {m: (v if np.isfinite(v) else None) for m, v in cv.items()}
+        self.calibration_method_ = "isotonic" if cv["isotonic"] < cv["temperature"] else "temperature"
         self.calibration_ = self.isotonic_ = None
         if self.calibration_method_ == "temperature":
             self.calibration_ = _fit_temperature(p, codes)

@@ -114,3 +114,10 @@ def test_version_1_head_still_loads_and_unknown_versions_are_refused(tmp_path):
     (tmp_path / "h" / "head.json").write_text(json.dumps({"payload": v9, "sha256": sha256_json(v9)}))
     with pytest.raises(ValueError, match="unsupported head fused v9"):
         load_head(tmp_path / "h")
+
+
+def test_tiny_training_sets_fit_and_fall_back_to_temperature():
+    X, y = xor(n=24)
+    head = FusedHead(head="auto", tree_threads=1).fit(X, y)
+    assert head.calibration_method_ == "temperature" and head.calibration_scores_["isotonic"] is None
+    assert np.allclose(head.predict_proba(X).sum(axis=1), 1.0)
