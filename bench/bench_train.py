@@ -79,7 +79,8 @@ store, index, out, head, max_rows = sys.argv[1:6]
 t = time.perf_counter()
 r = train_head(store, index, out, HeadConfig(head=head, max_rows=int(max_rows)))
 r["wall_s"] = time.perf_counter() - t
-r["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+u = resource.getrusage(resource.RUSAGE_SELF)
+r["peak_rss_mib"], r["cpu_s"] = u.ru_maxrss / 1024, u.ru_utime + u.ru_stime
 print(json.dumps(r))
 """
 
@@ -101,7 +102,7 @@ def scale(sizes: list[int], head: str, max_rows: int, work: Path) -> list[dict]:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r.update(n=n, write_s=t1 - t0, index_s=t2 - t1, factory=rep.factory)
         print(f"n={n:>9,}: store {r['write_s']:.0f} s, index {rep.factory} {r['index_s']:.0f} s; train_head "
-              f"{r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, rows used {r['rows_used']:,}, "
+              f"{r['wall_s']:.1f} s ({r['cpu_s']:.0f} CPU s), peak RSS {r['peak_rss_mib']:.0f} MiB, rows used {r['rows_used']:,}, "
               f"chose {r['chosen']} ({r['calibration_method']})", flush=True)
         rows.append(r)
     return rows
@@ -136,7 +137,9 @@ def main() -> None:
     if len(rows) >= 2:
         ratio = rows[-1]["wall_s"] / rows[0]["wall_s"]
         grow = rows[-1]["n"] / rows[0]["n"]
-        print(f"train_head time ratio {rows[-1]['n']:,} / {rows[0]['n']:,} rows: {ratio:.2f} for {grow:.0f}x rows "
+        cpu = rows[-1]["cpu_s"] / rows[0]["cpu_s"]
+        print(f"train_head time ratio {rows[-1]['n']:,} / {rows[0]['n']:,} rows: {ratio:.2f} wall, {cpu:.2f} CPU "
+              f"for {grow:.0f}x rows "
               f"(target <= 5: {'PASS' if ratio <= 5 else 'FAIL'}); peak RSS at {rows[-1]['n']:,}: "
               f"{rows[-1]['peak_rss_mib']:.0f} MiB (target <= 2048: "
               f"{'PASS' if rows[-1]['peak_rss_mib'] <= 2048 else 'FAIL'})")
