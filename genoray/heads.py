@@ -172,8 +172,10 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.mean_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        X -= self.mean_  # in place: X is already this method's own float64 copy
+        X /= self.scale_
         lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        lr.fit((X - self.mean_) / self.scale_, _encode(y, self.classes_))
+        lr.fit(X, _encode(y, self.classes_))
         self.coef_, self.intercept_ = lr.coef_.astype(np.float64), lr.intercept_.astype(np.float64)
         return self
 
