@@ -121,3 +121,33 @@ def test_tiny_training_sets_fit_and_fall_back_to_temperature():
     head = FusedHead(head="auto", tree_threads=1).fit(X, y)
     assert head.calibration_method_ == "temperature" and head.calibration_scores_["isotonic"] is None
     assert np.allclose(head.predict_proba(X).sum(axis=1), 1.0)
+
+
+def test_train_head_reads_only_a_bounded_sample_of_the_store(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genoray import schema
+    from genoray.artifacts import sha256_file, write_json
+    from genoray.config import HeadConfig, IndexConfig
+    from genoray.index import build_index
+    from genoray.train import train_head
+
+    X, y = xor(n=3000, d=16)
+    (tmp_path / "s" / "shards").mkdir(parents=True)
+    parts = []
+    for i, a in enumerate(range(0, 3000, 1000)):
+        t = pa.table({schema.SEQ_ID: [f"r{j}" for j in range(a, a + 1000)], schema.LABEL: list(y[a:a + 1000]),
+                      schema.DOMAIN: pa.nulls(1000, pa.string()), schema.SPLIT: ["train"] * 1000,
+                      schema.SEQ_HASH: pa.nulls(1000, pa.string()),
+                      schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(X[a:a + 1000].ravel()), 16)},
+                     schema=schema.embedding_schema(16))
+        pq.write_table(t, tmp_path / "s" / f"shards/p{i}.parquet", row_group_size=300)
+        parts.append({"file": f"shards/p{i}.parquet", "rows": 1000, "sha256": sha256_file(tmp_path / "s" / f"shards/p{i}.parquet")})
+    write_json(tmp_path / "s" / "store.json", {"format_version": 2, "encoder": {"name": "test"}, "fingerprint": "t16",
+                                               "dim": 16, "status": "complete", "rows": 3000, "parts": parts})
+    build_index(tmp_path / "s", tmp_path / "ix", IndexConfig(split="train"))
+    r = train_head(tmp_path / "s", tmp_path / "ix", tmp_path / "h", HeadConfig(head="linear", max_rows=700))
+    assert r["rows"] == 3000 and r["rows_used"] == 700
+    head = load_head(tmp_path / "h")
+    assert head.selection_["rows_used"] == 700 and len(head.ood_reference_) == 700
