@@ -534,17 +534,17 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             val["trees"] = trees.predict_proba(X[va])
             tree_rounds = trees.rounds_
         scores = {}
-        best: dict[bool, tuple[float, dict[str, float]]] = {}  # with trees / without trees
+        by_trees: dict[bool, tuple[float, dict[str, float]]] = {}  # with trees / without trees
         for mix in _mixtures(parts):
             loss = _log_loss(sum(w * val[n] for n, w in mix.items()), codes[va])
             scores[mixture_name(mix)] = loss
             key = mix.get("trees", 0) > 0
-            if key not in best or loss < best[key][0] - 1e-12:
-                best[key] = (loss, mix)
-        best_loss, best_mix = min(best.values(), key=lambda b: b[0])
+            if key not in by_trees or loss < by_trees[key][0] - 1e-12:
+                by_trees[key] = (loss, mix)
+        best_loss, best_mix = min(by_trees.values(), key=lambda b: b[0])
         self.tree_test_ = None
         if self.head == "auto" and best_mix.get("trees", 0) > 0:
-            best_loss, best_mix = self._keep_trees(best[True], best[False], val, codes[va])
+            best_loss, best_mix = self._keep_trees(by_trees[True], by_trees[False], val, codes[va])
         self.mixture_ = {n: float(best_mix.get(n, 0.0)) for n in _PARTS}
         self.weight_ = self.mixture_["knn"]
         self.val_scores_ = scores
