@@ -65,7 +65,8 @@ def write_corpus(seqs: list[str], d: Path, n_files: int = 16) -> list[Path]:
 
 
 def main() -> None:
-    from genoray.embed import embed_sequences, init_ray
+    from genoray.embed import embed_sequences
+    from genoray.runtime import init_ray
     from genoray.encoders.kmer import KmerEncoder
 
     ap = argparse.ArgumentParser(description=__doc__)

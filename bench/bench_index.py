@@ -61,7 +61,7 @@ def main() -> None:
     from genoray.embed import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import VectorIndex, l2_normalize, recall_at_k
-    from genoray.store import EmbeddingStore
+    from genoray.store import EmbeddingStore, has_manifest
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -71,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-index-"))
     try:
-        if not (work / "store" / "store.json").exists():
+        if not has_manifest(work / "store"):
             work.mkdir(parents=True, exist_ok=True)
             seqs = corpus(args.n + 1000, seed=3)
             split = ["train"] * args.n + ["test"] * 1000

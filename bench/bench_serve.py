@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-CLIENT = """
+CLIENT = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + """
 import json, sys
-from genoray.loadtest import run_load, summarize
+from loadtest import run_load, summarize
 port, path, body, seconds, conc = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 res = run_load(port, path, body, None, seconds=seconds, concurrency=conc, max_requests=5000)
 print(json.dumps(summarize(res)))
@@ -103,7 +103,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
     """Publish ``new_version`` during a 10 s load; count failures and per-replica version changes."""
     from genoray.bundle import publish
-    from genoray.loadtest import run_load
+    from loadtest import run_load
 
     state = {}
 

@@ -44,7 +44,7 @@ def main() -> int:
     from ray import serve
 
     from genoray.bundle import publish
-    from genoray.embed import init_ray
+    from genoray.runtime import init_ray
     from genoray.quickstart import bundled_dataset
     from genoray.serve import ServeConfig, build_app, start_http
     from genoray.service import hash_key

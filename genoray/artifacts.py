@@ -7,8 +7,10 @@ that is verified before anything is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,12 +18,15 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 class ChecksumError(ValueError):
     """A file does not match the sha256 recorded for it in its manifest."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -35,6 +40,7 @@ def sha256_json(obj: Any) -> str:
 
 
 def canonical_json(obj: Any) -> str:
+    """Sorted-key, compact JSON: the form that is hashed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -56,10 +62,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write indented, sorted JSON atomically (temp file + rename)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -74,7 +82,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle in **kwds
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -83,6 +91,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` with ``allow_pickle=False`` (object arrays are refused)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -97,3 +106,57 @@ def verify_files(root: str | os.PathLike, files: dict[str, str]) -> None:
         got = sha256_file(p)
         if got != expected:
             raise ChecksumError(f"{p}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")
+
+
+class JsonDoc:
+    """Base of the frozen manifest dataclasses (``StoreManifest``, ``IndexManifest``,
+    ``BundleManifest``): JSON form with the on-disk keys, unknown keys kept in ``extra`` (so a
+    newer writer's keys survive a round trip), and read access by key (``doc["rows"]``) for
+    code written against the dict form. A field named ``clean`` holds a
+    :class:`~genoray.config.CleanPolicy` (``None`` when the artifact predates it)."""
+
+    extra: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (dataclass fields, then ``extra``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]):
+        """Build from a JSON document; keys that are not fields go to ``extra``."""
+        from genoray.config import CleanPolicy
+
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in doc.items() if k in names}
+        if isinstance(kwargs.get("clean"), dict):
+            kwargs["clean"] = CleanPolicy(**kwargs["clean"])
+        return cls(**kwargs, extra={k: v for k, v in doc.items() if k not in names})  # type: ignore[call-arg]
+
+    def __getitem__(self, key: str) -> Any:
+        if key != "extra" and key in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            return getattr(self, key)
+        return self.extra[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``doc[key]``, or ``default`` when the document has no such key."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+
+_MISSING = object()

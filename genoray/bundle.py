@@ -16,27 +16,77 @@ same code a replica uses, and only then renames it into ``versions/``. ``publish
 ``CURRENT`` with a temp-file + ``os.replace`` (atomic), so a reader sees the old or the new
 version, never a mix. ``collect_garbage`` never removes ``CURRENT``, the newest ``keep``
 versions, or a version with a live lease.
+
+:class:`BundleHolder` is what a serving replica keeps: it loads ``CURRENT`` synchronously at
+start, then watches ``CURRENT`` and loads a new version on a background thread, verifying it
+before a single reference swap, so in-flight requests finish on the version they started with
+and a corrupt bundle is refused while the old one keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genoray.artifacts import ChecksumError, read_json, sha256_file, verify_files, write_json
+from genoray.artifacts import ChecksumError, JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy
 
+if TYPE_CHECKING:
+    from genoray.predictor import Predictor
+
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 LEASE_TTL_S = 120.0
+MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True)
+class BundleManifest(JsonDoc):
+    """``bundle.json`` of a version.
+
+    Attributes:
+        format_version / version / parent / created_at: identity and lineage.
+        encoder / fingerprint: the encoder every vector and the head were made with.
+        classes: the head's classes, in its order.
+        index: factory, ntotal and recall@10 of the index.
+        metrics: what the writer measured (reindex gate report, evaluation).
+        files: sha256 of every file of the version except ``bundle.json``.
+        clean: the :class:`~genoray.config.CleanPolicy` the store was built with; serving
+            cleans queries with it (``None``: an older bundle; the default is used).
+    """
+
+    format_version: int
+    version: str
+    parent: str | None
+    created_at: str
+    encoder: dict[str, Any]
+    fingerprint: str
+    classes: list[str]
+    index: dict[str, Any]
+    metrics: dict[str, Any]
+    files: dict[str, str]
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (``clean`` left out when unknown, as older bundles had it)."""
+        doc = super().to_json()
+        if doc.get("clean") is None:
+            doc.pop("clean", None)
+        return doc
 
 
 def _files(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "bundle.json"}
+            if p.is_file() and p.name != MANIFEST}
 
 
 def new_version_name() -> str:
@@ -47,9 +97,12 @@ def new_version_name() -> str:
 
 
 def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
-                 metrics: dict[str, Any] | None = None, version: str | None = None) -> str:
+                 metrics: dict[str, Any] | None = None, version: str | None = None,
+                 target: list[str] | None = None) -> str:
     """Copy an index and a head into a new verified version under ``root``; returns its name.
-    Does not publish it (see :func:`publish`)."""
+    Does not publish it (see :func:`publish`). ``target``: unlabeled sequences of the data the
+    bundle will serve; their estimated class priors (and the decision whether to re-weight,
+    :mod:`genoray.priors`) are stored as ``head/priors.json`` and applied by every replica."""
     from genoray.predictor import Predictor
 
     root = Path(root)
@@ -62,16 +115,18 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     try:
         shutil.copytree(index_dir, stage / "index")
         shutil.copytree(head_dir, stage / "head")
+        if target is not None:
+            Predictor.load(stage / "index", stage / "head").adapt_to(list(target)).save(stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
         idx = predictor.index.manifest
-        write_json(stage / "bundle.json", {
-            "format_version": FORMAT_VERSION, "version": version, "parent": current_version(root),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "encoder": idx["encoder"], "fingerprint": idx["fingerprint"],
-            "classes": [str(c) for c in predictor.head.classes_],
-            "index": {"factory": idx["factory"], "ntotal": idx["ntotal"], "recall_at_10": idx.get("recall_at_10")},
-            "metrics": metrics or {}, "files": _files(stage),
-        })
+        doc = BundleManifest(
+            format_version=FORMAT_VERSION, version=version, parent=current_version(root),
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            encoder=idx.encoder or {}, fingerprint=idx.fingerprint or "",
+            classes=[str(c) for c in predictor.head.classes_],
+            index={"factory": idx.factory, "ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
+            metrics=metrics or {}, files=_files(stage), clean=idx.clean)
+        write_json(stage / MANIFEST, doc.to_json())
         for p in stage.rglob("*"):
             if p.is_file():
                 p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -84,19 +139,20 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     return version
 
 
-def verify_bundle(root: str | Path, version: str) -> dict[str, Any]:
+def verify_bundle(root: str | Path, version: str) -> BundleManifest:
     """Check ``bundle.json`` and every file's sha256; return the bundle document."""
     vdir = Path(root) / "versions" / version
-    doc_path = vdir / "bundle.json"
+    doc_path = vdir / MANIFEST
     if not doc_path.is_file():
-        raise FileNotFoundError(f"{vdir}: not a bundle (no bundle.json)")
-    doc = read_json(doc_path)
-    if doc.get("format_version") != FORMAT_VERSION or doc.get("version") != version:
-        raise ValueError(f"{doc_path}: unsupported or mismatched bundle ({doc.get('format_version')}, {doc.get('version')})")
-    verify_files(vdir, doc["files"])
-    extra = set(_files(vdir)) - set(doc["files"])
+        raise FileNotFoundError(f"{vdir}: not a bundle (no {MANIFEST})")
+    raw = read_json(doc_path)
+    if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
+        raise ValueError(f"{doc_path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
+    doc = BundleManifest.from_json(raw)
+    verify_files(vdir, doc.files)
+    extra = set(_files(vdir)) - set(doc.files)
     if extra:
-        raise ChecksumError(f"{vdir}: files not in bundle.json: {sorted(extra)[:5]}")
+        raise ChecksumError(f"{vdir}: files not in {MANIFEST}: {sorted(extra)[:5]}")
     return doc
 
 
@@ -105,16 +161,17 @@ def publish(root: str | Path, version: str) -> None:
     root = Path(root)
     verify_bundle(root, version)
     write_json(root / "CURRENT", {"version": version,
-                                  "bundle_sha256": sha256_file(root / "versions" / version / "bundle.json")})
+                                  "bundle_sha256": sha256_file(root / "versions" / version / MANIFEST)})
     _fsync_dir(root)
 
 
 def current_version(root: str | Path) -> str | None:
+    """The version ``CURRENT`` points at, or ``None`` before the first publish."""
     p = Path(root) / "CURRENT"
     return read_json(p)["version"] if p.is_file() else None
 
 
-def load_bundle(root: str | Path, version: str | None = None):
+def load_bundle(root: str | Path, version: str | None = None) -> tuple[Predictor, BundleManifest]:
     """Verify and load a version (default: ``CURRENT``); returns ``(Predictor, bundle.json)``."""
     from genoray.predictor import Predictor
 
@@ -135,6 +192,7 @@ def lease(root: str | Path, version: str, holder: str) -> None:
 
 
 def release(root: str | Path, version: str, holder: str) -> None:
+    """Drop ``holder``'s lease on ``version``."""
     (Path(root) / "leases" / version / holder).unlink(missing_ok=True)
 
 
@@ -167,9 +225,126 @@ def collect_garbage(root: str | Path, keep: int = 3, lease_ttl_s: float = LEASE_
     return removed
 
 
+class BundleHolder:
+    """Loads, watches and atomically swaps the bundle a replica serves."""
+
+    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
+        self.root = Path(root)
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
+        self.version = self.doc.version
+        lease(self.root, self.version, self.holder)
+        self.last_error: str | None = None
+        from genoray.monitor import DriftMonitor
+
+        self.monitor = DriftMonitor()  # requests, OOD rate, class mix per bundle version
+        self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
+        self._thread.start()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` reports about this replica's bundle."""
+        doc = self.doc
+        return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
+                "classes": doc.classes, "index": doc.index, "created_at": doc.created_at,
+                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
+                "watching": self._thread.is_alive(), **self.drift()}
+
+    def drift(self) -> dict[str, Any]:
+        """OOD threshold and calibration, target adaptation and this replica's drift counts."""
+        predictor, version = self.snapshot()
+        ood = predictor.ood.describe() if predictor.ood is not None else {
+            "method": "knn-rank (head without a fitted OOD scorer)", "flag_if_score_above": 0.95}
+        adapt = predictor.priors.to_dict() if predictor.priors is not None else None
+        return {"ood": ood, "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
+
+    def check(self) -> None:
+        """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
+        replica is then replaced instead of serving a stale bundle forever)."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"bundle watcher stopped; serving {self.version} without following CURRENT")
+
+    def snapshot(self):
+        """The (predictor, version) pair to use for one request or batch."""
+        with self._lock:
+            return self.predictor, self.version
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                target = current_version(self.root)
+                lease(self.root, self.version, self.holder)
+            except Exception as e:  # e.g. CURRENT mid-rewrite on a network filesystem: next poll
+                log.warning("bundle watcher of %s: %s: %s", self.root, type(e).__name__, e)
+                continue
+            if target and target != self.version and target not in self.refused:
+                try:
+                    self.load(target)
+                except Exception:  # load() logged and recorded why; keep serving the current bundle
+                    log.debug("keeping bundle %s after refusing %s", self.version, target)
+
+    def load(self, version: str) -> None:
+        """Verify and load ``version``, then swap; on any error keep the current bundle."""
+        try:
+            predictor, doc = load_bundle(self.root, version)
+        except Exception as e:
+            self.refused.add(version)
+            self.last_error = f"refused bundle {version}: {e}"
+            log.error(self.last_error)
+            raise
+        lease(self.root, version, self.holder)
+        with self._lock:
+            old = self.version
+            self.predictor, self.doc, self.version = predictor, doc, version
+            self.swaps += 1
+        release(self.root, old, self.holder)
+        self.last_error = None
+        log.info("swapped bundle %s -> %s", old, version)
+
+    def close(self) -> None:
+        """Stop watching and release the lease of the version in use."""
+        self._stop.set()
+        release(self.root, self.version, self.holder)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def list_versions(root: str | Path, verify: bool = False) -> list[dict[str, Any]]:
+    """Every version under ``root`` (oldest first): name, created_at, parent, encoder fingerprint,
+    classes, index size and recall, whether it is ``CURRENT`` and its live leases. With
+    ``verify`` each version's files are checked against their sha256 (``ok`` / the error)."""
+    root = Path(root)
+    vroot = root / "versions"
+    if not vroot.is_dir():
+        raise FileNotFoundError(f"{root}: not a bundle root (no versions/)")
+    current, now, out = current_version(root), time.time(), []
+    for vdir in sorted(p for p in vroot.iterdir() if p.is_dir()):
+        row: dict[str, Any] = {"version": vdir.name, "current": vdir.name == current}
+        try:
+            doc = verify_bundle(root, vdir.name) if verify else read_json(vdir / "bundle.json")
+            row.update(created_at=doc.get("created_at"), parent=doc.get("parent"), fingerprint=doc.get("fingerprint"),
+                       classes=doc.get("classes"), ntotal=doc.get("index", {}).get("ntotal"),
+                       recall_at_10=_recall_value(doc.get("index", {}).get("recall_at_10")))
+            if verify:
+                row["verified"] = "ok"
+        except (OSError, ValueError, KeyError) as e:
+            row["verified" if verify else "error"] = f"{type(e).__name__}: {e}"
+        ldir = root / "leases" / vdir.name
+        row["leases"] = sorted(p.name for p in ldir.iterdir() if now - p.stat().st_mtime < LEASE_TTL_S) \
+            if ldir.is_dir() else []
+        out.append(row)
+    return out
+
+
+def _recall_value(recall: Any) -> float | None:
+    return recall.get("value") if isinstance(recall, dict) else recall

@@ -4,12 +4,16 @@ quickstart -> genoray.quickstart.run_quickstart
 embed      -> genoray.embed.embed_sequences
 index      -> genoray.index.build_index
 train      -> genoray.train.train_head
-evaluate   -> genoray.train.evaluate_store
+evaluate   -> genoray.quickstart.evaluation_report (genoray.train.evaluate_store; a study: genoray.evaluate.evaluate)
 predict    -> genoray.predictor.Predictor
 publish    -> genoray.bundle.write_bundle + publish
+bundles    -> genoray.bundle.list_versions
 reindex    -> genoray.reindex.reindex
 serve      -> genoray.serve.build_app
 shift      -> genoray.shift.ShiftDetector
+
+Config flags are generated from the dataclasses in genoray.config (genoray.flags); exit codes
+are ``EXIT_CODES`` (also in ``genoray --help`` and the README).
 """
 
 from __future__ import annotations
@@ -22,62 +26,122 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from genoray import cli_args
+from genoray.cli_args import EMBED, HEAD, INDEX, REINDEX, SERVE, SHIFT, _encoder, _read_cfg, _split
+from genoray.config import IndexConfig
+from genoray.exitcodes import (  # noqa: F401
+    EXIT_BUG,
+    EXIT_CODES,
+    EXIT_EMPTY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    NothingWritten,
+)
+from genoray.flags import build
+from genoray.metrics import strict_dumps as dumps
+from genoray.metrics import strict_json
+from genoray.quiet import ray_running, stop_ray
 
-def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="kmer",
-                   help="kmer (default: k-mer spectrum + GC + z-curve), kmer-pos (adds position-aware "
-                        "features for fixed-window tasks), or hf:<hub id or local model dir>")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the named transformers model to run its own code (local dir or explicit org/name only)")
+log = logging.getLogger(__name__)
+
+NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
+              "MCC and F1 need predictions and labels of more than one class)")
 
 
 def _print(obj, as_json: bool, text: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
+    clean, replaced = strict_json(obj)
+    if as_json or text is None:
+        print(json.dumps(clean, indent=2, default=str, allow_nan=False))
     else:
-        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+        print(text)
+    if replaced:
+        print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
-    from genoray.quickstart import ENCODERS, format_result, run_quickstart
+    import shutil
+    import tempfile
+
+    from genoray.quickstart import ENCODERS
 
     encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
-    result = run_quickstart(a.data, a.workdir, encoders, use_ray=not a.no_ray)
+    index_cfg = build(a, INDEX)
+    workdir = a.workdir or tempfile.mkdtemp(prefix="genoray-quickstart-")
+    try:
+        return _quickstart(a, encoders, index_cfg, workdir)
+    finally:
+        if not a.workdir and not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"genoray quickstart: removed the work dir {workdir} (keep it with --keep or --workdir DIR)",
+                  file=sys.stderr)
+
+
+def _quickstart(a: argparse.Namespace, encoders, index_cfg: IndexConfig, workdir: str) -> int:
+    from genoray.quickstart import format_result, run_quickstart
+
+    result = run_quickstart(a.data, workdir, encoders, head_cfg=build(a, HEAD),
+                            read_cfg=_read_cfg(a, index_cfg.split, a.test_split), test_split=_split(a.test_split),
+                            use_ray=not a.no_ray, index_cfg=index_cfg, embed_cfg=build(a, EMBED),
+                            make_encoder=lambda name: _encoder(a, name))
     _print(result, a.json, format_result(result))
     return 0
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from genoray.config import CleanPolicy, EmbedConfig, ReadConfig
     from genoray.embed import embed_sequences
-    from genoray.encoders import encoder_from_name
 
-    cfg = EmbedConfig(batch_size=a.batch_size, num_actors=a.num_actors, on_error=a.on_error)
-    read_cfg = ReadConfig(clean=CleanPolicy(max_length=a.max_length, long_records=a.long_records,
-                                            window_overlap=a.window_overlap))
-    report = embed_sequences(a.inputs, a.out, encoder_from_name(a.encoder, a.trust_remote_code),
-                             read_cfg=read_cfg, embed_cfg=cfg, use_ray=not a.no_ray)
-    _print(report.to_dict(), True)
-    return 0 if report.status == "complete" else 3
+    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=_read_cfg(a, a.train_split, a.test_split),
+                             embed_cfg=build(a, EMBED), fit_split=_split(a.train_split), use_ray=not a.no_ray)
+    out = report.to_dict()
+    manifest = json.loads(Path(a.out, "store.json").read_text())
+    rejects = [str(Path(a.out, p["rejects"])) for p in manifest["parts"] if p.get("rejects")]
+    out["rejects_tables"] = rejects  # Parquet: source file, record number, seq_id, reason
+    # complete: every file read, rows written; partial: some files failed, rows written (exit 3);
+    # failed: files failed and nothing was written; empty: nothing to write (both exit 6)
+    out["outcome"] = ("failed" if report.failed else "empty") if report.written == 0 else \
+        ("partial" if report.failed else "complete")
+    _print(out, True)
+    if report.failed:
+        print(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")",
+              file=sys.stderr)
+    if out["rejected"]:
+        print(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
+              f"rejects tables: {', '.join(rejects) or '(none kept)'}", file=sys.stderr)
+    if report.written == 0:
+        _nothing_written(a, _why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
+        return EXIT_PARTIAL if report.failed else EXIT_OK
+    return EXIT_OK if report.status == "complete" else EXIT_PARTIAL
+
+
+def _why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int) -> str:
+    if failed and len(failed) == units:
+        return f"every input file failed; first: {failed[0]['error']}"
+    if read == 0:
+        return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    hint = " (protein or other non-DNA input?)" if max(rejected, key=rejected.get, default="") == "invalid_character" else ""
+    return f"all {read} records were rejected: {reasons}{hint}"
+
+
+def _nothing_written(a: argparse.Namespace, why: str) -> None:
+    if not getattr(a, "allow_empty", False):
+        raise NothingWritten(why)
+    print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
-    from genoray.config import IndexConfig
     from genoray.index import build_index
 
-    split = None if a.split == "all" else a.split
-    cfg = IndexConfig(split=split, index_type=a.type, shards=a.shards, memory_budget_mb=a.memory_budget_mb,
-                      target_recall=a.target_recall)
-    _print(asdict(build_index(a.store, a.out, cfg)), True)
+    _print(asdict(build_index(a.store, a.out, build(a, INDEX))), True)
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from genoray.config import HeadConfig
     from genoray.train import train_head
 
-    split = None if a.split == "all" else a.split
-    _print(train_head(a.store, a.index, a.out, HeadConfig(k=a.k, C=a.C, head=a.head), split=split), True)
+    _print(train_head(a.store, a.index, a.out, build(a, HEAD), split=_split(a.split)), True)
     return 0
 
 
@@ -91,35 +155,56 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(Path(a.out, "report.md").read_text())
         print(json.dumps(report["cost"]), file=sys.stderr)
         return 0
-    from genoray.train import evaluate_store
+    from genoray.quickstart import evaluation_report, format_evaluation
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    _print(evaluate_store(a.target, a.index, a.head, split=a.split), True)
-    return 0
+    rep = evaluation_report(a.target, a.index, a.head, split=_split(a.split), train_split=_split(a.train_split),
+                            bootstrap=a.bootstrap, seed=a.seed)
+    _print(rep, a.json, format_evaluation(rep))
+    return EXIT_OK
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from genoray.predict_output import PredictionWriter, join_neighbour_records
     from genoray.predictor import Predictor
     from genoray.sequences import ReadReport, iter_sequences
 
+    if a.format == "parquet" and not a.out:
+        raise ValueError("--format parquet needs --out FILE")
     predictor = Predictor.load(a.index, a.head)
+    adaptation = None
+    if a.target:  # unlabeled target sample: estimate its class priors, decide whether to re-weight
+        from genoray.sequences import read_sequences
+
+        target, _ = read_sequences(a.target)
+        adaptation = predictor.adapt_to(target["sequence"].to_pylist()).to_dict()
     report = ReadReport()
-    out = open(a.out, "w") if a.out else sys.stdout
-    n = 0
+    rows: list[dict] = []
+    writer = PredictionWriter(a.out, a.format, [str(c) for c in predictor.head.classes_], a.with_sequences)
     try:
         for batch in iter_sequences(a.inputs, report=report):
             ids, seqs = batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()
-            for p in predictor.predict(seqs, ids=ids, k=a.k):
-                out.write(json.dumps(p.to_dict()) + "\n")
-                n += 1
+            preds = [p.to_dict() for p in predictor.predict(seqs, ids=ids, k=a.k)]
+            if a.with_sequences:  # joined after the last batch: the source files are read once
+                rows += preds
+            else:
+                writer.write(preds)
+        if a.with_sequences:
+            missing = join_neighbour_records(predictor.index.manifest, rows)
+            writer.write(rows)
     finally:
-        if a.out:
-            out.close()
+        writer.close()
     summary = report.to_dict()
-    summary["predicted"] = n
-    print(json.dumps(summary), file=sys.stderr)
-    return 0
+    summary["predicted"] = writer.n
+    if a.with_sequences:
+        summary["neighbours_without_sequence"] = missing
+    if adaptation is not None:
+        summary["target_adaptation"] = adaptation
+    print(dumps(summary), file=sys.stderr)
+    if writer.n == 0:
+        _nothing_written(a, _why_empty(report.read, summary["rejected_by_reason"], [], 1))
+    return EXIT_OK
 
 
 def cmd_publish(a: argparse.Namespace) -> int:
@@ -128,19 +213,42 @@ def cmd_publish(a: argparse.Namespace) -> int:
     if a.version:
         publish(a.root, a.version)
     elif a.index and a.head:
-        publish(a.root, write_bundle(a.root, a.index, a.head))
+        target = None
+        if a.target:  # a bundle built for a target: its class priors travel in head/priors.json
+            from genoray.sequences import read_sequences
+
+            target = read_sequences(a.target)[0]["sequence"].to_pylist()
+        publish(a.root, write_bundle(a.root, a.index, a.head, target=target))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
     return 0
 
 
-def cmd_reindex(a: argparse.Namespace) -> int:
-    from genoray.encoders import encoder_from_name
-    from genoray.reindex import ReindexConfig, reindex
+def cmd_bundles(a: argparse.Namespace) -> int:
+    from genoray.bundle import list_versions
 
-    cfg = ReindexConfig(recall_floor=a.recall_floor, max_accuracy_drop=a.max_accuracy_drop)
-    rep = reindex(a.inputs, a.work, a.bundles, encoder_from_name(a.encoder, a.trust_remote_code), cfg=cfg,
+    rows = list_versions(a.root, verify=a.verify)
+    lines = [f"{'':2}{'version':<28} {'created':<21} {'fingerprint':<17} {'vectors':>8} {'recall@10':>9}  classes"]
+    for r in rows:
+        rec = r.get("recall_at_10")
+        lines.append(f"{'*' if r['current'] else ' ':2}{r['version']:<28} {r.get('created_at') or '?':<21} "
+                     f"{r.get('fingerprint') or '?':<17} {r.get('ntotal') or '?':>8} "
+                     f"{'?' if rec is None else f'{rec:.3f}':>9}  {','.join(r.get('classes') or [])}"
+                     + (f"  leased by {','.join(r['leases'])}" if r["leases"] else "")
+                     + (f"  {r['verified']}" if "verified" in r else "") + (f"  ERROR {r['error']}" if "error" in r else ""))
+    lines.append("* = CURRENT" if any(r["current"] for r in rows) else "no version is CURRENT (nothing published)")
+    _print(rows, a.json, "\n".join(lines))
+    bad = [r for r in rows if "error" in r or r.get("verified", "ok") != "ok"]
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+def cmd_reindex(a: argparse.Namespace) -> int:
+    from genoray.reindex import reindex
+
+    cfg = build(a, REINDEX)
+    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a), read_cfg=_read_cfg(a, cfg.index.split, cfg.eval_split),
+                  cfg=cfg,
                   use_ray=not a.no_ray)
     _print(asdict(rep), True)
     return 0 if rep.published else 4
@@ -150,16 +258,22 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import signal
     import time
 
-    import ray
+    from genoray.service import keys_from_env
+
+    cfg = build(a, SERVE, root=a.root)
+    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):  # before Ray starts: seconds, not minutes
+        raise ValueError("no API keys configured: set GENORAY_API_KEYS=key1,key2 (comma-separated), "
+                         "or pass --no-auth to accept requests without a key (local use only)")
+    from genoray.bundle import current_version
+
+    if current_version(a.root) is None:
+        raise FileNotFoundError(f"{a.root}: no CURRENT bundle has been published (genoray publish {a.root} "
+                                "--index INDEX --head HEAD)")
     from ray import serve
 
-    from genoray.embed import init_ray
-    from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
+    from genoray.runtime import init_ray
+    from genoray.serve import build_app, haproxy_env, start_http
 
-    cfg = ServeConfig(root=a.root, host=a.host, port=a.port, require_key=not a.no_auth,
-                      min_replicas=a.min_replicas, max_replicas=a.max_replicas,
-                      ingress_replicas=a.ingress_replicas, poll_s=a.poll_s, access_log=not a.no_access_log,
-                      ingress=a.ingress, limits={"rate_per_key": a.rate_per_key} if a.rate_per_key else {})
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     if cfg.ingress == "haproxy":
@@ -181,24 +295,38 @@ def cmd_serve(a: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
-        ray.shutdown()
+        serve.shutdown()  # Ray itself is stopped (and its temp dir removed) by main()
     return 0
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
-    from genoray.shift import ShiftConfig, ShiftDetector, plot_shift
+    from genoray.shift import ShiftDetector, plot_shift
     from genoray.store import EmbeddingStore
 
+    if a.plot:  # check before the (long) test, not after it
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)")
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
     if ref_store.fingerprint != new_store.fingerprint:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
-                         "embed both with the same encoder")
+                         f"embed both with the same encoder (e.g. genoray embed NEW_FILES --encoder-from {a.reference} "
+                         "--out NEW_STORE)")
     ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
     new = new_store.load(None if a.new_split == "all" else a.new_split)
-    det = ShiftDetector(ShiftConfig(max_samples=a.max_samples, seed=a.seed)).fit(ref.vectors)
+    # the per-row OOD share uses the predictor's score: class-conditional when the reference is
+    # labeled, length-matched when both stores' source sequences can be re-read
+    from genoray.encoders import encoder_from_spec
+    from genoray.ood import store_sequences
+
+    labels = ref.labels if all(v is not None for v in ref.labels) else None
+    ref_seqs, new_seqs = store_sequences(ref_store, ref.ids), store_sequences(new_store, new.ids)
+    enc = encoder_from_spec(ref_store.encoder_spec) if ref_seqs is not None and new_seqs is not None else None
+    det = ShiftDetector(build(a, SHIFT)).fit(
+        ref.vectors, labels, ref_seqs if enc else None, enc)
     groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
-    report = det.score(new.vectors, groups).to_dict()
+    report = det.score(new.vectors, groups, new_seqs if enc else None, enc).to_dict()
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot
@@ -206,159 +334,64 @@ def cmd_shift(a: argparse.Namespace) -> int:
     return 5 if report["is_shift"] else 0
 
 
+COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index, "train": cmd_train,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "publish": cmd_publish, "bundles": cmd_bundles,
+            "reindex": cmd_reindex, "serve": cmd_serve, "shift": cmd_shift}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genoray", description="Retrieval-augmented genomic prediction.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("quickstart", help="embed, index, train and evaluate one labeled file end to end")
-    p.add_argument("--data", help="labeled Parquet/CSV/FASTA with train/test splits (default: bundled E. coli promoters)")
-    p.add_argument("--workdir", help="where stores, indexes and heads are written (default: a new temp dir)")
-    p.add_argument("--encoder", default="kmer", help="kmer, kmer-pos, both (kmer and kmer-pos side by side) or hf:<model>")
-    p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on local Ray")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_quickstart)
-
-    p = sub.add_parser(
-        "embed", help="embed sequence files into an embedding store (resumable)",
-        description="Embed sequence files on a Ray actor pool. Rerunning into the same --out skips finished "
-                    "units, so an interrupted job resumes. Exit status: 0 complete, 3 partial (some files "
-                    "could not be read; they are listed), 2 error.")
-    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
-    p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
-    _add_encoder_args(p)
-    p.add_argument("--batch-size", type=int, default=1024, help="records per encoder call")
-    p.add_argument("--num-actors", type=int, default=0, help="encoder actors (default: one per CPU, or per GPU)")
-    p.add_argument("--on-error", choices=("continue", "fail"), default="continue",
-                   help="a bad file: record it and go on (default, exit 3) or stop the job")
-    p.add_argument("--max-length", type=int, default=1_000_000, help="longest record kept whole (bp)")
-    p.add_argument("--long-records", choices=("reject", "window"), default="reject",
-                   help="longer records: reject (too_long) or cut into --max-length windows with ids <id>:<start>-<end>")
-    p.add_argument("--window-overlap", type=int, default=0, help="bases shared by consecutive windows")
-    p.add_argument("--no-ray", action="store_true", help="embed in this process instead of on Ray")
-    p.set_defaults(func=cmd_embed)
-
-    p = sub.add_parser("index", help="build a FAISS index from an embedding store")
-    p.add_argument("store")
-    p.add_argument("--out", required=True, help="new index directory")
-    p.add_argument("--split", default="train", help="split to index, or 'all' (default: train)")
-    p.add_argument("--type", default="auto",
-                   help="auto (Flat below 100k vectors, IVF-SQ8 within the memory budget, else IVF-PQ) or a "
-                        "FAISS factory string such as IVF1024,Flat or HNSW32")
-    p.add_argument("--shards", type=int, default=0, help="number of shards (default: one per 2M vectors)")
-    p.add_argument("--memory-budget-mb", type=int, default=4096, help="memory for the stored vectors/codes (picks the auto type)")
-    p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 that nprobe/efSearch are tuned to")
-    p.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("train", help="fit the fused head (kNN vote + linear and/or tree head)")
-    p.add_argument("store")
-    p.add_argument("--index", required=True, help="index built from the same store and split")
-    p.add_argument("--out", required=True, help="new head directory")
-    p.add_argument("--split", default="train")
-    p.add_argument("--k", type=int, default=10, help="neighbours in the vote")
-    p.add_argument("--C", type=float, default=None,
-                   help="inverse regularisation of the logistic regression (default: chosen on a validation split)")
-    p.add_argument("--head", choices=("linear", "trees", "auto"), default="auto",
-                   help="parts the head may mix with the kNN vote: linear, gradient-boosted trees, or both (auto; "
-                        "chosen by validation log-loss)")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "evaluate", help="score a trained head on a held-out split, or run a study (STUDY.yaml)",
-        description="genoray evaluate STORE --index I --head H: majority / kNN / linear / fused metrics on a split. "
-                    "genoray evaluate STUDY.yaml --out DIR: methods x datasets x protocols (within, cross, pooled) "
-                    "with bootstrap CIs and cost, written to DIR/report.md and DIR/report.json.")
-    p.add_argument("target", help="an embedding store, or a study YAML file (see examples/study.yaml)")
-    p.add_argument("--index")
-    p.add_argument("--head")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", help="report directory (study mode)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines)")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--index", required=True)
-    p.add_argument("--head", required=True)
-    p.add_argument("--out", help="write JSON lines here instead of stdout")
-    p.add_argument("--k", type=int, help="neighbours to return per prediction")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("publish", help="write a verified bundle and make it CURRENT, or roll back to a version")
-    p.add_argument("root", help="bundle root directory")
-    p.add_argument("--index", help="index directory for a new version")
-    p.add_argument("--head", help="head directory for a new version")
-    p.add_argument("--version", help="publish this existing version instead (rollback)")
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser(
-        "reindex", help="nightly: embed new files, rebuild, gate and publish",
-        description="Embed the input files into WORK/store (files done on earlier runs are skipped), build a new "
-                    "index and head, and publish them to BUNDLES if the gate passes. Exit status: 0 published, "
-                    "4 gate failed (the current bundle keeps serving; WORK/builds/<version>/gate.json says why).")
-    p.add_argument("inputs", nargs="+", help="all labeled files (old and new)")
-    p.add_argument("--work", required=True, help="working directory (long-lived store + builds)")
-    p.add_argument("--bundles", required=True, help="bundle root the service watches")
-    _add_encoder_args(p)
-    p.add_argument("--recall-floor", type=float, default=0.9)
-    p.add_argument("--max-accuracy-drop", type=float, default=0.02)
-    p.add_argument("--no-ray", action="store_true")
-    p.set_defaults(func=cmd_reindex)
-
-    p = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP with Ray Serve",
-                       description="Replicas load ROOT/CURRENT and follow it: publishing a new version (genoray "
-                                   "publish / reindex) swaps every replica without downtime. API keys come from "
-                                   "GENORAY_API_KEYS (comma-separated).")
-    p.add_argument("root", help="bundle root directory")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--min-replicas", type=int, default=1,
-                   help="model replicas kept running (use >= 2 so a dying replica's requests are retried on another)")
-    p.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling for model replicas")
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
-                   help="proxy: Serve's Python proxy -> API replicas -> model replicas, loopback only. haproxy: "
-                        "Ray's high-throughput mode, HAProxy -> replicas that serve the API and the model in one "
-                        "process, no Ray hop per request (2 cores: 943 vs 173 single-sequence req/s at 32 "
-                        "clients). HAProxy's stats and metrics ports (RAY_SERVE_HAPROXY_STATS_PORT, _METRICS_PORT; "
-                        "default 8404, 9101) bind all interfaces")
-    p.add_argument("--ingress-replicas", type=int, default=1,
-                   help="HTTP ingress replicas (auth and validation; --ingress proxy only)")
-    p.add_argument("--no-access-log", action="store_true",
-                   help="no per-request access log lines (one log write less per hop and request)")
-    p.add_argument("--poll-s", type=float, default=2.0, help="how often replicas check CURRENT")
-    p.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use only)")
-    p.add_argument("--rate-per-key", type=float, default=0.0,
-                   help="requests/s per API key and ingress replica (token bucket, burst 20; 429 beyond); 0 = off")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("shift", help="test whether new embeddings are distributed like a reference",
-                       description="MMD permutation test, classifier two-sample test and kNN OOD fraction between "
-                                   "two stores made with the same encoder. Exit status: 0 no shift, 5 shift.")
-    p.add_argument("reference", help="reference embedding store")
-    p.add_argument("new", help="new embedding store")
-    p.add_argument("--reference-split", default="all")
-    p.add_argument("--new-split", default="all")
-    p.add_argument("--group-by", choices=("label", "domain", "none"), default="none",
-                   help="break the OOD fraction down by this column of the new store")
-    p.add_argument("--max-samples", type=int, default=1000, help="rows per side (seeded subsample)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
-    p.set_defaults(func=cmd_shift)
-    return parser
+    """The ``genoray`` parser (see :mod:`genoray.cli_args`)."""
+    return cli_args.build_parser(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (see ``EXIT_CODES``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.verbose:
-        os.environ.setdefault("GENORAY_QUIET_RAY", "1")
+    if args.verbose:
+        return _run(args)
+    from genoray.quiet import NativeStderrFilter, quiet_python_loggers
+
+    quiet_python_loggers()
+    with NativeStderrFilter():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from genoray.errors import InvariantError
     from genoray.sequences import SequenceFormatError
 
+    ray_before = ray_running()
     try:
         return args.func(args)
-    except (SequenceFormatError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    except NothingWritten as e:
+        print(f"genoray {args.command}: nothing written: {e} (exit {EXIT_EMPTY}; --allow-empty accepts this)",
+              file=sys.stderr)
+        return EXIT_EMPTY
+    except KeyboardInterrupt:
+        print(f"genoray {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (InvariantError, AssertionError) as e:
+        return _bug(args, e)
+    except (SequenceFormatError, OSError, ValueError, RuntimeError, ImportError) as e:  # input, settings, system
         print(f"genoray {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 (anything else is not the user's fault: report it as a bug)
+        return _bug(args, e)
+    finally:
+        if not ray_before:
+            stop_ray(keep=getattr(args, "keep", False))
+
+
+def _bug(args: argparse.Namespace, e: BaseException) -> int:
+    import traceback
+
+    if args.verbose:
+        traceback.print_exc()
+    print(f"genoray {args.command}: internal error (a bug in genoray, please report it): {type(e).__name__}: {e}"
+          + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
+    return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -26,13 +26,10 @@ shards; readers never glob.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
 import os
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -45,39 +42,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.artifacts import read_json, sha256_file, sha256_json, write_json
+from genoray.artifacts import read_json, sha256_json, write_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.sequences import FASTA_SPLITTABLE, ReadReport, SequenceFormatError, detect_format, iter_file
-from genoray.store import FORMAT_VERSION, MANIFEST
+from genoray.errors import InvariantError
+from genoray.progress import Progress
+from genoray.runtime import init_ray, tune_allocator
+from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units
+from genoray.store import (
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    ShardWriter,
+    StoreManifest,
+    collect_garbage,
+    part_entry,
+    shard_is_done,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
-# float32 embeddings barely compress; zstd on them cost a quarter of the job's CPU time
-SHARD_COMPRESSION = {schema.SEQ_ID: "zstd", schema.LABEL: "zstd", schema.DOMAIN: "zstd", schema.SPLIT: "zstd",
-                     schema.SEQ_HASH: "zstd", schema.EMBEDDING: "none"}
-
-
-def init_ray(num_cpus: int | None = None, object_store_mb: int = 512) -> None:
-    """Start a local Ray (no dashboard, capped object store) unless one is already running
-    or ``RAY_ADDRESS`` points at a cluster."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = os.environ.get("GENORAY_QUIET_RAY") == "1"  # set by the CLI unless -v
-    level = logging.WARNING if quiet else logging.INFO
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, logging_level=level)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
-                 log_to_driver=False, logging_level=level, _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"))
-    import ray.data
-
-    if quiet:  # Ray Data logs every dataset execution at INFO
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
 def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -96,164 +80,7 @@ def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
     })
 
 
-# -- planning ---------------------------------------------------------------------------
-def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files from paths, directories (recursively, known extensions) and glob patterns."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith("."):
-                    try:
-                        detect_format(f)
-                    except SequenceFormatError:
-                        continue
-                    out.append(f)
-        elif any(c in str(item) for c in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            if not matches:
-                raise SequenceFormatError(str(item), None, "glob matched no files")
-            out.extend(matches)
-        else:
-            out.append(p)
-    return out
-
-
-def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
-               bytes_per_unit: int = EmbedConfig.bytes_per_unit) -> list[dict[str, Any]]:
-    """Units of work with stable keys (see the module docstring): a file, a range of a Parquet
-    file's row groups, or a byte range of a large uncompressed FASTA file."""
-    units = []
-    cfg_hash = sha256_json(to_dict(read_cfg))[:16]
-    for f in files:
-        path = str(f.resolve())
-        if not f.is_file():
-            raise SequenceFormatError(str(f), None, "no such file")
-        st = f.stat()
-        ranges: list[tuple[list[int] | None, int]] = [(None, 1)]
-        if detect_format(f) == "parquet":
-            try:
-                meta = pq.ParquetFile(path).metadata
-            except Exception:  # junk: one unit that will fail with a clear error
-                meta = None
-            if meta is not None and meta.num_row_groups > 1:
-                ranges, group, rows, first = [], [], 0, 1
-                for i in range(meta.num_row_groups):
-                    group.append(i)
-                    rows += meta.row_group(i).num_rows
-                    if rows >= rows_per_unit:
-                        ranges.append((group, first))
-                        first += rows
-                        group, rows = [], 0
-                if group:
-                    ranges.append((group, first))
-        byte_ranges: list[list[int] | None] = [None]
-        if path.lower().endswith(FASTA_SPLITTABLE) and st.st_size > bytes_per_unit:
-            cuts = list(range(0, st.st_size, bytes_per_unit)) + [st.st_size]
-            byte_ranges = [[a, b] for a, b in zip(cuts, cuts[1:])]
-        for row_groups, first in ranges:
-            for byte_range in byte_ranges:
-                ident = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "row_groups": row_groups,
-                         "read_cfg": cfg_hash, "encoder": fp}
-                if byte_range is not None:  # keys of unsplit files stay as they were (resumable stores)
-                    ident["byte_range"] = byte_range
-                units.append({"key": sha256_json(ident)[:24], "path": path, "row_groups": row_groups,
-                              "first_record": first, "byte_range": byte_range})
-    return units
-
-
 # -- one unit ---------------------------------------------------------------------------
-def shard_is_done(shard_dir: Path, key: str) -> dict[str, Any] | None:
-    """The done marker of a unit if it and its shard are intact, else ``None``."""
-    marker = shard_dir / f"{key}.done.json"
-    if not marker.is_file():
-        return None
-    try:
-        done = read_json(marker)
-        if sha256_file(shard_dir / done["file"]) != done["sha256"]:
-            return None
-    except (OSError, ValueError, KeyError):
-        return None
-    return done
-
-
-def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
-                 batch_size: int) -> dict[str, Any]:
-    """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
-    with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
-    key = unit["key"]
-    report = ReadReport(max_examples=None)
-    tmp = shard_dir / f".{key}.{os.getpid()}.tmp"
-    writer = None
-    rows = 0
-    t0, started = time.perf_counter(), time.time()
-    try:
-        cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
-        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
-                               unit.get("byte_range")):
-            out = embed_table(encoder, batch)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, out.schema, compression=SHARD_COMPRESSION)
-            writer.write_table(out)
-            rows += out.num_rows
-        if writer is None:  # no accepted record: still commit an empty shard
-            writer = pq.ParquetWriter(tmp, schema.embedding_schema(encoder.dim), compression=SHARD_COMPRESSION)
-        writer.close()
-        writer = None
-        _fsync(tmp)
-    except SequenceFormatError as e:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        return {"key": key, "path": unit["path"], "status": "failed", "error": str(e)}
-    report.check()
-    if report.examples:
-        rej = pa.table({"path": [r.path for r in report.examples], "record": [r.record for r in report.examples],
-                        "seq_id": [r.seq_id for r in report.examples], "reason": [r.reason for r in report.examples]})
-        pq.write_table(rej, shard_dir / f"{key}.rejects.parquet")
-    final = shard_dir / f"{key}.parquet"
-    os.replace(tmp, final)
-    done = {
-        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "byte_range": unit.get("byte_range"),
-        "status": "done",
-        "file": final.name, "sha256": sha256_file(final), "rows": rows,
-        "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
-        "windowed": report.windowed, "windows": report.windows,
-        "windows_rejected_by_reason": dict(report.windows_rejected),
-        "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
-        "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3), "worker_pid": os.getpid(),
-        "node": os.uname().nodename, "ray_node": _ray_node_id(),
-    }
-    if rows != report.rows:
-        raise RuntimeError(f"{unit['path']}: wrote {rows} rows but the read yielded {report.rows}")
-    write_json(shard_dir / f"{key}.done.json", done)
-    return done
-
-
-def tune_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 128 * 2**20) -> bool:
-    """Fix glibc malloc's mmap and trim thresholds in a process that embeds (no-op elsewhere).
-
-    With glibc's adaptive defaults the per-batch arrays of a unit (a few MiB each) were
-    returned to the OS and faulted in again: 2.1M minor faults and 4 s of system time in an
-    11 s run of 4 units; fixed thresholds gave 6.9 s and 14k faults, at the cost of keeping at
-    most ``trim_threshold`` bytes of freed heap. Returns whether the settings were applied.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
-
-
 def _ray_node_id() -> str | None:
     """The Ray node this unit ran on (None outside Ray): provenance for node-loss analysis."""
     import sys
@@ -262,9 +89,29 @@ def _ray_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
+                 batch_size: int) -> dict[str, Any]:
+    """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
+    with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
+    key = unit["key"]
+    report = ReadReport(max_examples=None)
+    shard = ShardWriter(shard_dir, key, encoder.dim)
+    t0, started = time.perf_counter(), time.time()
+    try:
+        cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
+        for batch in iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
+                               unit.get("byte_range")):
+            shard.write(embed_table(encoder, batch))
+        shard.close()
+    except SequenceFormatError as e:
+        shard.abort()
+        return {"key": key, "path": unit["path"], "status": "failed", "error": str(e)}
+    report.check()
+    return shard.commit(report, {
+        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "byte_range": unit.get("byte_range"),
+        "status": "done", "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3),
+        "worker_pid": os.getpid(), "node": os.uname().nodename, "ray_node": _ray_node_id(),
+    }, where=unit["path"])
 
 
 class EmbedUnits:
@@ -315,6 +162,7 @@ class EmbedReport:
     windows_rejected: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (what ``genoray embed`` prints)."""
         embed_s = self.seconds.get("embed", 0.0)
         return {
             "store": self.store, "fingerprint": self.fingerprint, "status": self.status,
@@ -333,12 +181,17 @@ class DuplicateIdError(ValueError):
 
 
 def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
-    """Up to FIT_SAMPLE sequences of ``fit_split`` (all splits if none match), streamed."""
-    in_split, any_split = [], []
+    """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed. Data
+    without any split labels is sampled whole; data whose splits do not include ``fit_split``
+    is an error (the encoder must never see test rows)."""
+    in_split: list[str] = []
+    any_split: list[str] = []
+    found: set = set()
     for f in files:
         try:
             for batch in iter_file(f, read_cfg, ReadReport(), set()):
                 splits = batch.column(schema.SPLIT).to_pylist()
+                found.update(splits)
                 for s, sp in zip(batch.column(schema.SEQUENCE).to_pylist(), splits):
                     if fit_split is not None and sp == fit_split and len(in_split) < FIT_SAMPLE:
                         in_split.append(s)
@@ -346,15 +199,20 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
                         any_split.append(s)
                 if len(in_split) >= FIT_SAMPLE:
                     return in_split
-        except SequenceFormatError:
-            continue  # reported when its unit runs
+        except SequenceFormatError as e:
+            log.debug("fit sample skips %s: %s", f, e)  # reported when its unit runs
+            continue
+    if fit_split is not None and not in_split and found - {None}:  # never fit on other (e.g. test) rows
+        raise ValueError(f"no records of split {fit_split!r} to fit the encoder on (splits found: "
+                         f"{sorted(str(s) for s in found - {None})}); name the training split (--train-split) or hold "
+                         "out a test split from unsplit data (--test-fraction)")
     return in_split or any_split
 
 
 def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: ReadConfig,
                      fit_split: str | None) -> Encoder:
     """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it."""
-    enc_file = out / "encoder.json"
+    enc_file = out / ENCODER_FILE
     requested = encoder.spec()
     if enc_file.is_file():
         saved = read_json(enc_file)
@@ -364,7 +222,7 @@ def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: R
                              "use a new output directory")
         return encoder_from_spec(saved["fitted"])
     if getattr(encoder, "needs_fit", False):
-        encoder.fit(_fit_sample(files, read_cfg, fit_split))
+        encoder.fit(_fit_sample(files, read_cfg, fit_split))  # type: ignore[attr-defined]
     write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
                           "fit_info": getattr(encoder, "fit_info_", None)})
     return encoder
@@ -404,6 +262,10 @@ def embed_sequences(
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(inputs)
+    if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
+        from genoray.splits import with_cutoffs
+
+        read_cfg = with_cutoffs(read_cfg, files)
     encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
     spec, fp = encoder.spec(), fingerprint(encoder)
     units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
@@ -424,7 +286,9 @@ def embed_sequences(
         else:
             tune_allocator()
             summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size) for u in pending)
+        progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
         for s in summaries:
+            progress.update(s.get("rows", 0))
             if s["status"] == "done":
                 done[s["key"]] = s
             else:
@@ -452,10 +316,18 @@ def embed_sequences(
     )
     if (report.read != report.accepted + sum(rejected.values())
             or report.written != report.accepted - report.windowed + report.windows):
-        raise RuntimeError(f"record counts do not add up: {report.to_dict()}")
-    _write_manifest(out, spec, fp, encoder.dim, committed, report)
-    _collect_garbage(shard_dir, {d["key"] for d in committed})
+        raise InvariantError(f"record counts do not add up: {report.to_dict()}")
+    counts = {k: v for k, v in report.to_dict().items()
+              if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")}
+    write_manifest(out, StoreManifest(
+        format_version=FORMAT_VERSION, encoder=spec, fingerprint=fp, dim=encoder.dim, status=report.status,
+        rows=report.written, counts=counts, failed=report.failed, parts=[part_entry(d) for d in committed],
+        clean=read_cfg.clean))
+    collect_garbage(shard_dir, {d["key"] for d in committed})
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
+    log.info("embed %s: %s, read %d, accepted %d, rejected %d, written %d; units %d (skipped %d, failed %d); %.1f s",
+             out, report.status, report.read, report.accepted, sum(rejected.values()), report.written, report.units,
+             report.skipped, len(report.failed), report.seconds["total"])
     return report
 
 
@@ -481,8 +353,8 @@ def _run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: R
     # Fractional CPUs: actors must never hold every CPU, or the read stage cannot be scheduled
     # and the pipeline hangs silently (2-CPU deadlock).
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, min(1.0, (cpus - 1) / n_actors))
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(
+    items = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
+    ds = items.map_batches(
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor))},
@@ -518,22 +390,3 @@ def _check_unique_ids(shard_dir: Path, committed: list[dict[str, Any]]) -> None:
         raise DuplicateIdError(f"{len(dup)} seq_id(s) occur in more than one input unit; files involved: {files[:10]}")
 
 
-def _write_manifest(out: Path, spec, fp, dim, committed, report: EmbedReport) -> None:
-    write_json(out / MANIFEST, {
-        "format_version": FORMAT_VERSION,
-        "encoder": spec, "fingerprint": fp, "dim": dim,
-        "status": report.status,
-        "rows": report.written,
-        "counts": {k: v for k, v in report.to_dict().items() if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")},
-        "failed": report.failed,
-        "parts": [{"file": f"shards/{d['file']}", "rows": d["rows"], "sha256": d["sha256"], "source": d["path"],
-                   "row_groups": d["row_groups"], "byte_range": d.get("byte_range"),
-                   "rejects": f"shards/{d['rejects_file']}" if d.get("rejects_file") else None} for d in committed],
-    })
-
-
-def _collect_garbage(shard_dir: Path, keep: set[str]) -> None:
-    """Remove shards of units no longer in the plan (changed inputs) and stale temp files."""
-    for f in shard_dir.iterdir():
-        if f.name.startswith(".") or f.name.split(".")[0] not in keep:  # temp files of killed runs
-            f.unlink(missing_ok=True)

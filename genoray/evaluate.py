@@ -17,7 +17,8 @@ encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; 
 ``hf:<model>`` encoder and a ``lora: {r: 8, epochs: 1, max_steps: 200}`` entry, also a LoRA
 fine-tune of the same model (:mod:`genoray.finetune`), timed like the rest; in the cross
 protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
-``fused+pseudo-label`` (confidence curriculum with replay). Metrics: accuracy, macro F1, MCC,
+``fused+pseudo-label`` (confidence curriculum with replay), both *inductive*: fitted on the
+target dataset's unlabeled train split and scored on its test split (disjoint rows). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
 *estimate* = CPU seconds x ``watts_per_core`` (no power meter is read), CO2 = energy x
 ``grid_gco2_per_kwh``. The report records seeds, package versions and data sha256.
@@ -26,70 +27,21 @@ AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genoray.artifacts import sha256_file, write_json
+from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
 from genoray.heads import align_proba
-from genoray.metrics import classification_metrics, majority_proba
+from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba, strict_json
 
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    datasets: dict[str, str]
-    encoders: tuple[str, ...] = ("kmer",)
-    within: tuple[str, ...] = ()
-    cross: tuple[tuple[str, str], ...] = ()
-    pooled: tuple[tuple[str, ...], ...] = ()
-    bootstrap: int = 200
-    seed: int = 0
-    lora: dict[str, Any] | None = None
-    cost: dict[str, float] = field(default_factory=lambda: {"watts_per_core": 10.0, "grid_gco2_per_kwh": 400.0})
-
-
-def load_study(path: str | Path) -> Study:
-    import yaml
-
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
-    base = path.parent
-
-    def resolve(p: str) -> str:
-        q = Path(p)
-        return str(q if q.is_absolute() else (base / q).resolve())
-
-    known = set(Study.__dataclass_fields__)
-    unknown = set(doc) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    study = Study(
-        name=doc["name"], datasets={k: resolve(v) for k, v in doc["datasets"].items()},
-        encoders=tuple(doc.get("encoders", ["kmer"])), within=tuple(doc.get("within", [])),
-        cross=tuple(tuple(c) for c in doc.get("cross", [])), pooled=tuple(tuple(p) for p in doc.get("pooled", [])),
-        bootstrap=int(doc.get("bootstrap", 200)), seed=int(doc.get("seed", 0)), lora=doc.get("lora"),
-        cost=doc.get("cost", Study.__dataclass_fields__["cost"].default_factory()))
-    used = set(study.within) | {d for c in study.cross for d in c} | {d for p in study.pooled for d in p}
-    missing = used - set(study.datasets)
-    if missing:
-        raise ValueError(f"{path}: datasets used but not defined: {sorted(missing)}")
-    return study
-
-
-def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float]]:
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y, dtype=object)
-    samples: dict[str, list[float]] = {}
-    for _ in range(n):
-        idx = rng.integers(0, len(y), size=len(y))
-        for k, v in classification_metrics(y[idx], proba[idx], classes).items():
-            samples.setdefault(k, []).append(v)
-    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in samples.items()}
+log = logging.getLogger(__name__)
 
 
 def _load(path: str):
@@ -100,17 +52,19 @@ def _load(path: str):
             np.array(t["split"].to_pylist(), dtype=object))
 
 
-def _methods(xtr, ytr, xte, cross: bool, seed: int):
-    from genoray.adapt import PseudoLabeler, domain_normalize
+def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None):
+    """``xad``: the unlabeled target sample the cross-protocol adaptations are fitted on
+    (disjoint from ``xte``, the rows they score)."""
+    from genoray.adapt import DomainNormalizer, PseudoLabeler
     from genoray.heads import FusedHead, KNNVoteHead, LinearHead
 
     yield "knn_vote", KNNVoteHead(k=10).fit(xtr, ytr), xte
     yield "linear", LinearHead(C=0.1).fit(xtr, ytr), xte
     yield "fused", FusedHead(seed=seed).fit(xtr, ytr), xte
-    if cross:
-        both = domain_normalize(np.vstack([xtr, xte]), np.r_[["src"] * len(xtr), ["tgt"] * len(xte)])
-        yield "fused+domain-norm", FusedHead(seed=seed).fit(both[: len(xtr)], ytr), both[len(xtr):]
-        yield "fused+pseudo-label", PseudoLabeler(lambda: FusedHead(seed=seed), seed=seed).fit(xtr, ytr, xte), xte
+    if cross and xad is not None and len(xad):
+        norm = DomainNormalizer().fit(np.vstack([xtr, xad]), np.r_[["src"] * len(xtr), ["tgt"] * len(xad)])
+        yield "fused+domain-norm", FusedHead(seed=seed).fit(norm.transform(xtr, "src"), ytr), norm.transform(xte, "tgt")
+        yield "fused+pseudo-label", PseudoLabeler(lambda: FusedHead(seed=seed), seed=seed).fit(xtr, ytr, xad), xte
 
 
 def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol: str, data) -> list[dict[str, Any]]:
@@ -124,12 +78,16 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
         raise ValueError(f"{protocol} {train}->{test}: test labels {sorted(set(y_te))} not in training labels {sorted(set(y_tr))}")
     enc = encoder_from_name(encoder_name)
     if getattr(enc, "needs_fit", False):
-        enc.fit(list(seqs_tr))
+        enc.fit(list(seqs_tr))  # type: ignore[attr-defined]  # encoders that need fitting have fit()
     xtr, xte = enc.embed(list(seqs_tr)), enc.embed(list(s_te))
+    xad = None
+    if protocol == "cross":  # unlabeled adaptation sample: the target's train rows, never the scored test rows
+        s_ad = data[test][0][data[test][2] == "train"]
+        xad = enc.embed(list(s_ad)) if len(s_ad) else None
     embed_s = time.perf_counter() - t0
     classes = np.array(sorted(set(y_tr)), dtype=object)
-    rows = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
-    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed):
+    rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)), "seconds": 0.0, "cpu": 0.0}]
+    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad):
         t1, c1 = time.perf_counter(), time.process_time()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
         rows.append({"method": name, "proba": p, "seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1})
@@ -172,7 +130,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
                 cells += _cell(study, enc, list(group), d, "pooled", data)
     cpu = time.process_time() - c0
     wh = cpu * study.cost["watts_per_core"] / 3600
-    report = {
+    report: dict[str, Any] = {
         "study": asdict(study), "results": cells,
         "cost": {"wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
                  "energy_wh_estimate": round(wh, 3), "co2_g_estimate": round(wh / 1000 * study.cost["grid_gco2_per_kwh"], 3),
@@ -184,20 +142,27 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", strict_json(report)[0])  # undefined metrics (NaN) -> null
     (out / "report.md").write_text(to_markdown(report))
+    log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
+             report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report
 
 
+def _f(v) -> str:
+    return "n/a" if v is None or np.isnan(v) else f"{v:.3f}"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the cost line."""
     lines = [f"# genoray evaluation: {report['study']['name']}", "",
              "| protocol | train → test | encoder | method | acc [95% CI] | MCC | AUROC [95% CI] | F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ci = r["ci95"]
         lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
-                     f"{r['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] | {r['mcc']:.3f} | "
-                     f"{r['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}] | {r['f1']:.3f} |")
+                     f"{_f(r['accuracy'])} [{_f(ci['accuracy'][0])}, {_f(ci['accuracy'][1])}] | {_f(r['mcc'])} | "
+                     f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} |")
     c = report["cost"]
     lines += ["", f"Cost: {c['wall_seconds']} s wall, {c['cpu_seconds']} CPU s, about {c['energy_wh_estimate']} Wh and "
                   f"{c['co2_g_estimate']} g CO2 ({c['basis']}).",

@@ -10,10 +10,13 @@ serving. Needs ``peft`` (``pip install 'genoray[finetune]'``).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class LoraClassifier:
@@ -43,6 +46,7 @@ class LoraClassifier:
         return tok, get_peft_model(base, cfg).to(device), device
 
     def fit(self, sequences, labels) -> "LoraClassifier":
+        """Fine-tune LoRA adapters and a classification head on ``(sequences, labels)``; returns ``self``."""
         import torch
 
         torch.manual_seed(self.seed)
@@ -75,6 +79,7 @@ class LoraClassifier:
         return self
 
     def predict_proba(self, sequences) -> np.ndarray:
+        """Class probabilities of each sequence."""
         import torch
 
         self.net_.eval()
@@ -87,6 +92,7 @@ class LoraClassifier:
         return np.vstack(out)
 
     def predict(self, sequences) -> np.ndarray:
+        """Most probable class of each sequence."""
         return self.classes_[np.argmax(self.predict_proba(sequences), axis=1)]
 
 

@@ -20,6 +20,7 @@ pickle, and verified by sha256 in :func:`load_head`.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,19 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from genoray.artifacts import ChecksumError, atomic_write_bytes, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
+from genoray.artifacts import (
+    ChecksumError,
+    atomic_write_bytes,
+    read_json,
+    read_npz,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_npz,
+)
 from genoray.config import HeadConfig, to_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # version-1 heads (kNN + linear) still load
 TREES_FILE = "trees.ubj"
@@ -108,6 +120,7 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         self.smoothing = smoothing
 
     def fit(self, X, y) -> "KNNVoteHead":
+        """Index ``X`` (L2-normalised) as the reference set with labels ``y``; returns ``self``."""
         from genoray.index import VectorIndex
 
         X = _check_X(X)
@@ -138,13 +151,16 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         return self.index_.search(X, self.k)
 
     def proba_from_neighbours(self, sims: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Vote probabilities from neighbour similarities and index rows (``-1`` = none)."""
         codes = np.where(pos >= 0, self.y_[np.clip(pos, 0, None)], -1)
         return vote(sims, codes, len(self.classes_), self.temperature, self.smoothing)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Vote probabilities of the k nearest reference rows of each row of ``X``."""
         return self.proba_from_neighbours(*self.kneighbors(X, exclude_self))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -161,6 +177,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X, y) -> "LinearHead":
+        """Standardise and fit the logistic regression; returns ``self``."""
         from sklearn.linear_model import LogisticRegression
 
         X = _check_X(X).astype(np.float64)
@@ -180,11 +197,13 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        """Logits of the logistic regression."""
         check_is_fitted(self, "coef_")
         X = _check_X(X, self.n_features_in_).astype(np.float64)
         return ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of the logistic regression."""
         z = self.decision_function(X)
         if self.coef_.shape[0] == 1:  # binary: sklearn stores one row for classes_[1]
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
@@ -194,6 +213,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -472,7 +492,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, k: int = 10, temperature: float = 0.05, C: float | None = None, val_fraction: float = 0.2,
-                 seed: int = 0, head: str = "auto", max_rows: int = 100_000, tree_threads: int = 0):
+                 seed: int = 0, head: str = "linear", max_rows: int = 100_000, tree_threads: int = 0):
         self.k = k
         self.temperature = temperature
         self.C = C
@@ -484,6 +504,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_config(cls, cfg: HeadConfig) -> "FusedHead":
+        """A head with the settings of ``cfg``."""
         return cls(**to_dict(cfg))
 
     def fit(self, X, y, index=None, ids=None) -> "FusedHead":
@@ -527,6 +548,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
                 best = (loss, C, p)
+        assert best is not None  # the grid is never empty (for mypy)
         _, self.C_, val["linear"] = best
         tree_rounds = None
         if "trees" in parts:
@@ -536,19 +558,19 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         scores = {}
         by_trees: dict[bool, tuple[float, dict[str, float]]] = {}  # with trees / without trees
         for mix in _mixtures(parts):
-            loss = _log_loss(sum(w * val[n] for n, w in mix.items()), codes[va])
+            loss = _log_loss(np.asarray(sum(w * val[n] for n, w in mix.items())), codes[va])
             scores[mixture_name(mix)] = loss
             key = mix.get("trees", 0) > 0
             if key not in by_trees or loss < by_trees[key][0] - 1e-12:
                 by_trees[key] = (loss, mix)
         best_loss, best_mix = min(by_trees.values(), key=lambda b: b[0])
-        self.tree_test_ = None
+        self.tree_test_: dict[str, float] | None = None
         if self.head == "auto" and best_mix.get("trees", 0) > 0:
             best_loss, best_mix = self._keep_trees(by_trees[True], by_trees[False], val, codes[va])
         self.mixture_ = {n: float(best_mix.get(n, 0.0)) for n in _PARTS}
         self.weight_ = self.mixture_["knn"]
         self.val_scores_ = scores
-        mixed = sum(w * val[n] for n, w in self.mixture_.items() if w > 0)
+        mixed = np.asarray(sum(w * val[n] for n, w in self.mixture_.items() if w > 0))
         self._choose_calibration(mixed, codes[va])
         # refit the parts on all sampled rows
         self.linear_ = LinearHead(C=self.C_).fit(X, y)
@@ -606,7 +628,9 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     def _calibrate(self, p: np.ndarray) -> np.ndarray:
         if self.calibration_method_ == "isotonic":
+            assert self.isotonic_ is not None
             return apply_isotonic(p, self.isotonic_)
+        assert self.calibration_ is not None
         return calibrate(p, self.calibration_)
 
     def part_probas(self, x: np.ndarray, sims: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
@@ -632,16 +656,18 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         if self.mixture_["linear"] > 0:
             p += self.mixture_["linear"] * self.linear_.predict_proba(x)
         if self.mixture_["trees"] > 0:
+            assert self.trees_ is not None
             p += self.mixture_["trees"] * self.trees_.predict_proba(x)
         return self._calibrate(p)
 
     def contributions(self, x: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
         """Per row, the ``top`` features whose SHAP values (from the tree part) most moved its
         tree-predicted class; raises if the head has no tree part."""
-        if getattr(self, "trees_", None) is None:
+        trees = getattr(self, "trees_", None)
+        if trees is None:
             raise ValueError(f"feature contributions need a tree part; this head uses {mixture_name(self.mixture_)}")
         x = _check_X(x, self.n_features_in_)
-        return self.trees_.contributions(x, np.argmax(self.trees_.predict_proba(x), axis=1), top)
+        return trees.contributions(x, np.argmax(trees.predict_proba(x), axis=1), top)
 
     def combine(self, p_knn: np.ndarray, p_lin: np.ndarray) -> np.ndarray:
         """Calibrated mixture of kNN and linear probabilities (heads without a tree part)."""
@@ -661,12 +687,14 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         return self.knn_
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:
+        """Calibrated fused probabilities of each row."""
         check_is_fitted(self, "mixture_")
         X = _check_X(X, self.n_features_in_)
         sims, pos = self._knn().kneighbors(X, exclude_self)
         return self.proba_from_neighbours(sims, pos, X)
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 

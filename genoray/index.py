@@ -31,10 +31,12 @@ otherwise load and return wrong neighbours silently) and can memory-map the shar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,72 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
-from genoray.config import IndexConfig
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy, IndexConfig
+from genoray.knn import exact_search, l2_normalize, merge_topk, recall_at_k
 
+__all__ = ["IndexManifest", "IndexReport", "VectorIndex", "build_index", "choose_factory", "exact_search",
+           "gpu_count", "l2_normalize", "merge_topk", "read_manifest", "recall_at_k", "shard_of"]
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexManifest(JsonDoc):
+    """``manifest.json`` of an index directory.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION`.
+        type / factory / metric: FAISS index type, factory string, ``"cosine"``.
+        dim / ntotal: vector size and number of indexed rows.
+        encoder / fingerprint: the store's encoder spec and fingerprint (``None`` for an
+            in-memory index made by :meth:`VectorIndex.from_vectors`).
+        split / source_store / gpu_trained: what was indexed, from where, and how.
+        search_params: ``nprobe`` / ``efSearch`` tuned to the target recall.
+        recall_at_10: recall reached against exact search, with the query set described.
+        shards: per shard its FAISS file, ids table, ntotal and sha256 of both.
+        clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
+            predictor (``None``: the store predates it; the default is then used).
+    """
+
+    format_version: int
+    type: str
+    factory: str
+    metric: str
+    dim: int
+    ntotal: int
+    encoder: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    split: str | None = None
+    source_store: str | None = None
+    gpu_trained: bool | None = None
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall_at_10: dict[str, Any] | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document; keys an in-memory index never had are left out, as before."""
+        doc = super().to_json()
+        for key in ("encoder", "fingerprint", "source_store", "gpu_trained", "recall_at_10", "clean"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        if not self.shards:
+            doc.pop("shards")
+        return doc
+
+
+def read_manifest(path: str | Path) -> IndexManifest:
+    """The manifest of the index directory ``path`` (checks the format version, not the files)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
+    doc = read_json(path / MANIFEST)
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / MANIFEST}: unsupported format_version {doc.get('format_version')}")
+    return IndexManifest.from_json(doc)
 
 
 def _faiss():
@@ -64,37 +127,8 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force cosine top-k in numpy (the oracle for recall and tests)."""
-    sims = l2_normalize(queries) @ l2_normalize(base).T
-    k = min(k, base.shape[0])
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, top, axis=1), top
-
-
-def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results; larger similarity first; missing (-1) ids last."""
-    s = np.concatenate(sims, axis=1)
-    i = np.concatenate(ids, axis=1)
-    s = np.where(i >= 0, s, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    return np.where(i >= 0, s, -np.inf).astype(np.float32), i
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids found."""
-    hits = [len(set(f[f >= 0]) & set(t)) / max(len(t), 1) for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
-
-
 def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
+    """Shard of each seq_id: a stable hash modulo ``n_shards``."""
     if n_shards == 1:
         return np.zeros(len(seq_ids), dtype=np.int64)
     return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % n_shards
@@ -123,17 +157,20 @@ class VectorIndex:
     ``labels[pos]`` give the neighbours' seq_id and label.
     """
 
-    def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: dict[str, Any]):
-        self.shards, self.ids, self.labels, self.manifest = shards, ids, labels, manifest
-        self.set_search_params(manifest.get("search_params", {}))
+    def __init__(self, shards: list[Any], ids: np.ndarray, labels: np.ndarray, manifest: IndexManifest | dict[str, Any]):
+        self.manifest: IndexManifest = IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+        self.shards, self.ids, self.labels = shards, ids, labels
+        self.set_search_params(self.manifest.search_params)
 
     @property
     def ntotal(self) -> int:
+        """Vectors over all shards."""
         return int(sum(s.ntotal for s in self.shards))
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        """Vector size."""
+        return int(self.manifest.dim)
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> "VectorIndex":
@@ -143,11 +180,11 @@ class VectorIndex:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
-                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0])}
-        manifest.update(extra or {})
+                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0]), **(extra or {})}
         return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
 
     def set_search_params(self, params: dict[str, int]) -> None:
+        """Set ``nprobe`` / ``efSearch`` on every shard (recorded in the manifest)."""
         faiss = _faiss()
         for shard in self.shards:
             base = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else shard
@@ -155,7 +192,7 @@ class VectorIndex:
                 base.nprobe = int(params["nprobe"])
             if "efSearch" in params and hasattr(base, "hnsw"):
                 base.hnsw.efSearch = int(params["efSearch"])
-        self.manifest["search_params"] = dict(params)
+        self.manifest = dataclasses.replace(self.manifest, search_params=dict(params))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine similarities and global row positions (``-1`` where fewer than k)."""
@@ -170,6 +207,7 @@ class VectorIndex:
         return merge_topk([r[0] for r in results], [r[1] for r in results], k)
 
     def save(self, out_dir: str | Path) -> None:
+        """Write shards, ids tables and ``manifest.json`` (with sha256) into a new directory."""
         faiss = _faiss()
         out = Path(out_dir)
         if (out / MANIFEST).exists():
@@ -187,30 +225,25 @@ class VectorIndex:
             }), out / fids)
             shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
                                 "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
-        self.manifest["shards"] = shards_meta
-        self.manifest["ntotal"] = self.ntotal
-        write_json(out / MANIFEST, self.manifest)
+        self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
+        write_json(out / MANIFEST, self.manifest.to_json())
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> "VectorIndex":
         """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
         faiss = _faiss()
         path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
-        manifest = read_json(path / MANIFEST)
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')}")
-        files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
+        manifest = read_manifest(path)
+        files = {name: digest for s in manifest.shards for name, digest in s["sha256"].items()}
         verify_files(path, files)
-        n = int(manifest["ntotal"])
+        n = int(manifest.ntotal)
         ids = np.empty(n, dtype=object)
         labels = np.empty(n, dtype=object)
         shards = []
-        for s in manifest["shards"]:
+        for s in manifest.shards:
             flags = 0
             if mmap:
-                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC)
+                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest.factory else faiss.IO_FLAG_MMAP_IFC)
             shard = faiss.read_index(str(path / s["index"]), flags)
             t = pq.read_table(path / s["ids"])
             if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
@@ -244,6 +277,8 @@ def _shard_gids(index: VectorIndex) -> list[np.ndarray]:
 
 @dataclass
 class IndexReport:
+    """What :func:`build_index` built: factory, shards, rows, dim, recall@10, search params, seconds."""
+
     path: str
     factory: str
     shards: int
@@ -263,7 +298,7 @@ def _empty_index(factory: str, d: int, sharded: bool):
     return index
 
 
-def _train(index, sample: np.ndarray, use_gpu: bool) -> tuple[Any, bool]:
+def _train(index, sample: np.ndarray | None, use_gpu: bool) -> tuple[Any, bool]:
     faiss = _faiss()
     if index.is_trained:
         return index, False
@@ -332,23 +367,25 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
             else:
                 shards[s].add_with_ids(vec[m], g[m])
         gid += len(sid)
-    extra = {"encoder": store.encoder_spec, "fingerprint": store.fingerprint, "split": cfg.split,
-             "source_store": str(Path(store_path).resolve()), "gpu_trained": gpu_used}
-    manifest = {"format_version": FORMAT_VERSION, "type": factory.split(",")[0].rstrip("0123456789") or factory,
-                "factory": factory, "metric": "cosine", "dim": d, "ntotal": n}
-    manifest.update(extra)
+    manifest = IndexManifest(
+        format_version=FORMAT_VERSION, type=factory.split(",")[0].rstrip("0123456789") or factory, factory=factory,
+        metric="cosine", dim=d, ntotal=n, encoder=store.encoder_spec, fingerprint=store.fingerprint, split=cfg.split,
+        source_store=str(Path(store_path).resolve()), gpu_trained=gpu_used, clean=store.clean_policy)
     vindex = VectorIndex(shards, ids, labels, manifest)
     queries = np.concatenate(queries_out or queries_in)
     queries = queries[rng.choice(len(queries), size=min(len(queries), cfg.recall_queries), replace=False)]
     truth = _exact_topk(parts, queries, d, 10)
     params, recall = _tune(vindex, factory, queries, truth, cfg.target_recall)
     vindex.set_search_params(params)
-    vindex.manifest["recall_at_10"] = {"value": recall, "queries": int(len(queries)), "target": cfg.target_recall,
-                                       "queries_from": "outside the indexed split" if queries_out else "indexed rows",
-                                       "oracle": "exact cosine over all indexed rows"}
+    vindex.manifest = dataclasses.replace(vindex.manifest, recall_at_10={
+        "value": recall, "queries": int(len(queries)), "target": cfg.target_recall,
+        "queries_from": "outside the indexed split" if queries_out else "indexed rows",
+        "oracle": "exact cosine over all indexed rows"})
     vindex.save(out_dir)
-    return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used,
-                       round(time.perf_counter() - t0, 3))
+    seconds = round(time.perf_counter() - t0, 3)
+    log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %.1f s",
+             out_dir, factory, n_shards, n, d, params or "exact", recall, seconds)
+    return IndexReport(str(out_dir), factory, n_shards, n, d, recall, params, gpu_used, seconds)
 
 
 def _exact_topk(parts, queries: np.ndarray, d: int, k: int) -> np.ndarray:
@@ -377,12 +414,12 @@ def _tune(vindex: VectorIndex, factory: str, queries: np.ndarray, truth: np.ndar
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
         steps = sorted({2**i for i in range(13)} | {3 * 2**i for i in range(12)})  # 1 2 3 4 6 8 12 16 24 ...
-        grid = [("nprobe", p) for p in steps if p <= nlist]
+        grid: list[tuple[str, int]] = [("nprobe", p) for p in steps if p <= nlist]
     elif factory.startswith("HNSW"):
         grid = [("efSearch", e) for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
     else:
-        grid = [(None, 0)]
-    best = ({}, -1.0)
+        grid = [("", 0)]
+    best: tuple[dict[str, int], float] = ({}, -1.0)
     for name, value in grid:
         params = {name: value} if name else {}
         vindex.set_search_params(params)

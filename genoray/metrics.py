@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def classification_metrics(y_true, proba: np.ndarray, classes) -> dict[str, float]:
     """Accuracy, macro F1, MCC and AUROC (binary: positive = ``classes[1]``; multiclass:
     macro one-vs-rest). AUROC is NaN when the test set has a single class."""
+    import warnings
+
+    with warnings.catch_warnings():  # one-class test sets are reported as NaN, not warned about per call
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _classification_metrics(y_true, proba, classes)
+
+
+def _classification_metrics(y_true, proba: np.ndarray, classes) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
 
     classes = np.asarray(classes, dtype=object)
@@ -36,3 +49,89 @@ def majority_proba(y_train, classes, n: int) -> np.ndarray:
     y_train = np.asarray(y_train, dtype=object)
     prior = np.array([(y_train == c).mean() for c in classes])
     return np.tile(prior, (n, 1))
+
+
+# What each reported number means (printed by `genoray evaluate` / `quickstart` and put in --json).
+DEFINITIONS = {
+    "accuracy": "fraction of test rows whose predicted class (highest probability) is the true class",
+    "f1": "macro F1: unweighted mean over classes of per-class F1 (harmonic mean of precision and recall)",
+    "mcc": "Matthews correlation coefficient, multiclass form: -1..1, 0 = no better than chance",
+    "auroc": ("area under the ROC curve; binary: of the positive class's probability; multiclass: mean of "
+              "one-vs-rest AUROCs over the classes present; undefined (null) when the test split has one class"),
+    "ci95": "95% percentile bootstrap interval: test rows resampled with replacement, metric recomputed",
+    "per_class": "precision = TP/(TP+FP), recall = TP/(TP+FN), F1 and support (true rows) of each class",
+    "confusion_matrix": "rows: true class, columns: predicted class, in the order of 'classes'",
+    "knn_weight": ("w in the fused probability w * p_kNN + (1 - w) * p_linear (kNN vote vs logistic "
+                   "regression; with --head trees|auto the rest may go to the tree part: the head's mixture), "
+                   "chosen on a held-out part of the training split"),
+    "calibration_T": ("temperature T of the calibration p^(1/T) (renormalised) applied to the fused "
+                      "probabilities, fitted on the same held-out part; T > 1 softens over-confident "
+                      "probabilities, T < 1 sharpens them; null when isotonic calibration won"),
+    "majority": "floor: every test row gets the training class frequencies",
+}
+
+
+def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float | None]]:
+    """95% percentile bootstrap intervals of :func:`classification_metrics` over ``n`` resamples
+    of the rows (None where the metric is undefined in every resample)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, dtype=object)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n):
+        idx = rng.integers(0, len(y), size=len(y))
+        for k, v in classification_metrics(y[idx], proba[idx], classes).items():
+            samples.setdefault(k, []).append(v)
+    out: dict[str, list[float | None]] = {}
+    for k, v in samples.items():
+        a = np.asarray(v, dtype=float)
+        a = a[np.isfinite(a)]
+        out[k] = [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))] if len(a) else [None, None]
+    return out
+
+
+def detailed_metrics(y_true, proba: np.ndarray, classes, bootstrap: int = 200, seed: int = 0) -> dict:
+    """:func:`classification_metrics` plus test n, per-class precision/recall/F1/support, the
+    confusion matrix and bootstrap 95% intervals (``bootstrap`` resamples; 0 = none)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = np.asarray(classes, dtype=object)
+    y_true = np.asarray(y_true, dtype=object)
+    y_pred = classes[np.argmax(proba, axis=1)]
+    out: dict = dict(classification_metrics(y_true, proba, classes))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(classes), zero_division=0)
+    out["n"] = len(y_true)
+    out["per_class"] = {str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                 "support": int(s[i])} for i, c in enumerate(classes)}
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(classes)).tolist()
+    if bootstrap:
+        out["ci95"] = bootstrap_ci(y_true, proba, classes, bootstrap, seed)
+    return out
+
+
+def strict_json(obj):
+    """``obj`` with every NaN/inf float (an undefined metric) replaced by None, for strict JSON,
+    and the dotted paths of the replaced values."""
+    import math
+
+    replaced: list[str] = []
+
+    def walk(o, path):
+        if isinstance(o, float) and not math.isfinite(o):
+            replaced.append(path)
+            return None
+        if isinstance(o, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(o)]
+        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy scalars
+            return walk(o.item(), path)
+        return o
+
+    return walk(obj, ""), replaced
+
+
+def strict_dumps(obj, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (``NaN``/``inf`` become ``null``)."""
+    import json
+
+    return json.dumps(strict_json(obj)[0], indent=indent, default=str, allow_nan=False)

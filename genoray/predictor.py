@@ -9,6 +9,8 @@ mean the query is farther from the reference data than almost all of it).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,25 @@ from typing import Any
 import numpy as np
 
 from genoray.config import CleanPolicy
+from genoray.dna import Cleaner
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.heads import FusedHead, drop_own, load_head
 from genoray.index import VectorIndex
-from genoray.sequences import Cleaner
+
+log = logging.getLogger(__name__)
+
+
+def serving_policy(clean: CleanPolicy | None) -> CleanPolicy:
+    """The policy queries are cleaned with: the store's (the default when it recorded none),
+    except that a record longer than ``max_length`` is rejected (``too_long``), because one
+    query gives one prediction and is never cut into windows."""
+    return dataclasses.replace(clean or CleanPolicy(), long_records="reject")
 
 
 @dataclass(frozen=True)
 class Neighbour:
+    """One neighbour used as evidence: its id, label and cosine similarity to the query."""
+
     seq_id: str
     label: str
     similarity: float
@@ -31,67 +44,126 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class Prediction:
+    """Label, class probabilities, neighbours and OOD score of one query."""
+
     label: str
     probabilities: dict[str, float]
     neighbours: list[Neighbour]
     ood_score: float
     seq_id: str | None = None
+    ood: bool = False
+    adaptation: dict[str, Any] | None = None
     contributions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what the HTTP API returns per sequence); ``contributions`` only when asked for."""
         d = asdict(self)
-        if d["contributions"] is None:  # only present when asked for
+        if d["contributions"] is None:
             del d["contributions"]
         return d
 
 
 class Predictor:
-    """Predict labels with evidence. Build with :meth:`load` from saved index and head dirs."""
+    """Predict labels with evidence. Build with :meth:`load` from saved index and head dirs.
 
-    def __init__(self, encoder: Encoder, index: VectorIndex, head: FusedHead, clean: CleanPolicy | None = None):
+    Queries are cleaned with the store's :class:`~genoray.config.CleanPolicy` (recorded in the
+    store and carried by the index manifest; see :func:`serving_policy`), so a query is cleaned
+    exactly as the reference sequences were.
+    """
+
+    def __init__(self, encoder: Encoder, index: VectorIndex, head: FusedHead, clean: CleanPolicy | None = None,
+                 ood=None, priors=None):
         if index.dim != encoder.dim or head.n_features_in_ != encoder.dim:
             raise ValueError(f"dimension mismatch: encoder {encoder.dim}, index {index.dim}, head {head.n_features_in_}")
         self.encoder, self.index, self.head = encoder, index, head.attach_index(index)
-        self.cleaner = Cleaner(clean or CleanPolicy())
+        self.policy = serving_policy(clean)
+        self.cleaner = Cleaner(self.policy)
+        self.ood, self.priors = ood, priors  # genoray.ood.OODScorer, genoray.priors.PriorShift (optional)
 
     @classmethod
-    def load(cls, index_dir: str | Path, head_dir: str | Path) -> "Predictor":
+    def load(cls, index_dir: str | Path, head_dir: str | Path) -> Predictor:
+        """Load a verified index and head; queries are cleaned with the policy the index records."""
         index = VectorIndex.load(index_dir)
-        encoder = encoder_from_spec(index.manifest["encoder"])
+        if index.manifest.encoder is None:
+            raise ValueError(f"{index_dir}: the index manifest records no encoder")
+        encoder = encoder_from_spec(index.manifest.encoder)
         fp = fingerprint(encoder)
-        if fp != index.manifest["fingerprint"]:
-            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest['fingerprint']}")
-        return cls(encoder, index, load_head(head_dir, encoder_fingerprint=fp))
+        if fp != index.manifest.fingerprint:
+            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest.fingerprint}")
+        clean = index.manifest.clean
+        if clean is None:
+            log.warning("%s: the index records no CleanPolicy (built from an older store); "
+                        "cleaning queries with the default policy", index_dir)
+        from genoray import ood, priors
+
+        ood_scorer = ood.OODScorer.load(head_dir) if ood.exists(head_dir) else None
+        prior_shift = priors.PriorShift.load(head_dir) if (Path(head_dir) / "priors.json").is_file() else None
+        return cls(encoder, index, load_head(head_dir, encoder_fingerprint=fp), clean=clean,
+                   ood=ood_scorer, priors=prior_shift)
+
+    def source_priors(self) -> np.ndarray:
+        """Class frequencies of the reference (index) rows, in the head's class order."""
+        labels = [str(v) for v in self.index.labels]
+        return np.array([labels.count(str(c)) for c in self.head.classes_], dtype=np.float64) / max(len(labels), 1)
+
+    def adapt_to(self, target_sequences: list[str], alpha: float = 0.01):
+        """Estimate the target's class priors from unlabeled sequences (Saerens EM) and decide,
+        by the likelihood-ratio test, whether later predictions are re-weighted. Returns the
+        :class:`genoray.priors.PriorShift` (also kept as ``self.priors``)."""
+        from genoray.priors import PriorShift
+
+        if len(target_sequences) < 10:
+            raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
+        seqs = self.clean(list(target_sequences))
+        x = self.encoder.embed(seqs)
+        proba, _, _ = predict_vectors(self.index, self.head, x)
+        flags, rate, ratio, p_ood = None, 0.05, None, None
+        if self.ood is not None:
+            flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
+            p_ood = self.ood.flagged_p_value(int(flags.sum()), len(flags))
+            if self.ood.reference_length_:
+                ratio = float(np.median([len(s) for s in seqs])) / self.ood.reference_length_
+        self.priors = PriorShift.estimate(proba, self.head.classes_, self.source_priors(), alpha=alpha,
+                                          ood_flags=flags, ood_rate=rate, length_ratio=ratio,
+                                          ood_p_value=p_ood)
+        return self.priors
 
     def clean(self, sequences: list[str]) -> list[str]:
-        out = []
-        for i, s in enumerate(sequences):
-            seq, why = self.cleaner(s)
-            if why is not None:
-                raise ValueError(f"sequence {i}: {why}")
-            out.append(seq)
-        return out
+        """Clean raw sequences with :attr:`policy`; raises
+        :class:`~genoray.dna.InvalidSequence` (a ``ValueError``) at the first rejected one."""
+        return self.cleaner.clean_all(sequences)
 
     def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None,
-                contributions: int = 0) -> list[Prediction]:
+                cleaned: bool = False, contributions: int = 0) -> list[Prediction]:
         """Predict for raw sequences (cleaned with the predictor's policy).
 
         Args:
             sequences: DNA sequences.
             ids: optional ids; a query whose id is in the index does not vote for itself.
             k: neighbours to return as evidence (default: the head's k).
+            cleaned: the sequences are already the output of :meth:`clean` (skip cleaning).
             contributions: with a head that has a tree part, return this many top features
                 (embedding column and SHAP value toward the trees' predicted class) per
                 prediction; 0 = none.
         """
         if ids is not None and len(ids) != len(sequences):
             raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
-        x = self.encoder.embed(self.clean(sequences))
+        cleaned_seqs = sequences if cleaned else self.clean(sequences)
+        x = self.encoder.embed(cleaned_seqs)
         k_show = k or self.head.k
         proba, sims, pos = self.predict_vectors(x, ids, k_show)
-        # k-th neighbour similarity -> OOD score (fewer than k neighbours: maximally unusual)
-        kth = sims[:, self.head.k - 1] if sims.shape[1] >= self.head.k else np.full(len(sims), -np.inf)
-        ood = self.head.ood_score(kth)
+        if self.ood is not None:
+            ood = self.ood.score_sequences(cleaned_seqs, self.encoder, x)
+            flags = self.ood.flag(ood)
+        else:
+            # k-th neighbour similarity -> OOD score (fewer than k neighbours: maximally unusual)
+            kth = sims[:, self.head.k - 1] if sims.shape[1] >= self.head.k else np.full(len(sims), -np.inf)
+            ood = self.head.ood_score(kth)
+            flags = ood > 0.95
+        adaptation = None
+        if self.priors is not None:
+            proba = self.priors.apply(proba, flags)
+            adaptation = self.priors.summary()
         contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):
@@ -103,6 +175,8 @@ class Predictor:
                 neighbours=nbrs,
                 ood_score=round(float(ood[i]), 6),
                 seq_id=None if ids is None else ids[i],
+                ood=bool(flags[i]),
+                adaptation=adaptation,
                 contributions=None if contrib is None else contrib[i],
             ))
         return out

@@ -17,9 +17,9 @@ A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the READ
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +27,20 @@ import numpy as np
 
 from genoray.artifacts import write_json
 from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
-from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
+from genoray.config import ReadConfig, ReindexConfig
 from genoray.embed import embed_sequences
 from genoray.index import build_index
 from genoray.metrics import classification_metrics
 from genoray.store import EmbeddingStore
 from genoray.train import evaluate_store, train_head
 
-
-@dataclass(frozen=True)
-class ReindexConfig:
-    """Gate and build settings of the nightly reindex.
-
-    Attributes:
-        recall_floor: minimum recall@10 of the new index against exact search.
-        max_accuracy_drop: largest allowed drop of held-out fused accuracy vs the current bundle.
-        eval_split: held-out split used by the gate.
-        keep_versions: published versions kept by garbage collection (plus CURRENT and leased).
-    """
-
-    recall_floor: float = 0.9
-    max_accuracy_drop: float = 0.02
-    eval_split: str = "test"
-    keep_versions: int = 3
-    index: IndexConfig = field(default_factory=IndexConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ReindexReport:
+    """What one reindex run did: version, whether it was published and why not, gate and timings."""
+
     version: str
     published: bool
     reasons: list[str]
@@ -88,12 +72,13 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     cfg = cfg or ReindexConfig()
     work, root = Path(work_dir), Path(bundle_root)
     t0 = time.perf_counter()
-    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, use_ray=use_ray)
+    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, fit_split=cfg.index.split,
+                          use_ray=use_ray)
     t1 = time.perf_counter()
     version = new_version_name()
     build = work / "builds" / version
-    idx = build_index(work / "store", build / "index", dataclasses.replace(cfg.index, split="train"))
-    train_head(work / "store", build / "index", build / "head", cfg.head)
+    idx = build_index(work / "store", build / "index", cfg.index)
+    train_head(work / "store", build / "index", build / "head", cfg.head, split=cfg.index.split)
     new = evaluate_store(work / "store", build / "index", build / "head", split=cfg.eval_split)
     t2 = time.perf_counter()
     store = EmbeddingStore(work / "store")
@@ -119,5 +104,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
-    return ReindexReport(version, published, reasons, gate, emb.to_dict(),
-                         {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)})
+    seconds = {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)}
+    log.info("reindex %s: version %s %s; %s s", root, version,
+             "published" if published else f"not published ({'; '.join(reasons)})", seconds)
+    return ReindexReport(version, published, reasons, gate, emb.to_dict(), seconds)

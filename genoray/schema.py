@@ -14,6 +14,8 @@ Embedding store rows (output of :mod:`genoray.embed`)::
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
 SEQ_ID = "seq_id"
@@ -36,8 +38,11 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 
+log = logging.getLogger(__name__)
+
 
 def embedding_schema(dim: int) -> pa.Schema:
+    """Arrow schema of store rows with ``dim``-float embeddings."""
     return pa.schema(
         [
             pa.field(SEQ_ID, pa.string(), nullable=False),

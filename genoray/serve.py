@@ -3,10 +3,11 @@
 ``build_app(ServeConfig)`` returns a Serve application of two deployments:
 
 * ``GenorayModel``: the replicas that do the work. Each holds a
-  :class:`~genoray.service.BundleHolder` (bundle loaded synchronously in the constructor, then
+  :class:`~genoray.bundle.BundleHolder` (bundle loaded synchronously in the constructor, then
   ``CURRENT`` watched and swapped on a background thread) and batches concurrent calls with
   ``@serve.batch``. Autoscaled; the per-replica queue is bounded.
-* ``GenorayIngress``: the FastAPI app (auth, body/size/alphabet limits, rate limit). It forwards
+* ``GenorayIngress``: the FastAPI app (auth, body/size limits, rate limit; each sequence is
+  cleaned and checked by the model replica, with the bundle's cleaning policy). It forwards
   each validated request to a model replica and **retries it on another replica when the one
   it was sent to dies** (a prediction is a pure function of the request and the bundle, so a
   retry is safe). A full model queue becomes 503 with ``Retry-After``; a prediction that does
@@ -30,79 +31,18 @@ deployment can pin a version, e.g. for a rollback drill; normally replicas follo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genoray.bundle import BundleHolder
+    from genoray.service import PredictRequest
+
+from genoray.config import ServeConfig  # noqa: F401 (defined in config.py; imported from here by callers)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Service settings (CLI: ``genoray serve --help``).
-
-    Attributes:
-        root: bundle root (the directory holding ``CURRENT`` and ``versions/``).
-        host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
-        require_key: refuse requests without a valid ``Authorization: Bearer`` key.
-        key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
-        min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
-            hold a bundle (``GenorayModel``; ``GenorayReplica`` with ``ingress="haproxy"``)
-            (run >= 2 replicas in production: a request on a replica that dies is retried on another).
-        max_ongoing_requests: per model replica; >= max_batch_size so batches can fill.
-        max_queued_requests: per caller queue bound; beyond it the answer is 503.
-        request_timeout_s: end-to-end timeout at the proxy (408).
-        predict_timeout_s: the ingress waits this long for a prediction, retries included (504);
-            keep it below ``request_timeout_s`` so callers get the more specific answer.
-        retries: attempts on another model replica after the one serving a request died.
-        max_batch_size / batch_wait_timeout_s: dynamic batching.
-        poll_s: how often replicas check ``CURRENT``.
-        num_cpus: logical CPUs per model replica (fractional on small hosts).
-        ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
-            (auth and validation only; light). ``ingress="proxy"`` only.
-        health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
-            watcher stopped, so the replica is replaced).
-        graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
-            requests for up to this long.
-        ingress: ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas) or ``"haproxy"``
-            (HAProxy -> API-and-model replicas; see the module docstring). ``"haproxy"`` needs
-            :func:`haproxy_env` in the environment of the Ray processes.
-        access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
-            write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
-            run-to-run noise in bench_serve).
-        limits: see :class:`genoray.service.ServiceLimits` (as a dict).
-    """
-
-    root: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    require_key: bool = True
-    key_hashes: tuple[str, ...] = ()
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 16
-    max_ongoing_requests: int = 64
-    max_queued_requests: int = 256
-    request_timeout_s: float = 15.0
-    predict_timeout_s: float = 10.0
-    retries: int = 3
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
-    poll_s: float = 2.0
-    num_cpus: float = 0.5
-    upscale_delay_s: float = 5.0
-    downscale_delay_s: float = 60.0
-    ingress_replicas: int = 1
-    ingress_num_cpus: float = 0.1
-    ingress_max_ongoing_requests: int = 256
-    health_check_period_s: float = 5.0
-    graceful_shutdown_timeout_s: float = 20.0
-    access_log: bool = True
-    ingress: str = "proxy"
-    limits: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 INGRESS_MODES = ("proxy", "haproxy")
@@ -140,6 +80,67 @@ def start_http(cfg: ServeConfig) -> None:
                 logging_config={"enable_access_log": cfg.access_log})
 
 
+def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """Run several requests as one predictor call (one bundle version for the whole batch).
+
+    Each request's sequences are cleaned once, with the bundle's policy (the store's
+    :class:`~genoray.config.CleanPolicy`); a request with a rejected sequence gets
+    ``{"error": {"loc": ["sequences", i], "msg": reason}}`` (the API's 422) and does not
+    disturb the others in its batch.
+    """
+    from genoray.dna import InvalidSequence
+
+    predictor, version = holder.snapshot()
+    seqs: list[str] = []
+    ids: list[str | None] = []
+    spans: list[tuple[int, int] | dict[str, Any]] = []
+    for r in requests:
+        try:
+            clean = predictor.clean(r.sequences)
+        except InvalidSequence as e:
+            spans.append({"loc": ["sequences", e.index], "msg": e.reason})
+            continue
+        spans.append((len(seqs), len(seqs) + len(clean)))
+        seqs.extend(clean)
+        ids.extend(r.ids if r.ids is not None else [None] * len(clean))
+    valid = [r for r, span in zip(requests, spans) if isinstance(span, tuple)]
+    preds = predictor.predict(seqs, ids=ids, k=max(r.k for r in valid), cleaned=True) if valid else []
+    holder.monitor.record(version, [p.label for p in preds], [p.ood for p in preds])
+    out = []
+    for r, span in zip(requests, spans):
+        if isinstance(span, dict):
+            out.append({"bundle_version": version, "error": span, "replica": holder.holder})
+            continue
+        items = [p.to_dict() for p in preds[span[0]:span[1]]]
+        for it in items:
+            it["neighbours"] = it["neighbours"][: r.k]
+        out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})
+    return out
+
+
+async def predict_async(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
+    """:func:`predict_batch` on a worker thread, so the event loop keeps serving meanwhile."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, predict_batch, holder, requests)
+
+
+class LocalBackend:
+    """The :class:`~genoray.service.Backend` of a plain app: one in-process
+    :class:`~genoray.bundle.BundleHolder`; predictions run on a worker thread."""
+
+    def __init__(self, holder: BundleHolder):
+        self.holder = holder
+
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        """Predict one request on a worker thread."""
+        return (await predict_async(self.holder, [req]))[0]
+
+    async def info(self) -> dict[str, Any] | None:
+        """The holder's bundle description."""
+        return self.holder.describe()
+
+
 class ServeBackend:
     """:class:`~genoray.service.Backend` that forwards to the model deployment through its handle."""
 
@@ -158,20 +159,24 @@ class ServeBackend:
             try:
                 return await asyncio.wait_for(response, max(0.001, deadline - loop.time()))
             except BackPressureError:
-                raise HTTPException(503, "all model replicas are busy; retry later", headers={"Retry-After": "1"})
-            except asyncio.TimeoutError:
+                raise HTTPException(503, "all model replicas are busy; retry later",
+                                    headers={"Retry-After": "1"}) from None
+            except TimeoutError:
                 response.cancel()
-                raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+                raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s") from None
             except (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError) as e:
                 log.warning("model replica lost during %s (attempt %d): %s", method, attempt + 1, type(e).__name__)
                 if attempt == self.retries or loop.time() >= deadline:
-                    raise HTTPException(503, "model replicas unavailable; retry later", headers={"Retry-After": "1"})
+                    raise HTTPException(503, "model replicas unavailable; retry later",
+                                        headers={"Retry-After": "1"}) from e
                 await asyncio.sleep(min(0.05 * 2**attempt, max(0.0, deadline - loop.time())))
 
     async def predict(self, req) -> dict[str, Any]:
+        """Forward one request to a model replica (retried on another when it dies)."""
         return await self._call("predict", req)
 
     async def info(self) -> dict[str, Any] | None:
+        """A model replica's bundle description, or ``None`` when none answers."""
         from fastapi import HTTPException
 
         try:
@@ -184,15 +189,16 @@ def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (deploy with ``serve.run(app, route_prefix="/")``)."""
     from ray import serve
 
-    from genoray.service import BundleHolder, PredictRequest, ServiceLimits, create_app, keys_from_env, predict_async
+    from genoray.bundle import BundleHolder
+    from genoray.service import create_app, keys_from_env
 
     key_hashes = cfg.key_hashes or keys_from_env()
-    limits = ServiceLimits(**cfg.limits)
+    limits = cfg.limits
     if cfg.require_key and not key_hashes:  # fail here, not in a replica constructor retried 20 times
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     if cfg.ingress not in INGRESS_MODES:
         raise ValueError(f"ingress must be one of {INGRESS_MODES}, got {cfg.ingress!r}")
-    replica_options = dict(  # the replicas that hold a bundle, in either topology
+    replica_options: dict[str, Any] = dict(  # the replicas that hold a bundle, in either topology
         autoscaling_config={
             "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
@@ -238,7 +244,7 @@ def build_app(cfg: ServeConfig):
             # a module function is pickled by reference, so this sets the real module's registry
             _set_backend(ServeBackend(model, cfg.predict_timeout_s, cfg.retries))
 
-    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))
+    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))  # type: ignore[attr-defined]
 
 
 class BatchedBackend:
@@ -253,19 +259,19 @@ class BatchedBackend:
                                     batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
 
     async def _predict_many(self, requests: list) -> list[dict[str, Any]]:
-        from genoray.service import predict_async
-
         return await predict_async(self.holder, requests)
 
     async def predict(self, req) -> dict[str, Any]:
+        """Batch this request with concurrent ones; 504 after ``timeout_s``."""
         from fastapi import HTTPException
 
         try:
             return await asyncio.wait_for(self._batched(req), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s")
+        except TimeoutError:
+            raise HTTPException(504, f"prediction did not finish within {self.timeout_s:g} s") from None
 
     async def info(self) -> dict[str, Any] | None:
+        """This replica's bundle description."""
         return self.holder.describe()
 
 
@@ -273,7 +279,8 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
     from ray import serve
 
-    from genoray.service import BundleHolder, create_app
+    from genoray.bundle import BundleHolder
+    from genoray.service import create_app
 
     app = create_app(_IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
 
@@ -285,12 +292,12 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
             _set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s))
 
-    return GenorayReplica.bind()
+    return GenorayReplica.bind()  # type: ignore[attr-defined]
 
 
 class _BundleReplica:
     """What ``GenorayModel`` and ``GenorayReplica`` share: a ``self.holder``
-    (:class:`~genoray.service.BundleHolder`) that follows ``CURRENT``, a version pin through
+    (:class:`~genoray.bundle.BundleHolder`) that follows ``CURRENT``, a version pin through
     Serve's ``user_config``, and a health check."""
 
     holder: Any
@@ -304,8 +311,8 @@ class _BundleReplica:
     def _load_quietly(self, version: str) -> None:
         try:
             self.holder.load(version)
-        except Exception:  # already logged; the current bundle keeps serving
-            pass
+        except Exception as e:  # the current bundle keeps serving
+            log.warning("pinned version %s not loaded, still serving %s: %s", version, self.holder.version, e)
 
     def check_health(self) -> None:
         self.holder.check()  # a dead watcher would pin an old bundle forever: Serve replaces us
@@ -335,7 +342,8 @@ class _IngressBackend:
 
 def plain_app(root: str, require_key: bool = False, key_hashes: tuple[str, ...] = (), limits: dict | None = None):
     """The same API as a plain FastAPI app without Serve or batching (benchmark baseline)."""
-    from genoray.service import BundleHolder, LocalBackend, ServiceLimits, create_app
+    from genoray.bundle import BundleHolder
+    from genoray.service import ServiceLimits, create_app
 
     return create_app(LocalBackend(BundleHolder(root)), key_hashes=key_hashes, require_key=require_key,
                       limits=ServiceLimits(**(limits or {})))

@@ -9,16 +9,16 @@
 
 Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per ingress replica, off by
 default), request body (413, checked on the byte stream before JSON parsing), number of
-sequences, sequence length and total bases (422 naming the field), alphabet (422 naming the
-sequence and position); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
+sequences, sequence length and total bases (422 naming the field), alphabet and N fraction
+(422 naming the sequence and position; checked where the bundle is, with the cleaning policy
+the store was built with, once per request); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
 by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
 comma-separated), never from files in the repository.
 
-:class:`BundleHolder` owns the loaded predictor: it loads ``CURRENT`` synchronously at start,
-then watches ``CURRENT`` and loads a new version on a background thread, verifying it before a
-single reference swap, so in-flight requests finish on the version they started with and a
-corrupt bundle is refused while the old one keeps serving. The same app runs under Ray Serve
-(:mod:`genoray.serve`) and under plain uvicorn (the benchmark baseline).
+The work behind the API is a :class:`Backend`; every backend (in-process, Ray Serve model
+replicas, HAProxy direct-ingress replicas) lives in :mod:`genoray.serve`, and the loaded,
+watched bundle they serve is a :class:`genoray.bundle.BundleHolder`. The same app runs under
+Ray Serve and under plain uvicorn (the benchmark baseline).
 """
 
 from __future__ import annotations
@@ -29,28 +29,16 @@ import logging
 import os
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_body_bytes: int = 1 << 20
-    max_sequences: int = 64
-    max_length: int = 10_000
-    max_total_bases: int = 200_000
-    max_k: int = 100
-    rate_per_key: float = 0.0  # requests/s per API key and ingress replica (or app); 0 = no rate limit
-    burst_per_key: int = 20
 
 
 class TokenBucket:
@@ -63,6 +51,7 @@ class TokenBucket:
         self._lock = threading.Lock()
 
     def take(self, key: str) -> float:
+        """Take a token for ``key``: 0 when taken, else the seconds until one is available."""
         now = time.monotonic()
         with self._lock:
             tokens, last = self._state.get(key, (float(self.burst), now))
@@ -75,6 +64,7 @@ class TokenBucket:
 
 
 def hash_key(key: str) -> str:
+    """sha256 hex digest of an API key."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -84,31 +74,43 @@ def keys_from_env(var: str = "GENORAY_API_KEYS") -> tuple[str, ...]:
 
 
 class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``."""
+
     sequences: list[str] = Field(..., min_length=1, description="DNA sequences (A/C/G/T/N, IUPAC codes map to N)")
     ids: list[str] | None = Field(None, description="optional ids; an id present in the index does not vote for itself")
     k: int = Field(10, ge=1, description="neighbours returned per sequence")
 
 
 class NeighbourOut(BaseModel):
+    """One neighbour in a prediction."""
+
     seq_id: str
     label: str
     similarity: float
 
 
 class PredictionOut(BaseModel):
+    """The prediction for one sequence."""
+
     seq_id: str | None
     label: str
     probabilities: dict[str, float]
     neighbours: list[NeighbourOut]
     ood_score: float
+    ood: bool = False
+    adaptation: dict[str, Any] | None = None
 
 
 class PredictResponse(BaseModel):
+    """Body of a 200 answer to ``POST /v1/predict``."""
+
     bundle_version: str
     predictions: list[PredictionOut]
 
 
 class ErrorOut(BaseModel):
+    """Body of an error answer."""
+
     detail: str
 
 
@@ -123,143 +125,34 @@ _ERRORS = {  # documented in the OpenAPI schema (what the API can answer besides
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given status codes."""
     return {c: {"description": _ERRORS[c], "model": ErrorOut} for c in codes}
 
 
-class BundleHolder:
-    """Loads, watches and atomically swaps the bundle a replica serves."""
-
-    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
-        from genoray.bundle import lease, load_bundle
-
-        self.root = Path(root)
-        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
-        self.version = self.doc["version"]
-        lease(self.root, self.version, self.holder)
-        self.last_error: str | None = None
-        self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
-        self.swaps = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._poll_s = poll_s
-        self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
-        self._thread.start()
-
-    def describe(self) -> dict[str, Any]:
-        """What ``GET /v1/info`` reports about this replica's bundle."""
-        doc = self.doc
-        return {"bundle_version": self.version, "encoder": doc["encoder"], "fingerprint": doc["fingerprint"],
-                "classes": doc["classes"], "index": doc["index"], "created_at": doc["created_at"],
-                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
-                "watching": self._thread.is_alive()}
-
-    def check(self) -> None:
-        """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
-        replica is then replaced instead of serving a stale bundle forever)."""
-        if not self._thread.is_alive():
-            raise RuntimeError(f"bundle watcher stopped; serving {self.version} without following CURRENT")
-
-    def snapshot(self):
-        """The (predictor, version) pair to use for one request or batch."""
-        with self._lock:
-            return self.predictor, self.version
-
-    def _watch(self) -> None:
-        from genoray.bundle import current_version, lease
-
-        while not self._stop.wait(self._poll_s):
-            try:
-                target = current_version(self.root)
-                lease(self.root, self.version, self.holder)
-                if target and target != self.version and target not in self.refused:
-                    self.load(target)
-            except Exception:  # load() recorded why; keep serving the current bundle
-                pass
-
-    def load(self, version: str) -> None:
-        """Verify and load ``version``, then swap; on any error keep the current bundle."""
-        from genoray.bundle import lease, load_bundle, release
-
-        try:
-            predictor, doc = load_bundle(self.root, version)
-        except Exception as e:
-            self.refused.add(version)
-            self.last_error = f"refused bundle {version}: {e}"
-            log.error(self.last_error)
-            raise
-        lease(self.root, version, self.holder)
-        with self._lock:
-            old = self.version
-            self.predictor, self.doc, self.version = predictor, doc, version
-            self.swaps += 1
-        release(self.root, old, self.holder)
-        self.last_error = None
-        log.info("swapped bundle %s -> %s", old, version)
-
-    def close(self) -> None:
-        from genoray.bundle import release
-
-        self._stop.set()
-        release(self.root, self.version, self.holder)
-
-
-def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
-    """Run several requests as one predictor call (one bundle version for the whole batch)."""
-    predictor, version = holder.snapshot()
-    seqs, ids, spans = [], [], []
-    for r in requests:
-        spans.append((len(seqs), len(seqs) + len(r.sequences)))
-        seqs.extend(r.sequences)
-        ids.extend(r.ids if r.ids is not None else [None] * len(r.sequences))
-    k = max(r.k for r in requests)
-    preds = predictor.predict(seqs, ids=ids, k=k)
-    out = []
-    for r, (a, b) in zip(requests, spans):
-        items = [p.to_dict() for p in preds[a:b]]
-        for it in items:
-            it["neighbours"] = it["neighbours"][: r.k]
-        out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})
-    return out
-
-
-async def predict_async(holder: BundleHolder, requests: list[PredictRequest]) -> list[dict[str, Any]]:
-    """:func:`predict_batch` on a worker thread, so the event loop keeps serving meanwhile."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, predict_batch, holder, requests)
-
-
-class Backend:
-    """Where the API's work happens. :class:`LocalBackend` runs it in this process; the Ray
-    Serve ingress (:mod:`genoray.serve`) forwards it to model replicas."""
+class Backend(Protocol):
+    """Where the API's work happens: ``genoray.serve.LocalBackend`` runs it in this process;
+    the Ray Serve backends in :mod:`genoray.serve` forward it to replicas that hold a bundle."""
 
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
-        """``predict_batch`` output for one request (with its ``replica``)."""
-        raise NotImplementedError
+        """``genoray.serve.predict_batch`` output for one request (with its ``replica``)."""
+        ...
 
     async def info(self) -> dict[str, Any] | None:
         """``BundleHolder.describe()`` of a replica, or None when none is ready."""
-        raise NotImplementedError
+        ...
 
 
-class LocalBackend(Backend):
-    """One in-process :class:`BundleHolder`; predictions run on a worker thread."""
-
-    def __init__(self, holder: BundleHolder):
-        self.holder = holder
-
-    async def predict(self, req: PredictRequest) -> dict[str, Any]:
-        return (await predict_async(self.holder, [req]))[0]
-
-    async def info(self) -> dict[str, Any] | None:
-        return self.holder.describe()
+def unprocessable(loc: list, msg: str) -> HTTPException:
+    """The API's 422: the JSON path of the problem and what is wrong (never the input)."""
+    return HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
-def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
-    """422 with the JSON path of the first problem."""
+def validate(req: PredictRequest, limits: ServiceLimits) -> None:
+    """422 with the JSON path of the first problem with the request's size, ids or k. The
+    sequences' alphabet and content are checked where the bundle is, with the policy the
+    store was cleaned with (:func:`genoray.serve.predict_batch`)."""
     def bad(loc: list, msg: str):
-        raise HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+        raise unprocessable(loc, msg)
 
     if len(req.sequences) > limits.max_sequences:
         bad(["sequences"], f"at most {limits.max_sequences} sequences per request, got {len(req.sequences)}")
@@ -272,9 +165,6 @@ def validate(req: PredictRequest, limits: ServiceLimits, cleaner) -> None:
         if len(s) > limits.max_length:
             bad(["sequences", i], f"sequence length {len(s)} > limit {limits.max_length}")
         total += len(s)
-        _, why = cleaner(s)
-        if why is not None:
-            bad(["sequences", i], why)
     if total > limits.max_total_bases:
         bad(["sequences"], f"{total} bases in total > limit {limits.max_total_bases}")
 
@@ -313,7 +203,7 @@ class _TooLarge(Exception):
 
 
 async def _reject_413(send, limit: int) -> None:
-    body = ('{"detail":"request body larger than %d bytes"}' % limit).encode()
+    body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -326,11 +216,7 @@ def create_app(
     limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The genoray HTTP API; ``backend`` does the work (batched model replicas under Ray Serve)."""
-    from genoray.config import CleanPolicy
-    from genoray.sequences import Cleaner
-
     limits = limits or ServiceLimits()
-    cleaner = Cleaner(CleanPolicy(max_length=limits.max_length))
     if require_key and not key_hashes:
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
     app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0])
@@ -381,10 +267,12 @@ def create_app(
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
               responses=error_responses(400, 401, 413, 429, 503, 504))
     async def predict(req: PredictRequest, response: Response) -> dict[str, Any]:
-        validate(req, limits, cleaner)
+        validate(req, limits)
         t0 = time.perf_counter()
         out = await backend.predict(req)
         response.headers["X-Genoray-Replica"] = out.pop("replica", "")
+        if "error" in out:  # a sequence the bundle's cleaning policy rejects
+            raise unprocessable(out["error"]["loc"], out["error"]["msg"])
         log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
         return out
 

@@ -9,10 +9,12 @@ views, all on seeded subsamples (``max_samples`` per side) so they run on millio
 * **Classifier two-sample test**: held-out AUC of a logistic regression telling reference
   from new rows (fitted on one half of each sample, scored on the other); one-sided p-value
   from the Mann-Whitney null distribution of the AUC (normal approximation).
-* **kNN OOD**: each new row's cosine distance to its k-th nearest reference row, against a
-  threshold at the ``ood_quantile`` of the reference rows' own (leave-one-out) distances;
-  the fraction above it is compared with the expected ``1 - ood_quantile`` (binomial p-value),
-  overall and per group (label or domain).
+* **Per-row OOD**: the same calibrated score the predictor returns
+  (:class:`genoray.ood.OODScorer`, fitted on reference rows, calibrated on held-out ones at
+  rate ``1 - ood_quantile``, length-matched when sequences and the encoder are given); the
+  fraction of new rows flagged is compared with the expected ``1 - ood_quantile``
+  (beta-binomial p-value, which accounts for the threshold being estimated from held-out
+  rows), overall and per group (label or domain).
 
 ``is_shift`` is true when any p-value is below ``alpha`` after a Bonferroni correction for
 the three tests. Nothing in the detector is mutated by ``score``.
@@ -20,25 +22,21 @@ the three tests. Nothing in the detector is mutated by ``score``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from genoray.config import ShiftConfig  # noqa: F401 (defined in config.py)
 
-@dataclass(frozen=True)
-class ShiftConfig:
-    max_samples: int = 1000
-    pca_dim: int = 32
-    n_permutations: int = 300
-    k: int = 10
-    ood_quantile: float = 0.95
-    alpha: float = 0.05
-    seed: int = 0
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ShiftReport:
+    """Test statistics, p-values and the shift verdict for one comparison."""
+
     n_reference: int
     n_new: int
     mmd2: float
@@ -54,6 +52,7 @@ class ShiftReport:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
         return asdict(self)
 
 
@@ -108,23 +107,18 @@ def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, seed: int) -> tuple
     return auc, float(0.5 * (1 - erf((auc - 0.5) / sd / sqrt(2))))
 
 
-def _binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    from scipy.stats import binom
-
-    return float(binom.sf(k - 1, n, p))
-
-
 class ShiftDetector:
     """Fit on reference embeddings, score new embeddings (see the module docstring)."""
 
     def __init__(self, cfg: ShiftConfig | None = None):
         self.cfg = cfg or ShiftConfig()
 
-    def fit(self, reference: np.ndarray) -> "ShiftDetector":
+    def fit(self, reference: np.ndarray, labels=None, sequences=None, encoder=None) -> "ShiftDetector":
+        """Fit on reference embeddings; ``labels`` make the OOD score class-conditional and
+        ``sequences`` + ``encoder`` make it length-matched (see :mod:`genoray.ood`)."""
         from sklearn.decomposition import PCA
 
-        from genoray.index import VectorIndex
+        from genoray.ood import OODConfig, OODScorer
 
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
@@ -143,15 +137,21 @@ class ShiftDetector:
         # false positives on random halves instead of 5%)
         pca_rows = knn_ref if len(knn_ref) >= 10 else self.ref_sample_
         self.pca_ = PCA(n_components=min(cfg.pca_dim, ref.shape[1], len(pca_rows) - 1), random_state=cfg.seed).fit(pca_rows)
-        self.index_ = VectorIndex.from_vectors(knn_ref, np.arange(len(knn_ref)), np.full(len(knn_ref), None))
-        self.threshold_ = float(np.quantile(self.ood_distance(self.ref_sample_), cfg.ood_quantile))
+        self.ood_ = OODScorer(OODConfig(rate=1.0 - cfg.ood_quantile, k=cfg.k, seed=cfg.seed)).fit(
+            ref, labels, sequences, encoder)
+        self.threshold_ = self.ood_.threshold()
         return self
 
-    def ood_distance(self, x: np.ndarray) -> np.ndarray:
-        sims, _ = self.index_.search(np.asarray(x, dtype=np.float32), self.cfg.k)
-        return 1.0 - sims[:, -1]
+    def ood_scores(self, x: np.ndarray, sequences=None, encoder=None) -> np.ndarray:
+        """Calibrated per-row OOD scores (length-matched when ``sequences`` and ``encoder`` are given)."""
+        if sequences is not None and encoder is not None:
+            return self.ood_.score_sequences(sequences, encoder, x)
+        return self.ood_.score(x)
 
-    def score(self, new: np.ndarray, groups: np.ndarray | None = None) -> ShiftReport:
+    def score(self, new: np.ndarray, groups: np.ndarray | None = None, sequences=None, encoder=None) -> ShiftReport:
+        """Compare new embeddings with the reference: MMD permutation test, classifier two-sample test
+        and the fraction of OOD rows (overall and per group; length-matched when ``sequences`` and
+        ``encoder`` are given)."""
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed + 1)
         new = np.asarray(new, dtype=np.float32)
@@ -162,10 +162,10 @@ class ShiftDetector:
         px, py = self.pca_.transform(self.ref_sample_), self.pca_.transform(sample)
         mmd2, p_mmd = mmd_permutation_test(px, py, cfg.n_permutations, rng)
         auc, p_c2st = classifier_two_sample_test(px, py, cfg.seed)
-        dist = self.ood_distance(sample)
-        flagged = dist > self.threshold_
+        seqs = None if sequences is None else [sequences[i] for i in idx]
+        flagged = self.ood_.flag(self.ood_scores(sample, seqs, encoder))
         expected = 1.0 - cfg.ood_quantile
-        p_ood = _binomial_sf(int(flagged.sum()), len(flagged), expected)
+        p_ood = self.ood_.flagged_p_value(int(flagged.sum()), len(flagged))
         by_group = {}
         if groups is not None:
             g = np.asarray(groups, dtype=object)[idx]

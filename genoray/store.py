@@ -11,13 +11,19 @@ Layout of a store directory::
 
 ``store.json`` is written last (atomically), and readers use it, never a glob; each part's
 sha256 is verified before it is read.
+
+This module owns the format both ways: :class:`ShardWriter` commits one unit's shard, rejects
+table and done marker, :func:`write_manifest` writes ``store.json`` and
+:class:`EmbeddingStore` reads a committed store.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,10 +31,64 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.artifacts import read_json, verify_files
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy
 
+if TYPE_CHECKING:
+    from genoray.sequences.report import ReadReport
+
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "store.json"
+ENCODER_FILE = "encoder.json"
+# float32 embeddings barely compress; zstd on them cost a quarter of the job's CPU time
+SHARD_COMPRESSION = {schema.SEQ_ID: "zstd", schema.LABEL: "zstd", schema.DOMAIN: "zstd", schema.SPLIT: "zstd",
+                     schema.SEQ_HASH: "zstd", schema.EMBEDDING: "none"}
+
+
+@dataclass(frozen=True)
+class StoreManifest(JsonDoc):
+    """``store.json``: what a store holds and how it was made.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION`.
+        encoder / fingerprint / dim: the fitted encoder's spec, its fingerprint and vector size.
+        status: ``"complete"`` or ``"partial"`` (some units failed; see ``failed``).
+        rows: rows over all parts.
+        counts: read / accepted / rejected (by reason) / written (/ windowed / windows).
+        failed: ``{"path", "error"}`` of each unit whose file could not be parsed.
+        parts: per committed unit: file, rows, sha256, source, row_groups, byte_range, rejects.
+        clean: the :class:`~genoray.config.CleanPolicy` the records were cleaned with; ``None``
+            in stores written before it was recorded (readers then assume the default).
+    """
+
+    format_version: int
+    encoder: dict[str, Any]
+    fingerprint: str
+    dim: int
+    status: str
+    rows: int
+    counts: dict[str, Any]
+    failed: list[dict[str, Any]]
+    parts: list[dict[str, Any]]
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest(path: str | Path) -> StoreManifest:
+    """The manifest of the store at ``path`` (checks the format version, not the files)."""
+    mpath = Path(path) / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path}: not an embedding store (no {MANIFEST})")
+    doc = read_json(mpath)
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{mpath}: unsupported format_version {doc.get('format_version')}")
+    return StoreManifest.from_json(doc)
+
+
+def has_manifest(path: str | Path) -> bool:
+    """Whether ``path`` holds a committed store (its ``store.json`` exists)."""
+    return (Path(path) / MANIFEST).is_file()
 
 
 @dataclass
@@ -56,37 +116,46 @@ class EmbeddingStore:
 
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{self.path}: not an embedding store (no {MANIFEST})")
-        self.manifest = read_json(mpath)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{mpath}: unsupported format_version {self.manifest.get('format_version')}")
+        self.manifest = read_manifest(self.path)
         if verify:
-            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest["parts"]})
+            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest.parts})
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        """Vector size."""
+        return int(self.manifest.dim)
 
     @property
     def encoder_spec(self) -> dict[str, Any]:
-        return self.manifest["encoder"]
+        """The fitted encoder's spec (:func:`genoray.encoders.encoder_from_spec` rebuilds it)."""
+        return self.manifest.encoder
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        """The encoder fingerprint every vector was made with."""
+        return self.manifest.fingerprint
 
     @property
     def rows(self) -> int:
-        return int(self.manifest["rows"])
+        """Rows over all parts."""
+        return int(self.manifest.rows)
+
+    @property
+    def clean_policy(self) -> CleanPolicy | None:
+        """The cleaning the records went through; ``None`` for a store written before it was
+        recorded (logged once per store: consumers then clean with the default policy)."""
+        if self.manifest.clean is None:
+            log.warning("%s: store records no CleanPolicy (written by an older genoray); "
+                        "queries will be cleaned with the default policy", self.path)
+        return self.manifest.clean
 
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
-        for p in self.manifest["parts"]:
+        for p in self.manifest.parts:
             yield pq.read_table(self.path / p["file"], columns=columns)
 
     def table(self, split: str | None = None) -> pa.Table:
+        """Rows (of one split, or all) as one Arrow table."""
         parts = [t if split is None else t.filter(pc.equal(t[schema.SPLIT], split)) for t in self.iter_tables()]
         return pa.concat_tables(parts) if parts else schema.embedding_schema(self.dim).empty_table()
 
@@ -99,3 +168,108 @@ class EmbeddingStore:
 
         return Embeddings(col(schema.SEQ_ID), col(schema.LABEL), col(schema.DOMAIN), col(schema.SPLIT),
                           vectors_of(t, self.dim))
+
+
+# -- writing ----------------------------------------------------------------------------
+def shard_is_done(shard_dir: Path, key: str) -> dict[str, Any] | None:
+    """The done marker of a unit if it and its shard are intact, else ``None``."""
+    marker = shard_dir / f"{key}.done.json"
+    if not marker.is_file():
+        return None
+    try:
+        done = read_json(marker)
+        if sha256_file(shard_dir / done["file"]) != done["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return done
+
+
+class ShardWriter:
+    """Writes one unit's rows to a temp file; :meth:`commit` publishes the shard, its rejects
+    table and its done marker (written last, so it marks a finished unit); :meth:`abort`
+    removes the temp file."""
+
+    def __init__(self, shard_dir: Path, key: str, dim: int):
+        self.shard_dir, self.key, self.dim = Path(shard_dir), key, dim
+        self.tmp = self.shard_dir / f".{key}.{os.getpid()}.tmp"
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append store rows (:func:`genoray.schema.embedding_schema`)."""
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, table.schema, compression=SHARD_COMPRESSION)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        """Finish the temp file (an empty shard when no row was written) and fsync it."""
+        if self._writer is None:  # no accepted record: still commit an empty shard
+            self._writer = pq.ParquetWriter(self.tmp, schema.embedding_schema(self.dim),
+                                            compression=SHARD_COMPRESSION)
+        self._writer.close()
+        self._writer = None
+        _fsync(self.tmp)
+
+    def abort(self) -> None:
+        """Drop what was written (the unit failed)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.tmp.unlink(missing_ok=True)
+
+    def commit(self, report: ReadReport, fields: dict[str, Any], where: str) -> dict[str, Any]:
+        """Publish the closed shard with its rejects table and done marker; returns the marker.
+
+        ``fields`` (key, path, provenance) go into the marker with the counts of ``report``.
+        Raises :class:`~genoray.errors.InvariantError` when the rows written differ from the
+        rows the read yielded.
+        """
+        from genoray.errors import InvariantError
+
+        key, shard_dir = self.key, self.shard_dir
+        if report.examples:
+            rej = pa.table({"path": [r.path for r in report.examples], "record": [r.record for r in report.examples],
+                            "seq_id": [r.seq_id for r in report.examples],
+                            "reason": [r.reason for r in report.examples]})
+            pq.write_table(rej, shard_dir / f"{key}.rejects.parquet")
+        final = shard_dir / f"{key}.parquet"
+        os.replace(self.tmp, final)
+        done = {
+            **{k: fields[k] for k in ("key", "path", "row_groups", "byte_range", "status")},
+            "file": final.name, "sha256": sha256_file(final), "rows": self.rows,
+            "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
+            "windowed": report.windowed, "windows": report.windows,
+            "windows_rejected_by_reason": dict(report.windows_rejected),
+            "rejects_file": f"{key}.rejects.parquet" if report.examples else None,
+            **{k: v for k, v in fields.items() if k not in ("key", "path", "row_groups", "byte_range", "status")},
+        }
+        if self.rows != report.rows:
+            raise InvariantError(f"{where}: wrote {self.rows} rows but the read yielded {report.rows}")
+        write_json(shard_dir / f"{key}.done.json", done)
+        return done
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_manifest(out: Path, manifest: StoreManifest) -> None:
+    """Write ``store.json`` (last, atomically): it lists exactly the committed units' shards."""
+    write_json(Path(out) / MANIFEST, manifest.to_json())
+
+
+def part_entry(done: dict[str, Any]) -> dict[str, Any]:
+    """The ``parts`` entry of ``store.json`` for a unit's done marker."""
+    return {"file": f"shards/{done['file']}", "rows": done["rows"], "sha256": done["sha256"], "source": done["path"],
+            "row_groups": done["row_groups"], "byte_range": done.get("byte_range"),
+            "rejects": f"shards/{done['rejects_file']}" if done.get("rejects_file") else None}
+
+
+def collect_garbage(shard_dir: Path, keep: set[str]) -> None:
+    """Remove shards of units no longer in the plan (changed inputs) and stale temp files."""
+    for f in shard_dir.iterdir():
+        if f.name.startswith(".") or f.name.split(".")[0] not in keep:  # temp files of killed runs
+            f.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ each row's own entry excluded. So time and memory grow with the index, not with 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,19 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genoray import schema
-from genoray.artifacts import read_json
 from genoray.config import HeadConfig
 from genoray.heads import FusedHead, _encode, load_head, mixture_name, save_head, stratified_sample
 from genoray.index import VectorIndex
-from genoray.metrics import classification_metrics, majority_proba
+from genoray.index import read_manifest as read_index_manifest
+from genoray.metrics import classification_metrics, detailed_metrics, majority_proba
 from genoray.predictor import predict_vectors
-from genoray.store import EmbeddingStore, vectors_of
+from genoray.store import Embeddings, EmbeddingStore, vectors_of
 
 
 def _batches(store: EmbeddingStore, columns: list[str], rows: int = 16_384):
     """The store's rows as tables of at most ``rows`` rows (parts were verified when the store
     was opened), so reading never holds a whole part's embeddings."""
-    for part in store.manifest["parts"]:
+    for part in store.manifest.parts:
         for batch in pq.ParquetFile(store.path / part["file"]).iter_batches(batch_size=rows, columns=columns):
             yield pa.Table.from_batches([batch])
 
@@ -58,6 +59,8 @@ def sample_rows(store: EmbeddingStore, split: str | None, ids: np.ndarray,
     vecs = np.concatenate(got_vecs) if got_vecs else np.zeros((0, dim), np.float32)
     return np.array(got_ids, dtype=object), np.array(got_labels, dtype=object), vecs
 
+log = logging.getLogger(__name__)
+
 
 def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Path,
                cfg: HeadConfig | None = None, split: str | None = "train") -> dict[str, Any]:
@@ -70,7 +73,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     cfg = cfg or HeadConfig()
     t0 = time.perf_counter()
     store = EmbeddingStore(store_path)
-    manifest = read_json(Path(index_dir) / "manifest.json")  # the head's kNN part votes over this index
+    manifest = read_index_manifest(index_dir)  # the head's kNN part votes over this index
     if manifest.get("fingerprint") != store.fingerprint:
         raise ValueError(f"{index_dir} was built with encoder {manifest.get('fingerprint')}, store has {store.fingerprint}")
     index = VectorIndex.load(index_dir)
@@ -86,6 +89,25 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     ids, labels, vectors = sample_rows(store, split, index.ids[rows], store.dim)
     head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
+    from genoray.ood import OODConfig, fit_on_store
+
+    # the per-query OOD score (ood.json + ood.npz), fitted on at most the rows the scorer uses
+    ood_cfg = OODConfig()
+    cap = ood_cfg.max_fit_rows + ood_cfg.max_cal_rows
+    if index.ntotal <= min(cap, cfg.max_rows):  # the head already read every row
+        ood_rows = Embeddings(ids, labels, np.full(len(ids), None, dtype=object), np.full(len(ids), split, dtype=object),
+                              vectors)
+    else:
+        pick = np.arange(index.ntotal) if index.ntotal <= cap else np.sort(
+            np.random.default_rng(ood_cfg.seed + 2).choice(index.ntotal, size=cap, replace=False))
+        o_ids, o_labels, o_vecs = sample_rows(store, split, index.ids[pick], store.dim)
+        ood_rows = Embeddings(o_ids, o_labels, np.full(len(o_ids), None, dtype=object),
+                              np.full(len(o_ids), split, dtype=object), o_vecs)
+    scorer = fit_on_store(store, ood_rows, ood_cfg)
+    scorer.n_reference_ = int(index.ntotal)
+    scorer.save(out_dir)
+    log.info("train_head %s: %d rows (%d used), classes %s, head %s; %.1f s", out_dir, index.ntotal, len(ids),
+             [str(c) for c in head.classes_], mixture_name(head.mixture_), time.perf_counter() - t0)
     return {"head": str(out_dir), "rows": int(index.ntotal), "rows_used": int(len(ids)),
             "classes": [str(c) for c in head.classes_], "chosen": mixture_name(head.mixture_),
             "mixture": head.mixture_, "weight_knn": head.weight_, "calibration": head.calibration_,
@@ -94,21 +116,34 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
 
 
 def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
-                   split: str = "test", train_split: str | None = "train") -> dict[str, dict[str, float]]:
+                   split: str | None = "test", train_split: str | None = "train",
+                   detail: bool = False, bootstrap: int = 200, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Metrics of the majority floor, kNN vote, linear head, tree head (when the head has one)
-    and fused head on ``split``."""
+    and fused head on ``split`` (``None``: every row; a row in the index never votes for itself).
+
+    With ``detail``, each method also gets test ``n``, per-class precision/recall/F1, the
+    confusion matrix and ``bootstrap``-resample 95% intervals
+    (:func:`genoray.metrics.detailed_metrics`).
+    """
     store = EmbeddingStore(store_path)
     test = store.load(split)
     if len(test) == 0:
-        raise ValueError(f"{store_path}: no rows in split {split!r}")
+        found = sorted({str(s) for s in store.load(None).splits})
+        raise ValueError(f"{store_path}: no rows in split {split!r} (splits in the store: {found})")
     index = VectorIndex.load(index_dir)
     head = load_head(head_dir, encoder_fingerprint=store.fingerprint).attach_index(index)
     classes = head.classes_
     proba, sims, pos = predict_vectors(index, head, test.vectors, list(test.ids))
+
+    def score(p):
+        if detail:
+            return detailed_metrics(test.labels, p, classes, bootstrap=bootstrap, seed=seed)
+        return classification_metrics(test.labels, p, classes)
+
     parts = head.part_probas(test.vectors, sims, pos)
-    results = {"majority": classification_metrics(test.labels, majority_proba(index.labels, classes, len(test)), classes)}
+    results = {"majority": score(majority_proba(index.labels, classes, len(test)))}
     for name, p in parts.items():
-        results[name] = classification_metrics(test.labels, p, classes)
-    results["fused"] = classification_metrics(test.labels, proba, classes)
+        results[name] = score(p)
+    results["fused"] = score(proba)
     results["fused"]["mean_ood_score"] = float(np.mean(head.ood_score(sims[:, -1])))
     return results

@@ -2,19 +2,7 @@
 
 from pathlib import Path
 
-import numpy as np
-
-from conftest import write_fasta
-
-
-def toy_fasta(path: Path, n: int = 200, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    recs = []
-    for i in range(n):
-        label = "gc" if i % 2 else "at"
-        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
-        recs.append((f"s{i} label={label} split={'test' if i % 5 == 0 else 'train'}", "".join(rng.choice(alphabet, size=60))))
-    return write_fasta(path, recs)
+from conftest import toy_fasta
 
 
 def make_bundle(work: Path, root: Path, k: int = 10, seed: int = 0, publish_it: bool = True) -> str:

@@ -4,12 +4,30 @@ from pathlib import Path
 
 import pytest
 
+# A fresh, empty temp dir for the whole session, so leftovers of earlier runs (a Ray temp dir,
+# caches) cannot hide a missing set-up step: a fresh machine has none of them. Subprocesses
+# (multi-node Ray clusters) inherit it through TMPDIR. ``ray.cluster_utils.Cluster`` writes its
+# address file into the *default* Ray temp dir ($TMPDIR/ray) even when given ``temp_dir``, and
+# fails where no Ray ever ran, so that directory is created here too.
+SESSION_TMP = tempfile.mkdtemp(prefix="gr-")
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = None  # tempfile caches the old TMPDIR
+os.makedirs(os.path.join(SESSION_TMP, "ray"))
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURE_DATA = Path(__file__).resolve().parent / "data"
+
+
+def data_file(name: str) -> Path:
+    """A real dataset by name: the full file from ``../shared/data`` when present, else the small
+    seeded sample shipped in ``tests/data`` (see its README), so no test skips on a fresh clone."""
+    full = SHARED_DATA / f"{name}.parquet"
+    return full if full.is_file() else FIXTURE_DATA / f"{name}.sample.parquet"
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +42,51 @@ def ray_session():
     ray.shutdown()
 
 
+def pytest_unconfigure(config):
+    """Remove the session temp dir (Ray's session files, pytest's tmp_path trees)."""
+    import shutil
+
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
 def write_fasta(path: Path, records, width: int = 60) -> Path:
+    """Write ``(header, sequence)`` records as FASTA wrapped at ``width``."""
     with open(path, "w") as f:
         for header, seq in records:
             f.write(f">{header}\n")
             for i in range(0, len(seq), width):
                 f.write(seq[i : i + width] + "\n")
     return path
+
+
+def toy_records(n: int = 200, seed: int = 0, prefix: str = "s", flip_train: bool = False) -> list[tuple[str, str]]:
+    """The shared toy data: ``n`` labeled 60-bp records, ``gc`` ones drawn from a GC-rich and
+    ``at`` ones from an AT-rich alphabet (so a k-mer model separates them), every 5th in the
+    ``test`` split; ``flip_train`` swaps the training labels (a bad batch)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        label = "gc" if i % 2 else "at"
+        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
+        split = "test" if i % 5 == 0 else "train"
+        if flip_train and split == "train":
+            label = "at" if label == "gc" else "gc"
+        recs.append((f"{prefix}{i} label={label} split={split}", "".join(rng.choice(alphabet, size=60))))
+    return recs
+
+
+def toy_fasta(path: Path, n: int = 200, seed: int = 0, prefix: str = "s", flip_train: bool = False,
+              extra: tuple[tuple[str, str], ...] = ()) -> Path:
+    """:func:`toy_records` (plus ``extra`` records) written to ``path``."""
+    return write_fasta(path, toy_records(n, seed, prefix, flip_train) + list(extra))
+
+
+@pytest.fixture
+def labeled_fasta(tmp_path):
+    """120 toy records and one with an invalid character (``bad``)."""
+    return toy_fasta(tmp_path / "toy.fa", n=120, extra=(("bad label=gc split=train", "ACGTXXXX"),))
 
 
 @pytest.fixture(scope="session")

@@ -32,18 +32,18 @@ def test_pseudo_labelling_helps_on_a_shifted_target_and_keeps_the_source():
     assert (pl.predict(xs) == ys).mean() > 0.85  # replay: the source is not forgotten
 
 
+@pytest.mark.slow
 def test_study_within_cross_pooled(tmp_path):
-    from conftest import SHARED_DATA
+    from conftest import data_file
     from genoray.cli import main
+    from genoray.quickstart import bundled_dataset
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared data not present")
     study = tmp_path / "study.yaml"
     study.write_text(f"""
 name: tiny
 bootstrap: 20
 encoders: [kmer]
-datasets: {{ecoli: {SHARED_DATA / 'ecoli_promoter_ipromoter2l.parquet'}, tata: {SHARED_DATA / 'human_tata_promoter_gue.parquet'}}}
+datasets: {{ecoli: {bundled_dataset()}, tata: {data_file('human_tata_promoter_gue')}}}
 within: [ecoli]
 cross: [[ecoli, tata]]
 pooled: [[ecoli, tata]]
@@ -70,6 +70,7 @@ def test_study_refuses_unknown_datasets(tmp_path):
         load_study(p)
 
 
+@pytest.mark.slow
 def test_study_with_frozen_hf_model_and_lora(tmp_path):
     pytest.importorskip("peft")
     import pyarrow as pa

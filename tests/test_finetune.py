@@ -8,6 +8,7 @@ from genoray.finetune import LoraClassifier  # noqa: E402
 from tiny_models import make_char_bert  # noqa: E402
 
 
+@pytest.mark.slow
 def test_lora_learns_a_toy_task_and_only_trains_the_adapter(tmp_path):
     path = make_char_bert(tmp_path / "bert")
     rng = np.random.default_rng(0)

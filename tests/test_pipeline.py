@@ -17,19 +17,6 @@ from genoray.store import EmbeddingStore
 from genoray.train import evaluate_store, train_head
 
 
-@pytest.fixture
-def labeled_fasta(tmp_path):
-    rng = np.random.default_rng(0)
-    recs = []
-    for i in range(120):
-        label = "gc" if i % 2 else "at"
-        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
-        split = "test" if i % 5 == 0 else "train"
-        recs.append((f"s{i} label={label} split={split}", "".join(rng.choice(alphabet, size=60))))
-    recs.append(("bad label=gc split=train", "ACGTXXXX"))
-    return write_fasta(tmp_path / "toy.fa", recs)
-
-
 def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta):
     enc = KmerEncoder()
     rep = embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False, embed_cfg=None)
@@ -104,6 +91,7 @@ def test_stage_functions_and_predictor(tmp_path, labeled_fasta):
         pred.predict(["ACGQ"])
 
 
+@pytest.mark.slow
 def test_quickstart_on_bundled_data_beats_majority():
     res = run_quickstart(encoders=("kmer",), use_ray=False)
     run = res["runs"][0]

@@ -2,9 +2,7 @@
 
 import json
 
-import numpy as np
-
-from conftest import write_fasta
+from conftest import toy_fasta
 from genoray.bundle import current_version
 from genoray.cli import main
 from genoray.config import IndexConfig
@@ -13,17 +11,8 @@ from genoray.reindex import ReindexConfig, reindex
 
 
 def night(path, seed, n=150, flip=False):
-    rng = np.random.default_rng(seed)
-    recs = []
-    for i in range(n):
-        label = "gc" if i % 2 else "at"
-        alphabet = list("GGCCAT") if label == "gc" else list("AATTGC")
-        split = "test" if i % 5 == 0 else "train"
-        if flip and split == "train":  # a batch whose training labels are swapped
-            label = "at" if label == "gc" else "gc"
-        recs.append((f"n{seed}_{i} label={label} split={split}",
-                     "".join(rng.choice(alphabet, size=60))))
-    return write_fasta(path, recs)
+    """One night's toy batch (``flip``: its training labels are swapped)."""
+    return toy_fasta(path, n=n, seed=seed, prefix=f"n{seed}_", flip_train=flip)
 
 
 def test_nightly_reindex_publishes_then_gates(tmp_path):

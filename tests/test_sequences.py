@@ -44,14 +44,20 @@ def test_parquet_csv_tsv(tmp_path):
     assert t.num_rows == 3 and r.read == 3
 
 
-def test_shared_fasta_matches_parquet():
-    from conftest import SHARED_DATA
+def test_real_fasta_matches_parquet():
+    """A real FASTA copy of a real Parquet set (header tags, wrapped lines) reads to the same rows:
+    the shipped splice sample always, the full enhancer set when ``../shared/data`` is present."""
+    from conftest import FIXTURE_DATA, SHARED_DATA
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared data not present")
-    a, _ = read_sequences(SHARED_DATA / "ienhancer2l_layer1.fasta")
-    b, _ = read_sequences(SHARED_DATA / "ienhancer2l_layer1.parquet")
-    assert a.select(["seq_id", "sequence", "label", "split"]).equals(b.select(["seq_id", "sequence", "label", "split"]))
+    pairs = [(FIXTURE_DATA / "uci_splice.sample.fasta", FIXTURE_DATA / "uci_splice.sample.parquet")]
+    if (SHARED_DATA / "ienhancer2l_layer1.fasta").is_file():
+        pairs.append((SHARED_DATA / "ienhancer2l_layer1.fasta", SHARED_DATA / "ienhancer2l_layer1.parquet"))
+    for fasta, parquet in pairs:
+        a, _ = read_sequences(fasta)
+        b, _ = read_sequences(parquet)
+        assert a.num_rows == b.num_rows > 0
+        cols = ["seq_id", "sequence", "label", "split"]
+        assert a.select(cols).equals(b.select(cols))
 
 
 @pytest.mark.parametrize("content,reason", [
@@ -269,3 +275,26 @@ def test_streamed_fasta_windows_equal_in_memory_windows(tmp_path):
         cut = tmp_path / "cut.fa.gz"
         cut.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
         list(iter_sequences([cut], cfg))
+
+
+def test_broken_count_invariant_is_an_invariant_error():
+    from genoray.errors import InvariantError
+
+    report = ReadReport(read=2, accepted=1)
+    with pytest.raises(InvariantError, match="do not add up"):
+        report.check()
+
+
+def test_unit_keys_of_existing_stores_are_stable():
+    """A store written before the split settings existed must resume, not re-embed: the unit key
+    of the default reading settings is pinned (it is what every older store recorded), and the
+    split settings count only when a test split is drawn."""
+    import dataclasses
+
+    from genoray.artifacts import sha256_json
+    from genoray.config import ReadConfig
+    from genoray.sequences.units import key_fields
+
+    assert sha256_json(key_fields(ReadConfig()))[:16] == "5052b56bb5869163"
+    assert key_fields(dataclasses.replace(ReadConfig(), split_seed=7)) == key_fields(ReadConfig())
+    assert key_fields(dataclasses.replace(ReadConfig(), test_fraction=0.2)) != key_fields(ReadConfig())

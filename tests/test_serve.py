@@ -9,7 +9,7 @@ import pytest
 
 from bundles import make_bundle
 from genoray.bundle import publish
-from genoray.loadtest import post, run_load
+from bench.loadtest import post, run_load
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "serve-test-key"

@@ -20,7 +20,7 @@ import pytest
 
 from bundles import make_bundle
 from genoray.bundle import publish
-from genoray.loadtest import post, run_load
+from bench.loadtest import post, run_load
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "haproxy-test-key"
@@ -127,8 +127,8 @@ import json, os, sys, time
 from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
 os.environ.update(haproxy_env(stats_port=int(sys.argv[3]), metrics_port=int(sys.argv[4])))
 from ray import serve
-from genoray.embed import init_ray
-from genoray.loadtest import post, run_load
+from genoray.runtime import init_ray
+from bench.loadtest import post, run_load
 root, port = sys.argv[1], int(sys.argv[2])
 big = {"sequences": ["ACGTTGCAAG" * 1000] * 64, "k": 5}
 common = dict(root=root, port=port, require_key=False, min_replicas=1, max_replicas=1, ingress="haproxy",

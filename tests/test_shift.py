@@ -42,16 +42,17 @@ def test_too_little_data_is_refused():
         ShiftDetector(CFG).fit(lowrank(5))
 
 
+@pytest.mark.slow
 def test_cli_shift_between_two_real_stores(tmp_path, capsys):
     import json
 
-    from conftest import SHARED_DATA
+    from conftest import data_file
     from genoray.cli import main
+    from genoray.quickstart import bundled_dataset
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared data not present")
-    for name in ("ecoli_promoter_ipromoter2l", "human_tata_promoter_gue"):
-        assert main(["embed", str(SHARED_DATA / f"{name}.parquet"), "--out", str(tmp_path / name), "--no-ray"]) == 0
+    for name, path in (("ecoli_promoter_ipromoter2l", bundled_dataset()),
+                       ("human_tata_promoter_gue", data_file("human_tata_promoter_gue"))):
+        assert main(["embed", str(path), "--out", str(tmp_path / name), "--no-ray"]) == 0
     capsys.readouterr()
     code = main(["shift", str(tmp_path / "ecoli_promoter_ipromoter2l"), str(tmp_path / "human_tata_promoter_gue"),
                  "--max-samples", "300", "--group-by", "label"])

@@ -145,7 +145,8 @@ def test_train_head_reads_only_a_bounded_sample_of_the_store(tmp_path):
         pq.write_table(t, tmp_path / "s" / f"shards/p{i}.parquet", row_group_size=300)
         parts.append({"file": f"shards/p{i}.parquet", "rows": 1000, "sha256": sha256_file(tmp_path / "s" / f"shards/p{i}.parquet")})
     write_json(tmp_path / "s" / "store.json", {"format_version": 2, "encoder": {"name": "test"}, "fingerprint": "t16",
-                                               "dim": 16, "status": "complete", "rows": 3000, "parts": parts})
+                                               "dim": 16, "status": "complete", "rows": 3000, "counts": {}, "failed": [],
+                                               "parts": parts})
     build_index(tmp_path / "s", tmp_path / "ix", IndexConfig(split="train"))
     r = train_head(tmp_path / "s", tmp_path / "ix", tmp_path / "h", HeadConfig(head="linear", max_rows=700))
     assert r["rows"] == 3000 and r["rows_used"] == 700

@@ -17,6 +17,7 @@ HyenaDNA, Caduceus, or any ``AutoModel`` checkpoint).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from genoray.config import HFConfig, from_dict, to_dict
-from genoray.sequences import reverse_complement, tile
+from genoray.dna import reverse_complement, tile
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 
@@ -36,11 +39,16 @@ def masked_mean(hidden, mask):
 
 
 def resolve_device(requested: str = "auto") -> str:
+    """``"cuda"`` when asked for (or ``"auto"``) and available, else ``"cpu"`` (logged when a
+    requested GPU is missing)."""
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("device auto: %s", device)
+        return device
     if requested.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %r requested but CUDA is not available: falling back to CPU", requested)
         return "cpu"
     return requested
 
@@ -95,12 +103,13 @@ class HFEncoder:
     def _context_nt(self) -> int:
         limits = [getattr(self.model.config, "max_position_embeddings", None),
                   getattr(self.tokenizer, "model_max_length", None)]
-        limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+        usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
         # one token per base is the conservative assumption (k-mer/BPE tokenizers need fewer)
-        return max(16, min(limits) - 2) if limits else 512
+        return max(16, min(usable) - 2) if usable else 512
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":
+        """Rebuild from :meth:`spec` (the weights are verified against the recorded sha256)."""
         if spec.get("type") != "hf" or spec.get("version") != VERSION:
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
         enc = cls(from_dict(HFConfig, spec["config"]))
@@ -114,6 +123,7 @@ class HFEncoder:
         return enc
 
     def spec(self) -> dict[str, Any]:
+        """Model, revision, weight checksums and pooling settings as JSON."""
         cfg = to_dict(self.config)
         cfg.pop("device")  # where it runs does not change what it computes
         cfg.pop("batch_size")
@@ -121,6 +131,7 @@ class HFEncoder:
 
     @property
     def fingerprint(self) -> str:
+        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
         from genoray.encoders import fingerprint
 
         return fingerprint(self)

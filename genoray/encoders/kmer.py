@@ -17,6 +17,7 @@ Vector layout (each block in this order; ``dim`` is their sum):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from genoray.config import KmerConfig, PositionConfig, from_dict, to_dict
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 _CODE = np.full(256, 4, dtype=np.uint8)
@@ -177,6 +180,7 @@ class KmerEncoder:
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "KmerEncoder":
+        """Rebuild from :meth:`spec` (fitted window and decision included)."""
         if spec.get("type") != "kmer":
             raise ValueError(f"not a kmer encoder spec: {spec.get('type')!r}")
         if spec.get("version") != VERSION:
@@ -184,16 +188,19 @@ class KmerEncoder:
         return cls(from_dict(KmerConfig, spec["config"]))
 
     def spec(self) -> dict[str, Any]:
+        """Config and fitted state as JSON."""
         return {"type": "kmer", "version": VERSION, "config": to_dict(self.config)}
 
     @property
     def fingerprint(self) -> str:
+        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
         from genoray.encoders import fingerprint
 
         return fingerprint(self)
 
     @property
     def needs_fit(self) -> bool:
+        """Whether :meth:`fit` must run first (a position-aware block not fitted yet)."""
         pos = self.config.position
         return pos is not None and (pos.window == 0 or pos.bin_size == 0 or pos.enable == "auto")
 
@@ -221,6 +228,7 @@ class KmerEncoder:
     # -- encoding -----------------------------------------------------------------
     @property
     def dim(self) -> int:
+        """Length of each embedding vector."""
         cfg = self.config
         d = sum(len(self._canon[k][1]) if cfg.canonical else 4**k for k in cfg.ks)
         d += int(cfg.gc) + 9 * int(cfg.zcurve)

@@ -336,7 +336,14 @@ def test_large_fasta_is_split_into_byte_range_units(ray_session, tmp_path):
     recs[1234] = ("r1234 label=a", "ACGTQQQ")  # rejected: invalid character
     fa = write_fasta(tmp_path / "big.fa", recs)
     split_cfg = EmbedConfig(bytes_per_unit=fa.stat().st_size // 6 + 1, num_actors=2)
-    rep = embed_sequences(fa, tmp_path / "split", KmerEncoder(), embed_cfg=split_cfg, use_ray=True)
+    # dispatch units only once both actors are up: under load the first actor could otherwise take
+    # every unit before the second starts, and the test could not tell that ranges were shared
+    ctx = ray_session.data.DataContext.get_current()
+    before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120
+    try:
+        rep = embed_sequences(fa, tmp_path / "split", KmerEncoder(), embed_cfg=split_cfg, use_ray=True)
+    finally:
+        ctx.wait_for_min_actors_s = before
     ref = embed_sequences(fa, tmp_path / "whole", KmerEncoder(), use_ray=False)
     assert rep.units == 6 and ref.units == 1
     assert (rep.read, rep.accepted, rep.written) == (ref.read, ref.accepted, ref.written) == (3000, 2999, 2999)

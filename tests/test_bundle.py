@@ -147,7 +147,7 @@ def test_bad_requests_get_the_right_4xx(root, payload, status, needle):
 
 
 def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
-    from genoray.service import BundleHolder
+    from genoray.bundle import BundleHolder
 
     root = tmp_path / "r"
     v1 = make_bundle(tmp_path / "w1", root, seed=0)

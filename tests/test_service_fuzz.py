@@ -14,7 +14,7 @@ pytestmark = pytest.mark.fuzz
 def test_openapi_operations():
     from hypothesis import given
 
-    from test_fuzz import _client
+    from test_sequences_fuzz import _client
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", _client().app)  # built here, not at import
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -27,7 +27,7 @@ def test_openapi_operations():
         def check(case):
             # Excluded: "schema-valid data must be accepted". The alphabet, the ids/sequences count
             # match and the total-bases limit are rules across fields or configurable limits the
-            # schema does not state; such requests get a 422 naming the field (test_bundle_service).
+            # schema does not state; such requests get a 422 naming the field (test_bundle).
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()

@@ -42,7 +42,7 @@ def test_tiling_is_length_weighted_mean_of_tiles(bert_dir):
     seq = "ACGTACGTAC" + "GGGGCCCCAA" + "TTT"
     tiles = ["ACGTACGTAC", "ACGGGGCCCC", seq[-10:]]
     assert enc.tile_nt == 10
-    from genoray.sequences import tile
+    from genoray.dna import tile
 
     assert tile(seq, 10, 2) == ["ACGTACGTAC", "ACGGGGCCCC", seq[-10:]] == tiles
     parts = enc.embed(tiles)

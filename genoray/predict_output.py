@@ -1,0 +1,80 @@
+"""Batch prediction output: JSON lines, TSV or Parquet, optionally with each neighbour's
+sequence and metadata (``genoray predict --format ... --with-sequences``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from genoray.metrics import strict_dumps as dumps
+
+
+class PredictionWriter:
+    """Predictions as JSON lines, TSV (one row per query; neighbours as ``id:label:similarity``
+    joined by ``;``) or Parquet (probabilities one column per class, neighbours a list of structs)."""
+
+    def __init__(self, path: str | None, fmt: str, classes: list[str], with_sequences: bool = False):
+        self.path, self.fmt, self.classes, self.n, self.seqs = path, fmt, classes, 0, with_sequences
+        self.tables: list = []
+        self.f = None
+        if fmt != "parquet":
+            self.f = open(path, "w") if path else sys.stdout  # noqa: SIM115 (closed in close())
+            if fmt == "tsv":
+                extra = ["neighbour_sequences"] if with_sequences else []
+                self.f.write("\t".join(["seq_id", "label", "ood_score", *(f"p_{c}" for c in classes), "neighbours",
+                                        *extra]) + "\n")
+
+    def write(self, preds: list[dict]) -> None:
+        self.n += len(preds)
+        if self.fmt == "jsonl":
+            for p in preds:
+                self.f.write(dumps(p) + "\n")
+        elif self.fmt == "tsv":
+            for p in preds:
+                nb = ";".join(f"{x['seq_id']}:{x['label']}:{x['similarity']}" for x in p["neighbours"])
+                extra = [";".join(str(x.get("sequence")) for x in p["neighbours"])] if self.seqs else []
+                self.f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),
+                                        *(str(p["probabilities"][c]) for c in self.classes), nb, *extra]) + "\n")
+        elif preds:
+            import pyarrow as pa
+
+            cols = {"seq_id": [p["seq_id"] for p in preds], "label": [p["label"] for p in preds],
+                    "ood_score": [p["ood_score"] for p in preds]}
+            for c in self.classes:
+                cols[f"p_{c}"] = [p["probabilities"][c] for p in preds]
+            cols["neighbours"] = [p["neighbours"] for p in preds]
+            self.tables.append(pa.Table.from_pydict(cols))
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if self.tables:
+                pq.write_table(pa.concat_tables(self.tables, promote_options="default"), self.path)
+        elif self.path and self.f is not None:
+            self.f.close()
+
+
+def join_neighbour_records(index_manifest: dict, rows: list[dict]) -> int:
+    """Add each neighbour's ``sequence`` and ``meta`` (read again from the source files of the
+    store the index was built from, default reading settings); returns how many were not found."""
+    from genoray.sequences import iter_sequences
+    from genoray.store import EmbeddingStore
+
+    store = EmbeddingStore(index_manifest["source_store"], verify=False)
+    wanted = {nb["seq_id"] for r in rows for nb in r["neighbours"]}
+    found: dict[str, tuple[str, dict | None]] = {}
+    sources = sorted({p["source"] for p in store.manifest["parts"]})
+    for batch in iter_sequences(sources):
+        for sid, seq, meta in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist(),
+                                  batch["meta"].to_pylist()):
+            if sid in wanted:
+                found[sid] = (seq, json.loads(meta) if meta else None)
+    missing = 0
+    for r in rows:
+        for nb in r["neighbours"]:
+            seq, meta = found.get(nb["seq_id"], (None, None))
+            nb["sequence"], nb["meta"] = seq, meta
+            missing += seq is None
+    return missing

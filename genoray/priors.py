@@ -1,0 +1,181 @@
+"""Label-shift correction: estimate a target's class priors from unlabeled rows and re-weight.
+
+Under label shift (``p(x | y)`` fixed, ``p(y)`` changed) the calibrated source posteriors
+``p_s(y | x)`` become target posteriors by Bayes' rule::
+
+    p_t(y | x)  ∝  p_s(y | x) * pi_t(y) / pi_s(y)
+
+:func:`em_priors` estimates ``pi_t`` by the EM algorithm of Saerens, Latinne & Decaestecker
+(Neural Computation 14(1), 2002): alternate the re-weighting above with ``pi_t = mean p_t(y|x)``
+over the unlabeled target rows. :class:`PriorShift` packages the estimate, the decision and a
+saveable JSON form.
+
+**Do-no-harm decision.** The correction is applied only when both hold:
+
+1. *the label-shift model is plausible*: re-weighting assumes ``p(x | y)`` is unchanged, so the
+   target rows must look in-distribution. The share of target rows flagged by the per-query
+   OOD score (:mod:`genoray.ood`) is compared with its calibrated rate (one-sided binomial
+   test at ``alpha``); when the target is flagged as covariate-shifted, EM attributes the
+   shift to the priors and was measured to push every prediction into one class (MCC to 0
+   on composition shifts in ``bench/bench_shift.py``), so nothing is re-weighted;
+2. *the source calibration holds on the target*: the probabilities were calibrated on rows of
+   the reference length; when the target's median length is outside ``[L / 1.5, 1.5 L]``,
+   EM on miscalibrated probabilities was measured to invent prior shifts (MCC -0.03 to -0.11
+   on cropped or joined rows), so nothing is re-weighted;
+3. *the data support a prior change*: Saerens et al.'s likelihood-ratio test,
+   ``2 * (log L(pi_t) - log L(pi_s))`` on the target rows, against a chi-square with ``C - 1``
+   degrees of freedom at ``alpha`` (0.01 by default), so no correction is made on noise alone.
+
+When gate 1 finds the target covariate-shifted, the adaptation instead *tempers* the rows the
+OOD score flags: ``p ** (1 / T)`` renormalised with ``T = 10``, which keeps every predicted
+label (so accuracy and MCC cannot change) but stops claiming the source's confidence where
+the source has no data (measured: ECE 0.22-0.44 on flagged cross-species targets).
+
+The decision and its reason travel with every prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.artifacts import ChecksumError, read_json, sha256_json, write_json
+
+FORMAT_VERSION = 1
+TEMPER_OOD = 10.0
+
+
+def reweight(proba: np.ndarray, source_priors: np.ndarray, target_priors: np.ndarray) -> np.ndarray:
+    """``p_s(y|x) * pi_t / pi_s``, renormalised per row."""
+    w = np.asarray(target_priors, dtype=np.float64) / np.clip(np.asarray(source_priors, dtype=np.float64), 1e-12, None)
+    p = np.asarray(proba, dtype=np.float64) * w
+    return p / np.clip(p.sum(axis=1, keepdims=True), 1e-300, None)
+
+
+def em_priors(proba: np.ndarray, source_priors: np.ndarray, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:
+    """Target class priors from calibrated source posteriors of unlabeled target rows (Saerens EM)."""
+    p = np.asarray(proba, dtype=np.float64)
+    src = np.asarray(source_priors, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(src) or len(p) == 0:
+        raise ValueError(f"expected (n > 0, {len(src)}) probabilities, got {p.shape}")
+    pi = src.copy()
+    for _ in range(max_iter):
+        new = reweight(p, src, pi).mean(axis=0)
+        new = np.clip(new, 1e-6, None)
+        new /= new.sum()
+        if np.max(np.abs(new - pi)) < tol:
+            pi = new
+            break
+        pi = new
+    return pi
+
+
+def log_likelihood(proba: np.ndarray, source_priors: np.ndarray, target_priors: np.ndarray) -> float:
+    """Log-likelihood of the target rows under priors ``target_priors`` (up to a constant):
+    ``sum_i log sum_y p_s(y|x_i) pi_t(y) / pi_s(y)``."""
+    w = np.asarray(target_priors, dtype=np.float64) / np.clip(np.asarray(source_priors, dtype=np.float64), 1e-12, None)
+    return float(np.sum(np.log(np.clip(np.asarray(proba, dtype=np.float64) @ w, 1e-300, None))))
+
+
+@dataclass
+class PriorShift:
+    """Estimated target priors and the decision whether to correct (see the module docstring)."""
+
+    classes: list[str]
+    source_priors: list[float]
+    target_priors: list[float]
+    n_target: int
+    lr_statistic: float
+    p_value: float
+    alpha: float
+    applied: bool
+    reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    temper_ood: float = 1.0
+
+    @classmethod
+    def estimate(cls, proba: np.ndarray, classes, source_priors, alpha: float = 0.01,
+                 ood_flags: np.ndarray | None = None, ood_rate: float = 0.05,
+                 length_ratio: float | None = None, ood_p_value: float | None = None) -> "PriorShift":
+        """Estimate from calibrated probabilities of unlabeled target rows and decide;
+        ``ood_flags``: the per-row OOD flags of the same rows (their calibrated rate ``ood_rate``);
+        ``length_ratio``: target median length / reference length; ``ood_p_value``: the OOD
+        scorer's own p-value for the flagged count (default: binomial at ``ood_rate``)."""
+        from scipy.stats import binom, chi2
+
+        src = np.asarray(source_priors, dtype=np.float64)
+        src = src / src.sum()
+        pi = em_priors(proba, src)
+        stat = max(0.0, 2.0 * (log_likelihood(proba, src, pi) - log_likelihood(proba, src, src)))
+        pv = float(chi2.sf(stat, max(len(src) - 1, 1)))
+        est = ", ".join(f"{c}: {s:.3f} -> {t:.3f}" for c, s, t in zip(classes, src, pi))
+        extra: dict[str, Any] = {}
+        covariate = False
+        if ood_flags is not None and len(ood_flags):
+            k, n = int(np.sum(ood_flags)), len(ood_flags)
+            p_ood = float(binom.sf(k - 1, n, ood_rate)) if ood_p_value is None else float(ood_p_value)
+            extra = {"ood_fraction": k / n, "ood_expected": ood_rate, "ood_p_value": p_ood}
+            covariate = p_ood < alpha
+        other_length = length_ratio is not None and not (1 / 1.5 <= length_ratio <= 1.5)
+        if length_ratio is not None:
+            extra["length_ratio"] = float(length_ratio)
+        applied = pv < alpha and not covariate and not other_length
+        if other_length and not covariate:
+            reason = (f"target rows are {length_ratio:.2f}x the reference length, where the source calibration does "
+                      f"not hold: probabilities unchanged (EM estimate {est}, likelihood-ratio p = {pv:.2g})")
+        elif covariate:
+            reason = (f"target is covariate-shifted ({extra['ood_fraction']:.1%} of its rows out of distribution, "
+                      f"{ood_rate:.0%} expected, p = {extra['ood_p_value']:.2g}): the label-shift model does not hold, "
+                      f"probabilities unchanged (EM estimate {est})")
+        elif applied:
+            reason = f"class priors shifted ({est}); likelihood-ratio test p = {pv:.2g} < {alpha}: re-weighted"
+        else:
+            reason = (f"no significant class-prior shift ({est}); likelihood-ratio test p = {pv:.2g} >= {alpha}: "
+                      "probabilities unchanged")
+        return cls(classes=[str(c) for c in classes], source_priors=[float(v) for v in src],
+                   target_priors=[float(v) for v in pi], n_target=int(len(proba)), lr_statistic=float(stat),
+                   p_value=pv, alpha=alpha, applied=bool(applied), reason=reason, extra=extra,
+                   temper_ood=TEMPER_OOD if covariate else 1.0)
+
+    def apply(self, proba: np.ndarray, ood_flags: np.ndarray | None = None) -> np.ndarray:
+        """Re-weighted probabilities when the correction was accepted; for a covariate-shifted
+        target, the rows flagged in ``ood_flags`` tempered (labels kept); else unchanged."""
+        p = np.asarray(proba, dtype=np.float64)
+        if self.applied:
+            return reweight(p, np.asarray(self.source_priors), np.asarray(self.target_priors))
+        if self.temper_ood != 1.0 and ood_flags is not None and np.any(ood_flags):
+            from genoray.heads import calibrate
+
+            p = p.copy()
+            m = np.asarray(ood_flags, dtype=bool)
+            p[m] = calibrate(p[m], self.temper_ood)
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-ready dict (what ``priors.json`` and ``/v1/info`` hold)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def summary(self) -> dict[str, Any]:
+        """The part reported with each prediction."""
+        return {"applied": self.applied, "tempered_if_ood": self.temper_ood != 1.0, "reason": self.reason,
+                "target_priors": dict(zip(self.classes, (round(v, 6) for v in self.target_priors)))}
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write ``priors.json`` with a sha256 of its payload."""
+        payload = {"format_version": FORMAT_VERSION, "kind": "prior_shift", **self.to_dict()}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out_dir) / "priors.json", {"payload": payload, "sha256": sha256_json(payload)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PriorShift":
+        """Read ``priors.json`` written by :meth:`save`; raises ``ChecksumError`` if it was edited."""
+        doc = read_json(Path(path) / "priors.json")
+        payload = dict(doc.get("payload", {}))
+        if sha256_json(payload) != doc.get("sha256"):
+            raise ChecksumError(f"{Path(path) / 'priors.json'}: payload sha256 does not match (edited or corrupt)")
+        if payload.pop("kind", None) != "prior_shift" or payload.pop("format_version", None) != FORMAT_VERSION:
+            raise ValueError(f"{Path(path) / 'priors.json'}: not a prior-shift file of version {FORMAT_VERSION}")
+        return cls(**payload)

@@ -1,0 +1,226 @@
+"""FASTA/FASTQ (optionally gzipped) records -> cleaned batches: ``dnaio`` for whole files, a
+line streamer for windowed long records, and byte ranges of uncompressed FASTA."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+
+from genoray.config import ReadConfig
+from genoray.sequences.builder import _BatchBuilder
+from genoray.sequences.report import SequenceFormatError
+
+log = logging.getLogger(__name__)
+
+
+def parse_header(description: str) -> tuple[str, dict[str, str], str]:
+    """Split a FASTA/FASTQ header into ``(id, key=value tags, remaining free text)``."""
+    parts = description.split()
+    if not parts:
+        return "", {}, ""
+    tags: dict[str, str] = {}
+    free: list[str] = []
+    for token in parts[1:]:
+        key, sep, value = token.partition("=")
+        if sep and key and value:
+            tags[key] = value
+        else:
+            free.append(token)
+    return parts[0], tags, " ".join(free)
+
+
+def header_fields(description: str, cfg: ReadConfig) -> tuple[str, str | None, str | None, str | None, dict]:
+    """``(id, label, domain, split, meta)`` of a FASTA/FASTQ header, per ``cfg``'s tag keys."""
+    seq_id, tags, free = parse_header(description)
+    label, domain, split = tags.pop(cfg.label_key, None), tags.pop(cfg.domain_key, None), tags.pop(cfg.split_key, None)
+    if free:
+        tags["description"] = free
+    return seq_id, label, domain, split, tags
+
+
+FASTA_SPLITTABLE = (".fa", ".fasta", ".fna", ".ffn", ".fas")  # uncompressed FASTA only
+
+
+def fasta_record_start(f: BinaryIO, offset: int, block: int = 1 << 20) -> int:
+    """Offset of the first record header (``>`` at a line start) at or after ``offset``, or the
+    file size. In FASTA ``>`` occurs only in headers, so byte ranges can be cut without parsing."""
+    size = f.seek(0, 2)
+    if offset <= 0:
+        return 0
+    if offset >= size:
+        return size
+    base = offset - 1  # file offset of data[0]; one byte back to see the newline before '>'
+    f.seek(base)
+    data = f.read(block)
+    while len(data) > 1:
+        hit = data.find(b"\n>")
+        if hit >= 0:
+            return base + hit + 1
+        base += len(data) - 1  # keep the last byte: '\n' may end this block and '>' start the next
+        f.seek(base)
+        data = f.read(block)
+    return size
+
+
+class _ByteRange(io.RawIOBase):
+    """A read-only view of bytes ``[start, end)`` of a file."""
+
+    def __init__(self, path: str, start: int, end: int):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(buf)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class _StreamedRecord:
+    """State of one FASTA record read line by line (long records never held whole)."""
+
+    def __init__(self, record_no: int, header: str, cfg: ReadConfig):
+        self.record_no = record_no
+        self.seq_id, self.label, self.domain, self.split, self.meta = header_fields(header, cfg)
+        self.buf = bytearray()  # bases from offset buf_start of the record
+        self.buf_start = self.length = self.next_start = self.kept = 0
+        self.windowed = self.skip = False
+
+
+def _iter_fasta_windowed(source: BinaryIO, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    """FASTA reader for ``long_records="window"`` that streams each record line by line: a record
+    up to ``max_length`` is added whole; a longer one is cut into windows as its lines arrive,
+    keeping only the bases still needed (memory O(window), not O(record))."""
+    size, step = cfg.clean.max_length, cfg.clean.max_length - cfg.clean.window_overlap
+    rec: _StreamedRecord | None = None
+    record_no = 0
+
+    def emit(r: _StreamedRecord, upto: int) -> None:  # windows starting at next_start that end by `upto`
+        while r.next_start + size <= upto:
+            a = r.next_start - r.buf_start
+            r.kept += builder.window(r.seq_id, r.next_start, r.buf[a : a + size].decode("latin-1"),
+                                     r.label, r.domain, r.split, r.meta)
+            r.next_start += step
+
+    def finish(r: _StreamedRecord) -> None:
+        if not r.windowed:
+            builder.add(r.record_no, r.seq_id, r.buf.decode("latin-1"), r.label, r.domain, r.split, r.meta)
+        elif not r.skip:
+            if r.next_start - step + size < r.length:  # the last window, aligned to the record's end
+                r.next_start = r.length - size
+                emit(r, r.length)
+            builder.end_windows(r.record_no, r.seq_id, r.length, r.kept)
+
+    for line_no, line in enumerate(source, 1):
+        if line[:1] == b">":
+            if rec is not None:
+                finish(rec)
+                yield from builder.drain()
+            record_no += 1
+            rec = _StreamedRecord(record_no, line[1:].decode("utf-8", errors="replace").strip(), cfg)
+            continue
+        line = line.rstrip(b"\r\n")
+        if not line:
+            continue
+        if rec is None:
+            raise SequenceFormatError(builder.path, 1, f"malformed: line {line_no} is not inside a record "
+                                                       "(expected a '>' header first)")
+        rec.length += len(line)
+        if rec.skip:
+            continue
+        rec.buf += line
+        if not rec.windowed and rec.length > size:  # a long record: admit it once, then window it
+            rec.windowed = True
+            rec.skip = not builder.admit(rec.record_no, rec.seq_id)
+            if rec.skip:
+                rec.buf = bytearray()
+                continue
+            builder.seen.add(rec.seq_id)
+        if rec.windowed:
+            emit(rec, rec.length)
+            keep_from = min(rec.next_start, rec.length - size)
+            if keep_from - rec.buf_start > max(size, 1 << 20):
+                del rec.buf[: keep_from - rec.buf_start]
+                rec.buf_start = keep_from
+            yield from builder.drain()
+    if rec is not None:
+        finish(rec)
+
+
+def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
+                byte_range: tuple[int, int] | None = None) -> Iterator[pa.RecordBatch]:
+    import dnaio
+
+    record_no = 0
+    if cfg.clean.long_records == "window" and path.lower().removesuffix(".gz").endswith(FASTA_SPLITTABLE):
+        yield from _stream_windowed(path, byte_range, cfg, builder)
+        return
+    source: Any = path if byte_range is None else _open_range(path, byte_range)
+    try:
+        with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
+            for rec in reader:
+                record_no += 1
+                seq_id, label, domain, split, meta = header_fields(rec.name, cfg)
+                builder.add(record_no, seq_id, rec.sequence, label, domain, split, meta)
+                del rec  # a windowed chromosome: do not keep the parsed record alive while windows go out
+                yield from builder.drain()
+    except dnaio.UnknownFileFormat as e:
+        raise SequenceFormatError(builder.path, None, f"not FASTA or FASTQ (binary or unknown content): {e}") from e
+    except dnaio.FileFormatError as e:
+        raise SequenceFormatError(builder.path, record_no + 1, f"malformed: {e}") from e
+    except EOFError as e:
+        raise SequenceFormatError(
+            builder.path, record_no + 1, f"truncated compressed file after {record_no} records: {e}"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:  # e.g. gzip CRC errors, 'Not a gzipped file'
+        raise SequenceFormatError(builder.path, record_no + 1, f"unreadable: {e}") from e
+    finally:
+        if source is not path:
+            source.close()
+    last = builder.flush()
+    if last is not None:
+        yield last
+
+
+def _open_range(path: str, byte_range: tuple[int, int]) -> BinaryIO:
+    """The records of an uncompressed FASTA whose header starts in ``[start, end)``."""
+    with open(path, "rb") as f:
+        start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
+    return io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
+
+
+def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadConfig,
+                     builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    import gzip
+
+    f: Any
+    if byte_range is not None:
+        f = _open_range(path, byte_range)
+    else:
+        f = gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb", buffering=1 << 20)
+    try:
+        yield from _iter_fasta_windowed(f, cfg, builder)
+    except EOFError as e:
+        raise SequenceFormatError(builder.path, builder.report.read + 1,
+                                  f"truncated compressed file after {builder.report.read} records: {e}") from e
+    except OSError as e:  # gzip CRC errors, 'Not a gzipped file'
+        raise SequenceFormatError(builder.path, builder.report.read + 1, f"unreadable: {e}") from e
+    finally:
+        f.close()
+    last = builder.flush()
+    if last is not None:
+        yield last
