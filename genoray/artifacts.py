@@ -96,16 +96,41 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def verify_files(root: str | os.PathLike, files: dict[str, str]) -> None:
-    """Check every ``{relative_path: sha256}`` under ``root``; raise naming the first bad file."""
+def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | os.PathLike | None = None) -> int:
+    """Check every ``{relative_path: sha256}`` under ``root``; raise naming the first bad file.
+
+    With ``record`` (a JSON file), a file whose size and mtime equal those recorded when it was
+    last verified with the same sha256 is not hashed again (a nightly job re-opens a store of
+    unchanged files many times); any change of size or mtime re-hashes it. Returns the number
+    of files hashed."""
     root = Path(root)
+    seen: dict[str, Any] = {}
+    if record is not None and Path(record).is_file():
+        try:
+            seen = read_json(record)
+        except (OSError, ValueError):
+            seen = {}
+    hashed, fresh = 0, {}
     for rel, expected in sorted(files.items()):
         p = root / rel
         if not p.is_file():
             raise ChecksumError(f"{p}: missing (listed in manifest)")
+        st = p.stat()
+        key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected}
+        if seen.get(rel) == key:
+            fresh[rel] = key
+            continue
         got = sha256_file(p)
+        hashed += 1
         if got != expected:
             raise ChecksumError(f"{p}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")
+        fresh[rel] = key
+    if record is not None and fresh != seen:
+        try:
+            write_json(record, fresh)
+        except OSError:  # a read-only store: verify every time
+            pass
+    return hashed
 
 
 class JsonDoc:

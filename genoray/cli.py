@@ -3,6 +3,7 @@
 quickstart -> genoray.quickstart.run_quickstart
 embed      -> genoray.embed.embed_sequences
 index      -> genoray.index.build_index
+plan       -> genoray.plan.estimate / plan_store
 train      -> genoray.train.train_head
 evaluate   -> genoray.quickstart.evaluation_report (genoray.train.evaluate_store; a study: genoray.evaluate.evaluate)
 predict    -> genoray.predictor.Predictor
@@ -27,12 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from genoray import cli_args
-from genoray.cli_args import EMBED, HEAD, INDEX, REINDEX, SERVE, SHIFT, _encoder, _read_cfg, _split
+from genoray.cli_args import EMBED, HEAD, INDEX, PLAN_INDEX, REINDEX, SERVE, SHIFT, _encoder, _read_cfg, _split
 from genoray.config import IndexConfig
 from genoray.exitcodes import (  # noqa: F401
     EXIT_BUG,
     EXIT_CODES,
     EXIT_EMPTY,
+    EXIT_GATE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -121,7 +123,7 @@ def _why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: i
     if read == 0:
         return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
-    hint = " (protein or other non-DNA input?)" if max(rejected, key=rejected.get, default="") == "invalid_character" else ""
+    hint = " (protein or other non-DNA input?)" if max(rejected, key=lambda r: rejected[r], default="") == "invalid_character" else ""
     return f"all {read} records were rejected: {reasons}{hint}"
 
 
@@ -134,8 +136,30 @@ def _nothing_written(a: argparse.Namespace, why: str) -> None:
 def cmd_index(a: argparse.Namespace) -> int:
     from genoray.index import build_index
 
-    _print(asdict(build_index(a.store, a.out, build(a, INDEX))), True)
+    if a.ray:
+        from genoray.runtime import init_ray
+
+        init_ray()
+    _print(asdict(build_index(a.store, a.out, build(a, INDEX), use_ray=a.ray)), True)
     return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    """``genoray plan``: predicted memory and time per stage; exit 4 when it does not fit."""
+    from genoray.plan import ClusterSpec, estimate, format_plan, plan_store
+
+    cluster = ClusterSpec(nodes=a.nodes, memory_per_node_gb=a.memory_per_node, cpus_per_node=a.cpus_per_node,
+                          gpus_per_node=a.gpus_per_node)
+    budget = a.memory_budget_mb or int(0.5 * cluster.memory_bytes() * cluster.nodes / 2**20)
+    cfg = build(a, PLAN_INDEX, memory_budget_mb=budget)
+    if a.store:
+        plan = plan_store(a.store, cfg, cluster, embed_rate=a.embed_rate)
+    elif a.n and a.dim:
+        plan = estimate(a.n, a.dim, cfg, cluster, encoder=a.encoder, embed_rate=a.embed_rate)
+    else:
+        raise SystemExit("genoray plan: give --n and --dim, or --store")
+    _print(plan.to_dict(), a.json, format_plan(plan))
+    return EXIT_OK if plan.fits else EXIT_GATE
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -334,7 +358,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
     return 5 if report["is_shift"] else 0
 
 
-COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index, "train": cmd_train,
+COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index, "plan": cmd_plan, "train": cmd_train,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "publish": cmd_publish, "bundles": cmd_bundles,
             "reindex": cmd_reindex, "serve": cmd_serve, "shift": cmd_shift}
 

@@ -33,6 +33,8 @@ EMBED = Group("embed", EmbedConfig, title="embedding job (EmbedConfig)")
 INDEX = Group("index", IndexConfig, names={"index_type": ("type", "index-type"), "seed": "index-seed",
                                           "split": ("train-split", "split")},
               title="index (IndexConfig)")
+# plan: --memory-budget-mb defaults to half the cluster's memory there, so the command declares it itself
+PLAN_INDEX = Group("index", IndexConfig, names=INDEX.names, skip=("memory_budget_mb",), title=INDEX.title)
 HEAD = Group("head", HeadConfig, names={"seed": "head-seed"}, title="fused head (HeadConfig)")
 REINDEX = Group("reindex", ReindexConfig,
                 names={"index.index_type": ("type", "index-type"), "index.seed": "index-seed",
@@ -48,6 +50,7 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
     "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX, HEAD),
     "embed": (READ, *ENCODER_GROUPS, EMBED),
     "index": (INDEX,),
+    "plan": (PLAN_INDEX,),
     "train": (HEAD,),
     "reindex": (READ, *ENCODER_GROUPS, REINDEX),
     "serve": (SERVE,),
@@ -150,8 +153,28 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p = sub.add_parser("index", help="build a FAISS index from an embedding store")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="new index directory")
+    p.add_argument("--ray", action="store_true",
+                   help="build on the Ray cluster (train once, add per store partition; RAY_ADDRESS or a local Ray)")
     _add_groups(p, "index")
     p.set_defaults(func=commands["index"])
+
+    p = sub.add_parser("plan", help="predict time and memory of embedding, index build, serving and head fit",
+                       description="genoray plan --n N --dim D (or --store STORE): predicted peak memory and time "
+                                   "of each stage on the given cluster. Exit status: 0 fits, 4 does not fit.")
+    p.add_argument("--n", type=int, default=0, help="vectors")
+    p.add_argument("--dim", type=int, default=0, help="embedding dimension")
+    p.add_argument("--store", help="plan for this embedding store instead of --n/--dim")
+    p.add_argument("--memory-budget-mb", type=int, default=0,
+                   help="memory for the codes, picks the auto type (default: half the memory of all nodes)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--memory-per-node", type=float, default=0.0, help="GB per node (default: this machine's available memory)")
+    p.add_argument("--cpus-per-node", type=int, default=0, help="default: this machine's cores")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--encoder", default="kmer", help="kmer or hf (sets the embedding rate)")
+    p.add_argument("--embed-rate", type=float, default=0.0, help="measured sequences/s per node (overrides the default)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_groups(p, "plan")
+    p.set_defaults(func=commands["plan"])
 
     p = sub.add_parser("train", help="fit the fused head (kNN vote + linear head by default; --head trees|auto opt-in)")
     p.add_argument("store")

@@ -97,7 +97,7 @@ def validate(cfg: Any, *rules: tuple[bool, str]) -> None:
     must hold. Raises ``ValueError("<Class>: <message>")`` on the first failure.
     """
     name = type(cfg).__name__
-    for fname, allowed in _literal_fields(type(cfg)).items():
+    for fname, allowed in _literal_fields(type(cfg)).items():  # type: ignore[arg-type]  # a class is hashable
         value = getattr(cfg, fname)
         if value not in allowed:
             shown = " or ".join(repr(a) for a in allowed)
@@ -340,7 +340,16 @@ class IndexConfig:
         memory_budget_mb: ``auto`` stores 8-bit scalar-quantised vectors (IVF-SQ8) if they fit,
             else PQ codes sized to fit.
         shard_size / shards: rows per shard (``shards=0``) or an explicit shard count.
-        train_sample: vectors used to train IVF quantizers.
+        train_sample: vectors used to train IVF quantizers; ``0`` sizes it from nlist
+            (:func:`genoray.plan.train_sample_size`: 64 per centroid, at least 39, at most
+            ``train_sample_cap``).
+        train_sample_cap: upper bound of the automatic training sample (the 39-per-centroid
+            floor wins over it).
+        build_memory_mb: memory one build process may use (``0``: this machine's available
+            memory); ``build_index`` refuses before any work when the plan does not fit.
+        add_cpus: CPUs each Ray add task asks for (fractional, so adds pack onto nodes).
+        refine_k_factor_max: PQ indexes re-rank up to ``k x`` this many candidates from stored
+            vectors; the build fails when the recall target is not reached within it.
         target_recall: recall@10 that nprobe / efSearch are tuned to reach.
         recall_queries: queries for measuring recall against exact search.
         use_gpu: train on GPU when FAISS sees one (checked at run time; CPU otherwise).
@@ -353,7 +362,11 @@ class IndexConfig:
     memory_budget_mb: int = 4096
     shard_size: int = 2_000_000
     shards: int = 0
-    train_sample: int = 100_000
+    train_sample: int = 0
+    train_sample_cap: int = 1_000_000
+    build_memory_mb: int = 0
+    add_cpus: float = 0.5
+    refine_k_factor_max: int = 16
     target_recall: float = 0.95
     recall_queries: int = 500
     use_gpu: bool = True
@@ -362,10 +375,12 @@ class IndexConfig:
     def __post_init__(self) -> None:
         validate(self,
                  (bool(self.index_type), "index_type must be 'auto' or a FAISS factory string"),
-                 (min(self.memory_budget_mb, self.shard_size, self.train_sample, self.recall_queries) >= 1
-                  and self.flat_threshold >= 0 and self.shards >= 0,
-                  ("memory_budget_mb, shard_size, train_sample, recall_queries must be >= 1; "
-                   "flat_threshold, shards >= 0")),
+                 (min(self.memory_budget_mb, self.shard_size, self.recall_queries, self.train_sample_cap,
+                      self.refine_k_factor_max) >= 1
+                  and self.flat_threshold >= 0 and self.shards >= 0 and self.train_sample >= 0
+                  and self.build_memory_mb >= 0 and self.add_cpus > 0,
+                  ("memory_budget_mb, shard_size, recall_queries, train_sample_cap, refine_k_factor_max must be >= 1; "
+                   "flat_threshold, shards, train_sample (0: sized from nlist), build_memory_mb >= 0; add_cpus > 0")),
                  (0.0 < self.target_recall <= 1.0, f"target_recall must be in (0, 1], got {self.target_recall}"))
 
 
@@ -415,6 +430,8 @@ class ReindexConfig:
         max_accuracy_drop: largest allowed drop of held-out fused accuracy vs the current bundle.
         eval_split: held-out split used by the gate.
         keep_versions: published versions kept by garbage collection (plus CURRENT and leased).
+        incremental: add new rows to the current index as a delta when the drift rules allow.
+        shift_alpha: significance level of the shift test that forces a retrain.
         index / head / embed: the settings of the index, head and embedding stages.
     """
 
@@ -422,13 +439,16 @@ class ReindexConfig:
     max_accuracy_drop: float = 0.02
     eval_split: str = "test"
     keep_versions: int = 3
+    incremental: bool = True
+    shift_alpha: float = 0.05
     index: IndexConfig = field(default_factory=IndexConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
 
     def __post_init__(self) -> None:
         validate(self, (self.max_accuracy_drop >= 0, f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"),
-                 (self.keep_versions >= 1, f"keep_versions must be >= 1, got {self.keep_versions}"))
+                 (self.keep_versions >= 1, f"keep_versions must be >= 1, got {self.keep_versions}"),
+                 (0.0 < self.shift_alpha < 1.0, f"shift_alpha must be in (0, 1), got {self.shift_alpha}"))
 
 
 @config_class

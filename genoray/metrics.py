@@ -82,8 +82,8 @@ def bootstrap_ci(y, proba, classes, n: int, seed: int) -> dict[str, list[float |
         for k, v in classification_metrics(y[idx], proba[idx], classes).items():
             samples.setdefault(k, []).append(v)
     out: dict[str, list[float | None]] = {}
-    for k, v in samples.items():
-        a = np.asarray(v, dtype=float)
+    for k, values in samples.items():
+        a = np.asarray(values, dtype=float)
         a = a[np.isfinite(a)]
         out[k] = [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))] if len(a) else [None, None]
     return out

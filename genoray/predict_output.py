@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any, TextIO
 
 from genoray.metrics import strict_dumps as dumps
 
@@ -16,7 +17,7 @@ class PredictionWriter:
     def __init__(self, path: str | None, fmt: str, classes: list[str], with_sequences: bool = False):
         self.path, self.fmt, self.classes, self.n, self.seqs = path, fmt, classes, 0, with_sequences
         self.tables: list = []
-        self.f = None
+        self.f: TextIO | None = None
         if fmt != "parquet":
             self.f = open(path, "w") if path else sys.stdout  # noqa: SIM115 (closed in close())
             if fmt == "tsv":
@@ -25,16 +26,18 @@ class PredictionWriter:
                                         *extra]) + "\n")
 
     def write(self, preds: list[dict]) -> None:
+        """Write one batch of prediction dicts in the chosen format."""
         self.n += len(preds)
+        f = self.f
         if self.fmt == "jsonl":
             for p in preds:
-                self.f.write(dumps(p) + "\n")
+                f.write(dumps(p) + "\n")  # type: ignore[union-attr]  # open for jsonl/tsv
         elif self.fmt == "tsv":
             for p in preds:
                 nb = ";".join(f"{x['seq_id']}:{x['label']}:{x['similarity']}" for x in p["neighbours"])
                 extra = [";".join(str(x.get("sequence")) for x in p["neighbours"])] if self.seqs else []
-                self.f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),
-                                        *(str(p["probabilities"][c]) for c in self.classes), nb, *extra]) + "\n")
+                f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),  # type: ignore[union-attr]
+                                    *(str(p["probabilities"][c]) for c in self.classes), nb, *extra]) + "\n")
         elif preds:
             import pyarrow as pa
 
@@ -56,7 +59,7 @@ class PredictionWriter:
             self.f.close()
 
 
-def join_neighbour_records(index_manifest: dict, rows: list[dict]) -> int:
+def join_neighbour_records(index_manifest: Any, rows: list[dict]) -> int:
     """Add each neighbour's ``sequence`` and ``meta`` (read again from the source files of the
     store the index was built from, default reading settings); returns how many were not found."""
     from genoray.sequences import iter_sequences

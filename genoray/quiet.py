@@ -87,7 +87,7 @@ def stop_ray(keep: bool) -> None:
 
     temp = None
     try:
-        temp = ray._private.worker._global_node.get_temp_dir_path()  # private, hence the guard
+        temp = ray._private.worker._global_node.get_temp_dir_path()  # type: ignore[attr-defined]  # private, hence the guard
     except Exception:
         log.debug("no Ray temp dir found", exc_info=True)
     ray.shutdown()

@@ -3,7 +3,13 @@
 1. Embed all input files into the long-lived store in ``work_dir/store``. The store is
    resumable, so files embedded on earlier nights are skipped and only new ones do model work
    (the encoder, including a fitted position window, is reused from the store).
-2. Build a new index over old + new rows and refit the head, in ``work_dir/builds/<version>``.
+2. Index old + new rows and refit the head, in ``work_dir/builds/<version>``. When the current
+   bundle's index came from this store and the store only grew, the new rows are added to it
+   as a delta shard with its trained quantizer (:func:`genoray.index.delta.extend_index`: old
+   shard files are hard-linked, not rebuilt), unless a drift rule says retrain: the shift
+   test flags the new rows, or recall@10 with the delta stays below ``recall_floor``. Then (and
+   on the first night, or with ``incremental=False``) the index is rebuilt from scratch.
+   Store parts unchanged since their last verification are not re-hashed (``verified.json``).
 3. Gate: recall@10 of the new index >= ``recall_floor``; fused accuracy on the held-out split
    not worse than the current bundle's on the same rows by more than ``max_accuracy_drop``;
    and a shift summary of the held-out rows under the current bundle (mean OOD score, fraction
@@ -18,6 +24,7 @@ A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the READ
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,8 @@ from genoray.artifacts import write_json
 from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
 from genoray.config import ReadConfig, ReindexConfig
 from genoray.embed import embed_sequences
-from genoray.index import build_index
+from genoray.index import MANIFEST, build_index
+from genoray.index.delta import RetrainNeeded, extend_index
 from genoray.metrics import classification_metrics
 from genoray.store import EmbeddingStore
 from genoray.train import evaluate_store, train_head
@@ -77,7 +85,20 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     t1 = time.perf_counter()
     version = new_version_name()
     build = work / "builds" / version
-    idx = build_index(work / "store", build / "index", cfg.index)
+    idx, index_mode = None, {"mode": "full", "reason": "first build"}
+    cur = current_version(root)
+    if cfg.incremental and cur is not None and (root / "versions" / cur / "index" / MANIFEST).is_file():
+        try:
+            idx = extend_index(root / "versions" / cur / "index", work / "store", build / "index", cfg.index,
+                               recall_floor=cfg.recall_floor, shift_alpha=cfg.shift_alpha)
+            index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
+        except RetrainNeeded as e:
+            shutil.rmtree(build / "index", ignore_errors=True)
+            index_mode = {"mode": "full", "reason": str(e)}
+    elif not cfg.incremental:
+        index_mode["reason"] = "incremental reindex is off"
+    if idx is None:
+        idx = build_index(work / "store", build / "index", cfg.index)
     train_head(work / "store", build / "index", build / "head", cfg.head, split=cfg.index.split)
     new = evaluate_store(work / "store", build / "index", build / "head", split=cfg.eval_split)
     t2 = time.perf_counter()
@@ -95,6 +116,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
                            f"bundle {current['version']} ({current['metrics']['accuracy']:.4f}); "
                            f"allowed drop {cfg.max_accuracy_drop}")
     gate = {"version": version, "passed": not reasons, "reasons": reasons, "recall_at_10": idx.recall_at_10,
+            "index_build": {**index_mode, "seconds": idx.seconds},
             "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
             "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
     write_json(build / "gate.json", gate)

@@ -10,7 +10,8 @@ Layout of a store directory::
     shards/<key>.rejects.parquet, shards/<key>.done.json
 
 ``store.json`` is written last (atomically), and readers use it, never a glob; each part's
-sha256 is verified before it is read.
+sha256 is verified before it is read. ``verified.json`` records size, mtime and sha256 of each
+part when it was last verified, so an unchanged part is not hashed again on every open.
 
 This module owns the format both ways: :class:`ShardWriter` commits one unit's shard, rejects
 table and done marker, :func:`write_manifest` writes ``store.json`` and
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "store.json"
+VERIFIED = "verified.json"  # size, mtime and sha256 of each part when it was last verified
 ENCODER_FILE = "encoder.json"
 # float32 embeddings barely compress; zstd on them cost a quarter of the job's CPU time
 SHARD_COMPRESSION = {schema.SEQ_ID: "zstd", schema.LABEL: "zstd", schema.DOMAIN: "zstd", schema.SPLIT: "zstd",
@@ -117,8 +119,10 @@ class EmbeddingStore:
     def __init__(self, path: str | Path, verify: bool = True):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        if verify:
-            verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest.parts})
+        self.hashed = 0
+        if verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
+            self.hashed = verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest.parts},
+                                       record=self.path / VERIFIED)
 
     @property
     def dim(self) -> int:

@@ -30,6 +30,7 @@ REQUIRED = {
     "quickstart": [],
     "embed": ["in.fa", "--out", "o"],
     "index": ["store", "--out", "o"],
+    "plan": ["--n", "1000", "--dim", "8"],
     "train": ["store", "--index", "i", "--out", "o"],
     "reindex": ["in.fa", "--work", "w", "--bundles", "b"],
     "serve": ["root"],

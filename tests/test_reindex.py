@@ -52,3 +52,20 @@ def test_cli_reindex_and_rollback(tmp_path, capsys):
     assert main(["publish", str(tmp_path / "b"), "--version", v1]) == 0  # rollback
     assert current_version(tmp_path / "b") == v1
     capsys.readouterr()
+
+
+def test_second_night_adds_a_delta_without_retraining(tmp_path):
+    cfg = ReindexConfig(index=IndexConfig(index_type="IVF8,Flat", target_recall=0.9), recall_floor=0.9)
+    d1 = night(tmp_path / "a.fa", 1, n=400)
+    r1 = reindex([d1], tmp_path / "w", tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+    assert r1.published and r1.gate["index_build"]["mode"] == "full"
+    r2 = reindex([d1, night(tmp_path / "b.fa", 2, n=100)], tmp_path / "w",
+                 tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+    build = r2.gate["index_build"]
+    assert build["mode"] == "incremental", build
+    assert build["delta_rows"] == 80 and r2.gate["ntotal"] == 400 and r2.published
+    # the new version's index holds old and new rows and finds new rows
+    from genoray.bundle import load_bundle
+
+    pred, _ = load_bundle(tmp_path / "b")
+    assert pred.index.ntotal == 400 and pred.index.manifest["build"]["incremental"]

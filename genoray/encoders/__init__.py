@@ -87,6 +87,8 @@ def encoder_from_artifact(path) -> Encoder:
         from genoray.bundle import current_version, verify_bundle
 
         root, version = (path, current_version(path)) if (path / "CURRENT").is_file() else (path.parent.parent, path.name)
+        if version is None:
+            raise ValueError(f"{path}: bundle root has no CURRENT version")
         return encoder_from_spec(verify_bundle(root, version)["encoder"])
     from genoray.index import MANIFEST
 

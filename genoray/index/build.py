@@ -1,0 +1,279 @@
+"""``build_index``: one FAISS index over a store's rows, built per store partition (on Ray or in
+one process; both run the same stage functions and give identical files).
+
+The index type follows the corpus (in the spirit of autofaiss):
+
+* fewer than ``flat_threshold`` vectors: exact ``Flat``;
+* otherwise ``IVF<nlist>,SQ8`` (one byte per dimension) when the codes fit
+  ``memory_budget_mb``, else ``IVF<nlist>,PQ<m>`` with ``m`` bytes per vector chosen to fit,
+  re-ranked from stored float16 vectors (memory-mapped, not resident) so the recall target is
+  reached; ``IVF<nlist>,Flat`` or ``HNSW32`` on request.
+
+Stages:
+
+0. **plan**: :func:`genoray.plan.estimate` predicts peak memory per worker (and of one process);
+   the build refuses before any work when it does not fit ``build_memory_mb``.
+1. **scan** (one task per store partition): row count of the split, a Bernoulli training
+   sample sized from nlist (:func:`genoray.plan.train_sample_size`: at least 39 points per
+   centroid) and candidate recall queries.
+2. **train** (one task, on a GPU when FAISS sees one, CPU otherwise): the coarse quantizer and
+   codec, once. The trained empty index is written to ``trained.faiss`` and, on Ray, put in the
+   object store once for every add task.
+3. **add** (one task per partition, ``add_cpus`` CPUs each): rows get global ids
+   ``gid_start + i`` (int64), are added to a copy of the trained index and written to
+   ``parts/`` with their id table (gid, seq_id, label); a ``.done.json`` marker written last
+   makes a rerun skip the partition. Ray retries a task whose worker dies.
+4. **merge** (one task per shard): a shard is a contiguous run of partitions, so it holds a
+   contiguous gid range; its partitions' inverted lists are merged into one index that shares
+   the trained quantizer.
+5. **recall**: exact top-10 of held-out queries per partition (streamed), then ``nprobe`` (and
+   for PQ the re-rank depth ``k_factor``) tuned to the smallest values reaching
+   ``target_recall``. When no setting reaches it the build fails and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genoray.artifacts import read_json, sha256_file, write_json
+from genoray.config import IndexConfig
+from genoray.index.core import FORMAT_VERSION, MANIFEST, IndexManifest, choose_factory, merge_topk
+from genoray.index.stages import (
+    PARTITION_ROWS,
+    _Local,
+    _pick_queries,
+    _Ray,
+    add_part,
+    exact_part,
+    merge_shard,
+    scan_part,
+    train_template,
+    tune_index,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RecallNotReached(RuntimeError):
+    """No search setting within the budget reaches the recall target."""
+
+
+@dataclass
+class IndexReport:
+    """What :func:`build_index` (or :func:`~genoray.index.delta.extend_index`) built: factory,
+    shards, rows, dim, recall@10, search params, seconds, and how the build ran (training
+    sample, partitions, resumed partitions, add nodes, peak worker RSS, the plan's prediction)."""
+
+    path: str
+    factory: str
+    shards: int
+    ntotal: int
+    dim: int
+    recall_at_10: float
+    search_params: dict[str, int]
+    gpu_used: bool
+    seconds: float
+    train_sample: int = 0
+    partitions: int = 0
+    resumed_partitions: int = 0
+    add_nodes: list[str] = field(default_factory=list)
+    peak_worker_rss_mb: float = 0.0
+    predicted: dict[str, Any] = field(default_factory=dict)
+
+
+def _template_key(factory: str, d: int, sample_n: int, cfg: IndexConfig, store) -> str:
+    """What the trained index depends on: a matching key lets a rerun reuse it."""
+    return f"{factory}|{d}|{sample_n}|{cfg.seed}|{cfg.split}|{store.fingerprint}|" + \
+        ",".join(p["sha256"] for p in store.manifest["parts"])
+
+
+def clean_json(policy) -> dict[str, Any] | None:
+    """The store's :class:`~genoray.config.CleanPolicy` as the index manifest records it
+    (``None``: the store predates it)."""
+    return dataclasses.asdict(policy) if policy is not None else None
+
+
+def _files_ok(root: Path, files: dict[str, str]) -> bool:
+    return all((root / f).is_file() for f in files)
+
+
+# ---------------------------------------------------------------- the build
+
+def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | None = None,
+                use_ray: bool = False, resume: bool = True) -> IndexReport:
+    """Index the ``cfg.split`` rows of a store (see the module docstring).
+
+    ``use_ray=True`` runs scan / train / add / merge / recall as Ray tasks on the connected
+    cluster (the driver holds only per-partition summaries and the recall queries); a rerun
+    into the same ``out_dir`` reuses partitions whose done marker matches (``resume``).
+    Raises :class:`genoray.plan.CapacityError` before any work when the plan does not fit, and
+    :class:`RecallNotReached` when no search setting reaches ``target_recall``.
+    """
+    from genoray.plan import CapacityError, ClusterSpec, check_fits, estimate, human, train_sample_size
+    from genoray.store import EmbeddingStore
+
+    cfg = cfg or IndexConfig()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if (out / MANIFEST).exists():
+        raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
+    store = EmbeddingStore(store_path)
+    store_path = str(Path(store_path).resolve())
+    d = store.dim
+    ex: Any = _Ray() if use_ray else _Local()
+
+    # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
+    counts = []
+    for p in store.manifest["parts"]:
+        if cfg.split is None:
+            counts.append(int(p["rows"]))
+        else:
+            col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+            counts.append(int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
+    n = sum(counts)
+    if n == 0:
+        raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
+    factory = choose_factory(n, d, cfg)
+    budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else 0.0
+    cluster = ClusterSpec(memory_per_node_gb=budget_gb)
+    plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS), queries=cfg.recall_queries)
+    check_fits(plan)
+    ix = plan.stages["index"]
+    limit = 0.8 * plan.cluster["memory_per_node_bytes"]
+    if not use_ray and ix["peak_single_process_bytes"] > limit:
+        raise CapacityError(f"{n} x {d} ({factory}) in one process needs {human(ix['peak_single_process_bytes'])}, "
+                            f"over the budget of {human(limit)} (80% of {human(plan.cluster['memory_per_node_bytes'])}); "
+                            "build on Ray across nodes (use_ray / --ray) or give more memory")
+    ivf = factory.startswith("IVF")
+    refine = ivf and ",PQ" in factory
+    nlist = int(factory[3:].split(",")[0]) if ivf else 0
+    sample_n = cfg.train_sample or train_sample_size(n, nlist, cfg.train_sample_cap)
+    n_shards = max(1, min(cfg.shards or math.ceil(n / cfg.shard_size), n))
+    sharded = n_shards > 1
+
+    # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
+    out.mkdir(parents=True, exist_ok=True)
+    pdir = out / "parts"
+    pdir.mkdir(exist_ok=True)
+    rate = min(1.0, sample_n / n) if nlist else 0.0
+    per_part_q = max(1, math.ceil(2 * cfg.recall_queries / len(counts)))
+    scan_calls = [(store_path, p["file"], cfg.split, d, rate, per_part_q, cfg.seed * 100_003 + i)
+                  for i, p in enumerate(store.manifest["parts"])]
+    if use_ray:
+        scans = ex.refs(scan_part, scan_calls, num_cpus=cfg.add_cpus, num_returns=2)
+        metas = ex.ray.get([s[0] for s in scans])
+        arrays = [s[1] for s in scans]
+    else:
+        res = ex.map(scan_part, scan_calls)
+        metas, arrays = [r[0] for r in res], [r[1] for r in res]
+    if [m["rows"] for m in metas] != counts:
+        raise ValueError(f"{store_path}: split counts changed during the build")
+    queries, from_outside = _pick_queries(ex, arrays, cfg)
+
+    # 2. train once (GPU when the cluster has one and FAISS sees it; checked again in the task)
+    template_file = out / "trained.faiss"
+    parts = []
+    gid = 0
+    per_file = max(1, math.ceil(n_shards / len(counts)))
+    for i, (p, c) in enumerate(zip(store.manifest["parts"], counts)):
+        chunks = max(per_file, math.ceil(c / PARTITION_ROWS))
+        for j in range(chunks):
+            lo, hi = c * j // chunks, c * (j + 1) // chunks
+            parts.append({"key": f"p{i:05d}-{j:03d}", "file": p["file"], "part_sha256": p["sha256"], "offset": lo,
+                          "rows": hi - lo, "gid_start": gid + lo})
+        gid += c
+    opts = {"num_cpus": 1}
+    if use_ray and cfg.use_gpu and ex.ray.cluster_resources().get("GPU", 0) > 0:
+        opts["num_gpus"] = 1
+    if resume and template_file.exists() and (out / "trained.json").exists() and \
+            read_json(out / "trained.json").get("key") == _template_key(factory, d, sample_n, cfg, store):
+        blob = np.fromfile(template_file, dtype=np.uint8)
+        gpu_used = bool(read_json(out / "trained.json").get("gpu"))
+    else:
+        samples = arrays if use_ray else [a["sample"] for a in arrays]
+        blob, gpu_used = ex.one(train_template, factory, d, samples, cfg.use_gpu, sharded, **opts)
+        np.asarray(blob).tofile(template_file)
+        write_json(out / "trained.json", {"key": _template_key(factory, d, sample_n, cfg, store), "gpu": gpu_used,
+                                          "sha256": sha256_file(template_file)})
+        # a new quantizer invalidates every finished partition
+        for f in pdir.glob("*.done.json"):
+            f.unlink()
+    del arrays
+    template_sha = sha256_file(template_file)
+    template = ex.put(blob)
+    del blob
+
+    # 3. add: skip partitions whose marker matches this template and store part
+    todo, done, resumed = [], {}, 0
+    for p in parts:
+        marker = pdir / f"{p['key']}.done.json"
+        if resume and marker.exists():
+            m = read_json(marker)
+            if m.get("part_sha256") == p["part_sha256"] and m.get("gid_start") == p["gid_start"] and \
+                    m.get("rows") == p["rows"] and \
+                    m.get("template") == template_sha and _files_ok(pdir, m.get("files", {})):
+                done[p["key"]] = m
+                resumed += 1
+                continue
+        todo.append({**p, "template": template_sha})
+    add_calls = [(store_path, p, cfg.split, d, template, str(pdir), ivf, refine) for p in todo]
+    for m in ex.map(add_part, add_calls, num_cpus=cfg.add_cpus):
+        done[m["key"]] = m
+    added = [done[p["key"]] for p in parts]
+
+    # 4. merge: contiguous runs of partitions per shard
+    groups: list[list[dict]] = [[] for _ in range(n_shards)]
+    for p in added:
+        groups[min(n_shards - 1, (2 * p["gid_start"] + p["rows"]) * n_shards // (2 * n))].append(p)
+    groups = [g for g in groups if g]
+    merge_calls = [(str(out), s, g, template, factory, sharded, refine) for s, g in enumerate(groups)]
+    shards_meta = ex.map(merge_shard, merge_calls, num_cpus=cfg.add_cpus)
+    peak_worker = max([m.get("peak_rss_mb", 0.0) for m in added + shards_meta] or [0.0])
+
+    # 5. recall: exact truth streamed per partition, then tune
+    qref = ex.put(queries)
+    exact = ex.map(exact_part, [(store_path, p, cfg.split, d, qref, 10) for p in parts], num_cpus=cfg.add_cpus)
+    truth = merge_topk([e[0] for e in exact], [e[1] for e in exact], 10)[1]
+    manifest = {"format_version": FORMAT_VERSION, "type": factory.split(",")[0].rstrip("0123456789") or factory,
+                "factory": factory, "metric": "cosine", "dim": d, "ntotal": n, "encoder": store.encoder_spec,
+                "fingerprint": store.fingerprint, "split": cfg.split, "source_store": store_path,
+                "gpu_trained": gpu_used, "shards": shards_meta, "shared_quantizer": ivf,
+                "clean": clean_json(store.clean_policy),
+                "trained": {"file": "trained.faiss", "sha256": template_sha, "train_sample": sample_n},
+                "partitions": [{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows", "gid_start")} for p in parts]}
+    params, recall, _tried = ex.one(tune_index, str(out), manifest, qref, truth, cfg.target_recall,
+                                   cfg.refine_k_factor_max, num_cpus=1)
+    if recall < cfg.target_recall:
+        raise RecallNotReached(
+            f"{out}: recall@10 {recall:.3f} < target {cfg.target_recall} for {factory} with every nprobe up to nlist"
+            + (f" and re-ranking up to k x {cfg.refine_k_factor_max}" if refine else "")
+            + "; give more memory (--memory-budget-mb), a larger re-rank depth, or a lower --target-recall")
+    manifest["search_params"] = params
+    manifest["recall_at_10"] = {"value": recall, "queries": len(queries), "target": cfg.target_recall,
+                                "queries_from": "outside the indexed split" if from_outside else "indexed rows",
+                                "oracle": "exact cosine over all indexed rows"}
+    manifest["build"] = {"partitions": len(parts), "resumed": resumed,
+                         "add_nodes": sorted({m["node_id"] for m in added}), "peak_worker_rss_mb": peak_worker}
+    write_json(out / MANIFEST, IndexManifest.from_json(manifest).to_json())
+    shutil.rmtree(pdir, ignore_errors=True)
+    seconds = round(time.perf_counter() - t0, 3)
+    log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %d partitions (%d resumed); %.1f s",
+             out_dir, factory, len(shards_meta), n, d, params or "exact", recall, len(parts), resumed, seconds)
+    return IndexReport(str(out_dir), factory, len(shards_meta), n, d, recall, params, gpu_used,
+                       seconds, sample_n, len(parts), resumed,
+                       sorted({m["node_id"] for m in added}), peak_worker,
+                       {"peak_single_process_mb": ix["peak_single_process_bytes"] / 2**20,
+                        "peak_worker_mb": ix["peak_worker_bytes"] / 2**20,
+                        "peak_add_worker_mb": ix["peak_add_worker_bytes"] / 2**20,
+                        "single_process_s": ix["single_process_s"], "build_s": ix["build_hours"] * 3600})

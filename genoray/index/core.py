@@ -1,0 +1,417 @@
+"""The index as searched: :class:`VectorIndex`, its files, and search helpers.
+
+Cosine similarity is the metric: vectors are L2-normalised and searched by inner product.
+Every vector has a global id (int64, its position among the indexed rows); search fans out to
+every shard and merges by similarity (larger is better), so sharded exact search equals one
+flat index. The seq_id and label of each global id are kept as Arrow columns
+(:class:`ArrowColumn`), never as Python object arrays (those cost ~170 B per row).
+
+An index directory holds::
+
+    manifest.json       type, factory string, search params, metric, dim, ntotal, encoder
+                        spec + fingerprint, recall@10, and for every shard its files + sha256
+    shard-XX.faiss      faiss.write_index output (IVF shards share one trained quantizer)
+    ids-XX.parquet      gid (int64), seq_id, label of the shard's rows
+    refine-XX.npy       (PQ indexes only) float16 normalised vectors of the shard's rows in gid
+                        order, memory-mapped to re-rank candidates
+
+``VectorIndex.load`` verifies every sha256 before reading (a flipped byte in a FAISS file would
+otherwise load and return wrong neighbours silently) and can memory-map the shards. Index
+directories written by earlier versions (format 2: no refine files) load unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.config import CleanPolicy, IndexConfig
+from genoray.knn import exact_search, l2_normalize, merge_topk, recall_at_k
+
+__all__ = ["FORMAT_VERSION", "MANIFEST", "READABLE_VERSIONS", "ArrowColumn", "IndexManifest", "VectorIndex",
+           "as_column", "choose_factory", "exact_search", "gpu_count", "l2_normalize", "merge_topk",
+           "read_manifest", "recall_at_k", "shard_of"]
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexManifest(JsonDoc):
+    """``manifest.json`` of an index directory.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION` (older :data:`READABLE_VERSIONS` still load).
+        type / factory / metric: FAISS index type, factory string, ``"cosine"``.
+        dim / ntotal: vector size and number of indexed rows.
+        encoder / fingerprint: the store's encoder spec and fingerprint (``None`` for an
+            in-memory index made by :meth:`VectorIndex.from_vectors`).
+        split / source_store / gpu_trained: what was indexed, from where, and how.
+        search_params: ``nprobe`` / ``efSearch`` / ``k_factor`` tuned to the target recall.
+        recall_at_10: recall reached against exact search, with the query set described.
+        shards: per shard its FAISS file, ids table, ntotal, sha256 (and refine file, gid_start).
+        shared_quantizer: IVF shards share the quantizer stored once in ``trained``.
+        trained: the trained empty index file, its sha256 and training sample size.
+        partitions: the store partitions the build added (key, file, sha256, offset, rows, gid_start).
+        build: how the build ran (partitions, resumed, add nodes, peak worker RSS; incremental).
+        clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
+            predictor (``None``: the store predates it; the default is then used).
+    """
+
+    format_version: int
+    type: str
+    factory: str
+    metric: str
+    dim: int
+    ntotal: int
+    encoder: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    split: str | None = None
+    source_store: str | None = None
+    gpu_trained: bool | None = None
+    search_params: dict[str, int] = field(default_factory=dict)
+    recall_at_10: dict[str, Any] | None = None
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    shared_quantizer: bool = False
+    trained: dict[str, Any] | None = None
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+    build: dict[str, Any] | None = None
+    clean: CleanPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document; keys an index never had are left out."""
+        doc = super().to_json()
+        for key in ("encoder", "fingerprint", "source_store", "gpu_trained", "recall_at_10", "clean", "trained",
+                    "build"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        for key in ("shards", "partitions"):
+            if not doc.get(key):
+                doc.pop(key, None)
+        if not self.shared_quantizer:
+            doc.pop("shared_quantizer")
+        return doc
+
+
+def read_manifest(path: str | Path) -> IndexManifest:
+    """The manifest of the index directory ``path`` (checks the format version, not the files)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
+    return _checked(path, read_json(path / MANIFEST))
+
+
+def _checked(path: Path, manifest: IndexManifest | dict[str, Any]) -> IndexManifest:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')} "
+                         f"(this genoray reads {READABLE_VERSIONS}); rebuild the index with `genoray index`")
+    return IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("FAISS is not installed: pip install 'genoray[cpu]' (or 'genoray[gpu]')") from e
+    return faiss
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu, or with faiss-gpu on a machine without GPUs)."""
+    faiss = _faiss()
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
+    """Shard of each seq_id: a stable hash modulo ``n_shards``."""
+    if n_shards == 1:
+        return np.zeros(len(seq_ids), dtype=np.int64)
+    return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") % n_shards
+                     for s in seq_ids], dtype=np.int64)
+
+
+def choose_factory(n: int, d: int, cfg: IndexConfig) -> str:
+    """Index factory string for ``n`` vectors of dimension ``d`` (see the module docstring)."""
+    if cfg.index_type != "auto":
+        return cfg.index_type
+    if n < cfg.flat_threshold:
+        return "Flat"
+    from genoray.plan import nlist_for
+
+    nlist = nlist_for(n)
+    if n * d <= cfg.memory_budget_mb * 2**20:
+        return f"IVF{nlist},SQ8"
+    m = max(1, min(d // 2, int(cfg.memory_budget_mb * 2**20 / n)))
+    while d % m:
+        m -= 1
+    return f"IVF{nlist},PQ{m}"
+
+
+class ArrowColumn:
+    """A read-only string column indexed by global id, backed by an Arrow array.
+
+    Behaves like the numpy object arrays it replaces where callers need it: ``col[i]`` is a
+    Python value, ``col[positions]`` a small object array of the same shape (``-1`` gives
+    ``None``), ``len``, iteration and ``np.asarray(col)`` (which materialises every row: avoid
+    on large indexes).
+    """
+
+    def __init__(self, array: pa.Array):
+        self.array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            v = self.array[int(key)]
+            return v.as_py()
+        if isinstance(key, slice):
+            return np.array(self.array[key].to_pylist(), dtype=object)
+        pos = np.asarray(key)
+        if pos.dtype == bool:
+            pos = np.flatnonzero(pos)
+        flat = pos.astype(np.int64).ravel()
+        valid = flat >= 0
+        taken = self.array.take(pa.array(np.where(valid, flat, 0))).to_pylist()
+        out = np.array(taken, dtype=object)
+        out[~valid] = None
+        return out.reshape(pos.shape)
+
+    def __iter__(self):
+        for chunk_start in range(0, len(self.array), 65536):
+            yield from self.array[chunk_start:chunk_start + 65536].to_pylist()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self.array.to_pylist(), dtype=object if dtype is None else dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the Arrow buffers."""
+        return int(self.array.nbytes)
+
+
+def as_column(values) -> ArrowColumn:
+    """Strings (``None`` kept) as an :class:`ArrowColumn`."""
+    if isinstance(values, ArrowColumn):
+        return values
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return ArrowColumn(values.cast(pa.string()))
+    return ArrowColumn(pa.array([None if v is None else str(v) for v in values], pa.string()))
+
+
+class VectorIndex:
+    """Cosine kNN over one or more FAISS shards, with the seq_id and label of every row.
+
+    ``search`` returns similarities and *global row positions*; ``ids[pos]`` and
+    ``labels[pos]`` give the neighbours' seq_id and label.
+    """
+
+    def __init__(self, shards: list[Any], ids, labels, manifest: IndexManifest | dict[str, Any]):
+        self.manifest: IndexManifest = IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+        self.shards, self.ids, self.labels = shards, ids, labels
+        self.refine: list[tuple[int, np.ndarray]] = []  # (first gid, float16 vectors) per shard
+        self.set_search_params(self.manifest.search_params)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors over all shards."""
+        return int(sum(s.ntotal for s in self.shards))
+
+    @property
+    def dim(self) -> int:
+        """Vector size."""
+        return int(self.manifest.dim)
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> VectorIndex:
+        """One exact (Flat) shard over ``vectors`` in memory; row i has global id i."""
+        faiss = _faiss()
+        x = l2_normalize(vectors)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
+                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0]), **(extra or {})}
+        return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
+
+    def set_search_params(self, params: dict[str, int]) -> None:
+        """Set ``nprobe`` / ``efSearch`` on every shard and ``k_factor`` (recorded in the manifest)."""
+        faiss = _faiss()
+        for shard in self.shards:
+            base = faiss.downcast_index(shard.index) if isinstance(shard, faiss.IndexIDMap) else shard
+            if "nprobe" in params and hasattr(base, "nprobe"):
+                base.nprobe = int(params["nprobe"])
+            if "efSearch" in params and hasattr(base, "hnsw"):
+                base.hnsw.efSearch = int(params["efSearch"])
+        self.manifest = dataclasses.replace(self.manifest, search_params=dict(params))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` cosine similarities and global row positions (``-1`` where fewer than k)."""
+        q = l2_normalize(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query dim {q.shape[-1]} != index dim {self.dim}")
+        k = max(1, min(k, self.ntotal))
+        k_factor = int(self.manifest.search_params.get("k_factor", 1))
+        if self.refine and k_factor > 1:
+            results = [self._refined(shard, q, k, k_factor, start, vecs)
+                       for shard, (start, vecs) in zip(self.shards, self.refine)]
+        elif len(self.shards) == 1:
+            sims, pos = self.shards[0].search(q, k)
+            return np.where(pos >= 0, sims, -np.inf).astype(np.float32), pos
+        elif self._shared_ivf():
+            results = self._search_preassigned(q, k)
+        else:
+            results = [s.search(q, k) for s in self.shards]
+        return merge_topk([r[0] for r in results], [r[1] for r in results], k)
+
+    def _shared_ivf(self) -> bool:
+        faiss = _faiss()
+        if not all(isinstance(s, faiss.IndexIVF) for s in self.shards):
+            return False
+        q0 = self.shards[0].quantizer
+        return all(int(s.quantizer.this) == int(q0.this) for s in self.shards)
+
+    def _search_preassigned(self, q: np.ndarray, k: int) -> list:
+        """Coarse-quantise once with the shared quantizer, then scan each shard's lists."""
+        first = self.shards[0]
+        nprobe = min(first.nprobe, first.nlist)
+        dq, iq = first.quantizer.search(q, nprobe)
+        return [s.search_preassigned(q, k, iq, dq) for s in self.shards]
+
+    @staticmethod
+    def _refined(shard, q: np.ndarray, k: int, k_factor: int, start: int, vecs: np.ndarray):
+        """Re-rank ``k * k_factor`` approximate candidates by exact cosine from stored vectors."""
+        _, cand = shard.search(q, min(k * k_factor, max(shard.ntotal, 1)))
+        valid = cand >= 0
+        rows = np.where(valid, cand - start, 0)
+        exact = np.einsum("qd,qcd->qc", q, np.asarray(vecs[rows.ravel()], dtype=np.float32).reshape(*rows.shape, -1))
+        exact = np.where(valid, exact, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write shards, ids tables and ``manifest.json`` (with sha256) into a new directory."""
+        faiss = _faiss()
+        out = Path(out_dir)
+        if (out / MANIFEST).exists():
+            raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
+        out.mkdir(parents=True, exist_ok=True)
+        gids = _shard_gids(self)
+        shards_meta = []
+        for i, (shard, g) in enumerate(zip(self.shards, gids)):
+            fi, fids = f"shard-{i:02d}.faiss", f"ids-{i:02d}.parquet"
+            faiss.write_index(shard, str(out / fi))
+            ids, labels = as_column(self.ids).array, as_column(self.labels).array
+            pq.write_table(pa.table({"gid": pa.array(g, pa.int64()), "seq_id": ids.take(pa.array(g)),
+                                     "label": labels.take(pa.array(g))}), out / fids)
+            shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
+                                "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
+        self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
+        write_json(out / MANIFEST, self.manifest.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = False) -> VectorIndex:
+        """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
+        return cls.open(path, read_manifest(path), mmap)
+
+    @classmethod
+    def open(cls, path: str | Path, manifest: IndexManifest | dict[str, Any], mmap: bool = False) -> VectorIndex:
+        """Load the index files that ``manifest`` lists (checksums verified)."""
+        faiss = _faiss()
+        path = Path(path)
+        manifest = _checked(path, manifest)
+        files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
+        shared = manifest.get("shared_quantizer", False)
+        if shared:
+            files[manifest["trained"]["file"]] = manifest["trained"]["sha256"]
+        verify_files(path, files)
+        n = int(manifest["ntotal"])
+        shards, tables, refine = [], [], []
+        trained = faiss.read_index(str(path / manifest["trained"]["file"])) if shared else None
+        for s in manifest["shards"]:
+            flags = 0
+            if mmap:
+                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC)
+            shard = faiss.read_index(str(path / s["index"]), flags)
+            t = pq.read_table(path / s["ids"])
+            if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
+                raise ValueError(f"{path / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
+                                 f"manifest {s['ntotal']})")
+            if t.schema.field("gid").type != pa.int64():
+                raise ValueError(f"{path / s['ids']}: gid column is {t.schema.field('gid').type}, expected int64")
+            tables.append(t)
+            if shared:
+                attach_quantizer(shard, trained)
+            shards.append(shard)
+            if s.get("refine"):
+                refine.append((int(s["gid_start"]), np.load(path / s["refine"], mmap_mode="r", allow_pickle=False)))
+        if sum(s.ntotal for s in shards) != n:
+            raise ValueError(f"{path}: shards hold {sum(s.ntotal for s in shards)} vectors, manifest says {n}")
+        t = pa.concat_tables(tables)
+        gid = t["gid"].combine_chunks()
+        if len(gid) and not (pc.min(gid).as_py() == 0 and pc.max(gid).as_py() == n - 1):
+            raise ValueError(f"{path}: global ids do not cover 0..{n - 1}")
+        t = t.take(pc.sort_indices(gid))
+        if n and pc.any(pc.not_equal(t["gid"], pa.array(np.arange(n, dtype=np.int64)))).as_py():
+            raise ValueError(f"{path}: global ids are not unique")
+        vi = cls(shards, ArrowColumn(t["seq_id"]), ArrowColumn(t["label"]), manifest)
+        vi.refine = refine
+        return vi
+
+
+def write_without_quantizer(index, path: str | Path) -> None:
+    """Write an IVF index with an empty placeholder quantizer: the trained quantizer is stored
+    once per index directory (``trained.faiss``) and shared by every shard at load time."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    real, own = ivf.quantizer, ivf.own_fields
+    placeholder = faiss.IndexFlatIP(ivf.d)
+    ivf.own_fields, ivf.quantizer = False, placeholder
+    try:
+        faiss.write_index(index, str(path))
+    finally:
+        ivf.quantizer, ivf.own_fields = real, own
+
+
+def attach_quantizer(shard, trained) -> None:
+    """Give a shard written by :func:`write_without_quantizer` the shared trained quantizer
+    (its placeholder, a few bytes, is left unreferenced rather than freed from Python)."""
+    faiss = _faiss()
+    ivf, src = faiss.extract_index_ivf(shard), faiss.extract_index_ivf(trained)
+    if ivf.nlist != src.nlist or ivf.d != src.d:
+        raise ValueError(f"shard (nlist {ivf.nlist}, d {ivf.d}) was not built from this trained index "
+                         f"(nlist {src.nlist}, d {src.d})")
+    ivf.own_fields = False
+    ivf.quantizer = src.quantizer
+    shard.__dict__["quantizer_owner"] = trained  # keeps the shared quantizer alive with the shard
+
+
+def _shard_gids(index: VectorIndex) -> list[np.ndarray]:
+    """Global ids held by each shard (read back from FAISS, so files and ids always agree)."""
+    faiss = _faiss()
+    out = []
+    for shard in index.shards:
+        if isinstance(shard, faiss.IndexIDMap):
+            out.append(faiss.vector_to_array(shard.id_map).astype(np.int64))
+        elif hasattr(shard, "invlists"):
+            inv = shard.invlists
+            parts = [faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                     for lst in range(shard.nlist) if inv.list_size(lst)]
+            out.append(np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64))
+        else:  # a single positional shard
+            out.append(np.arange(shard.ntotal, dtype=np.int64))
+    return out
+
+

@@ -1,0 +1,289 @@
+"""The stages of :func:`genoray.index.build_index` as plain functions (run in this process or as
+Ray tasks; see :mod:`genoray.index.build`), and the two executors that run them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genoray.artifacts import sha256_file, write_json
+from genoray.config import IndexConfig
+from genoray.index.core import VectorIndex, _faiss, gpu_count, l2_normalize, recall_at_k, write_without_quantizer
+
+PARTITION_ROWS = 250_000  # rows per add task at most (bounds a worker's memory)
+
+
+# ---------------------------------------------------------------- stage functions (run as tasks)
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover
+        pass
+    return 0.0
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except (ImportError, RuntimeError):  # pragma: no cover - outside Ray
+        return "local"
+    return "local"
+
+
+def _read_part(store_path: str, part: dict[str, Any], split: str | None, columns: list[str]) -> pa.Table:
+    """Rows ``offset .. offset + rows`` of the split in one store file."""
+    t = pq.read_table(Path(store_path) / part["file"], columns=columns + (["split"] if split is not None else []))
+    if split is not None:
+        t = t.filter(pc.fill_null(pc.equal(t["split"], split), False))
+    return t.slice(part.get("offset", 0), part["rows"])
+
+
+def _vectors(t: pa.Table, d: int) -> np.ndarray:
+    from genoray.store import vectors_of
+
+    return l2_normalize(vectors_of(t, d))
+
+
+def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: float, n_queries: int,
+              seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Count, training sample (Bernoulli ``rate``) and candidate queries of one partition."""
+    rng = np.random.default_rng(seed)
+    t = pq.read_table(Path(store_path) / part_file, columns=["split", "embedding"])
+    inside = np.ones(t.num_rows, bool) if split is None else \
+        np.asarray(pc.fill_null(pc.equal(t["split"], split), False).to_numpy(zero_copy_only=False), bool)
+    from genoray.store import vectors_of
+
+    vec = vectors_of(t, d)
+    vin, vout = vec[inside], vec[~inside]
+    sample = l2_normalize(vin[rng.random(len(vin)) < rate])
+    q_in = vin[rng.choice(len(vin), size=min(len(vin), n_queries), replace=False)]
+    q_out = vout[rng.choice(len(vout), size=min(len(vout), n_queries), replace=False)]
+    return {"rows": int(inside.sum()), "sample": len(sample)}, {"sample": sample, "q_in": q_in, "q_out": q_out}
+
+
+def train_template(factory: str, d: int, samples: list, use_gpu: bool, sharded: bool) -> tuple[np.ndarray, bool]:
+    """Train the empty index once on the concatenated samples; serialised bytes and GPU used."""
+    faiss = _faiss()
+    samples = [_resolve(s)["sample"] if not isinstance(s, np.ndarray) else s for s in samples]
+    x = np.concatenate(samples) if samples else np.zeros((0, d), np.float32)
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if sharded and not factory.startswith("IVF"):
+        index = faiss.IndexIDMap(index)
+    gpu_used = False
+    if not index.is_trained:
+        if len(x) == 0:
+            raise ValueError(f"{factory}: no training vectors")
+        if use_gpu and gpu_count() > 0:
+            try:
+                gpu = faiss.index_cpu_to_all_gpus(index)
+                gpu.train(x)
+                index, gpu_used = faiss.index_gpu_to_cpu(gpu), True
+            except RuntimeError:  # e.g. a PQ code size the GPU refuses: train on CPU instead
+                index.train(x)
+        else:
+            index.train(x)
+    return faiss.serialize_index(index), gpu_used
+
+
+def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, template, parts_dir: str,
+             ivf: bool, refine: bool) -> dict[str, Any]:
+    """Add one partition's rows (gids ``gid_start..``) to a copy of the trained index; write its
+    files and, last, its done marker."""
+    faiss = _faiss()
+    out = Path(parts_dir)
+    key = part["key"]
+    (out / f"{key}.started").write_text(str(os.getpid()))
+    t = _read_part(store_path, part, split, ["seq_id", "label", "embedding"])
+    if t.num_rows != part["rows"]:
+        raise ValueError(f"{part['file']}: {t.num_rows} rows of the split, counted {part['rows']} (store changed?)")
+    vec = _vectors(t, d)
+    gids = np.arange(part["gid_start"], part["gid_start"] + t.num_rows, dtype=np.int64)
+    files = {}
+    tmp = f".tmp{os.getpid()}"  # a retried or duplicate task never leaves a half-written file
+    if ivf:
+        index = faiss.deserialize_index(np.asarray(_resolve(template)))
+        if len(vec):
+            index.add_with_ids(vec, gids)
+        faiss.write_index(index, str(out / f"{key}.faiss{tmp}"))
+        os.replace(out / f"{key}.faiss{tmp}", out / f"{key}.faiss")
+        files[f"{key}.faiss"] = sha256_file(out / f"{key}.faiss")
+        del index
+    if refine or not ivf:
+        with open(out / f"{key}.vec.npy{tmp}", "wb") as fh:
+            np.save(fh, vec.astype(np.float16 if refine else np.float32))
+        os.replace(out / f"{key}.vec.npy{tmp}", out / f"{key}.vec.npy")
+        files[f"{key}.vec.npy"] = sha256_file(out / f"{key}.vec.npy")
+    pq.write_table(pa.table({"gid": pa.array(gids), "seq_id": t["seq_id"], "label": t["label"]}),
+                   out / f"{key}.ids.parquet{tmp}")
+    os.replace(out / f"{key}.ids.parquet{tmp}", out / f"{key}.ids.parquet")
+    files[f"{key}.ids.parquet"] = sha256_file(out / f"{key}.ids.parquet")
+    done = {**part, "files": files, "node_id": _node_id(), "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
+    write_json(out / f"{key}.done.json", done)
+    return done
+
+
+def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template, factory: str,
+                sharded: bool, refine: bool) -> dict[str, Any]:
+    """One shard from its partitions (contiguous gids), sharing the trained quantizer."""
+    faiss = _faiss()
+    out, pdir = Path(out_dir), Path(out_dir) / "parts"
+    index = faiss.deserialize_index(np.asarray(_resolve(template)))
+    ivf = factory.startswith("IVF")
+    for p in parts:
+        if ivf:
+            part_index = faiss.read_index(str(pdir / f"{p['key']}.faiss"))
+            index.merge_from(part_index, 0)
+            del part_index
+        else:
+            vec = np.load(pdir / f"{p['key']}.vec.npy", allow_pickle=False)
+            if sharded:
+                index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
+            else:
+                index.add(vec)
+    fi, fids = f"shard-{shard:02d}.faiss", f"ids-{shard:02d}.parquet"
+    if ivf:
+        write_without_quantizer(index, out / fi)
+    else:
+        faiss.write_index(index, str(out / fi))
+    ntotal = int(index.ntotal)
+    del index
+    tables = [pq.read_table(pdir / f"{p['key']}.ids.parquet") for p in parts]
+    pq.write_table(pa.concat_tables(tables) if tables else pa.table({"gid": pa.array([], pa.int64()),
+                   "seq_id": pa.array([], pa.string()), "label": pa.array([], pa.string())}), out / fids)
+    meta: dict[str, Any] = {"index": fi, "ids": fids, "ntotal": ntotal, "gid_start": parts[0]["gid_start"] if parts else 0,
+            "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}, "peak_rss_mb": _peak_rss_mb()}
+    if refine:
+        fr = f"refine-{shard:02d}.npy"
+        vecs = [np.load(pdir / f"{p['key']}.vec.npy", mmap_mode="r", allow_pickle=False) for p in parts]
+        total = sum(len(v) for v in vecs)
+        mm = np.lib.format.open_memmap(out / fr, mode="w+", dtype=np.float16, shape=(total, vecs[0].shape[1] if vecs else 0))
+        pos = 0
+        for v in vecs:
+            mm[pos:pos + len(v)] = v
+            pos += len(v)
+        mm.flush()
+        del mm
+        meta["refine"] = fr
+        meta["sha256"][fr] = sha256_file(out / fr)
+    return meta
+
+
+def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int, queries: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (cosine) of ``queries`` among one partition's rows, as global ids."""
+    faiss = _faiss()
+    t = _read_part(store_path, part, split, ["embedding"])
+    q = l2_normalize(np.asarray(_resolve(queries)))
+    if t.num_rows == 0:
+        return np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64)
+    sims, top = faiss.knn(q, _vectors(t, d), min(k, t.num_rows), metric=faiss.METRIC_INNER_PRODUCT)
+    return sims, top + part["gid_start"]
+
+
+def tune_index(out_dir: str, manifest: dict[str, Any], queries, truth, target: float,
+               k_factor_max: int) -> tuple[dict[str, int], float, list]:
+    """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
+    best setting tried, with its recall)."""
+    vindex = VectorIndex.open(out_dir, manifest, mmap=True)
+    q, truth = np.asarray(_resolve(queries)), np.asarray(_resolve(truth))
+    factory = manifest["factory"]
+    if factory.startswith("IVF"):
+        nlist = int(factory[3:].split(",")[0])
+        steps = sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)})  # 1 2 3 4 6 8 12 16 24 ...
+        grid = [{"nprobe": p} for p in steps if p <= nlist]
+    elif factory.startswith("HNSW"):
+        grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)]
+    else:
+        grid = [{}]
+    factors = [1] + [f for f in (2, 4, 8, 16, 32, 64) if f <= k_factor_max] if vindex.refine else [1]
+    tried = []
+    for kf in factors:
+        for params in grid:
+            p = {**params, "k_factor": kf} if kf > 1 else dict(params)
+            vindex.set_search_params(p)
+            recall = recall_at_k(vindex.search(q, 10)[1], truth)
+            tried.append((p, recall))
+            if recall >= target:
+                return p, recall, tried
+    best = max(tried, key=lambda t: t[1])
+    return best[0], best[1], tried
+
+
+def _resolve(x):
+    try:
+        import ray
+
+        if isinstance(x, ray.ObjectRef):
+            return ray.get(x)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+# ---------------------------------------------------------------- executors
+
+class _Local:
+    """Runs stage functions in this process."""
+
+    def put(self, x):
+        return x
+
+    def map(self, fn, calls: list[tuple], **opts) -> list:
+        return [fn(*c) for c in calls]
+
+    def one(self, fn, *args, **opts):
+        return fn(*args)
+
+
+class _Ray:
+    """Runs stage functions as Ray tasks (retried when their worker dies)."""
+
+    def __init__(self):
+        import ray
+
+        self.ray = ray
+
+    def put(self, x):
+        return self.ray.put(x)
+
+    def _remote(self, fn, **opts):
+        return self.ray.remote(fn).options(max_retries=3, retry_exceptions=False, **opts)
+
+    def map(self, fn, calls: list[tuple], **opts) -> list:
+        f = self._remote(fn, **opts)
+        return self.ray.get([f.remote(*c) for c in calls])
+
+    def refs(self, fn, calls: list[tuple], **opts) -> list:
+        f = self._remote(fn, **opts)
+        return [f.remote(*c) for c in calls]
+
+    def one(self, fn, *args, **opts):
+        return self.ray.get(self._remote(fn, **opts).remote(*args))
+
+
+def _queries_of(arrays) -> tuple[np.ndarray, np.ndarray]:
+    return arrays["q_in"], arrays["q_out"]
+
+
+def _pick_queries(ex, arrays: list, cfg: IndexConfig) -> tuple[np.ndarray, bool]:
+    """``recall_queries`` held-out queries: from outside the indexed split when there are any."""
+    got = ex.map(_queries_of, [(a,) for a in arrays], num_cpus=0.01)
+    q_out = [g[1] for g in got if len(g[1])]
+    pool = np.concatenate(q_out) if q_out else np.concatenate([g[0] for g in got])
+    rng = np.random.default_rng(cfg.seed)
+    return pool[rng.choice(len(pool), size=min(len(pool), cfg.recall_queries), replace=False)], bool(q_out)
+
+

@@ -1,0 +1,319 @@
+"""``plan``: predict what each stage needs before any work, and refuse what cannot fit.
+
+One cost model, used by ``genoray plan`` and by :func:`genoray.index.build_index` (which
+refuses before reading a vector when the build does not fit its memory budget; autofaiss's
+``estimate_memory_required_for_index_creation`` is the idea). Per stage it predicts:
+
+* **embed**: hours at a per-encoder rate (``kmer``: 28k sequences/s per core, measured by
+  ``bench/bench_embed.py``; ``hf``: an assumed 1,000 sequences/s per GPU, 25 per core: no
+  transformers encoder could be measured here, pass ``--embed-rate`` for yours);
+* **index**: factory (:func:`genoray.index.choose_factory`), nlist, bytes per vector, the
+  training sample (:func:`train_sample_size`), peak memory of the quantizer training, of one
+  add task (one store partition) and of one shard merge, and build hours across the nodes;
+* **serve**: resident memory of one replica (index codes + ids table + quantizer + process),
+  split into shard groups when one node cannot hold it, and the expected single-query latency;
+* **head**: fit time and memory of a head fitted on a bounded sample (``HEAD_SAMPLE`` rows).
+
+Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with the constants
+below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
+prints prediction beside measurement; the README states the error). Time is FLOPs over a
+per-core rate: ``--gflops-per-core`` (default measured on the project machine when idle).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MB = 2**20
+GB = 2**30
+
+PROCESS_BASE = 170 * MB        # python + numpy + pyarrow + faiss + genoray imported, measured
+RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
+RAY_DRIVER = 420 * MB          # the build's driver on Ray (imports; it holds only summaries), measured
+ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
+ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
+WORK_PART = 9.0                # peak bytes per byte of a partition's rows (Arrow read of every column, filter,
+                               # numpy, normalised copy, faiss add buffers, heap kept between stages)
+WORK_SAMPLE = 1.0              # peak bytes per byte of the training sample (it is freed and reused after training)
+WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growth, loaded index for tuning)
+# the three are fitted to the peak RSS measured at 250k and 1M x 256 (bench/bench_index.py; README "Capacity")
+GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
+READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
+SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
+KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
+HEAD_SAMPLE = 200_000          # rows the bounded head fit uses at most
+EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
+EMBED_RATE_GPU = {"kmer": 0.0, "hf": 1_000.0}   # sequences/s per GPU (hf: assumed, not measured here)
+
+
+class CapacityError(RuntimeError):
+    """A stage does not fit the budget; the message names estimate and budget."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The cluster a plan is made for (``memory_per_node_gb=0``: this machine's memory)."""
+
+    nodes: int = 1
+    memory_per_node_gb: float = 0.0
+    cpus_per_node: int = 0
+    gpus_per_node: int = 0
+    gflops_per_core: float = GFLOPS_PER_CORE
+
+    def memory_bytes(self) -> int:
+        """Memory per node in bytes (this machine's available memory when not given)."""
+        return int(self.memory_per_node_gb * GB) if self.memory_per_node_gb > 0 else available_memory()
+
+    def cpus(self) -> int:
+        """CPUs per node (this machine's cores when not given)."""
+        return self.cpus_per_node or (os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    """MemAvailable of this machine in bytes (total RAM when /proc is missing)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def parse_factory(factory: str, d: int) -> dict[str, Any]:
+    """nlist, bytes per stored vector and flags of a factory string."""
+    head, _, rest = factory.partition(",")
+    nlist = int(head[3:]) if head.startswith("IVF") else 0
+    enc = rest if nlist else factory
+    if enc.startswith("PQ"):
+        m = int(enc[2:].split("x")[0])
+        code = m
+    elif enc == "SQ8":
+        code = d
+    elif enc == "SQ4":
+        code = math.ceil(d / 2)
+    elif enc in ("SQfp16", "SQ16"):
+        code = 2 * d
+    elif enc.startswith("HNSW"):
+        code = 4 * d + 2 * 4 * int(enc[4:] or 32)
+    else:  # Flat
+        code = 4 * d
+    return {"nlist": nlist, "code_bytes": code, "pq": enc.startswith("PQ"), "ivf": nlist > 0,
+            "hnsw": enc.startswith("HNSW")}
+
+
+def nlist_for(n: int) -> int:
+    """IVF lists for ``n`` vectors: 4 sqrt(n) rounded to a power of 2, in 64..65,536, and never
+    so many that a list has fewer than 39 training points."""
+    nlist = int(2 ** round(math.log2(max(64.0, min(65536.0, 4 * math.sqrt(max(n, 1)))))))
+    while nlist > 64 and nlist * 39 > n:
+        nlist //= 2
+    return nlist
+
+
+def train_sample_size(n: int, nlist: int, cap: int) -> int:
+    """Training points: 64 per centroid, at least 39 (FAISS warns below), at most ``cap``
+    unless the 39-point floor needs more, never more than ``n``."""
+    if nlist == 0:
+        return 0
+    return int(min(n, max(39 * nlist, min(64 * nlist, cap))))
+
+
+@dataclass
+class Plan:
+    """Predicted needs of every stage (bytes and seconds; see :func:`format_plan`)."""
+
+    n: int
+    dim: int
+    factory: str
+    cluster: dict[str, Any]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fits: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-ready dict (what ``genoray plan --json`` prints)."""
+        return asdict(self)
+
+
+def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encoder: str = "kmer",
+             partition_rows: int = 100_000, embed_rate: float = 0.0, id_bytes: int = 24,
+             queries: int = 500) -> Plan:
+    """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``."""
+    from genoray.config import IndexConfig
+    from genoray.index import choose_factory
+
+    cfg = cfg or IndexConfig()
+    cl = cluster or ClusterSpec()
+    mem, cpus, gpus = cl.memory_bytes(), cl.cpus(), cl.gpus_per_node
+    flops = cl.gflops_per_core * 1e9
+    factory = choose_factory(n, d, cfg)
+    f = parse_factory(factory, d)
+    nlist, code = f["nlist"], f["code_bytes"]
+    per_vec = code + (8 if f["ivf"] else 0)
+    quantizer = nlist * d * 4
+    plan = Plan(n, d, factory, {**asdict(cl), "memory_per_node_bytes": mem, "cpus_per_node": cpus})
+
+    # embed
+    kind = "hf" if encoder.startswith("hf") else "kmer"  # other encoders: pass embed_rate
+    rate = embed_rate or (EMBED_RATE_GPU[kind] * gpus if gpus and EMBED_RATE_GPU[kind] else EMBED_RATE[kind] * cpus)
+    plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
+                            "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
+                            "hours": n / (rate * cl.nodes) / 3600, "store_bytes": n * (d * 4 + ROW_META)}
+
+    # index build
+    sample = train_sample_size(n, nlist, cfg.train_sample_cap)
+    part = min(n, partition_rows)
+    # Peak RSS: a process keeps the heap of its earlier stages (glibc does not return freed
+    # arenas), so the peak is base + what every stage it ran touched, not the largest stage.
+    part_work = WORK_PART * part * (d * 4 + ROW_META)
+    sample_work = WORK_SAMPLE * sample * d * 4 + quantizer * 2
+    n_shards = max(1, cfg.shards or math.ceil(n / cfg.shard_size))
+    shard_rows = math.ceil(n / n_shards)
+    train_mem = RAY_WORKER_BASE + sample_work + (sample * d * 4 if f["pq"] else 0)
+    add_mem = RAY_WORKER_BASE + part_work + part * per_vec + quantizer
+    merge_mem = RAY_WORKER_BASE + shard_rows * (per_vec * 1.5 + ID_TABLE_ROW) + quantizer * 2
+    worker_mem = RAY_WORKER_BASE + part_work + sample_work + shard_rows * per_vec * 1.5  # one process may run all
+    refine_disk = n * d * 2 if f["pq"] else 0
+    index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
+    ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
+    single_mem = PROCESS_BASE + part_work + sample_work + index_bytes * (1 + WORK_INDEX) + ids_bytes
+    train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
+    if f["pq"]:
+        train_flops += 25 * sample * 256 * d * 2
+    add_flops = n * (max(nlist, 1) * d * 2 + d * 8)
+    if f["hnsw"]:
+        add_flops = n * 400 * d * 2
+    read_s = (3 * n * d * 4) / (READ_MB_S * MB)  # count + sample, add and exact-recall passes
+    gpu_train = gpus > 0 and cfg.use_gpu and not (f["pq"] and code > 96)  # GPU IVFPQ codes are <= 96 B
+    train_s = train_flops / (flops * (200 if gpu_train else cpus))
+    total_cores = cpus * cl.nodes
+    add_s = add_flops / (flops * total_cores) + read_s / total_cores
+    tune_s = queries * n * d * 2 / (flops * total_cores) + 20 * queries * (nlist * d * 2 + n * per_vec * 0.05) / (flops * cpus)
+    merge_s = n * per_vec / (500 * MB) / min(n_shards, cl.nodes)
+    workers_per_node = max(0, min(int(cpus / max(cfg.add_cpus, 0.01)), int(mem * 0.8 // add_mem)))
+    plan.stages["index"] = {
+        "factory": factory, "nlist": nlist, "code_bytes": code, "bytes_per_vector": per_vec,
+        "train_sample": sample, "points_per_centroid": sample / nlist if nlist else None, "train_on_gpu": gpu_train,
+        "shards": n_shards, "partition_rows": part, "partitions": math.ceil(n / max(part, 1)),
+        "add_workers_per_node": workers_per_node,
+        "peak_train_bytes": int(train_mem), "peak_add_worker_bytes": int(add_mem),
+        "peak_merge_worker_bytes": int(merge_mem), "peak_worker_bytes": int(worker_mem),
+        "peak_driver_bytes": RAY_DRIVER,
+        "peak_single_process_bytes": int(single_mem), "refine_disk_bytes": refine_disk,
+        "train_s": train_s, "add_s": add_s, "merge_s": merge_s, "tune_s": tune_s,
+        "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
+        "single_process_s": train_flops / (flops * cpus) + add_flops / (flops * cpus) + read_s / cpus + tune_s
+        + n * per_vec / (500 * MB),
+    }
+
+    # serving: one replica per shard group, each must fit in 80% of a node
+    replica = RAY_WORKER_BASE + 200 * MB + index_bytes + ids_bytes  # + 200 MB encoder/head/serve
+    groups = 1
+    while (RAY_WORKER_BASE + 200 * MB + (index_bytes + ids_bytes) / groups) > 0.8 * mem and groups < 4096:
+        groups *= 2
+    per_group = RAY_WORKER_BASE + 200 * MB + (index_bytes + ids_bytes) / groups + (quantizer if groups > 1 else 0)
+    nprobe = max(8, nlist // 256) if nlist else 0
+    scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
+    latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
+    plan.stages["serve"] = {"replica_bytes": int(replica), "shard_groups": groups, "replica_bytes_per_group": int(per_group),
+                            "index_bytes": int(index_bytes), "ids_bytes": int(ids_bytes), "assumed_nprobe": nprobe,
+                            "query_latency_ms": latency_s * 1000 + 1.0}
+
+    # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
+    hs = min(n, HEAD_SAMPLE)
+    plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
+                           "seconds": hs * latency_s / cpus + 100 * hs * d * 2 * 2 / (flops * cpus)}
+
+    limit = 0.8 * mem
+    checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),
+              ("one serving replica (per shard group)", per_group)]
+    for what, need in checks:
+        if need > limit:
+            plan.fits = False
+            plan.problems.append(f"{what} needs {human(need)}, over the budget of {human(limit)} per node "
+                                 f"(80% of {human(mem)})")
+    if workers_per_node == 0 and not any("build worker" in p for p in plan.problems):
+        plan.fits = False
+        plan.problems.append(f"no add task fits a node ({human(add_mem)} each, {human(limit)} usable)")
+    return plan
+
+
+def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -> Plan:
+    """:func:`estimate` for an existing embedding store (rows of ``cfg.split``, dim, encoder,
+    partition size and id length read from its manifest)."""
+    from genoray.config import IndexConfig
+    from genoray.store import EmbeddingStore
+
+    cfg = cfg or IndexConfig()
+    store = EmbeddingStore(store_path, verify=False)
+    parts = store.manifest["parts"]
+    n = split_rows(store, cfg.split)
+    spec = store.encoder_spec if isinstance(store.encoder_spec, dict) else {}
+    enc = "hf" if str(spec.get("type", "kmer")).startswith("hf") else str(spec.get("type", "kmer"))
+    part = max((p["rows"] for p in parts), default=1)
+    return estimate(n, store.dim, cfg, cluster, encoder=enc, partition_rows=min(part, 250_000), **kw)
+
+
+def split_rows(store, split: str | None) -> int:
+    """Rows of ``split`` in a store, reading only its split column."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if split is None:
+        return store.rows
+    n = 0
+    for p in store.manifest["parts"]:
+        col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+        n += int(pc.sum(pc.equal(col, split)).as_py() or 0)
+    return n
+
+
+def check_fits(plan: Plan) -> None:
+    """Raise :class:`CapacityError` naming estimate and budget when the plan does not fit."""
+    if not plan.fits:
+        raise CapacityError(f"{plan.n} x {plan.dim} ({plan.factory}) does not fit: " + "; ".join(plan.problems)
+                            + ". Use more or larger nodes, more shards (--shards), a smaller memory budget for "
+                              "the codes (--memory-budget-mb picks PQ), or smaller store partitions.")
+
+
+def human(b: float) -> str:
+    """Bytes as a short human-readable size (``1.5 GiB``)."""
+    for unit, size in (("TiB", 2**40), ("GiB", GB), ("MiB", MB)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b / 1024:.0f} KiB"
+
+
+def hours(s: float) -> str:
+    """Seconds as a short duration (seconds, minutes or hours)."""
+    return f"{s / 3600:.2f} h" if s >= 3600 else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s")
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a short human-readable table."""
+    e, ix, sv, hd = (plan.stages[k] for k in ("embed", "index", "serve", "head"))
+    c = plan.cluster
+    lines = [
+        (f"plan for {plan.n:,} x {plan.dim} on {c['nodes']} node(s) x {human(c['memory_per_node_bytes'])}, "
+        f"{c['cpus_per_node']} CPUs, {c['gpus_per_node']} GPUs; fits: {'yes' if plan.fits else 'NO'}"),
+        (f"embed   {e['encoder']}: {hours(e['hours'] * 3600)} at {e['rate_per_node_seq_s']:,.0f} seq/s per node "
+        f"({e['rate_source']}); store {human(e['store_bytes'])}"),
+        f"index   {ix['factory']}: nlist {ix['nlist']}, {ix['bytes_per_vector']} B/vector, train sample "
+        f"{ix['train_sample']:,}" + (f" ({ix['points_per_centroid']:.0f}/centroid, {'GPU' if ix['train_on_gpu'] else 'CPU'})"
+                                     if ix["nlist"] else "") + f", {ix['shards']} shard(s), {ix['partitions']} partitions",
+        (f"        peak per worker: train {human(ix['peak_train_bytes'])}, add {human(ix['peak_add_worker_bytes'])} "
+        f"({ix['add_workers_per_node']}/node), merge {human(ix['peak_merge_worker_bytes'])}; one process: "
+        f"{human(ix['peak_single_process_bytes'])}"),
+        (f"        build {hours(ix['build_hours'] * 3600)} (train {hours(ix['train_s'])}, add {hours(ix['add_s'])}, "
+        f"merge {hours(ix['merge_s'])}, recall tuning {hours(ix['tune_s'])}); one process {hours(ix['single_process_s'])}"),
+        (f"serve   replica {human(sv['replica_bytes'])} whole; {sv['shard_groups']} shard group(s) of "
+        f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query (nprobe {sv['assumed_nprobe']})"),
+        f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}",
+    ]
+    lines += [f"PROBLEM {p}" for p in plan.problems]
+    return "\n".join(lines)
