@@ -179,7 +179,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     _add_groups(p, "plan")
     p.set_defaults(func=commands["plan"])
 
-    p = sub.add_parser("train", help="fit the fused kNN + linear head")
+    p = sub.add_parser("train", help="fit the fused head (kNN vote + linear head by default; --head trees|auto opt-in)")
     p.add_argument("store")
     p.add_argument("--index", required=True, help="index built from the same store and split")
     p.add_argument("--out", required=True, help="new head directory")

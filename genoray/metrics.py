@@ -62,10 +62,11 @@ DEFINITIONS = {
     "per_class": "precision = TP/(TP+FP), recall = TP/(TP+FN), F1 and support (true rows) of each class",
     "confusion_matrix": "rows: true class, columns: predicted class, in the order of 'classes'",
     "knn_weight": ("w in the fused probability w * p_kNN + (1 - w) * p_linear (kNN vote vs logistic "
-                   "regression), chosen on a held-out part of the training split"),
+                   "regression; with --head trees|auto the rest may go to the tree part: the head's mixture), "
+                   "chosen on a held-out part of the training split"),
     "calibration_T": ("temperature T of the calibration p^(1/T) (renormalised) applied to the fused "
                       "probabilities, fitted on the same held-out part; T > 1 softens over-confident "
-                      "probabilities, T < 1 sharpens them"),
+                      "probabilities, T < 1 sharpens them; null when isotonic calibration won"),
     "majority": "floor: every test row gets the training class frequencies",
 }
 

@@ -53,10 +53,14 @@ class Prediction:
     seq_id: str | None = None
     ood: bool = False
     adaptation: dict[str, Any] | None = None
+    contributions: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what the HTTP API returns per sequence)."""
-        return asdict(self)
+        """JSON-ready form (what the HTTP API returns per sequence); ``contributions`` only when asked for."""
+        d = asdict(self)
+        if d["contributions"] is None:
+            del d["contributions"]
+        return d
 
 
 class Predictor:
@@ -130,7 +134,7 @@ class Predictor:
         return self.cleaner.clean_all(sequences)
 
     def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None,
-                cleaned: bool = False) -> list[Prediction]:
+                cleaned: bool = False, contributions: int = 0) -> list[Prediction]:
         """Predict for raw sequences (cleaned with the predictor's policy).
 
         Args:
@@ -138,6 +142,9 @@ class Predictor:
             ids: optional ids; a query whose id is in the index does not vote for itself.
             k: neighbours to return as evidence (default: the head's k).
             cleaned: the sequences are already the output of :meth:`clean` (skip cleaning).
+            contributions: with a head that has a tree part, return this many top features
+                (embedding column and SHAP value toward the trees' predicted class) per
+                prediction; 0 = none.
         """
         if ids is not None and len(ids) != len(sequences):
             raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
@@ -157,6 +164,7 @@ class Predictor:
         if self.priors is not None:
             proba = self.priors.apply(proba, flags)
             adaptation = self.priors.summary()
+        contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):
             nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))
@@ -169,6 +177,7 @@ class Predictor:
                 seq_id=None if ids is None else ids[i],
                 ood=bool(flags[i]),
                 adaptation=adaptation,
+                contributions=None if contrib is None else contrib[i],
             ))
         return out
 
@@ -189,5 +198,4 @@ def predict_vectors(index: VectorIndex, head: FusedHead, x: np.ndarray, ids: lis
     if ids is not None:
         own = (index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
     sims, pos = drop_own(sims, pos, own, k)
-    p_knn = head.knn_.proba_from_neighbours(sims[:, : head.k], pos[:, : head.k])
-    return head.combine(p_knn, head.linear_.predict_proba(x)), sims, pos
+    return head.proba_from_neighbours(sims, pos, x), sims, pos

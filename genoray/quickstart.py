@@ -20,6 +20,7 @@ from typing import Any
 from genoray.config import EmbedConfig, HeadConfig, IndexConfig, ReadConfig
 from genoray.embed import embed_sequences
 from genoray.encoders import Encoder, encoder_from_name
+from genoray.heads import mixture_name
 from genoray.index import build_index
 from genoray.metrics import DEFINITIONS
 from genoray.train import evaluate_store, train_head
@@ -84,7 +85,8 @@ def run_quickstart(
                         if k in ("read", "accepted", "rejected", "rejected_by_reason", "written")},
             "embed_sequences_per_s": report.to_dict()["sequences_per_s"],
             "index": {"ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
-            "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"]},
+            "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"], "chosen": head["chosen"],
+                     "calibration_method": head["calibration_method"]},
             "metrics": evaluation["methods"],
             "evaluation": {k: v for k, v in evaluation.items() if k not in ("methods", "definitions")},
             "seconds": {"embed": round(t1 - t0, 2), "index": round(t2 - t1, 2), "train": round(t3 - t2, 2),
@@ -92,6 +94,10 @@ def run_quickstart(
             "paths": {"store": str(run_dir / "store"), "index": str(run_dir / "index"), "head": str(run_dir / "head")},
         })
     return result
+
+
+def _calibration(head: dict[str, Any]) -> str:
+    return f"T {head['calibration']:.2f}" if head.get("calibration") is not None else str(head.get("calibration_method"))
 
 
 def _check_splits(data: Path, read_cfg: ReadConfig, train: str | None, test: str | None) -> None:
@@ -124,6 +130,8 @@ def format_result(result: dict[str, Any]) -> str:
             (f"records: read {r['read']}, accepted {r['accepted']}, rejected {r['rejected']} "
              f"{r['rejected_by_reason'] or ''}, embedded {r['written']}"),
             f"index: {run['index']['ntotal']} vectors, recall@10 vs exact {run['index']['recall_at_10']:.3f}",
+            (f"fused head: mixture {run['head'].get('chosen', 'knn+linear')} (chosen on validation among the "
+             f"parts --head allows), calibration {_calibration(run['head'])}"),
             format_evaluation({**run["evaluation"], "methods": run["metrics"], "definitions": DEFINITIONS},
                               definitions=False),
         ]
@@ -156,7 +164,8 @@ def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: s
         "n": methods["fused"]["n"], "classes": classes,
         "positive_class": classes[1] if len(classes) == 2 else None,
         "class_counts": {c: counts.get(c, 0) for c in classes},
-        "head": {"knn_weight": head.weight_, "calibration_T": head.calibration_, "k": head.k, "C": head.C_},
+        "head": {"knn_weight": head.weight_, "calibration_T": head.calibration_, "k": head.k, "C": head.C_,
+                 "mixture": head.mixture_, "calibration_method": head.calibration_method_},
         "bootstrap": {"resamples": bootstrap, "seed": seed},
         "methods": methods,
         "definitions": DEFINITIONS,
@@ -180,8 +189,10 @@ def format_evaluation(rep: dict[str, Any], definitions: bool = True) -> str:
     lines = [f"test split: {rep['split']} (n = {rep['n']}; " +
              ", ".join(f"{c}: {n}" for c, n in rep["class_counts"].items()) + f"){pos}",
              (f"fused head: kNN weight {rep['head']['knn_weight']} (share of the kNN vote; the rest is the logistic "
-              f"regression), calibration T {rep['head']['calibration_T']:.2f} (temperature of p^(1/T); >1 softens), "
-              f"k = {rep['head']['k']}"),
+              f"regression and/or trees: mixture {mixture_name(rep['head'].get('mixture') or {})}), "
+              + (f"calibration T {rep['head']['calibration_T']:.2f} (temperature of p^(1/T); >1 softens), "
+                 if rep['head']['calibration_T'] is not None else "calibration isotonic (per class, renormalised), ")
+              + f"k = {rep['head']['k']}"),
              "",
              f"{'method':<10} {'accuracy [95% CI]':>24} {'macro F1 [95% CI]':>24} {'MCC':>7} {'AUROC [95% CI]':>24}"]
     undefined = set()
