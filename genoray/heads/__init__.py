@@ -1,0 +1,77 @@
+"""Classifier heads over embeddings, following the scikit-learn estimator API.
+
+* :class:`KNNVoteHead`: similarity-weighted vote of the k nearest labeled neighbours (cosine,
+  FAISS); ``exclude_self`` drops the query's own row when it is in the index.
+* :class:`LinearHead`: standardised multinomial logistic regression. Scoring is numpy code
+  equal to ``sklearn``'s ``predict_proba`` (tested to 1e-9), so a saved head needs no pickle.
+* :class:`TreeHead`: gradient-boosted trees (XGBoost ``hist``), early-stopped, saved in
+  XGBoost's UBJSON model format; SHAP feature contributions per prediction.
+* :class:`FusedHead`: a mixture of the kNN vote, the linear head and the trees, its weights
+  chosen by validation log-loss on a part of the training data (``head="linear"|"trees"|"auto"``
+  limits the parts), then calibrated there (temperature or isotonic, chosen the same way).
+  The fit uses a bounded sample of rows and the reference index (leave-one-out), so its cost
+  does not grow quadratically with the store. It also stores the reference distribution of
+  k-th-neighbour distances used for the out-of-distribution score.
+
+Heads are saved with :func:`save_head` as ``head.json`` + ``head.npz`` (+ ``trees.ubj``), no
+pickle, and verified by sha256 in :func:`load_head`.
+
+Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`; every name imports from ``genoray.heads``.
+"""
+
+from genoray.heads.common import (
+    _C_GRID,
+    _ISO_FLOOR,
+    _TEMPERATURE_GRID,
+    _TREE_Z,
+    FORMAT_VERSION,
+    TREES_FILE,
+    _check_X,
+    _encode,
+    _fit_isotonic,
+    _fit_temperature,
+    _log_loss,
+    _loo_neighbours,
+    _stratified_split,
+    align_proba,
+    apply_isotonic,
+    calibrate,
+    drop_own,
+    stratified_sample,
+    vote,
+)
+from genoray.heads.fused import _HEAD_MODES, _PARTS, FusedHead, _mixtures, load_head, mixture_name, save_head
+from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead, _xgboost
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FusedHead",
+    "KNNVoteHead",
+    "LinearHead",
+    "TREES_FILE",
+    "TreeHead",
+    "_C_GRID",
+    "_HEAD_MODES",
+    "_ISO_FLOOR",
+    "_PARTS",
+    "_TEMPERATURE_GRID",
+    "_TREE_Z",
+    "_check_X",
+    "_encode",
+    "_fit_isotonic",
+    "_fit_temperature",
+    "_log_loss",
+    "_loo_neighbours",
+    "_mixtures",
+    "_stratified_split",
+    "_xgboost",
+    "align_proba",
+    "apply_isotonic",
+    "calibrate",
+    "drop_own",
+    "load_head",
+    "mixture_name",
+    "save_head",
+    "stratified_sample",
+    "vote",
+]
