@@ -244,6 +244,7 @@ def test_help_lists_every_exit_code_and_version(capsys):
 
 # ---- strict JSON (issue 16 item 3) -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_json_output_is_strict_and_nan_is_null_with_a_reason(tmp_path, capsys):
     # a test split with a single class: AUROC is undefined
     data = toy_table(tmp_path / "t.parquet", n=60)
@@ -269,6 +270,7 @@ def test_json_output_is_strict_and_nan_is_null_with_a_reason(tmp_path, capsys):
 
 # ---- splits (issue 16 item 4) ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_test_fraction_holds_out_an_exact_stratified_seeded_split(tmp_path, capsys):
     import collections
 
@@ -330,6 +332,7 @@ def test_kmer_pos_never_fits_on_test_rows(tmp_path, capsys):
     assert json.loads((tmp_path / "s3" / "encoder.json").read_text())["fitted"]["config"]["position"]["window"] == 50
 
 
+@pytest.mark.slow
 def test_quickstart_fails_fast_on_missing_split_and_takes_split_names(tmp_path, capsys):
     import time
 
@@ -352,6 +355,7 @@ def test_quickstart_fails_fast_on_missing_split_and_takes_split_names(tmp_path, 
     assert run_["evaluation"]["train_split"] == "dev" and run_["index"]["ntotal"] == 48
 
 
+@pytest.mark.slow
 def test_evaluate_split_all_agrees_with_index_and_train(tmp_path, capsys):
     data = toy_table(tmp_path / "t.parquet", n=40)
     for args in (["embed", data, "--out", tmp_path / "s", "--no-ray"],
@@ -367,6 +371,7 @@ def test_evaluate_split_all_agrees_with_index_and_train(tmp_path, capsys):
 
 # ---- reuse a fitted encoder (issue 16 item 5) --------------------------------------------------
 
+@pytest.mark.slow
 def test_encoder_from_store_index_or_bundle_makes_stores_comparable(tmp_path, capsys):
     import json
 
@@ -488,6 +493,7 @@ def test_shift_plot_checks_matplotlib_before_the_test(built, capsys, monkeypatch
 
 # ---- leftovers and noise (issue 16 items 9, 10) ------------------------------------------------
 
+@pytest.mark.slow
 def test_quickstart_removes_its_temp_workdir_unless_keep(tmp_path, capsys, monkeypatch):
     import tempfile
 
