@@ -462,12 +462,12 @@ def test_bundles_lists_versions_and_current(built, capsys):
 
 
 def test_serve_without_keys_names_no_auth_and_never_starts_ray(built, capsys, monkeypatch):
-    import genoray.embed
+    import genoray.runtime
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(genoray.embed, "init_ray", no_ray)
+    monkeypatch.setattr(genoray.runtime, "init_ray", no_ray)
     monkeypatch.delenv("GENORAY_API_KEYS", raising=False)
     tmp, _ = built
     rc, _, err = run(capsys, "serve", tmp / "b")
