@@ -69,8 +69,8 @@ class LegacyFusedHead:
         self.k, self.temperature, self.val_fraction, self.seed = k, temperature, val_fraction, seed
 
     def fit(self, X, y):
-        from genoray.heads import (KNNVoteHead, LinearHead, _encode, _log_loss, _stratified_split, align_proba,
-                                   calibrate)
+        from genoray.heads import KNNVoteHead, LinearHead, align_proba, calibrate
+        from genoray.heads.common import _encode, _log_loss, _stratified_split
 
         weights = np.round(np.linspace(0.0, 1.0, 11), 2)
         temps = np.exp(np.linspace(np.log(0.25), np.log(4.0), 33))
@@ -154,7 +154,7 @@ def compare_libraries(tr, te, threads: int) -> dict:
     import xgboost as xgb
     from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-    from genoray.heads import _encode, _stratified_split
+    from genoray.heads.common import _encode, _stratified_split
 
     classes = np.array(sorted(set(tr.labels)), dtype=object)
     c, ct = _encode(tr.labels, classes), _encode(te.labels, classes)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +40,8 @@ from genoray.exitcodes import (  # noqa: F401
     EXIT_PARTIAL,
     EXIT_USAGE,
     NothingWritten,
+    nothing_written,
+    why_empty,
 )
 from genoray.flags import build
 from genoray.metrics import strict_dumps as dumps
@@ -113,25 +114,9 @@ def cmd_embed(a: argparse.Namespace) -> int:
         print(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
               f"rejects tables: {', '.join(rejects) or '(none kept)'}", file=sys.stderr)
     if report.written == 0:
-        _nothing_written(a, _why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
+        nothing_written(a, why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
         return EXIT_PARTIAL if report.failed else EXIT_OK
     return EXIT_OK if report.status == "complete" else EXIT_PARTIAL
-
-
-def _why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int) -> str:
-    if failed and len(failed) == units:
-        return f"every input file failed; first: {failed[0]['error']}"
-    if read == 0:
-        return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
-    hint = " (protein or other non-DNA input?)" if max(rejected, key=lambda r: rejected[r], default="") == "invalid_character" else ""
-    return f"all {read} records were rejected: {reasons}{hint}"
-
-
-def _nothing_written(a: argparse.Namespace, why: str) -> None:
-    if not getattr(a, "allow_empty", False):
-        raise NothingWritten(why)
-    print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -228,7 +213,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         summary["target_adaptation"] = adaptation
     print(dumps(summary), file=sys.stderr)
     if writer.n == 0:
-        _nothing_written(a, _why_empty(report.read, summary["rejected_by_reason"], [], 1))
+        nothing_written(a, why_empty(report.read, summary["rejected_by_reason"], [], 1))
     return EXIT_OK
 
 
@@ -280,47 +265,10 @@ def cmd_reindex(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import signal
-    import time
+    """``genoray serve``: :func:`genoray.serve.run_service` until Ctrl-C or SIGTERM."""
+    from genoray.serve import run_service
 
-    from genoray.service import keys_from_env
-
-    cfg = build(a, SERVE, root=a.root)
-    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):  # before Ray starts: seconds, not minutes
-        raise ValueError("no API keys configured: set GENORAY_API_KEYS=key1,key2 (comma-separated), "
-                         "or pass --no-auth to accept requests without a key (local use only)")
-    from genoray.bundle import current_version
-
-    if current_version(a.root) is None:
-        raise FileNotFoundError(f"{a.root}: no CURRENT bundle has been published (genoray publish {a.root} "
-                                "--index INDEX --head HEAD)")
-    from ray import serve
-
-    from genoray.runtime import init_ray
-    from genoray.serve import build_app, haproxy_env, start_http
-
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
-    if cfg.ingress == "haproxy":
-        if os.environ.get("RAY_ADDRESS"):
-            print("note: --ingress haproxy needs the cluster's Ray processes started with genoray.serve.haproxy_env() "
-                  "(see cluster.yaml)", file=sys.stderr)
-        for k, v in haproxy_env().items():  # read by Ray's processes at start; explicit settings win
-            os.environ.setdefault(k, v)
-    init_ray()
-    start_http(cfg)
-    serve.run(build_app(cfg), name="genoray", route_prefix="/")
-    print(f"genoray serving {a.root} on http://{cfg.host}:{cfg.port}/v1/predict (Ctrl-C to stop)", file=sys.stderr)
-
-    def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()  # Ray itself is stopped (and its temp dir removed) by main()
+    run_service(build(a, SERVE, root=a.root))
     return 0
 
 

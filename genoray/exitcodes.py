@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad flags or settings, unreadable or malformed input that stops the job, missing files
 EXIT_PARTIAL = 3  # some input files failed (listed); the rest was written
@@ -24,3 +27,22 @@ EXIT_CODES = {
 
 class NothingWritten(Exception):
     """A job finished without writing anything (exit 6 unless ``--allow-empty``)."""
+
+
+def why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int) -> str:
+    """One line saying why a job wrote nothing (every file failed, no records, or every record
+    rejected, by reason)."""
+    if failed and len(failed) == units:
+        return f"every input file failed; first: {failed[0]['error']}"
+    if read == 0:
+        return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    hint = " (protein or other non-DNA input?)" if max(rejected, key=lambda r: rejected[r], default="") == "invalid_character" else ""
+    return f"all {read} records were rejected: {reasons}{hint}"
+
+
+def nothing_written(a: Any, why: str) -> None:
+    """Raise :class:`NothingWritten` (exit 6) unless the command got ``--allow-empty``, then warn."""
+    if not getattr(a, "allow_empty", False):
+        raise NothingWritten(why)
+    print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from genoray.metrics import strict_dumps as dumps
 
@@ -28,15 +28,15 @@ class PredictionWriter:
     def write(self, preds: list[dict]) -> None:
         """Write one batch of prediction dicts in the chosen format."""
         self.n += len(preds)
-        f = self.f
+        f = cast(TextIO, self.f)  # open for jsonl and tsv (parquet collects tables instead)
         if self.fmt == "jsonl":
             for p in preds:
-                f.write(dumps(p) + "\n")  # type: ignore[union-attr]  # open for jsonl/tsv
+                f.write(dumps(p) + "\n")
         elif self.fmt == "tsv":
             for p in preds:
                 nb = ";".join(f"{x['seq_id']}:{x['label']}:{x['similarity']}" for x in p["neighbours"])
                 extra = [";".join(str(x.get("sequence")) for x in p["neighbours"])] if self.seqs else []
-                f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),  # type: ignore[union-attr]
+                f.write("\t".join([str(p["seq_id"]), p["label"], str(p["ood_score"]),
                                     *(str(p["probabilities"][c]) for c in self.classes), nb, *extra]) + "\n")
         elif preds:
             import pyarrow as pa

@@ -347,3 +347,52 @@ def plain_app(root: str, require_key: bool = False, key_hashes: tuple[str, ...] 
 
     return create_app(LocalBackend(BundleHolder(root)), key_hashes=key_hashes, require_key=require_key,
                       limits=ServiceLimits(**(limits or {})))
+
+
+def run_service(cfg: ServeConfig) -> None:
+    """Serve ``cfg.root``'s CURRENT bundle over HTTP until Ctrl-C or SIGTERM (``genoray serve``).
+
+    Fails before Ray starts when no API key is configured (and ``require_key``) or nothing is
+    published yet; starts (or joins) Ray, Serve's HTTP proxy (or HAProxy with
+    ``ingress="haproxy"``) and the application, then blocks.
+    """
+    import signal
+    import sys
+    import time
+
+    from genoray.service import keys_from_env
+
+    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):  # before Ray starts: seconds, not minutes
+        raise ValueError("no API keys configured: set GENORAY_API_KEYS=key1,key2 (comma-separated), "
+                         "or pass --no-auth to accept requests without a key (local use only)")
+    from genoray.bundle import current_version
+
+    if current_version(cfg.root) is None:
+        raise FileNotFoundError(f"{cfg.root}: no CURRENT bundle has been published (genoray publish {cfg.root} "
+                                "--index INDEX --head HEAD)")
+    from ray import serve
+
+    from genoray.runtime import init_ray
+
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
+    if cfg.ingress == "haproxy":
+        if os.environ.get("RAY_ADDRESS"):
+            print("note: --ingress haproxy needs the cluster's Ray processes started with genoray.serve.haproxy_env() "
+                  "(see cluster.yaml)", file=sys.stderr)
+        for k, v in haproxy_env().items():  # read by Ray's processes at start; explicit settings win
+            os.environ.setdefault(k, v)
+    init_ray()
+    start_http(cfg)
+    serve.run(build_app(cfg), name="genoray", route_prefix="/")
+    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (Ctrl-C to stop)", file=sys.stderr)
+
+    def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()  # Ray itself is stopped by the caller (the CLI's main() removes its temp dir)

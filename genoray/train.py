@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from genoray import schema
 from genoray.config import HeadConfig
-from genoray.heads import FusedHead, _encode, load_head, mixture_name, save_head, stratified_sample
+from genoray.heads import FusedHead, load_head, mixture_name, save_head, stratified_sample
+from genoray.heads.common import _encode
 from genoray.index import VectorIndex
 from genoray.index import read_manifest as read_index_manifest
 from genoray.metrics import classification_metrics, detailed_metrics, majority_proba

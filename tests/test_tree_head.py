@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from genoray.artifacts import ChecksumError, sha256_json
-from genoray.heads import FusedHead, TreeHead, _loo_neighbours, apply_isotonic, load_head, save_head
+from genoray.heads import FusedHead, TreeHead, apply_isotonic, load_head, save_head
+from genoray.heads.common import _loo_neighbours
 from genoray.index import VectorIndex, l2_normalize
 
 

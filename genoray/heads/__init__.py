@@ -16,62 +16,15 @@
 Heads are saved with :func:`save_head` as ``head.json`` + ``head.npz`` (+ ``trees.ubj``), no
 pickle, and verified by sha256 in :func:`load_head`.
 
-Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`; every name imports from ``genoray.heads``.
+Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`; the public names import from ``genoray.heads``
+(private helpers from :mod:`genoray.heads.common`).
 """
 
-from genoray.heads.common import (
-    _C_GRID,
-    _ISO_FLOOR,
-    _TEMPERATURE_GRID,
-    _TREE_Z,
-    FORMAT_VERSION,
-    TREES_FILE,
-    _check_X,
-    _encode,
-    _fit_isotonic,
-    _fit_temperature,
-    _log_loss,
-    _loo_neighbours,
-    _stratified_split,
-    align_proba,
-    apply_isotonic,
-    calibrate,
-    drop_own,
-    stratified_sample,
-    vote,
-)
-from genoray.heads.fused import _HEAD_MODES, _PARTS, FusedHead, _mixtures, load_head, mixture_name, save_head
-from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead, _xgboost
+from genoray.heads.common import align_proba, apply_isotonic, calibrate, drop_own, stratified_sample, vote
+from genoray.heads.fused import FusedHead, load_head, mixture_name, save_head
+from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead
 
 __all__ = [
-    "FORMAT_VERSION",
-    "FusedHead",
-    "KNNVoteHead",
-    "LinearHead",
-    "TREES_FILE",
-    "TreeHead",
-    "_C_GRID",
-    "_HEAD_MODES",
-    "_ISO_FLOOR",
-    "_PARTS",
-    "_TEMPERATURE_GRID",
-    "_TREE_Z",
-    "_check_X",
-    "_encode",
-    "_fit_isotonic",
-    "_fit_temperature",
-    "_log_loss",
-    "_loo_neighbours",
-    "_mixtures",
-    "_stratified_split",
-    "_xgboost",
-    "align_proba",
-    "apply_isotonic",
-    "calibrate",
-    "drop_own",
-    "load_head",
-    "mixture_name",
-    "save_head",
-    "stratified_sample",
-    "vote",
+    "FusedHead", "KNNVoteHead", "LinearHead", "TreeHead", "align_proba", "apply_isotonic", "calibrate", "drop_own",
+    "load_head", "mixture_name", "save_head", "stratified_sample", "vote",
 ]
