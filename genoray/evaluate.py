@@ -137,7 +137,7 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
                     "method": r["method"], "n_train": int(len(y_tr)), "n_test": int(len(y_te)), **m,
                     "ci95": ci, "embed_seconds": round(embed_s, 2), "method_seconds": round(r["seconds"], 2),
                     "method_cpu_seconds": round(r["cpu"], 2), "total_cpu_seconds": round(total_cpu, 2),
-                    "train_seconds": round(r["train_s"], 2), "inference_seconds": round(r["infer_s"], 2)})
+                    "train_seconds": round(r["train_s"], 4), "inference_seconds": round(r["infer_s"], 4)})
     return out
 
 

@@ -123,5 +123,5 @@ lora: {r: 4, max_steps: 2}
     assert set(methods) == {"majority", "knn_vote", "linear", "fused"}  # LoRA is for plain hf: models only
     fused = methods["fused"]
     assert (fused["n_train"], fused["n_test"]) == (30, 10)
-    assert fused["inference_seconds"] > 0 and fused["train_seconds"] >= 0 and fused["accuracy"] > 0.8
+    assert fused["inference_seconds"] >= 0 and fused["train_seconds"] >= 0 and fused["accuracy"] > 0.8
     assert "infer s" in (tmp_path / "out" / "report.md").read_text()
