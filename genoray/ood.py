@@ -363,20 +363,10 @@ def exists(path: str | Path) -> bool:
 def store_sequences(store, ids) -> list[str] | None:
     """The sequences of rows ``ids`` of an :class:`~genoray.store.EmbeddingStore`, re-read from
     its source files (cleaned as when embedded); ``None`` when a source is gone or lacks an id."""
-    from genoray.config import ReadConfig
-    from genoray.sequences import iter_sequences
-
-    clean = getattr(store.manifest, "clean", None)  # the store's CleanPolicy (None: older store, default)
-    cfg = ReadConfig(clean=clean) if clean is not None else None
-    sources = sorted({p.get("source") for p in store.manifest.get("parts", []) if p.get("source")})
-    if not sources or not all(Path(s).is_file() for s in sources):
+    records = store.source_records(ids)
+    if records is None:
         return None
-    wanted = {str(i) for i in ids}
-    by_id: dict[str, str] = {}
-    for batch in iter_sequences(sources, cfg):  # streamed: only the wanted rows are kept
-        for sid, seq in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()):
-            if sid in wanted:
-                by_id[sid] = seq
+    by_id = {sid: seq for sid, (seq, _meta) in records.items()}
     found = [by_id[str(i)] for i in ids if str(i) in by_id]
     return found if len(found) == len(ids) else None
 

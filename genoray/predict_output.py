@@ -61,19 +61,13 @@ class PredictionWriter:
 
 def join_neighbour_records(index_manifest: Any, rows: list[dict]) -> int:
     """Add each neighbour's ``sequence`` and ``meta`` (read again from the source files of the
-    store the index was built from, default reading settings); returns how many were not found."""
-    from genoray.sequences import iter_sequences
+    store the index was built from, read as when embedded); returns how many were not found."""
     from genoray.store import EmbeddingStore
 
     store = EmbeddingStore(index_manifest["source_store"], verify=False)
     wanted = {nb["seq_id"] for r in rows for nb in r["neighbours"]}
-    found: dict[str, tuple[str, dict | None]] = {}
-    sources = sorted({p["source"] for p in store.manifest["parts"]})
-    for batch in iter_sequences(sources):
-        for sid, seq, meta in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist(),
-                                  batch["meta"].to_pylist()):
-            if sid in wanted:
-                found[sid] = (seq, json.loads(meta) if meta else None)
+    records = store.source_records(wanted) or {}
+    found = {sid: (seq, json.loads(meta) if meta else None) for sid, (seq, meta) in records.items()}
     missing = 0
     for r in rows:
         for nb in r["neighbours"]:

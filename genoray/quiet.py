@@ -24,8 +24,7 @@ NATIVE_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+
 
 
 def quiet_python_loggers() -> None:
-    """Raise the level of Ray's chatty Python loggers (and tell ``init_ray`` to be quiet)."""
-    os.environ.setdefault("GENORAY_QUIET_RAY", "1")
+    """Raise the level of Ray's chatty Python loggers."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 

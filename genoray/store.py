@@ -153,6 +153,26 @@ class EmbeddingStore:
                         "queries will be cleaned with the default policy", self.path)
         return self.manifest.clean
 
+    def source_records(self, ids) -> dict[str, tuple[str, str | None]] | None:
+        """``{seq_id: (sequence, meta JSON)}`` for the wanted ``ids``, re-read (streamed) from the
+        store's source files with the reading settings it was embedded with; ``None`` when a
+        source file is gone."""
+        from genoray.config import ReadConfig
+        from genoray.sequences import iter_sequences
+
+        sources = sorted({p.get("source") for p in self.manifest.get("parts", []) if p.get("source")})
+        if not sources or not all(Path(s).is_file() for s in sources):
+            return None
+        clean = self.manifest.clean
+        wanted = {str(i) for i in ids}
+        found: dict[str, tuple[str, str | None]] = {}
+        for batch in iter_sequences(sources, ReadConfig(clean=clean) if clean is not None else None):
+            for sid, seq, meta in zip(batch["seq_id"].to_pylist(), batch["sequence"].to_pylist(),
+                                      batch["meta"].to_pylist()):
+                if sid in wanted:
+                    found[sid] = (seq, meta)
+        return found
+
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
         for p in self.manifest.parts:
