@@ -1,68 +1,68 @@
 #!/usr/bin/env bash
 # GPU check for genoray, for a machine with an NVIDIA GPU (not run on the 2-core CPU dev box).
-#   bash bench/gpu_check.sh            # WORK=/path to keep the venv and outputs (default: a new temp dir)
-# 1. fresh venv with the gpu extra (faiss-gpu) and the pinned torch
-# 2. HyenaDNA-tiny from the anticapt 1.0 wheel (GPL: fetched, never vendored), converted by convert-weights
-# 3. bench/bench_hf_embed.py on the GPU: 20k sequences of 50-2,000 bp, overlapped pipeline vs per-actor
-#    loop (seq/s, bases/s, ratio, padding waste)
-# 4. an IVF index build on the GPU from a synthetic store, and a check that FAISS really trained on it
-#    (IndexReport.gpu_used / manifest gpu_trained, faiss.get_num_gpus() > 0)
+#   bash bench/gpu_check.sh    # WORK=DIR keeps the venv and outputs (default: a new temp dir)
+# Environment: PYTHON (default python3.11), TORCH_VERSION (default 2.13.0, the pin), SKIP_INSTALL=1
+# (use the active environment as it is: no venv, no pip), GENORAY_ANTICAPT_WHEEL=/path/to/the wheel
+# (an offline box; else pip downloads it).
+# 1. fresh venv: the pinned torch (the PyPI Linux x86_64 wheel is a CUDA build) and genoray[gpu,test]
+#    (faiss-gpu, never faiss-cpu beside it: checked); torch must see CUDA and FAISS a GPU
+# 2. HyenaDNA-tiny from the anticapt 1.0 wheel (GPL: fetched, never vendored), sha256-checked,
+#    converted by `genoray convert-weights`
+# 3. bench/bench_hf_embed.py on the GPU: 20k sequences of 50-2,000 bp, the per-actor loop vs
+#    token-budget batches vs the overlapped pipeline, 3 interleaved repeats (seq/s, tokens/s,
+#    ratios, padding waste)
+# 4. bench/gpu_check_faiss.py: faiss.get_num_gpus() > 0, an index_cpu_to_gpu round trip (copy and
+#    search timed against the CPU, neighbours compared), genoray's IVF build trained on the GPU
+#    (IndexReport.gpu_used and the manifest's gpu_trained)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-WORK=${WORK:-$(mktemp -d -t genoray-gpu-XXXX)}
-echo "work dir: $WORK"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
-python3.11 -m venv "$WORK/venv"
-. "$WORK/venv/bin/activate"
-pip install -q --upgrade pip
-# torch from PyPI is the CUDA build on Linux x86_64; the gpu extra brings faiss-gpu
-pip install -q "torch==2.13.0" -e "$REPO[gpu,test]"
+command -v nvidia-smi >/dev/null 2>&1 \
+    || die "no NVIDIA GPU on this machine (nvidia-smi not found); run this on a GPU machine. Nothing was installed or run."
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+    || die "nvidia-smi found no usable GPU (driver not loaded?). Nothing was installed or run."
+WORK=${WORK:-$(mktemp -d -t genoray-gpu-XXXX)}
+mkdir -p "$WORK"
+echo "work dir: $WORK"
+
+if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+    PY=${PYTHON:-python3.11}
+    command -v "$PY" >/dev/null 2>&1 || die "$PY not found (set PYTHON to a Python >= 3.11)"
+    "$PY" -m venv "$WORK/venv"
+    # shellcheck disable=SC1091
+    . "$WORK/venv/bin/activate"
+    pip install -q --upgrade pip
+    pip install -q "torch==${TORCH_VERSION:-2.13.0}" -e "$REPO[gpu,test]"
+fi
+if pip show faiss-cpu >/dev/null 2>&1; then
+    die "faiss-cpu is installed: genoray[gpu] needs faiss-gpu alone (both ship the module faiss and one shadows the other); uninstall faiss-cpu"
+fi
 python - <<'PY'
-import torch, faiss
-assert torch.cuda.is_available(), "torch sees no CUDA device"
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} sees no CUDA device (a CPU-only wheel? torch.version.cuda={torch.version.cuda})")
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
-n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-assert n > 0, "FAISS sees no GPU (is faiss-gpu installed, not faiss-cpu?)"
-print("faiss", faiss.__version__, "GPUs:", n)
 PY
 
 export HF_HOME="$WORK/hf-home" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-pip download -q --no-deps anticapt==1.0 -d "$WORK/wheel"
-python -m zipfile -e "$WORK"/wheel/anticapt-1.0-py3-none-any.whl "$WORK/anticapt"
-rm -rf "$WORK/hyenadna-tiny"
-genoray convert-weights "$WORK/anticapt/anticapt/models/dataset1/finetuned_hyenadna" "$WORK/hyenadna-tiny"
+rm -rf "$WORK/hyena" && mkdir -p "$WORK/hyena"
+python - "$WORK/hyena" <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from hyena import hyena_tiny  # pip download (or $GENORAY_ANTICAPT_WHEEL), sha256 check, convert-weights
+work = Path(sys.argv[1])
+print("HyenaDNA-tiny converted:", hyena_tiny(work / "cache", work))
+PY
 
 echo "== HF embed benchmark (GPU) =="
-PYTHONPATH="$REPO/bench" python "$REPO/bench/bench_hf_embed.py" --model "$WORK/hyenadna-tiny" --n 20000 \
-    --tokens-per-batch 262144 --batch-size 256 --repeats 3
+PYTHONPATH="$REPO/bench" python "$REPO/bench/bench_hf_embed.py" --model "$WORK/hyena/model" --n 20000 \
+    --batch-size 256 --tokens-per-batch 262144 --threads 4 --repeats 3 --variants loop,budget,overlapped
 
-echo "== GPU index build =="
-python - "$WORK" <<'PY'
-import sys, time
-from pathlib import Path
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
-from genoray.config import EmbedConfig, IndexConfig, KmerConfig
-from genoray.embed import embed_sequences
-from genoray.encoders.kmer import KmerEncoder
-from genoray.index import build_index, gpu_count
-from genoray.artifacts import read_json
-
-work = Path(sys.argv[1])
-rng = np.random.default_rng(0)
-n = 300_000
-seqs = ["".join(rng.choice(list("ACGT"), 120)) for _ in range(n)]
-pq.write_table(pa.table({"id": [f"s{i}" for i in range(n)], "sequence": seqs,
-                         "split": ["train"] * n}), work / "synthetic.parquet", row_group_size=50_000)
-embed_sequences(work / "synthetic.parquet", work / "store", KmerEncoder(KmerConfig()), use_ray=False)
-t0 = time.perf_counter()
-rep = build_index(work / "store", work / "index", IndexConfig(index_type="IVF1024,Flat", target_recall=0.95))
-seconds = time.perf_counter() - t0
-manifest = read_json(work / "index" / "manifest.json")
-print(f"index {rep.factory}: {rep.ntotal} vectors, recall@10 {rep.recall_at_10:.3f}, {seconds:.1f} s, "
-      f"{rep.ntotal / seconds:.0f} vectors/s, gpu_used={rep.gpu_used}, manifest gpu_trained={manifest.get('gpu_trained')}")
-assert gpu_count() > 0 and rep.gpu_used and manifest.get("gpu_trained"), "FAISS did not train on the GPU"
-print("OK: FAISS trained the IVF quantizer on the GPU")
-PY
+echo "== FAISS on the GPU =="
+rm -rf "$WORK/faiss" && mkdir -p "$WORK/faiss"
+python "$REPO/bench/gpu_check_faiss.py" --work "$WORK/faiss"
 echo "GPU check passed; outputs in $WORK"
