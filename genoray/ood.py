@@ -55,6 +55,9 @@ class OODConfig:
         length_ratio: ratio between consecutive calibration lengths (length-matched mode).
         min_length: shortest calibration length.
         seed: subsampling and cropping seed.
+        combine: how the per-view ranks become one raw score: ``max`` (the largest rank) or
+            ``fisher`` (``-2 sum log p`` of the views' upper-tail p-values); either is then
+            calibrated on the held-out rows, so the flag rate holds for both.
     """
 
     method: str = "mahalanobis"
@@ -67,12 +70,15 @@ class OODConfig:
     length_ratio: float = 1.25
     min_length: int = 16
     seed: int = 0
+    combine: str = "max"
 
     def __post_init__(self):
         if self.method not in ("mahalanobis", "knn"):
             raise ValueError(f"OOD method must be 'mahalanobis' or 'knn', got {self.method!r}")
         if not 0 < self.rate < 0.5:
             raise ValueError(f"OOD rate must be in (0, 0.5), got {self.rate}")
+        if self.combine not in ("max", "fisher"):
+            raise ValueError(f"OOD combine must be 'max' or 'fisher', got {self.combine!r}")
 
 
 def crop(sequences: Sequence[str], length: int, rng: np.random.Generator) -> list[str]:
@@ -185,14 +191,16 @@ class OODScorer:
             k = min(self.cfg.k, len(ref))
             sims, _ = sp["_index"].search(np.ascontiguousarray(q, dtype=np.float32), k)
             return 1.0 - sims[:, -1].astype(np.float64)
-        ranks = [np.searchsorted(sp[f"cal{d}"], self._mahalanobis(sp, x, int(d)), side="left") / len(sp[f"cal{d}"])
-                 for d in sp["dims"]]
+        views = [(sp[f"cal{d}"], self._mahalanobis(sp, x, int(d))) for d in sp["dims"]]
         if "calmarkov" in sp:
             if seqs is None:
                 raise ValueError("this OOD scorer was fitted with sequences: score with score_sequences()")
-            nll = markov_nll(self.markov_, seqs, self.cfg.markov_order)
-            ranks.append(np.searchsorted(sp["calmarkov"], nll, side="left") / len(sp["calmarkov"]))
-        return np.max(ranks, axis=0)
+            views.append((sp["calmarkov"], markov_nll(self.markov_, seqs, self.cfg.markov_order)))
+        below = [np.searchsorted(cal, v, side="left") for cal, v in views]
+        if self.cfg.combine == "fisher":  # upper-tail p-value of each view, (above + 1) / (n + 1)
+            return -2.0 * np.sum([np.log((len(cal) - b + 1.0) / (len(cal) + 1.0)) for (cal, _), b in zip(views, below)],
+                                 axis=0)
+        return np.max([b / len(cal) for (cal, _), b in zip(views, below)], axis=0)
 
     @staticmethod
     def _mahalanobis(sp: dict[str, np.ndarray], x: np.ndarray, dim: int) -> np.ndarray:
