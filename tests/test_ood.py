@@ -294,10 +294,14 @@ def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempere
     assert not shift.applied and "covariate-shifted" in shift.reason and shift.extra["ood_fraction"] == 0.4
     out = shift.apply(proba, flags)
     np.testing.assert_array_equal(out.argmax(1), proba.argmax(1))  # labels kept
-    # every row of a covariate-shifted target is tempered, flagged or not: p ** (1/10) renormalised
-    hand = proba ** 0.1 / (proba ** 0.1).sum(axis=1, keepdims=True)
+    # every row of a covariate-shifted target is tempered, flagged or not: p ** (1/T) renormalised,
+    # T such that the mean top-class probability is the largest source prior (0.5 here; 0.6 below)
+    t = shift.temper_ood
+    hand = proba ** (1 / t) / (proba ** (1 / t)).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(out, hand, rtol=1e-6)
-    assert out.max(1).mean() < 0.7 and shift.summary()["tempered"]
+    assert t > 1 and out.max(1).mean() == pytest.approx(0.5, abs=1e-3) and shift.summary()["tempered"]
+    skewed = PriorShift.estimate(proba, ["neg", "pos"], [0.4, 0.6], ood_flags=flags, ood_rate=0.05)
+    assert skewed.apply(proba).max(1).mean() == pytest.approx(0.6, abs=1e-3)
     # too far from the reference length: no re-weighting either
     far = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5], length_ratio=0.3)
     assert not far.applied and "reference length" in far.reason
