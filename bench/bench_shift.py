@@ -9,13 +9,16 @@ embeddings), before and after, in one run.
    shifted rows, and the share flagged, for real cross-dataset pairs and controlled synthetic
    shifts with known ground truth (composition, length only, label prior, motif loss).
    "before" = the k-th-neighbour rank of the fused head (the score genoray returned until
-   now); "after" = :class:`genoray.ood.OODScorer` (length-matched, calibrated at 5%).
+   now); "max" / "fisher" = :class:`genoray.ood.OODScorer` (length-matched, calibrated at 5%)
+   combining its views by the largest rank / Fisher's method; "oracle" = a supervised
+   in-domain-vs-shifted classifier's cross-validated AUROC on the same features (how
+   separable the pair is at all; no OOD score has those labels). ``--max-rows`` caps the rows.
 4. **Target adaptation** (``--target``): a fused head trained on the source; an unlabeled
    target sample (half of the shifted rows) estimates the class priors; the other half is
    scored (disjoint rows). Accuracy vs the majority floor of the scored rows, ECE, MCC, for no
    adaptation, always re-weighting, and the do-no-harm rule (:mod:`genoray.priors`).
 
-    python bench/bench_shift.py [--seeds 20] [--quick]
+    python bench/bench_shift.py [--seeds 20] [--sections null,ood,target] [--max-rows 600]
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Under label shift (``p(x | y)`` fixed, ``p(y)`` changed) the calibrated source p
 over the unlabeled target rows. :class:`PriorShift` packages the estimate, the decision and a
 saveable JSON form.
 
-**Do-no-harm decision.** The correction is applied only when both hold:
+**Do-no-harm decision.** The correction is applied only when all four hold:
 
 1. *the label-shift model is plausible*: re-weighting assumes ``p(x | y)`` is unchanged, so the
    target rows must look in-distribution. The share of target rows flagged by the per-query

@@ -285,7 +285,7 @@ def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
         serve.delete("drift")
 
 
-def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempered():
+def test_covariate_shifted_target_is_not_reweighted_but_tempered():
     """Item 4: the do-no-harm rule refuses EM under covariate shift and keeps every label."""
     proba, _ = _posteriors(1000, 0.2, 1)
     flags = np.zeros(1000, dtype=bool)
