@@ -55,6 +55,8 @@ class OODConfig:
         length_ratio: ratio between consecutive calibration lengths (length-matched mode).
         min_length: shortest calibration length.
         seed: subsampling and cropping seed.
+        complexity_view: one more ranked view (with sequences): the Markov NLL minus the
+            entropy of the query's own base composition (complexity-corrected likelihood).
         combine: how the per-view ranks become one raw score: ``max`` (the largest rank) or
             ``fisher`` (``-2 sum log p`` of the views' upper-tail p-values); either is then
             calibrated on the held-out rows, so the flag rate holds for both.
@@ -71,6 +73,7 @@ class OODConfig:
     min_length: int = 16
     seed: int = 0
     combine: str = "max"
+    complexity_view: bool = True
 
     def __post_init__(self):
         if self.method not in ("mahalanobis", "knn"):
@@ -171,7 +174,10 @@ class OODScorer:
                 sp[f"precision{d}"] = LedoitWolf(assume_centered=True).fit(within[:, :d]).precision_
                 sp[f"cal{d}"] = np.sort(self._mahalanobis(sp, cal, d))
         if len(self.markov_) and cal_seqs is not None:
-            sp["calmarkov"] = np.sort(markov_nll(self.markov_, cal_seqs, self.cfg.markov_order))
+            nll = markov_nll(self.markov_, cal_seqs, self.cfg.markov_order)
+            sp["calmarkov"] = np.sort(nll)
+            if self.cfg.complexity_view:
+                sp["calcomplexity"] = np.sort(nll - base_entropy(cal_seqs))
         sp["cal_scores"] = np.sort(self._raw(sp, cal, cal_seqs))
         return sp
 
@@ -195,7 +201,10 @@ class OODScorer:
         if "calmarkov" in sp:
             if seqs is None:
                 raise ValueError("this OOD scorer was fitted with sequences: score with score_sequences()")
-            views.append((sp["calmarkov"], markov_nll(self.markov_, seqs, self.cfg.markov_order)))
+            nll = markov_nll(self.markov_, seqs, self.cfg.markov_order)
+            views.append((sp["calmarkov"], nll))
+            if "calcomplexity" in sp:
+                views.append((sp["calcomplexity"], nll - base_entropy(seqs)))
         below = [np.searchsorted(cal, v, side="left") for cal, v in views]
         if self.cfg.combine == "fisher":  # upper-tail p-value of each view, (above + 1) / (n + 1)
             return -2.0 * np.sum([np.log((len(cal) - b + 1.0) / (len(cal) + 1.0)) for (cal, _), b in zip(views, below)],
@@ -348,6 +357,19 @@ def markov_fit(sequences: Sequence[str], order: int) -> np.ndarray:
         counts += np.bincount(idx[valid], minlength=len(counts))
     c = counts.reshape(-1, 4)
     return np.log(c / c.sum(axis=1, keepdims=True)).reshape(-1)
+
+
+def base_entropy(sequences: Sequence[str]) -> np.ndarray:
+    """Entropy (nats) of each sequence's own base composition (add-half smoothed): the
+    per-base code length a sequence needs on its own, subtracted from the Markov NLL for the
+    complexity-corrected view (Serra et al., ICLR 2020: a likelihood alone ranks simple inputs
+    as typical whatever their source)."""
+    out = np.zeros(len(sequences))
+    for i, s in enumerate(sequences):
+        c = np.array([s.count(b) for b in "ACGT"], dtype=np.float64) + 0.5
+        p = c / c.sum()
+        out[i] = -float(np.sum(p * np.log(p)))
+    return out
 
 
 def markov_nll(logp: np.ndarray, sequences: Sequence[str], order: int) -> np.ndarray:

@@ -46,8 +46,9 @@ def test_in_domain_rate_length_robust_and_shift_detected(kmer_reference):
 
 
 def test_fisher_combination_is_calibrated_and_matches_hand_computation():
-    """Item 1: the views combined by Fisher's method: -2 sum log p of each view's upper-tail
-    p-value (hand-computed from the stored calibration arrays), then calibrated like ``max``."""
+    """Item 1: the views (Mahalanobis at 4 and 16 components, Markov NLL, complexity-corrected
+    NLL) combined by Fisher's method: -2 sum log p of each view's upper-tail p-value
+    (hand-computed from the stored calibration arrays), then calibrated like ``max``."""
     from genoray.encoders.kmer import KmerEncoder
     from genoray.ood import markov_nll
 
@@ -62,7 +63,13 @@ def test_fisher_combination_is_calibrated_and_matches_hand_computation():
     assert roc_auc_score(np.r_[np.zeros(400), np.ones(200)], np.r_[s_in, s_sh]) > 0.85
     sp, x = ood.spaces_[-1], enc.embed(fresh[:5])
     views = [(sp[f"cal{d}"], ood._mahalanobis(sp, x, int(d))) for d in sp["dims"]]
-    views.append((sp["calmarkov"], markov_nll(ood.markov_, fresh[:5], 5)))
+    nll = markov_nll(ood.markov_, fresh[:5], 5)
+    views.append((sp["calmarkov"], nll))
+    comp = []  # composition entropy by hand: counts + 0.5, -sum p log p
+    for q in fresh[:5]:
+        c = np.array([q.count(b) + 0.5 for b in "ACGT"])
+        comp.append(-np.sum(c / c.sum() * np.log(c / c.sum())))
+    views.append((sp["calcomplexity"], nll - np.array(comp)))
     hand = np.zeros(5)
     for cal, v in views:
         above = np.array([np.sum(cal >= q) for q in v])
@@ -70,6 +77,22 @@ def test_fisher_combination_is_calibrated_and_matches_hand_computation():
     np.testing.assert_allclose(ood.raw(x, seqs=fresh[:5]), hand)
     with pytest.raises(ValueError, match="combine"):
         OODConfig(combine="mean")
+
+
+def test_complexity_corrected_view_sees_what_the_likelihood_misses():
+    """Item 1: under a chain fitted on uniform DNA every sequence costs about log 4 per base, so
+    the NLL alone cannot tell AT-rich sequences from the reference; the NLL minus the query's
+    own composition entropy can (the view added to the OOD score)."""
+    from genoray.ood import base_entropy, markov_fit, markov_nll
+
+    ref, same, shifted = random_dna(400, 150, 0.5, 30), random_dna(200, 150, 0.5, 31), random_dna(200, 150, 0.2, 32)
+    chain = markov_fit(ref, 5)
+    n_same, n_shift = markov_nll(chain, same, 5), markov_nll(chain, shifted, 5)
+    y = np.r_[np.zeros(200), np.ones(200)]
+    assert roc_auc_score(y, np.r_[n_same, n_shift]) < 0.65
+    assert roc_auc_score(y, np.r_[n_same - base_entropy(same), n_shift - base_entropy(shifted)]) > 0.95
+    np.testing.assert_allclose(base_entropy(["ACGT" * 10, "AAAA"]), [np.log(4), -(4.5 / 6 * np.log(4.5 / 6)
+                               + 3 * 0.5 / 6 * np.log(0.5 / 6))])
 
 
 def test_save_load_roundtrip_and_tamper(tmp_path, kmer_reference):
