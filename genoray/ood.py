@@ -7,8 +7,11 @@
   means, in a whitened space (the first 4, 16 and 64 principal components, each with a
   Ledoit-Wolf shrinkage estimate of the pooled within-class covariance); each distance is
   ranked against held-out rows, as is (when fitted with sequences) the per-base negative
-  log-likelihood under an order-5 Markov chain of the reference sequences; the largest
-  rank is the raw score (far in feature space, or improbable as DNA of the reference kind). ``method="knn"``: cosine
+  log-likelihood under an order-5 Markov chain of the reference sequences and that NLL minus
+  the entropy of the query's own base composition (a complexity-corrected likelihood, which
+  sees composition shifts the raw likelihood scores as typical); the largest rank (or their
+  Fisher combination, ``combine="fisher"``) is the raw score (far in feature space, or
+  improbable as DNA of the reference kind). ``method="knn"``: cosine
   distance to the ``k``-th nearest reference row (the older score, kept for comparison).
 * **length matching**: the feature vector of a short sequence is noisier (k-mer frequencies
   from fewer k-mers), which made the older score follow length rather than content. When the
