@@ -7,8 +7,11 @@
   means, in a whitened space (the first 4, 16 and 64 principal components, each with a
   Ledoit-Wolf shrinkage estimate of the pooled within-class covariance); each distance is
   ranked against held-out rows, as is (when fitted with sequences) the per-base negative
-  log-likelihood under an order-5 Markov chain of the reference sequences; the largest
-  rank is the raw score (far in feature space, or improbable as DNA of the reference kind). ``method="knn"``: cosine
+  log-likelihood under an order-5 Markov chain of the reference sequences and that NLL minus
+  the entropy of the query's own base composition (a complexity-corrected likelihood, which
+  sees composition shifts the raw likelihood scores as typical); the largest rank (or their
+  Fisher combination, ``combine="fisher"``) is the raw score (far in feature space, or
+  improbable as DNA of the reference kind). ``method="knn"``: cosine
   distance to the ``k``-th nearest reference row (the older score, kept for comparison).
 * **length matching**: the feature vector of a short sequence is noisier (k-mer frequencies
   from fewer k-mers), which made the older score follow length rather than content. When the
@@ -55,6 +58,11 @@ class OODConfig:
         length_ratio: ratio between consecutive calibration lengths (length-matched mode).
         min_length: shortest calibration length.
         seed: subsampling and cropping seed.
+        complexity_view: one more ranked view (with sequences): the Markov NLL minus the
+            entropy of the query's own base composition (complexity-corrected likelihood).
+        combine: how the per-view ranks become one raw score: ``max`` (the largest rank) or
+            ``fisher`` (``-2 sum log p`` of the views' upper-tail p-values); either is then
+            calibrated on the held-out rows, so the flag rate holds for both.
     """
 
     method: str = "mahalanobis"
@@ -67,12 +75,16 @@ class OODConfig:
     length_ratio: float = 1.25
     min_length: int = 16
     seed: int = 0
+    combine: str = "max"
+    complexity_view: bool = True
 
     def __post_init__(self):
         if self.method not in ("mahalanobis", "knn"):
             raise ValueError(f"OOD method must be 'mahalanobis' or 'knn', got {self.method!r}")
         if not 0 < self.rate < 0.5:
             raise ValueError(f"OOD rate must be in (0, 0.5), got {self.rate}")
+        if self.combine not in ("max", "fisher"):
+            raise ValueError(f"OOD combine must be 'max' or 'fisher', got {self.combine!r}")
 
 
 def crop(sequences: Sequence[str], length: int, rng: np.random.Generator) -> list[str]:
@@ -165,7 +177,10 @@ class OODScorer:
                 sp[f"precision{d}"] = LedoitWolf(assume_centered=True).fit(within[:, :d]).precision_
                 sp[f"cal{d}"] = np.sort(self._mahalanobis(sp, cal, d))
         if len(self.markov_) and cal_seqs is not None:
-            sp["calmarkov"] = np.sort(markov_nll(self.markov_, cal_seqs, self.cfg.markov_order))
+            nll = markov_nll(self.markov_, cal_seqs, self.cfg.markov_order)
+            sp["calmarkov"] = np.sort(nll)
+            if self.cfg.complexity_view:
+                sp["calcomplexity"] = np.sort(nll - base_entropy(cal_seqs))
         sp["cal_scores"] = np.sort(self._raw(sp, cal, cal_seqs))
         return sp
 
@@ -185,14 +200,19 @@ class OODScorer:
             k = min(self.cfg.k, len(ref))
             sims, _ = sp["_index"].search(np.ascontiguousarray(q, dtype=np.float32), k)
             return 1.0 - sims[:, -1].astype(np.float64)
-        ranks = [np.searchsorted(sp[f"cal{d}"], self._mahalanobis(sp, x, int(d)), side="left") / len(sp[f"cal{d}"])
-                 for d in sp["dims"]]
+        views = [(sp[f"cal{d}"], self._mahalanobis(sp, x, int(d))) for d in sp["dims"]]
         if "calmarkov" in sp:
             if seqs is None:
                 raise ValueError("this OOD scorer was fitted with sequences: score with score_sequences()")
             nll = markov_nll(self.markov_, seqs, self.cfg.markov_order)
-            ranks.append(np.searchsorted(sp["calmarkov"], nll, side="left") / len(sp["calmarkov"]))
-        return np.max(ranks, axis=0)
+            views.append((sp["calmarkov"], nll))
+            if "calcomplexity" in sp:
+                views.append((sp["calcomplexity"], nll - base_entropy(seqs)))
+        below = [np.searchsorted(cal, v, side="left") for cal, v in views]
+        if self.cfg.combine == "fisher":  # upper-tail p-value of each view, (above + 1) / (n + 1)
+            return -2.0 * np.sum([np.log((len(cal) - b + 1.0) / (len(cal) + 1.0)) for (cal, _), b in zip(views, below)],
+                                 axis=0)
+        return np.max([b / len(cal) for (cal, _), b in zip(views, below)], axis=0)
 
     @staticmethod
     def _mahalanobis(sp: dict[str, np.ndarray], x: np.ndarray, dim: int) -> np.ndarray:
@@ -340,6 +360,19 @@ def markov_fit(sequences: Sequence[str], order: int) -> np.ndarray:
         counts += np.bincount(idx[valid], minlength=len(counts))
     c = counts.reshape(-1, 4)
     return np.log(c / c.sum(axis=1, keepdims=True)).reshape(-1)
+
+
+def base_entropy(sequences: Sequence[str]) -> np.ndarray:
+    """Entropy (nats) of each sequence's own base composition (add-half smoothed): the
+    per-base code length a sequence needs on its own, subtracted from the Markov NLL for the
+    complexity-corrected view (Serra et al., ICLR 2020: a likelihood alone ranks simple inputs
+    as typical whatever their source)."""
+    out = np.zeros(len(sequences))
+    for i, s in enumerate(sequences):
+        c = np.array([s.count(b) for b in "ACGT"], dtype=np.float64) + 0.5
+        p = c / c.sum()
+        out[i] = -float(np.sum(p * np.log(p)))
+    return out
 
 
 def markov_nll(logp: np.ndarray, sequences: Sequence[str], order: int) -> np.ndarray:

@@ -45,6 +45,56 @@ def test_in_domain_rate_length_robust_and_shift_detected(kmer_reference):
     assert ood.flag(ood.score_sequences(crop(shifted, 80, rng), enc)).mean() > 0.5
 
 
+def test_fisher_combination_is_calibrated_and_matches_hand_computation():
+    """Item 1: the views (Mahalanobis at 4 and 16 components, Markov NLL, complexity-corrected
+    NLL) combined by Fisher's method: -2 sum log p of each view's upper-tail p-value
+    (hand-computed from the stored calibration arrays), then calibrated like ``max``."""
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.ood import markov_nll
+
+    enc = KmerEncoder()
+    seqs = random_dna(500, 120, 0.45, 20) + random_dna(500, 120, 0.55, 21)
+    ood = OODScorer(OODConfig(max_cal_rows=300, combine="fisher", pca_dims=(4, 16))).fit(
+        enc.embed(seqs), ["a"] * 500 + ["b"] * 500, seqs, enc)
+    fresh = random_dna(200, 120, 0.45, 22) + random_dna(200, 120, 0.55, 23)
+    s_in = ood.score_sequences(fresh, enc)
+    assert 0.01 <= ood.flag(s_in).mean() <= 0.10
+    s_sh = ood.score_sequences(random_dna(200, 120, 0.7, 24), enc)
+    assert roc_auc_score(np.r_[np.zeros(400), np.ones(200)], np.r_[s_in, s_sh]) > 0.85
+    sp, x = ood.spaces_[-1], enc.embed(fresh[:5])
+    views = [(sp[f"cal{d}"], ood._mahalanobis(sp, x, int(d))) for d in sp["dims"]]
+    nll = markov_nll(ood.markov_, fresh[:5], 5)
+    views.append((sp["calmarkov"], nll))
+    comp = []  # composition entropy by hand: counts + 0.5, -sum p log p
+    for q in fresh[:5]:
+        c = np.array([q.count(b) + 0.5 for b in "ACGT"])
+        comp.append(-np.sum(c / c.sum() * np.log(c / c.sum())))
+    views.append((sp["calcomplexity"], nll - np.array(comp)))
+    hand = np.zeros(5)
+    for cal, v in views:
+        above = np.array([np.sum(cal >= q) for q in v])
+        hand += -2 * np.log((above + 1) / (len(cal) + 1))
+    np.testing.assert_allclose(ood.raw(x, seqs=fresh[:5]), hand)
+    with pytest.raises(ValueError, match="combine"):
+        OODConfig(combine="mean")
+
+
+def test_complexity_corrected_view_sees_what_the_likelihood_misses():
+    """Item 1: under a chain fitted on uniform DNA every sequence costs about log 4 per base, so
+    the NLL alone cannot tell AT-rich sequences from the reference; the NLL minus the query's
+    own composition entropy can (the view added to the OOD score)."""
+    from genoray.ood import base_entropy, markov_fit, markov_nll
+
+    ref, same, shifted = random_dna(400, 150, 0.5, 30), random_dna(200, 150, 0.5, 31), random_dna(200, 150, 0.2, 32)
+    chain = markov_fit(ref, 5)
+    n_same, n_shift = markov_nll(chain, same, 5), markov_nll(chain, shifted, 5)
+    y = np.r_[np.zeros(200), np.ones(200)]
+    assert roc_auc_score(y, np.r_[n_same, n_shift]) < 0.65
+    assert roc_auc_score(y, np.r_[n_same - base_entropy(same), n_shift - base_entropy(shifted)]) > 0.95
+    np.testing.assert_allclose(base_entropy(["ACGT" * 10, "AAAA"]), [np.log(4), -(4.5 / 6 * np.log(4.5 / 6)
+                               + 3 * 0.5 / 6 * np.log(0.5 / 6))])
+
+
 def test_save_load_roundtrip_and_tamper(tmp_path, kmer_reference):
     from genoray.artifacts import ChecksumError
 
@@ -96,6 +146,38 @@ def test_em_recovers_priors_and_bayes_reweighting():
     acc_before = np.mean(proba.argmax(1) == y)
     acc_after = np.mean(shift.apply(proba).argmax(1) == y)
     assert acc_after > acc_before + 0.03
+
+
+def test_expected_mcc_is_mcc_for_hard_labels():
+    """The unsupervised MCC estimate equals sklearn's MCC when the belief is one-hot (3 classes)."""
+    from sklearn.metrics import matthews_corrcoef
+
+    from genoray.priors import expected_mcc
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    pred[:150] = y[:150]
+    assert expected_mcc(np.eye(3)[y], pred) == pytest.approx(matthews_corrcoef(y, pred), abs=1e-12)
+    assert expected_mcc(np.eye(2)[np.zeros(10, int)], np.zeros(10, int)) == 0.0  # one class: defined as 0
+
+
+def test_reweighting_that_would_lower_mcc_is_refused():
+    """Item 4: a weak classifier under a strong prior shift: re-weighting would push almost every
+    label to the majority class; the rule sees the expected MCC drop without labels and keeps the
+    unadapted probabilities, and the true MCC confirms it would have dropped."""
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(4000) < 0.1).astype(int)
+    x = rng.normal(size=4000) + np.where(y == 1, 0.4, -0.4)
+    p1 = 1 / (1 + np.exp(-0.8 * x))
+    proba = np.stack([1 - p1, p1], axis=1)
+    shift = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5])
+    assert shift.p_value < 0.01 and not shift.applied and "expected MCC" in shift.reason
+    np.testing.assert_array_equal(shift.apply(proba), proba)
+    always = PriorShift(**{**shift.to_dict(), "applied": True}).apply(proba)
+    assert matthews_corrcoef(y, always.argmax(1)) < matthews_corrcoef(y, proba.argmax(1)) - 0.02
+    assert shift.extra["expected_mcc_reweighted"] < shift.extra["expected_mcc_unadapted"] - 0.02
 
 
 def test_no_prior_shift_leaves_probabilities_unchanged():
@@ -226,7 +308,7 @@ def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
         serve.delete("drift")
 
 
-def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempered():
+def test_covariate_shifted_target_is_not_reweighted_but_tempered():
     """Item 4: the do-no-harm rule refuses EM under covariate shift and keeps every label."""
     proba, _ = _posteriors(1000, 0.2, 1)
     flags = np.zeros(1000, dtype=bool)
@@ -235,8 +317,14 @@ def test_covariate_shifted_target_is_not_reweighted_but_flagged_rows_are_tempere
     assert not shift.applied and "covariate-shifted" in shift.reason and shift.extra["ood_fraction"] == 0.4
     out = shift.apply(proba, flags)
     np.testing.assert_array_equal(out.argmax(1), proba.argmax(1))  # labels kept
-    np.testing.assert_array_equal(out[400:], proba[400:])  # in-distribution rows untouched
-    assert np.all(out[:400].max(1) <= proba[:400].max(1) + 1e-12) and out[:400].max(1).mean() < 0.7
+    # every row of a covariate-shifted target is tempered, flagged or not: p ** (1/T) renormalised,
+    # T such that the mean top-class probability is the largest source prior (0.5 here; 0.6 below)
+    t = shift.temper_ood
+    hand = proba ** (1 / t) / (proba ** (1 / t)).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, hand, rtol=1e-6)
+    assert t > 1 and out.max(1).mean() == pytest.approx(0.5, abs=1e-3) and shift.summary()["tempered"]
+    skewed = PriorShift.estimate(proba, ["neg", "pos"], [0.4, 0.6], ood_flags=flags, ood_rate=0.05)
+    assert skewed.apply(proba).max(1).mean() == pytest.approx(0.6, abs=1e-3)
     # too far from the reference length: no re-weighting either
     far = PriorShift.estimate(proba, ["neg", "pos"], [0.5, 0.5], length_ratio=0.3)
     assert not far.applied and "reference length" in far.reason

@@ -62,3 +62,18 @@ def test_cli_shift_between_two_real_stores(tmp_path, capsys):
                  "--reference-split", "train", "--new-split", "train", "--max-samples", "300"])
     rep = json.loads(capsys.readouterr().out)
     assert code == 0 and not rep["is_shift"]
+
+
+def test_random_halves_combined_false_positive_rate():
+    """Item 2 (null check): random halves of one distribution, 20 seeds: the Bonferroni-combined
+    decision (any of the three p-values < alpha / 3) is the verdict, and it fires on at most 2 of
+    20 seeds (its level is <= 5%; P(>= 3 of 20 | 5%) = 0.075 would already be suspect)."""
+    data = lowrank(3000, seed=7)
+    fired = 0
+    for seed in range(20):
+        perm = np.random.default_rng(500 + seed).permutation(len(data))
+        a, b = data[perm[:1500]], data[perm[1500:]]
+        rep = ShiftDetector(ShiftConfig(max_samples=300, n_permutations=200, pca_dim=8, seed=seed)).fit(a).score(b)
+        assert rep.is_shift == (min(rep.mmd_p_value, rep.c2st_p_value, rep.ood_p_value) < 0.05 / 3)
+        fired += rep.is_shift
+    assert fired <= 2
