@@ -228,7 +228,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
             from genoray.sequences import read_sequences
 
             target = read_sequences(a.target)[0]["sequence"].to_pylist()
-        publish(a.root, write_bundle(a.root, a.index, a.head, target=target))
+        groups = a.shard_groups
+        if a.group_memory_mb is not None:
+            from genoray.scatter import shard_groups
+
+            groups = shard_groups(a.index, memory_budget=int(a.group_memory_mb * 2**20))
+        publish(a.root, write_bundle(a.root, a.index, a.head, target=target, shard_groups=groups))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
