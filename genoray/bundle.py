@@ -124,6 +124,7 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
         if target is not None:
             Predictor.load(stage / "index", stage / "head").adapt_to(list(target)).save(stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
+        assert predictor.index is not None
         idx = predictor.index.manifest
         from genoray.scatter import shard_groups as plan_groups
 

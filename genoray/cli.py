@@ -201,6 +201,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             else:
                 writer.write(preds)
         if a.with_sequences:
+            assert predictor.index is not None  # loaded with its index
             missing = join_neighbour_records(predictor.index.manifest, rows)
             writer.write(rows)
     finally:

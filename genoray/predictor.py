@@ -145,7 +145,7 @@ class Predictor:
             raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
-        proba, _, _ = predict_vectors(self.index, self.head, x)
+        proba, _, _ = self.predict_vectors(x)
         flags, rate, ratio, p_ood = None, 0.05, None, None
         if self.ood is not None:
             flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate

@@ -38,12 +38,13 @@ import numpy as np
 
 from genoray.bundle import MANIFEST, BundleHolder, BundleManifest, current_version
 from genoray.errors import InvariantError
+from genoray.plan import ID_TABLE_ROW, MB, RAY_WORKER_BASE
 from genoray.predictor import Hits, Predictor
 
 log = logging.getLogger(__name__)
 CACHED_VERSIONS = 2  # per searcher replica: the version served and the one being swapped to
-GROUP_BASE_BYTES = 430 * 2**20  # a searcher replica's process without its shards (plan.RAY_WORKER_BASE + 200 MB)
-ID_ROW_BYTES = 48  # resident seq_id + label + gid per row (plan.ID_TABLE_ROW)
+GROUP_BASE_BYTES = RAY_WORKER_BASE + 200 * MB  # a searcher replica without its shards (as genoray.plan counts it)
+ID_ROW_BYTES = ID_TABLE_ROW  # resident gid + seq_id + label per row
 
 
 def _shard_bytes(index_dir: Path) -> tuple[list[int], int]:
@@ -213,27 +214,40 @@ class GenoraySearcher:
         self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
         self.last_error: str | None = None
         version = current_version(self.root)
         if version is None:
             raise FileNotFoundError(f"{self.root}: no CURRENT bundle has been published")
-        self.get(version)  # synchronous: a replica is ready only with its shards loaded
+        try:
+            self.get(version)  # synchronous: a replica starts with CURRENT's shards loaded
+        except Exception as e:  # a version this group cannot load: the model keeps its own, loaded on demand
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.error("searcher-%d could not load CURRENT %s: %s", group, version, self.last_error)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="group-watch", daemon=True)
         self._thread.start()
 
     def get(self, version: str) -> GroupIndex:
         """This group of ``version``, loaded (and verified) on first use; the least recently
-        used version beyond :data:`CACHED_VERSIONS` is dropped."""
-        with self._lock:  # one load at a time; concurrent requests for it wait for it
+        used version beyond :data:`CACHED_VERSIONS` is dropped. Searches of loaded versions
+        never wait for a load."""
+        with self._lock:
             if version in self._cache:
                 self._cache.move_to_end(version)
                 return self._cache[version]
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:  # one load per version; concurrent requests for it wait for that one
+            with self._lock:
+                if version in self._cache:
+                    return self._cache[version]
             t0 = time.perf_counter()
             idx = GroupIndex(self.root, version, self.group)
-            self._cache[version] = idx
-            while len(self._cache) > CACHED_VERSIONS:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[version] = idx
+                self._loading.pop(version, None)
+                while len(self._cache) > CACHED_VERSIONS:
+                    self._cache.popitem(last=False)
             log.info("searcher-%d loaded %s (%d rows) in %.2f s", self.group, version, len(idx.gids),
                      time.perf_counter() - t0)
             return idx
@@ -251,9 +265,11 @@ class GenoraySearcher:
         return True
 
     def info(self) -> dict[str, Any]:
-        """Group, loaded versions, replica and the last load error."""
+        """Group, loaded versions, replica, its Ray node and the last load error."""
+        import ray
+
         return {"group": self.group, "versions": list(self._cache), "replica": self.replica,
-                "last_error": self.last_error}
+                "node": ray.get_runtime_context().get_node_id(), "last_error": self.last_error}
 
     def check_health(self) -> None:
         """Fails when the watcher stopped (Serve then replaces this replica)."""
@@ -280,7 +296,7 @@ def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: flo
             seen: dict[str, str] | None = None) -> Hits:
     """Search every group at ``version`` concurrently (sync: call from a worker thread), retrying
     a group on another of its replicas when one dies; merged :class:`Hits`."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
     from ray.serve.exceptions import ReplicaUnavailableError
 
     deadline = time.monotonic() + timeout_s
@@ -302,6 +318,11 @@ def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: flo
             except TimeoutError as e:
                 calls[g].cancel()
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) did not answer within {timeout_s:g} s") from e
+            except RayTaskError as e:  # e.g. its files of this version fail verification
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                log.error("searcher-%d cannot search %s: %s", g, version, cause)  # paths stay in the log
+                raise GroupUnavailable(f"shard group {g} (searcher-{g}) cannot search bundle {version} "
+                                       f"({type(cause).__name__}; see the service log)") from e
         if parts[g]["version"] != version:
             raise InvariantError(f"searcher-{g} searched {parts[g]['version']} for a request at {version}")
         if seen is not None:
@@ -334,10 +355,11 @@ class GroupHolder(BundleHolder):
 
     def load(self, version: str) -> None:
         """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
+        g = 0
         try:
             calls = [s.ready.remote(version) for s in self.searchers]
-            for g, c in enumerate(calls):
-                c.result(timeout_s=120)
+            for g in range(len(calls)):
+                calls[g].result(timeout_s=120)
         except Exception as e:
             self.last_error = f"bundle {version} not ready on shard group {g}: {type(e).__name__}: {e}"
             log.warning(self.last_error)
@@ -367,7 +389,7 @@ class _Batch:
         self.seen: dict[str, str] = {}
 
         def search(x: np.ndarray, k: int) -> Hits:
-            return scatter(holder.searchers, self.version, x, k, holder.timeout_s, holder.retries, self.seen)
+            return scatter(holder.searchers, self.version, x, k, 0.8 * holder.timeout_s, holder.retries, self.seen)
 
         self.predictor = _Searching(predictor, search)
 
@@ -387,7 +409,7 @@ def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
     from genoray.serve import predict_batch
 
     try:
-        return predict_batch(_Batch(holder), requests)
+        return predict_batch(_Batch(holder), requests)  # type: ignore[arg-type]  # duck-typed holder
     except GroupUnavailable as e:
         raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
@@ -399,7 +421,7 @@ def group_model(cfg, replica_options: dict[str, Any], n_groups: int):
 
     from genoray.serve import _BundleReplica
 
-    searchers = [serve.deployment(GenoraySearcher, **replica_options).options(name=f"searcher-{g}")
+    searchers = [serve.deployment(**replica_options)(GenoraySearcher).options(name=f"searcher-{g}")
                  .bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
 
     @serve.deployment(**replica_options)

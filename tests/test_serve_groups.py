@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import toy_fasta, toy_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +213,5 @@ def test_grouped_service_on_a_3_node_cluster(tmp_path):
     swap = res["swap"]
     assert swap["failed"] == 0 and swap["wrong"] == 0 and swap["mixed"] == 0
     assert set(swap["versions"]) == {res["v1"], res["v2"]} and swap["last_version"] == res["v2"]
+    assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
+               for status, body in res["group_down"]), res["group_down"]
