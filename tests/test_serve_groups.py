@@ -215,3 +215,23 @@ def test_grouped_service_on_a_3_node_cluster(tmp_path):
     assert set(swap["versions"]) == {res["v1"], res["v2"]} and swap["last_version"] == res["v2"]
     assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
                for status, body in res["group_down"]), res["group_down"]
+
+
+def test_publish_cli_records_shard_groups(built, tmp_path):
+    from genoray import cli
+    from genoray.bundle import current_version, read_json
+    from genoray.scatter import GROUP_BASE_BYTES, _shard_bytes
+
+    root = tmp_path / "root"
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--shard-groups", "2"]) == 0
+    doc = read_json(root / "versions" / current_version(root) / "bundle.json")
+    assert doc["shard_groups"] == [[0, 1], [2, 3]]
+    sizes, shared = _shard_bytes(built["ivf4"])
+    assert shared > 0  # IVF shards share one quantizer: each searcher replica holds it once
+    budget = (GROUP_BASE_BYTES + shared + sizes[0] + sizes[1] + 1) / 2**20
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--group-memory-mb", f"{budget:.6f}"]) == 0
+    assert read_json(root / "versions" / current_version(root) / "bundle.json")["shard_groups"] == [[0, 1], [2, 3]]
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--shard-groups", "9"]) == 2  # more groups than shards: a usage error naming the index
