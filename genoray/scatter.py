@@ -215,6 +215,7 @@ class GenoraySearcher:
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._refused: set[str | None] = set()  # versions this group could not preload
         self.last_error: str | None = None
         version = current_version(self.root)
         if version is None:
@@ -278,12 +279,13 @@ class GenoraySearcher:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
+            version = None  # stays None when CURRENT itself cannot be read (next poll)
             try:
                 version = current_version(self.root)
-                if version and version not in self._cache:
+                if version and version not in self._cache and version not in self._refused:
                     self.get(version)  # preload, so the model's switch finds it ready
-                self.last_error = None
             except Exception as e:  # a version this group cannot load: requests for it fail clearly
+                self._refused.add(version)  # versions are immutable: not preloaded again
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("searcher-%d: %s", self.group, self.last_error)
 
