@@ -61,6 +61,8 @@ class BundleManifest(JsonDoc):
         files: sha256 of every file of the version except ``bundle.json``.
         clean: the :class:`~genoray.config.CleanPolicy` the store was built with; serving
             cleans queries with it (``None``: an older bundle; the default is used).
+        shard_groups: the index shards each searcher deployment holds, one list of shard
+            numbers per group (:mod:`genoray.scatter`); ``None`` (older bundles): one group.
     """
 
     format_version: int
@@ -74,13 +76,15 @@ class BundleManifest(JsonDoc):
     metrics: dict[str, Any]
     files: dict[str, str]
     clean: CleanPolicy | None = None
+    shard_groups: list[list[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON document (``clean`` left out when unknown, as older bundles had it)."""
+        """The JSON document (``clean`` and ``shard_groups`` left out when unknown, as older bundles had them)."""
         doc = super().to_json()
-        if doc.get("clean") is None:
-            doc.pop("clean", None)
+        for key in ("clean", "shard_groups"):
+            if doc.get(key) is None:
+                doc.pop(key, None)
         return doc
 
 
@@ -98,11 +102,13 @@ def new_version_name() -> str:
 
 def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
                  metrics: dict[str, Any] | None = None, version: str | None = None,
-                 target: list[str] | None = None) -> str:
+                 target: list[str] | None = None, shard_groups: Any = None) -> str:
     """Copy an index and a head into a new verified version under ``root``; returns its name.
     Does not publish it (see :func:`publish`). ``target``: unlabeled sequences of the data the
     bundle will serve; their estimated class priors (and the decision whether to re-weight,
-    :mod:`genoray.priors`) are stored as ``head/priors.json`` and applied by every replica."""
+    :mod:`genoray.priors`) are stored as ``head/priors.json`` and applied by every replica.
+    ``shard_groups``: how ``genoray serve`` splits the index over searcher deployments, see
+    :func:`genoray.scatter.shard_groups` (``None``: one group, every replica holds the whole index)."""
     from genoray.predictor import Predictor
 
     root = Path(root)
@@ -118,14 +124,19 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
         if target is not None:
             Predictor.load(stage / "index", stage / "head").adapt_to(list(target)).save(stage / "head")
         predictor = Predictor.load(stage / "index", stage / "head")  # refuse what replicas could not load
+        assert predictor.index is not None
         idx = predictor.index.manifest
+        from genoray.scatter import shard_groups as plan_groups
+
+        groups = plan_groups(stage / "index", shard_groups) if shard_groups is not None else None
         doc = BundleManifest(
             format_version=FORMAT_VERSION, version=version, parent=current_version(root),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             encoder=idx.encoder or {}, fingerprint=idx.fingerprint or "",
             classes=[str(c) for c in predictor.head.classes_],
             index={"factory": idx.factory, "ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
-            metrics=metrics or {}, files=_files(stage), clean=idx.clean)
+            metrics=metrics or {}, files=_files(stage), clean=idx.clean,
+            shard_groups=groups if groups and len(groups) > 1 else None)
         write_json(stage / MANIFEST, doc.to_json())
         for p in stage.rglob("*"):
             if p.is_file():
@@ -231,7 +242,7 @@ class BundleHolder:
     def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
         self.root = Path(root)
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.predictor, self.doc = load_bundle(self.root)  # synchronous: never serve without a bundle
+        self.predictor, self.doc = self._open(None)  # synchronous: never serve without a bundle
         self.version = self.doc.version
         lease(self.root, self.version, self.holder)
         self.last_error: str | None = None
@@ -287,10 +298,14 @@ class BundleHolder:
                 except Exception:  # load() logged and recorded why; keep serving the current bundle
                     log.debug("keeping bundle %s after refusing %s", self.version, target)
 
+    def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
+        """Verify and load a version (``None``: CURRENT); :mod:`genoray.scatter` loads less."""
+        return load_bundle(self.root, version)
+
     def load(self, version: str) -> None:
         """Verify and load ``version``, then swap; on any error keep the current bundle."""
         try:
-            predictor, doc = load_bundle(self.root, version)
+            predictor, doc = self._open(version)
         except Exception as e:
             self.refused.add(version)
             self.last_error = f"refused bundle {version}: {e}"

@@ -201,6 +201,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             else:
                 writer.write(preds)
         if a.with_sequences:
+            assert predictor.index is not None  # loaded with its index
             missing = join_neighbour_records(predictor.index.manifest, rows)
             writer.write(rows)
     finally:
@@ -228,7 +229,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
             from genoray.sequences import read_sequences
 
             target = read_sequences(a.target)[0]["sequence"].to_pylist()
-        publish(a.root, write_bundle(a.root, a.index, a.head, target=target))
+        groups = a.shard_groups
+        if a.group_memory_mb is not None:
+            from genoray.scatter import shard_groups
+
+            groups = shard_groups(a.index, memory_budget=int(a.group_memory_mb * 2**20))
+        publish(a.root, write_bundle(a.root, a.index, a.head, target=target, shard_groups=groups))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)

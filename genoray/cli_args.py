@@ -231,6 +231,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.add_argument("--version", help="publish this existing version instead (rollback)")
     p.add_argument("--target", nargs="+", help="unlabeled sample of the data this bundle will serve (any supported "
                    "format; labels ignored): re-weight to its class priors when the shift is significant")
+    p.add_argument("--shard-groups", type=int, default=None, metavar="N",
+                   help="split the index's shards into N groups: 'genoray serve' then runs one searcher deployment "
+                        "per group and gathers their answers (default: one group, every replica holds the whole index)")
+    p.add_argument("--group-memory-mb", type=float, default=None, metavar="MB",
+                   help="instead of --shard-groups: the fewest groups whose searcher replica fits MB of memory")
     p.set_defaults(func=commands["publish"])
 
     p = sub.add_parser("bundles", help="list the versions of a bundle root and which one is CURRENT")

@@ -9,8 +9,10 @@ mean the query is farther from the reference data than almost all of it).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,34 +65,59 @@ class Prediction:
         return d
 
 
+@dataclass(frozen=True)
+class Hits:
+    """Nearest neighbours of a batch of queries, each array ``(n, k)``: cosine similarity
+    (``-inf`` where none), global id (``-1`` where none), seq_id and label."""
+
+    sims: np.ndarray
+    gids: np.ndarray
+    seq_ids: np.ndarray
+    labels: np.ndarray
+
+
+SearchFn = Callable[[np.ndarray, int], Hits]
+"""``search(vectors, k) -> Hits``: where the neighbours come from (the local index, or the
+shard groups of :mod:`genoray.scatter`)."""
+
+
 class Predictor:
     """Predict labels with evidence. Build with :meth:`load` from saved index and head dirs.
 
     Queries are cleaned with the store's :class:`~genoray.config.CleanPolicy` (recorded in the
     store and carried by the index manifest; see :func:`serving_policy`), so a query is cleaned
-    exactly as the reference sequences were.
+    exactly as the reference sequences were. ``index=None`` (``load(..., with_index=False)``)
+    makes a predictor without the vectors, for a caller that passes ``search`` to
+    :meth:`predict` (a scatter-gather model replica).
     """
 
-    def __init__(self, encoder: Encoder, index: VectorIndex, head: FusedHead, clean: CleanPolicy | None = None,
+    def __init__(self, encoder: Encoder, index: VectorIndex | None, head: FusedHead, clean: CleanPolicy | None = None,
                  ood=None, priors=None):
-        if index.dim != encoder.dim or head.n_features_in_ != encoder.dim:
-            raise ValueError(f"dimension mismatch: encoder {encoder.dim}, index {index.dim}, head {head.n_features_in_}")
-        self.encoder, self.index, self.head = encoder, index, head.attach_index(index)
+        dim = index.dim if index is not None else head.n_features_in_
+        if dim != encoder.dim or head.n_features_in_ != encoder.dim:
+            raise ValueError(f"dimension mismatch: encoder {encoder.dim}, index {dim}, head {head.n_features_in_}")
+        self.encoder, self.index = encoder, index
+        self.head = head.attach_index(index) if index is not None else head
         self.policy = serving_policy(clean)
         self.cleaner = Cleaner(self.policy)
         self.ood, self.priors = ood, priors  # genoray.ood.OODScorer, genoray.priors.PriorShift (optional)
 
     @classmethod
-    def load(cls, index_dir: str | Path, head_dir: str | Path) -> Predictor:
-        """Load a verified index and head; queries are cleaned with the policy the index records."""
-        index = VectorIndex.load(index_dir)
-        if index.manifest.encoder is None:
+    def load(cls, index_dir: str | Path, head_dir: str | Path, with_index: bool = True) -> Predictor:
+        """Load a verified index and head; queries are cleaned with the policy the index records.
+        ``with_index=False`` reads only the index manifest (encoder, cleaning policy), not the
+        vectors: :meth:`predict` then needs a ``search``."""
+        from genoray.index import read_manifest
+
+        index = VectorIndex.load(index_dir) if with_index else None
+        manifest = index.manifest if index is not None else read_manifest(index_dir)
+        if manifest.encoder is None:
             raise ValueError(f"{index_dir}: the index manifest records no encoder")
-        encoder = encoder_from_spec(index.manifest.encoder)
+        encoder = encoder_from_spec(manifest.encoder)
         fp = fingerprint(encoder)
-        if fp != index.manifest.fingerprint:
-            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {index.manifest.fingerprint}")
-        clean = index.manifest.clean
+        if fp != manifest.fingerprint:
+            raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {manifest.fingerprint}")
+        clean = manifest.clean
         if clean is None:
             log.warning("%s: the index records no CleanPolicy (built from an older store); "
                         "cleaning queries with the default policy", index_dir)
@@ -103,6 +130,8 @@ class Predictor:
 
     def source_priors(self) -> np.ndarray:
         """Class frequencies of the reference (index) rows, in the head's class order."""
+        if self.index is None:
+            raise ValueError("this predictor was loaded without its index")
         labels = [str(v) for v in self.index.labels]
         return np.array([labels.count(str(c)) for c in self.head.classes_], dtype=np.float64) / max(len(labels), 1)
 
@@ -116,7 +145,7 @@ class Predictor:
             raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
-        proba, _, _ = predict_vectors(self.index, self.head, x)
+        proba, _, _ = self.predict_vectors(x)
         flags, rate, ratio, p_ood = None, 0.05, None, None
         if self.ood is not None:
             flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
@@ -134,7 +163,7 @@ class Predictor:
         return self.cleaner.clean_all(sequences)
 
     def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None,
-                cleaned: bool = False, contributions: int = 0) -> list[Prediction]:
+                cleaned: bool = False, contributions: int = 0, search: SearchFn | None = None) -> list[Prediction]:
         """Predict for raw sequences (cleaned with the predictor's policy).
 
         Args:
@@ -145,13 +174,21 @@ class Predictor:
             contributions: with a head that has a tree part, return this many top features
                 (embedding column and SHAP value toward the trees' predicted class) per
                 prediction; 0 = none.
+            search: where the neighbours come from (default: this predictor's index); the
+                head votes over the labels it returns.
         """
         if ids is not None and len(ids) != len(sequences):
             raise ValueError(f"{len(ids)} ids for {len(sequences)} sequences")
         cleaned_seqs = sequences if cleaned else self.clean(sequences)
         x = self.encoder.embed(cleaned_seqs)
         k_show = k or self.head.k
-        proba, sims, pos = self.predict_vectors(x, ids, k_show)
+        if search is None:
+            proba, sims, pos = self.predict_vectors(x, ids, k_show)
+            assert self.index is not None, "a predictor without its index needs a search"
+            seq_ids, labels = self.index.ids[pos], self.index.labels[pos]
+        else:
+            proba, hits = predict_hits(self.head, x, search, ids, k_show)
+            sims, pos, seq_ids, labels = hits.sims, hits.gids, hits.seq_ids, hits.labels
         if self.ood is not None:
             ood = self.ood.score_sequences(cleaned_seqs, self.encoder, x)
             flags = self.ood.flag(ood)
@@ -167,8 +204,8 @@ class Predictor:
         contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):
-            nbrs = [Neighbour(str(self.index.ids[p]), str(self.index.labels[p]), round(float(s), 6))
-                    for s, p in zip(sims[i, :k_show], pos[i, :k_show]) if p >= 0]
+            nbrs = [Neighbour(str(seq_ids[i, j]), str(labels[i, j]), round(float(sims[i, j]), 6))
+                    for j in range(min(k_show, pos.shape[1])) if pos[i, j] >= 0]
             out.append(Prediction(
                 label=str(self.head.classes_[int(np.argmax(proba[i]))]),
                 probabilities={str(c): round(float(v), 6) for c, v in zip(self.head.classes_, proba[i])},
@@ -184,6 +221,8 @@ class Predictor:
     def predict_vectors(self, x: np.ndarray, ids: list[str] | None = None,
                         k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """See :func:`predict_vectors`."""
+        if self.index is None:
+            raise ValueError("this predictor was loaded without its index: pass a search")
         return predict_vectors(self.index, self.head, x, ids, k)
 
 
@@ -199,3 +238,29 @@ def predict_vectors(index: VectorIndex, head: FusedHead, x: np.ndarray, ids: lis
         own = (index.ids[np.clip(pos, 0, None)] == np.asarray(ids, dtype=object)[:, None]) & (pos >= 0)
     sims, pos = drop_own(sims, pos, own, k)
     return head.proba_from_neighbours(sims, pos, x), sims, pos
+
+
+class _LabelRows:
+    """The few rows a kNN vote reads, as the index the head is attached to: the labels of
+    neighbours found elsewhere, row ``i`` = the ``i``-th neighbour of the batch."""
+
+    def __init__(self, dim: int, labels: np.ndarray):
+        self.dim, self.labels = dim, labels
+
+
+def predict_hits(head: FusedHead, x: np.ndarray, search: SearchFn, ids: list[str] | None = None,
+                 k: int | None = None) -> tuple[np.ndarray, Hits]:
+    """:func:`predict_vectors` with the neighbours from ``search`` (``max(k, head.k) + 1`` asked
+    for, own ids excluded): the head's kNN part votes over the labels ``search`` returns."""
+    k = max(k or 0, head.k)
+    hits = search(x, k + 1)
+    own = np.zeros_like(hits.gids, dtype=bool)
+    if ids is not None:
+        own = (hits.seq_ids == np.asarray(ids, dtype=object)[:, None]) & (hits.gids >= 0)
+    rows = np.arange(hits.gids.size, dtype=np.int64).reshape(hits.gids.shape)
+    sims, rows = drop_own(hits.sims, rows, own, min(k, hits.gids.shape[1]))  # rows: flat positions in hits
+    gids = hits.gids.ravel()[rows]
+    labels = np.where(hits.gids.ravel() >= 0, hits.labels.ravel(), head.classes_[0])  # filler never votes (pos -1)
+    local = copy.copy(head).attach_index(_LabelRows(head.n_features_in_, labels))  # per call: thread-safe
+    proba = local.proba_from_neighbours(sims, np.where(gids >= 0, rows, -1), x)
+    return proba, Hits(sims, gids, hits.seq_ids.ravel()[rows], hits.labels.ravel()[rows])

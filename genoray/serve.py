@@ -213,7 +213,12 @@ def build_app(cfg: ServeConfig):
         graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
         logging_config={"enable_access_log": cfg.access_log},
     )
+    from genoray.scatter import group_model, served_groups
+
+    groups = served_groups(cfg.root)  # > 1: a searcher deployment per shard group (genoray.scatter)
     if cfg.ingress == "haproxy":
+        if groups > 1:
+            raise ValueError(f"{cfg.root}: the bundle has {groups} shard groups; serve it with ingress='proxy'")
         return _replica_app(cfg, key_hashes, limits, replica_options)
 
     @serve.deployment(**replica_options)
@@ -244,7 +249,8 @@ def build_app(cfg: ServeConfig):
             # a module function is pickled by reference, so this sets the real module's registry
             _set_backend(ServeBackend(model, cfg.predict_timeout_s, cfg.retries))
 
-    return GenorayIngress.bind(GenorayModel.bind(cfg.root, cfg.poll_s))  # type: ignore[attr-defined]
+    model = group_model(cfg, replica_options, groups) if groups > 1 else GenorayModel.bind(cfg.root, cfg.poll_s)  # type: ignore[attr-defined]
+    return GenorayIngress.bind(model)  # type: ignore[attr-defined]
 
 
 class BatchedBackend:

@@ -1,0 +1,448 @@
+"""Scatter-gather serving over shard groups, for a bundle that does not fit one replica.
+
+A bundle may record ``shard_groups`` (lists of index shard numbers, see :func:`shard_groups`).
+With more than one group, ``genoray serve`` (``ingress="proxy"``) runs:
+
+* one ``searcher-<g>`` deployment per group (:class:`GenoraySearcher`), each autoscaled on its
+  own. A searcher replica loads only its group's shards and their seq_id / label rows, verified
+  against ``bundle.json``, for the versions it is asked for: ``CURRENT`` at start, the next one
+  when ``CURRENT`` moves (it watches it), and any version a request names (at most
+  :data:`CACHED_VERSIONS` held at a time);
+* ``GenorayModel`` replicas that hold the encoder, head and OOD scorer but no vectors
+  (:class:`GroupHolder`). A batch is embedded once, sent to every group concurrently with its
+  bundle version, and the groups' top-k lists are merged by similarity (larger first, ties by
+  global id) before the head votes over the merged neighbours. The result equals one index
+  holding every shard (the merge is the one a sharded :class:`~genoray.index.VectorIndex` does).
+
+Versions never mix: a batch is searched at the one version its model replica serves, a
+searcher answers at exactly the version asked for (loading it if needed) and says which, and
+the model checks it. A model replica moves to a new ``CURRENT`` only after every group answered
+that it has loaded it. A searcher replica that dies is retried on another replica of its group;
+when a whole group cannot answer in time the request fails with 503 naming the group, never a
+partial answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.bundle import MANIFEST, BundleHolder, BundleManifest, current_version
+from genoray.errors import InvariantError
+from genoray.plan import ID_TABLE_ROW, MB, RAY_WORKER_BASE
+from genoray.predictor import Hits, Predictor
+
+log = logging.getLogger(__name__)
+CACHED_VERSIONS = 2  # per searcher replica: the version served and the one being swapped to
+GROUP_BASE_BYTES = RAY_WORKER_BASE + 200 * MB  # a searcher replica without its shards (as genoray.plan counts it)
+ID_ROW_BYTES = ID_TABLE_ROW  # resident gid + seq_id + label per row
+
+
+def _shard_bytes(index_dir: Path) -> tuple[list[int], int]:
+    """Resident bytes of each shard (FAISS file + refine file + id rows) and of the shared quantizer."""
+    from genoray.index import read_manifest
+
+    m = read_manifest(index_dir)
+    sizes = [sum((index_dir / f).stat().st_size for f in s["sha256"] if not f.startswith("ids-"))
+             + int(s["ntotal"]) * ID_ROW_BYTES for s in m.shards]
+    shared = (index_dir / m.trained["file"]).stat().st_size if m.shared_quantizer and m.trained else 0
+    return sizes, shared
+
+
+def _split(sizes: list[int], n: int) -> list[list[int]]:
+    """``n`` contiguous groups of shard numbers with balanced bytes (none empty)."""
+    groups: list[list[int]] = []
+    total, acc = sum(sizes), 0
+    for i, s in enumerate(sizes):
+        left_groups, left_shards = n - len(groups), len(sizes) - i
+        if not groups or (acc >= total * len(groups) / n and left_groups > 0) or left_shards < left_groups:
+            if len(groups) < n:
+                groups.append([])
+        groups[-1].append(i)
+        acc += s
+    return groups
+
+
+def shard_groups(index_dir: str | Path, groups: int | list[list[int]] | None = None,
+                 memory_budget: int | None = None) -> list[list[int]]:
+    """The shard groups of an index: ``groups`` as a count (contiguous shards, balanced by
+    bytes) or explicit lists (a partition of the shard numbers), or, with ``memory_budget``
+    (bytes per searcher replica), the fewest groups whose largest replica fits it."""
+    index_dir = Path(index_dir)
+    sizes, shared = _shard_bytes(index_dir)
+    n = len(sizes)
+    if memory_budget is not None:
+        for g in range(1, n + 1):
+            split = _split(sizes, g)
+            need = GROUP_BASE_BYTES + shared + max(sum(sizes[i] for i in grp) for grp in split)
+            if need <= memory_budget:
+                return split
+        raise ValueError(f"{index_dir}: one shard needs {(GROUP_BASE_BYTES + shared + max(sizes)) / 2**20:.0f} MiB "
+                         f"per searcher replica, over the budget of {memory_budget / 2**20:.0f} MiB; "
+                         "rebuild the index with more shards")
+    if isinstance(groups, int):
+        if not 1 <= groups <= n:
+            raise ValueError(f"{index_dir}: {groups} shard groups for {n} shards (need 1..{n})")
+        return _split(sizes, groups)
+    lists = [[int(i) for i in g] for g in (groups or [list(range(n))])]
+    if sorted(i for g in lists for i in g) != list(range(n)) or not all(lists):
+        raise ValueError(f"{index_dir}: shard groups {lists} are not a partition of shards 0..{n - 1}")
+    return lists
+
+
+def groups_of(doc: BundleManifest) -> list[list[int]] | None:
+    """The bundle's shard groups (``None``: one group, the whole index)."""
+    return doc.shard_groups if doc.shard_groups and len(doc.shard_groups) > 1 else None
+
+
+def read_doc(root: str | Path, version: str) -> BundleManifest:
+    """``bundle.json`` of a version (format checked; files are verified by the loaders)."""
+    from genoray.artifacts import read_json
+    from genoray.bundle import FORMAT_VERSION
+
+    path = Path(root) / "versions" / version / MANIFEST
+    raw = read_json(path)
+    if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
+        raise ValueError(f"{path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
+    return BundleManifest.from_json(raw)
+
+
+def _verify(vdir: Path, doc: BundleManifest, files: list[str]) -> None:
+    from genoray.artifacts import verify_files
+
+    missing = [f for f in files if f not in doc.files]
+    if missing:
+        raise ValueError(f"{vdir / MANIFEST}: no sha256 for {missing[:3]}")
+    verify_files(vdir, {f: doc.files[f] for f in files})
+
+
+class GroupIndex:
+    """One shard group of one bundle version: its FAISS shards (a shared IVF quantizer
+    attached) and the seq_id / label of its rows, searched like a sharded VectorIndex."""
+
+    def __init__(self, root: str | Path, version: str, group: int):
+        import dataclasses
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from genoray.index import VectorIndex, read_manifest
+        from genoray.index.core import _faiss, attach_quantizer
+
+        faiss = _faiss()
+        self.version, self.group = version, group
+        vdir = Path(root) / "versions" / version
+        doc = read_doc(root, version)
+        idir = vdir / "index"
+        m = read_manifest(idir)
+        groups = groups_of(doc) or [list(range(len(m.shards)))]
+        if group >= len(groups):
+            raise ValueError(f"bundle {version} has {len(groups)} shard group(s); no group {group}")
+        shards = [m.shards[i] for i in groups[group]]
+        files = ["index/manifest.json"] + [f"index/{f}" for s in shards for f in s["sha256"]]
+        if m.shared_quantizer and m.trained:
+            files.append(f"index/{m.trained['file']}")
+        _verify(vdir, doc, files)
+        trained = faiss.read_index(str(idir / m.trained["file"])) if m.shared_quantizer and m.trained else None
+        indexes, tables, refine = [], [], []
+        for s in shards:
+            shard = faiss.read_index(str(idir / s["index"]))
+            if trained is not None:
+                attach_quantizer(shard, trained)
+            t = pq.read_table(idir / s["ids"])
+            if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
+                raise ValueError(f"{idir / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows})")
+            indexes.append(shard)
+            tables.append(t)
+            if s.get("refine"):
+                refine.append((int(s["gid_start"]), np.load(idir / s["refine"], mmap_mode="r", allow_pickle=False)))
+        t = pa.concat_tables(tables)
+        t = t.take(pc.sort_indices(t["gid"]))
+        self.gids = t["gid"].to_numpy()
+        self.seq_ids, self.labels = t["seq_id"].combine_chunks(), t["label"].combine_chunks()
+        sub = dataclasses.replace(m, shards=shards, ntotal=len(self.gids))
+        self.index = VectorIndex(indexes, self.seq_ids, self.labels, sub)
+        self.index.refine = refine
+
+    def search(self, x: np.ndarray, k: int) -> dict[str, Any]:
+        """Top-``k`` of this group: similarities, global ids, seq_ids and labels (lists of rows)."""
+        import pyarrow as pa
+
+        sims, gids = self.index.search(x, k)
+        rows = np.searchsorted(self.gids, np.clip(gids, 0, None))
+        rows = np.clip(rows, 0, max(len(self.gids) - 1, 0))
+        valid = gids >= 0
+        if valid.any() and not np.array_equal(self.gids[rows[valid]], gids[valid]):
+            raise InvariantError(f"group {self.group} of {self.version}: a shard returned ids outside its id table")
+        take = pa.array(rows.ravel())
+        return {"sims": sims, "gids": gids, "version": self.version,
+                "seq_ids": np.array(self.seq_ids.take(take).to_pylist(), dtype=object).reshape(gids.shape),
+                "labels": np.array(self.labels.take(take).to_pylist(), dtype=object).reshape(gids.shape)}
+
+
+def merge_hits(parts: list[dict[str, Any]], k: int) -> Hits:
+    """Merge the groups' top-k: larger similarity first, ties by smaller global id, none (-1) last."""
+    sims = np.concatenate([p["sims"] for p in parts], axis=1)
+    gids = np.concatenate([p["gids"] for p in parts], axis=1)
+    sims = np.where(gids >= 0, sims, -np.inf)
+    tie = np.where(gids >= 0, gids, np.iinfo(np.int64).max)
+    order = np.lexsort((tie, -sims), axis=1)[:, :k]
+
+    def take(a):
+        return np.take_along_axis(a, order, 1)
+
+    return Hits(take(sims).astype(np.float32), take(gids),
+                take(np.concatenate([p["seq_ids"] for p in parts], axis=1)),
+                take(np.concatenate([p["labels"] for p in parts], axis=1)))
+
+
+class GenoraySearcher:
+    """A searcher replica of one shard group (the class behind the ``searcher-<g>`` deployments)."""
+
+    def __init__(self, root: str, group: int, poll_s: float = 2.0):
+        self.root, self.group, self.poll_s = Path(root), group, poll_s
+        self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self._refused: set[str | None] = set()  # versions this group could not preload
+        self.last_error: str | None = None
+        version = current_version(self.root)
+        if version is None:
+            raise FileNotFoundError(f"{self.root}: no CURRENT bundle has been published")
+        try:
+            self.get(version)  # synchronous: a replica starts with CURRENT's shards loaded
+        except Exception as e:  # a version this group cannot load: the model keeps its own, loaded on demand
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.error("searcher-%d could not load CURRENT %s: %s", group, version, self.last_error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="group-watch", daemon=True)
+        self._thread.start()
+
+    def get(self, version: str) -> GroupIndex:
+        """This group of ``version``, loaded (and verified) on first use; the least recently
+        used version beyond :data:`CACHED_VERSIONS` is dropped. Searches of loaded versions
+        never wait for a load."""
+        with self._lock:
+            if version in self._cache:
+                self._cache.move_to_end(version)
+                return self._cache[version]
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:  # one load per version; concurrent requests for it wait for that one
+            with self._lock:
+                if version in self._cache:
+                    return self._cache[version]
+            t0 = time.perf_counter()
+            idx = GroupIndex(self.root, version, self.group)
+            with self._lock:
+                self._cache[version] = idx
+                self._loading.pop(version, None)
+                while len(self._cache) > CACHED_VERSIONS:
+                    self._cache.popitem(last=False)
+            log.info("searcher-%d loaded %s (%d rows) in %.2f s", self.group, version, len(idx.gids),
+                     time.perf_counter() - t0)
+            return idx
+
+    async def search(self, x: np.ndarray, k: int, version: str) -> dict[str, Any]:
+        """Top-``k`` of this group at exactly ``version`` (with the version and this replica)."""
+        loop = asyncio.get_running_loop()
+        idx = await loop.run_in_executor(None, self.get, version)
+        out = await loop.run_in_executor(None, idx.search, x, k)
+        return {**out, "replica": self.replica}
+
+    async def ready(self, version: str) -> bool:
+        """Load ``version`` if needed; True once this replica can search it."""
+        await asyncio.get_running_loop().run_in_executor(None, self.get, version)
+        return True
+
+    def info(self) -> dict[str, Any]:
+        """Group, loaded versions, replica, its Ray node and the last load error."""
+        import ray
+
+        return {"group": self.group, "versions": list(self._cache), "replica": self.replica,
+                "node": ray.get_runtime_context().get_node_id(), "last_error": self.last_error}
+
+    def check_health(self) -> None:
+        """Fails when the watcher stopped (Serve then replaces this replica)."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"searcher-{self.group}: CURRENT watcher stopped")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            version = None  # stays None when CURRENT itself cannot be read (next poll)
+            try:
+                version = current_version(self.root)
+                if version and version not in self._cache and version not in self._refused:
+                    self.get(version)  # preload, so the model's switch finds it ready
+            except Exception as e:  # a version this group cannot load: requests for it fail clearly
+                self._refused.add(version)  # versions are immutable: not preloaded again
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("searcher-%d: %s", self.group, self.last_error)
+
+
+class GroupUnavailable(RuntimeError):
+    """No replica of a shard group answered in time (the API's 503)."""
+
+
+def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
+            seen: dict[str, str] | None = None) -> Hits:
+    """Search every group at ``version`` concurrently (sync: call from a worker thread), retrying
+    a group on another of its replicas when one dies; merged :class:`Hits`."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    deadline = time.monotonic() + timeout_s
+    calls = {g: s.search.remote(x, k, version) for g, s in enumerate(searchers)}
+    parts: dict[int, dict[str, Any]] = {}
+    for g in range(len(searchers)):
+        attempt = 0
+        while g not in parts:
+            try:
+                parts[g] = calls[g].result(timeout_s=max(0.001, deadline - time.monotonic()))
+            except (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError) as e:
+                attempt += 1
+                log.warning("searcher-%d replica lost (attempt %d): %s", g, attempt, type(e).__name__)
+                if attempt > retries or time.monotonic() >= deadline:
+                    raise GroupUnavailable(f"shard group {g} (searcher-{g}): no replica answered after "
+                                           f"{attempt} attempts") from e
+                time.sleep(min(0.05 * 2 ** attempt, 0.5, max(0.0, deadline - time.monotonic())))
+                calls[g] = searchers[g].search.remote(x, k, version)
+            except TimeoutError as e:
+                calls[g].cancel()
+                raise GroupUnavailable(f"shard group {g} (searcher-{g}) did not answer within {timeout_s:g} s") from e
+            except RayTaskError as e:  # e.g. its files of this version fail verification
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                log.error("searcher-%d cannot search %s: %s", g, version, cause)  # paths stay in the log
+                raise GroupUnavailable(f"shard group {g} (searcher-{g}) cannot search bundle {version} "
+                                       f"({type(cause).__name__}; see the service log)") from e
+        if parts[g]["version"] != version:
+            raise InvariantError(f"searcher-{g} searched {parts[g]['version']} for a request at {version}")
+        if seen is not None:
+            seen[f"searcher-{g}"] = f"{parts[g]['version']}@{parts[g]['replica']}"
+    return merge_hits([parts[g] for g in range(len(searchers))], k)
+
+
+class GroupHolder(BundleHolder):
+    """A model replica's bundle: encoder, head and OOD scorer of ``CURRENT`` (no vectors),
+    and the searcher handles of its shard groups. Switches version only when every group has
+    the new one loaded."""
+
+    def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
+                 retries: int = 3):
+        self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
+        super().__init__(root, poll_s=poll_s)
+
+    def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
+        version = version or current_version(self.root)
+        if version is None:
+            raise FileNotFoundError(f"{self.root}: no CURRENT bundle has been published")
+        doc = read_doc(self.root, version)
+        groups = groups_of(doc) or [[]]
+        if len(groups) != len(self.searchers):
+            raise ValueError(f"bundle {version} has {len(groups)} shard group(s); this service runs "
+                             f"{len(self.searchers)}: redeploy to serve it")
+        vdir = self.root / "versions" / version
+        _verify(vdir, doc, ["index/manifest.json"] + [f for f in doc.files if f.startswith("head/")])
+        return Predictor.load(vdir / "index", vdir / "head", with_index=False), doc
+
+    def load(self, version: str) -> None:
+        """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
+        g = 0
+        try:
+            calls = [s.ready.remote(version) for s in self.searchers]
+            for g in range(len(calls)):
+                calls[g].result(timeout_s=120)
+        except Exception as e:
+            self.last_error = f"bundle {version} not ready on shard group {g}: {type(e).__name__}: {e}"
+            log.warning(self.last_error)
+            raise
+        super().load(version)
+
+
+class _Searching:
+    """A predictor whose ``predict`` searches the shard groups (what ``predict_batch`` calls)."""
+
+    def __init__(self, predictor: Predictor, search):
+        self.predictor, self.search = predictor, search
+        self.clean = predictor.clean
+
+    def predict(self, *args, **kwargs):
+        return self.predictor.predict(*args, search=self.search, **kwargs)
+
+
+class _Batch:
+    """What :func:`genoray.serve.predict_batch` needs of a holder, for one batch: the snapshot
+    with the groups' search bound to its version, and a replica name that lists the version
+    and replica each group searched (the ``X-Genoray-Replica`` header)."""
+
+    def __init__(self, holder: GroupHolder):
+        self._holder, self.monitor = holder, holder.monitor
+        predictor, self.version = holder.snapshot()
+        self.seen: dict[str, str] = {}
+
+        def search(x: np.ndarray, k: int) -> Hits:
+            return scatter(holder.searchers, self.version, x, k, 0.8 * holder.timeout_s, holder.retries, self.seen)
+
+        self.predictor = _Searching(predictor, search)
+
+    def snapshot(self):
+        return self.predictor, self.version
+
+    @property
+    def holder(self) -> str:
+        return " ".join([self._holder.holder, *(f"{g}={v}" for g, v in sorted(self.seen.items()))])
+
+
+def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
+    """:func:`genoray.serve.predict_batch` over the shard groups; a group that cannot answer
+    becomes the API's 503 naming it."""
+    from fastapi import HTTPException
+
+    from genoray.serve import predict_batch
+
+    try:
+        return predict_batch(_Batch(holder), requests)  # type: ignore[arg-type]  # duck-typed holder
+    except GroupUnavailable as e:
+        raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
+
+
+def group_model(cfg, replica_options: dict[str, Any], n_groups: int):
+    """The bound ``GenorayModel`` deployment of a shard-grouped bundle, with one
+    ``searcher-<g>`` deployment per group behind it (put it behind the ingress)."""
+    from ray import serve
+
+    from genoray.serve import _BundleReplica
+
+    searchers = [serve.deployment(**replica_options)(GenoraySearcher).options(name=f"searcher-{g}")
+                 .bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
+
+    @serve.deployment(**replica_options)
+    class GenorayModel(_BundleReplica):
+        def __init__(self, root: str, poll_s: float, *groups):
+            self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries)
+
+        @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
+        async def predict(self, requests: list) -> list[dict[str, Any]]:
+            return await asyncio.get_running_loop().run_in_executor(None, predict_groups, self.holder, requests)
+
+        def info(self) -> dict[str, Any]:
+            return {**self.holder.describe(), "shard_groups": len(self.holder.searchers)}
+
+    return GenorayModel.bind(cfg.root, cfg.poll_s, *searchers)  # type: ignore[attr-defined]
+
+
+def served_groups(root: str | Path) -> int:
+    """Shard groups of the ``CURRENT`` bundle under ``root`` (1 when none is recorded)."""
+    version = current_version(root)
+    groups = groups_of(read_doc(root, version)) if version else None
+    return len(groups) if groups else 1

@@ -1,0 +1,237 @@
+"""Scatter-gather over shard groups (genoray.scatter): group search and merge against one
+whole index (exact oracle for Flat, the same index searched whole for IVF), predictions through
+an injected search equal to the local predictor, shard-group planning and bundle records, a
+whole group down = 503 naming it, and on a 3-node ``ray.cluster_utils.Cluster`` the grouped
+service against the monolithic one under load, a SIGKILLed searcher replica and a swap."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import toy_fasta, toy_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_indexes(work: Path, n: int = 2000, seed: int = 0) -> dict[str, Path]:
+    """A toy store and, over it, Flat and IVF indexes of 4 shards and of 1 shard (the IVF ones
+    with the same trained quantizer), and a head."""
+    from genoray.config import HeadConfig, IndexConfig
+    from genoray.embed import embed_sequences
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.index import build_index
+    from genoray.train import train_head
+
+    work.mkdir(parents=True, exist_ok=True)
+    embed_sequences(toy_fasta(work / "toy.fa", n=n, seed=seed), work / "store", KmerEncoder(), use_ray=False)
+    out = {k: work / k for k in ("flat4", "flat1", "ivf4", "ivf1", "head")}
+    build_index(work / "store", out["flat4"], IndexConfig(index_type="Flat", shards=4))
+    build_index(work / "store", out["flat1"], IndexConfig(index_type="Flat", shards=1))
+    build_index(work / "store", out["ivf4"], IndexConfig(index_type="IVF16,Flat", shards=4, target_recall=0.9))
+    out["ivf1"].mkdir()
+    for f in ("trained.faiss", "trained.json"):  # the same quantizer: the monolithic twin of ivf4
+        shutil.copy(out["ivf4"] / f, out["ivf1"] / f)
+    build_index(work / "store", out["ivf1"], IndexConfig(index_type="IVF16,Flat", shards=1, target_recall=0.9))
+    train_head(work / "store", out["flat1"], out["head"], HeadConfig(k=10, C=1.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_indexes(tmp_path_factory.mktemp("groups"))
+
+
+def queries(n: int = 40, seed: int = 7) -> list[str]:
+    return [s for _, s in toy_records(n, seed=seed, prefix="q")]
+
+
+def group_search(root, version, n_groups):
+    from genoray.scatter import GroupIndex, merge_hits
+
+    groups = [GroupIndex(root, version, g) for g in range(n_groups)]
+    return groups, (lambda x, k: merge_hits([g.search(x, k) for g in groups], k))
+
+
+def test_group_search_equals_whole_index_and_exact_oracle(built, tmp_path):
+    from genoray.bundle import read_json, write_bundle
+    from genoray.index import VectorIndex, exact_search, recall_at_k
+    from genoray.store import EmbeddingStore
+
+    base = EmbeddingStore(built["flat4"].parent / "store")
+    rng = np.random.default_rng(3)
+    for name in ("flat4", "ivf4"):
+        v = write_bundle(tmp_path / "root", built[name], built["head"], shard_groups=2)
+        assert read_json(tmp_path / "root" / "versions" / v / "bundle.json")["shard_groups"] == [[0, 1], [2, 3]]
+        groups, search = group_search(tmp_path / "root", v, 2)
+        assert sum(len(g.gids) for g in groups) == VectorIndex.load(built[name]).ntotal
+        assert not set(groups[0].gids) & set(groups[1].gids)  # each replica holds only its group's rows
+        whole = VectorIndex.load(built[name])
+        q = rng.standard_normal((60, whole.dim)).astype(np.float32)
+        hits = search(q, 10)
+        sims, pos = whole.search(q, 10)
+        assert np.array_equal(hits.gids, pos) and np.allclose(hits.sims, sims, atol=1e-6)
+        assert np.array_equal(hits.seq_ids, whole.ids[pos]) and np.array_equal(hits.labels, whole.labels[pos])
+        mono = VectorIndex.load(built[name.replace("4", "1")])
+        assert np.array_equal(mono.search(q, 10)[1], pos)  # the one-shard index of the same rows
+        if name == "flat4":  # exact oracle: brute force over the store's train rows
+            emb = base.load(split="train")
+            _, truth = exact_search(emb.vectors, q, 10)
+            assert np.array_equal(np.asarray(emb.ids, dtype=object)[truth], hits.seq_ids)
+        else:
+            print("IVF recall@10 grouped vs whole:", recall_at_k(hits.gids, pos))
+
+
+def test_predictions_through_groups_equal_the_local_predictor(built, tmp_path):
+    from genoray.bundle import publish, write_bundle
+    from genoray.predictor import Predictor
+
+    root = tmp_path / "root"
+    v = write_bundle(root, built["flat4"], built["head"], shard_groups=[[0, 3], [1, 2]])
+    publish(root, v)
+    vdir = root / "versions" / v
+    full = Predictor.load(vdir / "index", vdir / "head")
+    lite = Predictor.load(vdir / "index", vdir / "head", with_index=False)
+    assert lite.index is None
+    _, search = group_search(root, v, 2)
+    seqs = queries()
+    assert [p.to_dict() for p in full.predict(seqs, k=5)] == [p.to_dict() for p in lite.predict(seqs, k=5, search=search)]
+    ids = [str(i) for i in full.index.ids[:8]]  # indexed ids: a query never votes for itself
+    seqs8 = seqs[:8]
+    a = [p.to_dict() for p in full.predict(seqs8, ids=ids, k=12)]
+    b = [p.to_dict() for p in lite.predict(seqs8, ids=ids, k=12, search=search)]
+    assert a == b and all(len(p["neighbours"]) == 12 for p in b)
+
+
+def test_shard_groups_plan_and_bundle_record(built, tmp_path):
+    from genoray.bundle import read_json, write_bundle
+    from genoray.scatter import GROUP_BASE_BYTES, _shard_bytes, served_groups, shard_groups
+
+    assert shard_groups(built["flat4"], 2) == [[0, 1], [2, 3]]
+    assert shard_groups(built["flat4"], 3) in ([[0, 1], [2], [3]], [[0], [1, 2], [3]], [[0], [1], [2, 3]])
+    assert shard_groups(built["flat4"], 4) == [[0], [1], [2], [3]]
+    assert shard_groups(built["flat4"], [[3, 1], [0, 2]]) == [[3, 1], [0, 2]]
+    for bad in (5, 0, [[0, 1], [1, 2, 3]], [[0, 1]], [[0, 1, 2, 3], []]):
+        with pytest.raises(ValueError):
+            shard_groups(built["flat4"], bad)
+    sizes, shared = _shard_bytes(built["flat4"])
+    assert shared == 0 and len(sizes) == 4
+    assert shard_groups(built["flat4"], memory_budget=GROUP_BASE_BYTES + sum(sizes)) == [[0, 1, 2, 3]]
+    half = GROUP_BASE_BYTES + sizes[0] + sizes[1] + 1
+    assert shard_groups(built["flat4"], memory_budget=half) == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="over the budget"):
+        shard_groups(built["flat4"], memory_budget=GROUP_BASE_BYTES)
+    root = tmp_path / "root"
+    v = write_bundle(root, built["flat4"], built["head"])  # no groups: the JSON has no key (older readers)
+    assert "shard_groups" not in read_json(root / "versions" / v / "bundle.json")
+    from genoray.bundle import publish
+
+    publish(root, v)
+    assert served_groups(root) == 1
+    publish(root, write_bundle(root, built["flat4"], built["head"], shard_groups=2))
+    assert served_groups(root) == 2
+
+
+class _Dead:
+    """A searcher handle whose every replica is dead (what Serve raises for a killed actor)."""
+
+    def __init__(self, error):
+        self.calls, self.error = 0, error
+        self.search = self
+
+    def remote(self, *args):
+        self.calls += 1
+        return self
+
+    def result(self, timeout_s=None):
+        raise self.error
+
+    def cancel(self):
+        pass
+
+
+class _Live:
+    def __init__(self, group, version):
+        self.group, self.version = group, version
+        self.search = self
+
+    def remote(self, x, k, version):
+        self.args = (x, k, version)
+        return self
+
+    def result(self, timeout_s=None):
+        x, k, version = self.args
+        gids = np.arange(k)[None, :].repeat(len(x), 0) * 2 + self.group
+        return {"sims": np.full(gids.shape, 0.5, np.float32) - gids / 100, "gids": gids, "version": self.version,
+                "seq_ids": gids.astype(str).astype(object), "labels": np.full(gids.shape, "gc", object),
+                "replica": f"r{self.group}"}
+
+
+def test_whole_group_down_is_503_naming_it_and_versions_never_mix():
+    from ray.exceptions import ActorDiedError
+
+    from genoray.errors import InvariantError
+    from genoray.scatter import GroupUnavailable, scatter
+
+    x = np.zeros((2, 4), np.float32)
+    seen: dict[str, str] = {}
+    hits = scatter([_Live(0, "v1"), _Live(1, "v1")], "v1", x, 3, timeout_s=5, retries=2, seen=seen)
+    assert hits.gids.tolist() == [[0, 1, 2]] * 2  # merged: larger similarity first, ties by gid
+    assert seen == {"searcher-0": "v1@r0", "searcher-1": "v1@r1"}
+    dead = _Dead(ActorDiedError())
+    with pytest.raises(GroupUnavailable, match=r"shard group 1 \(searcher-1\)"):
+        scatter([_Live(0, "v1"), dead], "v1", x, 3, timeout_s=5, retries=2)
+    assert dead.calls == 3  # tried, then retried twice on another replica of its group
+    with pytest.raises(GroupUnavailable, match="did not answer within"):
+        scatter([_Dead(TimeoutError()), _Live(1, "v1")], "v1", x, 3, timeout_s=1, retries=2)
+    with pytest.raises(InvariantError, match="searched v2 for a request at v1"):
+        scatter([_Live(0, "v1"), _Live(1, "v2")], "v1", x, 3, timeout_s=5, retries=2)
+
+
+@pytest.mark.ray
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+def test_grouped_service_on_a_3_node_cluster(tmp_path):
+    """4 shards in 2 groups on 3 nodes against the monolithic service in the same run."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "groups_cluster.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=840, env=env, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(res, indent=1))
+    assert len(res["nodes_with_searchers"]) >= 2  # the groups' replicas spread over the worker nodes
+    assert res["flat_same_as_mono"] == res["flat_queries"] and res["flat_same_as_oracle"] == res["flat_queries"]
+    assert abs(res["ivf_recall_grouped"] - res["ivf_recall_mono"]) <= 0.005
+    kill = res["kill"]
+    assert kill["killed_pid"] and kill["killed_served"] and kill["failed"] == 0 and kill["wrong"] == 0
+    assert kill["requests"] > 100 and res["mono"]["failed"] == 0 and res["mono"]["wrong"] == 0
+    swap = res["swap"]
+    assert swap["failed"] == 0 and swap["wrong"] == 0 and swap["mixed"] == 0
+    assert set(swap["versions"]) == {res["v1"], res["v2"]} and swap["last_version"] == res["v2"]
+    assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
+               for status, body in res["group_down"]), res["group_down"]
+
+
+def test_publish_cli_records_shard_groups(built, tmp_path):
+    from genoray import cli
+    from genoray.bundle import current_version, read_json
+    from genoray.scatter import GROUP_BASE_BYTES, _shard_bytes
+
+    root = tmp_path / "root"
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--shard-groups", "2"]) == 0
+    doc = read_json(root / "versions" / current_version(root) / "bundle.json")
+    assert doc["shard_groups"] == [[0, 1], [2, 3]]
+    sizes, shared = _shard_bytes(built["ivf4"])
+    assert shared > 0  # IVF shards share one quantizer: each searcher replica holds it once
+    budget = (GROUP_BASE_BYTES + shared + sizes[0] + sizes[1] + 1) / 2**20
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--group-memory-mb", f"{budget:.6f}"]) == 0
+    assert read_json(root / "versions" / current_version(root) / "bundle.json")["shard_groups"] == [[0, 1], [2, 3]]
+    assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
+                     "--shard-groups", "9"]) == 2  # more groups than shards: a usage error naming the index
