@@ -311,3 +311,49 @@ def read_table(uri: str | os.PathLike, columns: list[str] | None = None):
         return pq.read_table(path, filesystem=fs, columns=columns)
     except Exception as e:
         raise _err(uri, e, "read Parquet") from e
+
+
+def local_copy(uri: str | os.PathLike, kind: str, manifest: str) -> Path:
+    """A node-local copy of a remote artifact directory (an index, a head) whose ``manifest``
+    lists its files' sha256 (checked by the artifact's own loader); downloaded once per node
+    into :func:`cache_dir`, keyed by the URI and the manifest's hash (a rebuilt artifact at
+    the same URI gets a new copy). A local path is returned as is."""
+    import uuid
+
+    if not is_remote(uri):
+        return Path(as_path(uri))
+    doc = read_bytes(join(uri, manifest))  # FileNotFoundError naming the URI when it is not there
+    base = cache_dir(kind, uri)
+    dst = base.with_name(f"{base.name}-{hashlib.sha256(doc).hexdigest()[:16]}")
+    if (dst / manifest).is_file():
+        return dst
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        download_dir(uri, tmp, [r for r in list_files(uri) if r != manifest])
+        (tmp / manifest).write_bytes(doc)
+        try:
+            os.rename(tmp, dst)  # another process may have won the race: keep its copy
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def publish_dir(out: str | os.PathLike, manifest: str, build) -> Any:
+    """Run ``build(local_dir)`` and, when ``out`` is remote, upload the directory it wrote with
+    ``manifest`` last (a reader that sees the manifest sees every file it lists). Refuses a
+    remote ``out`` that already holds ``manifest`` (artifacts are never edited in place)."""
+    import tempfile
+
+    if not is_remote(out):
+        return build(Path(as_path(out)))
+    if is_file(join(out, manifest)):
+        raise FileExistsError(f"{out}: already holds {manifest}; artifacts are never edited in place")
+    tmp = Path(tempfile.mkdtemp(prefix="genoray-upload-"))
+    try:
+        result = build(tmp / "out")
+        upload_dir(tmp / "out", out, last=[manifest])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result

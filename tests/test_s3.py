@@ -80,3 +80,144 @@ def test_embed_killed_midway_resumes_exactly_once(s3_bucket, tmp_path):
     assert rep.read == rep.written == len(ids)
     got = _store_ids(store)
     assert sorted(got) == sorted(ids) and len(set(got)) == len(got)
+
+
+def _pipeline(tmp_path: Path, bucket: str, seed: int, use_ray: bool) -> tuple[str, str]:
+    """embed s3 -> s3 store, index and head on s3; returns (index, head) URIs."""
+    from genoray.config import HeadConfig
+    from genoray.embed import embed_sequences
+    from genoray.index import build_index
+    from genoray.train import train_head
+
+    w = f"{bucket}/w{seed}"
+    (tmp_path / f"in{seed}").mkdir()
+    toy_fasta(tmp_path / f"in{seed}" / "toy.fa", seed=seed)
+    toy_fasta(tmp_path / f"in{seed}" / "more.fa", n=60, seed=seed + 10, prefix="m")
+    fs.upload_dir(tmp_path / f"in{seed}", f"{w}/in")
+    rep = embed_sequences(f"{w}/in", f"{w}/store", KmerEncoder(), use_ray=use_ray)
+    assert rep.status == "complete" and rep.written == 260
+    idx = build_index(f"{w}/store", f"{w}/index", use_ray=use_ray)
+    assert idx.path == f"{w}/index" and idx.ntotal == 208  # the train split
+    assert fs.is_file(f"{w}/index/manifest.json") and not fs.list_files(f"{w}/index/parts")
+    head = train_head(f"{w}/store", f"{w}/index", f"{w}/head", HeadConfig(k=5, C=1.0))
+    assert head["head"] == f"{w}/head" and fs.is_file(f"{w}/head/head.json")
+    return f"{w}/index", f"{w}/head"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_bucket, tmp_path, monkeypatch):
+    """Every artifact on S3: Ray embeds s3:// inputs into an s3:// store (workers get the
+    endpoint through the forwarded environment), the index and head are written to s3://,
+    bundles are published to an s3:// root and a replica serves from it over HTTP and swaps."""
+    from fastapi.testclient import TestClient
+
+    from genoray.bundle import BundleHolder, collect_garbage, current_version, list_versions, publish, write_bundle
+    from genoray.serve import plain_app
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
+    root = f"{s3_bucket}/bundles"
+    index1, head1 = _pipeline(tmp_path, s3_bucket, seed=0, use_ray=True)
+    v1 = write_bundle(root, index1, head1, metrics={"seed": 0})
+    assert current_version(root) is None
+    publish(root, v1)
+    assert current_version(root) == v1
+    c = TestClient(plain_app(root, require_key=False))
+    r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["bundle_version"] == v1 and [p["label"] for p in r.json()["predictions"]] == ["gc", "at"]
+    holder = BundleHolder(root, poll_s=0.1)
+    try:
+        assert holder.version == v1 and fs.list_files(f"{root}/leases/{v1}")
+        index2, head2 = _pipeline(tmp_path, s3_bucket, seed=1, use_ray=False)
+        v2 = write_bundle(root, index2, head2)
+        assert fs.read_json(f"{root}/versions/{v2}/bundle.json")["parent"] == v1
+        publish(root, v2)
+        deadline = time.time() + 30
+        while holder.version != v2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert holder.version == v2 and holder.swaps == 1 and holder.last_error is None
+        assert holder.snapshot()[0].predict(["GGCCGGCCAT" * 6])  # serves the new version
+        assert not fs.list_files(f"{root}/leases/{v1}")  # the old lease was released
+    finally:
+        holder.close()
+    rows = list_versions(root, verify=True)
+    assert [(r["version"], r["current"], r["verified"]) for r in rows] == [(v1, False, "ok"), (v2, True, "ok")]
+    cached = tmp_path / "cache" / "bundles"
+    assert all((p.stat().st_mode & 0o222) == 0 for p in cached.rglob("*") if p.is_file())  # read-only copies
+    assert collect_garbage(root, keep=1) == [v1] and current_version(root) == v2
+    assert not fs.list_files(f"{root}/versions/{v1}")
+
+
+PUBLISHER = textwrap.dedent("""
+    import os, signal, sys
+    import genoray.fs as fs
+    from genoray.bundle import publish, write_bundle
+
+    root, index, head, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    calls = 0
+
+    def crashing(fn):
+        def step(*args, **kwargs):
+            global calls
+            if fs.is_remote(args[-1] if fn.__name__ == "upload" else args[0]):
+                calls += 1
+                if calls == kill_at:  # SIGKILL before this object write: no cleanup, like a lost node
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if calls == -kill_at:  # ... or right after it
+                    fn(*args, **kwargs)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*args, **kwargs)
+        return step
+
+    for name in ("upload", "write_bytes"):  # every object PUT of write_bundle + publish
+        setattr(fs, name, crashing(getattr(fs, name)))
+    publish(root, write_bundle(root, index, head))
+    print(calls)
+""")
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(600)
+def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tmp_path):
+    """A publisher SIGKILLed before each object PUT (uploads of the version, bundle.json,
+    CURRENT) leaves CURRENT naming the old or the new complete version, never anything else."""
+    from genoray.bundle import collect_garbage, current_version, load_bundle, publish, write_bundle
+    from genoray.bundle_remote import versions
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GENORAY_CACHE": str(tmp_path / "cache")}
+    os.environ["GENORAY_CACHE"] = env["GENORAY_CACHE"]
+    try:
+        root = f"{s3_bucket}/bundles"
+        index1, head1 = _pipeline(tmp_path, s3_bucket, seed=0, use_ray=False)
+        v1 = write_bundle(root, index1, head1)
+        publish(root, v1)
+        index2, head2 = _pipeline(tmp_path, s3_bucket, seed=1, use_ray=False)
+
+        def run(kill_at: int):
+            return subprocess.run([sys.executable, "-c", PUBLISHER, root, index2, head2, str(kill_at)],
+                                  capture_output=True, text=True, timeout=120, env=env)
+
+        first = run(0)
+        assert first.returncode == 0, first.stderr[-800:]
+        steps = int(first.stdout.strip())  # object PUTs of one write + publish (the last is CURRENT)
+        assert steps >= 5
+        publish(root, v1)
+        seen = {"old": 0, "new": 0}
+        # before the first upload, mid-upload, before bundle.json, before CURRENT; after CURRENT
+        for kill_at in (1, steps // 2, steps - 1, steps, -steps):
+            before = set(versions(root))
+            proc = run(kill_at)
+            assert proc.returncode == -9, proc.stderr[-800:]
+            version = current_version(root)
+            assert load_bundle(root)[1]["version"] == version  # CURRENT always names a verified bundle
+            seen["new" if version not in before else "old"] += 1
+            for v in versions(root):  # a version with bundle.json is complete
+                load_bundle(root, v)
+            publish(root, v1)
+        assert seen == {"old": 4, "new": 1}, seen
+        assert set(versions(root)) >= {v1}
+        collect_garbage(root, keep=1)
+        assert current_version(root) == v1
+    finally:
+        os.environ.pop("GENORAY_CACHE", None)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from genoray import fs
 from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
 from genoray.index.build import IndexReport, clean_json
@@ -77,7 +77,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     # the new rows, as partitions with gids after the old ones
     counts = []
     for p in new_parts:
-        col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
         counts.append(p["rows"] if cfg.split is None else int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
     delta, gid = [], n_old
     for i, (p, c) in enumerate(zip(new_parts, counts)):
