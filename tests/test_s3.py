@@ -113,7 +113,8 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_buck
     from fastapi.testclient import TestClient
 
     from genoray.bundle import BundleHolder, collect_garbage, current_version, list_versions, publish, write_bundle
-    from genoray.serve import plain_app
+    from genoray.serve import LocalBackend
+    from genoray.service import create_app
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
     root = f"{s3_bucket}/bundles"
@@ -122,13 +123,13 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_buck
     assert current_version(root) is None
     publish(root, v1)
     assert current_version(root) == v1
-    c = TestClient(plain_app(root, require_key=False))
-    r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3})
-    assert r.status_code == 200, r.text
-    assert r.json()["bundle_version"] == v1 and [p["label"] for p in r.json()["predictions"]] == ["gc", "at"]
     holder = BundleHolder(root, poll_s=0.1)
     try:
-        assert holder.version == v1 and fs.list_files(f"{root}/leases/{v1}")
+        c = TestClient(create_app(LocalBackend(holder), require_key=False))
+        r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["bundle_version"] == v1 and [p["label"] for p in r.json()["predictions"]] == ["gc", "at"]
+        assert holder.version == v1 and fs.list_files(f"{root}/leases/{v1}") == [holder.holder]
         index2, head2 = _pipeline(tmp_path, s3_bucket, seed=1, use_ray=False)
         v2 = write_bundle(root, index2, head2)
         assert fs.read_json(f"{root}/versions/{v2}/bundle.json")["parent"] == v1
@@ -137,7 +138,8 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_buck
         while holder.version != v2 and time.time() < deadline:
             time.sleep(0.05)
         assert holder.version == v2 and holder.swaps == 1 and holder.last_error is None
-        assert holder.snapshot()[0].predict(["GGCCGGCCAT" * 6])  # serves the new version
+        r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6], "k": 3})
+        assert r.status_code == 200 and r.json()["bundle_version"] == v2  # serves the new version
         assert not fs.list_files(f"{root}/leases/{v1}")  # the old lease was released
     finally:
         holder.close()
