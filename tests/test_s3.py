@@ -223,3 +223,29 @@ def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tm
         assert current_version(root) == v1
     finally:
         os.environ.pop("GENORAY_CACHE", None)
+
+
+@pytest.mark.timeout(600)
+def test_s3_reindex_two_nights_incremental(s3_bucket, tmp_path, monkeypatch):
+    """``reindex`` with its work dir and bundle root on S3: the first night builds and
+    publishes, the second embeds only the new file, adds a delta to the current index (read
+    from the node-local copy of the published bundle) and publishes; gate.json lands on S3."""
+    from genoray.bundle import current_version, load_bundle
+    from genoray.config import IndexConfig
+    from genoray.reindex import ReindexConfig, reindex
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
+    toy_fasta(tmp_path / "in" / "a.fa", n=400, seed=1, prefix="n1_")
+    toy_fasta(tmp_path / "in" / "b.fa", n=100, seed=2, prefix="n2_")
+    fs.upload_dir(tmp_path / "in", f"{s3_bucket}/in")
+    work, root = f"{s3_bucket}/work", f"{s3_bucket}/bundles"
+    cfg = ReindexConfig(index=IndexConfig(index_type="IVF8,Flat", target_recall=0.9), recall_floor=0.9)
+    r1 = reindex([f"{s3_bucket}/in/a.fa"], work, root, KmerEncoder(), cfg=cfg, use_ray=False)
+    assert r1.published and current_version(root) == r1.version and r1.gate["index_build"]["mode"] == "full"
+    r2 = reindex([f"{s3_bucket}/in/a.fa", f"{s3_bucket}/in/b.fa"], work, root, KmerEncoder(), cfg=cfg, use_ray=False)
+    assert r2.published and r2.embed["units_skipped"] == 1 and r2.embed["written"] == 500
+    assert r2.gate["index_build"]["mode"] == "incremental" and r2.gate["index_build"]["delta_rows"] == 80
+    assert fs.read_json(f"{work}/builds/{r2.version}/gate.json")["passed"] is True
+    pred, doc = load_bundle(root)
+    assert doc["version"] == r2.version and pred.index.ntotal == 400

@@ -58,7 +58,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.get('format_version')}); "
                             "rebuild once")
     store = EmbeddingStore(store_path)
-    store_path = str(Path(store_path).resolve())
+    store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
     if store.fingerprint != m.get("fingerprint") or store.dim != m["dim"]:
         raise RetrainNeeded(f"{store_path}: encoder fingerprint {store.fingerprint} != index {m.get('fingerprint')}")
     if m.get("split") != cfg.split:
