@@ -249,3 +249,33 @@ def test_s3_reindex_two_nights_incremental(s3_bucket, tmp_path, monkeypatch):
     assert fs.read_json(f"{work}/builds/{r2.version}/gate.json")["passed"] is True
     pred, doc = load_bundle(root)
     assert doc["version"] == r2.version and pred.index.ntotal == 400
+
+
+@pytest.mark.timeout(300)
+def test_cli_on_s3_and_clear_errors(s3_bucket, tmp_path, monkeypatch, capsys):
+    """The README's commands with s3:// paths; a missing bucket or object is named in the error."""
+    import json
+
+    from genoray.cli import main
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
+    toy_fasta(tmp_path / "in" / "toy.fa", extra=(("bad label=gc split=train", "ACGTXXXX"),))
+    fs.upload_dir(tmp_path / "in", f"{s3_bucket}/in")
+    b = s3_bucket
+    assert main(["embed", f"{b}/in/", "--out", f"{b}/store", "--no-ray"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["read"] == 201 and out["written"] == 200 and out["rejects_tables"][0].startswith(f"{b}/store/shards/")
+    assert fs.read_table(out["rejects_tables"][0])["seq_id"].to_pylist() == ["bad"]
+    assert main(["index", f"{b}/store", "--out", f"{b}/index"]) == 0
+    assert main(["train", f"{b}/store", "--index", f"{b}/index", "--out", f"{b}/head"]) == 0
+    assert main(["publish", f"{b}/bundles", "--index", f"{b}/index", "--head", f"{b}/head"]) == 0
+    capsys.readouterr()
+    assert main(["bundles", f"{b}/bundles"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("* v")  # the published version is CURRENT
+    assert main(["index", f"{b}/store", "--out", f"{b}/index"]) == 2
+    assert f"{b}/index: already holds manifest.json" in capsys.readouterr().err  # never edited in place
+    assert main(["index", "s3://no-such-bucket-xyz/store", "--out", f"{b}/index2"]) == 2
+    assert "s3://no-such-bucket-xyz/store: not an embedding store" in capsys.readouterr().err
+    assert main(["embed", "s3://no-such-bucket-xyz/in.fa", "--out", f"{b}/s2", "--no-ray"]) == 2
+    assert "s3://no-such-bucket-xyz/in.fa" in capsys.readouterr().err
