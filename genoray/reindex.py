@@ -98,7 +98,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     if cfg.incremental and cur is not None and fs.is_file(fs.join(root, "versions", cur, "index", MANIFEST)):
         from genoray import bundle_remote
 
-        base = (bundle_remote.materialize(root, cur) if fs.is_remote(root) else Path(root)) / "versions" / cur
+        base = (bundle_remote.materialize(str(root), cur) if fs.is_remote(root) else Path(root)) / "versions" / cur
         try:
             idx = extend_index(base / "index", store_dir, build / "index", cfg.index,
                                recall_floor=cfg.recall_floor, shift_alpha=cfg.shift_alpha)

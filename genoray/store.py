@@ -127,9 +127,9 @@ class EmbeddingStore:
         self.hashed = 0
         files = {p["file"]: p["sha256"] for p in self.manifest.parts}
         if verify and fs.is_remote(self.path):
-            self.hashed = _verify_remote(self.path, files)
+            self.hashed = _verify_remote(str(self.path), files)
         elif verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
-            self.hashed = verify_files(self.path, files, record=self.path / VERIFIED)
+            self.hashed = verify_files(self.path, files, record=Path(self.path) / VERIFIED)
 
     @property
     def dim(self) -> int:

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import s3
 from conftest import toy_fasta
-from s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 from genoray import fs
 from genoray.config import ReadConfig
 from genoray.sequences import SequenceFormatError, expand_inputs, plan_units, read_sequences
+
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 
 def test_paths_stay_uris():

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import s3
 from conftest import toy_fasta
-from s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 from genoray import fs
 from genoray.encoders.kmer import KmerEncoder
 from genoray.sequences import read_sequences
+
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -72,7 +72,7 @@ class _ByteRange(io.RawIOBase):
     def __init__(self, path: str, start: int, end: int):
         from genoray import fs
 
-        self._f = fs.open_input(path)
+        self._f: Any = fs.open_input(path)
         self._f.seek(start)
         self._left = end - start
 
@@ -228,7 +228,8 @@ def _open_whole(path: str) -> BinaryIO:
 
     if not fs.is_remote(path):
         return open(path, "rb", buffering=1 << 20)
-    return io.BufferedReader(fs.open_input(path), buffer_size=1 << 20)  # type: ignore[arg-type]
+    raw: Any = fs.open_input(path)  # a pyarrow NativeFile: readinto, seek, close
+    return io.BufferedReader(raw, buffer_size=1 << 20)
 
 
 def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -36,7 +37,7 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
     try:
         from genoray import fs
 
-        source = path
+        source: Any = path
         if fs.is_remote(path):
             source = fs.open_input(path)
             if path.lower().endswith(".gz"):
