@@ -23,6 +23,7 @@ from genoray.sequences import read_sequences
 s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each builds real artifacts and moves them through S3 (5-120 s)
 
 
 def _inputs(tmp_path: Path, bucket: str, files: int = 6, n: int = 40) -> list[str]:
