@@ -51,6 +51,8 @@ def test_bad_paths_name_the_uri(s3_bucket):
         fs.read_json(f"{s3_bucket}/missing.json")
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket-xyz/a"):
         fs.read_bytes("s3://no-such-bucket-xyz/a")
+    with pytest.raises(OSError, match="s3://no-such-bucket-xyz/out.json: write failed"):
+        fs.write_json("s3://no-such-bucket-xyz/out.json", {})  # buckets are never created on the fly
     with pytest.raises(SequenceFormatError, match="s3://no-such-bucket-xyz/x.fa.*no such file"):
         read_sequences("s3://no-such-bucket-xyz/x.fa")
     with pytest.raises(SequenceFormatError, match="no such file"):
