@@ -171,7 +171,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    rep = evaluation_report(a.target, a.index, a.head, split=_split(a.split), train_split=_split(a.train_split),
+    from genoray import fs
+
+    index, head = fs.local_copy(a.index, "indexes", "manifest.json"), fs.local_copy(a.head, "heads", "head.json")
+    rep = evaluation_report(a.target, index, head, split=_split(a.split), train_split=_split(a.train_split),
                             bootstrap=a.bootstrap, seed=a.seed)
     _print(rep, a.json, format_evaluation(rep))
     return EXIT_OK

@@ -82,7 +82,11 @@ class Predictor:
 
     @classmethod
     def load(cls, index_dir: str | Path, head_dir: str | Path) -> Predictor:
-        """Load a verified index and head; queries are cleaned with the policy the index records."""
+        """Load a verified index and head; queries are cleaned with the policy the index records.
+        ``s3://`` / ``gs://`` directories are loaded from a node-local copy (:func:`genoray.fs.local_copy`)."""
+        from genoray import fs
+
+        index_dir, head_dir = fs.local_copy(index_dir, "indexes", "manifest.json"), fs.local_copy(head_dir, "heads", "head.json")
         index = VectorIndex.load(index_dir)
         if index.manifest.encoder is None:
             raise ValueError(f"{index_dir}: the index manifest records no encoder")

@@ -136,6 +136,9 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     confusion matrix and ``bootstrap``-resample 95% intervals
     (:func:`genoray.metrics.detailed_metrics`).
     """
+    from genoray import fs
+
+    index_dir, head_dir = fs.local_copy(index_dir, "indexes", "manifest.json"), fs.local_copy(head_dir, "heads", "head.json")
     store = EmbeddingStore(store_path)
     test = store.load(split)
     if len(test) == 0:

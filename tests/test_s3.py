@@ -276,6 +276,11 @@ def test_cli_on_s3_and_clear_errors(s3_bucket, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["bundles", f"{b}/bundles"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("* v")  # the published version is CURRENT
+    capsys.readouterr()
+    assert main(["evaluate", f"{b}/store", "--index", f"{b}/index", "--head", f"{b}/head", "--json"]) == 0
+    assert '"fused"' in capsys.readouterr().out
+    assert main(["predict", f"{b}/in/toy.fa", "--index", f"{b}/index", "--head", f"{b}/head"]) == 0
+    assert "gc" in capsys.readouterr().out
     assert main(["index", f"{b}/store", "--out", f"{b}/index"]) == 2
     assert f"{b}/index: already holds manifest.json" in capsys.readouterr().err  # never edited in place
     assert main(["index", "s3://no-such-bucket-xyz/store", "--out", f"{b}/index2"]) == 2
