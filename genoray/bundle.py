@@ -17,6 +17,10 @@ same code a replica uses, and only then renames it into ``versions/``. ``publish
 version, never a mix. ``collect_garbage`` never removes ``CURRENT``, the newest ``keep``
 versions, or a version with a live lease.
 
+A root may be on object storage (``s3://``, ``gs://``): :mod:`genoray.bundle_remote` keeps
+the same guarantees there (upload with ``bundle.json`` last, ``CURRENT`` as one PUT, versions
+materialized into a node-local cache before loading).
+
 :class:`BundleHolder` is what a serving replica keeps: it loads ``CURRENT`` synchronously at
 start, then watches ``CURRENT`` and loads a new version on a background thread, verifying it
 before a single reference swap, so in-flight requests finish on the version they started with
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genoray import bundle_remote, fs
 from genoray.artifacts import ChecksumError, JsonDoc, read_json, sha256_file, verify_files, write_json
 from genoray.config import CleanPolicy
 
@@ -111,6 +116,8 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     :func:`genoray.scatter.shard_groups` (``None``: one group, every replica holds the whole index)."""
     from genoray.predictor import Predictor
 
+    if fs.is_remote(root):
+        return bundle_remote.write_bundle(str(root), index_dir, head_dir, metrics, version, target, shard_groups)
     root = Path(root)
     version = version or new_version_name()
     final = root / "versions" / version
@@ -152,6 +159,8 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
 
 def verify_bundle(root: str | Path, version: str) -> BundleManifest:
     """Check ``bundle.json`` and every file's sha256; return the bundle document."""
+    if fs.is_remote(root):
+        return bundle_remote.verify_bundle(str(root), version)
     vdir = Path(root) / "versions" / version
     doc_path = vdir / MANIFEST
     if not doc_path.is_file():
@@ -169,6 +178,8 @@ def verify_bundle(root: str | Path, version: str) -> BundleManifest:
 
 def publish(root: str | Path, version: str) -> None:
     """Point ``CURRENT`` at a verified version (atomic; also used for rollback)."""
+    if fs.is_remote(root):
+        return bundle_remote.publish(str(root), version)
     root = Path(root)
     verify_bundle(root, version)
     write_json(root / "CURRENT", {"version": version,
@@ -178,14 +189,26 @@ def publish(root: str | Path, version: str) -> None:
 
 def current_version(root: str | Path) -> str | None:
     """The version ``CURRENT`` points at, or ``None`` before the first publish."""
+    if fs.is_remote(root):
+        return bundle_remote.current_version(str(root))
     p = Path(root) / "CURRENT"
     return read_json(p)["version"] if p.is_file() else None
+
+
+def version_dir(root: str | Path, version: str) -> Path:
+    """The local directory of ``version``: under ``root`` itself, or, for a remote root, the
+    node-local verified copy (downloaded once per node, :func:`genoray.bundle_remote.materialize`)."""
+    if fs.is_remote(root):
+        return bundle_remote.materialize(str(root), version) / "versions" / version
+    return Path(root) / "versions" / version
 
 
 def load_bundle(root: str | Path, version: str | None = None) -> tuple[Predictor, BundleManifest]:
     """Verify and load a version (default: ``CURRENT``); returns ``(Predictor, bundle.json)``."""
     from genoray.predictor import Predictor
 
+    if fs.is_remote(root):  # materialized into the node-local cache, then loaded from there
+        return bundle_remote.load_bundle(str(root), version)
     root = Path(root)
     version = version or current_version(root)
     if version is None:
@@ -197,6 +220,8 @@ def load_bundle(root: str | Path, version: str | None = None) -> tuple[Predictor
 
 def lease(root: str | Path, version: str, holder: str) -> None:
     """Record (or refresh) that ``holder`` uses ``version``."""
+    if fs.is_remote(root):
+        return bundle_remote.lease(str(root), version, holder)
     d = Path(root) / "leases" / version
     d.mkdir(parents=True, exist_ok=True)
     (d / holder).write_text(str(time.time()))
@@ -204,11 +229,15 @@ def lease(root: str | Path, version: str, holder: str) -> None:
 
 def release(root: str | Path, version: str, holder: str) -> None:
     """Drop ``holder``'s lease on ``version``."""
+    if fs.is_remote(root):
+        return bundle_remote.release(str(root), version, holder)
     (Path(root) / "leases" / version / holder).unlink(missing_ok=True)
 
 
 def collect_garbage(root: str | Path, keep: int = 3, lease_ttl_s: float = LEASE_TTL_S) -> list[str]:
     """Delete old versions that are not CURRENT, not among the newest ``keep`` and not leased."""
+    if fs.is_remote(root):
+        return bundle_remote.collect_garbage(str(root), keep, lease_ttl_s)
     root = Path(root)
     vroot = root / "versions"
     if not vroot.is_dir():
@@ -240,7 +269,7 @@ class BundleHolder:
     """Loads, watches and atomically swaps the bundle a replica serves."""
 
     def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
-        self.root = Path(root)
+        self.root: Any = fs.as_path(root)
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.predictor, self.doc = self._open(None)  # synchronous: never serve without a bundle
         self.version = self.doc.version
@@ -338,6 +367,8 @@ def list_versions(root: str | Path, verify: bool = False) -> list[dict[str, Any]
     """Every version under ``root`` (oldest first): name, created_at, parent, encoder fingerprint,
     classes, index size and recall, whether it is ``CURRENT`` and its live leases. With
     ``verify`` each version's files are checked against their sha256 (``ok`` / the error)."""
+    if fs.is_remote(root):
+        return bundle_remote.list_versions(str(root), verify, LEASE_TTL_S)
     root = Path(root)
     vroot = root / "versions"
     if not vroot.is_dir():

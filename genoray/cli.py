@@ -99,8 +99,10 @@ def cmd_embed(a: argparse.Namespace) -> int:
     report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=_read_cfg(a, a.train_split, a.test_split),
                              embed_cfg=build(a, EMBED), fit_split=_split(a.train_split), use_ray=not a.no_ray)
     out = report.to_dict()
-    manifest = json.loads(Path(a.out, "store.json").read_text())
-    rejects = [str(Path(a.out, p["rejects"])) for p in manifest["parts"] if p.get("rejects")]
+    from genoray import fs
+
+    manifest = fs.read_json(fs.join(a.out, "store.json"))
+    rejects = [fs.join(a.out, p["rejects"]) for p in manifest["parts"] if p.get("rejects")]
     out["rejects_tables"] = rejects  # Parquet: source file, record number, seq_id, reason
     # complete: every file read, rows written; partial: some files failed, rows written (exit 3);
     # failed: files failed and nothing was written; empty: nothing to write (both exit 6)
@@ -169,7 +171,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    rep = evaluation_report(a.target, a.index, a.head, split=_split(a.split), train_split=_split(a.train_split),
+    from genoray import fs
+
+    index, head = fs.local_copy(a.index, "indexes", "manifest.json"), fs.local_copy(a.head, "heads", "head.json")
+    rep = evaluation_report(a.target, index, head, split=_split(a.split), train_split=_split(a.train_split),
                             bootstrap=a.bootstrap, seed=a.seed)
     _print(rep, a.json, format_evaluation(rep))
     return EXIT_OK

@@ -38,10 +38,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from genoray import schema
-from genoray.artifacts import read_json, sha256_json, write_json
+from genoray import fs, schema
+from genoray.artifacts import sha256_json
 from genoray.config import EmbedConfig, ReadConfig
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.errors import InvariantError
@@ -89,7 +88,7 @@ def _ray_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
-def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: Path,
+def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: str | Path,
                  batch_size: int, prefetch_batches: int = 0) -> dict[str, Any]:
     """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
     with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
@@ -155,7 +154,7 @@ class DuplicateIdError(ValueError):
     """The same seq_id occurs in more than one record of the corpus."""
 
 
-def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
+def _fit_sample(files: list, read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
     """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed. Data
     without any split labels is sampled whole; data whose splits do not include ``fit_split``
     is an error (the encoder must never see test rows)."""
@@ -184,13 +183,13 @@ def _fit_sample(files: list[Path], read_cfg: ReadConfig, fit_split: str | None) 
     return in_split or any_split
 
 
-def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: ReadConfig,
+def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: ReadConfig,
                      fit_split: str | None) -> Encoder:
     """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it."""
-    enc_file = out / ENCODER_FILE
+    enc_file = fs.join(out, ENCODER_FILE)
     requested = encoder.spec()
-    if enc_file.is_file():
-        saved = read_json(enc_file)
+    if fs.is_file(enc_file):
+        saved = fs.read_json(enc_file)
         if sha256_json(saved["requested"]) != sha256_json(requested):
             raise ValueError(f"{out}: this store was started with another encoder "
                              f"({sha256_json(saved['requested'])[:16]} vs {sha256_json(requested)[:16]}); "
@@ -198,7 +197,7 @@ def _resolve_encoder(encoder: Encoder, out: Path, files: list[Path], read_cfg: R
         return encoder_from_spec(saved["fitted"])
     if getattr(encoder, "needs_fit", False):
         encoder.fit(_fit_sample(files, read_cfg, fit_split))  # type: ignore[attr-defined]
-    write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
+    fs.write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
                           "fit_info": getattr(encoder, "fit_info_", None)})
     return encoder
 
@@ -216,7 +215,7 @@ def embed_sequences(
 
     Args:
         inputs: files, directories or glob patterns (FASTA/FASTQ[.gz], Parquet, CSV/TSV).
-        out_dir: store directory. Rerunning into the same directory with the same encoder
+        out_dir: store directory (local, ``s3://`` or ``gs://``). Rerunning into the same directory with the same encoder
             skips finished units; a different encoder is refused.
         encoder: any :class:`~genoray.encoders.Encoder`; one that needs fitting (a
             position-aware k-mer encoder) is fitted on up to 100k ``fit_split`` sequences.
@@ -233,9 +232,9 @@ def embed_sequences(
     read_cfg = read_cfg or ReadConfig()
     embed_cfg = embed_cfg or EmbedConfig()
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    out = fs.as_path(out_dir)
+    shard_dir = fs.as_path(fs.join(out, "shards"))
+    fs.makedirs(shard_dir)
     files = expand_inputs(inputs)
     if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
         from genoray.splits import with_cutoffs
@@ -314,12 +313,12 @@ def _id_hashes(ids: list[str]) -> np.ndarray:
                     dtype=np.uint64)
 
 
-def _check_unique_ids(shard_dir: Path, committed: list[dict[str, Any]]) -> None:
+def _check_unique_ids(shard_dir: str | Path, committed: list[dict[str, Any]]) -> None:
     if len(committed) < 2:
         return  # ids are unique within a unit by construction
     parts, owners = [], []
     for i, d in enumerate(committed):
-        ids = pq.read_table(shard_dir / d["file"], columns=[schema.SEQ_ID])[schema.SEQ_ID].to_pylist()
+        ids = fs.read_table(fs.join(shard_dir, d["file"]), columns=[schema.SEQ_ID])[schema.SEQ_ID].to_pylist()
         parts.append(_id_hashes(ids))
         owners.append(np.full(len(ids), i, dtype=np.int32))
     h = np.concatenate(parts)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from genoray import fs
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.embed import TORCH_ENCODERS, process_unit
 from genoray.encoders import encoder_from_spec
@@ -39,7 +40,7 @@ class EmbedUnits:
                 trust_weights_hint(hint)
         self.encoder = encoder_from_spec(encoder_spec)
         self.read_cfg = from_dict(ReadConfig, read_cfg)
-        self.shard_dir = Path(shard_dir)
+        self.shard_dir = fs.as_path(shard_dir)
         self.batch_size = batch_size
         self.prefetch_batches = prefetch_batches
 
@@ -52,7 +53,7 @@ class EmbedUnits:
         return {"summary": np.array(out, dtype=object)}
 
 
-def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: ReadConfig, shard_dir: Path,
+def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: ReadConfig, shard_dir: str | Path,
                 cfg: EmbedConfig):
     """Run ``pending`` units on a Ray Data actor pool (one encoder load per actor); yields each
     unit's summary as it commits."""
@@ -81,6 +82,11 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
     # Fractional CPUs: actors must never hold every CPU, or the read stage cannot be scheduled
     # and the pipeline hangs silently (2-CPU deadlock).
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, min(1.0, (cpus - 1) / n_actors))
+    remote_kw: dict[str, Any] = {}
+    if fs.is_remote(shard_dir) or any(fs.is_remote(u["path"]) for u in pending):
+        # actors on other nodes see their own credential chain; hand them this driver's
+        # object-store settings (endpoint, region, credentials given through the environment)
+        remote_kw["runtime_env"] = {"env_vars": fs.forwarded_env()}
     items = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
     ds = items.map_batches(
         EmbedUnits,
@@ -93,6 +99,7 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
                  if cfg.max_actors else ray.data.ActorPoolStrategy(size=n_actors)),
         num_cpus=cpus_per_actor,
         num_gpus=num_gpus,
+        **remote_kw,
     )
     for row in ds.iter_rows():
         yield json.loads(row["summary"])

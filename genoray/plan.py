@@ -262,13 +262,14 @@ def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -
 def split_rows(store, split: str | None) -> int:
     """Rows of ``split`` in a store, reading only its split column."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+
+    from genoray import fs
 
     if split is None:
         return store.rows
     n = 0
     for p in store.manifest["parts"]:
-        col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
         n += int(pc.sum(pc.equal(col, split)).as_py() or 0)
     return n
 

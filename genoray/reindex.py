@@ -19,12 +19,17 @@
    and ``gate.json`` says why.
 
 A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the README).
+
+``work_dir`` and the bundle root may be on object storage (``s3://``, ``gs://``): the store
+lives there; a night's index and head are then built in a node-local temp dir and copied to
+``work_dir/builds/<version>`` (``gate.json`` last) after the bundle is written.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import write_json
+from genoray import fs
 from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
 from genoray.config import ReadConfig, ReindexConfig
 from genoray.embed import embed_sequences
@@ -57,7 +62,7 @@ class ReindexReport:
     seconds: dict[str, float]
 
 
-def _current_on(root: Path, store: EmbeddingStore, split: str) -> dict[str, Any] | None:
+def _current_on(root: Any, store: EmbeddingStore, split: str) -> dict[str, Any] | None:
     """Metrics and shift summary of the current bundle on this store's held-out rows."""
     if current_version(root) is None:
         return None
@@ -78,18 +83,24 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
             cfg: ReindexConfig | None = None, use_ray: bool = True) -> ReindexReport:
     """Run the nightly reindex (see the module docstring)."""
     cfg = cfg or ReindexConfig()
-    work, root = Path(work_dir), Path(bundle_root)
+    work, root = fs.as_path(work_dir), fs.as_path(bundle_root)
+    store_dir = fs.join(work, "store")
     t0 = time.perf_counter()
-    emb = embed_sequences(inputs, work / "store", encoder, read_cfg, cfg.embed, fit_split=cfg.index.split,
+    emb = embed_sequences(inputs, store_dir, encoder, read_cfg, cfg.embed, fit_split=cfg.index.split,
                           use_ray=use_ray)
     t1 = time.perf_counter()
     version = new_version_name()
-    build = work / "builds" / version
+    remote_work = fs.is_remote(work)  # then the build happens in a node-local temp dir, uploaded at the end
+    build = Path(tempfile.mkdtemp(prefix="genoray-reindex-")) / version if remote_work \
+        else Path(work) / "builds" / version
     idx, index_mode = None, {"mode": "full", "reason": "first build"}
     cur = current_version(root)
-    if cfg.incremental and cur is not None and (root / "versions" / cur / "index" / MANIFEST).is_file():
+    if cfg.incremental and cur is not None and fs.is_file(fs.join(root, "versions", cur, "index", MANIFEST)):
+        from genoray import bundle_remote
+
+        base = (bundle_remote.materialize(str(root), cur) if fs.is_remote(root) else Path(root)) / "versions" / cur
         try:
-            idx = extend_index(root / "versions" / cur / "index", work / "store", build / "index", cfg.index,
+            idx = extend_index(base / "index", store_dir, build / "index", cfg.index,
                                recall_floor=cfg.recall_floor, shift_alpha=cfg.shift_alpha)
             index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
         except RetrainNeeded as e:
@@ -98,11 +109,11 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
     elif not cfg.incremental:
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
-        idx = build_index(work / "store", build / "index", cfg.index)
-    train_head(work / "store", build / "index", build / "head", cfg.head, split=cfg.index.split)
-    new = evaluate_store(work / "store", build / "index", build / "head", split=cfg.eval_split)
+        idx = build_index(store_dir, build / "index", cfg.index)
+    train_head(store_dir, build / "index", build / "head", cfg.head, split=cfg.index.split)
+    new = evaluate_store(store_dir, build / "index", build / "head", split=cfg.eval_split)
     t2 = time.perf_counter()
-    store = EmbeddingStore(work / "store")
+    store = EmbeddingStore(store_dir)
     current = _current_on(root, store, cfg.eval_split)
     reasons = []
     if emb.status != "complete":
@@ -119,13 +130,16 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
             "index_build": {**index_mode, "seconds": idx.seconds},
             "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
             "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
-    write_json(build / "gate.json", gate)
+    fs.write_json(build / "gate.json", gate)
     published = False
     if not reasons:
         write_bundle(root, build / "index", build / "head", metrics=gate, version=version)
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
+    if remote_work:
+        fs.upload_dir(build, fs.join(work, "builds", version), last=["gate.json"])
+        shutil.rmtree(build.parent, ignore_errors=True)
     seconds = {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)}
     log.info("reindex %s: version %s %s; %s s", root, version,
              "published" if published else f"not published ({'; '.join(reasons)})", seconds)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from genoray.bundle import MANIFEST, BundleHolder, BundleManifest, current_version
+from genoray.bundle import MANIFEST, BundleHolder, BundleManifest, current_version, version_dir
 from genoray.errors import InvariantError
 from genoray.plan import ID_TABLE_ROW, MB, RAY_WORKER_BASE
 from genoray.predictor import Hits, Predictor
@@ -109,7 +109,7 @@ def read_doc(root: str | Path, version: str) -> BundleManifest:
     from genoray.artifacts import read_json
     from genoray.bundle import FORMAT_VERSION
 
-    path = Path(root) / "versions" / version / MANIFEST
+    path = version_dir(root, version) / MANIFEST
     raw = read_json(path)
     if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
         raise ValueError(f"{path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
@@ -141,7 +141,7 @@ class GroupIndex:
 
         faiss = _faiss()
         self.version, self.group = version, group
-        vdir = Path(root) / "versions" / version
+        vdir = version_dir(root, version)
         doc = read_doc(root, version)
         idir = vdir / "index"
         m = read_manifest(idir)
@@ -210,7 +210,7 @@ class GenoraySearcher:
     """A searcher replica of one shard group (the class behind the ``searcher-<g>`` deployments)."""
 
     def __init__(self, root: str, group: int, poll_s: float = 2.0):
-        self.root, self.group, self.poll_s = Path(root), group, poll_s
+        self.root, self.group, self.poll_s = root, group, poll_s
         self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
@@ -351,7 +351,7 @@ class GroupHolder(BundleHolder):
         if len(groups) != len(self.searchers):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); this service runs "
                              f"{len(self.searchers)}: redeploy to serve it")
-        vdir = self.root / "versions" / version
+        vdir = version_dir(self.root, version)
         _verify(vdir, doc, ["index/manifest.json"] + [f for f in doc.files if f.startswith("head/")])
         return Predictor.load(vdir / "index", vdir / "head", with_index=False), doc
 

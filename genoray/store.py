@@ -10,7 +10,9 @@ Layout of a store directory::
     shards/<key>.rejects.parquet, shards/<key>.done.json
 
 ``store.json`` is written last (atomically), and readers use it, never a glob; each part's
-sha256 is verified before it is read. ``verified.json`` records size, mtime and sha256 of each
+sha256 is verified before it is read. A store may live on object storage (``s3://``, ``gs://``,
+see :mod:`genoray.fs`): a unit's shard and rejects table are uploaded before its done marker and
+``store.json`` after every marker, so what a reader can see is always complete. ``verified.json`` records size, mtime and sha256 of each
 part when it was last verified, so an unchanged part is not hashed again on every open.
 
 This module owns the format both ways: :class:`ShardWriter` commits one unit's shard, rejects
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray import schema
+from genoray import fs, schema
 from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
 from genoray.config import CleanPolicy
 
@@ -79,10 +82,10 @@ class StoreManifest(JsonDoc):
 
 def read_manifest(path: str | Path) -> StoreManifest:
     """The manifest of the store at ``path`` (checks the format version, not the files)."""
-    mpath = Path(path) / MANIFEST
-    if not mpath.is_file():
+    mpath = fs.join(path, MANIFEST)
+    if not fs.is_file(mpath):
         raise FileNotFoundError(f"{path}: not an embedding store (no {MANIFEST})")
-    doc = read_json(mpath)
+    doc = fs.read_json(mpath)
     if doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{mpath}: unsupported format_version {doc.get('format_version')}")
     return StoreManifest.from_json(doc)
@@ -90,7 +93,7 @@ def read_manifest(path: str | Path) -> StoreManifest:
 
 def has_manifest(path: str | Path) -> bool:
     """Whether ``path`` holds a committed store (its ``store.json`` exists)."""
-    return (Path(path) / MANIFEST).is_file()
+    return fs.is_file(fs.join(path, MANIFEST))
 
 
 @dataclass
@@ -114,15 +117,19 @@ def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
 
 
 class EmbeddingStore:
-    """A committed, verified embedding store (see the module docstring)."""
+    """A committed, verified embedding store (see the module docstring). ``path`` is a local
+    directory or an ``s3://`` / ``gs://`` prefix (then ``path`` stays a string and parts are
+    streamed from the object store; their verification record is kept in the node-local cache)."""
 
     def __init__(self, path: str | Path, verify: bool = True):
-        self.path = Path(path)
+        self.path: Any = fs.as_path(path)
         self.manifest = read_manifest(self.path)
         self.hashed = 0
-        if verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
-            self.hashed = verify_files(self.path, {p["file"]: p["sha256"] for p in self.manifest.parts},
-                                       record=self.path / VERIFIED)
+        files = {p["file"]: p["sha256"] for p in self.manifest.parts}
+        if verify and fs.is_remote(self.path):
+            self.hashed = _verify_remote(str(self.path), files)
+        elif verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
+            self.hashed = verify_files(self.path, files, record=Path(self.path) / VERIFIED)
 
     @property
     def dim(self) -> int:
@@ -161,7 +168,7 @@ class EmbeddingStore:
         from genoray.sequences import iter_sequences
 
         sources = sorted({p.get("source") for p in self.manifest.get("parts", []) if p.get("source")})
-        if not sources or not all(Path(s).is_file() for s in sources):
+        if not sources or not all(fs.is_file(s) for s in sources):
             return None
         clean = self.manifest.clean
         wanted = {str(i) for i in ids}
@@ -176,7 +183,7 @@ class EmbeddingStore:
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
         for p in self.manifest.parts:
-            yield pq.read_table(self.path / p["file"], columns=columns)
+            yield fs.read_table(fs.join(self.path, p["file"]), columns=columns)
 
     def table(self, split: str | None = None) -> pa.Table:
         """Rows (of one split, or all) as one Arrow table."""
@@ -194,15 +201,52 @@ class EmbeddingStore:
                           vectors_of(t, self.dim))
 
 
-# -- writing ----------------------------------------------------------------------------
-def shard_is_done(shard_dir: Path, key: str) -> dict[str, Any] | None:
-    """The done marker of a unit if it and its shard are intact, else ``None``."""
-    marker = shard_dir / f"{key}.done.json"
-    if not marker.is_file():
-        return None
+def _verify_remote(uri: str, files: dict[str, str]) -> int:
+    """:func:`~genoray.artifacts.verify_files` for a store on object storage: objects whose size
+    and mtime match the node-local record of their last verification are not re-read."""
+    from genoray.artifacts import ChecksumError
+
+    record = fs.cache_dir("stores", uri) / VERIFIED
     try:
-        done = read_json(marker)
-        if sha256_file(shard_dir / done["file"]) != done["sha256"]:
+        seen = read_json(record) if record.is_file() else {}
+    except (OSError, ValueError):
+        seen = {}
+    hashed, fresh = 0, {}
+    for rel, expected in sorted(files.items()):
+        obj = fs.join(uri, rel)
+        kind, size, mtime = fs.info(obj)
+        if kind != "file":
+            raise ChecksumError(f"{obj}: missing (listed in manifest)")
+        key = {"size": size, "mtime_ns": mtime, "sha256": expected}
+        if seen.get(rel) != key:
+            got = fs.sha256(obj)
+            hashed += 1
+            if got != expected:
+                raise ChecksumError(f"{obj}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")
+        fresh[rel] = key
+    if fresh != seen:
+        try:
+            write_json(record, fresh)
+        except OSError:
+            pass
+    return hashed
+
+
+# -- writing ----------------------------------------------------------------------------
+def shard_is_done(shard_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The done marker of a unit if it and its shard are intact, else ``None``. On object
+    storage the shard is checked by its size (recorded in the marker; objects are written
+    whole, and the sha256 is verified when the store is opened) rather than re-downloaded."""
+    marker = fs.join(shard_dir, f"{key}.done.json")
+    try:
+        if not fs.is_file(marker):
+            return None
+        done = fs.read_json(marker)
+        shard = fs.join(shard_dir, done["file"])
+        if fs.is_remote(shard_dir) and "bytes" in done:
+            kind, size, _ = fs.info(shard)
+            return done if kind == "file" and size == done["bytes"] else None
+        if fs.sha256(shard) != done["sha256"]:
             return None
     except (OSError, ValueError, KeyError):
         return None
@@ -214,9 +258,11 @@ class ShardWriter:
     table and its done marker (written last, so it marks a finished unit); :meth:`abort`
     removes the temp file."""
 
-    def __init__(self, shard_dir: Path, key: str, dim: int):
-        self.shard_dir, self.key, self.dim = Path(shard_dir), key, dim
-        self.tmp = self.shard_dir / f".{key}.{os.getpid()}.tmp"
+    def __init__(self, shard_dir: str | Path, key: str, dim: int):
+        self.shard_dir, self.key, self.dim = fs.as_path(shard_dir), key, dim
+        self.remote = fs.is_remote(self.shard_dir)  # then the shard is written locally and uploaded
+        tmp_dir = Path(tempfile.gettempdir()) if self.remote else Path(self.shard_dir)
+        self.tmp = tmp_dir / f".{key}.{os.getpid()}.tmp"
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
 
@@ -257,12 +303,23 @@ class ShardWriter:
             rej = pa.table({"path": [r.path for r in report.examples], "record": [r.record for r in report.examples],
                             "seq_id": [r.seq_id for r in report.examples],
                             "reason": [r.reason for r in report.examples]})
-            pq.write_table(rej, shard_dir / f"{key}.rejects.parquet")
-        final = shard_dir / f"{key}.parquet"
-        os.replace(self.tmp, final)
+            if self.remote:
+                local_rej = self.tmp.with_suffix(".rejects")
+                pq.write_table(rej, local_rej)
+                fs.upload(local_rej, fs.join(shard_dir, f"{key}.rejects.parquet"))
+                local_rej.unlink()
+            else:
+                pq.write_table(rej, Path(shard_dir) / f"{key}.rejects.parquet")
+        name = f"{key}.parquet"
+        digest, nbytes = sha256_file(self.tmp), self.tmp.stat().st_size
+        if self.remote:  # uploaded whole before the marker that makes the unit visible
+            fs.upload(self.tmp, fs.join(shard_dir, name))
+            self.tmp.unlink()
+        else:
+            os.replace(self.tmp, Path(shard_dir) / name)
         done = {
             **{k: fields[k] for k in ("key", "path", "row_groups", "byte_range", "status")},
-            "file": final.name, "sha256": sha256_file(final), "rows": self.rows,
+            "file": name, "sha256": digest, "bytes": nbytes, "rows": self.rows,
             "read": report.read, "accepted": report.accepted, "rejected_by_reason": dict(report.rejected),
             "windowed": report.windowed, "windows": report.windows,
             "windows_rejected_by_reason": dict(report.windows_rejected),
@@ -271,7 +328,7 @@ class ShardWriter:
         }
         if self.rows != report.rows:
             raise InvariantError(f"{where}: wrote {self.rows} rows but the read yielded {report.rows}")
-        write_json(shard_dir / f"{key}.done.json", done)
+        fs.write_json(fs.join(shard_dir, f"{key}.done.json"), done)
         return done
 
 
@@ -280,9 +337,9 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def write_manifest(out: Path, manifest: StoreManifest) -> None:
+def write_manifest(out: str | Path, manifest: StoreManifest) -> None:
     """Write ``store.json`` (last, atomically): it lists exactly the committed units' shards."""
-    write_json(Path(out) / MANIFEST, manifest.to_json())
+    fs.write_json(fs.join(out, MANIFEST), manifest.to_json())
 
 
 def part_entry(done: dict[str, Any]) -> dict[str, Any]:
@@ -292,8 +349,13 @@ def part_entry(done: dict[str, Any]) -> dict[str, Any]:
             "rejects": f"shards/{done['rejects_file']}" if done.get("rejects_file") else None}
 
 
-def collect_garbage(shard_dir: Path, keep: set[str]) -> None:
+def collect_garbage(shard_dir: str | Path, keep: set[str]) -> None:
     """Remove shards of units no longer in the plan (changed inputs) and stale temp files."""
-    for f in shard_dir.iterdir():
+    if fs.is_remote(shard_dir):
+        for name in fs.list_files(shard_dir, recursive=False):
+            if name.split(".")[0] not in keep:
+                fs.delete(fs.join(shard_dir, name))
+        return
+    for f in Path(shard_dir).iterdir():
         if f.name.startswith(".") or f.name.split(".")[0] not in keep:  # temp files of killed runs
             f.unlink(missing_ok=True)

@@ -35,8 +35,11 @@ def _batches(store: EmbeddingStore, columns: list[str], rows: int = 16_384):
     """The store's rows as tables of at most ``rows`` rows (parts were verified when the store
     was opened), so reading never holds a whole part's embeddings."""
     for part in store.manifest.parts:
-        for batch in pq.ParquetFile(store.path / part["file"]).iter_batches(batch_size=rows, columns=columns):
-            yield pa.Table.from_batches([batch])
+        from genoray import fs
+
+        with fs.open_input(fs.join(store.path, part["file"])) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
 
 def sample_rows(store: EmbeddingStore, split: str | None, ids: np.ndarray,
@@ -71,6 +74,13 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     row count), because the head's kNN part votes over the index at prediction time. At most
     ``cfg.max_rows`` rows (seeded, class-stratified) are read and used (see the module docstring).
     """
+    from genoray import fs
+    from genoray.index.core import MANIFEST as INDEX_MANIFEST
+
+    if fs.is_remote(out_dir):  # written to a node-local temp dir, uploaded with head.json last
+        res = fs.publish_dir(out_dir, "head.json", lambda d: train_head(store_path, index_dir, d, cfg, split))
+        return {**res, "head": str(out_dir)}
+    index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     cfg = cfg or HeadConfig()
     t0 = time.perf_counter()
     store = EmbeddingStore(store_path)
@@ -126,6 +136,9 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     confusion matrix and ``bootstrap``-resample 95% intervals
     (:func:`genoray.metrics.detailed_metrics`).
     """
+    from genoray import fs
+
+    index_dir, head_dir = fs.local_copy(index_dir, "indexes", "manifest.json"), fs.local_copy(head_dir, "heads", "head.json")
     store = EmbeddingStore(store_path)
     test = store.load(split)
     if len(test) == 0:

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from genoray import fs
 from genoray.artifacts import read_json, sha256_file, write_json
 from genoray.config import IndexConfig
 from genoray.index.core import FORMAT_VERSION, MANIFEST, IndexManifest, choose_factory, merge_topk
@@ -123,15 +123,19 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     from genoray.plan import CapacityError, ClusterSpec, check_fits, estimate, human, train_sample_size
     from genoray.store import EmbeddingStore
 
+    if fs.is_remote(out_dir):  # built in a node-local temp dir, uploaded with manifest.json last
+        rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
+        return dataclasses.replace(rep, path=str(out_dir))
     cfg = cfg or IndexConfig()
     t0 = time.perf_counter()
     out = Path(out_dir)
     if (out / MANIFEST).exists():
         raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
     store = EmbeddingStore(store_path)
-    store_path = str(Path(store_path).resolve())
+    remote_store = fs.is_remote(store.path)
+    store_path = str(store.path) if remote_store else str(Path(store_path).resolve())
     d = store.dim
-    ex: Any = _Ray() if use_ray else _Local()
+    ex: Any = (_Ray(fs.forwarded_env() if remote_store else None)) if use_ray else _Local()
 
     # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
     counts = []
@@ -139,7 +143,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         if cfg.split is None:
             counts.append(int(p["rows"]))
         else:
-            col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+            col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
             counts.append(int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
     n = sum(counts)
     if n == 0:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from genoray import fs
 from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
 from genoray.index.build import IndexReport, clean_json
@@ -58,7 +58,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.get('format_version')}); "
                             "rebuild once")
     store = EmbeddingStore(store_path)
-    store_path = str(Path(store_path).resolve())
+    store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
     if store.fingerprint != m.get("fingerprint") or store.dim != m["dim"]:
         raise RetrainNeeded(f"{store_path}: encoder fingerprint {store.fingerprint} != index {m.get('fingerprint')}")
     if m.get("split") != cfg.split:
@@ -77,7 +77,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     # the new rows, as partitions with gids after the old ones
     counts = []
     for p in new_parts:
-        col = pq.read_table(store.path / p["file"], columns=["split"])["split"]
+        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
         counts.append(p["rows"] if cfg.split is None else int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
     delta, gid = [], n_old
     for i, (p, c) in enumerate(zip(new_parts, counts)):

@@ -45,7 +45,9 @@ def _node_id() -> str:
 
 def _read_part(store_path: str, part: dict[str, Any], split: str | None, columns: list[str]) -> pa.Table:
     """Rows ``offset .. offset + rows`` of the split in one store file."""
-    t = pq.read_table(Path(store_path) / part["file"], columns=columns + (["split"] if split is not None else []))
+    from genoray import fs
+
+    t = fs.read_table(fs.join(store_path, part["file"]), columns=columns + (["split"] if split is not None else []))
     if split is not None:
         t = t.filter(pc.fill_null(pc.equal(t["split"], split), False))
     return t.slice(part.get("offset", 0), part["rows"])
@@ -61,7 +63,9 @@ def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: 
               seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Count, training sample (Bernoulli ``rate``) and candidate queries of one partition."""
     rng = np.random.default_rng(seed)
-    t = pq.read_table(Path(store_path) / part_file, columns=["split", "embedding"])
+    from genoray import fs
+
+    t = fs.read_table(fs.join(store_path, part_file), columns=["split", "embedding"])
     inside = np.ones(t.num_rows, bool) if split is None else \
         np.asarray(pc.fill_null(pc.equal(t["split"], split), False).to_numpy(zero_copy_only=False), bool)
     from genoray.store import vectors_of
@@ -251,16 +255,18 @@ class _Local:
 class _Ray:
     """Runs stage functions as Ray tasks (retried when their worker dies)."""
 
-    def __init__(self):
+    def __init__(self, env: dict[str, str] | None = None):
         import ray
 
         self.ray = ray
+        # object-store settings for tasks reading a remote store (other nodes have their own chain)
+        self.opts: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
 
     def put(self, x):
         return self.ray.put(x)
 
     def _remote(self, fn, **opts):
-        return self.ray.remote(fn).options(max_retries=3, retry_exceptions=False, **opts)
+        return self.ray.remote(fn).options(max_retries=3, retry_exceptions=False, **self.opts, **opts)
 
     def map(self, fn, calls: list[tuple], **opts) -> list:
         f = self._remote(fn, **opts)

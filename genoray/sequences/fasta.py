@@ -70,7 +70,9 @@ class _ByteRange(io.RawIOBase):
     """A read-only view of bytes ``[start, end)`` of a file."""
 
     def __init__(self, path: str, start: int, end: int):
-        self._f = open(path, "rb")
+        from genoray import fs
+
+        self._f: Any = fs.open_input(path)
         self._f.seek(start)
         self._left = end - start
 
@@ -169,9 +171,22 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     if cfg.clean.long_records == "window" and path.lower().removesuffix(".gz").endswith(FASTA_SPLITTABLE):
         yield from _stream_windowed(path, byte_range, cfg, builder)
         return
-    source: Any = path if byte_range is None else _open_range(path, byte_range)
+    from genoray import fs
+
+    source: Any = path
+    fileformat = "fasta" if byte_range is not None else None
+    raw = None
+    if byte_range is not None:
+        source = _open_range(path, byte_range)
+    elif fs.is_remote(path):  # dnaio sniffs neither compression nor format from a stream
+        import gzip
+
+        raw = source = _open_whole(path)
+        if path.lower().endswith(".gz"):
+            source = gzip.GzipFile(fileobj=raw, mode="rb")
+        fileformat = "fastq" if path.lower().removesuffix(".gz").endswith((".fq", ".fastq")) else "fasta"
     try:
-        with dnaio.open(source, fileformat="fasta" if byte_range is not None else None) as reader:
+        with dnaio.open(source, fileformat=fileformat) as reader:
             for rec in reader:
                 record_no += 1
                 seq_id, label, domain, split, meta = header_fields(rec.name, cfg)
@@ -191,6 +206,8 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     finally:
         if source is not path:
             source.close()
+        if raw is not None:
+            raw.close()
     last = builder.flush()
     if last is not None:
         yield last
@@ -198,9 +215,21 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
 
 def _open_range(path: str, byte_range: tuple[int, int]) -> BinaryIO:
     """The records of an uncompressed FASTA whose header starts in ``[start, end)``."""
-    with open(path, "rb") as f:
+    from genoray import fs
+
+    with fs.open_input(path) as f:
         start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
     return io.BufferedReader(_ByteRange(path, start, end), buffer_size=1 << 20)
+
+
+def _open_whole(path: str) -> BinaryIO:
+    """A buffered reader of a whole local file or object (compressed bytes as stored)."""
+    from genoray import fs
+
+    if not fs.is_remote(path):
+        return open(path, "rb", buffering=1 << 20)
+    raw: Any = fs.open_input(path)  # a pyarrow NativeFile: readinto, seek, close
+    return io.BufferedReader(raw, buffer_size=1 << 20)
 
 
 def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadConfig,
@@ -211,7 +240,8 @@ def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadCon
     if byte_range is not None:
         f = _open_range(path, byte_range)
     else:
-        f = gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb", buffering=1 << 20)
+        raw = _open_whole(path)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if path.lower().endswith(".gz") else raw
     try:
         yield from _iter_fasta_windowed(f, cfg, builder)
     except EOFError as e:
@@ -221,6 +251,8 @@ def _stream_windowed(path: str, byte_range: tuple[int, int] | None, cfg: ReadCon
         raise SequenceFormatError(builder.path, builder.report.read + 1, f"unreadable: {e}") from e
     finally:
         f.close()
+        if byte_range is None:
+            raw.close()
     last = builder.flush()
     if last is not None:
         yield last

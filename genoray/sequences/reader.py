@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from genoray import schema
+from genoray import fs, schema
 from genoray.config import ReadConfig
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.fasta import FASTA_SPLITTABLE, _iter_fastx
@@ -44,16 +44,15 @@ def verify_sidecar(path: str) -> None:
     """If ``<file>.sha256`` exists (``sha256sum`` format or a bare digest), check the file
     against it. A plain FASTA cut at a record boundary parses cleanly; only a checksum (or a
     record count) can reveal the truncation."""
-    side = Path(path + ".sha256")
-    if not side.is_file():
+    side = path + ".sha256"
+    if not fs.is_file(side):
         return
-    from genoray.artifacts import sha256_file
-
-    words = side.read_text().split()
+    words = fs.read_bytes(side).decode(errors="replace").split()
     expected = words[0].lower() if words else ""
-    got = sha256_file(path)
+    got = fs.sha256(path)
     if got != expected:
-        raise SequenceFormatError(path, None, f"checksum_mismatch: sha256 {got[:16]}... != {side.name} {expected[:16]}...")
+        name = side.rsplit("/", 1)[-1]
+        raise SequenceFormatError(path, None, f"checksum_mismatch: sha256 {got[:16]}... != {name} {expected[:16]}...")
 
 
 def iter_sequences(
@@ -104,7 +103,11 @@ def iter_file(
     by the range that starts at byte 0 (once per file, not once per range).
     """
     path = str(path)
-    if not Path(path).is_file():
+    try:
+        found = fs.is_file(path)
+    except OSError as e:  # object store unreachable, no credentials, no bucket
+        raise SequenceFormatError(path, None, f"cannot read: {e}") from e
+    if not found:
         raise SequenceFormatError(path, None, "no such file")
     fmt = detect_format(path)
     if byte_range is None or byte_range[0] == 0:

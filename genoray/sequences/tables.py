@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -19,7 +20,9 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path)
+            from genoray import fs
+
+            pf = pq.ParquetFile(fs.open_input(path) if fs.is_remote(path) else path)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError on junk
             raise SequenceFormatError(path, None, f"not a readable Parquet file: {e}") from e
         try:
@@ -32,8 +35,15 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
     name = path.lower().removesuffix(".gz")
     delimiter = "\t" if name.endswith((".tsv", ".txt")) else ","
     try:
+        from genoray import fs
+
+        source: Any = path
+        if fs.is_remote(path):
+            source = fs.open_input(path)
+            if path.lower().endswith(".gz"):
+                source = pa.CompressedInputStream(source, "gzip")
         reader = pacsv.open_csv(
-            path,
+            source,
             read_options=pacsv.ReadOptions(block_size=1 << 22),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=None),

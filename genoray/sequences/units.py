@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from genoray import fs
 from genoray.artifacts import sha256_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
 from genoray.sequences.fasta import FASTA_SPLITTABLE
@@ -25,12 +26,16 @@ from genoray.sequences.report import SequenceFormatError
 log = logging.getLogger(__name__)
 
 
-def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files from paths, directories (recursively, known extensions) and glob patterns."""
+def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Any]:
+    """Files from paths, directories (recursively, known extensions) and glob patterns; an
+    ``s3://`` / ``gs://`` prefix expands to its objects of known file types (URIs stay strings)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    out: list[Path] = []
+    out: list[Any] = []
     for item in inputs:
+        if fs.is_remote(item):
+            out.extend(_expand_remote(str(item)))
+            continue
         p = Path(item)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
@@ -51,6 +56,25 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def _expand_remote(uri: str) -> list[str]:
+    if any(c in uri for c in "*?["):
+        raise SequenceFormatError(uri, None, "glob patterns are not supported on object storage; name a prefix")
+    if fs.is_file(uri):
+        return [uri]
+    out = []
+    for rel in fs.list_files(uri):
+        if rel.rsplit("/", 1)[-1].startswith("."):
+            continue
+        try:
+            detect_format(rel)
+        except SequenceFormatError:
+            continue
+        out.append(fs.join(uri, rel))
+    if not out:
+        raise SequenceFormatError(uri, None, "no such file (no object or prefix with sequence files)")
+    return out
+
+
 SPLIT_FIELDS = ("test_fraction", "split_seed", "split_names", "split_cutoffs")
 
 
@@ -65,21 +89,22 @@ def key_fields(read_cfg: ReadConfig) -> dict[str, Any]:
     return fields
 
 
-def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
+def plan_units(files: list[Any], fp: str, read_cfg: ReadConfig, rows_per_unit: int,
                bytes_per_unit: int = EmbedConfig.bytes_per_unit) -> list[dict[str, Any]]:
     """Units of work with stable keys (see the module docstring): a file, a range of a Parquet
     file's row groups, or a byte range of a large uncompressed FASTA file."""
     units = []
     cfg_hash = sha256_json(key_fields(read_cfg))[:16]
     for f in files:
-        path = str(f.resolve())
-        if not f.is_file():
+        path = str(f) if fs.is_remote(f) else str(Path(f).resolve())
+        kind, st_size, st_mtime_ns = fs.info(path)
+        if kind != "file":
             raise SequenceFormatError(str(f), None, "no such file")
-        st = f.stat()
         ranges: list[tuple[list[int] | None, int]] = [(None, 1)]
-        if detect_format(f) == "parquet":
+        if detect_format(path) == "parquet":
             try:
-                meta = pq.ParquetFile(path).metadata
+                with fs.open_input(path) as fh:
+                    meta = pq.ParquetFile(fh).metadata
             except Exception:  # junk: one unit that will fail with a clear error
                 meta = None
             if meta is not None and meta.num_row_groups > 1:
@@ -94,12 +119,12 @@ def plan_units(files: list[Path], fp: str, read_cfg: ReadConfig, rows_per_unit: 
                 if group:
                     ranges.append((group, first))
         byte_ranges: list[list[int] | None] = [None]
-        if path.lower().endswith(FASTA_SPLITTABLE) and st.st_size > bytes_per_unit:
-            cuts = list(range(0, st.st_size, bytes_per_unit)) + [st.st_size]
+        if path.lower().endswith(FASTA_SPLITTABLE) and st_size > bytes_per_unit:
+            cuts = list(range(0, st_size, bytes_per_unit)) + [st_size]
             byte_ranges = [[a, b] for a, b in zip(cuts, cuts[1:])]
         for row_groups, first in ranges:
             for byte_range in byte_ranges:
-                ident = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "row_groups": row_groups,
+                ident = {"path": path, "size": st_size, "mtime_ns": st_mtime_ns, "row_groups": row_groups,
                          "read_cfg": cfg_hash, "encoder": fp}
                 if byte_range is not None:  # keys of unsplit files stay as they were (resumable stores)
                     ident["byte_range"] = byte_range
