@@ -81,9 +81,12 @@ class Predictor:
         self.ood, self.priors = ood, priors  # genoray.ood.OODScorer, genoray.priors.PriorShift (optional)
 
     @classmethod
-    def load(cls, index_dir: str | Path, head_dir: str | Path) -> Predictor:
-        """Load a verified index and head; queries are cleaned with the policy the index records."""
-        index = VectorIndex.load(index_dir)
+    def load(cls, index_dir: str | Path, head_dir: str | Path, mmap: bool = False,
+             verify_index: bool = True) -> Predictor:
+        """Load a verified index and head; queries are cleaned with the policy the index records.
+        ``mmap``: memory-map the index files and id tables; ``verify_index=False`` when the
+        caller verified the index files (a bundle) just before."""
+        index = VectorIndex.load(index_dir, mmap=mmap, verify=verify_index)
         if index.manifest.encoder is None:
             raise ValueError(f"{index_dir}: the index manifest records no encoder")
         encoder = encoder_from_spec(index.manifest.encoder)
