@@ -122,7 +122,7 @@ def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
             f"last version is the new one: {all(v[-1] == new_version for v in by_replica.values())}")
 
 
-SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve --ingress haproxy"}
+SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve haproxy (default)"}
 
 
 def main() -> None:
