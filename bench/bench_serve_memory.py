@@ -11,14 +11,17 @@ constructor), predicts ``--queries`` random 81 bp sequences and reports its memo
   (mapped file pages, shared with every process of the node mapping the same file);
 * PSS (shared pages divided among their sharers) with two replicas of the same mode alive;
 * ``bundle`` = RSS after loading and predicting minus RSS before the load (same process, all
-  modules imported): what the bundle costs the replica.
+  modules imported), and ``private`` the same for RssAnon: what the bundle costs the replica
+  alone (mapped pages the queries touched count in RSS but are the node's page cache, one copy
+  for all replicas).
 
 Start times: the first replica on the node (hashes every file, then writes the node's
 verified record) and the second (the record matches: nothing is hashed). Pages are warm (the
 build just wrote the files); dropping the page cache needs root, so a replica on a fresh node
 also pays reading the index from disk. Predictions of the two modes are compared exactly.
 
-    python bench/bench_serve_memory.py [--sizes 250000,1000000] [--queries 1000]
+    python bench/bench_serve_memory.py [--sizes 250000,1000000] [--queries 1000] [--repeats 1]
+                                       [--work DIR]  (reuses the bundles built there)
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def make_bundle(work: Path, n: int, head_dir: Path | None) -> Path:
     from genoray.index.synthetic import write_synthetic_store
     from genoray.train import train_head
 
+    if (work / f"bundles{n}" / "CURRENT").is_file():
+        return work / f"bundles{n}"
     store = write_synthetic_store(work / f"store{n}", n, 64, parts=max(2, n // 125_000))
     enc = KmerEncoder(KmerConfig(ks=(3,), gc=False, zcurve=False))
     spec = json.loads(json.dumps(enc.spec()))
@@ -116,43 +121,54 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="250000,1000000")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=1, help="replica starts per size and mode (median start times)")
+    ap.add_argument("--work", help="directory of an earlier run whose bundles are reused")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-mem-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-serve-mem-"))
     os.environ["GENORAY_CACHE"] = str(work / "cache")  # a fresh node: nothing verified yet
     head = None
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         root = make_bundle(work, n, head)
         head = work / "head"
-        for mmap in (False, True):
-            tag = "mmap" if mmap else "ram"
-            done = work / f"done-{n}-{tag}"
-            a = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-a.json", done)
-            ra = json.loads(a.stdout.readline())  # type: ignore[union-attr]
-            b = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-b.json", done)
-            rb = json.loads(b.stdout.readline())  # type: ignore[union-attr]
-            done.touch()
-            a.wait()
-            b.wait()
-            rows.append((n, tag, ra, rb))
-            os.unlink(work / "cache" / "verified" / next(iter(os.listdir(work / "cache" / "verified"))))
+        for rep in range(args.repeats):
+            for mmap in (False, True):  # alternating, so a drift of the machine's load reaches both
+                tag = "mmap" if mmap else "ram"
+                done = work / f"done-{n}-{tag}-{rep}"
+                a = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-a.json", done)
+                ra = json.loads(a.stdout.readline())  # type: ignore[union-attr]
+                b = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-b.json", done)
+                rb = json.loads(b.stdout.readline())  # type: ignore[union-attr]
+                done.touch()
+                a.wait()
+                b.wait()
+                rows.append((n, tag, ra, rb))
+                for f in os.listdir(work / "cache" / "verified"):  # the next first replica: a fresh node
+                    os.unlink(work / "cache" / "verified" / f)
         same = all(json.load(open(work / f"pred-{n}-ram-a.json")) == json.load(open(work / f"pred-{n}-{t}-{r}.json"))
                    for t in ("ram", "mmap") for r in "ab")
         print(f"{n:,}: predictions of {args.queries} queries identical in both modes and both replicas: {same}")
-    print(f"{'vectors':>9} {'mode':<5} {'RSS MiB':>8} {'anon':>6} {'file':>6} {'PSS(2)':>7} {'bundle':>7} "
+    import statistics
+
+    print(f"{'vectors':>9} {'mode':<5} {'RSS MiB':>8} {'anon':>6} {'file':>6} {'PSS(2)':>7} {'bundle':>7} {'private':>7} "
           f"{'start 1st s':>11} {'hashed':>6} {'start 2nd s':>11} {'hashed':>6}")
-    for n, tag, ra, rb in rows:
+    summary = {}
+    for key in dict.fromkeys((n, tag) for n, tag, _, _ in rows):
+        runs = [(ra, rb) for n, tag, ra, rb in rows if (n, tag) == key]
+        ra, rb = runs[-1]
         aft, bef = rb["after"], rb["before"]
-        print(f"{n:>9,} {tag:<5} {mib(aft['VmRSS']):>8} {mib(aft['RssAnon']):>6} {mib(aft['RssFile']):>6} "
-              f"{mib(aft['Pss']):>7} {mib(aft['VmRSS'] - bef['VmRSS']):>7} {ra['start_s']:>11.2f} {ra['hashed']:>6} "
-              f"{rb['start_s']:>11.2f} {rb['hashed']:>6}")
-    by = {(n, tag): rb for n, tag, ra, rb in rows}
+        private = aft["RssAnon"] - bef["RssAnon"]
+        summary[key] = (aft, private)
+        s1 = statistics.median(r[0]["start_s"] for r in runs)
+        s2 = statistics.median(r[1]["start_s"] for r in runs)
+        print(f"{key[0]:>9,} {key[1]:<5} {mib(aft['VmRSS']):>8} {mib(aft['RssAnon']):>6} {mib(aft['RssFile']):>6} "
+              f"{mib(aft['Pss']):>7} {mib(aft['VmRSS'] - bef['VmRSS']):>7} {mib(private):>7} {s1:>11.2f} "
+              f"{ra['hashed']:>6} {s2:>11.2f} {rb['hashed']:>6}")
     for n in sorted({r[0] for r in rows}):
-        ram, mm = by[(n, "ram")]["after"], by[(n, "mmap")]["after"]
-        cost = {t: by[(n, t)]["after"]["VmRSS"] - by[(n, t)]["before"]["VmRSS"] for t in ("ram", "mmap")}
+        (ram, pram), (mm, pmm) = summary[(n, "ram")], summary[(n, "mmap")]
         print(f"ratio mmap / ram at {n:,}: RSS {mm['VmRSS'] / ram['VmRSS']:.2f}x, private (anon) "
               f"{mm['RssAnon'] / ram['RssAnon']:.2f}x, PSS with 2 replicas {mm['Pss'] / ram['Pss']:.2f}x, "
-              f"bundle cost {cost['mmap'] / max(cost['ram'], 1):.2f}x")
+              f"bundle's private memory {pmm / max(pram, 1):.2f}x ({mib(pmm)} vs {mib(pram)} MiB)")
 
 
 if __name__ == "__main__":
