@@ -362,8 +362,8 @@ def run_service(cfg: ServeConfig) -> None:
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     if cfg.ingress == "haproxy":
         if os.environ.get("RAY_ADDRESS"):
-            print("note: --ingress haproxy needs the cluster's Ray processes started with genoray.serve.haproxy_env() "
-                  "(see cluster.yaml)", file=sys.stderr)
+            print("note: the haproxy ingress (default) needs the cluster's Ray processes started with "
+                  "genoray.serve.haproxy_env() (see cluster.yaml); otherwise use --ingress proxy", file=sys.stderr)
         for k, v in haproxy_env().items():  # read by Ray's processes at start; explicit settings win
             os.environ.setdefault(k, v)
     init_ray()
