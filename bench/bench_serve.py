@@ -5,12 +5,16 @@ same predictor behind (a) one plain uvicorn/FastAPI process without batching (ba
 (b) ``genoray serve --ingress proxy`` (Serve's Python proxy -> API replica -> batched model
 replica; 1 model replica: on 2 cores a second adds no throughput) and (c) ``genoray serve
 --ingress haproxy`` (HAProxy -> 2 replicas that each serve the API and batch their own
-requests). Each server runs as its own process (and Ray) the way a user starts it. Requests
-carry 1 or 32 sequences; each load level runs a bounded loop (``--seconds`` and at most 5,000
-requests) from a separate client process. After each Serve run, a swap under load: a new
-bundle is published; failures and per-replica version changes are counted.
+requests; the default). Each server runs as its own process (and Ray) the way a user starts
+it. Requests carry 1 or 32 sequences; each load level runs a bounded loop (``--seconds`` and
+at most 5,000 requests) from a separate client process, ``--repeats`` times, alternating with
+the baseline (which runs beside each Serve server, idle while the other is measured), and
+medians are reported: on a shared host the load drifts, and sequential runs of the servers
+gave ratios that said more about the neighbours than about the servers. After each Serve
+run, a swap under load: a new bundle is published; failures and per-replica version changes
+are counted.
 
-    python bench/bench_serve.py [--seconds 8]
+    python bench/bench_serve.py [--seconds 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -122,7 +126,16 @@ def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
             f"last version is the new one: {all(v[-1] == new_version for v in by_replica.values())}")
 
 
-SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve --ingress haproxy"}
+SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve haproxy (default)"}
+
+
+def median_summary(runs: list[dict]) -> dict:
+    """Median of each figure over repeated runs (failures summed)."""
+    import statistics
+
+    return {"req_per_s": statistics.median(r["req_per_s"] or 0.0 for r in runs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs), "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "failed": sum(r["failed"] for r in runs)}
 
 
 def main() -> None:
@@ -132,8 +145,9 @@ def main() -> None:
     from genoray.quickstart import bundled_dataset
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--servers", default="uvicorn,proxy,haproxy", help="comma-separated subset of " + ",".join(SERVERS))
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per level and server (medians are reported)")
+    ap.add_argument("--servers", default="haproxy,proxy", help="comma-separated Serve topologies: haproxy (default), proxy")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     root = work / "bundles"
@@ -143,29 +157,38 @@ def main() -> None:
     bodies = {"1 seq": {"sequences": seqs[:1], "k": 5}, "32 seq": {"sequences": seqs[:32], "k": 5}}
     levels = [1, 8, 32]
     rows, swaps = [], {}
-    for i, kind in enumerate(args.servers.split(",")):
-        port = free_port()
-        proc = start_server(kind, root, port)
-        try:
-            wait_ready(port, timeout=180)
-            for name, body in bodies.items():
-                for c in levels:
-                    rows.append((SERVERS[kind], name, c, client(port, body, args.seconds, c)))
-            if kind != "uvicorn":
+    base_port = free_port()
+    base = start_server("uvicorn", root, base_port)
+    try:
+        wait_ready(base_port, timeout=180)
+        for kind in args.servers.split(","):
+            port = free_port()
+            proc = start_server(kind, root, port)
+            try:
+                wait_ready(port, timeout=180)
+                for name, body in bodies.items():
+                    for c in levels:
+                        # the baseline and the server alternate run by run, so a change of the
+                        # machine's load during the bench reaches both (a shared host drifts)
+                        runs: dict[str, list] = {"uvicorn": [], kind: []}
+                        for _ in range(args.repeats):
+                            runs["uvicorn"].append(client(base_port, body, args.seconds, c))
+                            runs[kind].append(client(port, body, args.seconds, c))
+                        rows.append((kind, name, c, median_summary(runs[kind]), median_summary(runs["uvicorn"])))
                 swaps[kind] = swap_under_load(port, root, bodies["1 seq"], versions[1 + len(swaps) % 2])
-        finally:
-            stop_server(proc)
-    print(f"bundle: E. coli promoters, k-mer encoder; {args.seconds:.0f} s per level; client in a separate process; "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'server':<24} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
-    for server, name, c, r in rows:
+            finally:
+                stop_server(proc)
+    finally:
+        stop_server(base)
+    print(f"bundle: E. coli promoters, k-mer encoder; {args.seconds:g} s per run, median of {args.repeats} runs per "
+          f"level, baseline runs interleaved with each server's; client in a separate process; {os.cpu_count()} CPUs")
+    print(f"{'server':<24} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'failed':>6} | {'uvicorn req/s':>13} {'p50':>6} {'p99':>6} | {'ratio':>6}")
+    for kind, name, c, r, b in rows:
         n = 1 if name == "1 seq" else 32
-        print(f"{server:<24} {name:<7} {c:>7} {r['req_per_s']:>8.1f} {r['req_per_s'] * n:>8.0f} "
-              f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['failed']:>6}")
-    base = {(name, c): r["req_per_s"] for server, name, c, r in rows if server == SERVERS["uvicorn"]}
-    for server, name, c, r in rows:
-        if server != SERVERS["uvicorn"] and (name, c) in base:
-            print(f"ratio {server} / uvicorn, {name}, {c} clients: {r['req_per_s'] / base[(name, c)]:.2f}x")
+        print(f"{SERVERS[kind]:<24} {name:<7} {c:>7} {r['req_per_s']:>8.1f} {r['req_per_s'] * n:>8.0f} "
+              f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['failed']:>6} | {b['req_per_s']:>13.1f} {b['p50_ms']:>6.1f} "
+              f"{b['p99_ms']:>6.1f} | {r['req_per_s'] / max(b['req_per_s'], 1e-9):>5.2f}x")
     for kind, line in swaps.items():
         print(f"swap under load ({SERVERS[kind]}): {line}")
 

@@ -75,7 +75,7 @@ def main() -> int:
     init_ray()
     port = free_port()
     cfg = ServeConfig(root=str(root), port=port, key_hashes=(hash_key(KEY),), min_replicas=2, max_replicas=2,
-                      poll_s=2.0, num_cpus=0.4)
+                      poll_s=2.0, num_cpus=0.4, ingress="proxy")  # in-process Ray without HAProxy's env
     start_http(cfg)
     serve.run(build_app(cfg), name="soak", route_prefix="/")
     wait_ready(port)

@@ -25,10 +25,18 @@ materialized into a node-local cache before loading).
 start, then watches ``CURRENT`` and loads a new version on a background thread, verifying it
 before a single reference swap, so in-flight requests finish on the version they started with
 and a corrupt bundle is refused while the old one keeps serving.
+
+A replica verifies a version's files once per node, not once per start: the sha256 of each
+file is checked against ``bundle.json`` and recorded with the file's size and mtime in a
+node-local record (:func:`verified_record`, under ``$GENORAY_CACHE`` or
+``~/.cache/genoray``); the next replica on that node re-hashes only files whose size or mtime
+changed. With ``mmap`` the index files and id tables are memory-mapped, so replicas on one node
+share the page cache (the head, encoder and OOD scorer stay in each replica's memory).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -94,8 +102,20 @@ class BundleManifest(JsonDoc):
 
 
 def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+    return {rel: sha256_file(root / rel) for rel in _names(root)}
+
+
+def _names(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST]
+
+
+def verified_record(vdir: str | Path) -> Path:
+    """The node-local record of which files of version directory ``vdir`` were verified (size,
+    mtime and sha256 of each): ``$GENORAY_CACHE/verified/`` (default ``~/.cache/genoray``),
+    named by a hash of the absolute path. Version directories are read-only, so it lives beside
+    them in spirit, not in place."""
+    base = Path(os.environ.get("GENORAY_CACHE") or Path.home() / ".cache" / "genoray") / "verified"
+    return base / f"{hashlib.sha256(str(Path(vdir).resolve()).encode()).hexdigest()[:32]}.json"
 
 
 def new_version_name() -> str:
@@ -157,8 +177,10 @@ def write_bundle(root: str | Path, index_dir: str | Path, head_dir: str | Path,
     return version
 
 
-def verify_bundle(root: str | Path, version: str) -> BundleManifest:
-    """Check ``bundle.json`` and every file's sha256; return the bundle document."""
+def verify_bundle(root: str | Path, version: str, cached: bool = False) -> BundleManifest:
+    """Check ``bundle.json`` and every file's sha256; return the bundle document. ``cached``:
+    skip files that this node verified before and whose size and mtime are unchanged
+    (:func:`verified_record`)."""
     if fs.is_remote(root):
         return bundle_remote.verify_bundle(str(root), version)
     vdir = Path(root) / "versions" / version
@@ -169,8 +191,14 @@ def verify_bundle(root: str | Path, version: str) -> BundleManifest:
     if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
         raise ValueError(f"{doc_path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
     doc = BundleManifest.from_json(raw)
-    verify_files(vdir, doc.files)
-    extra = set(_files(vdir)) - set(doc.files)
+    record = verified_record(vdir) if cached else None
+    if record is not None:
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # no writable cache on this node: verify every file every time
+            record = None
+    verify_files(vdir, doc.files, record=record)
+    extra = set(_names(vdir)) - set(doc.files)
     if extra:
         raise ChecksumError(f"{vdir}: files not in {MANIFEST}: {sorted(extra)[:5]}")
     return doc
@@ -203,19 +231,25 @@ def version_dir(root: str | Path, version: str) -> Path:
     return Path(root) / "versions" / version
 
 
-def load_bundle(root: str | Path, version: str | None = None) -> tuple[Predictor, BundleManifest]:
-    """Verify and load a version (default: ``CURRENT``); returns ``(Predictor, bundle.json)``."""
+def load_bundle(root: str | Path, version: str | None = None, mmap: bool = False,
+                cached: bool = True) -> tuple[Predictor, BundleManifest]:
+    """Verify and load a version (default: ``CURRENT``); returns ``(Predictor, bundle.json)``.
+
+    ``mmap``: memory-map the index files and id tables (shared page cache) instead of reading
+    them into this process. ``cached``: files this node verified before, unchanged in size and
+    mtime, are not hashed again (:func:`verify_bundle`). A remote root's version is first
+    copied into the node-local cache (once per node), then loaded from there."""
     from genoray.predictor import Predictor
 
     if fs.is_remote(root):  # materialized into the node-local cache, then loaded from there
-        return bundle_remote.load_bundle(str(root), version)
+        return bundle_remote.load_bundle(str(root), version, mmap=mmap)
     root = Path(root)
     version = version or current_version(root)
     if version is None:
         raise FileNotFoundError(f"{root}: no CURRENT bundle has been published")
-    doc = verify_bundle(root, version)
-    vdir = root / "versions" / version
-    return Predictor.load(vdir / "index", vdir / "head"), doc
+    doc = verify_bundle(root, version, cached=cached)
+    vdir = root / "versions" / version  # every index file was just verified as part of the bundle
+    return Predictor.load(vdir / "index", vdir / "head", mmap=mmap, verify_index=False), doc
 
 
 def lease(root: str | Path, version: str, holder: str) -> None:
@@ -266,10 +300,12 @@ def collect_garbage(root: str | Path, keep: int = 3, lease_ttl_s: float = LEASE_
 
 
 class BundleHolder:
-    """Loads, watches and atomically swaps the bundle a replica serves."""
+    """Loads, watches and atomically swaps the bundle a replica serves (``mmap``: index files
+    and id tables memory-mapped, see :func:`load_bundle`)."""
 
-    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None):
+    def __init__(self, root: str | Path, poll_s: float = 2.0, holder: str | None = None, mmap: bool = False):
         self.root: Any = fs.as_path(root)
+        self.mmap = mmap
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.predictor, self.doc = self._open(None)  # synchronous: never serve without a bundle
         self.version = self.doc.version
@@ -329,7 +365,7 @@ class BundleHolder:
 
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         """Verify and load a version (``None``: CURRENT); :mod:`genoray.scatter` loads less."""
-        return load_bundle(self.root, version)
+        return load_bundle(self.root, version, mmap=self.mmap)
 
     def load(self, version: str) -> None:
         """Verify and load ``version``, then swap; on any error keep the current bundle."""

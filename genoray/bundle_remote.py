@@ -131,14 +131,14 @@ def current_version(root: str) -> str | None:
     return fs.read_json(p)["version"] if fs.is_file(p) else None
 
 
-def load_bundle(root: str, version: str | None = None) -> tuple[Predictor, BundleManifest]:
+def load_bundle(root: str, version: str | None = None, mmap: bool = False) -> tuple[Predictor, BundleManifest]:
     """Materialize ``version`` (default: ``CURRENT``) locally and load it there."""
     from genoray.bundle import load_bundle as load_local
 
     version = version or current_version(root)
     if version is None:
         raise FileNotFoundError(f"{root}: no CURRENT bundle has been published")
-    return load_local(materialize(root, version), version)
+    return load_local(materialize(root, version), version, mmap=mmap)
 
 
 def lease(root: str, version: str, holder: str) -> None:

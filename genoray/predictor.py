@@ -103,16 +103,19 @@ class Predictor:
         self.ood, self.priors = ood, priors  # genoray.ood.OODScorer, genoray.priors.PriorShift (optional)
 
     @classmethod
-    def load(cls, index_dir: str | Path, head_dir: str | Path, with_index: bool = True) -> Predictor:
+    def load(cls, index_dir: str | Path, head_dir: str | Path, with_index: bool = True, mmap: bool = False,
+             verify_index: bool = True) -> Predictor:
         """Load a verified index and head; queries are cleaned with the policy the index records.
         ``with_index=False`` reads only the index manifest (encoder, cleaning policy), not the
-        vectors: :meth:`predict` then needs a ``search``. ``s3://`` / ``gs://`` directories are
-        loaded from a node-local copy (:func:`genoray.fs.local_copy`)."""
+        vectors: :meth:`predict` then needs a ``search``. ``mmap``: memory-map the index files and
+        id tables; ``verify_index=False`` when the caller verified the index files (a bundle) just
+        before. ``s3://`` / ``gs://`` directories are loaded from a node-local copy
+        (:func:`genoray.fs.local_copy`)."""
         from genoray import fs
         from genoray.index import read_manifest
 
         index_dir, head_dir = fs.local_copy(index_dir, "indexes", "manifest.json"), fs.local_copy(head_dir, "heads", "head.json")
-        index = VectorIndex.load(index_dir) if with_index else None
+        index = VectorIndex.load(index_dir, mmap=mmap, verify=verify_index) if with_index else None
         manifest = index.manifest if index is not None else read_manifest(index_dir)
         if manifest.encoder is None:
             raise ValueError(f"{index_dir}: the index manifest records no encoder")

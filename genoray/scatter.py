@@ -134,10 +134,9 @@ class GroupIndex:
 
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         from genoray.index import VectorIndex, read_manifest
-        from genoray.index.core import _faiss, attach_quantizer
+        from genoray.index.core import _faiss, attach_quantizer, read_ids, read_shard
 
         faiss = _faiss()
         self.version, self.group = version, group
@@ -156,10 +155,10 @@ class GroupIndex:
         trained = faiss.read_index(str(idir / m.trained["file"])) if m.shared_quantizer and m.trained else None
         indexes, tables, refine = [], [], []
         for s in shards:
-            shard = faiss.read_index(str(idir / s["index"]))
+            shard = read_shard(idir / s["index"], m.factory, mmap=True)  # page cache shared by replicas
             if trained is not None:
                 attach_quantizer(shard, trained)
-            t = pq.read_table(idir / s["ids"])
+            t = read_ids(idir / s["ids"], mmap=True)
             if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
                 raise ValueError(f"{idir / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows})")
             indexes.append(shard)

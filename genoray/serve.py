@@ -13,15 +13,21 @@
   retry is safe). A full model queue becomes 503 with ``Retry-After``; a prediction that does
   not finish within ``predict_timeout_s`` becomes 504.
 
-That is ``ingress="proxy"`` (the default): Serve's Python HTTP proxy in front, everything on
-loopback. ``ingress="haproxy"`` is Ray's high-throughput mode (``RAY_SERVE_ENABLE_HA_PROXY``,
+That is ``ingress="proxy"``: Serve's Python HTTP proxy in front, everything on loopback.
+``ingress="haproxy"`` (the default) is Ray's high-throughput mode (``RAY_SERVE_ENABLE_HA_PROXY``,
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED``): HAProxy listens on the port and balances over replicas
 that each serve HTTP themselves (direct ingress). Each replica is then ``GenorayReplica``: the
 API and a bundle in one process, batching its own concurrent requests, so a request costs no
 Ray hop at all. HAProxy resends a request whose replica died before answering
 (``retry-on conn-failure empty-response``) to another replica. Ray reads this mode from the
 environment of its processes, so it must be set before Ray starts (:func:`haproxy_env`; the
-CLI does it; on a cluster, in ``cluster.yaml``).
+CLI does it; on a cluster, in ``cluster.yaml``), and :mod:`genoray.haproxy` binds HAProxy's
+stats and metrics listeners to the service's host.
+
+Batching takes only what is already queued (``batch_wait_timeout_s=0``): a lone request is
+answered at once, and while a batch runs the requests that arrive meanwhile queue up and form
+the next one, so batches grow with the load without a fixed wait. Replicas memory-map the
+index (``mmap``) and declare their memory to Ray (:mod:`genoray.replica_memory`).
 
 The end-to-end request timeout (408) and the bind address are Serve HTTP options
 (``start_http``), 127.0.0.1 by default. ``reconfigure`` (Serve ``user_config``) of the model
@@ -41,35 +47,12 @@ if TYPE_CHECKING:
     from genoray.service import PredictRequest
 
 from genoray.config import ServeConfig  # noqa: F401 (defined in config.py; imported from here by callers)
+from genoray.haproxy import HAPROXY_RETRY_ON, haproxy_env  # noqa: F401 (imported from here by callers)
 
 log = logging.getLogger(__name__)
 
 
 INGRESS_MODES = ("proxy", "haproxy")
-HAPROXY_RETRY_ON = "conn-failure empty-response"
-
-
-def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101) -> dict[str, str]:
-    """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
-
-    HAProxy resends a request to another replica when the connection fails or the replica dies
-    before answering (safe here: a prediction is a pure function of request and bundle); it runs
-    one thread per 2 cores, 1 to 4. Ray's template binds HAProxy's stats and Prometheus ports on
-    all interfaces (read-only pages); pick free ones when several services share a host.
-    """
-    return {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
-        "RAY_SERVE_HAPROXY_RETRIES": "3",
-        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 2))),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
-        # a stopping replica keeps serving this long so that load balancers stop sending to it;
-        # Serve's own HAProxy is reloaded within a second, and Ray's 30 s default made every
-        # shutdown (SIGTERM, scale-down) take over 30 s
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
-    }
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -190,6 +173,7 @@ def build_app(cfg: ServeConfig):
     from ray import serve
 
     from genoray.bundle import BundleHolder
+    from genoray.replica_memory import replica_actor_options
     from genoray.service import create_app, keys_from_env
 
     key_hashes = cfg.key_hashes or keys_from_env()
@@ -207,7 +191,7 @@ def build_app(cfg: ServeConfig):
         },
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
+        ray_actor_options=replica_actor_options(cfg),
         health_check_period_s=cfg.health_check_period_s,
         health_check_timeout_s=20,
         graceful_shutdown_timeout_s=cfg.graceful_shutdown_timeout_s,
@@ -224,7 +208,7 @@ def build_app(cfg: ServeConfig):
     @serve.deployment(**replica_options)
     class GenorayModel(_BundleReplica):
         def __init__(self, root: str, poll_s: float):
-            self.holder = BundleHolder(root, poll_s=poll_s)
+            self.holder = BundleHolder(root, poll_s=poll_s, mmap=cfg.mmap)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
@@ -294,7 +278,7 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     @serve.ingress(app)
     class GenorayReplica(_BundleReplica):
         def __init__(self):
-            self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s)
+            self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s, mmap=cfg.mmap)
             _set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s))
 
@@ -384,8 +368,8 @@ def run_service(cfg: ServeConfig) -> None:
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     if cfg.ingress == "haproxy":
         if os.environ.get("RAY_ADDRESS"):
-            print("note: --ingress haproxy needs the cluster's Ray processes started with genoray.serve.haproxy_env() "
-                  "(see cluster.yaml)", file=sys.stderr)
+            print("note: the haproxy ingress (default) needs the cluster's Ray processes started with "
+                  "genoray.serve.haproxy_env() (see cluster.yaml); otherwise use --ingress proxy", file=sys.stderr)
         for k, v in haproxy_env().items():  # read by Ray's processes at start; explicit settings win
             os.environ.setdefault(k, v)
     init_ray()

@@ -22,6 +22,7 @@ def deploy(root, name, port, **kw):
     from genoray.serve import ServeConfig, build_app
     from genoray.service import hash_key
 
+    kw.setdefault("ingress", "proxy")  # this file tests the proxy topology (test_serve_haproxy.py the default)
     cfg = ServeConfig(root=str(root), port=port, key_hashes=(hash_key(KEY),), poll_s=0.2, num_cpus=0.1, **kw)
     serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
     return f"/{name}"

@@ -1,11 +1,11 @@
-"""``genoray serve --ingress haproxy`` as a user starts it (own process, own Ray, real HAProxy):
+"""``genoray serve`` (default ``--ingress haproxy``) as a user starts it (own process, own Ray, real HAProxy):
 predictions and auth, a replica SIGKILLed under load, then a swap under load.
 
 HAProxy resends the killed replica's in-flight requests to the other replica (its log shows
 them answered 200 after one retry). What it does not cover: Serve reloads HAProxy when the set
 of replicas changes, and in 12 kills under load 5 of about 51,000 requests ended with the
 connection closed before any response (no HAProxy log line, so no HTTP status). The test
-therefore allows only that, and rarely: any HTTP error status fails it. The default
+therefore allows only that, and rarely: any HTTP error status fails it. The other topology,
 ``--ingress proxy`` fails no request at all (``test_serve.py``)."""
 
 import json
@@ -52,20 +52,36 @@ def replicas_answering(port: int, n: int, timeout: float, not_pid: int | None = 
     raise AssertionError(f"only {len(seen)} of {n} replicas answered within {timeout} s: {seen}")
 
 
+def listening_on(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    out = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:
+            out.add(".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
 @pytest.fixture
 def haproxy_server(tmp_path):
+    """``genoray serve`` with its default ingress (HAProxy) as a user starts it."""
     root = tmp_path / "root"
     v1 = make_bundle(tmp_path / "w1", root, seed=0)
-    port = free_port()
-    env = dict(os.environ, GENORAY_API_KEYS=KEY, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-               RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    port, stats, metrics = free_port(), free_port(), free_port()
+    env = dict(os.environ, GENORAY_API_KEYS=KEY, RAY_SERVE_HAPROXY_STATS_PORT=str(stats),
+               RAY_SERVE_HAPROXY_METRICS_PORT=str(metrics))
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port),
-                             "--ingress", "haproxy", "--min-replicas", "2", "--max-replicas", "2", "--poll-s", "0.2"],
+                             "--min-replicas", "2", "--max-replicas", "2", "--poll-s", "0.2"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         replicas_answering(port, 2, timeout=180)
+        # HAProxy's stats page and Prometheus exporter listen on the service host only, not on
+        # every interface as Ray's template has it (genoray.haproxy's wrapper)
+        assert listening_on(stats) == {"127.0.0.1"} and listening_on(metrics) == {"127.0.0.1"}
+        assert listening_on(port) == {"127.0.0.1"}
         yield port, root, v1, tmp_path
     finally:
         proc.send_signal(signal.SIGTERM)  # genoray serve stops Serve, HAProxy and Ray

@@ -54,9 +54,16 @@ class ServeConfig:
         predict_timeout_s: the ingress waits this long for a prediction, retries included (504);
             keep it below ``request_timeout_s`` so callers get the more specific answer.
         retries: attempts on another model replica after the one serving a request died.
-        max_batch_size / batch_wait_timeout_s: dynamic batching.
+        max_batch_size / batch_wait_timeout_s: dynamic batching. The default wait 0 batches
+            only what is already queued: no wait when a replica is idle, and batches grow with
+            the load (requests arriving during a batch form the next one).
         poll_s: how often replicas check ``CURRENT``.
         num_cpus: logical CPUs per model replica (fractional on small hosts).
+        mmap: replicas memory-map the index files and id tables (replicas on a node share one
+            copy in the page cache) instead of reading them into their own memory.
+        replica_memory_mb: memory each replica that holds a bundle declares to Ray, so Ray
+            never packs more of them on a node than fit; 0 = estimated from the ``CURRENT``
+            bundle's files (:mod:`genoray.replica_memory`).
         upscale_delay_s / downscale_delay_s: autoscaling delays.
         ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
             (auth and validation only; light). ``ingress="proxy"`` only.
@@ -67,9 +74,10 @@ class ServeConfig:
         access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
             write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
             run-to-run noise in bench_serve).
-        ingress: ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas) or ``"haproxy"``
-            (HAProxy -> API-and-model replicas; see :mod:`genoray.serve`). ``"haproxy"`` needs
-            ``genoray.serve.haproxy_env()`` in the environment of the Ray processes.
+        ingress: ``"haproxy"`` (default: HAProxy -> API-and-model replicas; see
+            :mod:`genoray.serve`) or ``"proxy"`` (Serve's Python proxy -> ingress -> model
+            replicas). ``"haproxy"`` needs ``genoray.serve.haproxy_env()`` in the environment of
+            the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
     """
 
@@ -87,9 +95,11 @@ class ServeConfig:
     predict_timeout_s: float = 10.0
     retries: int = 3
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.0
     poll_s: float = 2.0
     num_cpus: float = 0.5
+    mmap: bool = True
+    replica_memory_mb: float = 0.0
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 60.0
     ingress_replicas: int = 1
@@ -98,7 +108,7 @@ class ServeConfig:
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 20.0
     access_log: bool = True
-    ingress: Literal["proxy", "haproxy"] = "proxy"
+    ingress: Literal["proxy", "haproxy"] = "haproxy"
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
@@ -117,6 +127,8 @@ class ServeConfig:
                  (min(self.request_timeout_s, self.predict_timeout_s, self.poll_s, self.health_check_period_s) > 0,
                   "request_timeout_s, predict_timeout_s, poll_s and health_check_period_s must be > 0"),
                  (self.retries >= 0 and self.batch_wait_timeout_s >= 0 and self.num_cpus >= 0
+                  and self.replica_memory_mb >= 0
                   and self.ingress_num_cpus >= 0 and self.graceful_shutdown_timeout_s >= 0,
-                  "retries, batch_wait_timeout_s, num_cpus, ingress_num_cpus, graceful_shutdown_timeout_s must be >= 0"),
+                  ("retries, batch_wait_timeout_s, num_cpus, replica_memory_mb, ingress_num_cpus, "
+                   "graceful_shutdown_timeout_s must be >= 0")),
                  (isinstance(self.limits, ServiceLimits), "limits must be a ServiceLimits"))

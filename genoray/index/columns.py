@@ -13,11 +13,12 @@ class ArrowColumn:
     Behaves like the numpy object arrays it replaces where callers need it: ``col[i]`` is a
     Python value, ``col[positions]`` a small object array of the same shape (``-1`` gives
     ``None``), ``len``, iteration and ``np.asarray(col)`` (which materialises every row: avoid
-    on large indexes).
+    on large indexes). A chunked array stays chunked (one chunk per shard), so a column read
+    from memory-mapped id tables is never copied.
     """
 
-    def __init__(self, array: pa.Array):
-        self.array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    def __init__(self, array: pa.Array | pa.ChunkedArray):
+        self.array = array
 
     def __len__(self) -> int:
         return len(self.array)

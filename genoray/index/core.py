@@ -11,13 +11,17 @@ An index directory holds::
     manifest.json       type, factory string, search params, metric, dim, ntotal, encoder
                         spec + fingerprint, recall@10, and for every shard its files + sha256
     shard-XX.faiss      faiss.write_index output (IVF shards share one trained quantizer)
-    ids-XX.parquet      gid (int64), seq_id, label of the shard's rows
+    ids-XX.arrow        gid (int64), seq_id, label of the shard's rows, in gid order: an
+                        uncompressed Arrow IPC file, memory-mapped when serving (format 3 and
+                        earlier wrote ``ids-XX.parquet``; both load)
     refine-XX.npy       (PQ indexes only) float16 normalised vectors of the shard's rows in gid
                         order, memory-mapped to re-rank candidates
 
 ``VectorIndex.load`` verifies every sha256 before reading (a flipped byte in a FAISS file would
-otherwise load and return wrong neighbours silently) and can memory-map the shards. Index
-directories written by earlier versions (format 2: no refine files) load unchanged.
+otherwise load and return wrong neighbours silently) and can memory-map the shards and the id
+tables (``mmap=True``: replicas on one node then share the page cache instead of each holding a
+private copy). Index directories written by earlier versions (format 2: no refine files;
+format 3: Parquet id tables) load unchanged.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ __all__ = ["FORMAT_VERSION", "MANIFEST", "READABLE_VERSIONS", "ArrowColumn", "In
            "as_column", "choose_factory", "exact_search", "gpu_count", "l2_normalize", "merge_topk",
            "read_manifest", "recall_at_k", "shard_of"]
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 MANIFEST = "manifest.json"
 
 
@@ -259,24 +263,32 @@ class VectorIndex:
         gids = _shard_gids(self)
         shards_meta = []
         for i, (shard, g) in enumerate(zip(self.shards, gids)):
-            fi, fids = f"shard-{i:02d}.faiss", f"ids-{i:02d}.parquet"
+            fi, fids = f"shard-{i:02d}.faiss", f"ids-{i:02d}.arrow"
             faiss.write_index(shard, str(out / fi))
             ids, labels = as_column(self.ids).array, as_column(self.labels).array
-            pq.write_table(pa.table({"gid": pa.array(g, pa.int64()), "seq_id": ids.take(pa.array(g)),
-                                     "label": labels.take(pa.array(g))}), out / fids)
+            write_ids(pa.table({"gid": pa.array(g, pa.int64()), "seq_id": ids.take(pa.array(g)),
+                                "label": labels.take(pa.array(g))}), out / fids)
             shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
                                 "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
         self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
         write_json(out / MANIFEST, self.manifest.to_json())
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False) -> VectorIndex:
-        """Verify checksums and load; ``mmap=True`` memory-maps the shard files (read-only)."""
-        return cls.open(path, read_manifest(path), mmap)
+    def load(cls, path: str | Path, mmap: bool = False, verify: bool = True) -> VectorIndex:
+        """Verify checksums and load; ``mmap=True`` memory-maps the shard files and id tables
+        (read-only); ``verify=False`` when the caller has just verified the files (a bundle)."""
+        return cls.open(path, read_manifest(path), mmap, verify)
 
     @classmethod
-    def open(cls, path: str | Path, manifest: IndexManifest | dict[str, Any], mmap: bool = False) -> VectorIndex:
-        """Load the index files that ``manifest`` lists (checksums verified)."""
+    def open(cls, path: str | Path, manifest: IndexManifest | dict[str, Any], mmap: bool = False,
+             verify: bool = True) -> VectorIndex:
+        """Load the index files that ``manifest`` lists (checksums verified unless ``verify=False``).
+
+        With ``mmap`` the FAISS files (IVF lists, or a flat index's codes) and ``ids-XX.arrow``
+        tables are mapped read-only: pages are read on first touch and shared by every process
+        of the node that maps the same file. The id tables stay mapped only when the shards'
+        global ids are already in order (as every build writes them); otherwise they are sorted
+        into memory."""
         faiss = _faiss()
         path = Path(path)
         manifest = _checked(path, manifest)
@@ -284,16 +296,14 @@ class VectorIndex:
         shared = manifest.get("shared_quantizer", False)
         if shared:
             files[manifest["trained"]["file"]] = manifest["trained"]["sha256"]
-        verify_files(path, files)
+        if verify:
+            verify_files(path, files)
         n = int(manifest["ntotal"])
         shards, tables, refine = [], [], []
         trained = faiss.read_index(str(path / manifest["trained"]["file"])) if shared else None
         for s in manifest["shards"]:
-            flags = 0
-            if mmap:
-                flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC)
-            shard = faiss.read_index(str(path / s["index"]), flags)
-            t = pq.read_table(path / s["ids"])
+            shard = read_shard(path / s["index"], manifest["factory"], mmap)
+            t = read_ids(path / s["ids"], mmap)
             if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
                 raise ValueError(f"{path / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
                                  f"manifest {s['ntotal']})")
@@ -307,16 +317,43 @@ class VectorIndex:
                 refine.append((int(s["gid_start"]), np.load(path / s["refine"], mmap_mode="r", allow_pickle=False)))
         if sum(s.ntotal for s in shards) != n:
             raise ValueError(f"{path}: shards hold {sum(s.ntotal for s in shards)} vectors, manifest says {n}")
-        t = pa.concat_tables(tables)
-        gid = t["gid"].combine_chunks()
+        t = pa.concat_tables(tables)  # zero-copy: chunks of the (mapped) shard tables
+        gid = t["gid"]
         if len(gid) and not (pc.min(gid).as_py() == 0 and pc.max(gid).as_py() == n - 1):
             raise ValueError(f"{path}: global ids do not cover 0..{n - 1}")
-        t = t.take(pc.sort_indices(gid))
-        if n and pc.any(pc.not_equal(t["gid"], pa.array(np.arange(n, dtype=np.int64)))).as_py():
-            raise ValueError(f"{path}: global ids are not unique")
+        # n values from 0 to n - 1, strictly increasing, are exactly 0..n-1 (checked without an
+        # n-row array: 8 B a row that a mapped index would otherwise keep in Arrow's pool)
+        if n > 1 and not pc.all(pc.greater(gid[1:], gid[:-1])).as_py():  # not in gid order: sort (into memory)
+            t = t.take(pc.sort_indices(gid))
+            if pc.any(pc.not_equal(t["gid"], pa.array(np.arange(n, dtype=np.int64)))).as_py():
+                raise ValueError(f"{path}: global ids are not unique")
         vi = cls(shards, ArrowColumn(t["seq_id"]), ArrowColumn(t["label"]), manifest)
         vi.refine = refine
         return vi
+
+
+def write_ids(table: pa.Table, path: str | Path) -> None:
+    """Write an id table (gid, seq_id, label) as an uncompressed Arrow IPC file (mappable)."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_shard(path: str | Path, factory: str, mmap: bool = False):
+    """A FAISS shard file, read into memory or (``mmap``) memory-mapped read-only."""
+    faiss = _faiss()
+    flags = 0
+    if mmap:
+        flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC)
+    return faiss.read_index(str(path), flags)
+
+
+def read_ids(path: str | Path, mmap: bool = False) -> pa.Table:
+    """An id table: ``.arrow`` (memory-mapped with ``mmap``, zero-copy) or an older ``.parquet``."""
+    if Path(path).suffix != ".arrow":
+        return pq.read_table(path)
+    source = pa.memory_map(str(path), "r") if mmap else pa.OSFile(str(path), "rb")
+    with pa.ipc.open_file(source) as reader:
+        return reader.read_all()
 
 
 def write_without_quantizer(index, path: str | Path) -> None:

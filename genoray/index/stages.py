@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 
 from genoray.artifacts import sha256_file, write_json
 from genoray.config import IndexConfig
-from genoray.index.core import VectorIndex, _faiss, gpu_count, l2_normalize, recall_at_k, write_without_quantizer
+from genoray.index.core import (
+    VectorIndex,
+    _faiss,
+    gpu_count,
+    l2_normalize,
+    recall_at_k,
+    write_ids,
+    write_without_quantizer,
+)
 
 PARTITION_ROWS = 250_000  # rows per add task at most (bounds a worker's memory)
 
@@ -157,7 +165,7 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
                 index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
             else:
                 index.add(vec)
-    fi, fids = f"shard-{shard:02d}.faiss", f"ids-{shard:02d}.parquet"
+    fi, fids = f"shard-{shard:02d}.faiss", f"ids-{shard:02d}.arrow"
     if ivf:
         write_without_quantizer(index, out / fi)
     else:
@@ -165,8 +173,8 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
     ntotal = int(index.ntotal)
     del index
     tables = [pq.read_table(pdir / f"{p['key']}.ids.parquet") for p in parts]
-    pq.write_table(pa.concat_tables(tables) if tables else pa.table({"gid": pa.array([], pa.int64()),
-                   "seq_id": pa.array([], pa.string()), "label": pa.array([], pa.string())}), out / fids)
+    write_ids(pa.concat_tables(tables).combine_chunks() if tables else pa.table({"gid": pa.array([], pa.int64()),
+              "seq_id": pa.array([], pa.string()), "label": pa.array([], pa.string())}), out / fids)
     meta: dict[str, Any] = {"index": fi, "ids": fids, "ntotal": ntotal, "gid_start": parts[0]["gid_start"] if parts else 0,
             "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}, "peak_rss_mb": _peak_rss_mb()}
     if refine:

