@@ -52,7 +52,17 @@ from genoray.haproxy import HAPROXY_RETRY_ON, haproxy_env  # noqa: F401 (importe
 log = logging.getLogger(__name__)
 
 
-INGRESS_MODES = ("proxy", "haproxy")
+INGRESS_MODES = ("auto", "proxy", "haproxy")
+
+
+def resolve_ingress(cfg: ServeConfig) -> str:
+    """The topology ``cfg`` runs: ``"auto"`` is HAProxy for a bundle of one shard group and the
+    proxy topology for a grouped one (searcher deployments sit behind the model replicas)."""
+    if cfg.ingress != "auto":
+        return cfg.ingress
+    from genoray.scatter import served_groups
+
+    return "proxy" if served_groups(cfg.root) > 1 else "haproxy"
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -200,9 +210,9 @@ def build_app(cfg: ServeConfig):
     from genoray.scatter import group_model, served_groups
 
     groups = served_groups(cfg.root)  # > 1: a searcher deployment per shard group (genoray.scatter)
-    if cfg.ingress == "haproxy":
+    if resolve_ingress(cfg) == "haproxy":
         if groups > 1:
-            raise ValueError(f"{cfg.root}: the bundle has {groups} shard groups; serve it with ingress='proxy'")
+            raise ValueError(f"{cfg.root}: the bundle has {groups} shard groups; serve it with ingress='proxy' or 'auto'")
         return _replica_app(cfg, key_hashes, limits, replica_options)
 
     @serve.deployment(**replica_options)
@@ -366,7 +376,7 @@ def run_service(cfg: ServeConfig) -> None:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
-    if cfg.ingress == "haproxy":
+    if resolve_ingress(cfg) == "haproxy":
         if os.environ.get("RAY_ADDRESS"):
             print("note: the haproxy ingress (default) needs the cluster's Ray processes started with "
                   "genoray.serve.haproxy_env() (see cluster.yaml); otherwise use --ingress proxy", file=sys.stderr)
@@ -375,7 +385,8 @@ def run_service(cfg: ServeConfig) -> None:
     init_ray()
     start_http(cfg)
     serve.run(build_app(cfg), name="genoray", route_prefix="/")
-    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (Ctrl-C to stop)", file=sys.stderr)
+    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {resolve_ingress(cfg)}; "
+          "Ctrl-C to stop)", file=sys.stderr)
 
     def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
         raise KeyboardInterrupt

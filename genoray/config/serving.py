@@ -74,9 +74,10 @@ class ServeConfig:
         access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
             write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
             run-to-run noise in bench_serve).
-        ingress: ``"haproxy"`` (default: HAProxy -> API-and-model replicas; see
+        ingress: ``"auto"`` (default: ``"haproxy"``, or ``"proxy"`` when the published bundle
+            has shard groups), ``"haproxy"`` (HAProxy -> API-and-model replicas; see
             :mod:`genoray.serve`) or ``"proxy"`` (Serve's Python proxy -> ingress -> model
-            replicas). ``"haproxy"`` needs ``genoray.serve.haproxy_env()`` in the environment of
+            replicas; the topology that serves shard groups). ``"haproxy"`` needs ``genoray.serve.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
     """
@@ -108,7 +109,7 @@ class ServeConfig:
     health_check_period_s: float = 5.0
     graceful_shutdown_timeout_s: float = 20.0
     access_log: bool = True
-    ingress: Literal["proxy", "haproxy"] = "haproxy"
+    ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
