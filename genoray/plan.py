@@ -12,7 +12,8 @@ refuses before reading a vector when the build does not fit its memory budget; a
   add task (one store partition) and of one shard merge, and build hours across the nodes;
 * **serve**: resident memory of one replica (index codes + ids table + quantizer + process),
   split into shard groups when one node cannot hold it, and the expected single-query latency;
-* **head**: fit time and memory of a head fitted on a bounded sample (``HEAD_SAMPLE`` rows).
+* **head**: fit time and memory of a head fitted on a bounded sample (``HeadConfig.max_rows``
+  rows, the config's value: one source of truth).
 
 Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with the constants
 below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
@@ -44,7 +45,6 @@ GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, c
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
 KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
-HEAD_SAMPLE = 200_000          # rows the bounded head fit uses at most
 EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
 EMBED_RATE_GPU = {"kmer": 0.0, "hf": 1_000.0}   # sequences/s per GPU (hf: assumed, not measured here)
 
@@ -142,9 +142,11 @@ class Plan:
 
 def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encoder: str = "kmer",
              partition_rows: int = 100_000, embed_rate: float = 0.0, id_bytes: int = 24,
-             queries: int = 500) -> Plan:
-    """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``."""
-    from genoray.config import IndexConfig
+             queries: int = 500, head=None) -> Plan:
+    """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``
+    (``cfg``: the :class:`~genoray.config.IndexConfig`; ``head``: the
+    :class:`~genoray.config.HeadConfig` whose ``max_rows`` bounds the head fit; defaults for both)."""
+    from genoray.config import HeadConfig, IndexConfig
     from genoray.index import choose_factory
 
     cfg = cfg or IndexConfig()
@@ -225,7 +227,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
                             "query_latency_ms": latency_s * 1000 + 1.0}
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
-    hs = min(n, HEAD_SAMPLE)
+    hs = min(n, (head or HeadConfig()).max_rows)
     plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
                            "seconds": hs * latency_s / cpus + 100 * hs * d * 2 * 2 / (flops * cpus)}
 
