@@ -163,7 +163,7 @@ def fit_today(tr, seed: int = 0):
     return head
 
 
-def datasets(head_mode: str, with_auto: bool = False) -> list[dict]:
+def datasets(head_mode: str, with_auto: bool, max_rows: int) -> list[dict]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_heads import DATASETS, load_split
 
@@ -186,7 +186,8 @@ def datasets(head_mode: str, with_auto: bool = False) -> list[dict]:
                 if mode is None:
                     h = fit_today(tr)
                 else:
-                    h = FusedHead.from_config(HeadConfig(head=mode)).fit(tr.vectors, tr.labels, index=index, ids=tr.ids)
+                    h = FusedHead.from_config(HeadConfig(head=mode, max_rows=max_rows))
+                    h.fit(tr.vectors, tr.labels, index=index, ids=tr.ids)
                 fit_s = time.perf_counter() - t0
                 res[key] = {**classification_metrics(te.labels, h.predict_proba(te.vectors), h.classes_), "fit_s": fit_s}
             res.update(dataset=name, train_rows=len(tr), test_rows=len(te), diff=res["new"]["mcc"] - res["today"]["mcc"])
@@ -204,7 +205,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="250000,1000000", help="store rows, comma-separated ('' skips part 1)")
     ap.add_argument("--head", default=HeadConfig().head, choices=("linear", "trees", "auto"))
-    ap.add_argument("--max-rows", type=int, default=HeadConfig().max_rows)
+    ap.add_argument("--max-rows", type=int, default=HeadConfig().max_rows,
+                    help="the head's sample bound (part 1 and the new heads of part 2)")
     ap.add_argument("--no-datasets", action="store_true")
     ap.add_argument("--auto", action="store_true", help="part 2 also fits head='auto' (trees; slower)")
     ap.add_argument("--out", help="write the raw results as JSON")
@@ -231,8 +233,8 @@ def main() -> None:
               f"{'PASS' if last['peak_rss_mib'] <= 2048 else 'FAIL'})")
     if not args.no_datasets:
         print(f"\nshared datasets (kmer): today's head (version 1, exact, quadratic) vs the new bounded head "
-              f"(head={args.head})")
-        res = datasets(args.head, args.auto)
+              f"(head={args.head}, max_rows={args.max_rows:,})")
+        res = datasets(args.head, args.auto, args.max_rows)
         worst = min(r["diff"] for r in res)
         raw["datasets"] = res
         print(f"worst MCC difference new - today {worst:+.3f} (target >= -0.01: {'PASS' if worst >= -0.01 else 'FAIL'})")
