@@ -12,7 +12,8 @@ refuses before reading a vector when the build does not fit its memory budget; a
   add task (one store partition) and of one shard merge, and build hours across the nodes;
 * **serve**: resident memory of one replica (index codes + ids table + quantizer + process),
   split into shard groups when one node cannot hold it, and the expected single-query latency;
-* **head**: fit time and memory of a head fitted on a bounded sample (``HEAD_SAMPLE`` rows).
+* **head**: fit time and memory of a head fitted on a bounded sample (``HeadConfig.max_rows``
+  rows, the config's value: one source of truth).
 
 Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with the constants
 below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
@@ -35,16 +36,19 @@ RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
 RAY_DRIVER = 420 * MB          # the build's driver on Ray (imports; it holds only summaries), measured
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
-WORK_PART = 9.0                # peak bytes per byte of a partition's rows (Arrow read of every column, filter,
+WORK_PART = 7.0                # peak bytes per byte of a partition's rows (Arrow read of every column, filter,
                                # numpy, normalised copy, faiss add buffers, heap kept between stages)
 WORK_SAMPLE = 1.0              # peak bytes per byte of the training sample (it is freed and reused after training)
 WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growth, loaded index for tuning)
-# the three are fitted to the peak RSS measured at 250k and 1M x 256 (bench/bench_index.py; README "Capacity")
+# fitted to the peak RSS measured at 250k and 1M x 256 (bench/bench_index.py) and 250k x 350 (bench/bench_train.py);
+                               # README "Capacity" states the errors
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
 KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
-HEAD_SAMPLE = 200_000          # rows the bounded head fit uses at most
+HEAD_SEARCHES = 1.2            # index searches per sampled row in the head fit (leave-one-out + validation votes)
+LBFGS_PASSES = 3000            # passes over the float64 sample of the head's logistic regressions (C grid + refit),
+MEM_GB_S = 5.0                 # at this rate on one core: fitted to the CPU time of bench/bench_train.py at 250k
 EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
 EMBED_RATE_GPU = {"kmer": 0.0, "hf": 1_000.0}   # sequences/s per GPU (hf: assumed, not measured here)
 
@@ -142,9 +146,11 @@ class Plan:
 
 def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encoder: str = "kmer",
              partition_rows: int = 100_000, embed_rate: float = 0.0, id_bytes: int = 24,
-             queries: int = 500) -> Plan:
-    """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``."""
-    from genoray.config import IndexConfig
+             queries: int = 500, head=None) -> Plan:
+    """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``
+    (``cfg``: the :class:`~genoray.config.IndexConfig`; ``head``: the
+    :class:`~genoray.config.HeadConfig` whose ``max_rows`` bounds the head fit; defaults for both)."""
+    from genoray.config import HeadConfig, IndexConfig
     from genoray.index import choose_factory
 
     cfg = cfg or IndexConfig()
@@ -225,9 +231,15 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
                             "query_latency_ms": latency_s * 1000 + 1.0}
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
-    hs = min(n, HEAD_SAMPLE)
+    hs = min(n, (head or HeadConfig()).max_rows)
+    searches = HEAD_SEARCHES * hs  # leave-one-out over the sample + the validation votes
+    per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
+        else n * d * 2 / flops  # exact (Flat) below the IVF threshold
+    head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
+    head_linear = LBFGS_PASSES * hs * d * 8 / (MEM_GB_S * GB)  # float64 passes of the C grid + refit, one core
     plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
-                           "seconds": hs * latency_s / cpus + 100 * hs * d * 2 * 2 / (flops * cpus)}
+                           "seconds": head_read + searches * per_query / cpus + head_linear,
+                           "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
 
     limit = 0.8 * mem
     checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),

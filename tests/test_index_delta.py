@@ -38,6 +38,17 @@ def test_plan_sizes_and_refusals():
     assert train_sample_size(5000, nlist_for(5000), 10**6) <= 5000 and nlist_for(5000) * 39 <= 5000
 
 
+def test_plan_head_sample_is_the_head_configs_max_rows():
+    from genoray.config import HeadConfig
+
+    cl = ClusterSpec(memory_per_node_gb=64, cpus_per_node=16)
+    assert estimate(10**7, 256, cluster=cl).stages["head"]["sample_rows"] == HeadConfig().max_rows
+    assert estimate(5000, 256, cluster=cl).stages["head"]["sample_rows"] == 5000  # never more than n
+    small = estimate(10**7, 256, cluster=cl, head=HeadConfig(max_rows=20_000)).stages["head"]
+    big = estimate(10**7, 256, cluster=cl, head=HeadConfig(max_rows=200_000)).stages["head"]
+    assert small["sample_rows"] == 20_000 and small["peak_bytes"] < big["peak_bytes"]
+
+
 def test_build_refuses_before_any_work(tmp_path):
     store = write_synthetic_store(tmp_path / "s", 20_000, 32, parts=2)
     with pytest.raises(CapacityError, match=r"needs .* over the budget of"):
