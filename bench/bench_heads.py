@@ -19,7 +19,7 @@ each fused head, and checks that ``auto`` is never more than 0.01 MCC below ``li
 XGBoost: bare XGBoost vs LightGBM trees (same depth/rate/subsampling, early stopping on 20%
 of the train split) on ``kmer-pos`` features.
 
-    python bench/bench_heads.py [--datasets a,b] [--bootstrap 200] [--threads 0] [--latency-reps 20]
+    python bench/bench_heads.py [--datasets a,b | --cells a/kmer,b/kmer-pos] [--bootstrap 200] [--threads 0] [--latency-reps 10]
                                 [--baseline] [--libraries] [--workdir DIR] [--out r.json]
 """
 
@@ -248,10 +248,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--encoders", default=",".join(ENCODERS))
+    ap.add_argument("--cells", help="dataset/encoder pairs in this order (instead of --datasets x --encoders)")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="tree threads (0 = all cores)")
     ap.add_argument("--baseline", action="store_true", help="also the version-1 head as it was before issue #17")
-    ap.add_argument("--latency-reps", type=int, default=20, help="query batches per head for the latency (0 = skip)")
+    ap.add_argument("--latency-reps", type=int, default=10, help="query batches per head for the latency (0 = skip)")
     ap.add_argument("--libraries", action="store_true", help="also compare bare XGBoost and LightGBM (kmer-pos)")
     ap.add_argument("--workdir", help="keep embedded stores here (default: a temp dir)")
     ap.add_argument("--out", help="write raw results as JSON")
@@ -262,42 +263,43 @@ def main() -> None:
     print("acc / MCC [95% CI] / AUROC [95% CI] per head; then fit s and peak MiB (linear/trees/auto: one shared "
           "fit, its peak)", flush=True)
     worst = []
-    for name in args.datasets.split(","):
+    cells = [tuple(c.split("/")) for c in args.cells.split(",")] if args.cells else \
+        [(d, e) for d in args.datasets.split(",") for e in args.encoders.split(",")]
+    for name, enc in cells:
         seqs = test_sequences(name) if args.latency_reps else None
-        for enc in args.encoders.split(","):
-            tr, te = load_split(name, enc, work)
-            encoder = store_encoder(name, enc, work) if args.latency_reps else None
-            cell = run_cell(tr, te, args.threads, args.bootstrap, methods=methods, latency_reps=args.latency_reps,
-                            test_seqs=seqs, encoder=encoder)
-            if args.libraries and enc == "kmer-pos":
-                cell["libraries"] = compare_libraries(tr, te, args.threads)
-            raw[f"{name}/{enc}"] = cell
-            print(f"\n{name} {enc} (train {len(tr.labels)}, test {len(te.labels)})", flush=True)
-            for m in methods:
-                c = cell[m]
-                extra = f"  chose {c['chosen']} ({c['calibration']})" if "chosen" in c else ""
-                if c.get("tree_test"):
-                    t = c["tree_test"]
-                    extra += (f"; tree test z {t.get('z', float('nan')):.2f}, MCC with/without "
-                              f"{t.get('mcc_with_trees', float('nan')):.3f}/{t.get('mcc_without_trees', float('nan')):.3f}"
-                              f" -> {'keep' if t['keep'] else 'drop'} trees")
-                if "latency_ms" in c:
-                    extra += "; latency " + ", ".join(f"{b}: {v:.1f} ms" for b, v in c["latency_ms"].items())
-                print(f"  {m:<8} {c['accuracy']:.3f}{_ci(c, 'accuracy')} / {c['mcc']:.3f}{_ci(c, 'mcc')} / "
-                      f"{c['auroc']:.3f}{_ci(c, 'auroc')}  fit {c['fit_s']:.1f} s  peak +{c['peak_mib']:.0f} MiB{extra}",
-                      flush=True)
-            if "libraries" in cell:
-                lib = cell["libraries"]
-                print("  bare trees: " + "; ".join(
-                    f"{k} acc {v['accuracy']:.3f} MCC {v['mcc']:.3f} fit {v['fit_s']:.1f} s peak +{v['peak_mib']:.0f} MiB"
-                    for k, v in lib.items()), flush=True)
-            worst.append((cell["auto"]["mcc"] - cell["linear"]["mcc"], name, enc))
+        tr, te = load_split(name, enc, work)
+        encoder = store_encoder(name, enc, work) if args.latency_reps else None
+        cell = run_cell(tr, te, args.threads, args.bootstrap, methods=methods, latency_reps=args.latency_reps,
+                        test_seqs=seqs, encoder=encoder)
+        if args.libraries and enc == "kmer-pos":
+            cell["libraries"] = compare_libraries(tr, te, args.threads)
+        raw[f"{name}/{enc}"] = cell
+        print(f"\n{name} {enc} (train {len(tr.labels)}, test {len(te.labels)})", flush=True)
+        for m in methods:
+            c = cell[m]
+            extra = f"  chose {c['chosen']} ({c['calibration']})" if "chosen" in c else ""
+            if c.get("tree_test"):
+                t = c["tree_test"]
+                extra += (f"; tree test z {t.get('z', float('nan')):.2f}, MCC with/without "
+                          f"{t.get('mcc_with_trees', float('nan')):.3f}/{t.get('mcc_without_trees', float('nan')):.3f}"
+                          f" -> {'keep' if t['keep'] else 'drop'} trees")
+            if "latency_ms" in c:
+                extra += "; latency " + ", ".join(f"{b}: {v:.1f} ms" for b, v in c["latency_ms"].items())
+            print(f"  {m:<8} {c['accuracy']:.3f}{_ci(c, 'accuracy')} / {c['mcc']:.3f}{_ci(c, 'mcc')} / "
+                  f"{c['auroc']:.3f}{_ci(c, 'auroc')}  fit {c['fit_s']:.1f} s  peak +{c['peak_mib']:.0f} MiB{extra}",
+                  flush=True)
+        if "libraries" in cell:
+            lib = cell["libraries"]
+            print("  bare trees: " + "; ".join(
+                f"{k} acc {v['accuracy']:.3f} MCC {v['mcc']:.3f} fit {v['fit_s']:.1f} s peak +{v['peak_mib']:.0f} MiB"
+                for k, v in lib.items()), flush=True)
+        worst.append((cell["auto"]["mcc"] - cell["linear"]["mcc"], name, enc))
+        if args.out:  # after every cell, so a long run keeps what it measured
+            Path(args.out).write_text(json.dumps(raw, indent=2, default=str))
     print("\nauto MCC minus linear MCC (today's default fused head; target: never below -0.01):")
     for d, name, enc in worst:
         print(f"  {name:<28} {enc:<8} {d:+.3f}")
     print(f"worst: {min(worst)[0]:+.3f} -> {'PASS' if min(worst)[0] >= -0.01 else 'FAIL'}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(raw, indent=2, default=str))
 
 
 if __name__ == "__main__":
