@@ -213,3 +213,17 @@ def test_auto_is_the_linear_head_where_trees_are_worse_and_fit_modes_equals_sepa
     for h in heads.values():
         assert h.fit_seconds_ > 0
     assert heads["trees"].fit_seconds_ > lin.fit_seconds_  # the trees' fit is counted where it runs
+
+
+def test_quickstart_says_which_head_auto_chose():
+    from genoray.quickstart import head_choice
+
+    dropped = {"mode": "auto", "chosen": "knn=0.2+linear=0.8",
+               "tree_test": {"z": 1.4, "mcc_with_trees": 0.232, "mcc_without_trees": 0.239, "keep": False}}
+    line = head_choice(dropped)
+    assert "--head auto" in line and "auto chose kNN + linear, the default head" in line
+    assert "z 1.40" in line and "0.232/0.239: trees dropped" in line
+    kept = {"mode": "auto", "chosen": "knn=0.1+linear=0.3+trees=0.6",
+            "tree_test": {"z": 6.1, "mcc_with_trees": 0.71, "mcc_without_trees": 0.6, "keep": True}}
+    assert "auto chose with trees" in head_choice(kept) and "trees kept" in head_choice(kept)
+    assert head_choice({"mode": "linear", "chosen": "knn=0.3+linear=0.7"}).startswith("fused head (--head linear)")
