@@ -14,6 +14,7 @@ A study is one YAML file (see ``examples/study.yaml``)::
     trust_remote_code: false        # let hf:<local dir> models (HyenaDNA) run their own code
     max_train: 0                    # seeded subsample: at most this many train / test rows
     max_test: 0                     #   per dataset (0 = all)
+    heads: [linear]                 # fused head modes: [linear, trees, auto] adds fused[trees], fused[auto]
 
 Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
 encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head (and, with
