@@ -80,8 +80,10 @@ class HeadConfig:
         seed: split seed.
         head: parts the fused head may mix with the kNN vote: linear (the logistic regression;
             the default, the measured head of the README), trees (gradient-boosted trees) or auto
-            (kNN, linear and trees; mixture chosen by validation log-loss). trees and auto are
-            opt-in: auto lost 0.076 MCC to linear on E. coli sigma with the kmer encoder.
+            (kNN, linear and trees; mixture chosen by validation log-loss, trees kept only if a
+            cross-fitted test on the validation rows shows lower log-loss by > 2 standard errors
+            and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in
+            (auto is not yet measured on every benchmark cell with that test).
         max_rows: training rows the head fit uses at most (a seeded, class-stratified sample),
             which bounds its time and memory on large stores.
     """
