@@ -146,7 +146,8 @@ within: [ecoli]
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     m = {r["method"]: r for r in rep["results"]}
     assert {"fused", "fused[trees]", "fused[auto]"} <= set(m)
-    assert "trees=" in m["fused[trees]"]["head_chosen"] and "trees" not in m["fused"]["head_chosen"]
+    # each mode mixes only the parts it allows (trees: kNN + trees; the default: kNN + linear)
+    assert "linear" not in m["fused[trees]"]["head_chosen"] and "trees" not in m["fused"]["head_chosen"]
     assert all(m[k]["train_seconds"] > 0 for k in ("fused", "fused[trees]", "fused[auto]"))
     if "trees" not in m["fused[auto]"]["head_chosen"]:  # auto kept the default head: the same predictions
         assert m["fused[auto]"]["head_chosen"] == m["fused"]["head_chosen"]
