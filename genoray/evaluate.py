@@ -14,9 +14,12 @@ A study is one YAML file (see ``examples/study.yaml``)::
     trust_remote_code: false        # let hf:<local dir> models (HyenaDNA) run their own code
     max_train: 0                    # seeded subsample: at most this many train / test rows
     max_test: 0                     #   per dataset (0 = all)
+    heads: [linear]                 # fused head modes: [linear, trees, auto] adds fused[trees], fused[auto]
 
 Methods per encoder: majority floor, kNN vote, linear head (logistic regression on the
-encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head; for an
+encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head (and, with
+``heads: [linear, trees, auto]``, the fused head with a tree part, ``fused[trees]``, and the
+one ``auto`` chooses, ``fused[auto]``; the report names each fused head's mixture); for an
 ``hf:<model>`` encoder and a ``lora: {r: 8, epochs: 1, max_steps: 200}`` entry, also a LoRA
 fine-tune of the same model (:mod:`genoray.finetune`), timed like the rest; in the cross
 protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
@@ -69,15 +72,17 @@ def _subsample(data, study: Study):
     return seqs[keep], labels[keep], splits[keep]
 
 
-def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None):
+def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None, heads=("linear",)):
     """``xad``: the unlabeled target sample the cross-protocol adaptations are fitted on
-    (disjoint from ``xte``, the rows they score)."""
+    (disjoint from ``xte``, the rows they score). ``heads``: the fused head modes (one
+    shared fit; ``linear`` is ``fused``, others ``fused[mode]``)."""
     from genoray.adapt import DomainNormalizer, PseudoLabeler
     from genoray.heads import FusedHead, KNNVoteHead, LinearHead
 
     yield "knn_vote", KNNVoteHead(k=10).fit(xtr, ytr), xte
     yield "linear", LinearHead(C=0.1).fit(xtr, ytr), xte
-    yield "fused", FusedHead(seed=seed).fit(xtr, ytr), xte
+    for mode, head in FusedHead.fit_modes(heads, xtr, ytr, seed=seed).items():
+        yield ("fused" if mode == "linear" else f"fused[{mode}]"), head, xte
     if cross and xad is not None and len(xad):
         norm = DomainNormalizer().fit(np.vstack([xtr, xad]), np.r_[["src"] * len(xtr), ["tgt"] * len(xad)])
         yield "fused+domain-norm", FusedHead(seed=seed).fit(norm.transform(xtr, "src"), ytr), norm.transform(xte, "tgt")
@@ -109,13 +114,16 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
     rows: list[dict[str, Any]] = [{"method": "majority", "proba": majority_proba(y_tr, classes, len(y_te)),
                                    "seconds": 0.0, "cpu": 0.0, "train_s": 0.0, "infer_s": 0.0}]
     t1, c1 = time.perf_counter(), time.process_time()
-    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad):  # fits, then yields
+    for name, head, x in _methods(xtr, y_tr, xte, protocol == "cross", study.seed, xad, study.heads):  # fits, yields
         t2 = time.perf_counter()
         p = align_proba(head.classes_, head.predict_proba(x), classes)
         t3 = time.perf_counter()
+        # fused heads fitted together report what a fit of their mode alone runs (fit_seconds_)
+        train_s = getattr(head, "fit_seconds_", t2 - t1) if len(study.heads) > 1 else t2 - t1
         # inference of a frozen method = embedding the test split + the head's prediction
-        rows.append({"method": name, "proba": p, "seconds": t3 - t1, "cpu": time.process_time() - c1,
-                     "train_s": t2 - t1, "infer_s": embed_test_s + t3 - t2})
+        rows.append({"method": name, "proba": p, "seconds": train_s + t3 - t2, "cpu": time.process_time() - c1,
+                     "train_s": train_s, "infer_s": embed_test_s + t3 - t2,
+                     "chosen": getattr(head, "selection_", {}).get("chosen")})
         t1, c1 = time.perf_counter(), time.process_time()
     if encoder_name.startswith("hf:") and "+" not in encoder_name and study.lora:
         from genoray.finetune import LoraClassifier
@@ -137,7 +145,8 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
                     "method": r["method"], "n_train": int(len(y_tr)), "n_test": int(len(y_te)), **m,
                     "ci95": ci, "embed_seconds": round(embed_s, 2), "method_seconds": round(r["seconds"], 2),
                     "method_cpu_seconds": round(r["cpu"], 2), "total_cpu_seconds": round(total_cpu, 2),
-                    "train_seconds": round(r["train_s"], 4), "inference_seconds": round(r["infer_s"], 4)})
+                    "train_seconds": round(r["train_s"], 4), "inference_seconds": round(r["infer_s"], 4),
+                    **({"head_chosen": r["chosen"]} if r.get("chosen") else {})})
     return out
 
 
@@ -190,7 +199,9 @@ def to_markdown(report: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ci = r["ci95"]
-        lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {r['method']} | "
+        several = len(report["study"].get("heads") or ()) > 1  # name each fused head's mixture
+        method = f"{r['method']} ({r['head_chosen']})" if several and r.get("head_chosen") else r["method"]
+        lines.append(f"| {r['protocol']} | {r['train']} → {r['test']} | {r['encoder']} | {method} | "
                      f"{_f(r['accuracy'])} [{_f(ci['accuracy'][0])}, {_f(ci['accuracy'][1])}] | {_f(r['mcc'])} | "
                      f"{_f(r['auroc'])} [{_f(ci['auroc'][0])}, {_f(ci['auroc'][1])}] | {_f(r['f1'])} | "
                      f"{r.get('train_seconds', '')} | {r.get('inference_seconds', '')} |")

@@ -86,7 +86,8 @@ def run_quickstart(
             "embed_sequences_per_s": report.to_dict()["sequences_per_s"],
             "index": {"ntotal": idx.ntotal, "recall_at_10": idx.recall_at_10},
             "head": {"weight_knn": head["weight_knn"], "calibration": head["calibration"], "chosen": head["chosen"],
-                     "calibration_method": head["calibration_method"]},
+                     "calibration_method": head["calibration_method"], "mode": head["head_mode"],
+                     "tree_test": head["tree_test"]},
             "metrics": evaluation["methods"],
             "evaluation": {k: v for k, v in evaluation.items() if k not in ("methods", "definitions")},
             "seconds": {"embed": round(t1 - t0, 2), "index": round(t2 - t1, 2), "train": round(t3 - t2, 2),
@@ -94,6 +95,27 @@ def run_quickstart(
             "paths": {"store": str(run_dir / "store"), "index": str(run_dir / "index"), "head": str(run_dir / "head")},
         })
     return result
+
+
+def head_choice(head: dict[str, Any]) -> str:
+    """One line on the fused head: the ``--head`` mode, the mixture chosen and, for ``auto``,
+    whether it kept trees and why (its cross-fitted test)."""
+    mode, chosen = head.get("mode", "linear"), head.get("chosen", "knn+linear")
+    line = f"fused head (--head {mode}): mixture {chosen}"
+    t = head.get("tree_test")
+    if mode == "auto":
+        kind = "with trees" if "trees=" in chosen else "kNN + linear, the default head"
+        line += f"; auto chose {kind}"
+        if t and "z" in t:
+            line += (f" (tree test on validation, cross-fitted: log-loss gain z {t['z']:.2f}, MCC with/without trees "
+                     f"{t['mcc_with_trees']:.3f}/{t['mcc_without_trees']:.3f}: trees {'kept' if t['keep'] else 'dropped'})")
+        elif t:
+            line += f" ({t.get('rule')})"
+        else:
+            line += " (no mixture with trees scored better on validation)"
+    else:
+        line += " (chosen on validation among the parts --head allows)"
+    return line
 
 
 def _calibration(head: dict[str, Any]) -> str:
@@ -130,8 +152,7 @@ def format_result(result: dict[str, Any]) -> str:
             (f"records: read {r['read']}, accepted {r['accepted']}, rejected {r['rejected']} "
              f"{r['rejected_by_reason'] or ''}, embedded {r['written']}"),
             f"index: {run['index']['ntotal']} vectors, recall@10 vs exact {run['index']['recall_at_10']:.3f}",
-            (f"fused head: mixture {run['head'].get('chosen', 'knn+linear')} (chosen on validation among the "
-             f"parts --head allows), calibration {_calibration(run['head'])}"),
+            f"{head_choice(run['head'])}, calibration {_calibration(run['head'])}",
             format_evaluation({**run["evaluation"], "methods": run["metrics"], "definitions": DEFINITIONS},
                               definitions=False),
         ]

@@ -120,8 +120,8 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     log.info("train_head %s: %d rows (%d used), classes %s, head %s; %.1f s", out_dir, index.ntotal, len(ids),
              [str(c) for c in head.classes_], mixture_name(head.mixture_), time.perf_counter() - t0)
     return {"head": str(out_dir), "rows": int(index.ntotal), "rows_used": int(len(ids)),
-            "classes": [str(c) for c in head.classes_], "chosen": mixture_name(head.mixture_),
-            "mixture": head.mixture_, "weight_knn": head.weight_, "calibration": head.calibration_,
+            "classes": [str(c) for c in head.classes_], "head_mode": head.head, "chosen": mixture_name(head.mixture_),
+            "tree_test": head.selection_.get("tree_test"), "mixture": head.mixture_, "weight_knn": head.weight_, "calibration": head.calibration_,
             "calibration_method": head.calibration_method_, "C": head.C_,
             "val_log_loss": head.selection_["val_log_loss"], "seconds": round(time.perf_counter() - t0, 3)}
 

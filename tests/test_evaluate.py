@@ -125,3 +125,33 @@ lora: {r: 4, max_steps: 2}
     assert (fused["n_train"], fused["n_test"]) == (30, 10)
     assert fused["inference_seconds"] >= 0 and fused["train_seconds"] >= 0 and fused["accuracy"] > 0.8
     assert "infer s" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_study_runs_tree_heads_beside_the_linear_one(tmp_path):
+    from genoray.cli import main
+    from genoray.quickstart import bundled_dataset
+
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""
+name: heads
+bootstrap: 10
+max_train: 800
+max_test: 300
+encoders: [kmer]
+heads: [linear, trees, auto]
+datasets: {{ecoli: {bundled_dataset()}}}
+within: [ecoli]
+""")
+    assert main(["evaluate", str(study), "--out", str(tmp_path / "rep")]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    m = {r["method"]: r for r in rep["results"]}
+    assert {"fused", "fused[trees]", "fused[auto]"} <= set(m)
+    # each mode mixes only the parts it allows (trees: kNN + trees; the default: kNN + linear)
+    assert "linear" not in m["fused[trees]"]["head_chosen"] and "trees" not in m["fused"]["head_chosen"]
+    assert all(m[k]["train_seconds"] > 0 for k in ("fused", "fused[trees]", "fused[auto]"))
+    if "trees" not in m["fused[auto]"]["head_chosen"]:  # auto kept the default head: the same predictions
+        assert m["fused[auto]"]["head_chosen"] == m["fused"]["head_chosen"]
+        assert m["fused[auto]"]["mcc"] == m["fused"]["mcc"] and m["fused[auto]"]["auroc"] == m["fused"]["auroc"]
+    assert f"| fused[trees] ({m['fused[trees]']['head_chosen']}) |" in (tmp_path / "rep" / "report.md").read_text()
+    study.write_text(study.read_text().replace("heads: [linear, trees, auto]", "heads: [linear, forest]"))
+    assert main(["evaluate", str(study), "--out", str(tmp_path / "rep2")]) == 2

@@ -153,3 +153,77 @@ def test_train_head_reads_only_a_bounded_sample_of_the_store(tmp_path):
     assert r["rows"] == 3000 and r["rows_used"] == 700
     head = load_head(tmp_path / "h")
     assert head.selection_["rows_used"] == 700 and len(head.ood_reference_) == 700
+
+
+def _two_class_val(n=400):
+    codes = np.tile([0, 1], n // 2)
+    def proba(p_correct):
+        p = np.empty((n, 2))
+        p[np.arange(n), codes] = p_correct
+        p[np.arange(n), 1 - codes] = 1 - p_correct
+        return p
+    return codes, proba
+
+
+def test_tree_rule_keeps_trees_that_are_clearly_better():
+    from genoray.heads.select import keep_trees
+
+    codes, proba = _two_class_val()
+    val = {"knn": proba(np.full(len(codes), 0.55)), "linear": proba(np.full(len(codes), 0.6)),
+           "trees": proba(np.full(len(codes), 0.9))}
+    t = keep_trees(val, codes, seed=0)
+    assert t["keep"] and t["z"] > 2 and t["mcc_with_trees"] == t["mcc_without_trees"] == 1.0
+
+
+def test_tree_rule_drops_trees_whose_lower_log_loss_costs_calls():
+    """Trees sharpen 90% of the rows (log-loss far lower, z huge) but get the other 10% wrong,
+    and no mixture with trees rescues them: MCC falls, so auto keeps kNN + linear."""
+    from genoray.heads.select import keep_trees
+
+    codes, proba = _two_class_val()
+    wrong = np.arange(len(codes)) % 10 == 3
+    val = {"knn": proba(np.full(len(codes), 0.55)), "linear": proba(np.full(len(codes), 0.55)),
+           "trees": proba(np.where(wrong, 0.45, 0.99))}
+    t = keep_trees(val, codes, seed=0)
+    assert t["z"] > 2 and t["mcc_with_trees"] < t["mcc_without_trees"] and not t["keep"]
+
+
+def linear_signal(n=600, d=20, seed=0):
+    """Label = sign of a linear score over all features, 15% of labels flipped: a problem
+    the logistic regression fits and axis-aligned trees only approximate."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.where(X.sum(axis=1) > 0, "pos", "neg")
+    flip = rng.random(n) < 0.15
+    y[flip] = np.where(y[flip] == "pos", "neg", "pos")
+    return X, y.astype(object)
+
+
+def test_auto_is_the_linear_head_where_trees_are_worse_and_fit_modes_equals_separate_fits():
+    X, y = linear_signal()
+    Xt, _ = linear_signal(n=200, seed=1)
+    heads = FusedHead.fit_modes(("linear", "trees", "auto"), X, y, tree_threads=1)
+    alone = {m: FusedHead(head=m, tree_threads=1).fit(X, y) for m in ("linear", "auto")}
+    for m, h in alone.items():  # shared work changes nothing
+        assert heads[m].mixture_ == h.mixture_ and np.allclose(heads[m].predict_proba(Xt), h.predict_proba(Xt))
+    auto, lin = heads["auto"], heads["linear"]
+    assert auto.mixture_["trees"] == 0 and auto.trees_ is None and auto.mixture_ == lin.mixture_
+    assert np.array_equal(auto.predict_proba(Xt), lin.predict_proba(Xt))
+    assert heads["trees"].trees_ is not None
+    for h in heads.values():
+        assert h.fit_seconds_ > 0
+    assert heads["trees"].fit_seconds_ > lin.fit_seconds_  # the trees' fit is counted where it runs
+
+
+def test_quickstart_says_which_head_auto_chose():
+    from genoray.quickstart import head_choice
+
+    dropped = {"mode": "auto", "chosen": "knn=0.2+linear=0.8",
+               "tree_test": {"z": 1.4, "mcc_with_trees": 0.232, "mcc_without_trees": 0.239, "keep": False}}
+    line = head_choice(dropped)
+    assert "--head auto" in line and "auto chose kNN + linear, the default head" in line
+    assert "z 1.40" in line and "0.232/0.239: trees dropped" in line
+    kept = {"mode": "auto", "chosen": "knn=0.1+linear=0.3+trees=0.6",
+            "tree_test": {"z": 6.1, "mcc_with_trees": 0.71, "mcc_without_trees": 0.6, "keep": True}}
+    assert "auto chose with trees" in head_choice(kept) and "trees kept" in head_choice(kept)
+    assert head_choice({"mode": "linear", "chosen": "knn=0.3+linear=0.7"}).startswith("fused head (--head linear)")

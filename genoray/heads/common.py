@@ -13,7 +13,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # version-1 heads (kNN + linear) still load
 TREES_FILE = "trees.ubj"
 _ISO_FLOOR = 1e-4
-_TREE_Z = 2.0  # auto keeps trees only if they lower validation log-loss by > 2 standard errors
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 33))
 _C_GRID = (0.01, 0.1, 1.0)
 

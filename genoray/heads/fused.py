@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ from genoray.artifacts import (
 from genoray.config import HeadConfig, to_dict
 from genoray.heads.common import (
     _C_GRID,
-    _TREE_Z,
     FORMAT_VERSION,
     TREES_FILE,
     _check_X,
@@ -40,31 +41,30 @@ from genoray.heads.common import (
     stratified_sample,
 )
 from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead
+from genoray.heads.select import HEAD_MODES, PARTS, best_mixtures, keep_trees, mix, mixture_name
 
 log = logging.getLogger(__name__)
 
-_PARTS = ("knn", "linear", "trees")
-_HEAD_MODES = {"linear": ("knn", "linear"), "trees": ("knn", "trees"), "auto": _PARTS}
 
+@dataclass
+class _Stage:
+    """What every head mode's fit shares: the sampled rows, the validation split, each part's
+    validation probabilities, the chosen ``C`` and tree rounds, refits (made once, on demand)
+    and the seconds each step took."""
 
-def _mixtures(parts: tuple[str, ...]) -> list[dict[str, float]]:
-    """Weights on a 0.1 grid over ``parts`` summing to 1 (kNN weight ascending first, as the
-    version-1 head searched it)."""
-    steps = range(11)
-    out = []
-    if len(parts) == 2:
-        for i in steps:
-            out.append({parts[0]: round(i / 10, 1), parts[1]: round(1 - i / 10, 1)})
-    else:
-        for i in steps:
-            for j in range(11 - i):
-                out.append({parts[0]: round(i / 10, 1), parts[1]: round((10 - i - j) / 10, 1), parts[2]: round(j / 10, 1)})
-    return out
-
-
-def mixture_name(mix: dict[str, float]) -> str:
-    """``"knn=0.3+trees=0.7"``: the non-zero parts of a mixture."""
-    return "+".join(f"{k}={v:g}" for k, v in mix.items() if v > 0) or "none"
+    X: np.ndarray
+    y: np.ndarray
+    codes: np.ndarray
+    tr: np.ndarray
+    va: np.ndarray
+    classes: np.ndarray
+    index: Any
+    ood_reference: np.ndarray
+    val: dict[str, np.ndarray]
+    C: float
+    tree_rounds: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    refits: dict[str, Any] = field(default_factory=dict)
 
 
 class FusedHead(ClassifierMixin, BaseEstimator):
@@ -84,9 +84,10 @@ class FusedHead(ClassifierMixin, BaseEstimator):
        stopping on a part of the fit rows) are fitted on the rest.
     4. The mixture is chosen among weights on a 0.1 grid over the parts ``head`` allows:
        ``linear`` = kNN + linear (the version-1 head), ``trees`` = kNN + trees, ``auto`` = all
-       three (each part alone is a grid point). ``auto`` takes a mixture with trees only if
-       it beats the best kNN + linear mixture by more than 2 standard errors of the paired
-       per-row log-loss difference (small, noisy validation parts keep the simpler head).
+       three (each part alone is a grid point). ``auto`` keeps a mixture with trees only if
+       it beats the best kNN + linear mixture in a cross-fitted test on the validation rows:
+       log-loss lower by more than 2 standard errors *and* MCC not lower
+       (:func:`genoray.heads.select.keep_trees`; otherwise the default kNN + linear head).
     5. Calibration: temperature scaling or isotonic regression, whichever has the lower
        2-fold cross-fitted log-loss on the validation part; then fitted on all of it.
     6. The chosen parts are refitted on all sampled rows (trees for the early-stopped number
@@ -96,7 +97,8 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     vote), ``C_``, ``calibration_`` (temperature, or ``None`` when isotonic),
     ``calibration_method_``, ``linear_``, ``trees_`` (or ``None``), ``knn_``,
     ``ood_reference_`` (sorted leave-one-out k-th-neighbour cosine distances of the sampled
-    training rows), ``val_scores_`` (validation log-loss per mixture), ``selection_``.
+    training rows), ``val_scores_`` (validation log-loss per mixture), ``selection_``
+    (incl. ``tree_test``, the numbers of ``auto``'s test), ``fit_seconds_``.
     """
 
     def __init__(self, k: int = 10, temperature: float = 0.05, C: float | None = None, val_fraction: float = 0.2,
@@ -124,14 +126,33 @@ class FusedHead(ClassifierMixin, BaseEstimator):
                 them). Default: an exact index over ``X``.
             ids: the index ids of the rows of ``X`` (required with ``index``).
         """
+        if self.head not in HEAD_MODES:
+            raise ValueError(f"head must be one of {sorted(HEAD_MODES)}, got {self.head!r}")
+        return self._finish(self._stage(X, y, index, ids, with_trees="trees" in HEAD_MODES[self.head]))
+
+    @classmethod
+    def fit_modes(cls, modes, X, y, index=None, ids=None, **params) -> dict[str, "FusedHead"]:
+        """One head per mode in ``modes`` (``linear``/``trees``/``auto``), each equal to
+        ``FusedHead(head=mode, **params).fit(X, y, index, ids)``, with the work they share
+        (kNN votes, the ``C`` grid, the early-stopped trees, the refits) done once; each
+        head's ``fit_seconds_`` adds up the steps a fit of its mode alone runs."""
+        heads = {m: cls(**{**params, "head": m}) for m in modes}
+        for m in heads:
+            if m not in HEAD_MODES:
+                raise ValueError(f"head must be one of {sorted(HEAD_MODES)}, got {m!r}")
+        first = next(iter(heads.values()))
+        stage = first._stage(X, y, index, ids, with_trees=any(m != "linear" for m in heads))
+        return {m: h._finish(stage) for m, h in heads.items()}
+
+    def _stage(self, X, y, index, ids, with_trees: bool) -> _Stage:
+        """Sample, split, and the parts' validation probabilities (see the class docstring)."""
         from genoray.index import VectorIndex
 
-        if self.head not in _HEAD_MODES:
-            raise ValueError(f"head must be one of {sorted(_HEAD_MODES)}, got {self.head!r}")
+        t0 = time.perf_counter()
         X = _check_X(X)
         y = np.asarray(y, dtype=object)
-        self.classes_ = np.array(sorted(set(y)), dtype=object)
-        codes = _encode(y, self.classes_)
+        classes = np.array(sorted(set(y)), dtype=object)
+        codes = _encode(y, classes)
         if index is None:
             ids = np.arange(len(y))
             index = VectorIndex.from_vectors(X, ids, y)
@@ -142,71 +163,79 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         if len(rows) < len(y):
             X, y, codes, ids = X[rows], y[rows], codes[rows], ids[rows]
         tr, va = _stratified_split(codes, self.val_fraction, self.seed)
-        self.knn_ = KNNVoteHead(k=self.k, temperature=self.temperature).attach(index, self.classes_)
+        knn = KNNVoteHead(k=self.k, temperature=self.temperature).attach(index, classes)
         sims, _ = _loo_neighbours(index, X, ids, self.k)  # leave-one-out over the sampled rows
-        self.ood_reference_ = np.sort(1.0 - sims[:, -1]).astype(np.float64)
+        ood_reference = np.sort(1.0 - sims[:, -1]).astype(np.float64)
         # the vote on the validation rows uses only reference rows outside the validation part
         sims, pos = _loo_neighbours(index, X[va], ids[va], self.k, exclude=set(ids[va].tolist()))
-        val = {"knn": self.knn_.proba_from_neighbours(sims, pos)}
-        parts = _HEAD_MODES[self.head]
+        val = {"knn": knn.proba_from_neighbours(sims, pos)}
+        t1 = time.perf_counter()
         best = None
         for C in (_C_GRID if self.C is None else (self.C,)):
             lin = LinearHead(C=C).fit(X[tr], y[tr])
-            p = align_proba(lin.classes_, lin.predict_proba(X[va]), self.classes_)
+            p = align_proba(lin.classes_, lin.predict_proba(X[va]), classes)
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
                 best = (loss, C, p)
         assert best is not None  # the grid is never empty (for mypy)
-        _, self.C_, val["linear"] = best
+        val["linear"] = best[2]
+        t2 = time.perf_counter()
         tree_rounds = None
-        if "trees" in parts:
-            trees = self._new_trees().fit(X[tr], y[tr], classes=self.classes_)
+        if with_trees:
+            trees = self._new_trees().fit(X[tr], y[tr], classes=classes)
             val["trees"] = trees.predict_proba(X[va])
             tree_rounds = trees.rounds_
-        scores = {}
-        by_trees: dict[bool, tuple[float, dict[str, float]]] = {}  # with trees / without trees
-        for mix in _mixtures(parts):
-            loss = _log_loss(np.asarray(sum(w * val[n] for n, w in mix.items())), codes[va])
-            scores[mixture_name(mix)] = loss
-            key = mix.get("trees", 0) > 0
-            if key not in by_trees or loss < by_trees[key][0] - 1e-12:
-                by_trees[key] = (loss, mix)
+        return _Stage(X, y, codes, tr, va, classes, index, ood_reference, val, best[1], tree_rounds,
+                      seconds={"knn": t1 - t0, "linear": t2 - t1, "trees": time.perf_counter() - t2})
+
+    def _refit(self, stage: _Stage, part: str):
+        """A part refitted on all sampled rows (trees for the early-stopped number of rounds),
+        made once per stage."""
+        if part not in stage.refits:
+            t0 = time.perf_counter()
+            if part == "linear":
+                stage.refits[part] = LinearHead(C=stage.C).fit(stage.X, stage.y)
+            else:
+                stage.refits[part] = self._new_trees().fit(stage.X, stage.y, rounds=stage.tree_rounds,
+                                                           classes=stage.classes)
+            stage.seconds[f"refit_{part}"] = time.perf_counter() - t0
+        return stage.refits[part]
+
+    def _finish(self, st: _Stage) -> "FusedHead":
+        """Choose the mixture (and, for ``auto``, whether to keep trees), calibrate, refit."""
+        t0 = time.perf_counter()
+        parts = HEAD_MODES[self.head]
+        codes = st.codes[st.va]
+        val = {n: st.val[n] for n in parts}
+        self.classes_ = st.classes
+        self.knn_ = KNNVoteHead(k=self.k, temperature=self.temperature).attach(st.index, self.classes_)
+        self.ood_reference_ = st.ood_reference
+        self.C_ = st.C
+        scores, by_trees = best_mixtures(val, codes, parts)
         best_loss, best_mix = min(by_trees.values(), key=lambda b: b[0])
-        self.tree_test_: dict[str, float] | None = None
+        self.tree_test_: dict[str, Any] | None = None
         if self.head == "auto" and best_mix.get("trees", 0) > 0:
-            best_loss, best_mix = self._keep_trees(by_trees[True], by_trees[False], val, codes[va])
-        self.mixture_ = {n: float(best_mix.get(n, 0.0)) for n in _PARTS}
+            self.tree_test_ = keep_trees(val, codes, self.seed)
+            if not self.tree_test_["keep"]:
+                best_loss, best_mix = by_trees[False]
+        self.mixture_ = {n: float(best_mix.get(n, 0.0)) for n in PARTS}
         self.weight_ = self.mixture_["knn"]
         self.val_scores_ = scores
-        mixed = np.asarray(sum(w * val[n] for n, w in self.mixture_.items() if w > 0))
-        self._choose_calibration(mixed, codes[va])
-        # refit the parts on all sampled rows
-        self.linear_ = LinearHead(C=self.C_).fit(X, y)
-        self.trees_ = None
-        if self.mixture_["trees"] > 0:
-            self.trees_ = self._new_trees().fit(X, y, rounds=tree_rounds, classes=self.classes_)
-        self.n_features_in_ = X.shape[1]
+        self._choose_calibration(mix(val, self.mixture_), codes)
+        own = time.perf_counter() - t0
+        self.linear_ = self._refit(st, "linear")
+        self.trees_ = self._refit(st, "trees") if self.mixture_["trees"] > 0 else None
+        self.n_features_in_ = st.X.shape[1]
+        steps = ["knn", "linear", "refit_linear"] + (["trees"] if "trees" in parts else []) + \
+            (["refit_trees"] if self.trees_ is not None else [])
+        self.fit_seconds_ = own + sum(st.seconds[s] for s in steps)
+        tree_rounds = st.tree_rounds if "trees" in parts else None
         self.selection_ = {"metric": "log_loss", "candidates": self.head, "seed": self.seed,
-                           "fit_rows": int(len(tr)), "val_rows": int(len(va)), "rows_used": int(len(y)),
+                           "fit_rows": int(len(st.tr)), "val_rows": int(len(st.va)), "rows_used": int(len(st.y)),
                            "chosen": mixture_name(self.mixture_), "val_log_loss": float(best_loss),
-                           "part_val_log_loss": {n: _log_loss(p, codes[va]) for n, p in val.items()},
+                           "part_val_log_loss": {n: _log_loss(p, codes) for n, p in val.items()},
                            "tree_rounds": tree_rounds, "tree_test": self.tree_test_}
         return self
-
-    @staticmethod
-    def _row_losses(p: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return -np.log(np.clip(p[np.arange(len(codes)), codes], 1e-12, 1.0))
-
-    def _keep_trees(self, with_trees, without, val, codes) -> tuple[float, dict[str, float]]:
-        """``auto`` adds the tree part only when it lowers the validation log-loss of the best
-        kNN + linear mixture significantly: a paired z-test over validation rows (z > 2)."""
-        def rows(mix):
-            return self._row_losses(sum(w * val[n] for n, w in mix.items()), codes)
-
-        d = rows(without[1]) - rows(with_trees[1])
-        z = float(d.mean() / max(d.std(ddof=1) / np.sqrt(len(d)), 1e-12)) if len(d) > 1 else 0.0
-        self.tree_test_ = {"gain": float(d.mean()), "z": z, "threshold": _TREE_Z}
-        return with_trees if z > _TREE_Z else without
 
     def _new_trees(self) -> TreeHead:
         return TreeHead(n_jobs=self.tree_threads, seed=self.seed)
