@@ -46,7 +46,6 @@ GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, c
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
 KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
-HEAD_SEARCHES = 1.2            # index searches per sampled row in the head fit (leave-one-out + validation votes)
 LBFGS_PASSES = 3000            # passes over the float64 sample of the head's logistic regressions (C grid + refit),
 MEM_GB_S = 5.0                 # at this rate on one core: fitted to the CPU time of bench/bench_train.py at 250k
 EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
@@ -232,7 +231,9 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
     hs = min(n, (head or HeadConfig()).max_rows)
-    searches = HEAD_SEARCHES * hs  # leave-one-out over the sample + the validation votes
+    from genoray.heads.common import OOD_REFERENCE_ROWS
+
+    searches = min(hs, OOD_REFERENCE_ROWS) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
     per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
         else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes

@@ -130,3 +130,23 @@ def test_ood_score_is_high_for_far_queries():
     sims_far, _ = head.knn_.kneighbors(far)
     assert head.ood_score(sims_in[:, -1]).mean() < 0.7
     assert head.ood_score(sims_far[:, -1]).mean() > 0.9
+
+
+def test_ood_reference_is_a_bounded_leave_one_out_sample(monkeypatch):
+    """The OOD reference comes from at most OOD_REFERENCE_ROWS leave-one-out searches (not one
+    per sampled row), and equals the exact k-th-neighbour distances of those rows."""
+    import genoray.heads.fused as fused
+
+    monkeypatch.setattr(fused, "OOD_REFERENCE_ROWS", 300)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1000, 8)).astype(np.float32)
+    y = np.where(X[:, 0] > 0, "a", "b")
+    head = FusedHead(k=5, C=1.0).fit(X, y)
+    assert len(head.ood_reference_) == 300
+    # oracle: brute-force cosine k-th neighbour of every row, self excluded
+    x = l2_normalize(X)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    kth = (1.0 - np.sort(sims, axis=1)[:, -5]).astype(np.float64)
+    gap = np.abs(head.ood_reference_[:, None] - kth[None, :]).min(axis=1)
+    assert gap.max() < 1e-5  # each reference value is some row's exact leave-one-out distance

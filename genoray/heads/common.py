@@ -123,6 +123,9 @@ def _stratified_split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
+OOD_REFERENCE_ROWS = 10_000  # rows whose leave-one-out distances form a head's OOD reference
+
+
 def stratified_sample(codes: np.ndarray, n_max: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded sample of at most ``n_max`` rows, each class kept in
     proportion (at least one row per class); all rows when there are no more than ``n_max``."""

@@ -27,6 +27,7 @@ from genoray.config import HeadConfig, to_dict
 from genoray.heads.common import (
     _C_GRID,
     FORMAT_VERSION,
+    OOD_REFERENCE_ROWS,
     TREES_FILE,
     _check_X,
     _encode,
@@ -79,7 +80,8 @@ class FusedHead(ClassifierMixin, BaseEstimator):
        the fit's time and memory are bounded whatever the store size.
     2. Validation predictions of the kNN vote come from searches of the reference index that
        skip the validation rows themselves (so they vote with fit rows only), and the OOD
-       reference from leave-one-out searches: never an all-against-all search.
+       reference from leave-one-out searches of at most ``OOD_REFERENCE_ROWS`` (10,000)
+       sampled rows: never an all-against-all search.
     3. The linear part's ``C`` (``None``: chosen from 0.01, 0.1, 1) and the tree part (early
        stopping on a part of the fit rows) are fitted on the rest.
     4. The mixture is chosen among weights on a 0.1 grid over the parts ``head`` allows:
@@ -96,8 +98,8 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     Fitted attributes: ``classes_``, ``mixture_`` (weight per part), ``weight_`` (of the kNN
     vote), ``C_``, ``calibration_`` (temperature, or ``None`` when isotonic),
     ``calibration_method_``, ``linear_``, ``trees_`` (or ``None``), ``knn_``,
-    ``ood_reference_`` (sorted leave-one-out k-th-neighbour cosine distances of the sampled
-    training rows), ``val_scores_`` (validation log-loss per mixture), ``selection_``
+    ``ood_reference_`` (sorted leave-one-out k-th-neighbour cosine distances of at most
+    10,000 sampled training rows), ``val_scores_`` (validation log-loss per mixture), ``selection_``
     (incl. ``tree_test``, the numbers of ``auto``'s test), ``fit_seconds_``.
     """
 
@@ -164,7 +166,10 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             X, y, codes, ids = X[rows], y[rows], codes[rows], ids[rows]
         tr, va = _stratified_split(codes, self.val_fraction, self.seed)
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).attach(index, classes)
-        sims, _ = _loo_neighbours(index, X, ids, self.k)  # leave-one-out over the sampled rows
+        # leave-one-out over a fixed-size stratified subsample: its cost grows with the index's
+        # scan per query only, not with max_rows (it dominated a 1M-row fit)
+        ref = stratified_sample(codes, OOD_REFERENCE_ROWS, self.seed + 1)
+        sims, _ = _loo_neighbours(index, X[ref], ids[ref], self.k)
         ood_reference = np.sort(1.0 - sims[:, -1]).astype(np.float64)
         # the vote on the validation rows uses only reference rows outside the validation part
         sims, pos = _loo_neighbours(index, X[va], ids[va], self.k, exclude=set(ids[va].tolist()))
