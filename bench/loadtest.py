@@ -79,7 +79,13 @@ def run_load(port: int, path: str, body: dict, key: str | None, seconds: float, 
                 results.append((t0, time.time() - t0, status, version, replica))
         conn.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    return run_threads(lambda _: worker(), concurrency, results, on_tick)
+
+
+def run_threads(worker, concurrency: int, results: list, on_tick=None) -> list:
+    """Run ``worker(i)`` for i in range(concurrency) on threads until all return, calling
+    ``on_tick(results)`` every 50 ms meanwhile (a chaos test kills or swaps from there)."""
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):

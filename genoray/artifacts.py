@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_tree(path: str | os.PathLike, ignore_errors: bool = False) -> None:
+    """Remove a directory whose files were made read-only (bundle versions and their copies)."""
+    for p in Path(path).rglob("*"):
+        if p.is_file():
+            p.chmod(stat.S_IWUSR | stat.S_IRUSR)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

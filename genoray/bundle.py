@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genoray import bundle_remote, fs
-from genoray.artifacts import ChecksumError, JsonDoc, read_json, sha256_file, verify_files, write_json
+from genoray.artifacts import ChecksumError, JsonDoc, read_json, remove_tree, sha256_file, verify_files, write_json
 from genoray.config import CleanPolicy
 
 if TYPE_CHECKING:
@@ -285,10 +285,7 @@ def collect_garbage(root: str | Path, keep: int = 3, lease_ttl_s: float = LEASE_
         live = ldir.is_dir() and any(now - p.stat().st_mtime < lease_ttl_s for p in ldir.iterdir())
         if v in protected or live:
             continue
-        for p in (vroot / v).rglob("*"):
-            if p.is_file():
-                p.chmod(stat.S_IWUSR | stat.S_IRUSR)
-        shutil.rmtree(vroot / v)
+        remove_tree(vroot / v)
         shutil.rmtree(ldir, ignore_errors=True)
         removed.append(v)
     staging = root / "staging"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genoray import fs
+from genoray.artifacts import remove_tree
 
 if TYPE_CHECKING:
     from genoray.bundle import BundleManifest
@@ -68,10 +68,7 @@ def write_bundle(root: str, index_dir: str | Path, head_dir: str | Path, metrics
             raise FileExistsError(f"{final}: versions are never rewritten")
         fs.upload_dir(vdir, final, last=[MANIFEST])
     finally:
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                p.chmod(stat.S_IWUSR | stat.S_IRUSR)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
     return version
 
 
@@ -103,10 +100,7 @@ def materialize(root: str, version: str) -> Path:
                 raise
     finally:
         if stage.exists():
-            for p in stage.rglob("*"):
-                if p.is_file():
-                    p.chmod(stat.S_IWUSR | stat.S_IRUSR)
-            shutil.rmtree(stage, ignore_errors=True)
+            remove_tree(stage, ignore_errors=True)
     return local
 
 

@@ -243,20 +243,18 @@ def list_dirs(uri: str | os.PathLike) -> list[str]:
 
 def delete(uri: str | os.PathLike) -> None:
     """Delete a file or object (no error when it is gone)."""
-    fs, path = resolve(uri)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except Exception as e:
-        raise _err(uri, e, "delete") from e
+    _delete(uri, "delete_file")
 
 
 def delete_dir(uri: str | os.PathLike) -> None:
     """Delete a directory or prefix with everything under it (no error when it is gone)."""
+    _delete(uri, "delete_dir")
+
+
+def _delete(uri: str | os.PathLike, method: str) -> None:
     fs, path = resolve(uri)
     try:
-        fs.delete_dir(path)
+        getattr(fs, method)(path)
     except FileNotFoundError:
         pass
     except Exception as e:

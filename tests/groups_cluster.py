@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.loadtest import run_threads
+
 K = 10
 
 
@@ -84,14 +86,7 @@ def load(port, path, seqs, seconds, oracles, concurrency=8, on_tick=None):
                 results.append(rec)
         conn.close()
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        if on_tick:
-            on_tick(results)
-        time.sleep(0.05)
-    return results
+    return run_threads(worker, concurrency, results, on_tick)
 
 
 def summary(results) -> dict:
