@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +198,15 @@ def test_whole_group_down_is_503_naming_it_and_versions_never_mix():
 @pytest.mark.timeout(900)
 def test_grouped_service_on_a_3_node_cluster(tmp_path):
     """4 shards in 2 groups on 3 nodes against the monolithic service in the same run."""
-    env = dict(os.environ, RAY_AUTH_MODE="disabled",
+    # a short temp dir of its own: Ray's socket paths under it must stay within AF_UNIX's 107 bytes
+    short = tempfile.mkdtemp(prefix="g", dir="/tmp" if os.path.isdir("/tmp") else None)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TMPDIR=short,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "groups_cluster.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=840, env=env, check=False)
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "tests" / "groups_cluster.py"), str(tmp_path)],
+                             capture_output=True, text=True, timeout=840, env=env, check=False)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(res, indent=1))
