@@ -54,12 +54,16 @@ def replica_memory_bytes(vdir: str | Path, mmap: bool, replicas_per_node: int) -
 def replica_actor_options(cfg) -> dict[str, Any]:
     """``ray_actor_options`` of the replicas that hold a bundle: CPUs, and memory from
     ``cfg.replica_memory_mb`` or, when 0, :func:`replica_memory_bytes` for ``CURRENT``
-    (nothing published yet: no memory declared)."""
-    from genoray.bundle import current_version
+    (nothing published yet: no memory declared); for an ``s3://`` / ``gs://`` root, the
+    object-store environment of this process (:func:`genoray.fs.forwarded_env`)."""
+    from genoray import fs
+    from genoray.bundle import current_version, version_dir
 
     options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
     if cfg.replica_memory_mb > 0:
         options["memory"] = int(cfg.replica_memory_mb * 2**20)
-    elif (version := current_version(cfg.root)) is not None:
-        options["memory"] = replica_memory_bytes(Path(cfg.root) / "versions" / version, cfg.mmap, cfg.max_replicas)
+    elif (version := current_version(cfg.root)) is not None:  # a remote root: sized from this node's copy
+        options["memory"] = replica_memory_bytes(version_dir(cfg.root, version), cfg.mmap, cfg.max_replicas)
+    if fs.is_remote(cfg.root) and (env := fs.forwarded_env()):  # the endpoint and credentials this process uses
+        options["runtime_env"] = {"env_vars": env}
     return options

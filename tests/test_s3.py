@@ -4,6 +4,7 @@ root, serve from it and swap; a publisher killed mid-publish leaves CURRENT old 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,14 +110,18 @@ def _pipeline(tmp_path: Path, bucket: str, seed: int, use_ray: bool) -> tuple[st
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_bucket, tmp_path, monkeypatch):
+def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, serve_port, s3_bucket, tmp_path, monkeypatch):
     """Every artifact on S3: Ray embeds s3:// inputs into an s3:// store (workers get the
     endpoint through the forwarded environment), the index and head are written to s3://,
-    bundles are published to an s3:// root and a replica serves from it over HTTP and swaps."""
+    bundles are published to an s3:// root, and both an in-process app and Ray Serve replicas
+    (started by the session Ray before the S3 settings existed: they get them through the
+    replicas' runtime_env) serve from it over HTTP and swap."""
     from fastapi.testclient import TestClient
+    from ray import serve
 
+    from bench.loadtest import post
     from genoray.bundle import BundleHolder, collect_garbage, current_version, list_versions, publish, write_bundle
-    from genoray.serve import LocalBackend
+    from genoray.serve import LocalBackend, ServeConfig, build_app
     from genoray.service import create_app
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
@@ -127,12 +132,18 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_buck
     publish(root, v1)
     assert current_version(root) == v1
     holder = BundleHolder(root, poll_s=0.1)
+    serve.run(build_app(ServeConfig(root=root, port=serve_port, ingress="proxy", require_key=False, poll_s=0.2,
+                                    num_cpus=0.1, min_replicas=1, max_replicas=1)), name="s3", route_prefix="/s3")
+    query = {"sequences": ["GGCCGGCCAT" * 6], "k": 3}
     try:
+        status, body, _ = post(serve_port, "/s3/v1/predict", query, None)
+        assert status == 200 and json.loads(body)["bundle_version"] == v1, body[:300]
         c = TestClient(create_app(LocalBackend(holder), require_key=False))
         r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3})
         assert r.status_code == 200, r.text
         assert r.json()["bundle_version"] == v1 and [p["label"] for p in r.json()["predictions"]] == ["gc", "at"]
-        assert holder.version == v1 and fs.list_files(f"{root}/leases/{v1}") == [holder.holder]
+        leases = fs.list_files(f"{root}/leases/{v1}")  # this holder's and the Serve replica's
+        assert holder.version == v1 and holder.holder in leases and len(leases) == 2
         index2, head2 = _pipeline(tmp_path, s3_bucket, seed=1, use_ray=False)
         v2 = write_bundle(root, index2, head2)
         assert fs.read_json(f"{root}/versions/{v2}/bundle.json")["parent"] == v1
@@ -143,9 +154,16 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, s3_buck
         assert holder.version == v2 and holder.swaps == 1 and holder.last_error is None
         r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6], "k": 3})
         assert r.status_code == 200 and r.json()["bundle_version"] == v2  # serves the new version
-        assert not fs.list_files(f"{root}/leases/{v1}")  # the old lease was released
+        deadline = time.time() + 60
+        while json.loads(post(serve_port, "/s3/v1/predict", query, None)[1]).get("bundle_version") != v2:
+            assert time.time() < deadline, "the Serve replica did not swap to the new s3:// version"
+            time.sleep(0.2)
+        while fs.list_files(f"{root}/leases/{v1}") and time.time() < deadline:
+            time.sleep(0.2)
+        assert not fs.list_files(f"{root}/leases/{v1}")  # the old lease was released (by both holders)
     finally:
         holder.close()
+        serve.delete("s3")
     rows = list_versions(root, verify=True)
     assert [(r["version"], r["current"], r["verified"]) for r in rows] == [(v1, False, "ok"), (v2, True, "ok")]
     cached = tmp_path / "cache" / "bundles"
