@@ -15,7 +15,10 @@ import os
 import stat
 from pathlib import Path
 
-HAPROXY_RETRY_ON = "conn-failure empty-response"
+# resend on a failed connection, an empty answer (replica died mid-request) and a 500/502 (Serve's
+# fallback proxy answering for a replica that just died): predictions are idempotent. Not 503
+# (deliberate backpressure) nor 504 (the request already used its time).
+HAPROXY_RETRY_ON = "conn-failure empty-response 500 502"
 
 WRAPPER = """#!/bin/sh
 # genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the

@@ -19,7 +19,7 @@ That is ``ingress="proxy"``: Serve's Python HTTP proxy in front, everything on l
 that each serve HTTP themselves (direct ingress). Each replica is then ``GenorayReplica``: the
 API and a bundle in one process, batching its own concurrent requests, so a request costs no
 Ray hop at all. HAProxy resends a request whose replica died before answering
-(``retry-on conn-failure empty-response``) to another replica. Ray reads this mode from the
+(``retry-on conn-failure empty-response 500 502``) to another replica. Ray reads this mode from the
 environment of its processes, so it must be set before Ray starts (:func:`haproxy_env`; the
 CLI does it; on a cluster, in ``cluster.yaml``), and :mod:`genoray.haproxy` binds HAProxy's
 stats and metrics listeners to the service's host.

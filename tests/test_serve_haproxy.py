@@ -114,7 +114,11 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
     failed = [r for r in results if r[2] != 200]
     print(f"kill: {len(results)} requests, {len(failed)} failed: {failed[:3]}")
     assert killed and any(f"-{killed['pid']}-" in r[4] for r in results)
-    assert all(r[2] == 0 and "RemoteDisconnected" in r[3] for r in failed), failed[:3]  # no 5xx, no wrong answer
+    # what HAProxy cannot resend is a request whose replica died after it began answering: the
+    # client sees the connection close (no status line, or a truncated body) and may retry; never
+    # a 5xx (500/502 from Serve's fallback proxy are resent) and never a wrong answer
+    closed = ("RemoteDisconnected", "IncompleteRead", "ConnectionReset")
+    assert all(r[2] == 0 and any(c in r[3] for c in closed) for r in failed), failed[:3]
     assert len(failed) <= 3, failed
     replicas_answering(port, 2, timeout=90, not_pid=killed["pid"])  # the replica comes back
 
