@@ -55,14 +55,17 @@ log = logging.getLogger(__name__)
 INGRESS_MODES = ("auto", "proxy", "haproxy")
 
 
-def resolve_ingress(cfg: ServeConfig) -> str:
+def resolve_ingress(cfg: ServeConfig, groups: int | None = None) -> str:
     """The topology ``cfg`` runs: ``"auto"`` is HAProxy for a bundle of one shard group and the
-    proxy topology for a grouped one (searcher deployments sit behind the model replicas)."""
+    proxy topology for a grouped one (searcher deployments sit behind the model replicas).
+    ``groups``: the CURRENT bundle's shard groups when the caller has read them already."""
     if cfg.ingress != "auto":
         return cfg.ingress
-    from genoray.scatter import served_groups
+    if groups is None:
+        from genoray.scatter import served_groups
 
-    return "proxy" if served_groups(cfg.root) > 1 else "haproxy"
+        groups = served_groups(cfg.root)
+    return "proxy" if groups > 1 else "haproxy"
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -210,7 +213,7 @@ def build_app(cfg: ServeConfig):
     from genoray.scatter import group_model, served_groups
 
     groups = served_groups(cfg.root)  # > 1: a searcher deployment per shard group (genoray.scatter)
-    if resolve_ingress(cfg) == "haproxy":
+    if resolve_ingress(cfg, groups) == "haproxy":
         if groups > 1:
             raise ValueError(f"{cfg.root}: the bundle has {groups} shard groups; serve it with ingress='proxy' or 'auto'")
         return _replica_app(cfg, key_hashes, limits, replica_options)
@@ -376,7 +379,8 @@ def run_service(cfg: ServeConfig) -> None:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
-    if resolve_ingress(cfg) == "haproxy":
+    ingress = resolve_ingress(cfg)  # reads the bundle's shard groups once (a GET on object storage)
+    if ingress == "haproxy":
         if os.environ.get("RAY_ADDRESS"):
             print("note: the haproxy ingress (default) needs the cluster's Ray processes started with "
                   "genoray.serve.haproxy_env() (see cluster.yaml); otherwise use --ingress proxy", file=sys.stderr)
@@ -385,7 +389,7 @@ def run_service(cfg: ServeConfig) -> None:
     init_ray()
     start_http(cfg)
     serve.run(build_app(cfg), name="genoray", route_prefix="/")
-    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {resolve_ingress(cfg)}; "
+    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {ingress}; "
           "Ctrl-C to stop)", file=sys.stderr)
 
     def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
