@@ -417,15 +417,18 @@ def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
 
 def group_model(cfg, replica_options: dict[str, Any], n_groups: int):
     """The bound ``GenorayModel`` deployment of a shard-grouped bundle, with one
-    ``searcher-<g>`` deployment per group behind it (put it behind the ingress)."""
+    ``searcher-<g>`` deployment per group behind it (put it behind the ingress); each declares
+    its own memory (:func:`genoray.replica_memory.grouped_actor_options`)."""
     from ray import serve
 
+    from genoray.replica_memory import grouped_actor_options
     from genoray.serve import _BundleReplica
 
-    searchers = [serve.deployment(**replica_options)(GenoraySearcher).options(name=f"searcher-{g}")
-                 .bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
+    model_opts, group_opts = grouped_actor_options(cfg, replica_options["ray_actor_options"], n_groups)
+    searchers = [serve.deployment(**{**replica_options, "ray_actor_options": group_opts[g]})(GenoraySearcher)
+                 .options(name=f"searcher-{g}").bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
 
-    @serve.deployment(**replica_options)
+    @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
     class GenorayModel(_BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
             self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries)

@@ -241,3 +241,46 @@ def test_publish_cli_records_shard_groups(built, tmp_path):
     assert read_json(root / "versions" / current_version(root) / "bundle.json")["shard_groups"] == [[0, 1], [2, 3]]
     assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
                      "--shard-groups", "9"]) == 2  # more groups than shards: a usage error naming the index
+
+
+def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
+    """Each ``searcher-<g>`` declares the process, its group's id rows and the shared quantizer in
+    full plus its group's shard files shared by the replicas of a node; the model declares the
+    process and the head only. Sizes are summed here from the files of the group layout."""
+    from genoray.bundle import publish, read_json, write_bundle
+    from genoray.config import ServeConfig
+    from genoray.plan import RAY_WORKER_BASE
+    from genoray.replica_memory import SERVE_EXTRA, grouped_actor_options, replica_actor_options
+    from genoray.scatter import group_model
+
+    root = tmp_path / "root"
+    v = write_bundle(root, built["ivf4"], built["head"], shard_groups=[[0], [1, 2, 3]])  # unequal groups
+    publish(root, v)
+    vdir = root / "versions" / v
+    shards = read_json(vdir / "index" / "manifest.json")["shards"]
+    size = lambda name: os.path.getsize(vdir / "index" / name)  # noqa: E731
+    quantizer = size("trained.faiss")
+    head = sum(os.path.getsize(p) for p in (vdir / "head").rglob("*") if p.is_file())
+    assert quantizer > 0 and head > 0
+    expected = []
+    for group in ([0], [1, 2, 3]):
+        shard_files = sum(size(f) for i in group for f in shards[i]["sha256"] if not f.startswith("ids-"))
+        ids = sum(size(f"ids-{i:02d}.arrow") for i in group)
+        expected.append(int(RAY_WORKER_BASE + SERVE_EXTRA + quantizer + ids + shard_files / 4))
+    cfg = ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25)
+    opts = replica_actor_options(cfg)
+    model, searchers = grouped_actor_options(cfg, opts, 2)
+    assert model == {"num_cpus": 0.25, "memory": RAY_WORKER_BASE + SERVE_EXTRA + head}
+    assert [s["memory"] for s in searchers] == expected and all(s["num_cpus"] == 0.25 for s in searchers)
+    assert searchers[1]["memory"] > searchers[0]["memory"]  # three shards' files and rows against one
+    assert sum(s["memory"] for s in searchers) < 2 * opts["memory"]  # no longer each the whole bundle's share
+    app = group_model(cfg, {"ray_actor_options": opts}, 2)  # what `genoray serve` deploys
+    d = app._bound_deployment
+    assert d.ray_actor_options["memory"] == model["memory"]
+    assert [(a._bound_deployment.name, a._bound_deployment.ray_actor_options["memory"]) for a in d.init_args[2:]] == \
+        [("searcher-0", expected[0]), ("searcher-1", expected[1])]
+    fixed = ServeConfig(root=str(root), replica_memory_mb=512)  # an explicit size applies to every part
+    fixed_opts = replica_actor_options(fixed)
+    assert grouped_actor_options(fixed, fixed_opts, 2) == (fixed_opts, [fixed_opts, fixed_opts])
+    with pytest.raises(ValueError, match="2 shard groups, serving 3"):
+        grouped_actor_options(cfg, opts, 3)
