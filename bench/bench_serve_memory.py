@@ -308,6 +308,7 @@ def main() -> None:
             for mmap in (False, True):  # alternating, so a drift of the machine's load reaches both
                 tag = "mmap" if mmap else "ram"
                 done = work / f"done-{n}-{tag}-{rep}"
+                done.unlink(missing_ok=True)  # left by an earlier run in --work: the first replica would exit early
                 a = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-a.json", done)
                 ra = json.loads(a.stdout.readline())  # type: ignore[union-attr]
                 b = replica(root, mmap, args.queries, work / f"pred-{n}-{tag}-b.json", done)

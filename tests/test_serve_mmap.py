@@ -168,3 +168,41 @@ def test_haproxy_stats_and_metrics_bound_to_the_service_host(tmp_path, monkeypat
     assert out.returncode == 0, out.stdout + out.stderr
     binds = [line.strip() for line in cfg.read_text().splitlines() if line.strip().startswith("bind")]
     assert binds == ["bind 127.0.0.1:19101", "bind 127.0.0.1:18000", "bind 127.0.0.1:18404"]
+
+
+def test_mapped_flat_shard_is_read_into_the_page_cache_first(tmp_path):
+    """FAISS maps a Flat shard with MADV_RANDOM (a cold page is read 4 KiB per fault, and a Flat
+    search touches every page): ``read_shard`` reads it through once first, so a mapped load of
+    an evicted file leaves all of it in the page cache (without it: a few header pages)."""
+    import shutil
+
+    from genoray.index import VectorIndex
+    from genoray.index.core import read_shard
+
+    if not shutil.which("fincore") or not hasattr(os, "posix_fadvise"):
+        pytest.skip("needs util-linux fincore and posix_fadvise")
+    x = np.random.default_rng(2).standard_normal((4000, 64)).astype(np.float32)
+    VectorIndex.from_vectors(x, [f"id{i}" for i in range(4000)], ["a"] * 4000).save(tmp_path / "ix")
+    shard = tmp_path / "ix" / "shard-00.faiss"
+    assert read_json(tmp_path / "ix" / "manifest.json")["factory"] == "Flat"
+
+    def resident() -> int:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", str(shard)],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out.split()[0])
+
+    def evict() -> None:
+        fd = os.open(shard, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    evict()
+    if resident():
+        pytest.skip(f"{shard}: this file system keeps evicted pages (tmpfs?)")
+    index = read_shard(shard, "Flat", mmap=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert resident() == -(-shard.stat().st_size // page) * page > 1_000_000  # every page of it
+    assert index.ntotal == 4000 and index.search(x[:3] / np.linalg.norm(x[:3], axis=1, keepdims=True), 1)[1][:, 0].tolist() == [0, 1, 2]
