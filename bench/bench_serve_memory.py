@@ -1,8 +1,9 @@
 """Replica memory and start time: index memory-mapped vs read into RAM (issue #13 item 1).
 
-Builds IVF bundles of ``--sizes`` synthetic x 64 vectors (``genoray.index.synthetic``, auto
-factory, the store's encoder recorded as a 64-dimensional 3-mer encoder so a real
-:class:`~genoray.predictor.Predictor` loads and encodes queries). For each size and mode a
+Builds bundles of ``--sizes`` synthetic x ``--dim`` vectors (``genoray.index.synthetic``,
+``--index-type``: the auto factory, IVF / SQ8, by default; ``Flat`` for an index that dominates
+the replica: 1M x 256 is 1 GB), the store's encoder recorded as a 3-mer (64) or 4-mer (256)
+encoder so a real :class:`~genoray.predictor.Predictor` loads and encodes queries. For each size and mode a
 fresh process starts a :class:`~genoray.bundle.BundleHolder` (what a Serve replica does in its
 constructor), predicts ``--queries`` random 81 bp sequences and reports its memory from
 ``/proc/self/status`` and ``/proc/self/smaps_rollup``:
@@ -30,7 +31,8 @@ the bundle is resident after it (memory-mapped, only the pages the open and the 
 are read). The Python libraries stay cached: a real fresh node also reads those.
 
     python bench/bench_serve_memory.py [--sizes 250000,1000000] [--queries 1000] [--repeats 1]
-                                       [--start-repeats 3] [--only-start]
+                                       [--start-repeats 3] [--only-start] [--dim 64|256]
+                                       [--index-type auto|Flat|FACTORY]
                                        [--work DIR]  (reuses the bundles built there)
 """
 
