@@ -102,8 +102,8 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     from genoray.ood import OODConfig, fit_on_store, store_sequences
 
     # the length calibration re-reads the sequences of at most 2,000 validation rows (by id)
-    head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids, encoder=encoder_from_spec(
-        store.encoder_spec), sequences=lambda wanted: store_sequences(store, wanted))
+    head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids, sequences=lambda wanted: store_sequences(
+        store, wanted), encoder=lambda: encoder_from_spec(store.encoder_spec))
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
 
     # the per-query OOD score (ood.json + ood.npz), fitted on at most the rows the scorer uses

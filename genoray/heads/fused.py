@@ -130,7 +130,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
                 them). Default: an exact index over ``X``.
             ids: the index ids of the rows of ``X`` (required with ``index``).
             sequences, encoder: the rows' sequences (aligned with ``X``, or a callable from ids to
-                sequences) and their encoder: fit a temperature per query length on validation
+                sequences) and their encoder (or its factory): fit a temperature per length on validation
                 rows cropped to a grid of lengths (:mod:`genoray.heads.length_calibration`).
         """
         if self.head not in HEAD_MODES:

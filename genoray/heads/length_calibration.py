@@ -145,7 +145,8 @@ def fit(head, st) -> LengthCalibration | None:
     """Fit the temperatures of ``head`` (its mixture and calibration chosen) on the validation
     rows of its fit stage ``st`` (see the module docstring). ``st.length``: ``sequences``
     (aligned with the ``X`` given to ``fit``, or a callable from index ids to their sequences,
-    returning ``None`` when they cannot be read: no length calibration then), ``encoder``,
+    returning ``None`` when they cannot be read: no length calibration then), ``encoder`` (or a
+    zero-argument factory of it, called only when the sequences were read),
     ``ids`` and ``rows`` (index ids and positions in ``X`` of the sampled rows) and
     ``held_out`` (the validation fit's linear part and trees)."""
     from genoray.ood import OODConfig, crop, length_grid
@@ -160,6 +161,8 @@ def fit(head, st) -> LengthCalibration | None:
         log.warning("length calibration skipped: the training sequences could not be read")
         return None
     seqs = [str(s) for s in seqs]
+    if not hasattr(encoder, "embed"):  # a factory, called only once the sequences are known to exist
+        encoder = encoder()
     codes, ids, exclude = st.codes[pick], st_ids[pick], set(st_ids[st.va].tolist())
     native = int(np.median([len(s) for s in seqs]))
     cfg = OODConfig()
