@@ -3,7 +3,7 @@
 A head is calibrated on validation rows at the length it was trained on. The k-mer features of
 a shorter sequence are noisier (fewer k-mers) and those of a longer one sharper, so the same
 head is over-confident on short queries and mis-calibrated on long ones (``bench/bench_shift.py``:
-ECE 0.10-0.20 on cropped or joined rows against 0.01-0.05 in-domain), and no rule fitted on an
+ECE 0.10-0.20 on cropped or joined rows against 0.02-0.07 in-domain), and no rule fitted on an
 unlabeled target can see that. When :meth:`FusedHead.fit <genoray.heads.FusedHead.fit>` gets the
 training sequences and the encoder, :func:`fit` takes a bounded, class-stratified sample of the
 head's *validation* rows, crops them to each length of the OOD scorer's grid
