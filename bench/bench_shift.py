@@ -16,7 +16,10 @@ embeddings), before and after, in one run.
 4. **Target adaptation** (``--target``): a fused head trained on the source; an unlabeled
    target sample (half of the shifted rows) estimates the class priors; the other half is
    scored (disjoint rows). Accuracy vs the majority floor of the scored rows, ECE, MCC, for no
-   adaptation, always re-weighting, and the do-no-harm rule (:mod:`genoray.priors`).
+   adaptation, always re-weighting, and the do-no-harm rule (:mod:`genoray.priors`). Each
+   source head is fitted with its training sequences, so it has a temperature per query length
+   (:mod:`genoray.heads.length_calibration`); every case is run without it ("off") and with it
+   ("on") in the same run, and the source's own test rows give the in-domain ECE of both.
 
     python bench/bench_shift.py [--seeds 20] [--sections null,ood,target] [--max-rows 600]
 """
@@ -169,7 +172,7 @@ def fit_source(src: str, data, cfg):
     t0 = time.perf_counter()
     ood = OODScorer(cfg).fit(xtr, y_tr, s_tr, enc)
     fit_s = time.perf_counter() - t0
-    head = FusedHead(seed=0).fit(xtr, y_tr)
+    head = FusedHead(seed=0).fit(xtr, y_tr, sequences=s_tr, encoder=enc)  # with a length calibration
     return enc, head, ood, fit_s
 
 
@@ -243,13 +246,15 @@ def ood_section(data, cfg, rows_out: list, max_rows: int = 600) -> None:
 
 def target_section(data, cfg, rows_out: list) -> None:
     from genoray.heads import align_proba
+    from genoray.heads import length_calibration as lcm
     from genoray.metrics import classification_metrics
     from genoray.priors import PriorShift
 
     print("\n--target: fused head on the source; target sample = half of the shifted rows (labels unused), "
           "scored = the other half")
-    print(f"{'source -> target':<52} {'floor':>6} | {'acc':>5} {'ECE':>5} {'MCC':>6} | {'re-weighted always':>22} | "
-          f"{'rule':>5} {'ECE':>5} {'MCC':>6} {'dMCC':>6}  decision")
+    print("(each head has a length calibration; 'ECE off' = the same head without it; the rest is with it)")
+    print(f"{'source -> target':<52} {'floor':>6} | {'acc':>5} {'ECE off':>5} {'ECE':>5} {'MCC':>6} | "
+          f"{'re-weighted always':>22} | {'rule':>5} {'ECE off':>5} {'ECE':>5} {'MCC':>6} {'dMCC':>6}  decision")
     cases = []
     rng = np.random.default_rng(11)
     for src in SOURCES:
@@ -267,36 +272,56 @@ def target_section(data, cfg, rows_out: list) -> None:
             enc, head, ood, _ = fit_source(src, data, cfg)
             y_tr = data[src]["train"][1]
             heads[src] = (enc, head, ood, np.array([np.mean(y_tr == c) for c in head.classes_]))
+            s_in, y_in = data[src]["test"]  # in-domain: the source's own test rows, no target
+            p_in = head.predict_proba(enc.embed(s_in))
+            r = {"case": f"{src} (own test rows)", "in_domain": True, "ece_off": ece(np.asarray(y_in, dtype=object), p_in, head.classes_),
+                 "ece_on": ece(np.asarray(y_in, dtype=object), lcm.apply(head, p_in, [len(q) for q in s_in]), head.classes_)}
+            rows_out.append(r)
+            print(f"{r['case'][:52]:<52} in-domain ECE without / with the length calibration {r['ece_off']:.3f} / {r['ece_on']:.3f}")
         enc, head, ood, prior = heads[src]
         classes = head.classes_
         perm = np.random.default_rng(5).permutation(len(seqs))
         tgt, scored = perm[: len(perm) // 2], perm[len(perm) // 2:]
         s_tgt = [seqs[i] for i in tgt]
         x_tgt = enc.embed(s_tgt)
-        p_tgt = align_proba(head.classes_, head.predict_proba(x_tgt), classes)
+        p_tgt0 = align_proba(head.classes_, head.predict_proba(x_tgt), classes)
         flags = ood.flag(ood.score_sequences(s_tgt, enc, x_tgt))
         s_sc = [seqs[i] for i in scored]
         x_sc = enc.embed(s_sc)
-        p = align_proba(head.classes_, head.predict_proba(x_sc), classes)
+        p0 = align_proba(head.classes_, head.predict_proba(x_sc), classes)
         flags_sc = ood.flag(ood.score_sequences(s_sc, enc, x_sc))
         ys = np.asarray(y, dtype=object)[scored]
         ratio = float(np.median([len(q) for q in s_tgt])) / ood.reference_length_
-        shift = PriorShift.estimate(p_tgt, classes, prior, ood_flags=flags, ood_rate=cfg.rate, length_ratio=ratio,
-                                    ood_p_value=ood.flagged_p_value(int(flags.sum()), len(flags)))
-        always = PriorShift(**{**shift.to_dict(), "applied": True})
         floor = max(np.mean(ys == c) for c in classes)
-        res = {}
-        for label, pp in (("none", p), ("always", always.apply(p)), ("rule", shift.apply(p, flags_sc))):
-            m = classification_metrics(ys, pp, classes)
-            res[label] = {"accuracy": m["accuracy"], "mcc": m["mcc"], "ece": ece(ys, pp, classes)}
-        r = {"case": name, "floor": float(floor), **{f"{k}_{m}": v for k, d in res.items() for m, v in d.items()},
-             "applied": shift.applied, "p_value": shift.p_value, "ood_fraction": float(flags.mean())}
+        r = {"case": name, "floor": float(floor), "kind": kind_of(name), "ood_fraction": float(flags.mean())}
+        for lc in ("off", "on"):  # the same head without / with its length calibration
+            p_tgt = lcm.apply(head, p_tgt0, [len(q) for q in s_tgt]) if lc == "on" else p_tgt0
+            p = lcm.apply(head, p0, [len(q) for q in s_sc]) if lc == "on" else p0
+            shift = PriorShift.estimate(p_tgt, classes, prior, ood_flags=flags, ood_rate=cfg.rate, length_ratio=ratio,
+                                        ood_p_value=ood.flagged_p_value(int(flags.sum()), len(flags)))
+            always = PriorShift(**{**shift.to_dict(), "applied": True})
+            for label, pp in (("none", p), ("always", always.apply(p)), ("rule", shift.apply(p, flags_sc))):
+                m = classification_metrics(ys, pp, classes)
+                r.update({f"{lc}_{label}_accuracy": m["accuracy"], f"{lc}_{label}_mcc": m["mcc"],
+                          f"{lc}_{label}_ece": ece(ys, pp, classes)})
+            r[f"{lc}_decision"] = ("re-weight" if shift.applied else "temper all rows" if shift.temper_ood != 1 else
+                                   "keep") + f" (LRT p={shift.p_value:.1e}, OOD {flags.mean():.2f})"
         rows_out.append(r)
-        n, a, u = res["none"], res["always"], res["rule"]
-        print(f"{name[:52]:<52} {floor:>6.3f} | {n['accuracy']:>5.3f} {n['ece']:>5.3f} {n['mcc']:>6.3f} | "
-              f"acc {a['accuracy']:.3f} MCC {a['mcc']:>6.3f} | {u['accuracy']:>5.3f} {u['ece']:>5.3f} {u['mcc']:>6.3f} "
-              f"{u['mcc'] - n['mcc']:>+6.3f}  {'re-weight' if shift.applied else 'temper all rows' if shift.temper_ood != 1 else 'keep'} (LRT p={shift.p_value:.1e}, "
-              f"OOD {flags.mean():.2f})")
+        n, a, u = ({m: r[f"on_{k}_{m}"] for m in ("accuracy", "mcc", "ece")} for k in ("none", "always", "rule"))
+        print(f"{name[:52]:<52} {floor:>6.3f} | {n['accuracy']:>5.3f} {r['off_none_ece']:>5.3f} {n['ece']:>5.3f} "
+              f"{n['mcc']:>6.3f} | acc {a['accuracy']:.3f} MCC {a['mcc']:>6.3f} | {u['accuracy']:>5.3f} "
+              f"{r['off_rule_ece']:>5.3f} {u['ece']:>5.3f} {u['mcc']:>6.3f} {u['mcc'] - n['mcc']:>+6.3f}  {r['on_decision']}")
+
+
+def kind_of(name: str) -> str:
+    """The kind of a ``--target`` case from its name (as :func:`synthetic` names them)."""
+    if not name.endswith("]") or name.startswith("human_tata_promoter_gue [promoter at 27%"):
+        return "real"
+    for key, kind in (("crop to", "length only"), ("joined", "length only"), ("GC +", "composition"),
+                      (" at ", "label prior"), ("randomised", "motif loss")):
+        if key in name:
+            return kind
+    return "real"
 
 
 def main() -> None:
@@ -328,10 +353,20 @@ def main() -> None:
               + ", ".join(f"{r['source'][:10]}->{r['shifted'][:10]} {r['oracle']:.2f}" for r in real if r['oracle'] < 0.8))
     if "target" in sections:
         target_section(data, OODConfig(method=args.method, max_fit_rows=2000), target_rows)
-        d = [r["rule_mcc"] - r["none_mcc"] for r in target_rows]
-        print(f"\nrule vs no adaptation: worst dMCC {min(d):+.3f}, mean dMCC {np.mean(d):+.3f}; "
-              f"accuracy below floor: {sum(r['rule_accuracy'] < r['floor'] - 1e-9 for r in target_rows)} of "
-              f"{len(target_rows)}; max ECE {max(r['rule_ece'] for r in target_rows):.3f}")
+        rows = [r for r in target_rows if not r.get("in_domain")]
+        for lc in ("off", "on"):
+            d = [r[f"{lc}_rule_mcc"] - r[f"{lc}_none_mcc"] for r in rows]
+            print(f"\nlength calibration {lc}: rule vs no adaptation: worst dMCC {min(d):+.3f}, mean dMCC "
+                  f"{np.mean(d):+.3f}; accuracy below floor: "
+                  f"{sum(r[f'{lc}_rule_accuracy'] < r['floor'] - 1e-9 for r in rows)} of {len(rows)}; max ECE "
+                  f"{max(r[f'{lc}_rule_ece'] for r in rows):.3f}; ECE > 0.10: "
+                  f"{sum(r[f'{lc}_rule_ece'] > 0.10 for r in rows)} of {len(rows)} (length only: "
+                  f"{sum(r[f'{lc}_rule_ece'] > 0.10 for r in rows if r['kind'] == 'length only')} of "
+                  f"{sum(r['kind'] == 'length only' for r in rows)}, max "
+                  f"{max(r[f'{lc}_rule_ece'] for r in rows if r['kind'] == 'length only'):.3f}); in-domain ECE "
+                  + " ".join(f"{r[f'ece_{lc}']:.3f}" for r in target_rows if r.get("in_domain")))
+        d = [r["on_rule_mcc"] - r["off_rule_mcc"] for r in rows]
+        print(f"rule MCC with vs without the length calibration: worst {min(d):+.3f}, mean {np.mean(d):+.3f}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

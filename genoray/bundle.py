@@ -333,7 +333,9 @@ class BundleHolder:
         ood = predictor.ood.describe() if predictor.ood is not None else {
             "method": "knn-rank (head without a fitted OOD scorer)", "flag_if_score_above": 0.95}
         adapt = predictor.priors.to_dict() if predictor.priors is not None else None
-        return {"ood": ood, "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
+        lc = getattr(predictor.head, "length_calibration_", None)  # temperature per query length
+        return {"ood": ood, "length_calibration": lc.describe() if lc is not None else None,
+                "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
 
     def check(self) -> None:
         """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the

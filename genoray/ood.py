@@ -99,6 +99,17 @@ def crop(sequences: Sequence[str], length: int, rng: np.random.Generator) -> lis
     return out
 
 
+def length_grid(reference_length: int, min_length: int = 16, ratio: float = 1.25) -> list[int]:
+    """The calibration lengths below ``reference_length``: geometric from ``min_length`` by
+    ``ratio``, up to (not including) ``reference_length / sqrt(ratio)``, where the reference
+    length itself takes over (also the grid of :mod:`genoray.heads.length_calibration`)."""
+    g, grid = float(min_length), []
+    while g < reference_length / ratio ** 0.5:
+        grid.append(int(round(g)))
+        g *= ratio
+    return sorted(set(grid))
+
+
 class OODScorer:
     """Fit on reference embeddings; score new ones (see the module docstring)."""
 
@@ -135,12 +146,8 @@ class OODScorer:
                 self.markov_ = markov_fit([str(sequences[i]) for i in fit], cfg.markov_order)
             cal_seqs = [str(sequences[i]) for i in cal]
             self.reference_length_ = int(np.median([len(sequences[i]) for i in cal]))
-            g, grid = float(cfg.min_length), []
-            while g < self.reference_length_ / cfg.length_ratio ** 0.5:
-                grid.append(int(round(g)))
-                g *= cfg.length_ratio
             crng = np.random.default_rng(cfg.seed + 1)
-            for length in sorted(set(grid)):
+            for length in length_grid(self.reference_length_, cfg.min_length, cfg.length_ratio):
                 xf = np.asarray(encoder.embed(crop([str(sequences[i]) for i in fit], length, crng)), dtype=np.float32)
                 sc = crop(cal_seqs, length, crng)
                 xc = np.asarray(encoder.embed(sc), dtype=np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 from genoray.config import CleanPolicy
 from genoray.dna import Cleaner
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.heads import FusedHead, drop_own, load_head
+from genoray.heads import FusedHead, drop_own, length_calibration, load_head
 from genoray.index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Predictor:
             raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
-        proba, _, _ = self.predict_vectors(x)
+        proba = length_calibration.apply(self.head, self.predict_vectors(x)[0], [len(s) for s in seqs])
         flags, rate, ratio, p_ood = None, 0.05, None, None
         if self.ood is not None:
             flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
@@ -195,6 +195,7 @@ class Predictor:
         else:
             proba, hits = predict_hits(self.head, x, search, ids, k_show)
             sims, pos, seq_ids, labels = hits.sims, hits.gids, hits.seq_ids, hits.labels
+        proba = length_calibration.apply(self.head, proba, [len(s) for s in cleaned_seqs])  # per query length
         if self.ood is not None:
             ood = self.ood.score_sequences(cleaned_seqs, self.encoder, x)
             flags = self.ood.flag(ood)

@@ -98,9 +98,13 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     classes = np.array(sorted(set(index.labels)), dtype=object)
     rows = stratified_sample(_encode(index.labels, classes), cfg.max_rows, cfg.seed)
     ids, labels, vectors = sample_rows(store, split, index.ids[rows], store.dim)
-    head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids)
+    from genoray.encoders import encoder_from_spec
+    from genoray.ood import OODConfig, fit_on_store, store_sequences
+
+    # the length calibration re-reads the sequences of at most 2,000 validation rows (by id)
+    head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids, sequences=lambda wanted: store_sequences(
+        store, wanted), encoder=lambda: encoder_from_spec(store.encoder_spec))
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
-    from genoray.ood import OODConfig, fit_on_store
 
     # the per-query OOD score (ood.json + ood.npz), fitted on at most the rows the scorer uses
     ood_cfg = OODConfig()
@@ -123,6 +127,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
             "classes": [str(c) for c in head.classes_], "head_mode": head.head, "chosen": mixture_name(head.mixture_),
             "tree_test": head.selection_.get("tree_test"), "mixture": head.mixture_, "weight_knn": head.weight_, "calibration": head.calibration_,
             "calibration_method": head.calibration_method_, "C": head.C_,
+            "length_calibration": head.length_calibration_.describe() if head.length_calibration_ else None,
             "val_log_loss": head.selection_["val_log_loss"], "seconds": round(time.perf_counter() - t0, 3)}
 
 

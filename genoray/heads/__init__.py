@@ -16,7 +16,10 @@
 Heads are saved with :func:`save_head` as ``head.json`` + ``head.npz`` (+ ``trees.ubj``), no
 pickle, and verified by sha256 in :func:`load_head`.
 
-Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`; the public names import from ``genoray.heads``
+A head fitted with its training sequences and encoder also has a temperature per query length
+(:mod:`.length_calibration`, ``length_calibration.json``), applied by the Predictor.
+
+Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`, :mod:`.length_calibration`; the public names import from ``genoray.heads``
 (private helpers from :mod:`genoray.heads.common`).
 """
 

@@ -24,6 +24,7 @@ from genoray.artifacts import (
     write_npz,
 )
 from genoray.config import HeadConfig, to_dict
+from genoray.heads import length_calibration
 from genoray.heads.common import (
     _C_GRID,
     FORMAT_VERSION,
@@ -66,6 +67,7 @@ class _Stage:
     tree_rounds: int | None
     seconds: dict[str, float] = field(default_factory=dict)
     refits: dict[str, Any] = field(default_factory=dict)
+    length: dict[str, Any] = field(default_factory=dict)  # what a length calibration needs (ids, rows, parts)
 
 
 class FusedHead(ClassifierMixin, BaseEstimator):
@@ -100,7 +102,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     ``calibration_method_``, ``linear_``, ``trees_`` (or ``None``), ``knn_``,
     ``ood_reference_`` (sorted leave-one-out k-th-neighbour cosine distances of at most
     10,000 sampled training rows), ``val_scores_`` (validation log-loss per mixture), ``selection_``
-    (incl. ``tree_test``, the numbers of ``auto``'s test), ``fit_seconds_``.
+    (incl. ``tree_test``), ``fit_seconds_``, ``length_calibration_`` (or ``None``).
     """
 
     def __init__(self, k: int = 10, temperature: float = 0.05, C: float | None = None, val_fraction: float = 0.2,
@@ -119,7 +121,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         """A head with the settings of ``cfg``."""
         return cls(**to_dict(cfg))
 
-    def fit(self, X, y, index=None, ids=None) -> "FusedHead":
+    def fit(self, X, y, index=None, ids=None, sequences=None, encoder=None) -> "FusedHead":
         """Fit on embeddings ``X`` with labels ``y``.
 
         Args:
@@ -127,10 +129,15 @@ class FusedHead(ClassifierMixin, BaseEstimator):
                 prediction time (built from these rows, any order; ``X`` may be a sample of
                 them). Default: an exact index over ``X``.
             ids: the index ids of the rows of ``X`` (required with ``index``).
+            sequences, encoder: the rows' sequences (aligned with ``X``, or a callable from ids to
+                sequences) and their encoder (or its factory): fit a temperature per length on validation
+                rows cropped to a grid of lengths (:mod:`genoray.heads.length_calibration`).
         """
         if self.head not in HEAD_MODES:
             raise ValueError(f"head must be one of {sorted(HEAD_MODES)}, got {self.head!r}")
-        return self._finish(self._stage(X, y, index, ids, with_trees="trees" in HEAD_MODES[self.head]))
+        st = self._stage(X, y, index, ids, with_trees="trees" in HEAD_MODES[self.head])
+        st.length.update(sequences=sequences, encoder=encoder)
+        return self._finish(st)
 
     @classmethod
     def fit_modes(cls, modes, X, y, index=None, ids=None, **params) -> dict[str, "FusedHead"]:
@@ -181,17 +188,18 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             p = align_proba(lin.classes_, lin.predict_proba(X[va]), classes)
             loss = _log_loss(p, codes[va])
             if best is None or loss < best[0]:
-                best = (loss, C, p)
+                best = (loss, C, p, lin)
         assert best is not None  # the grid is never empty (for mypy)
         val["linear"] = best[2]
         t2 = time.perf_counter()
-        tree_rounds = None
+        tree_rounds, held_out = None, {"linear": best[3]}
         if with_trees:
             trees = self._new_trees().fit(X[tr], y[tr], classes=classes)
             val["trees"] = trees.predict_proba(X[va])
-            tree_rounds = trees.rounds_
+            tree_rounds, held_out["trees"] = trees.rounds_, trees
         return _Stage(X, y, codes, tr, va, classes, index, ood_reference, val, best[1], tree_rounds,
-                      seconds={"knn": t1 - t0, "linear": t2 - t1, "trees": time.perf_counter() - t2})
+                      seconds={"knn": t1 - t0, "linear": t2 - t1, "trees": time.perf_counter() - t2},
+                      length={"ids": ids, "rows": rows, "held_out": held_out})
 
     def _refit(self, stage: _Stage, part: str):
         """A part refitted on all sampled rows (trees for the early-stopped number of rounds),
@@ -227,6 +235,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         self.weight_ = self.mixture_["knn"]
         self.val_scores_ = scores
         self._choose_calibration(mix(val, self.mixture_), codes)
+        self.length_calibration_ = length_calibration.fit(self, st) if st.length.get("encoder") is not None else None
         own = time.perf_counter() - t0
         self.linear_ = self._refit(st, "linear")
         self.trees_ = self._refit(st, "trees") if self.mixture_["trees"] > 0 else None
@@ -378,6 +387,7 @@ def save_head(head: FusedHead, out_dir: str | Path, encoder_fingerprint: str | N
         "val_scores": head.val_scores_,
         "selection": head.selection_,
         "trees": trees,
+        "length_calibration": length_calibration.save(head, out),  # the file's sha256, or None
         "encoder_fingerprint": encoder_fingerprint,
         "npz_sha256": sha256_file(out / "head.npz"),
     }
@@ -435,4 +445,6 @@ def load_head(path: str | Path, encoder_fingerprint: str | None = None) -> Fused
     if raw is not None:
         head.trees_ = TreeHead.from_bytes(raw, head.classes_, head.n_features_in_, trees_doc["rounds"], trees_doc["params"])
     head.encoder_fingerprint_ = payload["encoder_fingerprint"]
+    lc = payload.get("length_calibration")  # sha256 of length_calibration.json; absent in older heads
+    head.length_calibration_ = length_calibration.LengthCalibration.load(path, lc) if lc else None
     return head
