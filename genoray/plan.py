@@ -190,8 +190,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     train_mem = RAY_WORKER_BASE + batch_work + sample_work + (sample * d * 4 if f["pq"] else 0)
     add_mem = RAY_WORKER_BASE + batch_work + part * (per_vec + ID_TABLE_ROW + (d * 2 if f["pq"] else 0)) + quantizer
     merge_mem = RAY_WORKER_BASE + shard_rows * (per_vec * 1.5 + ID_TABLE_ROW) + quantizer * 2
-    worker_mem = RAY_WORKER_BASE + max(batch_work + sample_work, add_mem - RAY_WORKER_BASE,
-                                       merge_mem - RAY_WORKER_BASE)  # one process may run every stage
+    worker_mem = max(train_mem, add_mem, merge_mem)  # one process may run every stage
     refine_disk = n * d * 2 if f["pq"] else 0
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
@@ -241,7 +240,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
     hs = min(n, (head or HeadConfig()).max_rows)
-    from genoray.heads.common import OOD_REFERENCE_ROWS
+    from genoray.config.stages import OOD_REFERENCE_ROWS
 
     searches = min(hs, OOD_REFERENCE_ROWS) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
     per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
@@ -284,17 +283,11 @@ def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -
 
 def split_rows(store, split: str | None) -> int:
     """Rows of ``split`` in a store, reading only its split column."""
-    import pyarrow.compute as pc
-
-    from genoray import fs
+    from genoray.index.stages import count_split
 
     if split is None:
         return store.rows
-    n = 0
-    for p in store.manifest["parts"]:
-        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
-        n += int(pc.sum(pc.equal(col, split)).as_py() or 0)
-    return n
+    return sum(count_split(str(store.path), p["file"], split) for p in store.manifest["parts"])
 
 
 def check_fits(plan: Plan) -> None:

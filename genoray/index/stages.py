@@ -73,6 +73,17 @@ def _split_batches(store_path: str, file: str, split: str | None, columns: list[
             yield t.slice(lo, hi - lo)
 
 
+def count_split(store_path: str, file: str, split: str | None) -> int:
+    """Rows of ``split`` (all rows when None) in one store file, reading only its split column,
+    streamed (the driver of a build over many files keeps no column in memory)."""
+    from genoray import fs
+
+    n = 0
+    for b in fs.iter_batches(fs.join(store_path, file), ["split"], 8 * BATCH_ROWS):
+        n += b.num_rows if split is None else int(pc.sum(pc.equal(b.column(0), split)).as_py() or 0)
+    return n
+
+
 def _vectors(t: pa.Table, d: int) -> np.ndarray:
     from genoray.store import vectors_of
 
