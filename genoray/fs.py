@@ -311,6 +311,22 @@ def read_table(uri: str | os.PathLike, columns: list[str] | None = None):
         raise _err(uri, e, "read Parquet") from e
 
 
+def iter_batches(uri: str | os.PathLike, columns: list[str], batch_rows: int):
+    """Record batches of at most ``batch_rows`` rows of a Parquet file (local or remote),
+    streamed: a caller's memory is one batch, not the file."""
+    import pyarrow.parquet as pq
+
+    src = as_path(uri) if not is_remote(uri) else open_input(uri)
+    try:
+        pf = pq.ParquetFile(src)
+        yield from pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+    except OSError as e:
+        raise _err(uri, e, "read Parquet") from e
+    finally:
+        if not isinstance(src, (str, Path)):
+            src.close()
+
+
 def local_copy(uri: str | os.PathLike, kind: str, manifest: str) -> Path:
     """A node-local copy of a remote artifact directory (an index, a head) whose ``manifest``
     lists its files' sha256 (checked by the artifact's own loader); downloaded once per node

@@ -33,15 +33,20 @@ GB = 2**30
 
 PROCESS_BASE = 170 * MB        # python + numpy + pyarrow + faiss + genoray imported, measured
 RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
-RAY_DRIVER = 420 * MB          # the build's driver on Ray (imports; it holds only summaries), measured
+RAY_DRIVER = 300 * MB          # the build's driver on Ray (imports + Ray client; it holds only summaries):
+                               # 295 / 301 MiB measured at 250k / 1M x 256
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
-WORK_PART = 7.0                # peak bytes per byte of a partition's rows (Arrow read of every column, filter,
-                               # numpy, normalised copy, faiss add buffers, heap kept between stages)
-WORK_SAMPLE = 1.0              # peak bytes per byte of the training sample (it is freed and reused after training)
+BATCH_WORK = 7.0               # peak bytes per byte of one decoded batch (BATCH_ROWS rows: Arrow batch, split
+                               # filter, numpy, normalised copy, faiss add buffers, the Arrow pool it leaves);
+                               # stages stream, so a partition's size no longer matters
+WORK_SAMPLE = 3.4              # peak bytes per byte of the training sample (the scans' kept shares, the
+                               # concatenated copy, k-means and residual buffers)
 WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growth, loaded index for tuning)
-# fitted to the peak RSS measured at 250k and 1M x 256 (bench/bench_index.py) and 250k x 350 (bench/bench_train.py);
-                               # README "Capacity" states the errors
+# BATCH_WORK and WORK_SAMPLE are fitted to the peak RSS of the streamed build at 250k and 1M x 256
+# (bench/bench_index.py: the peak is in the quantizer training; the two points fix a slope per sample byte
+# and an intercept, whose split into batch and k-means buffers they cannot tell apart); checked at 250k and
+# 1M x 350 (bench/bench_train.py). README "Capacity" states the errors.
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
@@ -173,20 +178,24 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     # index build
     sample = train_sample_size(n, nlist, cfg.train_sample_cap)
     part = min(n, partition_rows)
-    # Peak RSS: a process keeps the heap of its earlier stages (glibc does not return freed
-    # arenas), so the peak is base + what every stage it ran touched, not the largest stage.
-    part_work = WORK_PART * part * (d * 4 + ROW_META)
+    # Peak RSS of a process: its largest stage (the heap a stage frees is reused by the next; measured,
+    # the streamed build peaks in the quantizer training at 250k and 1M). Stages stream a partition
+    # BATCH_ROWS rows at a time: the batch, not the partition, is their working set.
+    from genoray.index.stages import BATCH_ROWS
+
+    batch_work = BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META)
     sample_work = WORK_SAMPLE * sample * d * 4 + quantizer * 2
     n_shards = max(1, cfg.shards or math.ceil(n / cfg.shard_size))
     shard_rows = math.ceil(n / n_shards)
-    train_mem = RAY_WORKER_BASE + sample_work + (sample * d * 4 if f["pq"] else 0)
-    add_mem = RAY_WORKER_BASE + part_work + part * per_vec + quantizer
+    train_mem = RAY_WORKER_BASE + batch_work + sample_work + (sample * d * 4 if f["pq"] else 0)
+    add_mem = RAY_WORKER_BASE + batch_work + part * (per_vec + ID_TABLE_ROW + (d * 2 if f["pq"] else 0)) + quantizer
     merge_mem = RAY_WORKER_BASE + shard_rows * (per_vec * 1.5 + ID_TABLE_ROW) + quantizer * 2
-    worker_mem = RAY_WORKER_BASE + part_work + sample_work + shard_rows * per_vec * 1.5  # one process may run all
+    worker_mem = max(train_mem, add_mem, merge_mem)  # one process may run every stage
     refine_disk = n * d * 2 if f["pq"] else 0
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
-    single_mem = PROCESS_BASE + part_work + sample_work + index_bytes * (1 + WORK_INDEX) + ids_bytes
+    single_mem = PROCESS_BASE + batch_work + max(sample_work + (sample * d * 4 if f["pq"] else 0),
+                                                 index_bytes * (1 + WORK_INDEX) + ids_bytes)
     train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
     if f["pq"]:
         train_flops += 25 * sample * 256 * d * 2
@@ -231,7 +240,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
     hs = min(n, (head or HeadConfig()).max_rows)
-    from genoray.heads.common import OOD_REFERENCE_ROWS
+    from genoray.config.stages import OOD_REFERENCE_ROWS
 
     searches = min(hs, OOD_REFERENCE_ROWS) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
     per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
@@ -274,17 +283,11 @@ def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -
 
 def split_rows(store, split: str | None) -> int:
     """Rows of ``split`` in a store, reading only its split column."""
-    import pyarrow.compute as pc
-
-    from genoray import fs
+    from genoray.index.stages import count_split
 
     if split is None:
         return store.rows
-    n = 0
-    for p in store.manifest["parts"]:
-        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
-        n += int(pc.sum(pc.equal(col, split)).as_py() or 0)
-    return n
+    return sum(count_split(str(store.path), p["file"], split) for p in store.manifest["parts"])
 
 
 def check_fits(plan: Plan) -> None:

@@ -113,7 +113,7 @@ class Embeddings:
 def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
     """The embedding column of a store table as a float32 ``(n, dim)`` matrix."""
     emb = table[schema.EMBEDDING].combine_chunks()
-    return emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+    return emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
 class EmbeddingStore:

@@ -42,7 +42,14 @@ SCRIPT = textwrap.dedent("""
     (work / "local").mkdir()
     for f in ("trained.faiss", "trained.json"):
         shutil.copy(work / "ray" / f, work / "local" / f)
+    # with the Ray tasks' thread count (Ray sets OMP_NUM_THREADS=1 for them): BLAS rounds a coarse
+    # assignment by how it splits the work, so a near-tied vector can take another list with 2 threads
+    # (measured at 1M x 64: one shard differed, every search result equal)
+    import faiss
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
     local = build_index(store, work / "local", cfg, use_ray=False)
+    faiss.omp_set_num_threads(threads)
 
     # a worker process killed while it adds: Ray retries the task
     killed = []
@@ -83,6 +90,10 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps({
         "workers": workers, "add_nodes": rep.add_nodes, "factory": rep.factory, "recall": rep.recall_at_10,
         "driver_growth_mb": growth, "same_files": files(work / "ray") == files(work / "local"),
+        "differs": [k for k, x, y in zip(("shards", "trained", "search_params"), files(work / "ray"),
+                                          files(work / "local")) if x != y],
+        "shard_files_differ": sorted(f for x, y in zip(files(work / "ray")[0], files(work / "local")[0])
+                                     for f in x if x[f] != y.get(f)),
         "same_search": same_search, "killed": killed, "chaos_same": files(work / "chaos") == files(work / "ray"),
         "done_before": done_before, "resumed": resumed.resumed_partitions, "partitions": resumed.partitions,
         "resumed_same": files(work / "resumed") == files(work / "ray"), "ntotal": rep.ntotal,

@@ -66,6 +66,10 @@ class IndexConfig:
                  (0.0 < self.target_recall <= 1.0, f"target_recall must be in (0, 1], got {self.target_recall}"))
 
 
+OOD_REFERENCE_ROWS = 10_000  # rows whose leave-one-out distances form a head's OOD reference (a constant
+# cost per head fit; here, not in genoray.heads, so the capacity plan reads it without importing scikit-learn)
+
+
 @config_class
 class HeadConfig:
     """The fused head: kNN vote + logistic regression + gradient-boosted trees.

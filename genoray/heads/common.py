@@ -7,6 +7,8 @@ import logging
 
 import numpy as np
 
+from genoray.config.stages import OOD_REFERENCE_ROWS  # noqa: F401  (re-exported: one source of truth)
+
 log = logging.getLogger(__name__)
 
 
@@ -121,9 +123,6 @@ def _stratified_split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np
         if len(members) >= 2:
             val[rng.choice(members, size=min(max(n_val, 1), len(members) - 1), replace=False)] = True
     return np.flatnonzero(~val), np.flatnonzero(val)
-
-
-OOD_REFERENCE_ROWS = 10_000  # rows whose leave-one-out distances form a head's OOD reference
 
 
 def stratified_sample(codes: np.ndarray, n_max: int, seed: int) -> np.ndarray:

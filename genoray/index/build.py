@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from genoray import fs
 from genoray.artifacts import read_json, sha256_file, write_json
@@ -55,6 +54,7 @@ from genoray.index.stages import (
     _pick_queries,
     _Ray,
     add_part,
+    count_split,
     exact_part,
     merge_shard,
     scan_part,
@@ -138,13 +138,8 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     ex: Any = (_Ray(fs.forwarded_env() if remote_store else None)) if use_ray else _Local()
 
     # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
-    counts = []
-    for p in store.manifest["parts"]:
-        if cfg.split is None:
-            counts.append(int(p["rows"]))
-        else:
-            col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
-            counts.append(int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
+    counts = [int(p["rows"]) if cfg.split is None else count_split(store_path, p["file"], cfg.split)
+              for p in store.manifest["parts"]]
     n = sum(counts)
     if n == 0:
         raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")

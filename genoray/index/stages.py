@@ -23,8 +23,10 @@ from genoray.index.core import (
     write_ids,
     write_without_quantizer,
 )
+from genoray.knn import merge_topk
 
-PARTITION_ROWS = 250_000  # rows per add task at most (bounds a worker's memory)
+PARTITION_ROWS = 250_000  # rows per add task at most (bounds its output files and its retry cost)
+BATCH_ROWS = 32_768  # rows a stage decodes at once: its working memory is O(BATCH_ROWS x dim), not O(partition)
 
 
 # ---------------------------------------------------------------- stage functions (run as tasks)
@@ -51,14 +53,35 @@ def _node_id() -> str:
     return "local"
 
 
-def _read_part(store_path: str, part: dict[str, Any], split: str | None, columns: list[str]) -> pa.Table:
-    """Rows ``offset .. offset + rows`` of the split in one store file."""
+def _split_batches(store_path: str, file: str, split: str | None, columns: list[str], offset: int = 0,
+                   rows: int | None = None):
+    """The split's rows ``offset .. offset + rows`` of one store file, streamed as tables of at
+    most :data:`BATCH_ROWS` rows (the file is never decoded whole)."""
     from genoray import fs
 
-    t = fs.read_table(fs.join(store_path, part["file"]), columns=columns + (["split"] if split is not None else []))
-    if split is not None:
-        t = t.filter(pc.fill_null(pc.equal(t["split"], split), False))
-    return t.slice(part.get("offset", 0), part["rows"])
+    cols = columns + (["split"] if split is not None and "split" not in columns else [])
+    pos, end = 0, offset + rows if rows is not None else None
+    for b in fs.iter_batches(fs.join(store_path, file), cols, BATCH_ROWS):
+        if end is not None and pos >= end:
+            break
+        t = pa.Table.from_batches([b])
+        if split is not None:
+            t = t.filter(pc.fill_null(pc.equal(t["split"], split), False))
+        lo, hi = max(offset - pos, 0), t.num_rows if end is None else min(end - pos, t.num_rows)
+        pos += t.num_rows
+        if hi > lo:
+            yield t.slice(lo, hi - lo)
+
+
+def count_split(store_path: str, file: str, split: str | None) -> int:
+    """Rows of ``split`` (all rows when None) in one store file, reading only its split column,
+    streamed (the driver of a build over many files keeps no column in memory)."""
+    from genoray import fs
+
+    n = 0
+    for b in fs.iter_batches(fs.join(store_path, file), ["split"], 8 * BATCH_ROWS):
+        n += b.num_rows if split is None else int(pc.sum(pc.equal(b.column(0), split)).as_py() or 0)
+    return n
 
 
 def _vectors(t: pa.Table, d: int) -> np.ndarray:
@@ -67,23 +90,47 @@ def _vectors(t: pa.Table, d: int) -> np.ndarray:
     return l2_normalize(vectors_of(t, d))
 
 
+class _Reservoir:
+    """A uniform sample without replacement of at most ``size`` rows of a stream (each row gets a
+    random key; the smallest keys are kept), so a partition need not be held to draw from it."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng = size, rng
+        self.keys = np.zeros(0)
+        self.rows: np.ndarray | None = None
+
+    def offer(self, x: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, self.rng.random(len(x))])
+        rows = x if self.rows is None else np.concatenate([self.rows, x])
+        keep = np.argsort(keys, kind="stable")[:self.size]
+        self.keys, self.rows = keys[keep], rows[keep]
+
+    def result(self, d: int) -> np.ndarray:
+        return np.zeros((0, d), np.float32) if self.rows is None else self.rows
+
+
 def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: float, n_queries: int,
               seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Count, training sample (Bernoulli ``rate``) and candidate queries of one partition."""
-    rng = np.random.default_rng(seed)
+    """Count, training sample (Bernoulli ``rate``) and candidate queries of one partition,
+    streamed :data:`BATCH_ROWS` rows at a time."""
     from genoray import fs
-
-    t = fs.read_table(fs.join(store_path, part_file), columns=["split", "embedding"])
-    inside = np.ones(t.num_rows, bool) if split is None else \
-        np.asarray(pc.fill_null(pc.equal(t["split"], split), False).to_numpy(zero_copy_only=False), bool)
     from genoray.store import vectors_of
 
-    vec = vectors_of(t, d)
-    vin, vout = vec[inside], vec[~inside]
-    sample = l2_normalize(vin[rng.random(len(vin)) < rate])
-    q_in = vin[rng.choice(len(vin), size=min(len(vin), n_queries), replace=False)]
-    q_out = vout[rng.choice(len(vout), size=min(len(vout), n_queries), replace=False)]
-    return {"rows": int(inside.sum()), "sample": len(sample)}, {"sample": sample, "q_in": q_in, "q_out": q_out}
+    rng = np.random.default_rng(seed)
+    rows, samples = 0, []
+    q_in, q_out = _Reservoir(n_queries, rng), _Reservoir(n_queries, rng)
+    for b in fs.iter_batches(fs.join(store_path, part_file), ["split", "embedding"], BATCH_ROWS):
+        t = pa.Table.from_batches([b])
+        inside = np.ones(t.num_rows, bool) if split is None else \
+            np.asarray(pc.fill_null(pc.equal(t["split"], split), False).to_numpy(zero_copy_only=False), bool)
+        vec = vectors_of(t, d)
+        vin = vec[inside]
+        rows += len(vin)
+        samples.append(l2_normalize(vin[rng.random(len(vin)) < rate]))
+        q_in.offer(vin)
+        q_out.offer(vec[~inside])
+    sample = np.concatenate(samples) if samples else np.zeros((0, d), np.float32)
+    return {"rows": rows, "sample": len(sample)}, {"sample": sample, "q_in": q_in.result(d), "q_out": q_out.result(d)}
 
 
 def train_template(factory: str, d: int, samples: list, use_gpu: bool, sharded: bool) -> tuple[np.ndarray, bool]:
@@ -118,27 +165,39 @@ def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, t
     out = Path(parts_dir)
     key = part["key"]
     (out / f"{key}.started").write_text(str(os.getpid()))
-    t = _read_part(store_path, part, split, ["seq_id", "label", "embedding"])
-    if t.num_rows != part["rows"]:
-        raise ValueError(f"{part['file']}: {t.num_rows} rows of the split, counted {part['rows']} (store changed?)")
-    vec = _vectors(t, d)
-    gids = np.arange(part["gid_start"], part["gid_start"] + t.num_rows, dtype=np.int64)
-    files = {}
     tmp = f".tmp{os.getpid()}"  # a retried or duplicate task never leaves a half-written file
-    if ivf:
-        index = faiss.deserialize_index(np.asarray(_resolve(template)))
-        if len(vec):
-            index.add_with_ids(vec, gids)
+    index = faiss.deserialize_index(np.asarray(_resolve(template))) if ivf else None
+    kept = None
+    if refine or not ivf:  # the vectors beside the codes (re-ranking) or instead of them (Flat)
+        kept = np.lib.format.open_memmap(out / f"{key}.vec.npy{tmp}", mode="w+", shape=(part["rows"], d),
+                                         dtype=np.float16 if refine else np.float32)
+    meta, pos = [], 0
+    for t in _split_batches(store_path, part["file"], split, ["seq_id", "label", "embedding"],
+                            part.get("offset", 0), part["rows"]):
+        vec = _vectors(t, d)
+        if index is not None:
+            index.add_with_ids(vec, np.arange(part["gid_start"] + pos, part["gid_start"] + pos + len(vec), dtype=np.int64))
+        if kept is not None:
+            kept[pos:pos + len(vec)] = vec
+        meta.append(t.select(["seq_id", "label"]))
+        pos += len(vec)
+    if pos != part["rows"]:
+        raise ValueError(f"{part['file']}: {pos} rows of the split, counted {part['rows']} (store changed?)")
+    files = {}
+    if index is not None:
         faiss.write_index(index, str(out / f"{key}.faiss{tmp}"))
         os.replace(out / f"{key}.faiss{tmp}", out / f"{key}.faiss")
         files[f"{key}.faiss"] = sha256_file(out / f"{key}.faiss")
         del index
-    if refine or not ivf:
-        with open(out / f"{key}.vec.npy{tmp}", "wb") as fh:
-            np.save(fh, vec.astype(np.float16 if refine else np.float32))
+    if kept is not None:
+        kept.flush()
+        del kept
         os.replace(out / f"{key}.vec.npy{tmp}", out / f"{key}.vec.npy")
         files[f"{key}.vec.npy"] = sha256_file(out / f"{key}.vec.npy")
-    pq.write_table(pa.table({"gid": pa.array(gids), "seq_id": t["seq_id"], "label": t["label"]}),
+    ids = pa.concat_tables(meta) if meta else pa.table({"seq_id": pa.array([], pa.string()),
+                                                        "label": pa.array([], pa.string())})
+    gids = pa.array(np.arange(part["gid_start"], part["gid_start"] + pos, dtype=np.int64))
+    pq.write_table(pa.table({"gid": gids, "seq_id": ids["seq_id"], "label": ids["label"]}),
                    out / f"{key}.ids.parquet{tmp}")
     os.replace(out / f"{key}.ids.parquet{tmp}", out / f"{key}.ids.parquet")
     files[f"{key}.ids.parquet"] = sha256_file(out / f"{key}.ids.parquet")
@@ -197,12 +256,14 @@ def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int,
                k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` (cosine) of ``queries`` among one partition's rows, as global ids."""
     faiss = _faiss()
-    t = _read_part(store_path, part, split, ["embedding"])
     q = l2_normalize(np.asarray(_resolve(queries)))
-    if t.num_rows == 0:
-        return np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64)
-    sims, top = faiss.knn(q, _vectors(t, d), min(k, t.num_rows), metric=faiss.METRIC_INNER_PRODUCT)
-    return sims, top + part["gid_start"]
+    best = (np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64))
+    pos = 0
+    for t in _split_batches(store_path, part["file"], split, ["embedding"], part.get("offset", 0), part["rows"]):
+        sims, top = faiss.knn(q, _vectors(t, d), min(k, t.num_rows), metric=faiss.METRIC_INNER_PRODUCT)
+        best = merge_topk([best[0], sims], [best[1], top + part["gid_start"] + pos], k)
+        pos += t.num_rows
+    return best
 
 
 def tune_index(out_dir: str, manifest: dict[str, Any], queries, truth, target: float,
