@@ -33,8 +33,8 @@ GB = 2**30
 
 PROCESS_BASE = 170 * MB        # python + numpy + pyarrow + faiss + genoray imported, measured
 RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
-RAY_DRIVER = 300 * MB          # the build's driver on Ray (imports + Ray client; it holds only summaries):
-                               # 295 / 301 MiB measured at 250k / 1M x 256
+RAY_DRIVER = 270 * MB          # the build's driver on Ray (imports + Ray client; it holds only summaries):
+                               # 223-323 MiB measured at 250k-1M x 256-350, flat in n
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
 BATCH_WORK = 7.0               # peak bytes per byte of one decoded batch (BATCH_ROWS rows: Arrow batch, split
