@@ -8,6 +8,8 @@ in this process (the code each Ray actor runs, without Ray's scheduling noise):
 * ``loop`` (before): read+clean a batch, then tokenize, then forward, one after the other;
   forward batches of ``--batch-size`` tiles sorted by length within each 1,024-record call.
 * ``budget``: the loop with token-budget batches (isolates the batching from the overlap).
+* ``prefetch`` / ``tokenize``: token-budget batches with only one of the two overlaps below
+  (reading ahead, or tokenizing ahead), to tell which one costs or gains.
 * ``overlapped`` (now): reading/cleaning runs ``prefetch_batches=2`` ahead on a thread, the
   next forward batch is tokenized on a thread during the current one, and forward batches are
   formed by a token budget (``--tokens-per-batch``) over length-sorted tiles.
@@ -45,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from _common import corpus
 
-VARIANTS = ("loop", "budget", "overlapped")
+VARIANTS = ("loop", "budget", "prefetch", "tokenize", "overlapped")
 
 
 def tile_lengths(lengths: list[int], tile_nt: int, overlap_nt: int) -> list[list[int]]:
@@ -81,7 +83,7 @@ def load_encoder(model: str, variant: str, batch_size: int, budget: int):
 
     enc = HFEncoder(HFConfig(model=model, trust_remote_code=True, batch_size=batch_size,
                              tokens_per_batch=0 if variant == "loop" else budget))
-    enc.tokenize_ahead = variant == "overlapped"
+    enc.tokenize_ahead = variant in ("overlapped", "tokenize")
     counts = {"real": 0, "padded": 0, "calls": 0, "forward_cpu": 0.0}
     forward = enc._run
 
@@ -114,7 +116,7 @@ def run(files, model: str, variant: str, batch_size: int, budget: int, work: Pat
     shutil.rmtree(out, ignore_errors=True)
     c0, t0 = cpu_seconds(), time.perf_counter()
     rep = embed_sequences(files, out, enc, use_ray=False,
-                          embed_cfg=EmbedConfig(prefetch_batches=2 if variant == "overlapped" else 0))
+                          embed_cfg=EmbedConfig(prefetch_batches=2 if variant in ("overlapped", "prefetch") else 0))
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     emb = EmbeddingStore(out).load(None)
     return {"seconds": seconds, "cpu": cpu, "written": rep.written, "vectors": emb.vectors[np.argsort(emb.ids)],
