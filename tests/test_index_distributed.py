@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent("""
     for f in ("trained.faiss", "trained.json"):
         shutil.copy(work / "ray" / f, work / "local" / f)
     # with the Ray tasks' thread count (Ray sets OMP_NUM_THREADS=1 for them): at 1M x 64 a 2-thread
-    # build put a few vectors in other lists (one shard differed, every search result equal; most likely
-    # thread-split float rounding of near-tied coarse assignments); a 1-thread build matched byte for byte
+    # build differed in one of two shards (every search result equal; most likely thread-split float
+    # rounding of near-tied coarse assignments); a 1-thread build matched byte for byte
     import faiss
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
