@@ -411,19 +411,21 @@ def store_sequences(store, ids) -> list[str] | None:
     return found if len(found) == len(ids) else None
 
 
-def fit_on_store(store, emb, cfg: OODConfig | None = None) -> OODScorer:
+def fit_on_store(store, emb, cfg: OODConfig | None = None, encoder=None) -> OODScorer:
     """Fit a scorer on the rows ``emb`` of an :class:`~genoray.store.EmbeddingStore`. The
     sequences for length matching are re-read from the store's source files (by id); when a
-    source is gone, the scorer is calibrated at the reference length only."""
+    source is gone, the scorer is calibrated at the reference length only. ``encoder``: a
+    zero-argument factory of the store's encoder (default: built from its spec), called only
+    when the sequences were read."""
     from genoray.encoders import encoder_from_spec
 
     cfg = cfg or OODConfig()
+    encoder = encoder or (lambda: encoder_from_spec(store.encoder_spec))
     keep = np.arange(len(emb.ids))
     cap = cfg.max_fit_rows + cfg.max_cal_rows
     if len(keep) > cap:  # the scorer never uses more rows: read and hold only these
         keep = np.sort(np.random.default_rng(cfg.seed + 2).choice(len(keep), size=cap, replace=False))
     seqs = store_sequences(store, emb.ids[keep])
-    encoder = encoder_from_spec(store.encoder_spec) if seqs is not None else None
-    scorer = OODScorer(cfg).fit(emb.vectors[keep], emb.labels[keep], seqs, encoder)
+    scorer = OODScorer(cfg).fit(emb.vectors[keep], emb.labels[keep], seqs, encoder() if seqs is not None else None)
     scorer.n_reference_ = len(emb.ids)
     return scorer

@@ -10,6 +10,7 @@ each row's own entry excluded. So time and memory grow with the index, not with 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -101,9 +102,11 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     from genoray.encoders import encoder_from_spec
     from genoray.ood import OODConfig, fit_on_store, store_sequences
 
+    # built once, on first use (a transformers model is loaded once for both the length calibration and the OOD fit)
+    encoder = functools.cache(lambda: encoder_from_spec(store.encoder_spec))
     # the length calibration re-reads the sequences of at most 2,000 validation rows (by id)
     head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids, sequences=lambda wanted: store_sequences(
-        store, wanted), encoder=lambda: encoder_from_spec(store.encoder_spec))
+        store, wanted), encoder=encoder)
     save_head(head, out_dir, encoder_fingerprint=store.fingerprint)
 
     # the per-query OOD score (ood.json + ood.npz), fitted on at most the rows the scorer uses
@@ -118,7 +121,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
         o_ids, o_labels, o_vecs = sample_rows(store, split, index.ids[pick], store.dim)
         ood_rows = Embeddings(o_ids, o_labels, np.full(len(o_ids), None, dtype=object),
                               np.full(len(o_ids), split, dtype=object), o_vecs)
-    scorer = fit_on_store(store, ood_rows, ood_cfg)
+    scorer = fit_on_store(store, ood_rows, ood_cfg, encoder=encoder)
     scorer.n_reference_ = int(index.ntotal)
     scorer.save(out_dir)
     log.info("train_head %s: %d rows (%d used), classes %s, head %s; %.1f s", out_dir, index.ntotal, len(ids),

@@ -53,6 +53,11 @@ def _node_id() -> str:
     return "local"
 
 
+def _in_split(t, split: str):
+    """Boolean mask of the rows of a table or batch whose ``split`` is ``split`` (null: not in it)."""
+    return pc.fill_null(pc.equal(t["split"], split), False)
+
+
 def _split_batches(store_path: str, file: str, split: str | None, columns: list[str], offset: int = 0,
                    rows: int | None = None):
     """The split's rows ``offset .. offset + rows`` of one store file, streamed as tables of at
@@ -66,7 +71,7 @@ def _split_batches(store_path: str, file: str, split: str | None, columns: list[
             break
         t = pa.Table.from_batches([b])
         if split is not None:
-            t = t.filter(pc.fill_null(pc.equal(t["split"], split), False))
+            t = t.filter(_in_split(t, split))
         lo, hi = max(offset - pos, 0), t.num_rows if end is None else min(end - pos, t.num_rows)
         pos += t.num_rows
         if hi > lo:
@@ -80,7 +85,7 @@ def count_split(store_path: str, file: str, split: str | None) -> int:
 
     n = 0
     for b in fs.iter_batches(fs.join(store_path, file), ["split"], 8 * BATCH_ROWS):
-        n += b.num_rows if split is None else int(pc.sum(pc.equal(b.column(0), split)).as_py() or 0)
+        n += b.num_rows if split is None else int(pc.sum(_in_split(b, split)).as_py() or 0)
     return n
 
 
@@ -122,7 +127,7 @@ def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: 
     for b in fs.iter_batches(fs.join(store_path, part_file), ["split", "embedding"], BATCH_ROWS):
         t = pa.Table.from_batches([b])
         inside = np.ones(t.num_rows, bool) if split is None else \
-            np.asarray(pc.fill_null(pc.equal(t["split"], split), False).to_numpy(zero_copy_only=False), bool)
+            np.asarray(_in_split(t, split).to_numpy(zero_copy_only=False), bool)
         vec = vectors_of(t, d)
         vin = vec[inside]
         rows += len(vin)
