@@ -149,7 +149,7 @@ def main() -> None:
             builds["baseline"] = run_build("baseline", work, args, baseline_tree(args.baseline_rev))
         for mode in [m for m in args.builds.split(",") if m]:
             builds[mode] = run_build(mode, work, args)
-        print(f"{args.n} x 256 (4-mer spectra of real-derived sequences); faiss kNN rate now "
+        print(f"{plan.n} x {plan.dim} (the store in {work}); faiss kNN rate now "
               f"{gflops:.1f} GFLOP/s per core; plan: {ix['factory']}, train sample {ix['train_sample']:,}")
         print(f"{'build':<10} {'factory':<14} {'recall':>6} {'time s':>7} {'plan s':>7} {'ratio':>6} "
               f"{'peak MiB':>9} {'plan MiB':>9} {'err':>6} {'worker MiB':>10} {'plan':>6} {'err':>6}")
@@ -162,6 +162,13 @@ def main() -> None:
                   f"{b['seconds'] / pred_s:>6.2f} {b['peak_rss_mb']:>9.0f} {pred_mb:>9.0f} "
                   f"{(pred_mb - b['peak_rss_mb']) / b['peak_rss_mb']:>+6.0%} {wk:>10.0f} {pw:>6.0f} "
                   f"{(pw - wk) / wk:>+6.0%}")
+        if "baseline" in builds:
+            bl = builds["baseline"]
+            for mode in [m for m in builds if m != "baseline"]:
+                peak = builds[mode]["peak_worker_rss_mb" if mode == "ray" else "peak_rss_mb"]
+                print(f"{mode} vs baseline ({args.baseline_rev}, one process, same run): time "
+                      f"x{builds[mode]['seconds'] / bl['seconds']:.2f}, peak RSS "
+                      f"{'of the largest worker ' if mode == 'ray' else ''}x{peak / bl['peak_rss_mb']:.2f}")
         print("(time ratio = measured / predicted; err = (predicted - measured) / measured; "
               "ray: driver peak RSS in 'peak MiB', largest task worker's peak in 'worker MiB')")
         print(json.dumps({"n": args.n, "gflops_per_core": gflops, "builds": builds,
