@@ -5,21 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-T = TypeVar("T")
+from genoray.infra.documents import record
 
-# pydantic reads this attribute of a dataclass when it validates one: refuse unknown keys
-_PYDANTIC_CONFIG = {"extra": "forbid"}
+T = TypeVar("T")
 
 
 @typing.dataclass_transform(frozen_default=True)
 def config_class(cls: type[T]) -> type[T]:
-    """``@dataclass(frozen=True)`` plus pydantic's ``extra="forbid"`` (unknown keys refused by :func:`parse`)."""
-    cls = dataclass(frozen=True)(cls)
-    cls.__pydantic_config__ = _PYDANTIC_CONFIG  # type: ignore[attr-defined]
-    return cls
+    """``@dataclass(frozen=True)`` that :func:`parse` validates with unknown keys refused: the
+    same record as every artifact document (:func:`genoray.infra.documents.record`)."""
+    return record(cls)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -52,11 +49,6 @@ def parse(cls: type[T], data: Any) -> T:
             parts.append(f"{loc}: {msg}" if loc else msg)
         text = "; ".join(parts)
         raise ValueError(text if text.startswith(cls.__name__ + ":") else f"{cls.__name__}: {text}") from None
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Alias of :func:`parse` (kept for callers of the old name)."""
-    return parse(cls, data)
 
 
 @functools.cache

@@ -1,10 +1,28 @@
-"""Encoder and embedding-job settings: k-mer, positional and transformers encoders; the embed job."""
+"""Encoder and embedding-job settings: which encoder (:class:`EncoderChoice`), the k-mer,
+positional and transformers encoders, and the embedding job (:class:`EmbedConfig`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from genoray.config.base import config_class, validate
+
+
+@config_class
+class EncoderChoice:
+    """Which encoder embeds the sequences (:func:`genoray.encoders.encoder_from_name`).
+
+    Attributes:
+        encoder: ``kmer`` (k-mer spectrum + GC + z-curve), ``kmer-pos`` (adds position-aware
+            features for fixed-window tasks), ``hf:<hub id or local model dir>``, or
+            ``hf:<model>+kmer`` / ``hf:<model>+kmer-pos`` (the model's vector joined with the
+            k-mer one); ``genoray quickstart`` also takes ``both`` (kmer and kmer-pos side by side).
+    """
+
+    encoder: str = "kmer"
+
+    def __post_init__(self) -> None:
+        validate(self, (bool(self.encoder), "encoder must name an encoder"))
 
 
 @config_class
@@ -115,7 +133,7 @@ class HFConfig:
 
 @config_class
 class EmbedConfig:
-    """Execution of the embedding job (see :mod:`genoray.embed`).
+    """Execution of the embedding job (see :mod:`genoray.embedding.job`).
 
     Attributes:
         batch_size: records per encoder call.

@@ -1,11 +1,17 @@
-"""Reading and cleaning settings: :class:`CleanPolicy`, :class:`ReadConfig`."""
+"""Reading and cleaning settings: :class:`CleanPolicy`, :class:`ReadConfig`, and the split
+names every stage defaults to (:data:`TRAIN`, :data:`TEST`)."""
 
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Any, Literal
 
 from genoray.config.base import config_class, validate
+
+TRAIN = "train"  #: the default name of the split encoders, indexes and heads are fitted on
+TEST = "test"  #: the default name of the held-out split evaluations and gates score
+#: field metadata of an optional split name: ``all`` on the command line means ``None``, every row
+ALL: dict[str, Any] = {"none": ("all",), "none_help": "every row"}
 
 
 @config_class
@@ -62,11 +68,14 @@ class ReadConfig:
         label_key / domain_key / split_key: FASTA/FASTQ header tags ``key=value``.
         batch_size: records per Arrow batch.
         clean: the cleaning policy.
+        train_split: the training split: what an encoder that needs fitting is fitted on
+            (``None``, on the command line ``all``: every row), and the name ``test_fraction``
+            gives the rest.
+        test_split: the held-out split, and the name ``test_fraction`` gives the held-out part.
         test_fraction: records without a split (no split column or tag) get one: this fraction
             of each label becomes the test split, the rest the train split (stratified, seeded,
-            decided per record id; see :mod:`genoray.splits`). 0 leaves them without a split.
+            decided per record id; see :mod:`genoray.sequences.splits`). 0 leaves them without a split.
         split_seed: seed of that assignment.
-        split_names: names of the (train, test) splits it assigns.
         split_cutoffs: per-label hash thresholds of the assignment; filled by
             ``embed_sequences`` from a pass over the input (leave empty).
     """
@@ -81,12 +90,18 @@ class ReadConfig:
     split_key: str = "split"
     batch_size: int = 8192
     clean: CleanPolicy = field(default_factory=CleanPolicy)
+    train_split: str | None = field(default=TRAIN, metadata=ALL)
+    test_split: str | None = field(default=TEST, metadata=ALL)
     test_fraction: float = 0.0
     split_seed: int = 0
-    split_names: tuple[str, str] = ("train", "test")
     split_cutoffs: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         validate(self, (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
                  (0.0 <= self.test_fraction < 1.0, f"test_fraction must be in [0, 1), got {self.test_fraction}"),
-                 (len(set(self.split_names)) == 2, f"split_names must be two different names, got {self.split_names}"))
+                 (len(set(self.split_names)) == 2, f"the train and test splits must differ, got {self.split_names}"))
+
+    @property
+    def split_names(self) -> tuple[str, str]:
+        """The (train, test) names ``test_fraction`` assigns (``all`` leaves the defaults)."""
+        return self.train_split or TRAIN, self.test_split or TEST

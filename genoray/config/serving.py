@@ -1,4 +1,5 @@
-"""HTTP service settings: request limits and the Ray Serve deployment."""
+"""Settings of the predictor's outputs: batch prediction (:class:`PredictConfig`), publishing a
+bundle (:class:`PublishConfig`), and the HTTP service (:class:`ServeConfig`, :class:`ServiceLimits`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,51 @@ from genoray.config.base import config_class, validate
 
 
 @config_class
+class PredictConfig:
+    """Batch prediction (``genoray predict``).
+
+    Attributes:
+        k: neighbours returned per prediction (``None``: the head's k).
+        format: ``jsonl``: one JSON object per query; ``tsv``: one row per query, probabilities
+            as ``p_<class>`` columns, neighbours as ``id:label:similarity;...``; ``parquet``: the
+            same columns, neighbours as a list of structs.
+        with_sequences: give each neighbour its sequence and metadata, read again from the source
+            files of the store the index was built from (predictions are held until then).
+    """
+
+    k: int | None = None
+    format: Literal["jsonl", "tsv", "parquet"] = "jsonl"
+    with_sequences: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self, (self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}"))
+
+
+@config_class
+class PublishConfig:
+    """How a new bundle version is laid out for serving (``genoray publish``).
+
+    Attributes:
+        shard_groups: split the index's shards into this many groups: ``genoray serve`` then runs
+            one searcher deployment per group and gathers their answers (``None``: one group,
+            every replica holds the whole index).
+        group_memory_mb: instead of ``shard_groups``: the fewest groups whose searcher replica
+            fits this much memory.
+    """
+
+    shard_groups: int | None = None
+    group_memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        validate(self, (self.shard_groups is None or self.shard_groups >= 1, "shard_groups must be >= 1"),
+                 (self.group_memory_mb is None or self.group_memory_mb > 0, "group_memory_mb must be > 0"),
+                 (self.shard_groups is None or self.group_memory_mb is None,
+                  "give shard_groups or group_memory_mb, not both"))
+
+
+@config_class
 class ServiceLimits:
-    """Request limits of the HTTP API (:mod:`genoray.service`).
+    """Request limits of the HTTP API (:mod:`genoray.serving.service`).
 
     Attributes:
         max_body_bytes: largest request body (413 beyond).
@@ -38,7 +82,7 @@ class ServiceLimits:
 
 @config_class
 class ServeConfig:
-    """Service settings (CLI: ``genoray serve --help``; see :mod:`genoray.serve`).
+    """Service settings (CLI: ``genoray serve --help``; see :mod:`genoray.serving.app`).
 
     Attributes:
         root: bundle root (the directory holding ``CURRENT`` and ``versions/``).
@@ -57,13 +101,13 @@ class ServeConfig:
         max_batch_size / batch_wait_timeout_s: dynamic batching. The default wait 0 batches
             only what is already queued: no wait when a replica is idle, and batches grow with
             the load (requests arriving during a batch form the next one).
-        poll_s: how often replicas check ``CURRENT``.
+        poll_s: how often replicas check ``CURRENT`` (and refresh their lease on the version they serve).
         num_cpus: logical CPUs per model replica (fractional on small hosts).
         mmap: replicas memory-map the index files and id tables (replicas on a node share one
             copy in the page cache) instead of reading them into their own memory.
         replica_memory_mb: memory each replica that holds a bundle declares to Ray, so Ray
             never packs more of them on a node than fit; 0 = estimated from the ``CURRENT``
-            bundle's files (:mod:`genoray.replica_memory`).
+            bundle's files (:mod:`genoray.serving.replica_memory`).
         upscale_delay_s / downscale_delay_s: autoscaling delays.
         ingress_replicas / ingress_num_cpus / ingress_max_ongoing_requests: the HTTP ingress
             (auth and validation only; light). ``ingress="proxy"`` only.
@@ -76,8 +120,8 @@ class ServeConfig:
             run-to-run noise in bench_serve).
         ingress: ``"auto"`` (default: ``"haproxy"``, or ``"proxy"`` when the published bundle
             has shard groups), ``"haproxy"`` (HAProxy -> API-and-model replicas; see
-            :mod:`genoray.serve`) or ``"proxy"`` (Serve's Python proxy -> ingress -> model
-            replicas; the topology that serves shard groups). ``"haproxy"`` needs ``genoray.serve.haproxy_env()`` in the environment of
+            :mod:`genoray.serving.app`) or ``"proxy"`` (Serve's Python proxy -> ingress -> model
+            replicas; the topology that serves shard groups). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
     """

@@ -34,6 +34,7 @@ class Progress:
         self.t0 = self.last = time.monotonic()
 
     def update(self, records: int, units: int = 1) -> None:
+        """Count ``units`` more finished units of ``records`` records; print a line when due."""
         self.units += units
         self.records += records
         now = time.monotonic()
@@ -42,6 +43,7 @@ class Progress:
             print(self.line(now), file=self.stream, flush=True)
 
     def line(self, now: float | None = None) -> str:
+        """The progress line: units, records, rate, elapsed time and ETA."""
         elapsed = max((now or time.monotonic()) - self.t0, 1e-9)
         rate = self.records / elapsed
         eta_s = _duration(elapsed * (self.total - self.units) / self.units) if self.units else "?"

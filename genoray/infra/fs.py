@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -156,12 +157,27 @@ def read_json(uri: str | os.PathLike) -> Any:
     return json.loads(read_bytes(uri))
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a local file: a temp file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     """Write a file atomically: local temp file + ``os.replace``; remote one PUT (atomic for
     readers: they see the old object, or none, or the new one)."""
     if not is_remote(uri):
-        from genoray.artifacts import atomic_write_bytes
-
         atomic_write_bytes(as_path(uri), data)
         return
     fs, path = resolve(uri)
@@ -354,12 +370,37 @@ def local_copy(uri: str | os.PathLike, kind: str, manifest: str) -> Path:
     return dst
 
 
+def sync_dir(uri: str | os.PathLike) -> None:
+    """Make the renames and replacements in a local directory durable (fsync the directory);
+    nothing to do on object storage, where a completed PUT is durable."""
+    if is_remote(uri):
+        return
+    fd = os.open(as_path(uri), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_dir(stage: str | os.PathLike, dest: str | os.PathLike, last: Iterable[str] = ()) -> None:
+    """Make a finished local directory ``stage`` appear whole at ``dest``, which must not exist:
+    a rename on the same local file system (atomic), or for object storage an upload with the
+    relative paths in ``last`` (the documents that list the others) put last."""
+    if is_remote(dest):
+        if list_files(dest):
+            raise FileExistsError(f"{dest}: already exists; artifacts are never rewritten")
+        upload_dir(stage, dest, last=last)
+        return
+    final = Path(as_path(dest))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(stage, final)  # refuses a non-empty target
+    sync_dir(final.parent)  # the rename is durable once the parent directory is
+
+
 def publish_dir(out: str | os.PathLike, manifest: str, build) -> Any:
     """Run ``build(local_dir)`` and, when ``out`` is remote, upload the directory it wrote with
     ``manifest`` last (a reader that sees the manifest sees every file it lists). Refuses a
     remote ``out`` that already holds ``manifest`` (artifacts are never edited in place)."""
-    import tempfile
-
     if not is_remote(out):
         return build(Path(as_path(out)))
     if is_file(join(out, manifest)):
