@@ -10,7 +10,7 @@ CPU-only hosts so the read stage is never starved; one GPU per actor when the cl
 GPUs and the encoder is a transformers model). Each actor streams its unit through
 read -> clean -> embed -> Parquet and commits it atomically::
 
-    shards/<key>.parquet          embeddings (genoray.schema.embedding_schema)
+    shards/<key>.parquet          embeddings (genoray.sequences.records.embedding_schema)
     shards/<key>.rejects.parquet  every rejected record: path, record, seq_id, reason
     shards/<key>.done.json        counts + sha256; written last, so it marks a finished unit
 
@@ -25,92 +25,41 @@ shards; readers never glob.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
-from genoray import fs, schema
-from genoray.artifacts import sha256_json
 from genoray.config import EmbedConfig, ReadConfig
-from genoray.encoders import Encoder, encoder_from_spec, fingerprint
-from genoray.errors import InvariantError
-from genoray.progress import Progress
-from genoray.runtime import prefetch, tune_allocator
-from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units
-from genoray.store import (
-    ENCODER_FILE,
-    FORMAT_VERSION,
-    ShardWriter,
+from genoray.embedding.pool import run_on_ray
+from genoray.embedding.shards import SHARDS, UnitFailure, UnitMarker, collect_garbage, shard_is_done
+from genoray.embedding.store import (
+    SEQ_ID,
+    EncoderRecord,
+    StoreCounts,
     StoreManifest,
-    collect_garbage,
-    part_entry,
-    shard_is_done,
+    read_encoder_record,
+    write_encoder_record,
     write_manifest,
 )
+from genoray.embedding.unit import process_unit
+from genoray.encoders import Encoder, encoder_from_spec, fingerprint
+from genoray.infra import fs
+from genoray.infra.artifacts import sha256_json
+from genoray.infra.errors import InvariantError
+from genoray.infra.progress import Progress
+from genoray.infra.runtime import tune_allocator
+from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units, with_split_cutoffs
+from genoray.sequences.records import SEQUENCE, SPLIT
 
 log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
-TORCH_ENCODERS = ("hf", "fusion")  # encoder spec types that run a transformers model
-
-
-def embed_table(encoder: Encoder, batch: pa.Table | pa.RecordBatch) -> pa.Table:
-    """Embed one Arrow batch of records; returns store rows (no sequence column)."""
-    seqs = batch.column(schema.SEQUENCE).to_pylist()
-    vecs = np.ascontiguousarray(encoder.embed(seqs), dtype=np.float32)
-    hashes = [hashlib.sha1(s.encode()).hexdigest() for s in seqs]
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), vecs.shape[1])
-    return pa.table({
-        schema.SEQ_ID: batch.column(schema.SEQ_ID),
-        schema.LABEL: batch.column(schema.LABEL),
-        schema.DOMAIN: batch.column(schema.DOMAIN),
-        schema.SPLIT: batch.column(schema.SPLIT),
-        schema.SEQ_HASH: pa.array(hashes, pa.string()),
-        schema.EMBEDDING: emb,
-    })
-
-
-# -- one unit ---------------------------------------------------------------------------
-def _ray_node_id() -> str | None:
-    """The Ray node this unit ran on (None outside Ray): provenance for node-loss analysis."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
-
-
-def process_unit(unit: dict[str, Any], encoder: Encoder, read_cfg: ReadConfig, shard_dir: str | Path,
-                 batch_size: int, prefetch_batches: int = 0) -> dict[str, Any]:
-    """Read, clean, embed and commit one unit. Never raises for bad input: returns a summary
-    with ``status`` ``"done"`` or ``"failed"`` (file, record and reason in ``error``)."""
-    key = unit["key"]
-    report = ReadReport(max_examples=None)
-    shard = ShardWriter(shard_dir, key, encoder.dim)
-    t0, started = time.perf_counter(), time.time()
-    try:
-        cfg = dataclasses.replace(read_cfg, batch_size=batch_size)
-        for batch in prefetch(iter_file(unit["path"], cfg, report, set(), unit["row_groups"], unit["first_record"],
-                                        unit.get("byte_range")), prefetch_batches):
-            shard.write(embed_table(encoder, batch))
-        shard.close()
-    except SequenceFormatError as e:
-        shard.abort()
-        return {"key": key, "path": unit["path"], "status": "failed", "error": str(e)}
-    report.check()
-    return shard.commit(report, {
-        "key": key, "path": unit["path"], "row_groups": unit["row_groups"], "byte_range": unit.get("byte_range"),
-        "status": "done", "started_at": round(started, 3), "seconds": round(time.perf_counter() - t0, 3),
-        "worker_pid": os.getpid(), "node": os.uname().nodename, "ray_node": _ray_node_id(),
-    }, where=unit["path"])
 
 
 # -- the job ----------------------------------------------------------------------------
@@ -129,7 +78,7 @@ class EmbedReport:
     written: int
     units: int
     skipped: int
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     windowed: int = 0
     windows: int = 0
@@ -164,9 +113,9 @@ def _fit_sample(files: list, read_cfg: ReadConfig, fit_split: str | None) -> lis
     for f in files:
         try:
             for batch in iter_file(f, read_cfg, ReadReport(), set()):
-                splits = batch.column(schema.SPLIT).to_pylist()
+                splits = batch.column(SPLIT).to_pylist()
                 found.update(splits)
-                for s, sp in zip(batch.column(schema.SEQUENCE).to_pylist(), splits):
+                for s, sp in zip(batch.column(SEQUENCE).to_pylist(), splits):
                     if fit_split is not None and sp == fit_split and len(in_split) < FIT_SAMPLE:
                         in_split.append(s)
                     if len(any_split) < FIT_SAMPLE:
@@ -183,22 +132,21 @@ def _fit_sample(files: list, read_cfg: ReadConfig, fit_split: str | None) -> lis
     return in_split or any_split
 
 
-def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: ReadConfig,
-                     fit_split: str | None) -> Encoder:
-    """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it."""
-    enc_file = fs.join(out, ENCODER_FILE)
+def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: ReadConfig) -> Encoder:
+    """Reuse the encoder fitted by an earlier (interrupted) run of this store, else fit it on
+    the training split (``read_cfg.train_split``)."""
     requested = encoder.spec()
-    if fs.is_file(enc_file):
-        saved = fs.read_json(enc_file)
-        if sha256_json(saved["requested"]) != sha256_json(requested):
+    saved = read_encoder_record(out)
+    if saved is not None:
+        if sha256_json(saved.requested) != sha256_json(requested):
             raise ValueError(f"{out}: this store was started with another encoder "
-                             f"({sha256_json(saved['requested'])[:16]} vs {sha256_json(requested)[:16]}); "
+                             f"({sha256_json(saved.requested)[:16]} vs {sha256_json(requested)[:16]}); "
                              "use a new output directory")
-        return encoder_from_spec(saved["fitted"])
+        return encoder_from_spec(saved.fitted)
     if getattr(encoder, "needs_fit", False):
-        encoder.fit(_fit_sample(files, read_cfg, fit_split))  # type: ignore[attr-defined]
-    fs.write_json(enc_file, {"requested": requested, "fitted": encoder.spec(),
-                          "fit_info": getattr(encoder, "fit_info_", None)})
+        encoder.fit(_fit_sample(files, read_cfg, read_cfg.train_split))  # type: ignore[attr-defined]
+    write_encoder_record(out, EncoderRecord(requested=requested, fitted=encoder.spec(),
+                                            fit_info=getattr(encoder, "fit_info_", None)))
     return encoder
 
 
@@ -208,7 +156,6 @@ def embed_sequences(
     encoder: Encoder,
     read_cfg: ReadConfig | None = None,
     embed_cfg: EmbedConfig | None = None,
-    fit_split: str | None = "train",
     use_ray: bool = True,
 ) -> EmbedReport:
     """Embed sequence files into a store; resumable and idempotent (see the module docstring).
@@ -218,8 +165,9 @@ def embed_sequences(
         out_dir: store directory (local, ``s3://`` or ``gs://``). Rerunning into the same directory with the same encoder
             skips finished units; a different encoder is refused.
         encoder: any :class:`~genoray.encoders.Encoder`; one that needs fitting (a
-            position-aware k-mer encoder) is fitted on up to 100k ``fit_split`` sequences.
-        read_cfg / embed_cfg: reading/cleaning and execution settings.
+            position-aware k-mer encoder) is fitted on up to 100k sequences of the training
+            split (``read_cfg.train_split``).
+        read_cfg / embed_cfg: reading/cleaning (and split names) and execution settings.
         use_ray: ``False`` runs the units in this process (same code path, no cluster).
             Either way the embedding processes get :func:`tune_allocator` (glibc malloc
             thresholds), which changes this process's allocator settings when ``False``.
@@ -233,17 +181,15 @@ def embed_sequences(
     embed_cfg = embed_cfg or EmbedConfig()
     t0 = time.perf_counter()
     out = fs.as_path(out_dir)
-    shard_dir = fs.as_path(fs.join(out, "shards"))
+    shard_dir = fs.as_path(fs.join(out, SHARDS))
     fs.makedirs(shard_dir)
     files = expand_inputs(inputs)
     if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
-        from genoray.splits import with_cutoffs
-
-        read_cfg = with_cutoffs(read_cfg, files)
-    encoder = _resolve_encoder(encoder, out, files, read_cfg, fit_split)
+        read_cfg = with_split_cutoffs(read_cfg, files)
+    encoder = _resolve_encoder(encoder, out, files, read_cfg)
     spec, fp = encoder.spec(), fingerprint(encoder)
     units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, UnitMarker] = {}
     pending = []
     for u in units:
         d = shard_is_done(shard_dir, u["key"])
@@ -253,54 +199,54 @@ def embed_sequences(
             pending.append(u)
     skipped = len(done)
     t1 = time.perf_counter()
-    failed: list[dict[str, Any]] = []
+    failed: list[UnitFailure] = []
     if pending:
         if use_ray:
-            from genoray.embed_pool import run_on_ray
-
-            summaries = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
+            results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
         else:
             tune_allocator()
-            summaries = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
-                         for u in pending)
+            results = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
+                       for u in pending)
         progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
-        for s in summaries:
-            progress.update(s.get("rows", 0))
-            if s["status"] == "done":
-                done[s["key"]] = s
+        for r in results:
+            if isinstance(r, UnitMarker):
+                progress.update(r.rows)
+                done[r.key] = r
             else:
-                failed.append(s)
-                log.error("unit failed: %s", s["error"])
+                progress.update(0)
+                failed.append(r)
+                log.error("unit failed: %s", r.error)
                 if embed_cfg.on_error == "fail":
-                    raise SequenceFormatError(s["path"], None, s["error"])
+                    raise SequenceFormatError(r.path, None, r.error)
     t2 = time.perf_counter()
     committed = [done[u["key"]] for u in units if u["key"] in done]
     _check_unique_ids(shard_dir, committed)
-    status = "complete" if not failed else "partial"
+    status: Literal["complete", "partial"] = "complete" if not failed else "partial"
     rejected: Counter = Counter()
     windows_rejected: Counter = Counter()
     for d in committed:
-        rejected.update(d["rejected_by_reason"])
-        windows_rejected.update(d.get("windows_rejected_by_reason", {}))
+        rejected.update(d.rejected_by_reason)
+        windows_rejected.update(d.windows_rejected_by_reason)
     report = EmbedReport(
         store=str(out), fingerprint=fp, status=status,
-        read=sum(d["read"] for d in committed), accepted=sum(d["accepted"] for d in committed),
-        rejected=rejected, written=sum(d["rows"] for d in committed), units=len(units), skipped=skipped,
-        failed=[{"path": f["path"], "error": f["error"]} for f in failed],
+        read=sum(d.read for d in committed), accepted=sum(d.accepted for d in committed),
+        rejected=rejected, written=sum(d.rows for d in committed), units=len(units), skipped=skipped,
+        failed=[{"path": f.path, "error": f.error} for f in failed],
         seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3)},
-        windowed=sum(d.get("windowed", 0) for d in committed), windows=sum(d.get("windows", 0) for d in committed),
+        windowed=sum(d.windowed for d in committed), windows=sum(d.windows for d in committed),
         windows_rejected=windows_rejected,
     )
     if (report.read != report.accepted + sum(rejected.values())
             or report.written != report.accepted - report.windowed + report.windows):
         raise InvariantError(f"record counts do not add up: {report.to_dict()}")
-    counts = {k: v for k, v in report.to_dict().items()
-              if k in ("read", "accepted", "rejected", "rejected_by_reason", "written", "windowed", "windows")}
+    counts = StoreCounts(read=report.read, accepted=report.accepted, rejected=sum(rejected.values()),
+                         written=report.written, rejected_by_reason=dict(sorted(rejected.items())),
+                         windowed=report.windowed or None, windows=report.windows if report.windowed else None)
     write_manifest(out, StoreManifest(
-        format_version=FORMAT_VERSION, encoder=spec, fingerprint=fp, dim=encoder.dim, status=report.status,
-        rows=report.written, counts=counts, failed=report.failed, parts=[part_entry(d) for d in committed],
-        clean=read_cfg.clean))
-    collect_garbage(shard_dir, {d["key"] for d in committed})
+        format_version=StoreManifest.FORMAT_VERSION, encoder=spec, fingerprint=fp, dim=encoder.dim, status=status,
+        rows=report.written, counts=counts, failed=tuple(f.failed() for f in failed),
+        parts=tuple(d.part() for d in committed), clean=read_cfg.clean))
+    collect_garbage(shard_dir, {d.key for d in committed})
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     log.info("embed %s: %s, read %d, accepted %d, rejected %d, written %d; units %d (skipped %d, failed %d); %.1f s",
              out, report.status, report.read, report.accepted, sum(rejected.values()), report.written, report.units,
@@ -313,12 +259,12 @@ def _id_hashes(ids: list[str]) -> np.ndarray:
                     dtype=np.uint64)
 
 
-def _check_unique_ids(shard_dir: str | Path, committed: list[dict[str, Any]]) -> None:
+def _check_unique_ids(shard_dir: str | Path, committed: list[UnitMarker]) -> None:
     if len(committed) < 2:
         return  # ids are unique within a unit by construction
     parts, owners = [], []
     for i, d in enumerate(committed):
-        ids = fs.read_table(fs.join(shard_dir, d["file"]), columns=[schema.SEQ_ID])[schema.SEQ_ID].to_pylist()
+        ids = fs.read_table(fs.join(shard_dir, d.file), columns=[SEQ_ID])[SEQ_ID].to_pylist()
         parts.append(_id_hashes(ids))
         owners.append(np.full(len(ids), i, dtype=np.int32))
     h = np.concatenate(parts)
@@ -327,7 +273,7 @@ def _check_unique_ids(shard_dir: str | Path, committed: list[dict[str, Any]]) ->
     order = np.argsort(h, kind="stable")
     dup = np.flatnonzero(h[order][1:] == h[order][:-1])
     if len(dup):
-        files = sorted({committed[int(np.concatenate(owners)[order][j])]["path"] for j in np.r_[dup, dup + 1]})
+        files = sorted({committed[int(np.concatenate(owners)[order][j])].path for j in np.r_[dup, dup + 1]})
         raise DuplicateIdError(f"{len(dup)} seq_id(s) occur in more than one input unit; files involved: {files[:10]}")
 
 

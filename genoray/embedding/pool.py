@@ -1,5 +1,5 @@
 """The Ray side of the embedding job: an actor pool (``EmbedUnits``, one encoder per actor)
-that runs whole units through :func:`genoray.embed.process_unit` on Ray Data.
+that runs whole units through :func:`genoray.embedding.unit.process_unit` on Ray Data.
 
 Fractional CPUs on CPU-only hosts (an actor pool of N x 1 CPU on N cores deadlocks the read
 stage), one GPU per actor for transformers encoders when the cluster has GPUs (refused on a
@@ -10,16 +10,19 @@ hashed once per job by the driver and handed to the actors.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genoray import fs
-from genoray.config import EmbedConfig, ReadConfig, to_dict
-from genoray.embed import TORCH_ENCODERS, process_unit
+from genoray.config import EmbedConfig, ReadConfig, parse, to_dict
+from genoray.embedding.shards import UnitFailure, UnitMarker, unit_json, unit_result
+from genoray.embedding.unit import TORCH_ENCODERS, process_unit
 from genoray.encoders import encoder_from_spec
-from genoray.runtime import init_ray, tune_allocator
+from genoray.encoders.hf import trust_weights_hint, weights_hint
+from genoray.infra import fs
+from genoray.infra.runtime import init_ray, tune_allocator
 
 
 class EmbedUnits:
@@ -27,36 +30,32 @@ class EmbedUnits:
 
     def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
                  torch_threads: int = 1, prefetch_batches: int = 0, weights_hints: list | None = None):
-        from genoray.config import from_dict
-
         tune_allocator()
         if encoder_spec.get("type") in TORCH_ENCODERS:  # torch is only imported for transformers encoders
             import torch
 
             torch.set_num_threads(max(1, torch_threads))
-            from genoray.encoders.hf import trust_weights_hint
-
             for hint in weights_hints or []:  # weights hashed once per job, by the driver
                 trust_weights_hint(hint)
         self.encoder = encoder_from_spec(encoder_spec)
-        self.read_cfg = from_dict(ReadConfig, read_cfg)
+        self.read_cfg = parse(ReadConfig, read_cfg)
         self.shard_dir = fs.as_path(shard_dir)
         self.batch_size = batch_size
         self.prefetch_batches = prefetch_batches
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
-        for unit_json in batch["unit"]:
-            unit = json.loads(unit_json)
-            out.append(json.dumps(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir, self.batch_size,
-                                                   self.prefetch_batches)))
+        for unit_text in batch["unit"]:
+            unit = json.loads(unit_text)
+            out.append(json.dumps(unit_json(process_unit(unit, self.encoder, self.read_cfg, self.shard_dir,
+                                                         self.batch_size, self.prefetch_batches))))
         return {"summary": np.array(out, dtype=object)}
 
 
 def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: ReadConfig, shard_dir: str | Path,
-                cfg: EmbedConfig):
+                cfg: EmbedConfig) -> Iterator[UnitMarker | UnitFailure]:
     """Run ``pending`` units on a Ray Data actor pool (one encoder load per actor); yields each
-    unit's summary as it commits."""
+    unit's result as it commits."""
     import ray
     import ray.data
 
@@ -102,14 +101,13 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
         **remote_kw,
     )
     for row in ds.iter_rows():
-        yield json.loads(row["summary"])
+        yield unit_result(json.loads(row["summary"]))
 
 
 def _weights_hints(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Digests of the local model weights the driver already hashed (see ``trust_weights_hint``)."""
     if spec["type"] not in TORCH_ENCODERS:
         return []
-    from genoray.encoders.hf import weights_hint
 
     models = [spec] if spec["type"] == "hf" else [spec["model"]]
     hints = [weights_hint(m["config"]["model"]) for m in models if m.get("type") == "hf"]

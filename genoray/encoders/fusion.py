@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from genoray.encoders.base import fingerprint
+
 VERSION = 1
 FIT_SAMPLE = 2000
 
@@ -110,20 +112,19 @@ class FusionEncoder:
                 "norms": self.norms}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> FusionEncoder:
-        """Rebuild from :meth:`spec` (the model weights are verified by its own spec)."""
-        from genoray.encoders import encoder_from_spec
-
+    def from_spec(cls, spec: dict[str, Any], model, kmer) -> FusionEncoder:
+        """Rebuild from :meth:`spec` with its parts already rebuilt from ``spec["model"]`` and
+        ``spec["kmer"]`` (:func:`genoray.encoders.encoder_from_spec` does; the model's own spec
+        verifies its weights)."""
         if spec.get("type") != "fusion" or spec.get("version") != VERSION:
             raise ValueError(f"not a supported fusion encoder spec: {spec.get('type')!r} v{spec.get('version')}")
-        enc = cls(encoder_from_spec(spec["model"]), encoder_from_spec(spec["kmer"]), spec.get("norms"))
+        enc = cls(model, kmer, spec.get("norms"))
         if enc.norms is not None and [n["block"] for n in enc.norms] != [b[0] for b in enc.blocks()]:
             raise ValueError("fusion spec: fitted blocks do not match the encoders' blocks")
         return enc
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
-        from genoray.encoders import fingerprint
+        """Stable id of this encoder (see :func:`genoray.encoders.base.fingerprint`)."""
 
         return fingerprint(self)

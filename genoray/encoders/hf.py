@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from genoray.config import HFConfig, from_dict, to_dict
-from genoray.dna import reverse_complement, tile
+from genoray.config import HFConfig, parse, to_dict
+from genoray.encoders.base import fingerprint
+from genoray.infra.artifacts import sha256_file
+from genoray.infra.errors import ChecksumError
+from genoray.sequences.clean import reverse_complement, tile
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class HFEncoder:
         """Rebuild from :meth:`spec` (the weights are verified against the recorded sha256)."""
         if spec.get("type") != "hf" or spec.get("version") not in (1, VERSION):
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
-        enc = cls(from_dict(HFConfig, spec["config"]))
+        enc = cls(parse(HFConfig, spec["config"]))
         if spec["version"] == 1:
             # v1 let the tokenizer pad; only right padding with an attention mask computed what v2 does
             if getattr(enc.tokenizer, "padding_side", "right") != "right" or not enc._takes_mask:
@@ -137,8 +140,6 @@ class HFEncoder:
             enc._version = 1
         expected = spec.get("weights_sha256")
         if expected and enc._weights_sha != expected:
-            from genoray.artifacts import ChecksumError
-
             # embeddings from other weights would be searched against this index silently
             raise ChecksumError(f"{enc.config.model}: model weights changed since this index/store was built "
                                 f"(sha256 {str(enc._weights_sha)[:16]}... != {expected[:16]}...)")
@@ -154,8 +155,7 @@ class HFEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
-        from genoray.encoders import fingerprint
+        """Stable id of this encoder (see :func:`genoray.encoders.base.fingerprint`)."""
 
         return fingerprint(self)
 
@@ -372,8 +372,6 @@ def _weights_digest(path: str) -> str | None:
 
 
 def _hash_weights(sig: tuple) -> str:
-    from genoray.artifacts import sha256_file
-
     files = [Path(sig[0]) / name for name, _, _ in sig[1]]
     import hashlib
 

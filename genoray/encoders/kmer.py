@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from genoray.config import KmerConfig, PositionConfig, from_dict, to_dict
+from genoray.config import KmerConfig, PositionConfig, parse, to_dict
+from genoray.encoders.base import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class KmerEncoder:
             raise ValueError(f"not a kmer encoder spec: {spec.get('type')!r}")
         if spec.get("version") != VERSION:
             raise ValueError(f"kmer encoder spec version {spec.get('version')} != supported {VERSION}")
-        return cls(from_dict(KmerConfig, spec["config"]))
+        return cls(parse(KmerConfig, spec["config"]))
 
     def spec(self) -> dict[str, Any]:
         """Config and fitted state as JSON."""
@@ -193,8 +194,7 @@ class KmerEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of this encoder (see :func:`genoray.encoders.fingerprint`)."""
-        from genoray.encoders import fingerprint
+        """Stable id of this encoder (see :func:`genoray.encoders.base.fingerprint`)."""
 
         return fingerprint(self)
 

@@ -25,6 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from genoray.encoders.hf import _weights_digest
+from genoray.infra.artifacts import sha256_file
+
 PICKLE_NAMES = ("pytorch_model.bin",)
 COPY_SUFFIXES = (".json", ".py", ".txt", ".model", ".md", ".tiktoken")
 NEVER_COPY = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".safetensors", ".h5", ".msgpack", ".index.json")
@@ -45,9 +48,6 @@ def convert_weights(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """
     import torch
     from safetensors.torch import load_file, save_file
-
-    from genoray.artifacts import sha256_file
-    from genoray.encoders.hf import _weights_digest
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():

@@ -1,6 +1,6 @@
 """Read FASTA/FASTQ (optionally gzipped), Parquet and CSV/TSV into cleaned Arrow batches.
 
-Output contract: :data:`genoray.schema.RECORD_SCHEMA` record batches
+Output contract: :data:`genoray.sequences.records.RECORD_SCHEMA` record batches
 (``seq_id, sequence, label, domain, split, meta``). Every call fills a :class:`ReadReport`
 with records read, accepted and rejected by reason, so that ``read == accepted + rejected``.
 
@@ -13,14 +13,16 @@ FASTA/FASTQ parsing uses ``dnaio`` (C-accelerated, handles gzip/bgzip/multi-memb
 reports line numbers); see ``bench/bench_parsers.py`` for the comparison that chose it.
 
 Modules along the flow: :mod:`.reader` (entry points), :mod:`.fasta`, :mod:`.tables`,
-:mod:`.builder` (cleaning, ids, windows -> batches), :mod:`.report` (counts and errors) and
-:mod:`.units` (inputs -> resumable units of work). DNA string helpers (``Cleaner``,
-``reverse_complement``, ``tile``, ``window_starts``) live in :mod:`genoray.dna` and are
-re-exported here for existing callers.
+:mod:`.builder` (cleaning, ids, windows -> batches), :mod:`.report` (counts and errors),
+:mod:`.units` (inputs -> resumable units of work), :mod:`.records` (the record schema),
+:mod:`.clean` (the cleaning policy applied to one string, reverse complement, tiles and
+windows), :mod:`.splits` (held-out splits for data without one) and :mod:`.lengths` (crops
+and the length grid of the OOD scorer and the length calibration).
 """
 
-from genoray.dna import Cleaner, reverse_complement, tile, window_starts
+from genoray.sequences.clean import Cleaner, reverse_complement, tile, window_starts
 from genoray.sequences.fasta import FASTA_SPLITTABLE, fasta_record_start, header_fields, parse_header
+from genoray.sequences.lengths import crop, length_grid
 from genoray.sequences.reader import (
     CSV_SUFFIXES,
     FASTX_SUFFIXES,
@@ -30,6 +32,7 @@ from genoray.sequences.reader import (
     iter_sequences,
     read_sequences,
     verify_sidecar,
+    with_split_cutoffs,
 )
 from genoray.sequences.report import MAX_REJECT_EXAMPLES, ReadReport, Reject, SequenceFormatError
 from genoray.sequences.units import expand_inputs, plan_units
@@ -38,5 +41,5 @@ __all__ = [
     "CSV_SUFFIXES", "FASTA_SPLITTABLE", "FASTX_SUFFIXES", "MAX_REJECT_EXAMPLES", "PARQUET_SUFFIXES", "Cleaner",
     "ReadReport", "Reject", "SequenceFormatError", "detect_format", "expand_inputs", "fasta_record_start",
     "header_fields", "iter_file", "iter_sequences", "parse_header", "plan_units", "read_sequences",
-    "reverse_complement", "tile", "verify_sidecar", "window_starts",
+    "reverse_complement", "tile", "verify_sidecar", "window_starts", "with_split_cutoffs", "crop", "length_grid",
 ]

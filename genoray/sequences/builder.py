@@ -9,10 +9,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from genoray import schema
 from genoray.config import ReadConfig
-from genoray.dna import Cleaner, window_starts
+from genoray.sequences import records
+from genoray.sequences.clean import Cleaner, window_starts
 from genoray.sequences.report import ReadReport, SequenceFormatError
+from genoray.sequences.splits import assign
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class _BatchBuilder:
         self.path, self.cfg, self.report = path, cfg, report
         self.cleaner = Cleaner(cfg.clean)
         self.seen = seen if seen is not None else set()
-        self.cols: dict[str, list] = {name: [] for name in schema.RECORD_SCHEMA.names}
+        self.cols: dict[str, list] = {name: [] for name in records.RECORD_SCHEMA.names}
         self.pending: Iterator[None] | None = None
 
     def admit(self, record_no: int, seq_id: str | None) -> bool:
@@ -44,9 +45,7 @@ class _BatchBuilder:
     def add(self, record_no: int, seq_id: str | None, raw: str, label=None, domain=None, split=None, meta=None):
         if not self.admit(record_no, seq_id) or seq_id is None:  # admit() rejects a missing id
             return
-        if split is None and self.cfg.split_cutoffs:  # ReadConfig.test_fraction (genoray.splits)
-            from genoray.splits import assign
-
+        if split is None and self.cfg.split_cutoffs:  # ReadConfig.test_fraction (genoray.sequences.splits)
             split = assign(seq_id, label, self.cfg)
         seq, why = self.cleaner(raw)
         if seq is None:
@@ -61,12 +60,12 @@ class _BatchBuilder:
 
     def _row(self, seq_id, seq, label, domain, split, meta) -> None:
         c = self.cols
-        c[schema.SEQ_ID].append(seq_id)
-        c[schema.SEQUENCE].append(seq)
-        c[schema.LABEL].append(None if label is None else str(label))
-        c[schema.DOMAIN].append(None if domain is None else str(domain))
-        c[schema.SPLIT].append(None if split is None else str(split))
-        c[schema.META].append(json.dumps(meta, sort_keys=True) if meta else None)
+        c[records.SEQ_ID].append(seq_id)
+        c[records.SEQUENCE].append(seq)
+        c[records.LABEL].append(None if label is None else str(label))
+        c[records.DOMAIN].append(None if domain is None else str(domain))
+        c[records.SPLIT].append(None if split is None else str(split))
+        c[records.META].append(json.dumps(meta, sort_keys=True) if meta else None)
 
     def _windows(self, record_no, seq_id, seq, label, domain, split, meta) -> Iterator[None]:
         p = self.cfg.clean
@@ -100,16 +99,16 @@ class _BatchBuilder:
     def drain(self) -> Iterator[pa.RecordBatch]:
         """Full batches so far (windows of a long record included, batch by batch)."""
         while True:
-            while self.pending is not None and len(self.cols[schema.SEQ_ID]) < self.cfg.batch_size:
+            while self.pending is not None and len(self.cols[records.SEQ_ID]) < self.cfg.batch_size:
                 if next(self.pending, StopIteration) is StopIteration:
                     self.pending = None
-            if len(self.cols[schema.SEQ_ID]) < self.cfg.batch_size:
+            if len(self.cols[records.SEQ_ID]) < self.cfg.batch_size:
                 return
             yield self.flush()
 
     def flush(self) -> pa.RecordBatch | None:
-        if not self.cols[schema.SEQ_ID]:
+        if not self.cols[records.SEQ_ID]:
             return None
-        batch = pa.RecordBatch.from_pydict(self.cols, schema=schema.RECORD_SCHEMA)
-        self.cols = {name: [] for name in schema.RECORD_SCHEMA.names}
+        batch = pa.RecordBatch.from_pydict(self.cols, schema=records.RECORD_SCHEMA)
+        self.cols = {name: [] for name in records.RECORD_SCHEMA.names}
         return batch

@@ -1,8 +1,9 @@
 """DNA strings: cleaning under a :class:`~genoray.config.CleanPolicy`, reverse complement,
 tiling and window coordinates.
 
-Small and dependency-free, so that serve-time code (:class:`~genoray.predictor.Predictor`,
-the HTTP service) and encoders use it without importing the file readers.
+Plain Python over one string at a time: the readers clean every record with it, and serve-time
+code (:class:`~genoray.predict.predictor.Predictor`, the HTTP service) cleans queries with the
+same :class:`Cleaner` and the policy the store recorded.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 
 from genoray.config import ReadConfig
+from genoray.infra import fs
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.report import SequenceFormatError
 
@@ -70,8 +71,6 @@ class _ByteRange(io.RawIOBase):
     """A read-only view of bytes ``[start, end)`` of a file."""
 
     def __init__(self, path: str, start: int, end: int):
-        from genoray import fs
-
         self._f: Any = fs.open_input(path)
         self._f.seek(start)
         self._left = end - start
@@ -171,7 +170,6 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     if cfg.clean.long_records == "window" and path.lower().removesuffix(".gz").endswith(FASTA_SPLITTABLE):
         yield from _stream_windowed(path, byte_range, cfg, builder)
         return
-    from genoray import fs
 
     source: Any = path
     fileformat = "fasta" if byte_range is not None else None
@@ -215,7 +213,6 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
 
 def _open_range(path: str, byte_range: tuple[int, int]) -> BinaryIO:
     """The records of an uncompressed FASTA whose header starts in ``[start, end)``."""
-    from genoray import fs
 
     with fs.open_input(path) as f:
         start, end = fasta_record_start(f, byte_range[0]), fasta_record_start(f, byte_range[1])
@@ -224,7 +221,6 @@ def _open_range(path: str, byte_range: tuple[int, int]) -> BinaryIO:
 
 def _open_whole(path: str) -> BinaryIO:
     """A buffered reader of a whole local file or object (compressed bytes as stored)."""
-    from genoray import fs
 
     if not fs.is_remote(path):
         return open(path, "rb", buffering=1 << 20)

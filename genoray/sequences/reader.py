@@ -3,17 +3,21 @@ supported file type, with ``.sha256`` sidecar checks."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
-from genoray import fs, schema
 from genoray.config import ReadConfig
+from genoray.infra import fs
+from genoray.sequences import records
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.fasta import FASTA_SPLITTABLE, _iter_fastx
 from genoray.sequences.report import ReadReport, SequenceFormatError
+from genoray.sequences.splits import fit_cutoffs
 from genoray.sequences.tables import _iter_table
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,7 @@ def iter_sequences(
             after the iterator is exhausted).
 
     Yields:
-        ``pyarrow.RecordBatch`` with :data:`genoray.schema.RECORD_SCHEMA`. Ids are unique
+        ``pyarrow.RecordBatch`` with :data:`genoray.sequences.records.RECORD_SCHEMA`. Ids are unique
         across all files of one call.
 
     Raises:
@@ -131,5 +135,33 @@ def read_sequences(
     """Read files completely into one Arrow table (see :func:`iter_sequences`)."""
     report = ReadReport()
     batches = list(iter_sequences(paths, cfg, report))
-    table = pa.Table.from_batches(batches, schema=schema.RECORD_SCHEMA)
+    table = pa.Table.from_batches(batches, schema=records.RECORD_SCHEMA)
     return table, report
+
+
+def with_split_cutoffs(read_cfg: ReadConfig, files: list) -> ReadConfig:
+    """``read_cfg`` with ``split_cutoffs`` fitted on the records of ``files`` that have no split
+    (one streaming pass; files that cannot be read are skipped here and reported by the job)."""
+    probe = dataclasses.replace(read_cfg, test_fraction=0.0, split_cutoffs=())
+
+    def unsplit():
+        seen: set[str] = set()
+        for f in files:
+            try:
+                for batch in iter_file(f, probe, ReadReport(), set()):
+                    cols = batch.to_pydict()
+                    for sid, lab, sp, meta in zip(cols[records.SEQ_ID], cols[records.LABEL], cols[records.SPLIT],
+                                                  cols[records.META]):
+                        if sp is not None:
+                            continue
+                        if meta and '"source_id"' in meta:  # a window: its record decides
+                            sid = json.loads(meta)["source_id"]
+                            if sid in seen:
+                                continue
+                            seen.add(sid)
+                        yield sid, lab
+            except SequenceFormatError:
+                continue
+
+    cutoffs = fit_cutoffs(unsplit(), read_cfg.test_fraction, read_cfg.split_seed)
+    return dataclasses.replace(read_cfg, split_cutoffs=cutoffs)

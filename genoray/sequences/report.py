@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from genoray.infra.errors import InvariantError
+
 log = logging.getLogger(__name__)
 
 MAX_REJECT_EXAMPLES = 1000
@@ -65,10 +67,8 @@ class ReadReport:
         return sum(self.rejected.values())
 
     def check(self) -> None:
-        """Raise :class:`~genoray.errors.InvariantError` unless ``read == accepted + rejected``."""
+        """Raise :class:`~genoray.infra.errors.InvariantError` unless ``read == accepted + rejected``."""
         if self.read != self.accepted + self.n_rejected:
-            from genoray.errors import InvariantError
-
             raise InvariantError(f"record counts do not add up: {self.to_dict()}")
 
     def to_dict(self) -> dict[str, Any]:

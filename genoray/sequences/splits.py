@@ -5,7 +5,7 @@ tag) one: exactly ``round(F * n)`` records of each label (at least one and at mo
 when a label has two or more) become ``split_names[1]`` ("test"), the rest ``split_names[0]``
 ("train"), like scikit-learn's stratified ``train_test_split``. Which records: those with the
 smallest ``blake2b(seed, id)`` hash within their label. :func:`fit_cutoffs` finds, in one pass
-over the input, the per-label hash threshold; the reader then decides each record from its id
+over the input (:func:`genoray.sequences.reader.with_split_cutoffs`), the per-label hash threshold; the reader then decides each record from its id
 and label alone (:func:`assign`), so the split is the same in every unit, on every worker and
 on every rerun, and is written into the store's ``split`` column like a split read from the data.
 A windowed record's windows share the record's split.
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
+
+from genoray.config import ReadConfig
 
 
 def split_hash(seq_id: str, seed: int) -> float:
@@ -54,42 +54,9 @@ def _table(cutoffs: tuple[tuple[str, float], ...]) -> dict[str, float]:
     return dict(cutoffs)
 
 
-def assign(seq_id: str, label: Any, read_cfg) -> str:
+def assign(seq_id: str, label: Any, read_cfg: ReadConfig) -> str:
     """The split of a record without one under ``read_cfg`` (``split_cutoffs``, ``split_seed``,
     ``split_names``; see the module docstring)."""
     cut = _table(read_cfg.split_cutoffs).get(_key(label), -1.0)
     train, test = read_cfg.split_names
     return test if split_hash(seq_id, read_cfg.split_seed) <= cut else train
-
-
-def with_cutoffs(read_cfg, files: list[Path]):
-    """``read_cfg`` with ``split_cutoffs`` fitted on the records of ``files`` that have no split
-    (one streaming pass; files that cannot be read are skipped here and reported by the job)."""
-    import dataclasses
-
-    from genoray import schema
-    from genoray.sequences import ReadReport, SequenceFormatError, iter_file
-
-    probe = dataclasses.replace(read_cfg, test_fraction=0.0, split_cutoffs=())
-
-    def records():
-        seen: set[str] = set()
-        for f in files:
-            try:
-                for batch in iter_file(f, probe, ReadReport(), set()):
-                    cols = batch.to_pydict()
-                    for sid, lab, sp, meta in zip(cols[schema.SEQ_ID], cols[schema.LABEL], cols[schema.SPLIT],
-                                                  cols[schema.META]):
-                        if sp is not None:
-                            continue
-                        if meta and '"source_id"' in meta:  # a window: its record decides
-                            sid = json.loads(meta)["source_id"]
-                            if sid in seen:
-                                continue
-                            seen.add(sid)
-                        yield sid, lab
-            except SequenceFormatError:
-                continue
-
-    cutoffs = fit_cutoffs(records(), read_cfg.test_fraction, read_cfg.split_seed)
-    return dataclasses.replace(read_cfg, split_cutoffs=cutoffs)

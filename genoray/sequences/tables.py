@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from genoray.config import ReadConfig
+from genoray.infra import fs
 from genoray.sequences.builder import _BatchBuilder
 from genoray.sequences.report import SequenceFormatError
 
@@ -20,8 +21,6 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
         import pyarrow.parquet as pq
 
         try:
-            from genoray import fs
-
             pf = pq.ParquetFile(fs.open_input(path) if fs.is_remote(path) else path)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError on junk
             raise SequenceFormatError(path, None, f"not a readable Parquet file: {e}") from e
@@ -35,8 +34,6 @@ def _table_batches(path: str, fmt: str, batch_size: int, row_groups: list[int] |
     name = path.lower().removesuffix(".gz")
     delimiter = "\t" if name.endswith((".tsv", ".txt")) else ","
     try:
-        from genoray import fs
-
         source: Any = path
         if fs.is_remote(path):
             source = fs.open_input(path)

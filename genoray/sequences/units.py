@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from genoray import fs
-from genoray.artifacts import sha256_json
 from genoray.config import EmbedConfig, ReadConfig, to_dict
+from genoray.infra import fs
+from genoray.infra.artifacts import sha256_json
 from genoray.sequences.fasta import FASTA_SPLITTABLE
 from genoray.sequences.reader import detect_format
 from genoray.sequences.report import SequenceFormatError
@@ -75,17 +75,20 @@ def _expand_remote(uri: str) -> list[str]:
     return out
 
 
-SPLIT_FIELDS = ("test_fraction", "split_seed", "split_names", "split_cutoffs")
+SPLIT_FIELDS = ("train_split", "test_split", "test_fraction", "split_seed", "split_cutoffs")
 
 
 def key_fields(read_cfg: ReadConfig) -> dict[str, Any]:
     """The reading settings a unit's key hashes. The held-out-split settings count only when a
-    test split is drawn (``test_fraction > 0``), so stores written before they existed keep
-    their keys and resume instead of re-embedding everything."""
+    test split is drawn (``test_fraction > 0``; then as ``split_names``, the key stores have
+    always had), so stores written before they existed keep their keys and resume instead of
+    re-embedding everything."""
     fields = to_dict(read_cfg)
-    if not read_cfg.test_fraction:
-        for name in SPLIT_FIELDS:
-            fields.pop(name, None)
+    for name in SPLIT_FIELDS:
+        fields.pop(name, None)
+    if read_cfg.test_fraction:
+        fields.update(test_fraction=read_cfg.test_fraction, split_seed=read_cfg.split_seed,
+                      split_names=read_cfg.split_names, split_cutoffs=read_cfg.split_cutoffs)
     return fields
 
 
