@@ -1,20 +1,15 @@
 """``build_index``: one FAISS index over a store's rows, built per store partition (on Ray or in
 one process; both run the same stage functions and give identical files).
 
-The index type follows the corpus (in the spirit of autofaiss):
-
-* fewer than ``flat_threshold`` vectors: exact ``Flat``;
-* otherwise ``IVF<nlist>,SQ8`` (one byte per dimension) when the codes fit
-  ``memory_budget_mb``, else ``IVF<nlist>,PQ<m>`` with ``m`` bytes per vector chosen to fit,
-  re-ranked from stored float16 vectors (memory-mapped, not resident) so the recall target is
-  reached; ``IVF<nlist>,Flat`` or ``HNSW32`` on request.
+The index type follows the corpus (:mod:`genoray.index.factory`); PQ codes are re-ranked from
+stored float16 vectors (memory-mapped, not resident) so the recall target is reached.
 
 Stages:
 
-0. **plan**: :func:`genoray.plan.estimate` predicts peak memory per worker (and of one process);
+0. **plan**: :func:`genoray.index.capacity.estimate` predicts peak memory per worker (and of one process);
    the build refuses before any work when it does not fit ``build_memory_mb``.
 1. **scan** (one task per store partition): row count of the split, a Bernoulli training
-   sample sized from nlist (:func:`genoray.plan.train_sample_size`: at least 39 points per
+   sample sized from nlist (:func:`genoray.index.factory.train_sample_size`: at least 39 points per
    centroid) and candidate recall queries.
 2. **train** (one task, on a GPU when FAISS sees one, CPU otherwise): the coarse quantizer and
    codec, once. The trained empty index is written to ``trained.faiss`` and, on Ray, put in the
@@ -44,11 +39,25 @@ from typing import Any
 
 import numpy as np
 
-from genoray import fs
-from genoray.artifacts import read_json, sha256_file, write_json
-from genoray.config import IndexConfig
-from genoray.index.core import FORMAT_VERSION, MANIFEST, IndexManifest, choose_factory, merge_topk
+from genoray.config import ClusterSpec, IndexConfig
+from genoray.embedding.store import EmbeddingStore
+from genoray.index.capacity import CapacityError, check_fits, estimate, human
+from genoray.index.factory import choose_factory, train_sample_size
+from genoray.index.knn import merge_topk
+from genoray.index.manifest import (
+    MANIFEST,
+    PARTS,
+    TRAINED,
+    TRAINED_RECORD,
+    BuildInfo,
+    IndexManifest,
+    IndexPartition,
+    RecallReport,
+    TrainedIndex,
+    write_manifest,
+)
 from genoray.index.stages import (
+    DONE,
     PARTITION_ROWS,
     _Local,
     _pick_queries,
@@ -57,10 +66,13 @@ from genoray.index.stages import (
     count_split,
     exact_part,
     merge_shard,
+    part_marker,
     scan_part,
     train_template,
     tune_index,
 )
+from genoray.infra import fs
+from genoray.infra.artifacts import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +107,12 @@ class IndexReport:
 def _template_key(factory: str, d: int, sample_n: int, cfg: IndexConfig, store) -> str:
     """What the trained index depends on: a matching key lets a rerun reuse it."""
     return f"{factory}|{d}|{sample_n}|{cfg.seed}|{cfg.split}|{store.fingerprint}|" + \
-        ",".join(p["sha256"] for p in store.manifest["parts"])
+        ",".join(p.sha256 for p in store.manifest.parts)
 
 
-def clean_json(policy) -> dict[str, Any] | None:
-    """The store's :class:`~genoray.config.CleanPolicy` as the index manifest records it
-    (``None``: the store predates it)."""
-    return dataclasses.asdict(policy) if policy is not None else None
+def partition(p: dict[str, Any]) -> IndexPartition:
+    """The manifest entry of a partition work item."""
+    return IndexPartition(**{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows", "gid_start")})
 
 
 def _files_ok(root: Path, files: dict[str, str]) -> bool:
@@ -117,11 +128,9 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     ``use_ray=True`` runs scan / train / add / merge / recall as Ray tasks on the connected
     cluster (the driver holds only per-partition summaries and the recall queries); a rerun
     into the same ``out_dir`` reuses partitions whose done marker matches (``resume``).
-    Raises :class:`genoray.plan.CapacityError` before any work when the plan does not fit, and
+    Raises :class:`genoray.index.capacity.CapacityError` before any work when the plan does not fit, and
     :class:`RecallNotReached` when no search setting reaches ``target_recall``.
     """
-    from genoray.plan import CapacityError, ClusterSpec, check_fits, estimate, human, train_sample_size
-    from genoray.store import EmbeddingStore
 
     if fs.is_remote(out_dir):  # built in a node-local temp dir, uploaded with manifest.json last
         rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
@@ -138,15 +147,15 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     ex: Any = (_Ray(fs.forwarded_env() if remote_store else None)) if use_ray else _Local()
 
     # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
-    counts = [int(p["rows"]) if cfg.split is None else count_split(store_path, p["file"], cfg.split)
-              for p in store.manifest["parts"]]
+    counts = [p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)
+              for p in store.manifest.parts]
     n = sum(counts)
     if n == 0:
         raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
     factory = choose_factory(n, d, cfg)
     budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else 0.0
     cluster = ClusterSpec(memory_per_node_gb=budget_gb)
-    plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS), queries=cfg.recall_queries)
+    plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS))
     check_fits(plan)
     ix = plan.stages["index"]
     limit = 0.8 * plan.cluster["memory_per_node_bytes"]
@@ -163,12 +172,12 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
 
     # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
     out.mkdir(parents=True, exist_ok=True)
-    pdir = out / "parts"
+    pdir = out / PARTS
     pdir.mkdir(exist_ok=True)
     rate = min(1.0, sample_n / n) if nlist else 0.0
     per_part_q = max(1, math.ceil(2 * cfg.recall_queries / len(counts)))
-    scan_calls = [(store_path, p["file"], cfg.split, d, rate, per_part_q, cfg.seed * 100_003 + i)
-                  for i, p in enumerate(store.manifest["parts"])]
+    scan_calls = [(store_path, p.file, cfg.split, d, rate, per_part_q, cfg.seed * 100_003 + i)
+                  for i, p in enumerate(store.manifest.parts)]
     if use_ray:
         scans = ex.refs(scan_part, scan_calls, num_cpus=cfg.add_cpus, num_returns=2)
         metas = ex.ray.get([s[0] for s in scans])
@@ -181,32 +190,32 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     queries, from_outside = _pick_queries(ex, arrays, cfg)
 
     # 2. train once (GPU when the cluster has one and FAISS sees it; checked again in the task)
-    template_file = out / "trained.faiss"
+    template_file = out / TRAINED
     parts = []
     gid = 0
     per_file = max(1, math.ceil(n_shards / len(counts)))
-    for i, (p, c) in enumerate(zip(store.manifest["parts"], counts)):
+    for i, (sp, c) in enumerate(zip(store.manifest.parts, counts)):
         chunks = max(per_file, math.ceil(c / PARTITION_ROWS))
         for j in range(chunks):
             lo, hi = c * j // chunks, c * (j + 1) // chunks
-            parts.append({"key": f"p{i:05d}-{j:03d}", "file": p["file"], "part_sha256": p["sha256"], "offset": lo,
+            parts.append({"key": f"p{i:05d}-{j:03d}", "file": sp.file, "part_sha256": sp.sha256, "offset": lo,
                           "rows": hi - lo, "gid_start": gid + lo})
         gid += c
     opts = {"num_cpus": 1}
     if use_ray and cfg.use_gpu and ex.ray.cluster_resources().get("GPU", 0) > 0:
         opts["num_gpus"] = 1
-    if resume and template_file.exists() and (out / "trained.json").exists() and \
-            read_json(out / "trained.json").get("key") == _template_key(factory, d, sample_n, cfg, store):
+    if resume and template_file.exists() and (out / TRAINED_RECORD).exists() and \
+            read_json(out / TRAINED_RECORD).get("key") == _template_key(factory, d, sample_n, cfg, store):
         blob = np.fromfile(template_file, dtype=np.uint8)
-        gpu_used = bool(read_json(out / "trained.json").get("gpu"))
+        gpu_used = bool(read_json(out / TRAINED_RECORD).get("gpu"))
     else:
         samples = arrays if use_ray else [a["sample"] for a in arrays]
         blob, gpu_used = ex.one(train_template, factory, d, samples, cfg.use_gpu, sharded, **opts)
         np.asarray(blob).tofile(template_file)
-        write_json(out / "trained.json", {"key": _template_key(factory, d, sample_n, cfg, store), "gpu": gpu_used,
+        write_json(out / TRAINED_RECORD, {"key": _template_key(factory, d, sample_n, cfg, store), "gpu": gpu_used,
                                           "sha256": sha256_file(template_file)})
         # a new quantizer invalidates every finished partition
-        for f in pdir.glob("*.done.json"):
+        for f in pdir.glob(f"*{DONE}"):
             f.unlink()
     del arrays
     template_sha = sha256_file(template_file)
@@ -216,7 +225,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     # 3. add: skip partitions whose marker matches this template and store part
     todo, done, resumed = [], {}, 0
     for p in parts:
-        marker = pdir / f"{p['key']}.done.json"
+        marker = part_marker(pdir, str(p["key"]))
         if resume and marker.exists():
             m = read_json(marker)
             if m.get("part_sha256") == p["part_sha256"] and m.get("gid_start") == p["gid_start"] and \
@@ -238,19 +247,19 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     groups = [g for g in groups if g]
     merge_calls = [(str(out), s, g, template, factory, sharded, refine) for s, g in enumerate(groups)]
     shards_meta = ex.map(merge_shard, merge_calls, num_cpus=cfg.add_cpus)
-    peak_worker = max([m.get("peak_rss_mb", 0.0) for m in added + shards_meta] or [0.0])
+    peak_worker = max([m.get("peak_rss_mb", 0.0) for m in added] + [s.peak_rss_mb or 0.0 for s in shards_meta])
 
     # 5. recall: exact truth streamed per partition, then tune
     qref = ex.put(queries)
     exact = ex.map(exact_part, [(store_path, p, cfg.split, d, qref, 10) for p in parts], num_cpus=cfg.add_cpus)
     truth = merge_topk([e[0] for e in exact], [e[1] for e in exact], 10)[1]
-    manifest = {"format_version": FORMAT_VERSION, "type": factory.split(",")[0].rstrip("0123456789") or factory,
-                "factory": factory, "metric": "cosine", "dim": d, "ntotal": n, "encoder": store.encoder_spec,
-                "fingerprint": store.fingerprint, "split": cfg.split, "source_store": store_path,
-                "gpu_trained": gpu_used, "shards": shards_meta, "shared_quantizer": ivf,
-                "clean": clean_json(store.clean_policy),
-                "trained": {"file": "trained.faiss", "sha256": template_sha, "train_sample": sample_n},
-                "partitions": [{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows", "gid_start")} for p in parts]}
+    manifest = IndexManifest(
+        format_version=IndexManifest.FORMAT_VERSION, type=factory.split(",")[0].rstrip("0123456789") or factory,
+        factory=factory, metric="cosine", dim=d, ntotal=n, encoder=store.encoder_spec, fingerprint=store.fingerprint,
+        split=cfg.split, source_store=store_path, gpu_trained=gpu_used, shards=tuple(shards_meta),
+        shared_quantizer=ivf, clean=store.clean_policy,
+        trained=TrainedIndex(file=TRAINED, sha256=template_sha, train_sample=sample_n),
+        partitions=tuple(partition(p) for p in parts))
     params, recall, _tried = ex.one(tune_index, str(out), manifest, qref, truth, cfg.target_recall,
                                    cfg.refine_k_factor_max, num_cpus=1)
     if recall < cfg.target_recall:
@@ -258,20 +267,21 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
             f"{out}: recall@10 {recall:.3f} < target {cfg.target_recall} for {factory} with every nprobe up to nlist"
             + (f" and re-ranking up to k x {cfg.refine_k_factor_max}" if refine else "")
             + "; give more memory (--memory-budget-mb), a larger re-rank depth, or a lower --target-recall")
-    manifest["search_params"] = params
-    manifest["recall_at_10"] = {"value": recall, "queries": len(queries), "target": cfg.target_recall,
-                                "queries_from": "outside the indexed split" if from_outside else "indexed rows",
-                                "oracle": "exact cosine over all indexed rows"}
-    manifest["build"] = {"partitions": len(parts), "resumed": resumed,
-                         "add_nodes": sorted({m["node_id"] for m in added}), "peak_worker_rss_mb": peak_worker}
-    write_json(out / MANIFEST, IndexManifest.from_json(manifest).to_json())
+    add_nodes = tuple(sorted({m["node_id"] for m in added}))
+    manifest = dataclasses.replace(
+        manifest, search_params=params,
+        recall_at_10=RecallReport(value=recall, queries=len(queries), target=cfg.target_recall,
+                                  queries_from="outside the indexed split" if from_outside else "indexed rows",
+                                  oracle="exact cosine over all indexed rows"),
+        build=BuildInfo(partitions=len(parts), resumed=resumed, add_nodes=add_nodes, peak_worker_rss_mb=peak_worker))
+    write_manifest(out, manifest)
     shutil.rmtree(pdir, ignore_errors=True)
     seconds = round(time.perf_counter() - t0, 3)
     log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %d partitions (%d resumed); %.1f s",
              out_dir, factory, len(shards_meta), n, d, params or "exact", recall, len(parts), resumed, seconds)
     return IndexReport(str(out_dir), factory, len(shards_meta), n, d, recall, params, gpu_used,
                        seconds, sample_n, len(parts), resumed,
-                       sorted({m["node_id"] for m in added}), peak_worker,
+                       list(add_nodes), peak_worker,
                        {"peak_single_process_mb": ix["peak_single_process_bytes"] / 2**20,
                         "peak_worker_mb": ix["peak_worker_bytes"] / 2**20,
                         "peak_add_worker_mb": ix["peak_add_worker_bytes"] / 2**20,

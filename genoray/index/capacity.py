@@ -7,8 +7,8 @@ refuses before reading a vector when the build does not fit its memory budget; a
 * **embed**: hours at a per-encoder rate (``kmer``: 28k sequences/s per core, measured by
   ``bench/bench_embed.py``; ``hf``: an assumed 1,000 sequences/s per GPU, 25 per core: no
   transformers encoder could be measured here, pass ``--embed-rate`` for yours);
-* **index**: factory (:func:`genoray.index.choose_factory`), nlist, bytes per vector, the
-  training sample (:func:`train_sample_size`), peak memory of the quantizer training, of one
+* **index**: factory (:func:`genoray.index.factory.choose_factory`), nlist, bytes per vector, the
+  training sample (:func:`~genoray.index.factory.train_sample_size`), peak memory of the quantizer training, of one
   add task (one store partition) and of one shard merge, and build hours across the nodes;
 * **serve**: resident memory of one replica (index codes + ids table + quantizer + process),
   split into shard groups when one node cannot hold it, and the expected single-query latency;
@@ -26,7 +26,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig
+from genoray.embedding.store import EmbeddingStore
+from genoray.index.factory import choose_factory, parse_factory, train_sample_size
+from genoray.index.manifest import read_manifest
+from genoray.index.stages import BATCH_ROWS, count_split
 
 MB = 2**20
 GB = 2**30
@@ -37,6 +44,7 @@ RAY_DRIVER = 270 * MB          # the build's driver on Ray (imports + Ray client
                                # 223-323 MiB measured at 250k-1M x 256-350, flat in n
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
+SERVE_EXTRA = 200 * MB         # a serving replica's encoder, head, FastAPI and Serve's replica machinery
 BATCH_WORK = 7.0               # peak bytes per byte of one decoded batch (BATCH_ROWS rows: Arrow batch, split
                                # filter, numpy, normalised copy, faiss add buffers, the Arrow pool it leaves);
                                # stages stream, so a partition's size no longer matters
@@ -61,23 +69,14 @@ class CapacityError(RuntimeError):
     """A stage does not fit the budget; the message names estimate and budget."""
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    """The cluster a plan is made for (``memory_per_node_gb=0``: this machine's memory)."""
+def node_memory(cluster: ClusterSpec) -> int:
+    """Memory per node in bytes (this machine's available memory when the spec gives none)."""
+    return int(cluster.memory_per_node_gb * GB) if cluster.memory_per_node_gb > 0 else available_memory()
 
-    nodes: int = 1
-    memory_per_node_gb: float = 0.0
-    cpus_per_node: int = 0
-    gpus_per_node: int = 0
-    gflops_per_core: float = GFLOPS_PER_CORE
 
-    def memory_bytes(self) -> int:
-        """Memory per node in bytes (this machine's available memory when not given)."""
-        return int(self.memory_per_node_gb * GB) if self.memory_per_node_gb > 0 else available_memory()
-
-    def cpus(self) -> int:
-        """CPUs per node (this machine's cores when not given)."""
-        return self.cpus_per_node or (os.cpu_count() or 1)
+def node_cpus(cluster: ClusterSpec) -> int:
+    """CPUs per node (this machine's cores when the spec gives none)."""
+    return cluster.cpus_per_node or (os.cpu_count() or 1)
 
 
 def available_memory() -> int:
@@ -92,43 +91,43 @@ def available_memory() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def parse_factory(factory: str, d: int) -> dict[str, Any]:
-    """nlist, bytes per stored vector and flags of a factory string."""
-    head, _, rest = factory.partition(",")
-    nlist = int(head[3:]) if head.startswith("IVF") else 0
-    enc = rest if nlist else factory
-    if enc.startswith("PQ"):
-        m = int(enc[2:].split("x")[0])
-        code = m
-    elif enc == "SQ8":
-        code = d
-    elif enc == "SQ4":
-        code = math.ceil(d / 2)
-    elif enc in ("SQfp16", "SQ16"):
-        code = 2 * d
-    elif enc.startswith("HNSW"):
-        code = 4 * d + 2 * 4 * int(enc[4:] or 32)
-    else:  # Flat
-        code = 4 * d
-    return {"nlist": nlist, "code_bytes": code, "pq": enc.startswith("PQ"), "ivf": nlist > 0,
-            "hnsw": enc.startswith("HNSW")}
+@dataclass(frozen=True)
+class ShardSize:
+    """What one index shard puts in a serving replica: ``mapped`` bytes (its FAISS file and
+    re-rank vectors, memory-mapped: one copy per node in the page cache) and ``ids`` bytes (its
+    id table as Arrow: the ``.arrow`` file, or an older Parquet table decoded at
+    :data:`ID_TABLE_ROW` a row)."""
+
+    mapped: int
+    ids: int
 
 
-def nlist_for(n: int) -> int:
-    """IVF lists for ``n`` vectors: 4 sqrt(n) rounded to a power of 2, in 64..65,536, and never
-    so many that a list has fewer than 39 training points."""
-    nlist = int(2 ** round(math.log2(max(64.0, min(65536.0, 4 * math.sqrt(max(n, 1)))))))
-    while nlist > 64 and nlist * 39 > n:
-        nlist //= 2
-    return nlist
+def shard_sizes(index_dir: str | Path) -> tuple[list[ShardSize], int]:
+    """The :class:`ShardSize` of every shard of an index directory, and the bytes of the shared
+    IVF quantizer every replica reads into memory (0 without one): the one measure the
+    replica memory, the shard groups and their budgets use."""
+    index_dir = Path(index_dir)
+    m = read_manifest(index_dir)
+    sizes = []
+    for s in m.shards:
+        ids = s.ntotal * ID_TABLE_ROW if s.ids.endswith(".parquet") else (index_dir / s.ids).stat().st_size
+        sizes.append(ShardSize(sum((index_dir / f).stat().st_size for f in s.sha256 if f != s.ids), ids))
+    quantizer = (index_dir / m.trained.file).stat().st_size if m.shared_quantizer and m.trained else 0
+    return sizes, quantizer
 
 
-def train_sample_size(n: int, nlist: int, cap: int) -> int:
-    """Training points: 64 per centroid, at least 39 (FAISS warns below), at most ``cap``
-    unless the 39-point floor needs more, never more than ``n``."""
-    if nlist == 0:
-        return 0
-    return int(min(n, max(39 * nlist, min(64 * nlist, cap))))
+def replica_bytes(shards: list[ShardSize], quantizer: int, private: int, replicas_per_node: int,
+                  mmap: bool = True, ids_mapped: bool = True) -> int:
+    """Memory of one serving replica that holds ``shards``: the Ray worker and Serve
+    (:data:`RAY_WORKER_BASE` + :data:`SERVE_EXTRA`), ``private`` bytes of its own (head and
+    OOD scorer files), the quantizer, and the shards: with ``mmap`` their mapped files shared
+    by ``replicas_per_node`` replicas (and the id tables too when ``ids_mapped``; a searcher of
+    a shard group sorts its ids into memory of its own), in full otherwise."""
+    mapped = sum(s.mapped for s in shards)
+    ids = sum(s.ids for s in shards)
+    shared = (mapped + (ids if ids_mapped else 0)) if mmap else 0
+    own = (mapped + ids) - shared
+    return int(RAY_WORKER_BASE + SERVE_EXTRA + private + quantizer + own + shared / max(1, replicas_per_node))
 
 
 @dataclass
@@ -148,18 +147,17 @@ class Plan:
         return asdict(self)
 
 
-def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encoder: str = "kmer",
-             partition_rows: int = 100_000, embed_rate: float = 0.0, id_bytes: int = 24,
-             queries: int = 500, head=None) -> Plan:
+def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpec | None = None,
+             encoder: str = EncoderChoice.encoder, partition_rows: int = 100_000, embed_rate: float = 0.0,
+             id_bytes: int = 24, head: HeadConfig | None = None) -> Plan:
     """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``
-    (``cfg``: the :class:`~genoray.config.IndexConfig`; ``head``: the
-    :class:`~genoray.config.HeadConfig` whose ``max_rows`` bounds the head fit; defaults for both)."""
-    from genoray.config import HeadConfig, IndexConfig
-    from genoray.index import choose_factory
+    (``cfg``: the :class:`~genoray.config.IndexConfig`, whose ``recall_queries`` the recall
+    tuning runs; ``head``: the :class:`~genoray.config.HeadConfig` whose ``max_rows`` bounds the
+    head fit; defaults for both)."""
 
     cfg = cfg or IndexConfig()
     cl = cluster or ClusterSpec()
-    mem, cpus, gpus = cl.memory_bytes(), cl.cpus(), cl.gpus_per_node
+    mem, cpus, gpus = node_memory(cl), node_cpus(cl), cl.gpus_per_node
     flops = cl.gflops_per_core * 1e9
     factory = choose_factory(n, d, cfg)
     f = parse_factory(factory, d)
@@ -181,7 +179,6 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     # Peak RSS of a process: its largest stage (the heap a stage frees is reused by the next; measured,
     # the streamed build peaks in the quantizer training at 250k and 1M). Stages stream a partition
     # BATCH_ROWS rows at a time: the batch, not the partition, is their working set.
-    from genoray.index.stages import BATCH_ROWS
 
     batch_work = BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META)
     sample_work = WORK_SAMPLE * sample * d * 4 + quantizer * 2
@@ -207,6 +204,7 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     train_s = train_flops / (flops * (200 if gpu_train else cpus))
     total_cores = cpus * cl.nodes
     add_s = add_flops / (flops * total_cores) + read_s / total_cores
+    queries = cfg.recall_queries
     tune_s = queries * n * d * 2 / (flops * total_cores) + 20 * queries * (nlist * d * 2 + n * per_vec * 0.05) / (flops * cpus)
     merge_s = n * per_vec / (500 * MB) / min(n_shards, cl.nodes)
     workers_per_node = max(0, min(int(cpus / max(cfg.add_cpus, 0.01)), int(mem * 0.8 // add_mem)))
@@ -226,11 +224,13 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
     }
 
     # serving: one replica per shard group, each must fit in 80% of a node
-    replica = RAY_WORKER_BASE + 200 * MB + index_bytes + ids_bytes  # + 200 MB encoder/head/serve
+    whole = [ShardSize(n * per_vec, ids_bytes)]
+    replica = replica_bytes(whole, quantizer, 0, 1, mmap=False)  # one replica, the whole index in its memory
     groups = 1
-    while (RAY_WORKER_BASE + 200 * MB + (index_bytes + ids_bytes) / groups) > 0.8 * mem and groups < 4096:
+    while replica_bytes([ShardSize(n * per_vec // groups, ids_bytes // groups)], quantizer, 0, 1, mmap=False) \
+            > 0.8 * mem and groups < 4096:
         groups *= 2
-    per_group = RAY_WORKER_BASE + 200 * MB + (index_bytes + ids_bytes) / groups + (quantizer if groups > 1 else 0)
+    per_group = replica_bytes([ShardSize(n * per_vec // groups, ids_bytes // groups)], quantizer, 0, 1, mmap=False)
     nprobe = max(8, nlist // 256) if nlist else 0
     scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
     latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
@@ -240,9 +240,8 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
     hs = min(n, (head or HeadConfig()).max_rows)
-    from genoray.config.stages import OOD_REFERENCE_ROWS
 
-    searches = min(hs, OOD_REFERENCE_ROWS) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
+    searches = min(hs, (head or HeadConfig()).ood_reference_rows) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
     per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
         else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
@@ -268,26 +267,23 @@ def estimate(n: int, d: int, cfg=None, cluster: ClusterSpec | None = None, encod
 def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -> Plan:
     """:func:`estimate` for an existing embedding store (rows of ``cfg.split``, dim, encoder,
     partition size and id length read from its manifest)."""
-    from genoray.config import IndexConfig
-    from genoray.store import EmbeddingStore
 
     cfg = cfg or IndexConfig()
     store = EmbeddingStore(store_path, verify=False)
-    parts = store.manifest["parts"]
+    parts = store.manifest.parts
     n = split_rows(store, cfg.split)
     spec = store.encoder_spec if isinstance(store.encoder_spec, dict) else {}
     enc = "hf" if str(spec.get("type", "kmer")).startswith("hf") else str(spec.get("type", "kmer"))
-    part = max((p["rows"] for p in parts), default=1)
+    part = max((p.rows for p in parts), default=1)
     return estimate(n, store.dim, cfg, cluster, encoder=enc, partition_rows=min(part, 250_000), **kw)
 
 
 def split_rows(store, split: str | None) -> int:
     """Rows of ``split`` in a store, reading only its split column."""
-    from genoray.index.stages import count_split
 
     if split is None:
         return store.rows
-    return sum(count_split(str(store.path), p["file"], split) for p in store.manifest["parts"])
+    return sum(count_split(str(store.path), p.file, split) for p in store.manifest.parts)
 
 
 def check_fits(plan: Plan) -> None:

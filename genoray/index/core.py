@@ -1,21 +1,12 @@
-"""The index as searched: :class:`VectorIndex`, its files, and search helpers.
+"""The index as searched: :class:`VectorIndex`, reading its files, and search helpers.
 
 Cosine similarity is the metric: vectors are L2-normalised and searched by inner product.
 Every vector has a global id (int64, its position among the indexed rows); search fans out to
-every shard and merges by similarity (larger is better), so sharded exact search equals one
-flat index. The seq_id and label of each global id are kept as Arrow columns
-(:class:`ArrowColumn`), never as Python object arrays (those cost ~170 B per row).
-
-An index directory holds::
-
-    manifest.json       type, factory string, search params, metric, dim, ntotal, encoder
-                        spec + fingerprint, recall@10, and for every shard its files + sha256
-    shard-XX.faiss      faiss.write_index output (IVF shards share one trained quantizer)
-    ids-XX.arrow        gid (int64), seq_id, label of the shard's rows, in gid order: an
-                        uncompressed Arrow IPC file, memory-mapped when serving (format 3 and
-                        earlier wrote ``ids-XX.parquet``; both load)
-    refine-XX.npy       (PQ indexes only) float16 normalised vectors of the shard's rows in gid
-                        order, memory-mapped to re-rank candidates
+every shard and merges by similarity (larger is better, ties by smaller global id:
+:func:`genoray.index.knn.merge_topk`), so sharded exact search equals one flat index. The
+seq_id and label of each global id are kept as Arrow columns (:class:`ArrowColumn`), never as
+Python object arrays (those cost ~170 B per row). The directory's files are described in
+:mod:`genoray.index.manifest`.
 
 ``VectorIndex.load`` verifies every sha256 before reading (a flipped byte in a FAISS file would
 otherwise load and return wrong neighbours silently) and can memory-map the shards and the id
@@ -29,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,93 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray.artifacts import JsonDoc, read_json, sha256_file, verify_files, write_json
-from genoray.config import CleanPolicy, IndexConfig
 from genoray.index.columns import ArrowColumn, as_column
-from genoray.knn import exact_search, l2_normalize, merge_topk, recall_at_k
+from genoray.index.knn import l2_normalize, merge_topk
+from genoray.index.manifest import IndexManifest, IndexShard, ids_file, read_manifest, shard_file, write_manifest
+from genoray.infra.artifacts import sha256_file, verify_files
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "READABLE_VERSIONS", "ArrowColumn", "IndexManifest", "VectorIndex",
-           "as_column", "choose_factory", "exact_search", "gpu_count", "l2_normalize", "merge_topk",
-           "read_manifest", "recall_at_k", "shard_of"]
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
-MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class IndexManifest(JsonDoc):
-    """``manifest.json`` of an index directory.
-
-    Attributes:
-        format_version: :data:`FORMAT_VERSION` (older :data:`READABLE_VERSIONS` still load).
-        type / factory / metric: FAISS index type, factory string, ``"cosine"``.
-        dim / ntotal: vector size and number of indexed rows.
-        encoder / fingerprint: the store's encoder spec and fingerprint (``None`` for an
-            in-memory index made by :meth:`VectorIndex.from_vectors`).
-        split / source_store / gpu_trained: what was indexed, from where, and how.
-        search_params: ``nprobe`` / ``efSearch`` / ``k_factor`` tuned to the target recall.
-        recall_at_10: recall reached against exact search, with the query set described.
-        shards: per shard its FAISS file, ids table, ntotal, sha256 (and refine file, gid_start).
-        shared_quantizer: IVF shards share the quantizer stored once in ``trained``.
-        trained: the trained empty index file, its sha256 and training sample size.
-        partitions: the store partitions the build added (key, file, sha256, offset, rows, gid_start).
-        build: how the build ran (partitions, resumed, add nodes, peak worker RSS; incremental).
-        clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
-            predictor (``None``: the store predates it; the default is then used).
-    """
-
-    format_version: int
-    type: str
-    factory: str
-    metric: str
-    dim: int
-    ntotal: int
-    encoder: dict[str, Any] | None = None
-    fingerprint: str | None = None
-    split: str | None = None
-    source_store: str | None = None
-    gpu_trained: bool | None = None
-    search_params: dict[str, int] = field(default_factory=dict)
-    recall_at_10: dict[str, Any] | None = None
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    shared_quantizer: bool = False
-    trained: dict[str, Any] | None = None
-    partitions: list[dict[str, Any]] = field(default_factory=list)
-    build: dict[str, Any] | None = None
-    clean: CleanPolicy | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document; keys an index never had are left out."""
-        doc = super().to_json()
-        for key in ("encoder", "fingerprint", "source_store", "gpu_trained", "recall_at_10", "clean", "trained",
-                    "build"):
-            if doc.get(key) is None:
-                doc.pop(key, None)
-        for key in ("shards", "partitions"):
-            if not doc.get(key):
-                doc.pop(key, None)
-        if not self.shared_quantizer:
-            doc.pop("shared_quantizer")
-        return doc
-
-
-def read_manifest(path: str | Path) -> IndexManifest:
-    """The manifest of the index directory ``path`` (checks the format version, not the files)."""
-    path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
-    return _checked(path, read_json(path / MANIFEST))
-
-
-def _checked(path: Path, manifest: IndexManifest | dict[str, Any]) -> IndexManifest:
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise ValueError(f"{path / MANIFEST}: unsupported format_version {manifest.get('format_version')} "
-                         f"(this genoray reads {READABLE_VERSIONS}); rebuild the index with `genoray index`")
-    return IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
-
-
 def _faiss():
     try:
         import faiss
@@ -147,23 +57,6 @@ def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
                      for s in seq_ids], dtype=np.int64)
 
 
-def choose_factory(n: int, d: int, cfg: IndexConfig) -> str:
-    """Index factory string for ``n`` vectors of dimension ``d`` (see the module docstring)."""
-    if cfg.index_type != "auto":
-        return cfg.index_type
-    if n < cfg.flat_threshold:
-        return "Flat"
-    from genoray.plan import nlist_for
-
-    nlist = nlist_for(n)
-    if n * d <= cfg.memory_budget_mb * 2**20:
-        return f"IVF{nlist},SQ8"
-    m = max(1, min(d // 2, int(cfg.memory_budget_mb * 2**20 / n)))
-    while d % m:
-        m -= 1
-    return f"IVF{nlist},PQ{m}"
-
-
 class VectorIndex:
     """Cosine kNN over one or more FAISS shards, with the seq_id and label of every row.
 
@@ -171,8 +64,8 @@ class VectorIndex:
     ``labels[pos]`` give the neighbours' seq_id and label.
     """
 
-    def __init__(self, shards: list[Any], ids, labels, manifest: IndexManifest | dict[str, Any]):
-        self.manifest: IndexManifest = IndexManifest.from_json(manifest) if isinstance(manifest, dict) else manifest
+    def __init__(self, shards: list[Any], ids, labels, manifest: IndexManifest):
+        self.manifest = manifest
         self.shards, self.ids, self.labels = shards, ids, labels
         self.refine: list[tuple[int, np.ndarray]] = []  # (first gid, float16 vectors) per shard
         self.set_search_params(self.manifest.search_params)
@@ -188,14 +81,15 @@ class VectorIndex:
         return int(self.manifest.dim)
 
     @classmethod
-    def from_vectors(cls, vectors: np.ndarray, ids, labels, extra: dict[str, Any] | None = None) -> VectorIndex:
-        """One exact (Flat) shard over ``vectors`` in memory; row i has global id i."""
+    def from_vectors(cls, vectors: np.ndarray, ids, labels, **fields: Any) -> VectorIndex:
+        """One exact (Flat) shard over ``vectors`` in memory; row i has global id i. ``fields``:
+        more :class:`~genoray.index.manifest.IndexManifest` fields (encoder, fingerprint, ...)."""
         faiss = _faiss()
         x = l2_normalize(vectors)
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
-        manifest = {"format_version": FORMAT_VERSION, "type": "Flat", "factory": "Flat", "metric": "cosine",
-                    "dim": int(x.shape[1]), "ntotal": int(x.shape[0]), **(extra or {})}
+        manifest = IndexManifest(format_version=IndexManifest.FORMAT_VERSION, type="Flat", factory="Flat",
+                                 metric="cosine", dim=int(x.shape[1]), ntotal=int(x.shape[0]), **fields)
         return cls([index], np.asarray(ids, dtype=object), np.asarray(labels, dtype=object), manifest)
 
     def set_search_params(self, params: dict[str, int]) -> None:
@@ -226,7 +120,8 @@ class VectorIndex:
             results = self._search_preassigned(q, k)
         else:
             results = [s.search(q, k) for s in self.shards]
-        return merge_topk([r[0] for r in results], [r[1] for r in results], k)
+        sims, pos, _ = merge_topk([r[0] for r in results], [r[1] for r in results], k)
+        return sims, pos
 
     def _shared_ivf(self) -> bool:
         faiss = _faiss()
@@ -257,21 +152,21 @@ class VectorIndex:
         """Write shards, ids tables and ``manifest.json`` (with sha256) into a new directory."""
         faiss = _faiss()
         out = Path(out_dir)
-        if (out / MANIFEST).exists():
-            raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out}: not empty; indexes are never edited in place")
         out.mkdir(parents=True, exist_ok=True)
         gids = _shard_gids(self)
         shards_meta = []
         for i, (shard, g) in enumerate(zip(self.shards, gids)):
-            fi, fids = f"shard-{i:02d}.faiss", f"ids-{i:02d}.arrow"
+            fi, fids = shard_file(i), ids_file(i)
             faiss.write_index(shard, str(out / fi))
             ids, labels = as_column(self.ids).array, as_column(self.labels).array
             write_ids(pa.table({"gid": pa.array(g, pa.int64()), "seq_id": ids.take(pa.array(g)),
                                 "label": labels.take(pa.array(g))}), out / fids)
-            shards_meta.append({"index": fi, "ids": fids, "ntotal": int(shard.ntotal),
-                                "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}})
-        self.manifest = dataclasses.replace(self.manifest, shards=shards_meta, ntotal=self.ntotal)
-        write_json(out / MANIFEST, self.manifest.to_json())
+            shards_meta.append(IndexShard(index=fi, ids=fids, ntotal=int(shard.ntotal), gid_start=int(g.min()) if len(g) else 0,
+                                          sha256={fi: sha256_file(out / fi), fids: sha256_file(out / fids)}))
+        self.manifest = dataclasses.replace(self.manifest, shards=tuple(shards_meta), ntotal=self.ntotal)
+        write_manifest(out, self.manifest)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False, verify: bool = True) -> VectorIndex:
@@ -280,8 +175,7 @@ class VectorIndex:
         return cls.open(path, read_manifest(path), mmap, verify)
 
     @classmethod
-    def open(cls, path: str | Path, manifest: IndexManifest | dict[str, Any], mmap: bool = False,
-             verify: bool = True) -> VectorIndex:
+    def open(cls, path: str | Path, manifest: IndexManifest, mmap: bool = False, verify: bool = True) -> VectorIndex:
         """Load the index files that ``manifest`` lists (checksums verified unless ``verify=False``).
 
         With ``mmap`` the FAISS files (IVF lists, or a flat index's codes) and ``ids-XX.arrow``
@@ -289,32 +183,11 @@ class VectorIndex:
         of the node that maps the same file. The id tables stay mapped only when the shards'
         global ids are already in order (as every build writes them); otherwise they are sorted
         into memory."""
-        faiss = _faiss()
         path = Path(path)
-        manifest = _checked(path, manifest)
-        files = {name: digest for s in manifest["shards"] for name, digest in s["sha256"].items()}
-        shared = manifest.get("shared_quantizer", False)
-        if shared:
-            files[manifest["trained"]["file"]] = manifest["trained"]["sha256"]
         if verify:
-            verify_files(path, files)
-        n = int(manifest["ntotal"])
-        shards, tables, refine = [], [], []
-        trained = faiss.read_index(str(path / manifest["trained"]["file"])) if shared else None
-        for s in manifest["shards"]:
-            shard = read_shard(path / s["index"], manifest["factory"], mmap)
-            t = read_ids(path / s["ids"], mmap)
-            if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
-                raise ValueError(f"{path / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
-                                 f"manifest {s['ntotal']})")
-            if t.schema.field("gid").type != pa.int64():
-                raise ValueError(f"{path / s['ids']}: gid column is {t.schema.field('gid').type}, expected int64")
-            tables.append(t)
-            if shared:
-                attach_quantizer(shard, trained)
-            shards.append(shard)
-            if s.get("refine"):
-                refine.append((int(s["gid_start"]), np.load(path / s["refine"], mmap_mode="r", allow_pickle=False)))
+            verify_files(path, manifest.files())
+        n = int(manifest.ntotal)
+        shards, tables, refine = open_shards(path, manifest, manifest.shards, mmap)
         if sum(s.ntotal for s in shards) != n:
             raise ValueError(f"{path}: shards hold {sum(s.ntotal for s in shards)} vectors, manifest says {n}")
         t = pa.concat_tables(tables)  # zero-copy: chunks of the (mapped) shard tables
@@ -330,6 +203,38 @@ class VectorIndex:
         vi = cls(shards, ArrowColumn(t["seq_id"]), ArrowColumn(t["label"]), manifest)
         vi.refine = refine
         return vi
+
+
+def open_shards(path: str | Path, manifest: IndexManifest, shards: Sequence[IndexShard],
+                mmap: bool) -> tuple[list[Any], list[pa.Table], list[tuple[int, np.ndarray]]]:
+    """Read (or map) the FAISS files of ``shards`` (the shared quantizer attached), their id
+    tables, and their re-rank vectors as ``(first gid, float16 vectors)``; checks every count
+    against the manifest (files are verified by the caller)."""
+    path = Path(path)
+    trained = read_trained(path, manifest)
+    out, tables, refine = [], [], []
+    for s in shards:
+        shard = read_shard(path / s.index, manifest.factory, mmap)
+        t = read_ids(path / s.ids, mmap)
+        if shard.ntotal != s.ntotal or t.num_rows != s.ntotal:
+            raise ValueError(f"{path / s.index}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
+                             f"manifest {s.ntotal})")
+        if t.schema.field("gid").type != pa.int64():
+            raise ValueError(f"{path / s.ids}: gid column is {t.schema.field('gid').type}, expected int64")
+        if trained is not None:
+            attach_quantizer(shard, trained)
+        out.append(shard)
+        tables.append(t)
+        if s.refine:
+            refine.append((s.gid_start, np.load(path / s.refine, mmap_mode="r", allow_pickle=False)))
+    return out, tables, refine
+
+
+def read_trained(path: str | Path, manifest: IndexManifest):
+    """The shared trained quantizer of an IVF index directory (``None`` without one)."""
+    if not (manifest.shared_quantizer and manifest.trained is not None):
+        return None
+    return _faiss().read_index(str(Path(path) / manifest.trained.file))
 
 
 def write_ids(table: pa.Table, path: str | Path) -> None:

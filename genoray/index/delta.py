@@ -9,28 +9,43 @@ It refuses (:class:`RetrainNeeded`, with the reason; the caller then rebuilds fr
 
 * the old index has no shared trained quantizer (built before format 3), or its partitions are
   not an unchanged prefix of the store (old rows were changed or removed);
-* the **shift test** (:class:`genoray.shift.ShiftDetector`, reference = a sample of the old rows)
-  flags the new rows;
+* the caller's **drift rule** (``drift(reference_sample, new_sample)``, e.g. the shift test of
+  :func:`genoray.evaluation.shift.drift_rule`) gives a reason for the new rows;
 * **recall@10** on held-out queries (exact oracle streamed over every row), with ``nprobe``
   re-tuned, stays below ``recall_floor``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
-from genoray import fs
-from genoray.artifacts import read_json, sha256_file, verify_files, write_json
 from genoray.config import IndexConfig
-from genoray.index.build import IndexReport, clean_json
-from genoray.index.core import MANIFEST, IndexManifest, merge_topk
-from genoray.index.stages import _Local, _pick_queries, add_part, exact_part, merge_shard, scan_part, tune_index
+from genoray.embedding.store import EmbeddingStore
+from genoray.index.build import IndexReport, partition
+from genoray.index.knn import merge_topk
+from genoray.index.manifest import PARTS, BuildInfo, RecallReport, read_manifest, write_manifest
+from genoray.index.stages import (
+    _Local,
+    _pick_queries,
+    add_part,
+    count_split,
+    exact_part,
+    merge_shard,
+    scan_part,
+    tune_index,
+)
+from genoray.infra import fs
+from genoray.infra.artifacts import sha256_file, verify_files
+
+#: ``drift(reference_sample, new_sample)``: why the new rows need a retrained quantizer, or None
+DriftRule = Callable[[np.ndarray, np.ndarray], "str | None"]
 
 
 class RetrainNeeded(RuntimeError):
@@ -44,103 +59,89 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | None = None,
-                 recall_floor: float = 0.9, shift_alpha: float = 0.05, use_ray: bool = False) -> IndexReport:
+def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Path, recall_floor: float,
+                 cfg: IndexConfig | None = None, drift: DriftRule | None = None) -> IndexReport:
     """A new index in ``out_dir`` = ``old_dir`` + the store's partitions it lacks (see module doc)."""
-    from genoray.shift import ShiftConfig, ShiftDetector
-    from genoray.store import EmbeddingStore
-
     cfg = cfg or IndexConfig()
     t0 = time.perf_counter()
     old, out = Path(old_dir), Path(out_dir)
-    m = read_json(old / MANIFEST)
-    if not m.get("shared_quantizer") or "partitions" not in m:
-        raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.get('format_version')}); "
+    m = read_manifest(old)
+    if not m.shared_quantizer or not m.partitions or m.trained is None:
+        raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.format_version}); "
                             "rebuild once")
     store = EmbeddingStore(store_path)
     store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
-    if store.fingerprint != m.get("fingerprint") or store.dim != m["dim"]:
-        raise RetrainNeeded(f"{store_path}: encoder fingerprint {store.fingerprint} != index {m.get('fingerprint')}")
-    if m.get("split") != cfg.split:
-        raise RetrainNeeded(f"{old}: indexes split {m.get('split')!r}, asked for {cfg.split!r}")
-    parts = store.manifest["parts"]
-    indexed = {(p["file"], p["part_sha256"]) for p in m["partitions"]}
-    store_keys = [(p["file"], p["sha256"]) for p in parts]
-    if not indexed <= set(store_keys):
+    if store.fingerprint != m.fingerprint or store.dim != m.dim:
+        raise RetrainNeeded(f"{store_path}: encoder fingerprint {store.fingerprint} != index {m.fingerprint}")
+    if m.split != cfg.split:
+        raise RetrainNeeded(f"{old}: indexes split {m.split!r}, asked for {cfg.split!r}")
+    parts = store.manifest.parts
+    indexed = {(p.file, p.part_sha256) for p in m.partitions}
+    if not indexed <= {(p.file, p.sha256) for p in parts}:
         raise RetrainNeeded(f"{store_path}: rows the index holds were changed or removed from the store")
-    new_parts = [p for p in parts if (p["file"], p["sha256"]) not in indexed]
-    verify_files(old, {m["trained"]["file"]: m["trained"]["sha256"]})
-    faiss_blob = np.fromfile(old / m["trained"]["file"], dtype=np.uint8)
-    d, n_old = int(m["dim"]), int(m["ntotal"])
+    new_parts = [p for p in parts if (p.file, p.sha256) not in indexed]
+    verify_files(old, {m.trained.file: m.trained.sha256})
+    faiss_blob = np.fromfile(old / m.trained.file, dtype=np.uint8)
+    d, n_old = m.dim, m.ntotal
     ex = _Local()
 
     # the new rows, as partitions with gids after the old ones
-    counts = []
-    for p in new_parts:
-        col = fs.read_table(fs.join(store.path, p["file"]), columns=["split"])["split"]
-        counts.append(p["rows"] if cfg.split is None else int(pc.sum(pc.equal(col, cfg.split)).as_py() or 0))
     delta, gid = [], n_old
-    for i, (p, c) in enumerate(zip(new_parts, counts)):
-        delta.append({"key": f"d{i:05d}", "file": p["file"], "part_sha256": p["sha256"], "offset": 0, "rows": c,
+    for i, p in enumerate(new_parts):
+        c = p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)
+        delta.append({"key": f"d{i:05d}", "file": p.file, "part_sha256": p.sha256, "offset": 0, "rows": c,
                       "gid_start": gid})
         gid += c
     n_new = gid - n_old
     if n_new == 0:
         raise RetrainNeeded(f"{store_path}: no new rows of split {cfg.split!r} to add")
 
-    # drift rule 1: shift test of the new rows against a sample of the old rows
-    rng_seed = cfg.seed
-    old_sample = [scan_part(store_path, p["file"], cfg.split, d, min(1.0, 4000 / max(n_old, 1)), 0, rng_seed + i)[1]
-                  ["sample"] for i, p in enumerate(m["partitions"][:: max(1, len(m["partitions"]) // 8)])]
-    new_scans = [scan_part(store_path, p["file"], cfg.split, d, min(1.0, 4000 / n_new), cfg.recall_queries, rng_seed + i)
+    # drift rule 1: the caller's test of the new rows against a sample of the old rows
+    new_scans = [scan_part(store_path, p.file, cfg.split, d, min(1.0, 4000 / n_new), cfg.recall_queries, cfg.seed + i)
                  for i, p in enumerate(new_parts)]
-    new_sample = np.concatenate([s[1]["sample"] for s in new_scans])
-    ref = np.concatenate(old_sample)
-    shift = ShiftDetector(ShiftConfig(max_samples=1000, alpha=shift_alpha, seed=cfg.seed)).fit(ref).score(new_sample)
-    if shift.is_shift:
-        raise RetrainNeeded(f"the shift test flags the {n_new} new rows (MMD p {shift.mmd_p_value:.3g}, classifier "
-                            f"p {shift.c2st_p_value:.3g}, kNN-OOD p {shift.ood_p_value:.3g}); retrain the quantizer")
+    if drift is not None:
+        old_sample = [scan_part(store_path, p.file, cfg.split, d, min(1.0, 4000 / max(n_old, 1)), 0, cfg.seed + i)[1]
+                      ["sample"] for i, p in enumerate(m.partitions[:: max(1, len(m.partitions) // 8)])]
+        reason = drift(np.concatenate(old_sample), np.concatenate([s[1]["sample"] for s in new_scans]))
+        if reason:
+            raise RetrainNeeded(f"{reason} in the {n_new} new rows; retrain the quantizer")
 
     # add the delta with the old trained quantizer and write it as one more shard
     out.mkdir(parents=True, exist_ok=True)
-    pdir = out / "parts"
+    pdir = out / PARTS
     pdir.mkdir(exist_ok=True)
-    ivf = m["factory"].startswith("IVF")
-    refine = any(s.get("refine") for s in m["shards"])
-    template_sha = m["trained"]["sha256"]
-    added = [add_part(store_path, {**p, "template": template_sha}, cfg.split, d, faiss_blob, str(pdir), ivf, refine)
+    ivf = m.factory.startswith("IVF")
+    refine = any(s.refine for s in m.shards)
+    added = [add_part(store_path, {**p, "template": m.trained.sha256}, cfg.split, d, faiss_blob, str(pdir), ivf, refine)
              for p in delta]
-    shard_no = len(m["shards"])
-    meta = merge_shard(str(out), shard_no, added, faiss_blob, m["factory"], True, refine)
+    meta = merge_shard(str(out), len(m.shards), added, faiss_blob, m.factory, True, refine)
     shutil.rmtree(pdir, ignore_errors=True)
-    for s in m["shards"]:
-        for f in s["sha256"]:
+    for s in m.shards:
+        for f in s.sha256:
             _link(old / f, out / f)
-    _link(old / m["trained"]["file"], out / m["trained"]["file"])
-    manifest = {**m, "ntotal": n_old + n_new, "shards": [*m["shards"], meta], "source_store": store_path,
-                "clean": clean_json(store.clean_policy) or m.get("clean"),
-                "partitions": [*m["partitions"], *[{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows",
-                                                                      "gid_start")} for p in delta]]}
+    _link(old / m.trained.file, out / m.trained.file)
+    manifest = dataclasses.replace(m, ntotal=n_old + n_new, shards=(*m.shards, meta), source_store=store_path,
+                                   clean=store.clean_policy or m.clean,
+                                   partitions=(*m.partitions, *(partition(p) for p in delta)))
 
     # drift rule 2: recall on held-out queries against exact search over every row, nprobe re-tuned
-    arrays = [s[1] for s in new_scans]
-    queries, from_outside = _pick_queries(ex, arrays, cfg)
-    all_parts = [*m["partitions"], *delta]
+    queries, from_outside = _pick_queries(ex, [s[1] for s in new_scans], cfg)
+    all_parts = [*(dataclasses.asdict(p) for p in m.partitions), *delta]
     exact = [exact_part(store_path, p, cfg.split, d, queries, 10) for p in all_parts]
     truth = merge_topk([e[0] for e in exact], [e[1] for e in exact], 10)[1]
     params, recall, _ = tune_index(str(out), manifest, queries, truth, max(recall_floor, cfg.target_recall),
                                    cfg.refine_k_factor_max)
     if recall < recall_floor:
         raise RetrainNeeded(f"recall@10 {recall:.3f} with the delta is below the floor {recall_floor} at every nprobe")
-    manifest["search_params"] = params
-    manifest["recall_at_10"] = {"value": recall, "queries": len(queries), "target": cfg.target_recall,
-                                "floor": recall_floor,
-                                "queries_from": "new rows outside the indexed split" if from_outside else "new rows",
-                                "oracle": "exact cosine over all indexed rows"}
-    manifest["build"] = {"incremental": True, "base": str(old.resolve()), "delta_rows": n_new,
-                         "shift": {"is_shift": bool(shift.is_shift)}}
-    write_json(out / MANIFEST, IndexManifest.from_json(manifest).to_json())
-    return IndexReport(str(out), m["factory"], len(manifest["shards"]), n_old + n_new, d, recall,
-                       manifest["search_params"], False, round(time.perf_counter() - t0, 3), 0, len(delta), 0, ["local"],
-                       float(meta.get("peak_rss_mb", 0.0)), {"delta_rows": n_new, "sha256_reused": sum(
-                           len(s["sha256"]) for s in m["shards"]), "delta_sha256": sha256_file(out / meta["index"])})
+    manifest = dataclasses.replace(
+        manifest, search_params=params,
+        recall_at_10=RecallReport(value=recall, queries=len(queries), target=cfg.target_recall, floor=recall_floor,
+                                  queries_from="new rows outside the indexed split" if from_outside else "new rows",
+                                  oracle="exact cosine over all indexed rows"),
+        build=BuildInfo(incremental=True, base=str(old.resolve()), delta_rows=n_new,
+                        shift={"tested": drift is not None, "is_shift": False}))
+    write_manifest(out, manifest)
+    return IndexReport(str(out), m.factory, len(manifest.shards), n_old + n_new, d, recall,
+                       manifest.search_params, False, round(time.perf_counter() - t0, 3), 0, len(delta), 0, ["local"],
+                       float(meta.peak_rss_mb or 0.0), {"delta_rows": n_new, "sha256_reused": sum(
+                           len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index)})

@@ -1,9 +1,11 @@
 """Cosine k-nearest-neighbour arithmetic in numpy: normalisation, the exact search used as the
-oracle, merging of per-shard results and recall. Re-exported by :mod:`genoray.index`."""
+oracle, the one merge of per-shard (or per-group) top-k lists, and recall. Re-exported by
+:mod:`genoray.index`."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,14 +27,22 @@ def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(sims, top, axis=1), top
 
 
-def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard results; larger similarity first; missing (-1) ids last."""
+def merge_topk(sims: list[np.ndarray], ids: list[np.ndarray], k: int,
+               payload: Sequence[list[np.ndarray]] = ()) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Merge per-shard top-k lists into one: larger similarity first, ties by smaller global
+    id (the order :func:`exact_search` gives), missing (-1) ids last with similarity -inf.
+    ``payload``: per-shard arrays aligned with ``ids`` (seq_ids, labels), each merged the same
+    way. Returns ``(sims, ids, merged payload)``, each array ``(n, min(k, total))``."""
     s = np.concatenate(sims, axis=1)
     i = np.concatenate(ids, axis=1)
     s = np.where(i >= 0, s, -np.inf)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    return np.where(i >= 0, s, -np.inf).astype(np.float32), i
+    tie = np.where(i >= 0, i, np.iinfo(np.int64).max)
+    order = np.lexsort((tie, -s), axis=1)[:, :k]
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, order, 1)
+
+    return take(s).astype(np.float32), take(i), [take(np.concatenate(p, axis=1)) for p in payload]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -12,20 +12,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genoray.artifacts import sha256_file, write_json
 from genoray.config import IndexConfig
-from genoray.index.core import (
-    VectorIndex,
-    _faiss,
-    gpu_count,
-    l2_normalize,
-    recall_at_k,
-    write_ids,
-    write_without_quantizer,
-)
-from genoray.knn import merge_topk
+from genoray.embedding.store import EMBEDDING, LABEL, SEQ_ID, SPLIT, vectors_of
+from genoray.index.core import VectorIndex, _faiss, gpu_count, write_ids, write_without_quantizer
+from genoray.index.knn import l2_normalize, merge_topk, recall_at_k
+from genoray.index.manifest import PARTS, IndexManifest, IndexShard, ids_file, refine_file, shard_file
+from genoray.infra import fs
+from genoray.infra.artifacts import sha256_file, write_json
 
 PARTITION_ROWS = 250_000  # rows per add task at most (bounds its output files and its retry cost)
+DONE = ".done.json"  # a partition's marker in parts/, written last by its add task
+
+
+def part_marker(parts_dir: str | Path, key: str) -> Path:
+    """The done marker of partition ``key`` (its files are whole once it exists)."""
+    return Path(parts_dir) / f"{key}{DONE}"
+
+
 BATCH_ROWS = 32_768  # rows a stage decodes at once: its working memory is O(BATCH_ROWS x dim), not O(partition)
 
 
@@ -55,16 +58,15 @@ def _node_id() -> str:
 
 def _in_split(t, split: str):
     """Boolean mask of the rows of a table or batch whose ``split`` is ``split`` (null: not in it)."""
-    return pc.fill_null(pc.equal(t["split"], split), False)
+    return pc.fill_null(pc.equal(t[SPLIT], split), False)
 
 
 def _split_batches(store_path: str, file: str, split: str | None, columns: list[str], offset: int = 0,
                    rows: int | None = None):
     """The split's rows ``offset .. offset + rows`` of one store file, streamed as tables of at
     most :data:`BATCH_ROWS` rows (the file is never decoded whole)."""
-    from genoray import fs
 
-    cols = columns + (["split"] if split is not None and "split" not in columns else [])
+    cols = columns + ([SPLIT] if split is not None and SPLIT not in columns else [])
     pos, end = 0, offset + rows if rows is not None else None
     for b in fs.iter_batches(fs.join(store_path, file), cols, BATCH_ROWS):
         if end is not None and pos >= end:
@@ -81,17 +83,14 @@ def _split_batches(store_path: str, file: str, split: str | None, columns: list[
 def count_split(store_path: str, file: str, split: str | None) -> int:
     """Rows of ``split`` (all rows when None) in one store file, reading only its split column,
     streamed (the driver of a build over many files keeps no column in memory)."""
-    from genoray import fs
 
     n = 0
-    for b in fs.iter_batches(fs.join(store_path, file), ["split"], 8 * BATCH_ROWS):
+    for b in fs.iter_batches(fs.join(store_path, file), [SPLIT], 8 * BATCH_ROWS):
         n += b.num_rows if split is None else int(pc.sum(_in_split(b, split)).as_py() or 0)
     return n
 
 
 def _vectors(t: pa.Table, d: int) -> np.ndarray:
-    from genoray.store import vectors_of
-
     return l2_normalize(vectors_of(t, d))
 
 
@@ -118,13 +117,11 @@ def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: 
               seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Count, training sample (Bernoulli ``rate``) and candidate queries of one partition,
     streamed :data:`BATCH_ROWS` rows at a time."""
-    from genoray import fs
-    from genoray.store import vectors_of
 
     rng = np.random.default_rng(seed)
     rows, samples = 0, []
     q_in, q_out = _Reservoir(n_queries, rng), _Reservoir(n_queries, rng)
-    for b in fs.iter_batches(fs.join(store_path, part_file), ["split", "embedding"], BATCH_ROWS):
+    for b in fs.iter_batches(fs.join(store_path, part_file), [SPLIT, EMBEDDING], BATCH_ROWS):
         t = pa.Table.from_batches([b])
         inside = np.ones(t.num_rows, bool) if split is None else \
             np.asarray(_in_split(t, split).to_numpy(zero_copy_only=False), bool)
@@ -177,14 +174,14 @@ def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, t
         kept = np.lib.format.open_memmap(out / f"{key}.vec.npy{tmp}", mode="w+", shape=(part["rows"], d),
                                          dtype=np.float16 if refine else np.float32)
     meta, pos = [], 0
-    for t in _split_batches(store_path, part["file"], split, ["seq_id", "label", "embedding"],
+    for t in _split_batches(store_path, part["file"], split, [SEQ_ID, LABEL, EMBEDDING],
                             part.get("offset", 0), part["rows"]):
         vec = _vectors(t, d)
         if index is not None:
             index.add_with_ids(vec, np.arange(part["gid_start"] + pos, part["gid_start"] + pos + len(vec), dtype=np.int64))
         if kept is not None:
             kept[pos:pos + len(vec)] = vec
-        meta.append(t.select(["seq_id", "label"]))
+        meta.append(t.select([SEQ_ID, LABEL]))
         pos += len(vec)
     if pos != part["rows"]:
         raise ValueError(f"{part['file']}: {pos} rows of the split, counted {part['rows']} (store changed?)")
@@ -199,23 +196,23 @@ def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, t
         del kept
         os.replace(out / f"{key}.vec.npy{tmp}", out / f"{key}.vec.npy")
         files[f"{key}.vec.npy"] = sha256_file(out / f"{key}.vec.npy")
-    ids = pa.concat_tables(meta) if meta else pa.table({"seq_id": pa.array([], pa.string()),
-                                                        "label": pa.array([], pa.string())})
+    ids = pa.concat_tables(meta) if meta else pa.table({SEQ_ID: pa.array([], pa.string()),
+                                                        LABEL: pa.array([], pa.string())})
     gids = pa.array(np.arange(part["gid_start"], part["gid_start"] + pos, dtype=np.int64))
-    pq.write_table(pa.table({"gid": gids, "seq_id": ids["seq_id"], "label": ids["label"]}),
+    pq.write_table(pa.table({"gid": gids, SEQ_ID: ids[SEQ_ID], LABEL: ids[LABEL]}),
                    out / f"{key}.ids.parquet{tmp}")
     os.replace(out / f"{key}.ids.parquet{tmp}", out / f"{key}.ids.parquet")
     files[f"{key}.ids.parquet"] = sha256_file(out / f"{key}.ids.parquet")
     done = {**part, "files": files, "node_id": _node_id(), "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
-    write_json(out / f"{key}.done.json", done)
+    write_json(part_marker(out, key), done)
     return done
 
 
 def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template, factory: str,
-                sharded: bool, refine: bool) -> dict[str, Any]:
+                sharded: bool, refine: bool) -> IndexShard:
     """One shard from its partitions (contiguous gids), sharing the trained quantizer."""
     faiss = _faiss()
-    out, pdir = Path(out_dir), Path(out_dir) / "parts"
+    out, pdir = Path(out_dir), Path(out_dir) / PARTS
     index = faiss.deserialize_index(np.asarray(_resolve(template)))
     ivf = factory.startswith("IVF")
     for p in parts:
@@ -229,7 +226,7 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
                 index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
             else:
                 index.add(vec)
-    fi, fids = f"shard-{shard:02d}.faiss", f"ids-{shard:02d}.arrow"
+    fi, fids = shard_file(shard), ids_file(shard)
     if ivf:
         write_without_quantizer(index, out / fi)
     else:
@@ -238,11 +235,11 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
     del index
     tables = [pq.read_table(pdir / f"{p['key']}.ids.parquet") for p in parts]
     write_ids(pa.concat_tables(tables).combine_chunks() if tables else pa.table({"gid": pa.array([], pa.int64()),
-              "seq_id": pa.array([], pa.string()), "label": pa.array([], pa.string())}), out / fids)
-    meta: dict[str, Any] = {"index": fi, "ids": fids, "ntotal": ntotal, "gid_start": parts[0]["gid_start"] if parts else 0,
-            "sha256": {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}, "peak_rss_mb": _peak_rss_mb()}
+              SEQ_ID: pa.array([], pa.string()), LABEL: pa.array([], pa.string())}), out / fids)
+    sha = {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}
+    fr = None
     if refine:
-        fr = f"refine-{shard:02d}.npy"
+        fr = refine_file(shard)
         vecs = [np.load(pdir / f"{p['key']}.vec.npy", mmap_mode="r", allow_pickle=False) for p in parts]
         total = sum(len(v) for v in vecs)
         mm = np.lib.format.open_memmap(out / fr, mode="w+", dtype=np.float16, shape=(total, vecs[0].shape[1] if vecs else 0))
@@ -252,9 +249,9 @@ def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template,
             pos += len(v)
         mm.flush()
         del mm
-        meta["refine"] = fr
-        meta["sha256"][fr] = sha256_file(out / fr)
-    return meta
+        sha[fr] = sha256_file(out / fr)
+    return IndexShard(index=fi, ids=fids, ntotal=ntotal, sha256=sha, gid_start=parts[0]["gid_start"] if parts else 0,
+                      refine=fr, peak_rss_mb=_peak_rss_mb())
 
 
 def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int, queries: np.ndarray,
@@ -264,20 +261,20 @@ def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int,
     q = l2_normalize(np.asarray(_resolve(queries)))
     best = (np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64))
     pos = 0
-    for t in _split_batches(store_path, part["file"], split, ["embedding"], part.get("offset", 0), part["rows"]):
+    for t in _split_batches(store_path, part["file"], split, [EMBEDDING], part.get("offset", 0), part["rows"]):
         sims, top = faiss.knn(q, _vectors(t, d), min(k, t.num_rows), metric=faiss.METRIC_INNER_PRODUCT)
-        best = merge_topk([best[0], sims], [best[1], top + part["gid_start"] + pos], k)
+        best = merge_topk([best[0], sims], [best[1], top + part["gid_start"] + pos], k)[:2]
         pos += t.num_rows
     return best
 
 
-def tune_index(out_dir: str, manifest: dict[str, Any], queries, truth, target: float,
+def tune_index(out_dir: str, manifest: IndexManifest, queries, truth, target: float,
                k_factor_max: int) -> tuple[dict[str, int], float, list]:
     """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
     best setting tried, with its recall)."""
     vindex = VectorIndex.open(out_dir, manifest, mmap=True)
     q, truth = np.asarray(_resolve(queries)), np.asarray(_resolve(truth))
-    factory = manifest["factory"]
+    factory = manifest.factory
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
         steps = sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)})  # 1 2 3 4 6 8 12 16 24 ...
