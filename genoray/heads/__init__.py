@@ -14,20 +14,23 @@
   k-th-neighbour distances used for the out-of-distribution score.
 
 Heads are saved with :func:`save_head` as ``head.json`` + ``head.npz`` (+ ``trees.ubj``), no
-pickle, and verified by sha256 in :func:`load_head`.
+pickle, and verified by sha256 in :func:`load_head` (:mod:`.persist`).
 
 A head fitted with its training sequences and encoder also has a temperature per query length
 (:mod:`.length_calibration`, ``length_calibration.json``), applied by the Predictor.
 
-Modules: :mod:`.common`, :mod:`.parts`, :mod:`.fused`, :mod:`.length_calibration`; the public names import from ``genoray.heads``
-(private helpers from :mod:`genoray.heads.common`).
+Modules: :mod:`.common` (label codes, the vote, calibration, samples), :mod:`.parts`,
+:mod:`.select` (the mixture and the do-no-harm tree test), :mod:`.fused`, :mod:`.persist`,
+:mod:`.length_calibration`; the public names import from ``genoray.heads``.
 """
 
 from genoray.heads.common import align_proba, apply_isotonic, calibrate, drop_own, stratified_sample, vote
-from genoray.heads.fused import FusedHead, load_head, mixture_name, save_head
+from genoray.heads.fused import FusedHead
 from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead
+from genoray.heads.persist import HeadManifest, load_head, read_head_manifest, save_head
+from genoray.heads.select import mixture_name
 
 __all__ = [
-    "FusedHead", "KNNVoteHead", "LinearHead", "TreeHead", "align_proba", "apply_isotonic", "calibrate", "drop_own",
-    "load_head", "mixture_name", "save_head", "stratified_sample", "vote",
+    "FusedHead", "HeadManifest", "KNNVoteHead", "LinearHead", "TreeHead", "align_proba", "apply_isotonic", "calibrate",
+    "drop_own", "load_head", "mixture_name", "read_head_manifest", "save_head", "stratified_sample", "vote",
 ]

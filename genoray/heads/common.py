@@ -7,13 +7,9 @@ import logging
 
 import numpy as np
 
-from genoray.config.stages import OOD_REFERENCE_ROWS  # noqa: F401  (re-exported: one source of truth)
-
 log = logging.getLogger(__name__)
 
 
-FORMAT_VERSION = 2  # version-1 heads (kNN + linear) still load
-TREES_FILE = "trees.ubj"
 _ISO_FLOOR = 1e-4
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 33))
 _C_GRID = (0.01, 0.1, 1.0)

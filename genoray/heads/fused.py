@@ -1,35 +1,21 @@
-"""The fused head (mixture chosen on validation, calibrated) and its pickle-free save/load."""
+"""The fused head: its parts mixed by weights chosen on validation data, then calibrated
+(saved and loaded without pickle by :mod:`genoray.heads.persist`)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from genoray.artifacts import (
-    ChecksumError,
-    atomic_write_bytes,
-    read_json,
-    read_npz,
-    sha256_file,
-    sha256_json,
-    write_json,
-    write_npz,
-)
 from genoray.config import HeadConfig, to_dict
 from genoray.heads import length_calibration
 from genoray.heads.common import (
     _C_GRID,
-    FORMAT_VERSION,
-    OOD_REFERENCE_ROWS,
-    TREES_FILE,
     _check_X,
     _encode,
     _fit_isotonic,
@@ -44,6 +30,7 @@ from genoray.heads.common import (
 )
 from genoray.heads.parts import KNNVoteHead, LinearHead, TreeHead
 from genoray.heads.select import HEAD_MODES, PARTS, best_mixtures, keep_trees, mix, mixture_name
+from genoray.index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +61,8 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     """kNN vote, linear head and gradient-boosted trees, mixed and calibrated on validation data.
 
     Args: see :class:`genoray.config.HeadConfig` (``k``, ``temperature``, ``C``,
-    ``val_fraction``, ``seed``, ``head``, ``max_rows``); ``tree_threads`` (0 = all cores).
+    ``val_fraction``, ``seed``, ``head``, ``max_rows``, ``ood_reference_rows``; the defaults are
+    its defaults); ``tree_threads`` (0 = all cores).
 
     Fit (all choices by log-loss on a seeded, stratified ``val_fraction`` of the rows):
 
@@ -82,7 +70,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
        the fit's time and memory are bounded whatever the store size.
     2. Validation predictions of the kNN vote come from searches of the reference index that
        skip the validation rows themselves (so they vote with fit rows only), and the OOD
-       reference from leave-one-out searches of at most ``OOD_REFERENCE_ROWS`` (10,000)
+       reference from leave-one-out searches of at most ``ood_reference_rows`` (10,000)
        sampled rows: never an all-against-all search.
     3. The linear part's ``C`` (``None``: chosen from 0.01, 0.1, 1) and the tree part (early
        stopping on a part of the fit rows) are fitted on the rest.
@@ -105,8 +93,10 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     (incl. ``tree_test``), ``fit_seconds_``, ``length_calibration_`` (or ``None``).
     """
 
-    def __init__(self, k: int = 10, temperature: float = 0.05, C: float | None = None, val_fraction: float = 0.2,
-                 seed: int = 0, head: str = "linear", max_rows: int = 100_000, tree_threads: int = 0):
+    def __init__(self, k: int = HeadConfig.k, temperature: float = HeadConfig.temperature,
+                 C: float | None = HeadConfig.C, val_fraction: float = HeadConfig.val_fraction,
+                 seed: int = HeadConfig.seed, head: str = HeadConfig.head, max_rows: int = HeadConfig.max_rows,
+                 ood_reference_rows: int = HeadConfig.ood_reference_rows, tree_threads: int = 0):
         self.k = k
         self.temperature = temperature
         self.C = C
@@ -114,6 +104,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.head = head
         self.max_rows = max_rows
+        self.ood_reference_rows = ood_reference_rows
         self.tree_threads = tree_threads
 
     @classmethod
@@ -155,7 +146,6 @@ class FusedHead(ClassifierMixin, BaseEstimator):
 
     def _stage(self, X, y, index, ids, with_trees: bool) -> _Stage:
         """Sample, split, and the parts' validation probabilities (see the class docstring)."""
-        from genoray.index import VectorIndex
 
         t0 = time.perf_counter()
         X = _check_X(X)
@@ -175,7 +165,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         knn = KNNVoteHead(k=self.k, temperature=self.temperature).attach(index, classes)
         # leave-one-out over a fixed-size stratified subsample: its cost grows with the index's
         # scan per query only, not with max_rows (it dominated a 1M-row fit)
-        ref = stratified_sample(codes, OOD_REFERENCE_ROWS, self.seed + 1)
+        ref = stratified_sample(codes, self.ood_reference_rows, self.seed + 1)
         sims, _ = _loo_neighbours(index, X[ref], ids[ref], self.k)
         ood_reference = np.sort(1.0 - sims[:, -1]).astype(np.float64)
         # the vote on the validation rows uses only reference rows outside the validation part
@@ -347,104 +337,3 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-
-def save_head(head: FusedHead, out_dir: str | Path, encoder_fingerprint: str | None = None) -> None:
-    """Write ``head.json`` + ``head.npz`` (+ ``trees.ubj``, XGBoost's UBJSON model, when the
-    head has a tree part); the JSON records every file's sha256 and its own payload hash."""
-    check_is_fitted(head, "mixture_")
-    out = Path(out_dir)
-    if (out / "head.json").exists():
-        raise FileExistsError(f"{out}: a head already exists here; write a new directory")
-    lin = head.linear_
-    iso = {}
-    for i, (xt, yt) in enumerate(head.isotonic_ or []):
-        iso[f"isotonic_x_{i}"], iso[f"isotonic_y_{i}"] = xt, yt
-    write_npz(out / "head.npz", coef=lin.coef_, intercept=lin.intercept_, mean=lin.mean_, scale=lin.scale_,
-              ood_reference=head.ood_reference_, **iso)
-    trees = None
-    if head.trees_ is not None:
-        import xgboost
-
-        atomic_write_bytes(out / TREES_FILE, head.trees_.to_bytes())
-        trees = {"library": "xgboost", "version": xgboost.__version__, "file": TREES_FILE,
-                 "sha256": sha256_file(out / TREES_FILE), "rounds": head.trees_.rounds_,
-                 "params": head.trees_.get_params()}
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "kind": "fused",
-        "params": head.get_params(),
-        "classes": [str(c) for c in head.classes_],
-        "linear_classes": [str(c) for c in lin.classes_],
-        "n_features": int(head.n_features_in_),
-        "weight": head.weight_,
-        "mixture": head.mixture_,
-        "C": head.C_,
-        "calibration": head.calibration_,
-        "calibration_method": head.calibration_method_,
-        "calibration_scores": head.calibration_scores_,
-        "isotonic_maps": len(head.isotonic_ or []),
-        "val_scores": head.val_scores_,
-        "selection": head.selection_,
-        "trees": trees,
-        "length_calibration": length_calibration.save(head, out),  # the file's sha256, or None
-        "encoder_fingerprint": encoder_fingerprint,
-        "npz_sha256": sha256_file(out / "head.npz"),
-    }
-    write_json(out / "head.json", {"payload": payload, "sha256": sha256_json(payload)})
-
-
-def load_head(path: str | Path, encoder_fingerprint: str | None = None) -> FusedHead:
-    """Load and verify a saved head (sha256 of JSON payload, npz and tree model; encoder
-    fingerprint). Version-1 heads (kNN + linear, temperature) load as such."""
-    path = Path(path)
-    doc = read_json(path / "head.json")
-    payload = doc.get("payload", {})
-    if sha256_json(payload) != doc.get("sha256"):
-        raise ChecksumError(f"{path / 'head.json'}: payload sha256 does not match (edited or corrupt)")
-    version = payload.get("format_version")
-    if version not in (1, FORMAT_VERSION) or payload.get("kind") != "fused":
-        raise ValueError(f"{path / 'head.json'}: unsupported head {payload.get('kind')} v{version} "
-                         f"(this genoray reads fused heads of format 1 and {FORMAT_VERSION})")
-    if sha256_file(path / "head.npz") != payload["npz_sha256"]:
-        raise ChecksumError(f"{path / 'head.npz'}: sha256 does not match head.json")
-    trees_doc = payload.get("trees")
-    raw = None
-    if trees_doc:
-        raw = (path / trees_doc["file"]).read_bytes()
-        if hashlib.sha256(raw).hexdigest() != trees_doc["sha256"]:
-            raise ChecksumError(f"{path / trees_doc['file']}: sha256 does not match head.json")
-    if encoder_fingerprint and payload["encoder_fingerprint"] and encoder_fingerprint != payload["encoder_fingerprint"]:
-        raise ValueError(
-            f"{path}: head was trained on encoder {payload['encoder_fingerprint']}, not {encoder_fingerprint}"
-        )
-    arrays = read_npz(path / "head.npz")
-    head = FusedHead(**payload["params"])
-    head.classes_ = np.array(payload["classes"], dtype=object)
-    head.n_features_in_ = payload["n_features"]
-    head.weight_, head.C_ = payload["weight"], payload["C"]
-    head.val_scores_ = payload["val_scores"]
-    head.ood_reference_ = arrays["ood_reference"]
-    if version == 1:
-        head.mixture_ = {"knn": head.weight_, "linear": 1.0 - head.weight_, "trees": 0.0}
-        head.calibration_, head.calibration_method_, head.isotonic_ = payload["calibration"], "temperature", None
-        head.calibration_scores_, head.selection_ = {}, {"candidates": "linear", "format_version": 1}
-    else:
-        head.mixture_ = payload["mixture"]
-        head.calibration_, head.calibration_method_ = payload["calibration"], payload["calibration_method"]
-        head.calibration_scores_, head.selection_ = payload["calibration_scores"], payload["selection"]
-        head.isotonic_ = [(arrays[f"isotonic_x_{i}"], arrays[f"isotonic_y_{i}"]) for i in range(payload["isotonic_maps"])] or None
-    lin = LinearHead(C=head.C_)
-    lin.classes_ = np.array(payload["linear_classes"], dtype=object)
-    lin.n_features_in_ = payload["n_features"]
-    lin.coef_, lin.intercept_, lin.mean_, lin.scale_ = arrays["coef"], arrays["intercept"], arrays["mean"], arrays["scale"]
-    if lin.coef_.shape[1] != head.n_features_in_:
-        raise ValueError(f"{path}: coef has {lin.coef_.shape[1]} features, head.json says {head.n_features_in_}")
-    head.linear_ = lin
-    head.trees_ = None
-    if raw is not None:
-        head.trees_ = TreeHead.from_bytes(raw, head.classes_, head.n_features_in_, trees_doc["rounds"], trees_doc["params"])
-    head.encoder_fingerprint_ = payload["encoder_fingerprint"]
-    lc = payload.get("length_calibration")  # sha256 of length_calibration.json; absent in older heads
-    head.length_calibration_ = length_calibration.LengthCalibration.load(path, lc) if lc else None
-    return head

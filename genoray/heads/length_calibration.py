@@ -7,7 +7,7 @@ ECE 0.10-0.20 on cropped or joined rows against 0.02-0.07 in-domain), and no rul
 unlabeled target can see that. When :meth:`FusedHead.fit <genoray.heads.FusedHead.fit>` gets the
 training sequences and the encoder, :func:`fit` takes a bounded, class-stratified sample of the
 head's *validation* rows, crops them to each length of the OOD scorer's grid
-(:func:`genoray.ood.length_grid`: ratio 1.25 from 16 bp, the same grid and cropping code),
+(:func:`genoray.sequences.lengths.length_grid`: ratio 1.25 from 16 bp, the same grid and cropping code),
 embeds them, predicts them with the parts fitted without them (the validation fit's linear part
 and trees, the kNN vote over the index with every validation row excluded), applies the head's
 own calibration and fits one temperature per length by log-loss on top of it.
@@ -39,29 +39,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from genoray.artifacts import ChecksumError, read_json, sha256_file, sha256_json, write_json
+from genoray.config import OODConfig
 from genoray.heads.common import _check_X, _log_loss, _loo_neighbours, align_proba, calibrate, stratified_sample
+from genoray.heads.select import mix
+from genoray.infra.artifacts import read_signed, sha256_file, write_signed
+from genoray.infra.documents import from_json, record, to_json
+from genoray.sequences.lengths import crop, length_grid
 
 log = logging.getLogger(__name__)
 
 FILE = "length_calibration.json"
-FORMAT_VERSION = 1
 MAX_ROWS = 2000  # validation rows sampled for the fit (bounds its cost, see the module docstring)
 # wider than the head's own grid (0.25-4): at 16 bp a 300-bp head is near chance and needs T > 4
 _GRID = np.exp(np.linspace(np.log(0.25), np.log(32.0), 57))
 
 
-@dataclass(frozen=True)
+@record
 class LengthCalibration:
     """Temperatures per sequence length (increasing ``lengths``; 1.0 at ``native_length``),
-    with the log-loss of the sampled held-out rows at each length before and after."""
+    with the log-loss of the sampled held-out rows at each length before and after; the
+    payload of ``length_calibration.json``."""
 
+    KIND: ClassVar[str] = "length calibration"
+    FORMAT_VERSION: ClassVar[int] = 1
+    format_version: int
+    kind: str
     lengths: tuple[int, ...]
     temperatures: tuple[float, ...]
     native_length: int
@@ -70,6 +77,8 @@ class LengthCalibration:
     log_loss_after: tuple[float, ...]
 
     def __post_init__(self):
+        if self.kind != "length_calibration":
+            raise ValueError(f"not a length calibration (kind {self.kind!r})")
         n = len(self.lengths)
         if n == 0 or any(len(v) != n for v in (self.temperatures, self.log_loss_before, self.log_loss_after)):
             raise ValueError(f"length calibration: {n} lengths, {len(self.temperatures)} temperatures")
@@ -102,30 +111,18 @@ class LengthCalibration:
                 "log_loss_after": [round(v, 4) for v in self.log_loss_after]}
 
     def save(self, out_dir: str | Path) -> str:
-        """Write ``length_calibration.json`` (with its payload's sha256); returns the file's sha256."""
-        payload = {"kind": "length_calibration", "format_version": FORMAT_VERSION,
-                   **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
-        write_json(Path(out_dir) / FILE, {"payload": payload, "sha256": sha256_json(payload)})
+        """Write ``length_calibration.json`` (signed); returns the file's sha256."""
+        write_signed(Path(out_dir) / FILE, to_json(self))
         return sha256_file(Path(out_dir) / FILE)
 
     @classmethod
-    def load(cls, path: str | Path, sha256: str | None = None) -> "LengthCalibration":
+    def load(cls, path: str | Path, sha256: str | None = None) -> LengthCalibration:
         """Read a saved calibration; ``sha256``: the file's hash recorded in ``head.json``
         (a missing, edited or swapped file raises)."""
         f = Path(path) / FILE
         if not f.is_file():
             raise FileNotFoundError(f"{f}: head.json records a length calibration but the file is missing")
-        if sha256 is not None and sha256_file(f) != sha256:
-            raise ChecksumError(f"{f}: sha256 does not match head.json")
-        doc = read_json(f)
-        payload = doc.get("payload", {})
-        if sha256_json(payload) != doc.get("sha256"):
-            raise ChecksumError(f"{f}: payload sha256 does not match (edited or corrupt)")
-        if payload.get("kind") != "length_calibration" or payload.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{f}: not a length calibration of format {FORMAT_VERSION}")
-        return cls(tuple(int(v) for v in payload["lengths"]), tuple(float(v) for v in payload["temperatures"]),
-                   int(payload["native_length"]), int(payload["rows"]),
-                   tuple(float(v) for v in payload["log_loss_before"]), tuple(float(v) for v in payload["log_loss_after"]))
+        return from_json(cls, read_signed(f, sha256), f)
 
 
 def apply(head, proba: np.ndarray, lengths: Sequence[int] | np.ndarray | None) -> np.ndarray:
@@ -149,7 +146,6 @@ def fit(head, st) -> LengthCalibration | None:
     zero-argument factory of it, called only when the sequences were read),
     ``ids`` and ``rows`` (index ids and positions in ``X`` of the sampled rows) and
     ``held_out`` (the validation fit's linear part and trees)."""
-    from genoray.ood import OODConfig, crop, length_grid
 
     pick = st.va[stratified_sample(st.codes[st.va], MAX_ROWS, head.seed + 3)]
     if len(pick) < 20:
@@ -180,14 +176,14 @@ def fit(head, st) -> LengthCalibration | None:
         temps.append(t)
         before.append(_log_loss(p, codes))
         after.append(_log_loss(calibrate(p, t), codes))
-    return LengthCalibration(tuple(lengths), tuple(temps), native, len(pick), tuple(before), tuple(after))
+    return LengthCalibration(LengthCalibration.FORMAT_VERSION, "length_calibration", tuple(lengths), tuple(temps),
+                             native, len(pick), tuple(before), tuple(after))
 
 
 def _held_out_proba(head, st, x: np.ndarray, ids: np.ndarray, exclude: set) -> np.ndarray:
     """The head's calibrated mixture for rows ``x`` from the parts fitted without the
     validation rows: kNN vote with every validation row excluded, the validation fit's linear
     part and trees."""
-    from genoray.heads.select import mix
 
     parts: dict[str, np.ndarray] = {}
     if head.mixture_["knn"] > 0:

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from genoray.heads.common import _check_X, _encode, _stratified_split, drop_own, vote
+from genoray.index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> "KNNVoteHead":
         """Index ``X`` (L2-normalised) as the reference set with labels ``y``; returns ``self``."""
-        from genoray.index import VectorIndex
 
         X = _check_X(X)
         y = np.asarray(y, dtype=object)
@@ -215,6 +215,7 @@ class TreeHead(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of each row (in batches of ``batch_size`` rows)."""
         check_is_fitted(self, "booster_")
         X = _check_X(X, self.n_features_in_)
         out = []
@@ -224,6 +225,7 @@ class TreeHead(ClassifierMixin, BaseEstimator):
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
 
     def predict(self, X) -> np.ndarray:
+        """Most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def contributions(self, X, classes: np.ndarray, top: int = 5) -> list[list[dict[str, Any]]]:
@@ -252,6 +254,7 @@ class TreeHead(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_bytes(cls, raw: bytes, classes, n_features: int, rounds: int, params: dict[str, Any]) -> "TreeHead":
+        """A fitted head from :meth:`to_bytes` output (XGBoost's UBJSON model) and its fit facts."""
         xgb = _xgboost()
 
         head = cls(**params)

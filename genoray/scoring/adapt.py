@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from genoray.infra.artifacts import read_npz, read_signed, sha256_file, write_npz, write_signed
+from genoray.infra.errors import ChecksumError
+
 log = logging.getLogger(__name__)
+MANIFEST = "normalizer.json"
+ARRAYS = "normalizer.npz"
 
 
 class DomainNormalizer:
@@ -62,31 +68,21 @@ class DomainNormalizer:
             out[m] = (x[m] - self.mean_[i]) / self.scale_[i]
         return out.astype(np.float32)
 
-    def save(self, out_dir) -> None:
-        """``normalizer.json`` + ``normalizer.npz`` with sha256 checksums."""
-        from pathlib import Path
-
-        from genoray.artifacts import sha256_file, sha256_json, write_json, write_npz
-
+    def save(self, out_dir: str | Path) -> None:
+        """``normalizer.json`` (signed) + ``normalizer.npz`` (its sha256 in the JSON)."""
         out = Path(out_dir)
-        write_npz(out / "normalizer.npz", mean=self.mean_, scale=self.scale_)
-        payload = {"kind": "domain_normalizer", "domains": self.domains_, "counts": self.counts_, "eps": self.eps,
-                   "npz_sha256": sha256_file(out / "normalizer.npz")}
-        write_json(out / "normalizer.json", {"payload": payload, "sha256": sha256_json(payload)})
+        write_npz(out / ARRAYS, mean=self.mean_, scale=self.scale_)
+        write_signed(out / MANIFEST, {"kind": "domain_normalizer", "domains": self.domains_, "counts": self.counts_,
+                                      "eps": self.eps, "npz_sha256": sha256_file(out / ARRAYS)})
 
     @classmethod
-    def load(cls, path) -> "DomainNormalizer":
+    def load(cls, path: str | Path) -> DomainNormalizer:
         """Read a normalizer written by :meth:`save`, verifying both sha256 checksums."""
-        from pathlib import Path
-
-        from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json
-
         path = Path(path)
-        doc = read_json(path / "normalizer.json")
-        payload = doc.get("payload", {})
-        if sha256_json(payload) != doc.get("sha256") or sha256_file(path / "normalizer.npz") != payload.get("npz_sha256"):
-            raise ChecksumError(f"{path}: normalizer.json or normalizer.npz does not match its sha256")
-        a = read_npz(path / "normalizer.npz")
+        payload = read_signed(path / MANIFEST)
+        if payload.get("kind") != "domain_normalizer" or sha256_file(path / ARRAYS) != payload.get("npz_sha256"):
+            raise ChecksumError(f"{path}: {MANIFEST} or {ARRAYS} does not match its sha256")
+        a = read_npz(path / ARRAYS)
         self = cls(payload["eps"])
         self.domains_, self.counts_, self.mean_, self.scale_ = payload["domains"], payload["counts"], a["mean"], a["scale"]
         return self

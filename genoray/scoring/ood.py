@@ -31,83 +31,37 @@ The fitted object is saved as ``ood.json`` + ``ood.npz`` with sha256 checksums (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from genoray.artifacts import ChecksumError, read_json, read_npz, sha256_file, sha256_json, write_json, write_npz
+from genoray.config import OODConfig
+from genoray.encoders.kmer import encode_batch, kmer_indices
+from genoray.infra.artifacts import read_npz, read_signed, sha256_file, write_npz, write_signed
+from genoray.infra.documents import from_json, record, to_json
+from genoray.infra.errors import ChecksumError
+from genoray.sequences.lengths import crop, length_grid
 
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class OODConfig:
-    """Attributes:
-        method: ``mahalanobis`` (class-conditional, shrinkage covariance) or ``knn``.
-        rate: share of in-domain queries flagged (the calibration quantile is ``1 - rate``).
-        max_fit_rows: reference rows used to fit (seeded subsample; bounds memory).
-        max_cal_rows: held-out reference rows used to calibrate (disjoint from the fit rows).
-        pca_dims: Mahalanobis distances on the first 4, 16 and 64 principal components; each is
-            ranked against the calibration rows and the largest rank is the raw score, so a
-            shift along a few strong directions is not drowned by many weak ones (and vice versa).
-        k: neighbour rank of the ``knn`` method.
-        markov_order: order of the reference Markov chain whose per-base negative
-            log-likelihood is one more ranked view (only when fitted with sequences; 0 = off).
-        length_ratio: ratio between consecutive calibration lengths (length-matched mode).
-        min_length: shortest calibration length.
-        seed: subsampling and cropping seed.
-        complexity_view: one more ranked view (with sequences): the Markov NLL minus the
-            entropy of the query's own base composition (complexity-corrected likelihood).
-        combine: how the per-view ranks become one raw score: ``max`` (the largest rank) or
-            ``fisher`` (``-2 sum log p`` of the views' upper-tail p-values); either is then
-            calibrated on the held-out rows, so the flag rate holds for both.
-    """
-
-    method: str = "mahalanobis"
-    rate: float = 0.05
-    max_fit_rows: int = 4000
-    max_cal_rows: int = 1000
-    pca_dims: tuple[int, ...] = (4, 16, 64)
-    k: int = 10
-    markov_order: int = 5
-    length_ratio: float = 1.25
-    min_length: int = 16
-    seed: int = 0
-    combine: str = "max"
-    complexity_view: bool = True
-
-    def __post_init__(self):
-        if self.method not in ("mahalanobis", "knn"):
-            raise ValueError(f"OOD method must be 'mahalanobis' or 'knn', got {self.method!r}")
-        if not 0 < self.rate < 0.5:
-            raise ValueError(f"OOD rate must be in (0, 0.5), got {self.rate}")
-        if self.combine not in ("max", "fisher"):
-            raise ValueError(f"OOD combine must be 'max' or 'fisher', got {self.combine!r}")
+MANIFEST = "ood.json"
+ARRAYS = "ood.npz"
 
 
-def crop(sequences: Sequence[str], length: int, rng: np.random.Generator) -> list[str]:
-    """A random window of ``length`` bp from each sequence (shorter ones unchanged)."""
-    out = []
-    for s in sequences:
-        if len(s) <= length:
-            out.append(s)
-        else:
-            i = int(rng.integers(0, len(s) - length + 1))
-            out.append(s[i : i + length])
-    return out
+@record
+class OODManifest:
+    """The payload of ``ood.json``: the scorer's settings and sizes, and the sha256 of ``ood.npz``."""
 
-
-def length_grid(reference_length: int, min_length: int = 16, ratio: float = 1.25) -> list[int]:
-    """The calibration lengths below ``reference_length``: geometric from ``min_length`` by
-    ``ratio``, up to (not including) ``reference_length / sqrt(ratio)``, where the reference
-    length itself takes over (also the grid of :mod:`genoray.heads.length_calibration`)."""
-    g, grid = float(min_length), []
-    while g < reference_length / ratio ** 0.5:
-        grid.append(int(round(g)))
-        g *= ratio
-    return sorted(set(grid))
+    KIND: ClassVar[str] = "OOD scorer"
+    FORMAT_VERSION: ClassVar[int] = 1
+    format_version: int
+    kind: str
+    config: OODConfig
+    dim: int
+    n_reference: int
+    n_fit: int
+    n_cal: int
+    reference_length: int
+    npz_sha256: str
 
 
 class OODScorer:
@@ -320,46 +274,42 @@ class OODScorer:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
-        """Write ``ood.json`` + ``ood.npz`` (sha256 of the npz and of the JSON payload)."""
+        """Write ``ood.json`` (signed) + ``ood.npz`` (its sha256 in the JSON)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         arrays = {f"s{i}_{k}": v for i, sp in enumerate(self.spaces_) for k, v in sp.items() if not k.startswith("_")}
-        write_npz(out / "ood.npz", cal_lengths=self.cal_lengths_, markov=self.markov_, **arrays)
-        payload = {"format_version": FORMAT_VERSION, "kind": "ood", "config": asdict(self.cfg), "dim": int(self.dim_),
-                   "n_reference": int(self.n_reference_), "n_fit": int(self.n_fit_), "n_cal": int(self.n_cal_),
-                   "reference_length": int(self.reference_length_), "npz_sha256": sha256_file(out / "ood.npz")}
-        write_json(out / "ood.json", {"payload": payload, "sha256": sha256_json(payload)})
+        write_npz(out / ARRAYS, cal_lengths=self.cal_lengths_, markov=self.markov_, **arrays)
+        doc = OODManifest(format_version=OODManifest.FORMAT_VERSION, kind="ood", config=self.cfg, dim=int(self.dim_),
+                          n_reference=int(self.n_reference_), n_fit=int(self.n_fit_), n_cal=int(self.n_cal_),
+                          reference_length=int(self.reference_length_), npz_sha256=sha256_file(out / ARRAYS))
+        write_signed(out / MANIFEST, to_json(doc))
 
     @classmethod
-    def load(cls, path: str | Path) -> "OODScorer":
+    def load(cls, path: str | Path) -> OODScorer:
         """Load and verify a saved scorer."""
         path = Path(path)
-        doc = read_json(path / "ood.json")
-        payload = doc.get("payload", {})
-        if sha256_json(payload) != doc.get("sha256"):
-            raise ChecksumError(f"{path / 'ood.json'}: payload sha256 does not match (edited or corrupt)")
-        if payload.get("kind") != "ood" or payload.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path / 'ood.json'}: unsupported OOD scorer {payload.get('kind')} v{payload.get('format_version')}")
-        if sha256_file(path / "ood.npz") != payload["npz_sha256"]:
-            raise ChecksumError(f"{path / 'ood.npz'}: sha256 does not match ood.json")
-        a = read_npz(path / "ood.npz")
-        self = cls(OODConfig(**payload["config"]))
+        doc = from_json(OODManifest, read_signed(path / MANIFEST), path / MANIFEST)
+        if doc.kind != "ood":
+            raise ValueError(f"{path / MANIFEST}: not an OOD scorer (kind {doc.kind!r})")
+        if sha256_file(path / ARRAYS) != doc.npz_sha256:
+            raise ChecksumError(f"{path / ARRAYS}: sha256 does not match {MANIFEST}")
+        a = read_npz(path / ARRAYS)
+        self = cls(doc.config)
         self.cal_lengths_, self.markov_ = a["cal_lengths"], a["markov"]
         self.spaces_ = [{} for _ in range(len(self.cal_lengths_))]
         for name, v in a.items():
             if name.startswith("s") and "_" in name:
                 i, key = name[1:].split("_", 1)
                 self.spaces_[int(i)][key] = v
-        self.dim_ = payload["dim"]
-        self.n_reference_, self.n_fit_, self.n_cal_ = payload["n_reference"], payload["n_fit"], payload["n_cal"]
-        self.reference_length_ = payload["reference_length"]
+        self.dim_ = doc.dim
+        self.n_reference_, self.n_fit_, self.n_cal_ = doc.n_reference, doc.n_fit, doc.n_cal
+        self.reference_length_ = doc.reference_length
         return self
 
 
 def markov_fit(sequences: Sequence[str], order: int) -> np.ndarray:
     """Log transition probabilities ``log p(base | previous order bases)`` (add-one smoothed),
     flattened over the ``4**(order+1)`` (order+1)-mers; k-mers with N are skipped."""
-    from genoray.encoders.kmer import encode_batch, kmer_indices
 
     counts = np.ones(4 ** (order + 1))
     for s in sequences:
@@ -385,7 +335,6 @@ def base_entropy(sequences: Sequence[str]) -> np.ndarray:
 def markov_nll(logp: np.ndarray, sequences: Sequence[str], order: int) -> np.ndarray:
     """Per-base negative log-likelihood of each sequence under :func:`markov_fit`'s chain
     (0 for a sequence with no valid (order+1)-mer)."""
-    from genoray.encoders.kmer import encode_batch, kmer_indices
 
     out = np.zeros(len(sequences))
     for i, s in enumerate(sequences):
@@ -397,35 +346,4 @@ def markov_nll(logp: np.ndarray, sequences: Sequence[str], order: int) -> np.nda
 
 def exists(path: str | Path) -> bool:
     """Whether a saved OOD scorer is in ``path``."""
-    return (Path(path) / "ood.json").is_file()
-
-
-def store_sequences(store, ids) -> list[str] | None:
-    """The sequences of rows ``ids`` of an :class:`~genoray.store.EmbeddingStore`, re-read from
-    its source files (cleaned as when embedded); ``None`` when a source is gone or lacks an id."""
-    records = store.source_records(ids)
-    if records is None:
-        return None
-    by_id = {sid: seq for sid, (seq, _meta) in records.items()}
-    found = [by_id[str(i)] for i in ids if str(i) in by_id]
-    return found if len(found) == len(ids) else None
-
-
-def fit_on_store(store, emb, cfg: OODConfig | None = None, encoder=None) -> OODScorer:
-    """Fit a scorer on the rows ``emb`` of an :class:`~genoray.store.EmbeddingStore`. The
-    sequences for length matching are re-read from the store's source files (by id); when a
-    source is gone, the scorer is calibrated at the reference length only. ``encoder``: a
-    zero-argument factory of the store's encoder (default: built from its spec), called only
-    when the sequences were read."""
-    from genoray.encoders import encoder_from_spec
-
-    cfg = cfg or OODConfig()
-    encoder = encoder or (lambda: encoder_from_spec(store.encoder_spec))
-    keep = np.arange(len(emb.ids))
-    cap = cfg.max_fit_rows + cfg.max_cal_rows
-    if len(keep) > cap:  # the scorer never uses more rows: read and hold only these
-        keep = np.sort(np.random.default_rng(cfg.seed + 2).choice(len(keep), size=cap, replace=False))
-    seqs = store_sequences(store, emb.ids[keep])
-    scorer = OODScorer(cfg).fit(emb.vectors[keep], emb.labels[keep], seqs, encoder() if seqs is not None else None)
-    scorer.n_reference_ = len(emb.ids)
-    return scorer
+    return (Path(path) / MANIFEST).is_file()

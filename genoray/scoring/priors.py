@@ -14,7 +14,7 @@ saveable JSON form.
 
 1. *the label-shift model is plausible*: re-weighting assumes ``p(x | y)`` is unchanged, so the
    target rows must look in-distribution. The share of target rows flagged by the per-query
-   OOD score (:mod:`genoray.ood`) is compared with its calibrated rate (one-sided binomial
+   OOD score (:mod:`genoray.scoring.ood`) is compared with its calibrated rate (one-sided binomial
    test at ``alpha``); when the target is flagged as covariate-shifted, EM attributes the
    shift to the priors and was measured to push every prediction into one class (MCC to 0
    on composition shifts in ``bench/bench_shift.py``), so nothing is re-weighted;
@@ -54,8 +54,11 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import ChecksumError, read_json, sha256_json, write_json
+from genoray.heads import calibrate
+from genoray.infra.artifacts import read_signed, write_signed
+from genoray.infra.documents import check_format
 
+FILE = "priors.json"
 FORMAT_VERSION = 1
 MCC_TOLERANCE = 0.02
 
@@ -64,7 +67,6 @@ def uninformed_temperature(proba: np.ndarray, source_priors: np.ndarray, max_t: 
     """The temperature ``T >= 1`` at which the mean top-class probability of ``p ** (1 / T)``
     (renormalised) over the rows equals the largest source prior (bisection on ``log T``; 1 when
     the rows already claim no more, ``max_t`` when even that claims more)."""
-    from genoray.heads import calibrate
 
     p = np.asarray(proba, dtype=np.float64)
     goal = float(np.max(source_priors))
@@ -207,8 +209,6 @@ class PriorShift:
         if self.applied:
             return reweight(p, np.asarray(self.source_priors), np.asarray(self.target_priors))
         if self.temper_ood != 1.0 and len(p):
-            from genoray.heads import calibrate
-
             return calibrate(p, self.temper_ood)
         return p
 
@@ -223,18 +223,21 @@ class PriorShift:
                 "target_priors": dict(zip(self.classes, (round(v, 6) for v in self.target_priors)))}
 
     def save(self, out_dir: str | Path) -> None:
-        """Write ``priors.json`` with a sha256 of its payload."""
-        payload = {"format_version": FORMAT_VERSION, "kind": "prior_shift", **self.to_dict()}
+        """Write ``priors.json`` (signed)."""
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out_dir) / "priors.json", {"payload": payload, "sha256": sha256_json(payload)})
+        write_signed(Path(out_dir) / FILE, {"format_version": FORMAT_VERSION, "kind": "prior_shift", **self.to_dict()})
 
     @classmethod
-    def load(cls, path: str | Path) -> "PriorShift":
+    def load(cls, path: str | Path) -> PriorShift:
         """Read ``priors.json`` written by :meth:`save`; raises ``ChecksumError`` if it was edited."""
-        doc = read_json(Path(path) / "priors.json")
-        payload = dict(doc.get("payload", {}))
-        if sha256_json(payload) != doc.get("sha256"):
-            raise ChecksumError(f"{Path(path) / 'priors.json'}: payload sha256 does not match (edited or corrupt)")
-        if payload.pop("kind", None) != "prior_shift" or payload.pop("format_version", None) != FORMAT_VERSION:
-            raise ValueError(f"{Path(path) / 'priors.json'}: not a prior-shift file of version {FORMAT_VERSION}")
+        f = Path(path) / FILE
+        payload = dict(read_signed(f))
+        check_format(f, "prior-shift file", payload.pop("format_version", None), (FORMAT_VERSION,))
+        if payload.pop("kind", None) != "prior_shift":
+            raise ValueError(f"{f}: not a prior-shift file")
         return cls(**payload)
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a head directory holds a target's class priors (``priors.json``)."""
+    return (Path(path) / FILE).is_file()
