@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
-from genoray.metrics import strict_dumps as dumps
+from genoray.embedding.store import EmbeddingStore
+from genoray.index.manifest import IndexManifest
+from genoray.infra.artifacts import strict_dumps as dumps
 
 
 class PredictionWriter:
@@ -49,6 +51,7 @@ class PredictionWriter:
             self.tables.append(pa.Table.from_pydict(cols))
 
     def close(self) -> None:
+        """Write the Parquet file (collected batches) or close the text output."""
         if self.fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -59,12 +62,13 @@ class PredictionWriter:
             self.f.close()
 
 
-def join_neighbour_records(index_manifest: Any, rows: list[dict]) -> int:
+def join_neighbour_records(index_manifest: IndexManifest, rows: list[dict]) -> int:
     """Add each neighbour's ``sequence`` and ``meta`` (read again from the source files of the
     store the index was built from, read as when embedded); returns how many were not found."""
-    from genoray.store import EmbeddingStore
 
-    store = EmbeddingStore(index_manifest["source_store"], verify=False)
+    if index_manifest.source_store is None:
+        raise ValueError("the index records no source store to read the neighbours' sequences from")
+    store = EmbeddingStore(index_manifest.source_store, verify=False)
     wanted = {nb["seq_id"] for r in rows for nb in r["neighbours"]}
     records = store.source_records(wanted) or {}
     found = {sid: (seq, json.loads(meta) if meta else None) for sid, (seq, meta) in records.items()}

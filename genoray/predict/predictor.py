@@ -19,11 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from genoray.bundle import BundleManifest, current_version, verify_bundle, version_dir
+from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.config import CleanPolicy
-from genoray.dna import Cleaner
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.heads import FusedHead, drop_own, length_calibration, load_head
-from genoray.index import VectorIndex
+from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
+from genoray.index import MANIFEST as INDEX_MANIFEST
+from genoray.index import VectorIndex, read_manifest
+from genoray.infra import fs
+from genoray.scoring import ood, priors
+from genoray.scoring.priors import PriorShift
+from genoray.sequences.clean import Cleaner
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +85,7 @@ class Hits:
 
 SearchFn = Callable[[np.ndarray, int], Hits]
 """``search(vectors, k) -> Hits``: where the neighbours come from (the local index, or the
-shard groups of :mod:`genoray.scatter`)."""
+shard groups of :mod:`genoray.serving.scatter`)."""
 
 
 class Predictor:
@@ -100,7 +107,7 @@ class Predictor:
         self.head = head.attach_index(index) if index is not None else head
         self.policy = serving_policy(clean)
         self.cleaner = Cleaner(self.policy)
-        self.ood, self.priors = ood, priors  # genoray.ood.OODScorer, genoray.priors.PriorShift (optional)
+        self.ood, self.priors = ood, priors  # genoray.scoring.ood.OODScorer, genoray.scoring.priors.PriorShift (optional)
 
     @classmethod
     def load(cls, index_dir: str | Path, head_dir: str | Path, with_index: bool = True, mmap: bool = False,
@@ -110,11 +117,10 @@ class Predictor:
         vectors: :meth:`predict` then needs a ``search``. ``mmap``: memory-map the index files and
         id tables; ``verify_index=False`` when the caller verified the index files (a bundle) just
         before. ``s3://`` / ``gs://`` directories are loaded from a node-local copy
-        (:func:`genoray.fs.local_copy`)."""
-        from genoray import fs
-        from genoray.index import read_manifest
+        (:func:`genoray.infra.fs.local_copy`)."""
 
-        index_dir, head_dir = fs.local_copy(index_dir, "indexes", "manifest.json"), fs.local_copy(head_dir, "heads", "head.json")
+        index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
+        head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
         index = VectorIndex.load(index_dir, mmap=mmap, verify=verify_index) if with_index else None
         manifest = index.manifest if index is not None else read_manifest(index_dir)
         if manifest.encoder is None:
@@ -127,12 +133,29 @@ class Predictor:
         if clean is None:
             log.warning("%s: the index records no CleanPolicy (built from an older store); "
                         "cleaning queries with the default policy", index_dir)
-        from genoray import ood, priors
 
         ood_scorer = ood.OODScorer.load(head_dir) if ood.exists(head_dir) else None
-        prior_shift = priors.PriorShift.load(head_dir) if (Path(head_dir) / "priors.json").is_file() else None
+        prior_shift = priors.PriorShift.load(head_dir) if priors.exists(head_dir) else None
         return cls(encoder, index, load_head(head_dir, encoder_fingerprint=fp), clean=clean,
                    ood=ood_scorer, priors=prior_shift)
+
+    @classmethod
+    def from_bundle(cls, root: str | Path, version: str | None = None, mmap: bool = False, cached: bool = True,
+                    with_index: bool = True) -> tuple[Predictor, BundleManifest]:
+        """Verify and load a published bundle version (default: ``CURRENT``); returns the
+        predictor and the version's ``bundle.json``.
+
+        ``mmap``: memory-map the index files and id tables (shared page cache) instead of reading
+        them into this process. ``cached``: files this node verified before, unchanged in size and
+        mtime, are not hashed again (:func:`genoray.bundle.verify_bundle`). A remote root's
+        version is first copied into the node-local cache (once per node), then loaded from
+        there. ``with_index=False``: the encoder, head and scorers only (see :meth:`load`)."""
+        version = version or current_version(root)
+        if version is None:
+            raise FileNotFoundError(f"{root}: no CURRENT bundle has been published")
+        doc = verify_bundle(root, version, cached=cached)
+        vdir = version_dir(root, version)  # every index file was just verified as part of the bundle
+        return cls.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=with_index, mmap=mmap, verify_index=False), doc
 
     def source_priors(self) -> np.ndarray:
         """Class frequencies of the reference (index) rows, in the head's class order."""
@@ -144,8 +167,7 @@ class Predictor:
     def adapt_to(self, target_sequences: list[str], alpha: float = 0.01):
         """Estimate the target's class priors from unlabeled sequences (Saerens EM) and decide,
         by the likelihood-ratio test, whether later predictions are re-weighted. Returns the
-        :class:`genoray.priors.PriorShift` (also kept as ``self.priors``)."""
-        from genoray.priors import PriorShift
+        :class:`genoray.scoring.priors.PriorShift` (also kept as ``self.priors``)."""
 
         if len(target_sequences) < 10:
             raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
@@ -165,7 +187,7 @@ class Predictor:
 
     def clean(self, sequences: list[str]) -> list[str]:
         """Clean raw sequences with :attr:`policy`; raises
-        :class:`~genoray.dna.InvalidSequence` (a ``ValueError``) at the first rejected one."""
+        :class:`~genoray.sequences.clean.InvalidSequence` (a ``ValueError``) at the first rejected one."""
         return self.cleaner.clean_all(sequences)
 
     def predict(self, sequences: list[str], ids: list[str] | None = None, k: int | None = None,

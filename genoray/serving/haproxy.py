@@ -22,7 +22,7 @@ HAPROXY_RETRY_ON = "conn-failure empty-response 500 502"
 
 WRAPPER = """#!/bin/sh
 # genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the
-# service's frontend instead of all interfaces (genoray.haproxy.bind_wrapper).
+# service's frontend instead of all interfaces (genoray.serving.haproxy.bind_wrapper).
 cfg=""; prev=""
 for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
 if [ -n "$cfg" ] && [ -f "$cfg" ]; then

@@ -1,6 +1,6 @@
 """Scatter-gather serving over shard groups, for a bundle that does not fit one replica.
 
-A bundle may record ``shard_groups`` (lists of index shard numbers, see :func:`shard_groups`).
+A bundle may record ``shard_groups`` (lists of index shard numbers, see :func:`genoray.bundle.groups.shard_groups`).
 With more than one group, ``genoray serve`` (``ingress="proxy"``) runs:
 
 * one ``searcher-<g>`` deployment per group (:class:`GenoraySearcher`), each autoscaled on its
@@ -11,7 +11,7 @@ With more than one group, ``genoray serve`` (``ingress="proxy"``) runs:
 * ``GenorayModel`` replicas that hold the encoder, head and OOD scorer but no vectors
   (:class:`GroupHolder`). A batch is embedded once, sent to every group concurrently with its
   bundle version, and the groups' top-k lists are merged by similarity (larger first, ties by
-  global id) before the head votes over the merged neighbours. The result equals one index
+  global id: :func:`genoray.index.knn.merge_topk`) before the head votes over the merged neighbours. The result equals one index
   holding every shard (the merge is the one a sharded :class:`~genoray.index.VectorIndex` does).
 
 Versions never mix: a batch is searched at the one version its model replica serves, a
@@ -25,6 +25,7 @@ partial answer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -35,93 +36,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from genoray.bundle import MANIFEST, BundleHolder, BundleManifest, current_version, version_dir
-from genoray.errors import InvariantError
-from genoray.plan import ID_TABLE_ROW, MB, RAY_WORKER_BASE
-from genoray.predictor import Hits, Predictor
+from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir
+from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
+from genoray.index import VectorIndex, merge_topk, read_manifest
+from genoray.index.core import open_shards
+from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
+from genoray.infra.artifacts import verify_files
+from genoray.infra.errors import InvariantError
+from genoray.predict import Hits, Predictor
+from genoray.serving.backends import predict_batch
+from genoray.serving.holder import BundleHolder, BundleReplica
+from genoray.serving.replica_memory import grouped_actor_options
 
 log = logging.getLogger(__name__)
 CACHED_VERSIONS = 2  # per searcher replica: the version served and the one being swapped to
-GROUP_BASE_BYTES = RAY_WORKER_BASE + 200 * MB  # a searcher replica without its shards (as genoray.plan counts it)
-ID_ROW_BYTES = ID_TABLE_ROW  # resident gid + seq_id + label per row
-
-
-def _shard_bytes(index_dir: Path) -> tuple[list[int], int]:
-    """Resident bytes of each shard (FAISS file + refine file + id rows) and of the shared quantizer."""
-    from genoray.index import read_manifest
-
-    m = read_manifest(index_dir)
-    sizes = [sum((index_dir / f).stat().st_size for f in s["sha256"] if not f.startswith("ids-"))
-             + int(s["ntotal"]) * ID_ROW_BYTES for s in m.shards]
-    shared = (index_dir / m.trained["file"]).stat().st_size if m.shared_quantizer and m.trained else 0
-    return sizes, shared
-
-
-def _split(sizes: list[int], n: int) -> list[list[int]]:
-    """``n`` contiguous groups of shard numbers with balanced bytes (none empty)."""
-    groups: list[list[int]] = []
-    total, acc = sum(sizes), 0
-    for i, s in enumerate(sizes):
-        left_groups, left_shards = n - len(groups), len(sizes) - i
-        if not groups or (acc >= total * len(groups) / n and left_groups > 0) or left_shards < left_groups:
-            if len(groups) < n:
-                groups.append([])
-        groups[-1].append(i)
-        acc += s
-    return groups
-
-
-def shard_groups(index_dir: str | Path, groups: int | list[list[int]] | None = None,
-                 memory_budget: int | None = None) -> list[list[int]]:
-    """The shard groups of an index: ``groups`` as a count (contiguous shards, balanced by
-    bytes) or explicit lists (a partition of the shard numbers), or, with ``memory_budget``
-    (bytes per searcher replica), the fewest groups whose largest replica fits it."""
-    index_dir = Path(index_dir)
-    sizes, shared = _shard_bytes(index_dir)
-    n = len(sizes)
-    if memory_budget is not None:
-        for g in range(1, n + 1):
-            split = _split(sizes, g)
-            need = GROUP_BASE_BYTES + shared + max(sum(sizes[i] for i in grp) for grp in split)
-            if need <= memory_budget:
-                return split
-        raise ValueError(f"{index_dir}: one shard needs {(GROUP_BASE_BYTES + shared + max(sizes)) / 2**20:.0f} MiB "
-                         f"per searcher replica, over the budget of {memory_budget / 2**20:.0f} MiB; "
-                         "rebuild the index with more shards")
-    if isinstance(groups, int):
-        if not 1 <= groups <= n:
-            raise ValueError(f"{index_dir}: {groups} shard groups for {n} shards (need 1..{n})")
-        return _split(sizes, groups)
-    lists = [[int(i) for i in g] for g in (groups or [list(range(n))])]
-    if sorted(i for g in lists for i in g) != list(range(n)) or not all(lists):
-        raise ValueError(f"{index_dir}: shard groups {lists} are not a partition of shards 0..{n - 1}")
-    return lists
-
-
-def groups_of(doc: BundleManifest) -> list[list[int]] | None:
-    """The bundle's shard groups (``None``: one group, the whole index)."""
-    return doc.shard_groups if doc.shard_groups and len(doc.shard_groups) > 1 else None
-
-
-def read_doc(root: str | Path, version: str) -> BundleManifest:
-    """``bundle.json`` of a version (format checked; files are verified by the loaders)."""
-    from genoray.artifacts import read_json
-    from genoray.bundle import FORMAT_VERSION
-
-    path = version_dir(root, version) / MANIFEST
-    raw = read_json(path)
-    if raw.get("format_version") != FORMAT_VERSION or raw.get("version") != version:
-        raise ValueError(f"{path}: unsupported or mismatched bundle ({raw.get('format_version')}, {raw.get('version')})")
-    return BundleManifest.from_json(raw)
 
 
 def _verify(vdir: Path, doc: BundleManifest, files: list[str]) -> None:
-    from genoray.artifacts import verify_files
-
+    """Verify the files of a version that one replica loads (a group's shards, or the head)."""
     missing = [f for f in files if f not in doc.files]
     if missing:
-        raise ValueError(f"{vdir / MANIFEST}: no sha256 for {missing[:3]}")
+        raise ValueError(f"{vdir}: bundle.json lists no sha256 for {missing[:3]}")
     verify_files(vdir, {f: doc.files[f] for f in files})
 
 
@@ -130,53 +68,30 @@ class GroupIndex:
     attached) and the seq_id / label of its rows, searched like a sharded VectorIndex."""
 
     def __init__(self, root: str | Path, version: str, group: int):
-        import dataclasses
-
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from genoray.index import VectorIndex, read_manifest
-        from genoray.index.core import _faiss, attach_quantizer, read_ids, read_shard
-
-        faiss = _faiss()
         self.version, self.group = version, group
         vdir = version_dir(root, version)
-        doc = read_doc(root, version)
-        idir = vdir / "index"
+        doc = read_version(root, version)
+        idir = vdir / INDEX_DIR
         m = read_manifest(idir)
         groups = groups_of(doc) or [list(range(len(m.shards)))]
         if group >= len(groups):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); no group {group}")
         shards = [m.shards[i] for i in groups[group]]
-        files = ["index/manifest.json"] + [f"index/{f}" for s in shards for f in s["sha256"]]
+        files = [INDEX_MANIFEST, *(f for s in shards for f in s.sha256)]
         if m.shared_quantizer and m.trained:
-            files.append(f"index/{m.trained['file']}")
-        _verify(vdir, doc, files)
-        trained = faiss.read_index(str(idir / m.trained["file"])) if m.shared_quantizer and m.trained else None
-        indexes, tables, refine = [], [], []
-        for s in shards:
-            shard = read_shard(idir / s["index"], m.factory, mmap=True)  # page cache shared by replicas
-            if trained is not None:
-                attach_quantizer(shard, trained)
-            t = read_ids(idir / s["ids"], mmap=True)
-            if shard.ntotal != s["ntotal"] or t.num_rows != s["ntotal"]:
-                raise ValueError(f"{idir / s['index']}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows})")
-            indexes.append(shard)
-            tables.append(t)
-            if s.get("refine"):
-                refine.append((int(s["gid_start"]), np.load(idir / s["refine"], mmap_mode="r", allow_pickle=False)))
+            files.append(m.trained.file)
+        _verify(vdir, doc, [f"{INDEX_DIR}/{f}" for f in files])
+        indexes, tables, refine = open_shards(idir, m, shards, mmap=True)  # page cache shared by replicas
         t = pa.concat_tables(tables)
         t = t.take(pc.sort_indices(t["gid"]))
         self.gids = t["gid"].to_numpy()
         self.seq_ids, self.labels = t["seq_id"].combine_chunks(), t["label"].combine_chunks()
-        sub = dataclasses.replace(m, shards=shards, ntotal=len(self.gids))
+        sub = dataclasses.replace(m, shards=tuple(shards), ntotal=len(self.gids))
         self.index = VectorIndex(indexes, self.seq_ids, self.labels, sub)
         self.index.refine = refine
 
     def search(self, x: np.ndarray, k: int) -> dict[str, Any]:
         """Top-``k`` of this group: similarities, global ids, seq_ids and labels (lists of rows)."""
-        import pyarrow as pa
-
         sims, gids = self.index.search(x, k)
         rows = np.searchsorted(self.gids, np.clip(gids, 0, None))
         rows = np.clip(rows, 0, max(len(self.gids) - 1, 0))
@@ -187,22 +102,6 @@ class GroupIndex:
         return {"sims": sims, "gids": gids, "version": self.version,
                 "seq_ids": np.array(self.seq_ids.take(take).to_pylist(), dtype=object).reshape(gids.shape),
                 "labels": np.array(self.labels.take(take).to_pylist(), dtype=object).reshape(gids.shape)}
-
-
-def merge_hits(parts: list[dict[str, Any]], k: int) -> Hits:
-    """Merge the groups' top-k: larger similarity first, ties by smaller global id, none (-1) last."""
-    sims = np.concatenate([p["sims"] for p in parts], axis=1)
-    gids = np.concatenate([p["gids"] for p in parts], axis=1)
-    sims = np.where(gids >= 0, sims, -np.inf)
-    tie = np.where(gids >= 0, gids, np.iinfo(np.int64).max)
-    order = np.lexsort((tie, -sims), axis=1)[:, :k]
-
-    def take(a):
-        return np.take_along_axis(a, order, 1)
-
-    return Hits(take(sims).astype(np.float32), take(gids),
-                take(np.concatenate([p["seq_ids"] for p in parts], axis=1)),
-                take(np.concatenate([p["labels"] for p in parts], axis=1)))
 
 
 class GenoraySearcher:
@@ -328,7 +227,10 @@ def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: flo
             raise InvariantError(f"searcher-{g} searched {parts[g]['version']} for a request at {version}")
         if seen is not None:
             seen[f"searcher-{g}"] = f"{parts[g]['version']}@{parts[g]['replica']}"
-    return merge_hits([parts[g] for g in range(len(searchers))], k)
+    merged = [parts[g] for g in range(len(searchers))]
+    sims, gids, (seq_ids, labels) = merge_topk([p["sims"] for p in merged], [p["gids"] for p in merged], k,
+                                               [[p["seq_ids"] for p in merged], [p["labels"] for p in merged]])
+    return Hits(sims, gids, seq_ids, labels)
 
 
 class GroupHolder(BundleHolder):
@@ -345,14 +247,14 @@ class GroupHolder(BundleHolder):
         version = version or current_version(self.root)
         if version is None:
             raise FileNotFoundError(f"{self.root}: no CURRENT bundle has been published")
-        doc = read_doc(self.root, version)
+        doc = read_version(self.root, version)
         groups = groups_of(doc) or [[]]
         if len(groups) != len(self.searchers):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); this service runs "
                              f"{len(self.searchers)}: redeploy to serve it")
         vdir = version_dir(self.root, version)
-        _verify(vdir, doc, ["index/manifest.json"] + [f for f in doc.files if f.startswith("head/")])
-        return Predictor.load(vdir / "index", vdir / "head", with_index=False), doc
+        _verify(vdir, doc, [f"{INDEX_DIR}/{INDEX_MANIFEST}"] + [f for f in doc.files if f.startswith(f"{HEAD_DIR}/")])
+        return Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False), doc
 
     def load(self, version: str) -> None:
         """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
@@ -380,7 +282,7 @@ class _Searching:
 
 
 class _Batch:
-    """What :func:`genoray.serve.predict_batch` needs of a holder, for one batch: the snapshot
+    """What :func:`genoray.serving.backends.predict_batch` needs of a holder, for one batch: the snapshot
     with the groups' search bound to its version, and a replica name that lists the version
     and replica each group searched (the ``X-Genoray-Replica`` header)."""
 
@@ -403,11 +305,9 @@ class _Batch:
 
 
 def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
-    """:func:`genoray.serve.predict_batch` over the shard groups; a group that cannot answer
+    """:func:`genoray.serving.backends.predict_batch` over the shard groups; a group that cannot answer
     becomes the API's 503 naming it."""
     from fastapi import HTTPException
-
-    from genoray.serve import predict_batch
 
     try:
         return predict_batch(_Batch(holder), requests)  # type: ignore[arg-type]  # duck-typed holder
@@ -415,21 +315,19 @@ def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
         raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
 
-def group_model(cfg, replica_options: dict[str, Any], n_groups: int):
-    """The bound ``GenorayModel`` deployment of a shard-grouped bundle, with one
+def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
+    """The bound ``GenorayModel`` deployment of the shard-grouped bundle ``served``, with one
     ``searcher-<g>`` deployment per group behind it (put it behind the ingress); each declares
-    its own memory (:func:`genoray.replica_memory.grouped_actor_options`)."""
+    its own memory (:func:`genoray.serving.replica_memory.grouped_actor_options`)."""
     from ray import serve
 
-    from genoray.replica_memory import grouped_actor_options
-    from genoray.serve import _BundleReplica
-
-    model_opts, group_opts = grouped_actor_options(cfg, replica_options["ray_actor_options"], n_groups)
+    n_groups = len(groups_of(served) or [[]])
+    model_opts, group_opts = grouped_actor_options(cfg, replica_options["ray_actor_options"], served, n_groups)
     searchers = [serve.deployment(**{**replica_options, "ray_actor_options": group_opts[g]})(GenoraySearcher)
                  .options(name=f"searcher-{g}").bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
 
     @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
-    class GenorayModel(_BundleReplica):
+    class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
             self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries)
 
@@ -441,10 +339,3 @@ def group_model(cfg, replica_options: dict[str, Any], n_groups: int):
             return {**self.holder.describe(), "shard_groups": len(self.holder.searchers)}
 
     return GenorayModel.bind(cfg.root, cfg.poll_s, *searchers)  # type: ignore[attr-defined]
-
-
-def served_groups(root: str | Path) -> int:
-    """Shard groups of the ``CURRENT`` bundle under ``root`` (1 when none is recorded)."""
-    version = current_version(root)
-    groups = groups_of(read_doc(root, version)) if version else None
-    return len(groups) if groups else 1

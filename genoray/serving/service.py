@@ -16,8 +16,8 @@ by sha256 digest in constant time. Keys come from the environment (``GENORAY_API
 comma-separated), never from files in the repository.
 
 The work behind the API is a :class:`Backend`; every backend (in-process, Ray Serve model
-replicas, HAProxy direct-ingress replicas) lives in :mod:`genoray.serve`, and the loaded,
-watched bundle they serve is a :class:`genoray.bundle.BundleHolder`. The same app runs under
+replicas, HAProxy direct-ingress replicas) lives in :mod:`genoray.serving.app`, and the loaded,
+watched bundle they serve is a :class:`genoray.serving.holder.BundleHolder`. The same app runs under
 Ray Serve and under plain uvicorn (the benchmark baseline).
 """
 
@@ -130,11 +130,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class Backend(Protocol):
-    """Where the API's work happens: ``genoray.serve.LocalBackend`` runs it in this process;
-    the Ray Serve backends in :mod:`genoray.serve` forward it to replicas that hold a bundle."""
+    """Where the API's work happens: ``genoray.serving.app.LocalBackend`` runs it in this process;
+    the Ray Serve backends in :mod:`genoray.serving.app` forward it to replicas that hold a bundle."""
 
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
-        """``genoray.serve.predict_batch`` output for one request (with its ``replica``)."""
+        """``genoray.serving.app.predict_batch`` output for one request (with its ``replica``)."""
         ...
 
     async def info(self) -> dict[str, Any] | None:
@@ -150,7 +150,7 @@ def unprocessable(loc: list, msg: str) -> HTTPException:
 def validate(req: PredictRequest, limits: ServiceLimits) -> None:
     """422 with the JSON path of the first problem with the request's size, ids or k. The
     sequences' alphabet and content are checked where the bundle is, with the policy the
-    store was cleaned with (:func:`genoray.serve.predict_batch`)."""
+    store was cleaned with (:func:`genoray.serving.app.predict_batch`)."""
     def bad(loc: list, msg: str):
         raise unprocessable(loc, msg)
 

@@ -1,0 +1,154 @@
+"""What a serving replica keeps: the bundle it serves (:class:`BundleHolder`: loaded at start,
+``CURRENT`` watched, a new version loaded on a background thread and verified before a single
+reference swap) and the Serve-side behaviour every replica that holds one shares
+(:class:`BundleReplica`: a version pin through ``user_config``, a health check).
+
+In-flight requests finish on the version they started with (:meth:`BundleHolder.snapshot`);
+a corrupt or unloadable version is refused (and never tried again: versions are immutable)
+while the old one keeps serving. A replica verifies a version's files once per node, not once
+per start (:func:`genoray.bundle.store.verified_record`); with ``mmap`` the index files and id tables
+are memory-mapped, so replicas on one node share the page cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from genoray.bundle import BundleManifest, current_version, lease, release
+from genoray.config import ServeConfig
+from genoray.infra import fs
+from genoray.infra.documents import to_json
+from genoray.predict import Predictor
+from genoray.serving.monitor import DriftMonitor
+
+log = logging.getLogger(__name__)
+
+
+class BundleHolder:
+    """Loads, watches and atomically swaps the bundle a replica serves (``mmap``: index files
+    and id tables memory-mapped, see :meth:`genoray.predict.Predictor.from_bundle`)."""
+
+    def __init__(self, root: str | Path, poll_s: float = ServeConfig.poll_s, holder: str | None = None,
+                 mmap: bool = False):
+        self.root: Any = fs.as_path(root)
+        self.mmap = mmap
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.predictor, self.doc = self._open(None)  # synchronous: never serve without a bundle
+        self.version = self.doc.version
+        lease(self.root, self.version, self.holder)
+        self.last_error: str | None = None
+        self.monitor = DriftMonitor()  # requests, OOD rate, class mix per bundle version
+        self.refused: set[str] = set()  # versions are immutable: a refused one stays refused
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poll_s = poll_s
+        self._thread = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
+        self._thread.start()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` reports about this replica's bundle."""
+        doc = self.doc
+        return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
+                "classes": list(doc.classes), "index": to_json(doc.index), "created_at": doc.created_at,
+                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
+                "watching": self._thread.is_alive(), **self.drift()}
+
+    def drift(self) -> dict[str, Any]:
+        """OOD threshold and calibration, target adaptation and this replica's drift counts."""
+        predictor, version = self.snapshot()
+        ood = predictor.ood.describe() if predictor.ood is not None else {
+            "method": "knn-rank (head without a fitted OOD scorer)", "flag_if_score_above": 0.95}
+        adapt = predictor.priors.to_dict() if predictor.priors is not None else None
+        lc = getattr(predictor.head, "length_calibration_", None)  # temperature per query length
+        return {"ood": ood, "length_calibration": lc.describe() if lc is not None else None,
+                "target_adaptation": adapt, "drift": self.monitor.snapshot(version)}
+
+    def check(self) -> None:
+        """Raise if this holder can no longer follow ``CURRENT`` (Serve's ``check_health``: the
+        replica is then replaced instead of serving a stale bundle forever)."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"bundle watcher stopped; serving {self.version} without following CURRENT")
+
+    def snapshot(self):
+        """The (predictor, version) pair to use for one request or batch."""
+        with self._lock:
+            return self.predictor, self.version
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                target = current_version(self.root)
+                lease(self.root, self.version, self.holder)
+            except Exception as e:  # e.g. CURRENT mid-rewrite on a network filesystem: next poll
+                self.last_error = f"cannot read CURRENT: {type(e).__name__}: {e}"
+                log.warning("bundle watcher of %s: %s", self.root, self.last_error)
+                continue
+            if target and target != self.version and target not in self.refused:
+                try:
+                    self.load(target)
+                except Exception:  # load() logged and recorded why; keep serving the current bundle
+                    log.debug("keeping bundle %s after refusing %s", self.version, target)
+
+    def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
+        """Verify and load a version (``None``: CURRENT); :mod:`genoray.serving.scatter` loads less."""
+        return Predictor.from_bundle(self.root, version, mmap=self.mmap)
+
+    def load(self, version: str) -> None:
+        """Verify and load ``version``, then swap; on any error keep the current bundle."""
+        try:
+            predictor, doc = self._open(version)
+        except Exception as e:
+            self.refused.add(version)
+            self.last_error = f"refused bundle {version}: {e}"
+            log.error(self.last_error)
+            raise
+        lease(self.root, version, self.holder)
+        with self._lock:
+            old = self.version
+            self.predictor, self.doc, self.version = predictor, doc, version
+            self.swaps += 1
+        release(self.root, old, self.holder)
+        self.last_error = None
+        log.info("swapped bundle %s -> %s", old, version)
+
+    def close(self) -> None:
+        """Stop watching and release the lease of the version in use."""
+        self._stop.set()
+        release(self.root, self.version, self.holder)
+
+
+
+class BundleReplica:
+    """What every Serve replica that holds a bundle shares (``GenorayModel``, ``GenorayReplica``,
+    a shard group's model): a ``self.holder`` (:class:`BundleHolder`) that follows ``CURRENT``,
+    a version pin through Serve's ``user_config``, and a health check."""
+
+    holder: Any
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``{"version": V}`` loads V in the background; the current one keeps serving meanwhile."""
+        version = (user_config or {}).get("version")
+        if version and version != self.holder.version:
+            threading.Thread(target=self._load_quietly, args=(version,), daemon=True).start()
+
+    def _load_quietly(self, version: str) -> None:
+        try:
+            self.holder.load(version)
+        except Exception as e:  # the current bundle keeps serving
+            log.warning("pinned version %s not loaded, still serving %s: %s", version, self.holder.version, e)
+
+    def check_health(self) -> None:
+        """Fails when the bundle watcher stopped (a dead watcher would pin an old bundle forever:
+        Serve then replaces the replica)."""
+        self.holder.check()
+
+    def __del__(self):
+        holder = getattr(self, "holder", None)
+        if holder is not None:
+            holder.close()
