@@ -1,57 +1,85 @@
 """``genoray`` command line. Each command calls the same function as the Python API:
 
-quickstart -> genoray.quickstart.run_quickstart
-embed      -> genoray.embed.embed_sequences
+quickstart -> genoray.pipeline.run_quickstart
+embed      -> genoray.embedding.embed_sequences
 index      -> genoray.index.build_index
-plan       -> genoray.plan.estimate / plan_store
-train      -> genoray.train.train_head
-evaluate   -> genoray.quickstart.evaluation_report (genoray.train.evaluate_store; a study: genoray.evaluate.evaluate)
-predict    -> genoray.predictor.Predictor
-publish    -> genoray.bundle.write_bundle + publish
+plan       -> genoray.index.capacity.estimate / plan_store
+train      -> genoray.pipeline.train_head
+evaluate   -> genoray.evaluation.evaluation_report (a study: genoray.evaluation.evaluate)
+predict    -> genoray.predict.Predictor
+publish    -> genoray.pipeline.write_bundle + genoray.bundle.publish
 bundles    -> genoray.bundle.list_versions
-reindex    -> genoray.reindex.reindex
-serve      -> genoray.serve.build_app
-shift      -> genoray.shift.ShiftDetector
-convert-weights -> genoray.weights.convert_weights
+reindex    -> genoray.pipeline.reindex
+serve      -> genoray.serving.run_service
+shift      -> genoray.evaluation.ShiftDetector
+convert-weights -> genoray.encoders.weights.convert_weights
 
-Config flags are generated from the dataclasses in genoray.config (genoray.flags); exit codes
-are ``EXIT_CODES`` (also in ``genoray --help`` and the README).
+Setting flags are generated from the dataclasses in :mod:`genoray.config` (:mod:`genoray.cli.flags`);
+exit codes are :data:`~genoray.cli.exitcodes.EXIT_CODES` (also in ``genoray --help`` and the
+README). A command imports its stage only when it runs (``# lazy:``), so ``genoray --help`` and
+a usage error answer without loading Ray, FAISS, torch or scikit-learn.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from genoray import cli_args
-from genoray.cli_args import EMBED, HEAD, INDEX, PLAN_INDEX, REINDEX, SERVE, SHIFT, _encoder, _read_cfg, _split
-from genoray.config import IndexConfig
-from genoray.exitcodes import (  # noqa: F401
+from genoray.cli import args as cli_args
+from genoray.cli.args import (
+    EMBED,
+    ENCODER,
+    EVALUATE,
+    EVALUATE_OF_READ,
+    HEAD,
+    HF,
+    INDEX,
+    INDEX_OF_READ,
+    KMER,
+    PLAN,
+    PLAN_INDEX,
+    POS,
+    PREDICT,
+    PUBLISH,
+    READ,
+    REINDEX,
+    SERVE,
+    SHIFT,
+    SHIFT_SELECT,
+)
+from genoray.cli.exitcodes import (
     EXIT_BUG,
-    EXIT_CODES,
     EXIT_EMPTY,
     EXIT_GATE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_SHIFT,
     EXIT_USAGE,
     NothingWritten,
     nothing_written,
     why_empty,
 )
-from genoray.flags import build
-from genoray.metrics import strict_dumps as dumps
-from genoray.metrics import strict_json
-from genoray.quiet import ray_running, stop_ray
+from genoray.cli.flags import build, given
+from genoray.cli.quiet import NativeStderrFilter, quiet_python_loggers, ray_running, stop_ray
+from genoray.config import ReadConfig, load_study
+from genoray.encoders import encoder_from_spec
+from genoray.infra import fs
+from genoray.infra.artifacts import strict_dumps, strict_json
+from genoray.infra.errors import InvariantError
+from genoray.infra.runtime import init_ray
+from genoray.sequences import ReadReport, SequenceFormatError, iter_sequences, read_sequences
 
 log = logging.getLogger(__name__)
 
 NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
               "MCC and F1 need predictions and labels of more than one class)")
+QUICKSTART_BOTH = ("kmer", "kmer-pos")  # --encoder both
 
 
 def _print(obj, as_json: bool, text: str | None = None) -> None:
@@ -64,45 +92,58 @@ def _print(obj, as_json: bool, text: str | None = None) -> None:
         print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
 
 
+def _encoder(a: argparse.Namespace, name: str | None = None):
+    """The encoder named by ``name`` (default: ``--encoder``) with the settings of its flag
+    groups, or ``--encoder-from``'s."""
+    from genoray.encoders import encoder_from_name  # lazy: torch and transformers behind the hf encoder
+    from genoray.pipeline import encoder_from_artifact  # lazy: the whole pipeline
+
+    chosen = build(a, ENCODER).encoder
+    if getattr(a, "encoder_from", None):
+        if given(a, ENCODER):
+            raise ValueError("give --encoder or --encoder-from, not both")
+        return encoder_from_artifact(a.encoder_from)
+    name = name or chosen
+    if name.startswith("hf:"):  # hf:<model>, or hf:<model>+kmer / +kmer-pos (fusion)
+        base, plus, suffix = name.rpartition("+")
+        model = base[3:] if plus and suffix in ("kmer", "kmer-pos") else name[3:]
+        return encoder_from_name(name, hf=build(a, HF, model=model), kmer=build(a, KMER), position=build(a, POS))
+    return encoder_from_name(name, kmer=build(a, KMER), position=build(a, POS))
+
+
 def cmd_quickstart(a: argparse.Namespace) -> int:
+    """Embed, index, train and evaluate one labeled file; print the evaluation."""
     import shutil
     import tempfile
 
-    from genoray.quickstart import ENCODERS
+    from genoray.pipeline.quickstart import format_result, run_quickstart  # lazy: ray, faiss, scikit-learn
 
-    encoders = ENCODERS if a.encoder == "both" else (a.encoder,)
-    index_cfg = build(a, INDEX)
+    chosen = build(a, ENCODER).encoder
+    encoders = QUICKSTART_BOTH if chosen == "both" else (chosen,)
+    read = build(a, READ)
     workdir = a.workdir or tempfile.mkdtemp(prefix="genoray-quickstart-")
     try:
-        return _quickstart(a, encoders, index_cfg, workdir)
+        result = run_quickstart(a.data, workdir, encoders, head_cfg=build(a, HEAD), read_cfg=read,
+                                use_ray=not a.no_ray, index_cfg=build(a, INDEX_OF_READ, split=read.train_split),
+                                embed_cfg=build(a, EMBED), eval_cfg=build(a, EVALUATE_OF_READ, split=read.test_split),
+                                make_encoder=lambda name: _encoder(a, name))
+        _print(result, a.json, format_result(result))
     finally:
         if not a.workdir and not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)
             print(f"genoray quickstart: removed the work dir {workdir} (keep it with --keep or --workdir DIR)",
                   file=sys.stderr)
-
-
-def _quickstart(a: argparse.Namespace, encoders, index_cfg: IndexConfig, workdir: str) -> int:
-    from genoray.quickstart import format_result, run_quickstart
-
-    result = run_quickstart(a.data, workdir, encoders, head_cfg=build(a, HEAD),
-                            read_cfg=_read_cfg(a, index_cfg.split, a.test_split), test_split=_split(a.test_split),
-                            use_ray=not a.no_ray, index_cfg=index_cfg, embed_cfg=build(a, EMBED),
-                            make_encoder=lambda name: _encoder(a, name))
-    _print(result, a.json, format_result(result))
-    return 0
+    return EXIT_OK
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from genoray.embed import embed_sequences
+    """Embed files into a store; print the report (exit 3 partial, 6 nothing written)."""
+    from genoray.embedding import embed_sequences, read_manifest  # lazy: ray, pyarrow
 
-    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=_read_cfg(a, a.train_split, a.test_split),
-                             embed_cfg=build(a, EMBED), fit_split=_split(a.train_split), use_ray=not a.no_ray)
+    report = embed_sequences(a.inputs, a.out, _encoder(a), read_cfg=build(a, READ), embed_cfg=build(a, EMBED),
+                             use_ray=not a.no_ray)
     out = report.to_dict()
-    from genoray import fs
-
-    manifest = fs.read_json(fs.join(a.out, "store.json"))
-    rejects = [fs.join(a.out, p["rejects"]) for p in manifest["parts"] if p.get("rejects")]
+    rejects = [fs.join(a.out, p.rejects) for p in read_manifest(a.out).parts if p.rejects]
     out["rejects_tables"] = rejects  # Parquet: source file, record number, seq_id, reason
     # complete: every file read, rows written; partial: some files failed, rows written (exit 3);
     # failed: files failed and nothing was written; empty: nothing to write (both exit 6)
@@ -122,90 +163,89 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_index(a: argparse.Namespace) -> int:
-    from genoray.index import build_index
+    """Build an index from a store (on Ray with ``--ray``); print its report."""
+    from genoray.index import build_index  # lazy: faiss
 
     if a.ray:
-        from genoray.runtime import init_ray
-
         init_ray()
     _print(asdict(build_index(a.store, a.out, build(a, INDEX), use_ray=a.ray)), True)
-    return 0
+    return EXIT_OK
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
     """``genoray plan``: predicted memory and time per stage; exit 4 when it does not fit."""
-    from genoray.plan import ClusterSpec, estimate, format_plan, plan_store
+    from genoray.index.capacity import estimate, format_plan, node_memory, plan_store  # lazy: pyarrow, faiss
 
-    cluster = ClusterSpec(nodes=a.nodes, memory_per_node_gb=a.memory_per_node, cpus_per_node=a.cpus_per_node,
-                          gpus_per_node=a.gpus_per_node)
-    budget = a.memory_budget_mb or int(0.5 * cluster.memory_bytes() * cluster.nodes / 2**20)
+    plan_cfg = build(a, PLAN)
+    cluster = plan_cfg.cluster
+    budget = plan_cfg.memory_budget_mb or int(0.5 * node_memory(cluster) * cluster.nodes / 2**20)
     cfg = build(a, PLAN_INDEX, memory_budget_mb=budget)
     if a.store:
-        plan = plan_store(a.store, cfg, cluster, embed_rate=a.embed_rate)
-    elif a.n and a.dim:
-        plan = estimate(a.n, a.dim, cfg, cluster, encoder=a.encoder, embed_rate=a.embed_rate)
+        plan = plan_store(a.store, cfg, cluster, embed_rate=plan_cfg.embed_rate)
+    elif plan_cfg.n and plan_cfg.dim:
+        plan = estimate(plan_cfg.n, plan_cfg.dim, cfg, cluster, encoder=build(a, ENCODER).encoder,
+                        embed_rate=plan_cfg.embed_rate)
     else:
-        raise SystemExit("genoray plan: give --n and --dim, or --store")
+        raise ValueError("genoray plan: give --n and --dim, or --store")
     _print(plan.to_dict(), a.json, format_plan(plan))
     return EXIT_OK if plan.fits else EXIT_GATE
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from genoray.train import train_head
+    """Fit the fused head over an index; print what was chosen."""
+    from genoray.pipeline import train_head  # lazy: faiss, scikit-learn
 
-    _print(train_head(a.store, a.index, a.out, build(a, HEAD), split=_split(a.split)), True)
-    return 0
+    _print(train_head(a.store, a.index, a.out, build(a, HEAD)), True)
+    return EXIT_OK
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    """Score a head on a held-out split of a store, or run a study (``STUDY.yaml --out DIR``)."""
     if a.target.endswith((".yaml", ".yml")):
-        from genoray.evaluate import evaluate, load_study
+        from genoray.evaluation import evaluate  # lazy: faiss, scikit-learn, torch for hf encoders
+        from genoray.evaluation.study import REPORT_MD  # lazy: as above
 
         if not a.out:
-            raise ValueError("a study needs --out DIR for report.md and report.json")
+            raise ValueError("a study needs --out DIR for its report (Markdown and JSON)")
         report = evaluate(load_study(a.target), a.out)
-        print(Path(a.out, "report.md").read_text())
+        print(Path(a.out, REPORT_MD).read_text())
         print(json.dumps(report["cost"]), file=sys.stderr)
-        return 0
-    from genoray.quickstart import evaluation_report, format_evaluation
+        return EXIT_OK
+    from genoray.evaluation import evaluation_report, format_evaluation  # lazy: faiss, scikit-learn
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    from genoray import fs
-
-    index, head = fs.local_copy(a.index, "indexes", "manifest.json"), fs.local_copy(a.head, "heads", "head.json")
-    rep = evaluation_report(a.target, index, head, split=_split(a.split), train_split=_split(a.train_split),
-                            bootstrap=a.bootstrap, seed=a.seed)
+    rep = evaluation_report(a.target, a.index, a.head, build(a, EVALUATE))
     _print(rep, a.json, format_evaluation(rep))
     return EXIT_OK
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from genoray.predict_output import PredictionWriter, join_neighbour_records
-    from genoray.predictor import Predictor
-    from genoray.sequences import ReadReport, iter_sequences
+    """Predict the records of files with the index's cleaning policy; write them, counts on stderr."""
+    from genoray.predict import Predictor  # lazy: faiss, scikit-learn
+    from genoray.predict.output import PredictionWriter, join_neighbour_records  # lazy: faiss, scikit-learn
 
-    if a.format == "parquet" and not a.out:
+    cfg = build(a, PREDICT)
+    if cfg.format == "parquet" and not a.out:
         raise ValueError("--format parquet needs --out FILE")
     predictor = Predictor.load(a.index, a.head)
+    read_cfg = ReadConfig(clean=predictor.policy)  # the index's policy: what the service accepts, batch accepts
     adaptation = None
     if a.target:  # unlabeled target sample: estimate its class priors, decide whether to re-weight
-        from genoray.sequences import read_sequences
-
-        target, _ = read_sequences(a.target)
+        target, _ = read_sequences(a.target, read_cfg)
         adaptation = predictor.adapt_to(target["sequence"].to_pylist()).to_dict()
     report = ReadReport()
     rows: list[dict] = []
-    writer = PredictionWriter(a.out, a.format, [str(c) for c in predictor.head.classes_], a.with_sequences)
+    writer = PredictionWriter(a.out, cfg.format, [str(c) for c in predictor.head.classes_], cfg.with_sequences)
     try:
-        for batch in iter_sequences(a.inputs, report=report):
+        for batch in iter_sequences(a.inputs, read_cfg, report=report):
             ids, seqs = batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()
-            preds = [p.to_dict() for p in predictor.predict(seqs, ids=ids, k=a.k)]
-            if a.with_sequences:  # joined after the last batch: the source files are read once
+            preds = [p.to_dict() for p in predictor.predict(seqs, ids=ids, k=cfg.k, cleaned=True)]
+            if cfg.with_sequences:  # joined after the last batch: the source files are read once
                 rows += preds
             else:
                 writer.write(preds)
-        if a.with_sequences:
+        if cfg.with_sequences:
             assert predictor.index is not None  # loaded with its index
             missing = join_neighbour_records(predictor.index.manifest, rows)
             writer.write(rows)
@@ -213,41 +253,36 @@ def cmd_predict(a: argparse.Namespace) -> int:
         writer.close()
     summary = report.to_dict()
     summary["predicted"] = writer.n
-    if a.with_sequences:
+    if cfg.with_sequences:
         summary["neighbours_without_sequence"] = missing
     if adaptation is not None:
         summary["target_adaptation"] = adaptation
-    print(dumps(summary), file=sys.stderr)
+    print(strict_dumps(summary), file=sys.stderr)
     if writer.n == 0:
         nothing_written(a, why_empty(report.read, summary["rejected_by_reason"], [], 1))
     return EXIT_OK
 
 
 def cmd_publish(a: argparse.Namespace) -> int:
-    from genoray.bundle import current_version, publish, write_bundle
+    """Write a new bundle version and make it CURRENT, or re-publish a version (rollback)."""
+    from genoray.bundle import current_version, publish  # lazy: scikit-learn (head manifests)
+    from genoray.pipeline import write_bundle  # lazy: faiss, scikit-learn
 
     if a.version:
         publish(a.root, a.version)
     elif a.index and a.head:
-        target = None
-        if a.target:  # a bundle built for a target: its class priors travel in head/priors.json
-            from genoray.sequences import read_sequences
-
-            target = read_sequences(a.target)[0]["sequence"].to_pylist()
-        groups = a.shard_groups
-        if a.group_memory_mb is not None:
-            from genoray.scatter import shard_groups
-
-            groups = shard_groups(a.index, memory_budget=int(a.group_memory_mb * 2**20))
-        publish(a.root, write_bundle(a.root, a.index, a.head, target=target, shard_groups=groups))
+        # a bundle built for a target: its class priors travel in head/priors.json
+        target = read_sequences(a.target)[0]["sequence"].to_pylist() if a.target else None
+        publish(a.root, write_bundle(a.root, a.index, a.head, build(a, PUBLISH), target=target))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
-    return 0
+    return EXIT_OK
 
 
 def cmd_bundles(a: argparse.Namespace) -> int:
-    from genoray.bundle import list_versions
+    """List a bundle root's versions (``*`` CURRENT); exit 2 when one is damaged."""
+    from genoray.bundle import list_versions  # lazy: scikit-learn (head manifests)
 
     rows = list_versions(a.root, verify=a.verify)
     lines = [f"{'':2}{'version':<28} {'created':<21} {'fingerprint':<17} {'vectors':>8} {'recall@10':>9}  classes"]
@@ -265,67 +300,69 @@ def cmd_bundles(a: argparse.Namespace) -> int:
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
-    from genoray.reindex import reindex
+    """The nightly reindex; exit 4 when the gate refuses the new version."""
+    from genoray.pipeline import reindex  # lazy: ray, faiss, scikit-learn
 
+    read = build(a, READ)
     cfg = build(a, REINDEX)
-    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a), read_cfg=_read_cfg(a, cfg.index.split, cfg.eval_split),
-                  cfg=cfg,
+    cfg = dataclasses.replace(cfg, eval_split=read.test_split or cfg.eval_split,
+                              index=dataclasses.replace(cfg.index, split=read.train_split))
+    named = bool(a.encoder_from) or bool(given(a, ENCODER))  # otherwise the store's encoder
+    rep = reindex(a.inputs, a.work, a.bundles, _encoder(a) if named else None, read_cfg=read, cfg=cfg,
                   use_ray=not a.no_ray)
     _print(asdict(rep), True)
-    return 0 if rep.published else 4
+    return EXIT_OK if rep.published else EXIT_GATE
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    """``genoray serve``: :func:`genoray.serve.run_service` until Ctrl-C or SIGTERM."""
-    from genoray.serve import run_service
+    """``genoray serve``: :func:`genoray.serving.run_service` until Ctrl-C or SIGTERM."""
+    from genoray.serving import run_service  # lazy: ray serve, faiss
 
     run_service(build(a, SERVE, root=a.root))
-    return 0
+    return EXIT_OK
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
-    from genoray.shift import ShiftDetector, plot_shift
-    from genoray.store import EmbeddingStore
+    """Compare two stores (MMD, classifier test, OOD share); exit 5 on a shift."""
+    from genoray.embedding import EmbeddingStore  # lazy: ray (the embedding job's pool)
+    from genoray.evaluation.shift import ShiftDetector, plot_shift  # lazy: scikit-learn, scipy
 
     if a.plot:  # check before the (long) test, not after it
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--plot needs matplotlib: pip install 'genoray[plot]' (or drop --plot)")
+    select = build(a, SHIFT_SELECT)
     ref_store, new_store = EmbeddingStore(a.reference), EmbeddingStore(a.new)
     if ref_store.fingerprint != new_store.fingerprint:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
                          f"embed both with the same encoder (e.g. genoray embed NEW_FILES --encoder-from {a.reference} "
                          "--out NEW_STORE)")
-    ref = ref_store.load(None if a.reference_split == "all" else a.reference_split)
-    new = new_store.load(None if a.new_split == "all" else a.new_split)
+    ref = ref_store.load(select.reference_split)
+    new = new_store.load(select.new_split)
     # the per-row OOD share uses the predictor's score: class-conditional when the reference is
     # labeled, length-matched when both stores' source sequences can be re-read
-    from genoray.encoders import encoder_from_spec
-    from genoray.ood import store_sequences
-
     labels = ref.labels if all(v is not None for v in ref.labels) else None
-    ref_seqs, new_seqs = store_sequences(ref_store, ref.ids), store_sequences(new_store, new.ids)
+    ref_seqs, new_seqs = ref_store.sequences(ref.ids), new_store.sequences(new.ids)
     enc = encoder_from_spec(ref_store.encoder_spec) if ref_seqs is not None and new_seqs is not None else None
-    det = ShiftDetector(build(a, SHIFT)).fit(
-        ref.vectors, labels, ref_seqs if enc else None, enc)
-    groups = {"label": new.labels, "domain": new.domains}.get(a.group_by)
+    det = ShiftDetector(build(a, SHIFT)).fit(ref.vectors, labels, ref_seqs if enc else None, enc)
+    groups = {"label": new.labels, "domain": new.domains}.get(select.group_by)
     report = det.score(new.vectors, groups, new_seqs if enc else None, enc).to_dict()
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot
     _print(report, True)
-    return 5 if report["is_shift"] else 0
+    return EXIT_SHIFT if report["is_shift"] else EXIT_OK
 
 
 def cmd_convert_weights(a: argparse.Namespace) -> int:
     """Convert a pickle checkpoint to safetensors; print the report and the weights sha256."""
-    from genoray.weights import convert_weights
+    from genoray.encoders.weights import convert_weights  # lazy: torch, safetensors
 
     report = convert_weights(a.src, a.dst)
     _print(report, True)
     print(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index, "plan": cmd_plan, "train": cmd_train,
@@ -335,28 +372,23 @@ COMMANDS = {"quickstart": cmd_quickstart, "embed": cmd_embed, "index": cmd_index
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``genoray`` parser (see :mod:`genoray.cli_args`)."""
+    """The ``genoray`` parser (see :mod:`genoray.cli.args`)."""
     return cli_args.build_parser(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit status (see ``EXIT_CODES``)."""
+    """Run one command; returns its exit status (see :data:`~genoray.cli.exitcodes.EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.verbose:
         return _run(args)
-    from genoray.quiet import NativeStderrFilter, quiet_python_loggers
-
     quiet_python_loggers()
     with NativeStderrFilter():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from genoray.errors import InvariantError
-    from genoray.sequences import SequenceFormatError
-
     ray_before = ray_running()
     try:
         return args.func(args)

@@ -12,8 +12,9 @@ are flattened into the same parser. Value syntax:
   a field may name another word for it in its metadata (``IndexConfig.split``: ``all``).
 
 A command declares its configs as :class:`Group` s; :func:`add_group` adds the flags and
-:func:`build` makes the config from parsed arguments. Two groups giving the same flag is an
-error at parser build time (rename one with ``names``).
+:func:`build` makes the config from parsed arguments; :func:`given` tells which fields the
+command line set (a flag given at its default counts as given). Two groups giving the same
+flag is an error at parser build time (rename one with ``names``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,35 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NONE_WORDS = ("none", "null")
+GIVEN = "_given_flags"  # namespace attribute: the dests the command line set
+
+
+def _mark(namespace: argparse.Namespace, dest: str) -> None:
+    if not hasattr(namespace, GIVEN):
+        setattr(namespace, GIVEN, set())
+    getattr(namespace, GIVEN).add(dest)
+
+
+class _Store(argparse._StoreAction):
+    """``store`` that also records that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark(namespace, self.dest)
+
+
+class _StoreConst(argparse._StoreConstAction):
+    """``store_const`` that also records that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark(namespace, self.dest)
+
+
+def given(args: argparse.Namespace, group: Group) -> set[str]:
+    """The field paths of ``group`` that the command line set explicitly."""
+    prefix = f"{group.key}."
+    return {d[len(prefix):] for d in getattr(args, GIVEN, set()) if d.startswith(prefix)}
 
 
 @dataclass(frozen=True)
@@ -175,12 +205,13 @@ def add_group(parser: argparse.ArgumentParser, group: Group) -> None:
             neg = [f"--no-{n}" for n in names] + [f"--{n}" for n in group.negative.get(path, ())]
             state = f"on; {neg[-1]} turns it off" if default else "off"
             help_ = f"{text} (default: {state})".replace("%", "%%")
-            target.add_argument(*flags, dest=dest, action="store_const", const=True, default=default, help=help_)
-            target.add_argument(*neg, dest=dest, action="store_const", const=False, default=default,
+            target.add_argument(*flags, dest=dest, action=_StoreConst, const=True, default=default, help=help_)
+            target.add_argument(*neg, dest=dest, action=_StoreConst, const=False, default=default,
                                 help=argparse.SUPPRESS)
             continue
         none_words = NONE_WORDS + tuple(f.metadata.get("none", ()))
-        kwargs: dict[str, Any] = {"dest": dest, "default": default, "type": _converter(tp, optional, none_words)}
+        kwargs: dict[str, Any] = {"dest": dest, "default": default, "type": _converter(tp, optional, none_words),
+                                  "action": _Store}
         if typing.get_origin(tp) is Literal:
             kwargs["metavar"] = "{" + ",".join(map(str, typing.get_args(tp))) + (",none" if optional else "") + "}"
             kwargs["choices"] = typing.get_args(tp) + ((None,) if optional else ())

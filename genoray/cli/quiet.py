@@ -72,6 +72,7 @@ class NativeStderrFilter:
 
 
 def ray_running() -> bool:
+    """Whether this process is connected to a Ray (one a command may have started)."""
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
 

@@ -4,7 +4,7 @@
 ``AutoModelForSequenceClassification`` (loaded like :class:`~genoray.encoders.hf.HFEncoder`:
 hub id or local directory, ``trust_remote_code`` only when asked) in a PEFT LoRA adapter on the
 attention projections and trains adapter + classification head with AdamW. It exists to be
-compared with frozen embeddings + retrieval in :mod:`genoray.evaluate`; it is not used for
+compared with frozen embeddings + retrieval in :mod:`genoray.evaluation.study`; it is not used for
 serving. Needs ``peft`` (``pip install 'genoray[finetune]'``).
 """
 
@@ -35,13 +35,13 @@ class LoraClassifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         local = Path(self.model).expanduser().is_dir()
-        kw = {"trust_remote_code": self.trust_remote_code, "local_files_only": local}
-        tok = AutoTokenizer.from_pretrained(self.model, **kw)
+        tok = AutoTokenizer.from_pretrained(self.model, trust_remote_code=self.trust_remote_code, local_files_only=local)
         # right padding: HyenaDNA's tokenizer pads on the left, and in a causal model the pads then
         # feed every real token (its classifier already pools the last non-pad token, right-padding style)
         tok.padding_side = "right"
-        base = AutoModelForSequenceClassification.from_pretrained(self.model, num_labels=n_labels,
-                                                                  use_safetensors=True, **kw)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            self.model, num_labels=n_labels, use_safetensors=True, trust_remote_code=self.trust_remote_code,
+            local_files_only=local)
         import inspect
 
         targets = list(self.target_modules) if self.target_modules else _attention_modules(base)

@@ -106,32 +106,3 @@ def detailed_metrics(y_true, proba: np.ndarray, classes, bootstrap: int = 200, s
     if bootstrap:
         out["ci95"] = bootstrap_ci(y_true, proba, classes, bootstrap, seed)
     return out
-
-
-def strict_json(obj):
-    """``obj`` with every NaN/inf float (an undefined metric) replaced by None, for strict JSON,
-    and the dotted paths of the replaced values."""
-    import math
-
-    replaced: list[str] = []
-
-    def walk(o, path):
-        if isinstance(o, float) and not math.isfinite(o):
-            replaced.append(path)
-            return None
-        if isinstance(o, dict):
-            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [walk(v, f"{path}[{i}]") for i, v in enumerate(o)]
-        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy scalars
-            return walk(o.item(), path)
-        return o
-
-    return walk(obj, ""), replaced
-
-
-def strict_dumps(obj, indent: int | None = None) -> str:
-    """Strict JSON text of ``obj`` (``NaN``/``inf`` become ``null``)."""
-    import json
-
-    return json.dumps(strict_json(obj)[0], indent=indent, default=str, allow_nan=False)

@@ -10,7 +10,7 @@ views, all on seeded subsamples (``max_samples`` per side) so they run on millio
   from new rows (fitted on one half of each sample, scored on the other); one-sided p-value
   from the Mann-Whitney null distribution of the AUC (normal approximation).
 * **Per-row OOD**: the same calibrated score the predictor returns
-  (:class:`genoray.ood.OODScorer`, fitted on reference rows, calibrated on held-out ones at
+  (:class:`genoray.scoring.ood.OODScorer`, fitted on reference rows, calibrated on held-out ones at
   rate ``1 - ood_quantile``, length-matched when sequences and the encoder are given); the
   fraction of new rows flagged is compared with the expected ``1 - ood_quantile``
   (beta-binomial p-value, which accounts for the threshold being estimated from held-out
@@ -23,12 +23,14 @@ the three tests. Nothing in the detector is mutated by ``score``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from genoray.config import ShiftConfig  # noqa: F401 (defined in config.py)
+from genoray.config import OODConfig, ShiftConfig
+from genoray.scoring.ood import OODScorer
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +117,8 @@ class ShiftDetector:
 
     def fit(self, reference: np.ndarray, labels=None, sequences=None, encoder=None) -> "ShiftDetector":
         """Fit on reference embeddings; ``labels`` make the OOD score class-conditional and
-        ``sequences`` + ``encoder`` make it length-matched (see :mod:`genoray.ood`)."""
+        ``sequences`` + ``encoder`` make it length-matched (see :mod:`genoray.scoring.ood`)."""
         from sklearn.decomposition import PCA
-
-        from genoray.ood import OODConfig, OODScorer
 
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
@@ -178,6 +178,20 @@ class ShiftDetector:
             c2st_p_value=p_c2st, ood_threshold=self.threshold_, ood_fraction=float(flagged.mean()),
             ood_expected=expected, ood_p_value=p_ood,
             is_shift=bool(min(p_mmd, p_c2st, p_ood) < corrected), by_group=by_group, config=asdict(cfg))
+
+
+def drift_rule(alpha: float, seed: int = ShiftConfig.seed) -> Callable[[np.ndarray, np.ndarray], str | None]:
+    """The nightly reindex's first drift rule for :func:`genoray.index.delta.extend_index`: the
+    shift test of the new rows against a sample of the old ones at ``alpha`` (1,000 rows a side);
+    returns why the quantizer needs retraining, or ``None``."""
+    def rule(reference: np.ndarray, new: np.ndarray) -> str | None:
+        shift = ShiftDetector(ShiftConfig(max_samples=1000, alpha=alpha, seed=seed)).fit(reference).score(new)
+        if not shift.is_shift:
+            return None
+        return (f"the shift test flags a shift (MMD p {shift.mmd_p_value:.3g}, classifier p {shift.c2st_p_value:.3g}, "
+                f"kNN-OOD p {shift.ood_p_value:.3g})")
+
+    return rule
 
 
 def plot_shift(detector: ShiftDetector, new: np.ndarray, path: str) -> None:

@@ -21,8 +21,8 @@ encoder's features; with ``kmer`` this is the k-mer + LR baseline), fused head (
 ``heads: [linear, trees, auto]``, the fused head with a tree part, ``fused[trees]``, and the
 one ``auto`` chooses, ``fused[auto]``; the report names each fused head's mixture); for an
 ``hf:<model>`` encoder and a ``lora: {r: 8, epochs: 1, max_steps: 200}`` entry, also a LoRA
-fine-tune of the same model (:mod:`genoray.finetune`), timed like the rest; in the cross
-protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.adapt`) and
+fine-tune of the same model (:mod:`genoray.evaluation.finetune`), timed like the rest; in the cross
+protocol also ``fused+domain-norm`` (per-domain standardisation, :mod:`genoray.scoring.adapt`) and
 ``fused+pseudo-label`` (confidence curriculum with replay), both *inductive*: fitted on the
 target dataset's unlabeled train split and scored on its test split (disjoint rows). Metrics: accuracy, macro F1, MCC,
 AUROC with bootstrap 95% intervals. Cost: wall and CPU seconds per cell; energy is an
@@ -44,17 +44,22 @@ from typing import Any
 
 import numpy as np
 
-from genoray.artifacts import sha256_file, write_json
-from genoray.config import Study, load_study  # noqa: F401 (defined in config.py)
-from genoray.heads import align_proba
-from genoray.metrics import bootstrap_ci, classification_metrics, majority_proba, strict_json
+from genoray import __version__
+from genoray.config import Study
+from genoray.encoders import encoder_from_name
+from genoray.evaluation.finetune import LoraClassifier
+from genoray.evaluation.metrics import bootstrap_ci, classification_metrics, majority_proba
+from genoray.heads import FusedHead, KNNVoteHead, LinearHead, align_proba
+from genoray.infra.artifacts import sha256_file, strict_json, write_json
+from genoray.scoring.adapt import DomainNormalizer, PseudoLabeler
+from genoray.sequences import read_sequences
 
 log = logging.getLogger(__name__)
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
 
 
 def _load(path: str):
-    from genoray.sequences import read_sequences
-
     t, _ = read_sequences(path)
     return (np.array(t["sequence"].to_pylist(), dtype=object), np.array(t["label"].to_pylist(), dtype=object),
             np.array(t["split"].to_pylist(), dtype=object))
@@ -76,8 +81,6 @@ def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None, heads=("linear",))
     """``xad``: the unlabeled target sample the cross-protocol adaptations are fitted on
     (disjoint from ``xte``, the rows they score). ``heads``: the fused head modes (one
     shared fit; ``linear`` is ``fused``, others ``fused[mode]``)."""
-    from genoray.adapt import DomainNormalizer, PseudoLabeler
-    from genoray.heads import FusedHead, KNNVoteHead, LinearHead
 
     yield "knn_vote", KNNVoteHead(k=10).fit(xtr, ytr), xte
     yield "linear", LinearHead(C=0.1).fit(xtr, ytr), xte
@@ -90,8 +93,6 @@ def _methods(xtr, ytr, xte, cross: bool, seed: int, xad=None, heads=("linear",))
 
 
 def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol: str, data) -> list[dict[str, Any]]:
-    from genoray.encoders import encoder_from_name
-
     t0, c0 = time.perf_counter(), time.process_time()
     seqs_tr = np.concatenate([data[d][0][data[d][2] == "train"] for d in train])
     y_tr = np.concatenate([data[d][1][data[d][2] == "train"] for d in train])
@@ -126,8 +127,6 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
                      "chosen": getattr(head, "selection_", {}).get("chosen")})
         t1, c1 = time.perf_counter(), time.process_time()
     if encoder_name.startswith("hf:") and "+" not in encoder_name and study.lora:
-        from genoray.finetune import LoraClassifier
-
         t1, c1 = time.perf_counter(), time.process_time()
         clf = LoraClassifier(encoder_name[3:], seed=study.seed, trust_remote_code=study.trust_remote_code,
                              **study.lora).fit(list(seqs_tr), y_tr)
@@ -154,8 +153,6 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     """Run every cell of the study; write ``report.json`` and ``report.md`` into ``out_dir``."""
     import sklearn
 
-    import genoray
-
     t0, c0 = time.perf_counter(), time.process_time()
     data = {name: _subsample(_load(path), study) for name, path in study.datasets.items()}
     cells = []
@@ -175,14 +172,14 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
                  "energy_wh_estimate": round(wh, 3), "co2_g_estimate": round(wh / 1000 * study.cost["grid_gco2_per_kwh"], 3),
                  "basis": f"CPU seconds x {study.cost['watts_per_core']} W per core (assumed, no power meter); "
                           f"{study.cost['grid_gco2_per_kwh']} gCO2/kWh (assumed grid intensity)"},
-        "provenance": {"genoray": genoray.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+        "provenance": {"genoray": __version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
                        "python": platform.python_version(), "seed": study.seed,
                        "data_sha256": {k: sha256_file(v) for k, v in study.datasets.items()}},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", strict_json(report)[0])  # undefined metrics (NaN) -> null
-    (out / "report.md").write_text(to_markdown(report))
+    write_json(out / REPORT_JSON, strict_json(report)[0])  # undefined metrics (NaN) -> null
+    (out / REPORT_MD).write_text(to_markdown(report))
     log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
              report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report

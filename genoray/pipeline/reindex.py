@@ -1,8 +1,9 @@
 """``reindex``: the nightly job. Embed new labeled files, rebuild, gate, publish.
 
 1. Embed all input files into the long-lived store in ``work_dir/store``. The store is
-   resumable, so files embedded on earlier nights are skipped and only new ones do model work
-   (the encoder, including a fitted position window, is reused from the store).
+   resumable, so files embedded on earlier nights are skipped and only new ones do model work.
+   The encoder (including a fitted position window) and the cleaning policy are the store's:
+   what it recorded on its first night is what every later night uses.
 2. Index old + new rows and refit the head, in ``work_dir/builds/<version>``. When the current
    bundle's index came from this store and the store only grew, the new rows are added to it
    as a delta shard with its trained quantizer (:func:`genoray.index.delta.extend_index`: old
@@ -27,6 +28,7 @@ lives there; a night's index and head are then built in a node-local temp dir an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -37,15 +39,25 @@ from typing import Any
 
 import numpy as np
 
-from genoray import fs
-from genoray.bundle import collect_garbage, current_version, load_bundle, new_version_name, publish, write_bundle
-from genoray.config import ReadConfig, ReindexConfig
-from genoray.embed import embed_sequences
-from genoray.index import MANIFEST, build_index
+from genoray.bundle import collect_garbage, current_version, new_version_name, publish, version_dir
+from genoray.bundle.manifest import INDEX_DIR
+from genoray.config import CleanPolicy, EncoderChoice, EvaluateConfig, ReadConfig, ReindexConfig
+from genoray.embedding.job import embed_sequences
+from genoray.embedding.store import EmbeddingStore, has_manifest, read_encoder_record, read_manifest
+from genoray.encoders import Encoder, encoder_from_name, encoder_from_spec
+from genoray.evaluation.metrics import classification_metrics
+from genoray.evaluation.report import evaluate_store
+from genoray.evaluation.shift import drift_rule
+from genoray.index import build_index
 from genoray.index.delta import RetrainNeeded, extend_index
-from genoray.metrics import classification_metrics
-from genoray.store import EmbeddingStore
-from genoray.train import evaluate_store, train_head
+from genoray.infra import fs
+from genoray.pipeline.publish import write_bundle
+from genoray.pipeline.train import train_head
+from genoray.predict import Predictor
+
+GATE = "gate.json"
+STORE = "store"
+BUILDS = "builds"
 
 log = logging.getLogger(__name__)
 
@@ -66,42 +78,56 @@ def _current_on(root: Any, store: EmbeddingStore, split: str) -> dict[str, Any] 
     """Metrics and shift summary of the current bundle on this store's held-out rows."""
     if current_version(root) is None:
         return None
-    predictor, doc = load_bundle(root)
-    if doc["fingerprint"] != store.fingerprint:
-        return {"version": doc["version"], "comparable": False,
-                "metrics": doc.get("metrics", {}).get("new", {}).get("fused")}
+    predictor, doc = Predictor.from_bundle(root)
+    if doc.fingerprint != store.fingerprint:
+        return {"version": doc.version, "comparable": False, "metrics": doc.metrics.get("new", {}).get("fused")}
     test = store.load(split)
     proba, sims, _ = predictor.predict_vectors(test.vectors, list(test.ids))
     ood = predictor.head.ood_score(sims[:, -1])
-    return {"version": doc["version"], "comparable": True,
+    return {"version": doc.version, "comparable": True,
             "metrics": classification_metrics(test.labels, proba, predictor.head.classes_),
             "shift": {"mean_ood_score": float(np.mean(ood)), "fraction_ood_above_0.99": float(np.mean(ood > 0.99)),
                       "rows": len(test)}}
 
 
-def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read_cfg: ReadConfig | None = None,
-            cfg: ReindexConfig | None = None, use_ray: bool = True) -> ReindexReport:
-    """Run the nightly reindex (see the module docstring)."""
+def _store_settings(store_dir: str, encoder: Encoder | None, read_cfg: ReadConfig) -> tuple[Encoder, ReadConfig]:
+    """The encoder and cleaning policy of a night: the long-lived store's when it has them. An
+    encoder given as ``None`` and the default policy mean "the store's"; a policy that differs
+    from the store's is refused (a store never mixes two; an encoder that differs is refused
+    by the embedding job)."""
+    rec = read_encoder_record(store_dir)
+    if encoder is None:
+        encoder = encoder_from_spec(rec.requested) if rec is not None else encoder_from_name(EncoderChoice.encoder)
+    if has_manifest(store_dir) and (clean := read_manifest(store_dir).clean) is not None and read_cfg.clean != clean:
+        if read_cfg.clean != CleanPolicy():
+            raise ValueError(f"{store_dir}: the store was cleaned with {clean}; a reindex cleans new files the same "
+                             "way: give the same cleaning settings, or none (then the store's are used)")
+        read_cfg = dataclasses.replace(read_cfg, clean=clean)
+    return encoder, read_cfg
+
+
+def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Encoder | None = None,
+            read_cfg: ReadConfig | None = None, cfg: ReindexConfig | None = None, use_ray: bool = True) -> ReindexReport:
+    """Run the nightly reindex (see the module docstring). ``encoder``: ``None`` takes the one the
+    store in ``work_dir`` recorded (the default encoder on its first night); the cleaning policy
+    is the store's too (see :func:`_store_settings`)."""
     cfg = cfg or ReindexConfig()
     work, root = fs.as_path(work_dir), fs.as_path(bundle_root)
-    store_dir = fs.join(work, "store")
+    store_dir = fs.join(work, STORE)
     t0 = time.perf_counter()
-    emb = embed_sequences(inputs, store_dir, encoder, read_cfg, cfg.embed, fit_split=cfg.index.split,
-                          use_ray=use_ray)
+    encoder, read_cfg = _store_settings(store_dir, encoder, read_cfg or ReadConfig())
+    emb = embed_sequences(inputs, store_dir, encoder, read_cfg, cfg.embed, use_ray=use_ray)
     t1 = time.perf_counter()
     version = new_version_name()
     remote_work = fs.is_remote(work)  # then the build happens in a node-local temp dir, uploaded at the end
     build = Path(tempfile.mkdtemp(prefix="genoray-reindex-")) / version if remote_work \
-        else Path(work) / "builds" / version
+        else Path(work) / BUILDS / version
     idx, index_mode = None, {"mode": "full", "reason": "first build"}
     cur = current_version(root)
-    if cfg.incremental and cur is not None and fs.is_file(fs.join(root, "versions", cur, "index", MANIFEST)):
-        from genoray import bundle_remote
-
-        base = (bundle_remote.materialize(str(root), cur) if fs.is_remote(root) else Path(root)) / "versions" / cur
+    if cfg.incremental and cur is not None:
         try:
-            idx = extend_index(base / "index", store_dir, build / "index", cfg.index,
-                               recall_floor=cfg.recall_floor, shift_alpha=cfg.shift_alpha)
+            idx = extend_index(version_dir(root, cur) / INDEX_DIR, store_dir, build / "index", cfg.recall_floor,
+                               cfg.index, drift=drift_rule(cfg.shift_alpha, cfg.index.seed))
             index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
         except RetrainNeeded as e:
             shutil.rmtree(build / "index", ignore_errors=True)
@@ -110,8 +136,8 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
         idx = build_index(store_dir, build / "index", cfg.index)
-    train_head(store_dir, build / "index", build / "head", cfg.head, split=cfg.index.split)
-    new = evaluate_store(store_dir, build / "index", build / "head", split=cfg.eval_split)
+    train_head(store_dir, build / "index", build / "head", cfg.head)
+    new = evaluate_store(store_dir, build / "index", build / "head", EvaluateConfig(split=cfg.eval_split))
     t2 = time.perf_counter()
     store = EmbeddingStore(store_dir)
     current = _current_on(root, store, cfg.eval_split)
@@ -130,7 +156,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
             "index_build": {**index_mode, "seconds": idx.seconds},
             "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
             "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
-    fs.write_json(build / "gate.json", gate)
+    fs.write_json(build / GATE, gate)
     published = False
     if not reasons:
         write_bundle(root, build / "index", build / "head", metrics=gate, version=version)
@@ -138,7 +164,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder, read
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
     if remote_work:
-        fs.upload_dir(build, fs.join(work, "builds", version), last=["gate.json"])
+        fs.upload_dir(build, fs.join(work, BUILDS, version), last=[GATE])
         shutil.rmtree(build.parent, ignore_errors=True)
     seconds = {"embed": round(t1 - t0, 2), "build": round(t2 - t1, 2), "total": round(time.perf_counter() - t0, 2)}
     log.info("reindex %s: version %s %s; %s s", root, version,

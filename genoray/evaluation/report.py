@@ -1,0 +1,138 @@
+"""Scoring a trained head on a held-out split of a store: :func:`evaluate_store` (the metrics
+of every method), :func:`evaluation_report` (what ``genoray evaluate`` reports) and
+:func:`format_evaluation` (its text)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genoray.config import EvaluateConfig
+from genoray.embedding.store import EmbeddingStore
+from genoray.evaluation.metrics import DEFINITIONS, classification_metrics, detailed_metrics, majority_proba
+from genoray.heads import load_head, mixture_name
+from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
+from genoray.index import MANIFEST as INDEX_MANIFEST
+from genoray.index import VectorIndex
+from genoray.index import read_manifest as read_index_manifest
+from genoray.infra import fs
+from genoray.predict import predict_vectors
+
+DEFINITION_ORDER = ("accuracy", "f1", "mcc", "auroc", "ci95", "knn_weight", "calibration_T", "majority")
+
+
+def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
+                   cfg: EvaluateConfig | None = None, detail: bool = False) -> dict[str, dict[str, Any]]:
+    """Metrics of the majority floor, kNN vote, linear head, tree head (when the head has one)
+    and fused head on ``cfg.split`` (``None``: every row; a row in the index never votes for itself).
+
+    With ``detail``, each method also gets test ``n``, per-class precision/recall/F1, the
+    confusion matrix and ``cfg.bootstrap``-resample 95% intervals
+    (:func:`genoray.evaluation.metrics.detailed_metrics`).
+    """
+    cfg = cfg or EvaluateConfig()
+    split = cfg.split
+    index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
+    head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
+    store = EmbeddingStore(store_path)
+    test = store.load(split)
+    if len(test) == 0:
+        found = sorted({str(s) for s in store.load(None).splits})
+        raise ValueError(f"{store_path}: no rows in split {split!r} (splits in the store: {found})")
+    index = VectorIndex.load(index_dir)
+    head = load_head(head_dir, encoder_fingerprint=store.fingerprint).attach_index(index)
+    classes = head.classes_
+    proba, sims, pos = predict_vectors(index, head, test.vectors, list(test.ids))
+
+    def score(p):
+        if detail:
+            return detailed_metrics(test.labels, p, classes, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        return classification_metrics(test.labels, p, classes)
+
+    parts = head.part_probas(test.vectors, sims, pos)
+    results = {"majority": score(majority_proba(index.labels, classes, len(test)))}
+    for name, p in parts.items():
+        results[name] = score(p)
+    results["fused"] = score(proba)
+    results["fused"]["mean_ood_score"] = float(np.mean(head.ood_score(sims[:, -1])))
+    return results
+
+
+def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
+                      cfg: EvaluateConfig | None = None) -> dict[str, Any]:
+    """What ``genoray evaluate`` prints: the split used and its size, the classes (and the
+    positive class of a binary task), per method the metrics with bootstrap 95% intervals,
+    per-class precision/recall/F1 and the confusion matrix, the fused head's kNN weight and
+    calibration temperature, and what each of these means (:data:`genoray.evaluation.metrics.DEFINITIONS`).
+    The training split is the one the index records."""
+    cfg = cfg or EvaluateConfig()
+    split = cfg.split
+    index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
+    head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
+    store = EmbeddingStore(store_path)
+    methods = evaluate_store(store_path, index_dir, head_dir, cfg, detail=True)
+    train_split = read_index_manifest(index_dir).split
+    head = load_head(head_dir, encoder_fingerprint=store.fingerprint)
+    classes = [str(c) for c in head.classes_]
+    counts = Counter(str(x) for x in store.load(split).labels)
+    return {
+        "store": str(store_path), "split": "all" if split is None else split, "train_split": train_split,
+        "n": methods["fused"]["n"], "classes": classes,
+        "positive_class": classes[1] if len(classes) == 2 else None,
+        "class_counts": {c: counts.get(c, 0) for c in classes},
+        "head": {"knn_weight": head.weight_, "calibration_T": head.calibration_, "k": head.k, "C": head.C_,
+                 "mixture": head.mixture_, "calibration_method": head.calibration_method_},
+        "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed},
+        "methods": methods,
+        "definitions": DEFINITIONS,
+    }
+
+
+def _num(v: Any, ci: list | None = None) -> str:
+    if v is None or math.isnan(v):
+        return "n/a"
+    s = f"{v:.3f}"
+    if ci and ci[0] is not None:
+        s += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return s
+
+
+def format_evaluation(rep: dict[str, Any], definitions: bool = True) -> str:
+    """Plain text of an :func:`evaluation_report` (metrics, per-class table, confusion matrix, definitions)."""
+    classes = rep["classes"]
+    pos = f"; positive class for AUROC: {rep['positive_class']}" if rep["positive_class"] else \
+        "; AUROC: one-vs-rest, macro mean"
+    lines = [f"test split: {rep['split']} (n = {rep['n']}; " +
+             ", ".join(f"{c}: {n}" for c, n in rep["class_counts"].items()) + f"){pos}",
+             (f"fused head: kNN weight {rep['head']['knn_weight']} (share of the kNN vote; the rest is the logistic "
+              f"regression and/or trees: mixture {mixture_name(rep['head'].get('mixture') or {})}), "
+              + (f"calibration T {rep['head']['calibration_T']:.2f} (temperature of p^(1/T); >1 softens), "
+                 if rep['head']['calibration_T'] is not None else "calibration isotonic (per class, renormalised), ")
+              + f"k = {rep['head']['k']}"),
+             "",
+             f"{'method':<10} {'accuracy [95% CI]':>24} {'macro F1 [95% CI]':>24} {'MCC':>7} {'AUROC [95% CI]':>24}"]
+    undefined = set()
+    for name, m in rep["methods"].items():
+        ci = m.get("ci95", {})
+        lines.append(f"{name:<10} {_num(m['accuracy'], ci.get('accuracy')):>24} {_num(m['f1'], ci.get('f1')):>24} "
+                     f"{_num(m['mcc']):>7} {_num(m['auroc'], ci.get('auroc')):>24}")
+        undefined |= {k for k in ("accuracy", "f1", "mcc", "auroc") if m[k] is None or m[k] != m[k]}
+    if "auroc" in undefined:
+        lines.append("AUROC n/a: undefined because the test split holds a single class (null in --json)")
+    fused = rep["methods"]["fused"]
+    lines += ["", "fused head, per class:", f"{'class':<16} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}"]
+    for c, pc in fused["per_class"].items():
+        lines.append(f"{c:<16} {pc['precision']:>9.3f} {pc['recall']:>9.3f} {pc['f1']:>9.3f} {pc['support']:>8}")
+    width = max(8, *(len(c) for c in classes)) + 1
+    lines += ["", "fused head, confusion matrix (rows: true, columns: predicted):",
+              " " * width + "".join(f"{c:>{width}}" for c in classes)]
+    for c, row in zip(classes, fused["confusion_matrix"]):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    lines.append(f"(95% CIs from {rep['bootstrap']['resamples']} bootstrap resamples, seed {rep['bootstrap']['seed']})")
+    if definitions:
+        lines += ["", "definitions:"] + [f"  {k}: {rep['definitions'][k]}" for k in DEFINITION_ORDER]
+    return "\n".join(lines)
