@@ -65,9 +65,9 @@ def write_corpus(seqs: list[str], d: Path, n_files: int = 16) -> list[Path]:
 
 
 def main() -> None:
-    from genoray.embed import embed_sequences
-    from genoray.runtime import init_ray
+    from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
+    from genoray.infra.runtime import init_ray
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)

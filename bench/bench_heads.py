@@ -111,9 +111,9 @@ class LegacyFusedHead:
 def load_split(name: str, encoder: str, workdir: Path):
     """Embed one dataset (in process) and return its train and test embeddings, the test
     sequences and the store's encoder."""
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore
     from genoray.encoders import encoder_from_name
-    from genoray.store import EmbeddingStore
 
     store = workdir / name / encoder
     if not (store / "store.json").exists():
@@ -132,8 +132,8 @@ def test_sequences(name: str) -> list[str]:
 
 def store_encoder(name: str, encoder: str, workdir: Path):
     """The encoder of an embedded store, as the predictor rebuilds it (fitted state included)."""
+    from genoray.embedding.store import EmbeddingStore
     from genoray.encoders import encoder_from_spec
-    from genoray.store import EmbeddingStore
 
     return encoder_from_spec(EmbeddingStore(workdir / name / encoder, verify=False).encoder_spec)
 
@@ -145,10 +145,10 @@ def run_cell(tr, te, threads: int, n_boot: int, seed: int = 0, methods: tuple[st
     fit; its fit seconds add up the steps a fit of that mode alone runs); the peak RSS growth
     is that of the shared fit. With ``latency_reps``, also the predictor-level latency per
     query batch (clean + embed + search + head) of each fused head."""
-    from genoray.evaluate import bootstrap_ci
+    from genoray.evaluation.metrics import classification_metrics
+    from genoray.evaluation.study import bootstrap_ci
     from genoray.heads import FusedHead, KNNVoteHead
     from genoray.index import VectorIndex
-    from genoray.metrics import classification_metrics
 
     index = VectorIndex.from_vectors(tr.vectors, tr.ids, tr.labels)
     heads, fit_s, peak = {}, {}, {}
@@ -189,9 +189,9 @@ def run_cell(tr, te, threads: int, n_boot: int, seed: int = 0, methods: tuple[st
 
 
 def predictor_latency(encoder, index, head, seqs, reps: int, batches=(1, 64)) -> dict:
-    """Median milliseconds of :meth:`genoray.predictor.Predictor.predict` per query batch
+    """Median milliseconds of :meth:`genoray.predict.predictor.Predictor.predict` per query batch
     (``reps`` batches of each size, drawn in turn from the test sequences)."""
-    from genoray.predictor import Predictor
+    from genoray.predict.predictor import Predictor
 
     pred = Predictor(encoder, index, head)
     out = {}

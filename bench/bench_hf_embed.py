@@ -51,8 +51,8 @@ VARIANTS = ("loop", "budget", "prefetch", "tokenize", "overlapped")
 
 
 def tile_lengths(lengths: list[int], tile_nt: int, overlap_nt: int) -> list[list[int]]:
-    """Per sequence, the lengths of the tiles the encoder cuts it into (exact, see genoray.dna.tile)."""
-    from genoray.dna import window_starts
+    """Per sequence, the lengths of the tiles the encoder cuts it into (exact, see genoray.sequences.clean.tile)."""
+    from genoray.sequences.clean import window_starts
 
     return [[n] if n <= tile_nt else [tile_nt] * len(window_starts(n, tile_nt, overlap_nt)) for n in lengths]
 
@@ -108,8 +108,8 @@ def cpu_seconds() -> float:
 
 def run(files, model: str, variant: str, batch_size: int, budget: int, work: Path) -> dict:
     from genoray.config import EmbedConfig
-    from genoray.embed import embed_sequences
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore
 
     enc, counts = load_encoder(model, variant, batch_size, budget)
     out = work / variant

@@ -11,7 +11,7 @@ own:
 * ``baseline`` (``--baseline-rev REV``): the build as it was at git revision REV, for "today's"
   single-process build.
 
-Beside each: ``genoray.plan.estimate`` for the same store (peak RSS, time), with the per-core
+Beside each: ``genoray.index.capacity.estimate`` for the same store (peak RSS, time), with the per-core
 FLOP rate measured in the same run (a 2-second faiss kNN), and the ratios. Then 1,000 held-out
 queries are searched in batch and one at a time with the built index and with exact search.
 
@@ -113,12 +113,12 @@ def qps(fn, queries, single: bool, repeats: int = 3) -> float:
 def main() -> None:
     import faiss
 
-    from genoray.config import IndexConfig, KmerConfig
-    from genoray.embed import embed_sequences
+    from genoray.config import ClusterSpec, IndexConfig, KmerConfig
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore, has_manifest
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import VectorIndex, l2_normalize, recall_at_k
-    from genoray.plan import ClusterSpec, plan_store
-    from genoray.store import EmbeddingStore, has_manifest
+    from genoray.index.capacity import plan_store
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)

@@ -20,7 +20,7 @@ DATASETS = ["ecoli_promoter_ipromoter2l", "ecoli_sigma_ipromoter2l", "uci_splice
 
 
 def main() -> None:
-    from genoray.quickstart import run_quickstart
+    from genoray.pipeline.quickstart import run_quickstart
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", help="also write the raw results as JSON")

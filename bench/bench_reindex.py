@@ -28,7 +28,8 @@ from pathlib import Path
 
 RUN = """
 import json, resource, sys, time
-from genoray.config import IndexConfig
+from genoray.config import IndexConfig, ReindexConfig
+from genoray.evaluation.shift import drift_rule
 from genoray.index import build_index
 from genoray.index.delta import extend_index
 mode, store, old, out, floor = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
@@ -37,7 +38,7 @@ t0 = time.perf_counter()
 if mode == "full":
     rep = build_index(store, out, cfg)
 else:
-    rep = extend_index(old, store, out, cfg, recall_floor=floor)
+    rep = extend_index(old, store, out, floor, cfg, drift=drift_rule(ReindexConfig.shift_alpha))
 print(json.dumps({"seconds": time.perf_counter() - t0, "recall": rep.recall_at_10, "ntotal": rep.ntotal,
                   "factory": rep.factory, "params": rep.search_params,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -56,8 +57,8 @@ def run(mode: str, work: Path, floor: float) -> dict:
 
 def main() -> None:
     from genoray.config import IndexConfig
+    from genoray.embedding.synthetic import append_synthetic_rows, write_synthetic_store
     from genoray.index import build_index
-    from genoray.index.synthetic import append_synthetic_rows, write_synthetic_store
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -74,7 +75,7 @@ def main() -> None:
             from genoray.index import VectorIndex
 
             v1 = VectorIndex.load(work / "v1")
-            v1.factory, v1.recall_at_10 = v1.manifest["factory"], v1.manifest["recall_at_10"]["value"]
+            v1.factory, v1.recall_at_10 = v1.manifest.factory, v1.manifest.recall_at_10.value
         else:
             write_synthetic_store(work / "store", args.n, args.dim, parts=max(1, args.n // 125_000),
                                   test_fraction=0.001)

@@ -65,13 +65,13 @@ def client(port: int, body: dict, seconds: float, conc: int) -> dict:
 
 
 def make_bundle(work: Path, root: Path, seed: int) -> str:
-    from genoray.bundle import write_bundle
     from genoray.config import HeadConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
-    from genoray.quickstart import bundled_dataset
-    from genoray.train import train_head
+    from genoray.pipeline import write_bundle
+    from genoray.pipeline.quickstart import bundled_dataset
+    from genoray.pipeline.train import train_head
 
     embed_sequences(bundled_dataset(), work / "store", KmerEncoder(), use_ray=False)
     build_index(work / "store", work / f"index{seed}")
@@ -83,7 +83,7 @@ def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
     """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray)."""
     env = dict(os.environ)
     if kind == "uvicorn":
-        code = (f"import uvicorn; from genoray.serve import plain_app; "
+        code = (f"import uvicorn; from genoray.serving.backends import plain_app; "
                 f"uvicorn.run(plain_app({str(root)!r}), host='127.0.0.1', port={port}, log_level='warning')")
         cmd = [sys.executable, "-c", code]
     else:  # no access log, like the uvicorn baseline (log_level='warning' drops its access lines)
@@ -106,8 +106,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
     """Publish ``new_version`` during a 10 s load; count failures and per-replica version changes."""
-    from genoray.bundle import publish
     from loadtest import run_load
+
+    from genoray.bundle import publish
 
     state = {}
 
@@ -142,7 +143,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from genoray.bundle import publish
-    from genoray.quickstart import bundled_dataset
+    from genoray.pipeline.quickstart import bundled_dataset
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=4.0)

@@ -1,10 +1,10 @@
 """Replica memory and start time: index memory-mapped vs read into RAM (issue #13 item 1).
 
-Builds bundles of ``--sizes`` synthetic x ``--dim`` vectors (``genoray.index.synthetic``,
+Builds bundles of ``--sizes`` synthetic x ``--dim`` vectors (``genoray.embedding.synthetic``,
 ``--index-type``: the auto factory, IVF / SQ8, by default; ``Flat`` for an index that dominates
 the replica: 1M x 256 is 1 GB), the store's encoder recorded as a 3-mer (64) or 4-mer (256)
-encoder so a real :class:`~genoray.predictor.Predictor` loads and encodes queries. For each size and mode a
-fresh process starts a :class:`~genoray.bundle.BundleHolder` (what a Serve replica does in its
+encoder so a real :class:`~genoray.predict.predictor.Predictor` loads and encodes queries. For each size and mode a
+fresh process starts a :class:`~genoray.bundle.store.BundleHolder` (what a Serve replica does in its
 constructor), predicts ``--queries`` random 81 bp sequences and reports its memory from
 ``/proc/self/status`` and ``/proc/self/smaps_rollup``:
 
@@ -50,9 +50,9 @@ from pathlib import Path
 REPLICA = """
 import json, os, sys, time
 import numpy as np
-from genoray.bundle import BundleHolder
-import genoray.artifacts as art
-import faiss, genoray.predictor, genoray.monitor, genoray.heads, genoray.ood  # imported before the first reading and the patch (only the bundle check counts)
+from genoray.serving.holder import BundleHolder
+import genoray.infra.artifacts as art
+import faiss, genoray.predict.predictor, genoray.serving.monitor, genoray.heads, genoray.scoring.ood  # imported before the first reading and the patch (only the bundle check counts)
 import ray.serve  # a Serve replica has it imported (the drift monitor looks for a replica context)
 
 def mem():
@@ -93,8 +93,8 @@ h.close()
 START = """
 import json, resource, sys, time
 import numpy as np
-from genoray.bundle import BundleHolder
-import faiss, genoray.predictor, genoray.monitor, genoray.heads, genoray.ood  # imports are not timed
+from genoray.serving.holder import BundleHolder
+import faiss, genoray.predict.predictor, genoray.serving.monitor, genoray.heads, genoray.scoring.ood  # imports are not timed
 import ray.serve  # a Serve replica has it imported (the drift monitor looks for a replica context)
 
 def io():
@@ -243,14 +243,15 @@ def report_starts(rows: list[tuple]) -> None:
 def make_bundle(work: Path, n: int, dim: int = 64, index_type: str = "auto") -> Path:
     """A published bundle of ``n`` x ``dim`` synthetic vectors (``index_type``: ``auto`` or a
     FAISS factory); the head is fitted once per dimension and reused."""
-    from genoray.artifacts import read_json, write_json
-    from genoray.bundle import publish, write_bundle
+    from genoray.bundle import publish
     from genoray.config import HeadConfig, IndexConfig, KmerConfig
+    from genoray.embedding.synthetic import write_synthetic_store
     from genoray.encoders import fingerprint
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
-    from genoray.index.synthetic import write_synthetic_store
-    from genoray.train import train_head
+    from genoray.infra.artifacts import read_json, write_json
+    from genoray.pipeline import write_bundle
+    from genoray.pipeline.train import train_head
 
     if dim not in (64, 256):
         raise ValueError(f"--dim {dim}: the recorded encoder is a 3-mer (64) or 4-mer (256) profile")
@@ -271,7 +272,7 @@ def make_bundle(work: Path, n: int, dim: int = 64, index_type: str = "auto") -> 
     build_index(store, index, IndexConfig(index_type=index_type, split=None, recall_queries=200))
     print(f"built index of {n:,} x {dim} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if not (head_dir / "head.json").is_file():
-        train_head(store, index, head_dir, HeadConfig(max_rows=20_000), split=None)
+        train_head(store, index, head_dir, HeadConfig(max_rows=20_000))
     publish(root, write_bundle(root, index, head_dir))
     return root
 

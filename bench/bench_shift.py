@@ -9,14 +9,14 @@ embeddings), before and after, in one run.
    shifted rows, and the share flagged, for real cross-dataset pairs and controlled synthetic
    shifts with known ground truth (composition, length only, label prior, motif loss).
    "before" = the k-th-neighbour rank of the fused head (the score genoray returned until
-   now); "max" / "fisher" = :class:`genoray.ood.OODScorer` (length-matched, calibrated at 5%)
+   now); "max" / "fisher" = :class:`genoray.scoring.ood.OODScorer` (length-matched, calibrated at 5%)
    combining its views by the largest rank / Fisher's method; "oracle" = a supervised
    in-domain-vs-shifted classifier's cross-validated AUROC on the same features (how
    separable the pair is at all; no OOD score has those labels). ``--max-rows`` caps the rows.
 4. **Target adaptation** (``--target``): a fused head trained on the source; an unlabeled
    target sample (half of the shifted rows) estimates the class priors; the other half is
    scored (disjoint rows). Accuracy vs the majority floor of the scored rows, ECE, MCC, for no
-   adaptation, always re-weighting, and the do-no-harm rule (:mod:`genoray.priors`). Each
+   adaptation, always re-weighting, and the do-no-harm rule (:mod:`genoray.scoring.priors`). Each
    source head is fitted with its training sequences, so it has a temperature per query length
    (:mod:`genoray.heads.length_calibration`); every case is run without it ("off") and with it
    ("on") in the same run, and the source's own test rows give the in-domain ECE of both.
@@ -74,7 +74,7 @@ def gc_shift(seqs: list[str], rate: float, rng: np.random.Generator) -> list[str
 
 
 def crop_all(seqs: list[str], length: int, rng: np.random.Generator) -> list[str]:
-    from genoray.ood import crop
+    from genoray.scoring.ood import crop
 
     return crop(seqs, length, rng)
 
@@ -138,7 +138,7 @@ def ece(y: np.ndarray, proba: np.ndarray, classes, bins: int = 15) -> float:
 
 # ---- sections -------------------------------------------------------------------------------
 def null_and_pairs(x, seeds: int, max_samples: int) -> None:
-    from genoray.shift import ShiftConfig, ShiftDetector
+    from genoray.evaluation.shift import ShiftConfig, ShiftDetector
 
     print(f"null: random halves of one dataset, {seeds} seeds, alpha 0.05, {max_samples} rows per side")
     print(f"{'dataset':<28} {'MMD FPR':>8} {'C2ST FPR':>9} {'OOD FPR':>8} {'any (Bonferroni)':>17} {'mean OOD frac':>14}")
@@ -164,7 +164,7 @@ def null_and_pairs(x, seeds: int, max_samples: int) -> None:
 def fit_source(src: str, data, cfg):
     from genoray.encoders.kmer import KmerEncoder
     from genoray.heads import FusedHead
-    from genoray.ood import OODScorer
+    from genoray.scoring.ood import OODScorer
 
     enc = KmerEncoder()
     s_tr, y_tr = data[src]["train"]
@@ -245,10 +245,10 @@ def ood_section(data, cfg, rows_out: list, max_rows: int = 600) -> None:
 
 
 def target_section(data, cfg, rows_out: list) -> None:
+    from genoray.evaluation.metrics import classification_metrics
     from genoray.heads import align_proba
     from genoray.heads import length_calibration as lcm
-    from genoray.metrics import classification_metrics
-    from genoray.priors import PriorShift
+    from genoray.scoring.priors import PriorShift
 
     print("\n--target: fused head on the source; target sample = half of the shifted rows (labels unused), "
           "scored = the other half")
@@ -325,7 +325,7 @@ def kind_of(name: str) -> str:
 
 
 def main() -> None:
-    from genoray.ood import OODConfig
+    from genoray.scoring.ood import OODConfig
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=20)

@@ -5,7 +5,7 @@ new bounded head beside today's (quadratic) head on the seven shared datasets.
 Part 1 writes each store through the real store format (Parquet parts + ``store.json`` with
 sha256), then runs ``build_index`` (auto type) and ``train_head`` each in a fresh subprocess
 and reports wall time and peak RSS (``ru_maxrss`` of that process) beside
-:func:`genoray.plan.estimate` for the same size (index: one-process build; head: the bounded
+:func:`genoray.index.capacity.estimate` for the same size (index: one-process build; head: the bounded
 fit), with the per-core FLOP rate the plan uses measured in the same run. Vectors have
 structure: 4 classes, each a mixture of 16 Gaussian clusters, clusters of different classes
 overlapping. Targets: time(1M) / time(250k) <= 5 and peak RSS <= 2 GB at 1M (head fit).
@@ -48,8 +48,8 @@ def write_store(path: Path, n: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genoray import schema
-    from genoray.artifacts import sha256_file, write_json
+    from genoray.embedding import store as schema
+    from genoray.infra.artifacts import sha256_file
 
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(1).normal(size=(64, DIM)).astype(np.float32)
@@ -73,14 +73,11 @@ def write_store(path: Path, n: int, seed: int = 0) -> None:
         }, schema=schema.embedding_schema(DIM))
         f = f"shards/part-{a // PART_ROWS:04d}.parquet"
         pq.write_table(table, path / f)
-        parts.append({"file": f, "rows": m, "sha256": sha256_file(path / f), "source": "synthetic",
-                      "row_groups": None, "byte_range": None, "rejects": None})
-    write_json(path / "store.json", {
-        "format_version": 2, "encoder": {"name": "synthetic", "dim": DIM}, "fingerprint": f"synthetic-{DIM}",
-        "dim": DIM, "status": "complete", "rows": n,
-        "counts": {"read": n, "accepted": n, "rejected": 0, "rejected_by_reason": {}, "written": n},
-        "failed": [], "parts": parts,
-    })
+        parts.append(schema.StorePart(file=f, rows=m, sha256=sha256_file(path / f), source="synthetic"))
+    schema.write_manifest(path, schema.StoreManifest(
+        format_version=schema.StoreManifest.FORMAT_VERSION, encoder={"name": "synthetic", "dim": DIM},
+        fingerprint=f"synthetic-{DIM}", dim=DIM, status="complete", rows=n,
+        counts=schema.StoreCounts(read=n, accepted=n, rejected=0, written=n), parts=tuple(parts)))
 
 
 INDEX_CHILD = """
@@ -97,7 +94,7 @@ print(json.dumps({"factory": rep.factory, "recall": rep.recall_at_10, "wall_s": 
 CHILD = """
 import json, resource, sys, time
 from genoray.config import HeadConfig
-from genoray.train import train_head
+from genoray.pipeline.train import train_head
 store, index, out, head, max_rows = sys.argv[1:6]
 t = time.perf_counter()
 r = train_head(store, index, out, HeadConfig(head=head, max_rows=int(max_rows)))
@@ -122,7 +119,7 @@ def err(pred: float, meas: float) -> str:
 
 def scale(sizes: list[int], head: str, max_rows: int, work: Path, gflops: float) -> list[dict]:
     from genoray.config import HeadConfig, IndexConfig
-    from genoray.plan import MB, ClusterSpec, estimate
+    from genoray.index.capacity import MB, ClusterSpec, estimate
 
     rows = []
     for n in sizes:
@@ -133,7 +130,7 @@ def scale(sizes: list[int], head: str, max_rows: int, work: Path, gflops: float)
         ix = child(INDEX_CHILD, d / "store", d / "index")
         r = child(CHILD, d / "store", d / "index", d / "head", head, max_rows)
         plan = estimate(n, DIM, IndexConfig(split="train", recall_queries=200), ClusterSpec(gflops_per_core=gflops),
-                        partition_rows=PART_ROWS, queries=200, head=HeadConfig(head=head, max_rows=max_rows))
+                        partition_rows=PART_ROWS, head=HeadConfig(head=head, max_rows=max_rows))
         pi, ph = plan.stages["index"], plan.stages["head"]
         r.update(n=n, write_s=write_s, index=ix, plan={
             "index_s": pi["single_process_s"], "index_mib": pi["peak_single_process_bytes"] / MB,
@@ -168,9 +165,9 @@ def datasets(head_mode: str, with_auto: bool, max_rows: int) -> list[dict]:
     from bench_heads import DATASETS, load_split
 
     from genoray.config import HeadConfig
+    from genoray.evaluation.metrics import classification_metrics
     from genoray.heads import FusedHead
     from genoray.index import VectorIndex
-    from genoray.metrics import classification_metrics
 
     heads = {"today": None, "new": head_mode, **({"auto": "auto"} if with_auto else {})}
     print(f"{'dataset':<28} {'rows':>6} " + " ".join(f"{h + ' (' + (m or 'v1') + ')':>24}" for h, m in heads.items())

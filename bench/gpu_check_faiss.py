@@ -70,11 +70,11 @@ def genoray_build(work: Path, n: int, length: int = 120) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genoray.artifacts import read_json
     from genoray.config import IndexConfig, KmerConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
+    from genoray.infra.artifacts import read_json
 
     rng = np.random.default_rng(0)
     codes = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, size=(n, length))]

@@ -44,10 +44,10 @@ def main() -> int:
     from ray import serve
 
     from genoray.bundle import publish
-    from genoray.runtime import init_ray
-    from genoray.quickstart import bundled_dataset
-    from genoray.serve import ServeConfig, build_app, start_http
-    from genoray.service import hash_key
+    from genoray.infra.runtime import init_ray
+    from genoray.pipeline.quickstart import bundled_dataset
+    from genoray.serving.app import ServeConfig, build_app, start_http
+    from genoray.serving.service import hash_key
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)

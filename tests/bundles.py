@@ -6,12 +6,13 @@ from conftest import toy_fasta
 
 
 def make_bundle(work: Path, root: Path, k: int = 10, seed: int = 0, publish_it: bool = True) -> str:
-    from genoray.bundle import publish, write_bundle
+    from genoray.bundle import publish
     from genoray.config import HeadConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
-    from genoray.train import train_head
+    from genoray.pipeline import write_bundle
+    from genoray.pipeline.train import train_head
 
     work.mkdir(parents=True, exist_ok=True)
     fa = toy_fasta(work / "toy.fa", seed=seed)

@@ -45,9 +45,9 @@ def answer(body: dict) -> tuple:
 
 
 def oracle(root: Path, version: str, seqs: list[str]) -> list[tuple]:
-    from genoray.bundle import load_bundle
+    from genoray.predict import Predictor
 
-    predictor, _ = load_bundle(root, version)  # every shard in one process: the monolithic answer
+    predictor, _ = Predictor.from_bundle(root, version)  # every shard in one process: the monolithic answer
     return [(p.label, tuple(n.seq_id for n in p.neighbours)) for p in predictor.predict(seqs, k=K)]
 
 
@@ -120,8 +120,10 @@ def main() -> None:
     from ray.cluster_utils import Cluster
     from test_serve_groups import build_indexes, queries
 
-    from genoray.bundle import publish, write_bundle
-    from genoray.serve import ServeConfig, build_app
+    from genoray.bundle import publish
+    from genoray.config import ServeConfig
+    from genoray.pipeline import write_bundle
+    from genoray.serving.app import build_app
 
     work = Path(sys.argv[1])
     built = build_indexes(work / "data")

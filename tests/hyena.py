@@ -5,7 +5,7 @@
 context, one token per base, causal), fine-tuned on aptamers, as a ``pytorch_model.bin``
 pickle. GPL: it is never vendored; the wheel is fetched at test time with
 ``pip download --no-deps`` (cached under pytest's cache dir), checked against its sha256,
-the model folder is unzipped and converted with ``genoray.weights.convert_weights``.
+the model folder is unzipped and converted with ``genoray.encoders.weights.convert_weights``.
 ``GENORAY_ANTICAPT_WHEEL=/path/to/anticapt-1.0-py3-none-any.whl`` uses a local copy instead.
 """
 
@@ -49,7 +49,7 @@ def fetch_wheel(cache: Path) -> Path:
 
 def hyena_tiny(cache: Path, work: Path) -> Path:
     """Unzip HyenaDNA-tiny from the wheel into ``work/src`` and convert it into ``work/model``."""
-    from genoray.weights import convert_weights
+    from genoray.encoders.weights import convert_weights
 
     wheel = fetch_wheel(cache)
     src = work / "src"

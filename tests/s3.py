@@ -1,6 +1,6 @@
 """A real S3 protocol server on 127.0.0.1 for the object-storage tests: moto in server mode,
 started in this process (no network). ``s3_server`` sets ``AWS_ENDPOINT_URL`` and dummy
-credentials for the session (genoray forwards them to Ray workers, see ``genoray.fs``);
+credentials for the session (genoray forwards them to Ray workers, see ``genoray.infra.fs``);
 ``s3_bucket`` gives each test a fresh bucket URI."""
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def test_token_budget_batches_cover_every_tile_once_within_budget():
 
 
 def test_prefetch_keeps_order_and_raises_where_the_producer_failed():
-    from genoray.embed import prefetch
+    from genoray.infra.runtime import prefetch
 
     assert list(prefetch(iter(range(50)), 2)) == list(range(50)) == list(prefetch(iter(range(50)), 0))
 

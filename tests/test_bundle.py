@@ -5,11 +5,12 @@ import os
 import time
 
 import pytest
+from bundles import make_bundle
 from fastapi.testclient import TestClient
 
-from bundles import make_bundle
-from genoray.artifacts import ChecksumError
-from genoray.bundle import collect_garbage, current_version, lease, load_bundle, publish, verify_bundle
+from genoray.bundle import collect_garbage, current_version, lease, publish, verify_bundle
+from genoray.infra.artifacts import ChecksumError, sha256_file
+from genoray.predict import Predictor
 
 KEY = "test-key-123"
 
@@ -24,8 +25,8 @@ def root(tmp_path_factory):
 def test_publish_and_load(root):
     path, v1 = root
     assert current_version(path) == v1
-    predictor, doc = load_bundle(path)
-    assert doc["version"] == v1 and doc["classes"] == ["at", "gc"] and doc["index"]["ntotal"] == 160
+    predictor, doc = Predictor.from_bundle(path)
+    assert doc.version == v1 and doc.classes == ("at", "gc") and doc.index.ntotal == 160
     files = [p for p in (path / "versions" / v1).rglob("*") if p.is_file()]
     assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in files)
     assert all((p.stat().st_mode & 0o222) == 0 for p in files)  # published files are read-only
@@ -54,8 +55,9 @@ def test_malicious_pickles_in_head_or_bundle_are_never_unpickled(tmp_path):
     import shutil
 
     from conftest import malicious_pickle
-    from genoray.artifacts import sha256_file, sha256_json, write_json
+
     from genoray.heads import load_head
+    from genoray.infra.artifacts import sha256_file, sha256_json, write_json
 
     root = tmp_path / "r"
     v1 = make_bundle(tmp_path / "w1", root, seed=0)
@@ -73,7 +75,7 @@ def test_malicious_pickles_in_head_or_bundle_are_never_unpickled(tmp_path):
     vdir.chmod(0o755)
     malicious_pickle(vdir / "head.pkl", sentinel)
     with pytest.raises(ChecksumError, match="not in bundle.json"):
-        load_bundle(root)
+        Predictor.from_bundle(root)
     assert not sentinel.exists()
 
 
@@ -88,8 +90,8 @@ def test_gc_keeps_current_newest_and_leased(tmp_path):
 
 
 def client(path, **kw):
-    from genoray.serve import plain_app
-    from genoray.service import hash_key
+    from genoray.serving.backends import plain_app
+    from genoray.serving.service import hash_key
 
     return TestClient(plain_app(str(path), require_key=True, key_hashes=(hash_key(KEY),), **kw))
 
@@ -118,7 +120,7 @@ def test_api_requires_key(root, headers):
 
 
 def test_no_keys_configured_is_refused_unless_auth_disabled(root):
-    from genoray.serve import plain_app
+    from genoray.serving.backends import plain_app
 
     with pytest.raises(ValueError, match="GENORAY_API_KEYS"):
         plain_app(str(root[0]), require_key=True)
@@ -147,7 +149,7 @@ def test_bad_requests_get_the_right_4xx(root, payload, status, needle):
 
 
 def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
-    from genoray.bundle import BundleHolder
+    from genoray.serving.holder import BundleHolder
 
     root = tmp_path / "r"
     v1 = make_bundle(tmp_path / "w1", root, seed=0)
@@ -162,7 +164,8 @@ def test_holder_swaps_and_refuses_corrupt_bundle(tmp_path):
         head = root / "versions" / v3 / "head" / "head.json"
         head.chmod(0o644)
         head.write_text(head.read_text().replace('"k": 10', '"k": 11'))
-        (root / "CURRENT").write_text(json.dumps({"version": v3}))  # simulate a bad publish
+        bundle_sha = sha256_file(root / "versions" / v3 / "bundle.json")
+        (root / "CURRENT").write_text(json.dumps({"version": v3, "bundle_sha256": bundle_sha}))  # a bad publish
         time.sleep(0.5)
         assert holder.version == v2 and "refused bundle" in holder.last_error
         assert v1 != v2
@@ -182,11 +185,11 @@ def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatc
     def crash(src, dst):
         raise OSError("killed between staging and rename (injected)")
 
-    monkeypatch.setattr("genoray.bundle.os.rename", crash)
+    monkeypatch.setattr("genoray.bundle.store.os.rename", crash)
     with pytest.raises(OSError, match="injected"):
         make_bundle(tmp_path / "w2", root, seed=1)
     monkeypatch.undo()
-    assert current_version(root) == v1 and load_bundle(root)[1]["version"] == v1
+    assert current_version(root) == v1 and Predictor.from_bundle(root)[1].version == v1
     assert [p.name for p in (root / "versions").iterdir()] == [v1]  # nothing half-published
     assert not list((root / "staging").iterdir())  # the failed writer cleaned up its staging dir
     orphan = root / "staging" / "vX.dead"
@@ -198,7 +201,8 @@ def test_crash_while_writing_a_bundle_leaves_current_intact(tmp_path, monkeypatc
 
 PUBLISHER = """
 import os, signal, sys
-from genoray.bundle import publish, write_bundle
+from genoray.bundle import publish
+from genoray.pipeline import write_bundle
 
 root, index, head, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 calls = 0
@@ -247,7 +251,7 @@ def test_publisher_sigkilled_at_every_step(tmp_path):
         proc = run(kill_at)
         assert proc.returncode == -9, proc.stderr[-500:]
         version = current_version(root)
-        assert load_bundle(root)[1]["version"] == version  # CURRENT always names a verified bundle
+        assert Predictor.from_bundle(root)[1].version == version  # CURRENT always names a verified bundle
         seen["new" if version not in {v1} | {p.name for p in before} else "old"] += 1
         for vdir in (root / "versions").iterdir():  # a version directory is complete or absent
             verify_bundle(root, vdir.name)
@@ -261,8 +265,8 @@ def test_publisher_sigkilled_at_every_step(tmp_path):
 
 
 def test_rate_limit_is_per_key(root):
-    from genoray.serve import plain_app
-    from genoray.service import hash_key
+    from genoray.serving.backends import plain_app
+    from genoray.serving.service import hash_key
 
     app = plain_app(str(root[0]), require_key=True, key_hashes=(hash_key("a"), hash_key("b")),
                     limits={"rate_per_key": 0.5, "burst_per_key": 3})

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from genoray import cli, cli_args
 from genoray import config as C
-from genoray.flags import leaves
+from genoray.cli import args as cli_args
+from genoray.cli import commands as cli
+from genoray.cli import exitcodes
+from genoray.cli.flags import leaves
 
 # what each command needs besides flags (positionals, required options)
 REQUIRED = {
@@ -18,24 +20,32 @@ REQUIRED = {
     "index": ["store", "--out", "o"],
     "plan": ["--n", "1000", "--dim", "8"],
     "train": ["store", "--index", "i", "--out", "o"],
+    "evaluate": ["store"],
+    "predict": ["in.fa", "--index", "i", "--head", "h"],
+    "publish": ["root"],
     "reindex": ["in.fa", "--work", "w", "--bundles", "b"],
     "serve": ["root"],
     "shift": ["a", "b"],
 }
-STAGE_CONFIGS = (C.CleanPolicy, C.ReadConfig, C.KmerConfig, C.PositionConfig, C.HFConfig, C.EmbedConfig, C.IndexConfig,
-                 C.HeadConfig, C.ReindexConfig, C.ServeConfig, C.ServiceLimits, C.ShiftConfig)
+STAGE_CONFIGS = (C.CleanPolicy, C.ReadConfig, C.EncoderChoice, C.KmerConfig, C.PositionConfig, C.HFConfig,
+                 C.EmbedConfig, C.IndexConfig, C.ClusterSpec, C.PlanConfig, C.HeadConfig, C.EvaluateConfig,
+                 C.PredictConfig, C.PublishConfig, C.ReindexConfig, C.ServeConfig, C.ServiceLimits, C.ShiftConfig,
+                 C.ShiftSelection)
 # fields set by the command itself rather than by a flag of their own
 SET_BY_COMMAND = {(C.ServeConfig, "root"): "positional ROOT", (C.HFConfig, "model"): "--encoder hf:<model>",
                   (C.KmerConfig, "position"): "--encoder kmer-pos",
-                  (C.ReadConfig, "split_names"): "--train-split / --test-split",
-                  (C.ReadConfig, "split_cutoffs"): "computed by embed_sequences"}
+                  (C.ReadConfig, "split_cutoffs"): "computed by embed_sequences",
+                  (C.ReindexConfig, "eval_split"): "--test-split (ReadConfig)"}
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices
 
 
 def _flag_fields() -> set[tuple[type, str]]:
     """(owner class, field name) of every field that some command exposes as a flag."""
-    parser = cli.build_parser()
-    subs = next(a for a in parser._actions if a.dest == "command").choices
-    dests = {a.dest for sp in subs.values() for a in sp._actions}
+    dests = {a.dest for sp in _subparsers().values() for a in sp._actions}
     out = set()
     for groups in cli_args.COMMAND_GROUPS.values():
         for g in groups:
@@ -50,25 +60,41 @@ def test_every_stage_config_field_has_a_flag():
     missing = [f"{cls.__name__}.{f.name}" for cls in STAGE_CONFIGS for f in dataclasses.fields(cls)
                if (cls, f.name) not in exposed and (cls, f.name) not in SET_BY_COMMAND
                and not dataclasses.is_dataclass(f.type if isinstance(f.type, type) else object)
-               and f.name not in ("clean", "limits", "index", "head", "embed")]
+               and f.name not in ("clean", "limits", "index", "head", "embed", "cluster")]
     assert missing == []
+
+
+def test_every_flag_default_is_its_config_field_default():
+    """A flag either belongs to a config field, whose default it shows and parses to, or is one
+    of the few that are not settings (paths, inputs, output modes: ``CLI_ONLY``)."""
+    groups = {g.key: g for gs in cli_args.COMMAND_GROUPS.values() for g in gs}
+    for command, sp in _subparsers().items():
+        for action in sp._actions:
+            if not action.option_strings:  # a positional: the command's input
+                continue
+            key, _, path = action.dest.partition(".")
+            if not path:
+                assert action.dest in cli_args.CLI_ONLY, f"genoray {command} {action.option_strings}: not from a config"
+                continue
+            field_default = {p: d for p, *_rest, d in leaves(groups[key].cls)}[path]
+            assert action.default == field_default, (command, action.option_strings, action.default, field_default)
 
 
 @pytest.mark.parametrize("command", sorted(cli_args.COMMAND_GROUPS))
 def test_parsed_defaults_equal_dataclass_defaults(command):
-    from genoray.flags import build
+    from genoray.cli.flags import build
 
     args = cli.build_parser().parse_args([command, *REQUIRED[command]])
     for g in cli_args.COMMAND_GROUPS[command]:
         fixed = {"root": "root"} if g.cls is C.ServeConfig else {"model": "m"} if g.cls is C.HFConfig else {}
         expected = g.cls(**fixed)
-        if g.cls is C.KmerConfig:
-            expected = C.KmerConfig()
+        if g.cls is C.PlanConfig:  # --n 1000 --dim 8 are what plan needs
+            expected = C.PlanConfig(n=1000, dim=8)
         assert build(args, g, **fixed) == expected, (command, g.cls.__name__)
 
 
 def test_flags_reach_nested_and_renamed_fields():
-    from genoray.flags import build
+    from genoray.cli.flags import build
 
     p = cli.build_parser()
     a = p.parse_args(["embed", "x.fa", "--out", "o", "--sequence-column", "seq", "--id-column", "name",
@@ -80,9 +106,9 @@ def test_flags_reach_nested_and_renamed_fields():
     assert read.batch_size == 7 and build(a, cli_args.EMBED).batch_size == 11
     assert read.clean == C.CleanPolicy(max_n_fraction=0.3, min_length=5, max_length=900, ambiguous="reject")
     assert build(a, cli_args.KMER) == C.KmerConfig(ks=(2, 3), canonical=True, gc=False)
-    enc = cli_args._encoder(a, "kmer-pos")
+    enc = cli._encoder(a, "kmer-pos")
     assert enc.config.position == C.PositionConfig(window=80) and enc.config.canonical
-    assert cli_args._encoder(a, "kmer").config.position is None
+    assert cli._encoder(a, "kmer").config.position is None
 
     # the old flag names still work
     a = p.parse_args(["index", "s", "--out", "o", "--split", "all", "--type", "Flat", "--target-recall", "0.9"])
@@ -94,9 +120,14 @@ def test_flags_reach_nested_and_renamed_fields():
     assert not cfg.require_key and not cfg.access_log and cfg.ingress == "haproxy"
     assert cfg.limits == C.ServiceLimits(rate_per_key=2.0)
     a = p.parse_args(["reindex", "x", "--work", "w", "--bundles", "b", "--recall-floor", "0.8", "--head-seed", "3",
-                      "--split", "dev"])
+                      "--train-split", "dev"])
     cfg = build(a, cli_args.REINDEX)
-    assert cfg.recall_floor == 0.8 and cfg.head.seed == 3 and cfg.index.split == "dev" and cfg.index.seed == 0
+    assert cfg.recall_floor == 0.8 and cfg.head.seed == 3 and cfg.index.seed == 0
+    assert build(a, cli_args.READ).train_split == "dev"  # the data's splits: the index split follows
+    a = p.parse_args(["plan", "--n", "5", "--dim", "4", "--memory-per-node", "8", "--nodes", "3"])
+    assert build(a, cli_args.PLAN).cluster == C.ClusterSpec(nodes=3, memory_per_node_gb=8.0)
+    a = p.parse_args(["evaluate", "s", "--split", "all", "--bootstrap", "0"])
+    assert build(a, cli_args.EVALUATE) == C.EvaluateConfig(split=None, bootstrap=0)
 
 
 def test_bad_flag_values_fail_with_the_config_message(capsys):
@@ -124,17 +155,12 @@ def test_configs_validate_and_parse_from_dicts():
         C.parse(C.ReadConfig, {"clean": {"ambiguous": "keep"}})
 
 
-def test_old_import_locations_still_work():
-    from genoray.evaluate import Study, load_study  # noqa: F401
-    from genoray.reindex import ReindexConfig as R
-    from genoray.serve import ServeConfig as S
-    from genoray.service import ServiceLimits as L
-    from genoray.shift import ShiftConfig as H
+def test_the_public_names_of_the_package_resolve():
+    import genoray
 
-    assert (R, S, L, H) == (C.ReindexConfig, C.ServeConfig, C.ServiceLimits, C.ShiftConfig)
-
-
-# ---- toy data ---------------------------------------------------------------------------------
+    assert {n: getattr(genoray, n).__module__.split(".")[1] for n in ("Predictor", "build_index", "ServeConfig")} == \
+        {"Predictor": "predict", "build_index": "index", "ServeConfig": "config"}
+    assert all(getattr(genoray, n) is not None for n in genoray.__all__)
 
 def toy_table(path, n=80, splits=True, labels=("at", "gc"), seed=0, lengths=None):
     """Parquet with two separable classes (AT-rich vs GC-rich); every 5th row is test."""
@@ -188,7 +214,7 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
     for f, why in [(prot, "all 2 records were rejected: invalid_character 2 (protein"),
                    (empty, "the input holds no records"), (noseq, "every input file failed; first: ")]:
         rc, out, err = run(capsys, "embed", f, "--out", tmp_path / f"s_{f.name}", "--no-ray")
-        assert rc == cli.EXIT_EMPTY == 6, (f, err)
+        assert rc == exitcodes.EXIT_EMPTY == 6, (f, err)
         last = err.strip().splitlines()[-1]
         assert last.startswith("genoray embed: nothing written: ") and why in last
         assert strict_loads(out)["written"] == 0
@@ -202,20 +228,20 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
     # partial: one good file and one bad file -> 3; both bad -> 6
     good = toy_table(tmp_path / "good.parquet")
     rc, out, _ = run(capsys, "embed", good, noseq, "--out", tmp_path / "s_part", "--no-ray")
-    assert rc == cli.EXIT_PARTIAL == 3 and strict_loads(out)["written"] == 80
+    assert rc == exitcodes.EXIT_PARTIAL == 3 and strict_loads(out)["written"] == 80
     assert strict_loads(out)["outcome"] == "partial"
 
 
 def test_broken_invariant_and_unexpected_errors_are_bugs_not_user_errors(tmp_path, capsys, monkeypatch):
     import genoray.index
-    from genoray.errors import InvariantError
+    from genoray.infra.errors import InvariantError
 
     def broken(*a, **k):
         raise InvariantError("record counts do not add up")
 
     monkeypatch.setattr(genoray.index, "build_index", broken)
     rc, _, err = run(capsys, "index", tmp_path, "--out", tmp_path / "i")
-    assert rc == cli.EXIT_BUG == 70 and "internal error (a bug in genoray" in err
+    assert rc == exitcodes.EXIT_BUG == 70 and "internal error (a bug in genoray" in err
 
     def typo(*a, **k):
         return {}["missing"]
@@ -233,7 +259,7 @@ def test_help_lists_every_exit_code_and_version(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = capsys.readouterr().out
-    for code in cli.EXIT_CODES:
+    for code in exitcodes.EXIT_CODES:
         assert f"  {code:>3}  " in text
     with pytest.raises(SystemExit):
         cli.main(["--version"])
@@ -274,7 +300,7 @@ def test_json_output_is_strict_and_nan_is_null_with_a_reason(tmp_path, capsys):
 def test_test_fraction_holds_out_an_exact_stratified_seeded_split(tmp_path, capsys):
     import collections
 
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.store import EmbeddingStore
 
     data = toy_table(tmp_path / "u.parquet", n=70, splits=False, labels=("at", "gc", "at", "gc", "at", "gc", "gc"))
     counts = collections.Counter(("at", "gc", "at", "gc", "at", "gc", "gc")[i % 7] for i in range(70))
@@ -360,13 +386,13 @@ def test_evaluate_split_all_agrees_with_index_and_train(tmp_path, capsys):
     data = toy_table(tmp_path / "t.parquet", n=40)
     for args in (["embed", data, "--out", tmp_path / "s", "--no-ray"],
                  ["index", tmp_path / "s", "--out", tmp_path / "i", "--split", "all"],
-                 ["train", tmp_path / "s", "--index", tmp_path / "i", "--out", tmp_path / "h", "--split", "all"]):
-        assert run(capsys, *args)[0] == 0
+                 ["train", tmp_path / "s", "--index", tmp_path / "i", "--out", tmp_path / "h"]):
+        assert run(capsys, *args)[0] == 0  # train fits on the split the index holds: no flag restates it
     rc, out, err = run(capsys, "evaluate", tmp_path / "s", "--index", tmp_path / "i", "--head", tmp_path / "h",
-                       "--split", "all", "--train-split", "all", "--json")
+                       "--split", "all", "--json")
     assert rc == 0, err
     rep = strict_loads(out)
-    assert rep["split"] == "all" and rep["n"] == 40
+    assert rep["split"] == "all" and rep["n"] == 40 and rep["train_split"] is None  # the index's: every row
 
 
 # ---- reuse a fitted encoder (issue 16 item 5) --------------------------------------------------
@@ -462,12 +488,12 @@ def test_bundles_lists_versions_and_current(built, capsys):
 
 
 def test_serve_without_keys_names_no_auth_and_never_starts_ray(built, capsys, monkeypatch):
-    import genoray.runtime
+    import genoray.infra.runtime
 
     def no_ray(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(genoray.runtime, "init_ray", no_ray)
+    monkeypatch.setattr(genoray.infra.runtime, "init_ray", no_ray)
     monkeypatch.delenv("GENORAY_API_KEYS", raising=False)
     tmp, _ = built
     rc, _, err = run(capsys, "serve", tmp / "b")
@@ -479,13 +505,13 @@ def test_serve_without_keys_names_no_auth_and_never_starts_ray(built, capsys, mo
 def test_shift_plot_checks_matplotlib_before_the_test(built, capsys, monkeypatch):
     import sys
 
-    import genoray.shift
+    import genoray.evaluation.shift
 
     def never(*a, **k):
         raise AssertionError("the shift test ran")
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.setattr(genoray.shift, "ShiftDetector", never)
+    monkeypatch.setattr(genoray.evaluation.shift, "ShiftDetector", never)
     tmp, _ = built
     rc, _, err = run(capsys, "shift", tmp / "s", tmp / "s", "--plot", tmp / "x.png")
     assert rc == 2 and "--plot needs matplotlib" in err and not (tmp / "x.png").exists()
@@ -538,7 +564,7 @@ def test_embed_on_ray_is_quiet_logs_progress_and_leaves_no_temp_dir(tmp_path):
 def test_progress_lines():
     import io
 
-    from genoray.progress import Progress
+    from genoray.infra.progress import Progress
 
     buf = io.StringIO()
     p = Progress("embed x", total_units=4, every_s=0, stream=buf)
@@ -554,8 +580,8 @@ def test_progress_lines():
 def test_evaluate_reports_split_n_classes_per_class_confusion_and_cis(built, capsys):
     import numpy as np
 
-    from genoray.predictor import Predictor
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.store import EmbeddingStore
+    from genoray.predict.predictor import Predictor
 
     tmp, _ = built
     rc, out, _ = run(capsys, "evaluate", tmp / "s", "--index", tmp / "i", "--head", tmp / "h", "--json",
@@ -595,7 +621,7 @@ def test_native_stderr_filter_drops_only_ray_native_lines():
 
     code = """
 import os, sys
-from genoray.quiet import NativeStderrFilter
+from genoray.cli.quiet import NativeStderrFilter
 with NativeStderrFilter():
     os.write(2, b"[2026-11-29 04:42:15,502 E 5076 5076] core_worker.cc:2465: Actor with class name ... max_restarts > 0\\n")
     os.write(2, b"kept line 1\\n[not a ray line]\\n")
@@ -611,10 +637,9 @@ print("after", file=sys.stderr)
 
 @pytest.mark.ray
 def test_test_fraction_split_is_the_same_on_ray_workers(ray_session, tmp_path):
-    from genoray.config import ReadConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore
     from genoray.encoders.kmer import KmerEncoder
-    from genoray.store import EmbeddingStore
 
     data = toy_table(tmp_path / "u.parquet", n=60, splits=False)
     cfg = C.ReadConfig(test_fraction=0.25, split_seed=3)

@@ -34,7 +34,7 @@ def test_jobs_are_thin_entrypoints_over_the_cli():
 
 
 def test_haproxy_settings_documented_for_the_cluster():
-    from genoray.serve import haproxy_env
+    from genoray.serving.haproxy import haproxy_env
 
     text = (ROOT / "cluster.yaml").read_text()
     for key, value in haproxy_env().items():

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_fasta
+
 from genoray.config import EmbedConfig
-from genoray.embed import embed_sequences
+from genoray.embedding.job import embed_sequences
+from genoray.embedding.store import EmbeddingStore
 from genoray.encoders.kmer import KmerEncoder
-from genoray.store import EmbeddingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_bad_files_fail_only_their_unit(tmp_path):
     assert set(errors) == {"cut.fa.gz", "junk.fq"}
     assert "truncated compressed file" in errors["cut.fa.gz"]
     store = EmbeddingStore(tmp_path / "store")
-    assert store.manifest["status"] == "partial" and store.rows == 100
+    assert store.manifest.status == "partial" and store.rows == 100
     assert not any("t1" == i for i in store.load().ids)  # nothing from the truncated file committed
     # fix the inputs and rerun: only the formerly failed units do work
     (tmp_path / "cut.fa.gz").unlink()
@@ -63,7 +63,7 @@ def test_bad_files_fail_only_their_unit(tmp_path):
 def test_duplicate_ids_across_files_are_refused(tmp_path):
     a = write_fasta(tmp_path / "a.fa", [("x", "ACGT"), ("y", "ACGA")])
     b = write_fasta(tmp_path / "b.fa", [("x", "GGGG")])
-    from genoray.embed import DuplicateIdError
+    from genoray.embedding.job import DuplicateIdError
 
     with pytest.raises(DuplicateIdError, match="more than one input unit"):
         embed_sequences([a, b], tmp_path / "store", KmerEncoder(), use_ray=False)
@@ -119,7 +119,7 @@ def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
     files = make_corpus(tmp_path, 12, 3000)
     script = textwrap.dedent("""
         import sys
-        from genoray.embed import embed_sequences
+        from genoray.embedding.job import embed_sequences
         from genoray.config import EmbedConfig, KmerConfig, PositionConfig
         from genoray.encoders.kmer import KmerEncoder
         embed_sequences(sys.argv[2:], sys.argv[1], KmerEncoder(KmerConfig(position=PositionConfig())),
@@ -147,7 +147,7 @@ def test_killed_driver_resumes_and_matches_uninterrupted_run(tmp_path):
     a_ids, a = load_sorted(tmp_path / "store")
     b_ids, b = load_sorted(tmp_path / "ref")
     assert a_ids == b_ids and len(a_ids) == 36000 and np.array_equal(a, b)
-    assert EmbeddingStore(tmp_path / "store").manifest["counts"] == EmbeddingStore(tmp_path / "ref").manifest["counts"]
+    assert EmbeddingStore(tmp_path / "store").manifest.counts == EmbeddingStore(tmp_path / "ref").manifest.counts
 
 
 @pytest.mark.ray
@@ -164,7 +164,7 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path, lose_node):
         import json, sys, tempfile
         import ray
         from ray.cluster_utils import Cluster
-        from genoray.embed import embed_sequences
+        from genoray.embedding.job import embed_sequences
         from genoray.encoders.kmer import KmerEncoder
         from genoray.config import EmbedConfig
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
@@ -223,7 +223,7 @@ def test_failed_commit_leaves_no_visible_shard_and_retry_is_clean(tmp_path, monk
             raise OSError("disk full (injected)")
         return real(src, dst)
 
-    monkeypatch.setattr("genoray.embed.os.replace", flaky)
+    monkeypatch.setattr("genoray.embedding.shards.os.replace", flaky)
     with pytest.raises(OSError, match="injected"):
         embed_sequences(files, tmp_path / "store", KmerEncoder(), use_ray=False)
     shard_dir = tmp_path / "store" / "shards"
@@ -231,7 +231,7 @@ def test_failed_commit_leaves_no_visible_shard_and_retry_is_clean(tmp_path, monk
     assert not list(shard_dir.glob("*.done.json"))  # nothing half-committed is visible
     rep = embed_sequences(files, tmp_path / "store", KmerEncoder(), use_ray=False)
     assert rep.status == "complete" and rep.written == 60
-    listed = {p["file"] for p in EmbeddingStore(tmp_path / "store").manifest["parts"]}
+    listed = {p.file for p in EmbeddingStore(tmp_path / "store").manifest.parts}
     on_disk = {f"shards/{p.name}" for p in shard_dir.glob("*.parquet") if not p.name.endswith(".rejects.parquet")}
     assert on_disk == listed and not list(shard_dir.glob(".*"))
 

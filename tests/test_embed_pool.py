@@ -5,9 +5,9 @@ import pytest
 from bundles import toy_fasta
 
 from genoray.config import EmbedConfig
-from genoray.embed import embed_sequences
+from genoray.embedding.job import embed_sequences
+from genoray.embedding.store import EmbeddingStore
 from genoray.encoders.kmer import KmerEncoder
-from genoray.store import EmbeddingStore
 
 pytestmark = [pytest.mark.ray]
 

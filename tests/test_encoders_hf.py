@@ -5,8 +5,9 @@ from genoray.config import HFConfig
 from genoray.encoders import encoder_from_spec, fingerprint
 
 torch = pytest.importorskip("torch")
-from genoray.encoders.hf import HFEncoder, masked_mean  # noqa: E402
 from tiny_models import make_char_bert, make_nt_like_esm  # noqa: E402
+
+from genoray.encoders.hf import HFEncoder, masked_mean  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_tiling_is_length_weighted_mean_of_tiles(bert_dir):
     seq = "ACGTACGTAC" + "GGGGCCCCAA" + "TTT"
     tiles = ["ACGTACGTAC", "ACGGGGCCCC", seq[-10:]]
     assert enc.tile_nt == 10
-    from genoray.dna import tile
+    from genoray.sequences.clean import tile
 
     assert tile(seq, 10, 2) == ["ACGTACGTAC", "ACGGGGCCCC", seq[-10:]] == tiles
     parts = enc.embed(tiles)
@@ -79,7 +80,7 @@ def test_changed_local_weights_are_refused(tmp_path, bert_dir):
 
     from safetensors.torch import load_file, save_file
 
-    from genoray.artifacts import ChecksumError
+    from genoray.infra.artifacts import ChecksumError
 
     model = tmp_path / "model"
     shutil.copytree(bert_dir, model)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from genoray.adapt import PseudoLabeler, domain_normalize
 from genoray.heads import LinearHead
+from genoray.scoring.adapt import PseudoLabeler, domain_normalize
 
 
 def test_domain_normalize_uses_each_domains_own_statistics():
@@ -35,8 +35,9 @@ def test_pseudo_labelling_helps_on_a_shifted_target_and_keeps_the_source():
 @pytest.mark.slow
 def test_study_within_cross_pooled(tmp_path):
     from conftest import data_file
+
     from genoray.cli import main
-    from genoray.quickstart import bundled_dataset
+    from genoray.pipeline.quickstart import bundled_dataset
 
     study = tmp_path / "study.yaml"
     study.write_text(f"""
@@ -62,7 +63,7 @@ pooled: [[ecoli, tata]]
 
 
 def test_study_refuses_unknown_datasets(tmp_path):
-    from genoray.evaluate import load_study
+    from genoray.config import load_study
 
     p = tmp_path / "s.yaml"
     p.write_text("name: x\ndatasets: {a: a.parquet}\nwithin: [b]\n")
@@ -76,7 +77,6 @@ def _run_toy_study(tmp_path, seed: int, study_yaml: str) -> dict:
     pytest.importorskip("peft")
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from tiny_models import make_char_bert
 
     model = make_char_bert(tmp_path / "bert")
@@ -86,7 +86,8 @@ def _run_toy_study(tmp_path, seed: int, study_yaml: str) -> dict:
                              "label": ["at" if i % 2 else "gc" for i in range(120)],
                              "split": ["test" if i % 5 == 0 else "train" for i in range(120)]}), tmp_path / "toy.parquet")
     (tmp_path / "s.yaml").write_text(study_yaml.replace("{model}", str(model)))
-    from genoray.evaluate import evaluate, load_study
+    from genoray.config import load_study
+    from genoray.evaluation.study import evaluate
 
     return evaluate(load_study(tmp_path / "s.yaml"), tmp_path / "out")
 
@@ -129,7 +130,7 @@ lora: {r: 4, max_steps: 2}
 
 def test_study_runs_tree_heads_beside_the_linear_one(tmp_path):
     from genoray.cli import main
-    from genoray.quickstart import bundled_dataset
+    from genoray.pipeline.quickstart import bundled_dataset
 
     study = tmp_path / "study.yaml"
     study.write_text(f"""

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("peft")
-from genoray.finetune import LoraClassifier  # noqa: E402
 from tiny_models import make_char_bert  # noqa: E402
+
+from genoray.evaluation.finetune import LoraClassifier  # noqa: E402
 
 
 @pytest.mark.slow

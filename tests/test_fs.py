@@ -1,4 +1,4 @@
-"""genoray.fs against local paths and a real S3 protocol server (moto on 127.0.0.1)."""
+"""genoray.infra.fs against local paths and a real S3 protocol server (moto on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import s3
 from conftest import toy_fasta
 
-from genoray import fs
 from genoray.config import ReadConfig
+from genoray.infra import fs
 from genoray.sequences import SequenceFormatError, expand_inputs, plan_units, read_sequences
 
 s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py

@@ -62,11 +62,11 @@ def test_kmer_pos_fusion_has_a_position_block_and_spec_round_trips(bert_dir):
 def test_fusion_through_embed_index_train_predict(bert_dir, tmp_path):
     from conftest import write_fasta
 
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore
     from genoray.index import build_index
-    from genoray.predictor import Predictor
-    from genoray.store import EmbeddingStore
-    from genoray.train import train_head
+    from genoray.pipeline.train import train_head
+    from genoray.predict.predictor import Predictor
 
     rng = np.random.default_rng(1)
     recs = []
@@ -79,7 +79,7 @@ def test_fusion_through_embed_index_train_predict(bert_dir, tmp_path):
     rep = embed_sequences(fa, tmp_path / "store", encoder_from_name(f"hf:{bert_dir}+kmer"), use_ray=False)
     assert rep.written == 80
     store = EmbeddingStore(tmp_path / "store")
-    assert store.manifest["encoder"]["type"] == "fusion" and store.manifest["encoder"]["norms"]
+    assert store.manifest.encoder["type"] == "fusion" and store.manifest.encoder["norms"]
     build_index(tmp_path / "store", tmp_path / "index")
     train_head(tmp_path / "store", tmp_path / "index", tmp_path / "head")
     p = Predictor.load(tmp_path / "index", tmp_path / "head")

@@ -5,9 +5,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
-from genoray.artifacts import ChecksumError
 from genoray.heads import FusedHead, KNNVoteHead, LinearHead, load_head, save_head, vote
 from genoray.index import VectorIndex, exact_search, l2_normalize
+from genoray.infra.artifacts import ChecksumError
 
 
 def blobs(n=300, d=16, classes=("a", "b", "c"), seed=0):
@@ -132,16 +132,13 @@ def test_ood_score_is_high_for_far_queries():
     assert head.ood_score(sims_far[:, -1]).mean() > 0.9
 
 
-def test_ood_reference_is_a_bounded_leave_one_out_sample(monkeypatch):
-    """The OOD reference comes from at most OOD_REFERENCE_ROWS leave-one-out searches (not one
-    per sampled row), and equals the exact k-th-neighbour distances of those rows."""
-    import genoray.heads.fused as fused
-
-    monkeypatch.setattr(fused, "OOD_REFERENCE_ROWS", 300)
+def test_ood_reference_is_a_bounded_leave_one_out_sample():
+    """The OOD reference comes from at most ``ood_reference_rows`` leave-one-out searches (not
+    one per sampled row), and equals the exact k-th-neighbour distances of those rows."""
     rng = np.random.default_rng(3)
     X = rng.normal(size=(1000, 8)).astype(np.float32)
     y = np.where(X[:, 0] > 0, "a", "b")
-    head = FusedHead(k=5, C=1.0).fit(X, y)
+    head = FusedHead(k=5, C=1.0, ood_reference_rows=300).fit(X, y)
     assert len(head.ood_reference_) == 300
     # oracle: brute-force cosine k-th neighbour of every row, self excluded
     x = l2_normalize(X)

@@ -30,14 +30,15 @@ def _toy(path, n=90, seed=0):
 def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_dir, tmp_path, capsys):
     from ray import serve
 
-    from genoray.bundle import publish, write_bundle
-    from genoray.config import HFConfig
-    from genoray.encoders.hf import HFEncoder
     from bench.loadtest import post
-    from genoray.predictor import Predictor
-    from genoray.serve import ServeConfig, build_app
-    from genoray.service import hash_key
-    from genoray.store import EmbeddingStore
+    from genoray.bundle import publish
+    from genoray.config import HFConfig, ServeConfig
+    from genoray.embedding.store import EmbeddingStore
+    from genoray.encoders.hf import HFEncoder
+    from genoray.pipeline import write_bundle
+    from genoray.predict.predictor import Predictor
+    from genoray.serving.app import build_app
+    from genoray.serving.service import hash_key
 
     fa, recs = _toy(tmp_path / "toy.fa")
     store, index, head = tmp_path / "store", tmp_path / "index", tmp_path / "head"
@@ -50,7 +51,7 @@ def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_di
     assert (rep["read"], rep["accepted"], rep["rejected"], rep["written"]) == (90, 90, 0, 90)
     emb = EmbeddingStore(store).load(None)
     assert emb.vectors.shape == (90, 128)
-    spec = EmbeddingStore(store).manifest["encoder"]
+    spec = EmbeddingStore(store).manifest.encoder
     assert spec["type"] == "hf" and spec["version"] == 2 and spec["weights_sha256"]
     # vectors made on Ray actors at forward batch 7 == this process at batch 32 (batch invariance)
     local = HFEncoder(HFConfig(model=str(hyena_dir), trust_remote_code=True))

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genoray.config import IndexConfig
-from genoray.embed import embed_sequences
+from genoray.embedding.job import embed_sequences
 from genoray.encoders.kmer import KmerEncoder
 from genoray.index import VectorIndex, build_index, choose_factory, exact_search, merge_topk
 
@@ -32,8 +32,33 @@ def test_choose_factory_rules():
 
 
 def test_merge_topk_keeps_largest_similarities():
-    s, i = merge_topk([np.array([[0.9, 0.1]]), np.array([[0.5, -1.0]])], [np.array([[3, 4]]), np.array([[7, -1]])], 3)
+    s, i, _ = merge_topk([np.array([[0.9, 0.1]]), np.array([[0.5, -1.0]])], [np.array([[3, 4]]), np.array([[7, -1]])], 3)
     assert i.tolist() == [[3, 7, 4]] and np.allclose(s, [[0.9, 0.5, 0.1]])
+
+
+@pytest.mark.parametrize("shards", [1, 2, 5])
+def test_merge_topk_equals_exact_search_with_ties_and_missing_rows(shards):
+    """The one merge (sharded search, recall truth, shard groups): merging per-shard exact top-k
+    lists equals exact search over all rows, including its tie rule (equal similarity: smaller
+    global id first) on many exact ties, and shards with fewer than k rows (-1 padding, last)."""
+    rng = np.random.default_rng(shards)
+    base = rng.integers(-2, 3, size=(40, 4)).astype(np.float32)  # a small lattice: many equal cosines
+    base[base.sum(1) == 0] = 1.0
+    q = rng.integers(-2, 3, size=(30, 4)).astype(np.float32) + 0.5
+    want_s, want_i = exact_search(base, q, 12)
+    bounds = np.linspace(0, len(base), shards + 1).astype(int)
+    sims, ids, labels = [], [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        s, i = exact_search(base[lo:hi], q, 12)  # a shard's own top-k (fewer than k rows: padded)
+        pad = 12 - s.shape[1]
+        sims.append(np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf))
+        ids.append(np.pad(i + lo, ((0, 0), (0, pad)), constant_values=-1))
+        labels.append(np.where(ids[-1] >= 0, ids[-1] % 3, -1))
+    got_s, got_i, (got_l,) = merge_topk(sims, ids, 12, [labels])
+    assert np.array_equal(got_i, want_i) and np.allclose(got_s, want_s)
+    assert np.array_equal(got_l, want_i % 3)  # payload follows its rows
+    assert (np.diff(want_s, axis=1) <= 1e-7).all()
+    assert any(len(set(np.round(r, 6))) < len(r) for r in want_s)  # the tie rule was exercised
 
 
 def test_sharded_flat_equals_one_flat_index(tmp_path):
@@ -43,7 +68,7 @@ def test_sharded_flat_equals_one_flat_index(tmp_path):
     assert many.shards == 4 and one.ntotal == many.ntotal and one.recall_at_10 == many.recall_at_10 == 1.0
     a, b = VectorIndex.load(tmp_path / "one"), VectorIndex.load(tmp_path / "many")
     assert [s.ntotal for s in b.shards] != [b.ntotal, 0, 0, 0]  # really spread over shards
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.store import EmbeddingStore
 
     q = EmbeddingStore(store).load("test").vectors[:50]
     sa, ia = a.search(q, 10)
@@ -58,7 +83,7 @@ def test_ivf_reaches_target_recall_and_mmap_load_matches(tmp_path, factory):
     rep = build_index(store, tmp_path / "ivf", IndexConfig(index_type=factory, shards=2, target_recall=0.95,
                                                            train_sample=5000))
     assert rep.factory == factory and rep.recall_at_10 >= 0.95 and "nprobe" in rep.search_params
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.store import EmbeddingStore
 
     emb = EmbeddingStore(store).load("train")
     idx = VectorIndex.load(tmp_path / "ivf")

@@ -6,20 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from genoray.artifacts import ChecksumError, read_json, write_json
 from genoray.cli import main
-from genoray.config import IndexConfig
+from genoray.config import ClusterSpec, IndexConfig
+from genoray.embedding.store import EmbeddingStore
+from genoray.embedding.synthetic import append_synthetic_rows, write_synthetic_store
+from genoray.evaluation.shift import drift_rule
 from genoray.index import VectorIndex, build_index, exact_search
+from genoray.index.capacity import CapacityError, estimate
 from genoray.index.delta import RetrainNeeded, extend_index
-from genoray.index.synthetic import append_synthetic_rows, write_synthetic_store
-from genoray.plan import (
-    CapacityError,
-    ClusterSpec,
-    estimate,
-    nlist_for,
-    train_sample_size,
-)
-from genoray.store import EmbeddingStore
+from genoray.index.factory import nlist_for, train_sample_size
+from genoray.infra.artifacts import ChecksumError, read_json, write_json
 
 CFG = IndexConfig(index_type="IVF64,SQ8", recall_queries=200, target_recall=0.9)
 
@@ -69,7 +65,7 @@ def test_delta_equals_adding_to_the_same_trained_index(tmp_path):
     store = write_synthetic_store(tmp_path / "s", 20_000, 32, parts=4, test_fraction=0.02)
     old = build_index(store, tmp_path / "v1", CFG)
     append_synthetic_rows(store, 1000, seed=0)
-    ext = extend_index(tmp_path / "v1", store, tmp_path / "v2", CFG, recall_floor=0.85)
+    ext = extend_index(tmp_path / "v1", store, tmp_path / "v2", 0.85, CFG, drift=drift_rule(0.05))
     emb = EmbeddingStore(store).load("train")
     assert ext.ntotal == len(emb) and ext.ntotal > old.ntotal
     a = VectorIndex.load(tmp_path / "v2")
@@ -103,12 +99,12 @@ def test_drift_rules_force_retrain(tmp_path):
     build_index(store, tmp_path / "v1", CFG)
     append_synthetic_rows(store, 1000, seed=5, shift=1.5)
     with pytest.raises(RetrainNeeded, match="shift test flags"):
-        extend_index(tmp_path / "v1", store, tmp_path / "v2", CFG)
+        extend_index(tmp_path / "v1", store, tmp_path / "v2", 0.9, CFG, drift=drift_rule(0.05))
     calm = write_synthetic_store(tmp_path / "calm", 20_000, 32, parts=4, test_fraction=0.02)
     build_index(calm, tmp_path / "c1", CFG)
     append_synthetic_rows(calm, 1000, seed=0)
     with pytest.raises(RetrainNeeded, match="below the floor 1.01"):
-        extend_index(tmp_path / "c1", calm, tmp_path / "c2", CFG, recall_floor=1.01)
+        extend_index(tmp_path / "c1", calm, tmp_path / "c2", 1.01, CFG, drift=drift_rule(0.05))
 
 
 def test_changed_old_rows_force_retrain(tmp_path):
@@ -118,7 +114,7 @@ def test_changed_old_rows_force_retrain(tmp_path):
     m["parts"][0]["sha256"] = "0" * 64
     write_json(store / "store.json", m)
     with pytest.raises((RetrainNeeded, ChecksumError)):
-        extend_index(tmp_path / "v1", store, tmp_path / "v2", CFG)
+        extend_index(tmp_path / "v1", store, tmp_path / "v2", 0.9, CFG, drift=drift_rule(0.05))
 
 
 def test_verified_record_skips_unchanged_files(tmp_path):

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from genoray.config import IndexConfig
     from genoray.index import VectorIndex, build_index
-    from genoray.index.synthetic import write_synthetic_store
+    from genoray.embedding.synthetic import write_synthetic_store
 
     def rss_mb(key="VmRSS"):
         return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import write_fasta
 
-from genoray.artifacts import ChecksumError, sha256_json
 from genoray.encoders.kmer import KmerEncoder
 from genoray.heads import FusedHead, load_head, save_head
 from genoray.heads import length_calibration as lcm
-from genoray.ood import crop
+from genoray.infra.artifacts import ChecksumError, sha256_json
+from genoray.scoring.ood import crop
 
 
 def gc_skewed(n: int, length: int, rng) -> tuple[list[str], np.ndarray]:
@@ -83,7 +83,7 @@ def test_saved_with_the_head_and_tampering_is_refused(fitted, tmp_path):
         load_head(tmp_path / "h")
     raw["sha256"] = sha256_json(raw["payload"])  # re-signed: still not the file head.json names
     f.write_text(json.dumps(raw))
-    with pytest.raises(ChecksumError, match="does not match head.json"):
+    with pytest.raises(ChecksumError, match="does not match the document that lists it"):
         load_head(tmp_path / "h")
     f.unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -101,7 +101,7 @@ def test_heads_without_it_load_and_predict_unchanged(fitted, tmp_path):
     # an older head.json has no "length_calibration" key at all
     path = tmp_path / "h" / "head.json"
     doc = json.loads(path.read_text())
-    del doc["payload"]["length_calibration"]
+    doc["payload"].pop("length_calibration", None)
     doc["sha256"] = sha256_json(doc["payload"])
     path.write_text(json.dumps(doc))
     old = load_head(tmp_path / "h").attach_index(head.knn_.index_)
@@ -113,11 +113,13 @@ def test_heads_without_it_load_and_predict_unchanged(fitted, tmp_path):
 
 
 def test_train_head_fits_it_the_predictor_applies_it_and_info_shows_it(tmp_path):
-    from genoray.bundle import BundleHolder, publish, write_bundle
-    from genoray.embed import embed_sequences
+    from genoray.bundle import publish
+    from genoray.embedding.job import embed_sequences
     from genoray.index import build_index
-    from genoray.predictor import Predictor
-    from genoray.train import train_head
+    from genoray.pipeline import write_bundle
+    from genoray.pipeline.train import train_head
+    from genoray.predict.predictor import Predictor
+    from genoray.serving.holder import BundleHolder
 
     rng = np.random.default_rng(5)
     s, y = gc_skewed(300, 150, rng)

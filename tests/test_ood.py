@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from genoray.ood import OODConfig, OODScorer, crop
-from genoray.priors import PriorShift, em_priors, reweight
+from genoray.scoring.ood import OODConfig, OODScorer, crop
+from genoray.scoring.priors import PriorShift, em_priors, reweight
 
 
 def random_dna(n, length, gc, seed):
@@ -50,7 +50,7 @@ def test_fisher_combination_is_calibrated_and_matches_hand_computation():
     NLL) combined by Fisher's method: -2 sum log p of each view's upper-tail p-value
     (hand-computed from the stored calibration arrays), then calibrated like ``max``."""
     from genoray.encoders.kmer import KmerEncoder
-    from genoray.ood import markov_nll
+    from genoray.scoring.ood import markov_nll
 
     enc = KmerEncoder()
     seqs = random_dna(500, 120, 0.45, 20) + random_dna(500, 120, 0.55, 21)
@@ -83,7 +83,7 @@ def test_complexity_corrected_view_sees_what_the_likelihood_misses():
     """Item 1: under a chain fitted on uniform DNA every sequence costs about log 4 per base, so
     the NLL alone cannot tell AT-rich sequences from the reference; the NLL minus the query's
     own composition entropy can (the view added to the OOD score)."""
-    from genoray.ood import base_entropy, markov_fit, markov_nll
+    from genoray.scoring.ood import base_entropy, markov_fit, markov_nll
 
     ref, same, shifted = random_dna(400, 150, 0.5, 30), random_dna(200, 150, 0.5, 31), random_dna(200, 150, 0.2, 32)
     chain = markov_fit(ref, 5)
@@ -96,7 +96,7 @@ def test_complexity_corrected_view_sees_what_the_likelihood_misses():
 
 
 def test_save_load_roundtrip_and_tamper(tmp_path, kmer_reference):
-    from genoray.artifacts import ChecksumError
+    from genoray.infra.artifacts import ChecksumError
 
     enc, ood = kmer_reference
     ood.save(tmp_path / "o")
@@ -152,7 +152,7 @@ def test_expected_mcc_is_mcc_for_hard_labels():
     """The unsupervised MCC estimate equals sklearn's MCC when the belief is one-hot (3 classes)."""
     from sklearn.metrics import matthews_corrcoef
 
-    from genoray.priors import expected_mcc
+    from genoray.scoring.priors import expected_mcc
 
     rng = np.random.default_rng(0)
     y, pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
@@ -195,12 +195,14 @@ def test_predictor_bundle_and_service_report_ood_and_adaptation(tmp_path):
     from bundles import make_bundle
     from fastapi.testclient import TestClient
 
-    from genoray.bundle import load_bundle, publish, write_bundle
-    from genoray.serve import plain_app
+    from genoray.bundle import publish
+    from genoray.pipeline import write_bundle
+    from genoray.predict import Predictor
+    from genoray.serving.backends import plain_app
 
     root = tmp_path / "bundles"
     make_bundle(tmp_path / "w", root)
-    predictor, _ = load_bundle(root)
+    predictor, _ = Predictor.from_bundle(root)
     assert predictor.ood is not None and predictor.ood.describe()["length_matched"]
     # a target with 90% "at"-like sequences: priors estimated, re-weighting applied
     rng = np.random.default_rng(7)
@@ -213,7 +215,7 @@ def test_predictor_bundle_and_service_report_ood_and_adaptation(tmp_path):
     # a bundle built for the target serves the same re-weighted probabilities
     version = write_bundle(root, tmp_path / "w" / "index", tmp_path / "w" / "head", target=target)
     publish(root, version)
-    served, _ = load_bundle(root)
+    served, _ = Predictor.from_bundle(root)
     assert served.priors.applied
     np.testing.assert_allclose([p.probabilities["at"] for p in served.predict(target[:3])],
                                [p.probabilities["at"] for p in preds[:3]])
@@ -232,7 +234,7 @@ def test_predictor_bundle_and_service_report_ood_and_adaptation(tmp_path):
 
 def test_domain_normalizer_is_inductive(tmp_path):
     """Item 3: statistics come from the fitted sample only and apply to rows never seen."""
-    from genoray.adapt import DomainNormalizer
+    from genoray.scoring.adapt import DomainNormalizer
 
     rng = np.random.default_rng(0)
     src, tgt_sample, tgt_new = rng.normal(size=(50, 4)), rng.normal(2.0, 3.0, size=(40, 4)), rng.normal(2.0, 3.0, size=(7, 4))
@@ -250,8 +252,8 @@ def test_study_cross_adaptation_fits_on_rows_disjoint_from_scored(tmp_path, monk
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genoray import adapt
-    from genoray.evaluate import Study, evaluate
+    from genoray.evaluation.study import Study, evaluate
+    from genoray.scoring import adapt
 
     paths = {}
     for name, gc in (("a", 0.4), ("b", 0.6)):
@@ -285,8 +287,9 @@ def test_serve_replica_exports_drift_metrics(serve_port, tmp_path):
     from ray import serve
 
     from bench.loadtest import post
-    from genoray.serve import ServeConfig, build_app
-    from genoray.service import hash_key
+    from genoray.config import ServeConfig
+    from genoray.serving.app import build_app
+    from genoray.serving.service import hash_key
 
     root = tmp_path / "root"
     make_bundle(tmp_path / "w", root)

@@ -4,17 +4,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_fasta
+
 from genoray.cli import main
 from genoray.config import KmerConfig, PositionConfig
-from genoray.embed import embed_sequences
+from genoray.embedding.job import embed_sequences
+from genoray.embedding.store import EmbeddingStore
 from genoray.encoders.kmer import KmerEncoder
+from genoray.evaluation import evaluate_store
 from genoray.index import build_index
-from genoray.predictor import Predictor
-from genoray.quickstart import bundled_dataset, run_quickstart
-from genoray.store import EmbeddingStore
-from genoray.train import evaluate_store, train_head
+from genoray.pipeline import train_head
+from genoray.pipeline.quickstart import bundled_dataset, run_quickstart
+from genoray.predict.predictor import Predictor
 
 
 def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta):
@@ -30,7 +31,7 @@ def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta)
 
     t, _ = read_sequences(labeled_fasta)
     assert np.array_equal(emb.vectors, enc.embed(t["sequence"].to_pylist()))
-    rej = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "store" / store.manifest["parts"][0]["rejects"])
+    rej = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "store" / store.manifest.parts[0].rejects)
     assert rej.to_pylist() == [{"path": str(labeled_fasta.resolve()), "record": 121, "seq_id": "bad",
                                 "reason": "invalid_character: 'X' at position 5"}]
     again = embed_sequences(labeled_fasta, tmp_path / "store", enc, use_ray=False)
@@ -41,11 +42,11 @@ def test_store_counts_add_up_and_no_ray_matches_vectors(tmp_path, labeled_fasta)
 
 def test_corrupt_store_part_is_refused(tmp_path, labeled_fasta):
     embed_sequences(labeled_fasta, tmp_path / "store", KmerEncoder(), use_ray=False)
-    part = tmp_path / "store" / EmbeddingStore(tmp_path / "store").manifest["parts"][0]["file"]
+    part = tmp_path / "store" / EmbeddingStore(tmp_path / "store").manifest.parts[0].file
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 1
     part.write_bytes(bytes(data))
-    from genoray.artifacts import ChecksumError
+    from genoray.infra.artifacts import ChecksumError
 
     with pytest.raises(ChecksumError, match=part.name):
         EmbeddingStore(tmp_path / "store")

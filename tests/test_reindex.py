@@ -3,11 +3,12 @@
 import json
 
 from conftest import toy_fasta
+
 from genoray.bundle import current_version
 from genoray.cli import main
 from genoray.config import IndexConfig
 from genoray.encoders.kmer import KmerEncoder
-from genoray.reindex import ReindexConfig, reindex
+from genoray.pipeline.reindex import ReindexConfig, reindex
 
 
 def night(path, seed, n=150, flip=False):
@@ -65,7 +66,7 @@ def test_second_night_adds_a_delta_without_retraining(tmp_path):
     assert build["mode"] == "incremental", build
     assert build["delta_rows"] == 80 and r2.gate["ntotal"] == 400 and r2.published
     # the new version's index holds old and new rows and finds new rows
-    from genoray.bundle import load_bundle
+    from genoray.predict import Predictor
 
-    pred, _ = load_bundle(tmp_path / "b")
-    assert pred.index.ntotal == 400 and pred.index.manifest["build"]["incremental"]
+    pred, _ = Predictor.from_bundle(tmp_path / "b")
+    assert pred.index.ntotal == 400 and pred.index.manifest.build.incremental

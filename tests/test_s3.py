@@ -17,8 +17,8 @@ import pytest
 import s3
 from conftest import toy_fasta
 
-from genoray import fs
 from genoray.encoders.kmer import KmerEncoder
+from genoray.infra import fs
 from genoray.sequences import read_sequences
 
 s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
@@ -39,21 +39,22 @@ def _inputs(tmp_path: Path, bucket: str, files: int = 6, n: int = 40) -> list[st
 
 
 def _store_ids(store: str) -> list[str]:
-    from genoray.store import EmbeddingStore
+    from genoray.embedding.store import EmbeddingStore
 
     return EmbeddingStore(store).table()["seq_id"].to_pylist()
 
 
 EMBED_SLOWLY = textwrap.dedent("""
     import sys, time
-    import genoray.embed as e
+    import genoray.embedding.unit as u
+    from genoray.embedding import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
-    real = e.embed_table
+    real = u.embed_table
     def slow(enc, batch):  # a slow model, so the kill lands between units
         time.sleep(0.4)
         return real(enc, batch)
-    e.embed_table = slow
-    e.embed_sequences(sys.argv[1], sys.argv[2], KmerEncoder(), use_ray=False)
+    u.embed_table = slow
+    embed_sequences(sys.argv[1], sys.argv[2], KmerEncoder(), use_ray=False)
 """)
 
 
@@ -61,7 +62,7 @@ EMBED_SLOWLY = textwrap.dedent("""
 def test_embed_killed_midway_resumes_exactly_once(s3_bucket, tmp_path):
     """The embedding driver is SIGKILLed after some units committed on S3; the rerun skips
     them and the store holds every input record exactly once."""
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
 
     ids = _inputs(tmp_path, s3_bucket)
     store = f"{s3_bucket}/store"
@@ -89,9 +90,9 @@ def test_embed_killed_midway_resumes_exactly_once(s3_bucket, tmp_path):
 def _pipeline(tmp_path: Path, bucket: str, seed: int, use_ray: bool) -> tuple[str, str]:
     """embed s3 -> s3 store, index and head on s3; returns (index, head) URIs."""
     from genoray.config import HeadConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
     from genoray.index import build_index
-    from genoray.train import train_head
+    from genoray.pipeline.train import train_head
 
     w = f"{bucket}/w{seed}"
     (tmp_path / f"in{seed}").mkdir()
@@ -120,9 +121,13 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, serve_p
     from ray import serve
 
     from bench.loadtest import post
-    from genoray.bundle import BundleHolder, collect_garbage, current_version, list_versions, publish, write_bundle
-    from genoray.serve import LocalBackend, ServeConfig, build_app
-    from genoray.service import create_app
+    from genoray.bundle import collect_garbage, current_version, list_versions, publish
+    from genoray.config import ServeConfig
+    from genoray.pipeline import write_bundle
+    from genoray.serving.app import build_app
+    from genoray.serving.backends import LocalBackend
+    from genoray.serving.holder import BundleHolder
+    from genoray.serving.service import create_app
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
     root = f"{s3_bucket}/bundles"
@@ -174,8 +179,9 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, serve_p
 
 PUBLISHER = textwrap.dedent("""
     import os, signal, sys
-    import genoray.fs as fs
-    from genoray.bundle import publish, write_bundle
+    import genoray.infra.fs as fs
+    from genoray.bundle import publish
+    from genoray.pipeline import write_bundle
 
     root, index, head, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     calls = 0
@@ -205,8 +211,12 @@ PUBLISHER = textwrap.dedent("""
 def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tmp_path):
     """A publisher SIGKILLed before each object PUT (uploads of the version, bundle.json,
     CURRENT) leaves CURRENT naming the old or the new complete version, never anything else."""
-    from genoray.bundle import collect_garbage, current_version, load_bundle, publish, write_bundle
-    from genoray.bundle_remote import versions
+    from genoray.bundle import collect_garbage, current_version, list_versions, publish
+    from genoray.pipeline import write_bundle
+    from genoray.predict import Predictor
+
+    def versions(root):  # complete versions: those with a bundle.json
+        return [r["version"] for r in list_versions(root) if "error" not in r]
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GENORAY_CACHE": str(tmp_path / "cache")}
     os.environ["GENORAY_CACHE"] = env["GENORAY_CACHE"]
@@ -233,10 +243,10 @@ def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tm
             proc = run(kill_at)
             assert proc.returncode == -9, proc.stderr[-800:]
             version = current_version(root)
-            assert load_bundle(root)[1]["version"] == version  # CURRENT always names a verified bundle
+            assert Predictor.from_bundle(root)[1].version == version  # CURRENT always names a verified bundle
             seen["new" if version not in before else "old"] += 1
             for v in versions(root):  # a version with bundle.json is complete
-                load_bundle(root, v)
+                Predictor.from_bundle(root, v)
             publish(root, v1)
         assert seen == {"old": 4, "new": 1}, seen
         assert set(versions(root)) >= {v1}
@@ -251,9 +261,10 @@ def test_s3_reindex_two_nights_incremental(s3_bucket, tmp_path, monkeypatch):
     """``reindex`` with its work dir and bundle root on S3: the first night builds and
     publishes, the second embeds only the new file, adds a delta to the current index (read
     from the node-local copy of the published bundle) and publishes; gate.json lands on S3."""
-    from genoray.bundle import current_version, load_bundle
+    from genoray.bundle import current_version
     from genoray.config import IndexConfig
-    from genoray.reindex import ReindexConfig, reindex
+    from genoray.pipeline.reindex import ReindexConfig, reindex
+    from genoray.predict import Predictor
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
     (tmp_path / "in").mkdir()
@@ -268,8 +279,8 @@ def test_s3_reindex_two_nights_incremental(s3_bucket, tmp_path, monkeypatch):
     assert r2.published and r2.embed["units_skipped"] == 1 and r2.embed["written"] == 500
     assert r2.gate["index_build"]["mode"] == "incremental" and r2.gate["index_build"]["delta_rows"] == 80
     assert fs.read_json(f"{work}/builds/{r2.version}/gate.json")["passed"] is True
-    pred, doc = load_bundle(root)
-    assert doc["version"] == r2.version and pred.index.ntotal == 400
+    pred, doc = Predictor.from_bundle(root)
+    assert doc.version == r2.version and pred.index.ntotal == 400
 
 
 @pytest.mark.timeout(300)

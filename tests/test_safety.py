@@ -38,7 +38,7 @@ def test_write_npz_refuses_object_arrays(tmp_path):
     import numpy as np
     import pytest
 
-    from genoray.artifacts import write_npz
+    from genoray.infra.artifacts import write_npz
 
     with pytest.raises(TypeError, match="pickle"):
         write_npz(tmp_path / "x.npz", a=np.array([{"x": 1}], dtype=object))
@@ -48,7 +48,7 @@ def test_object_npz_is_refused_at_load(tmp_path):
     import numpy as np
     import pytest
 
-    from genoray.artifacts import read_npz
+    from genoray.infra.artifacts import read_npz
 
     np.savez(tmp_path / "evil.npz", a=np.array([{"x": 1}], dtype=object))  # would need pickle to load
     with pytest.raises(ValueError, match="pickle"):

@@ -3,11 +3,18 @@ import gzip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_fasta
+
 from genoray.config import CleanPolicy, ReadConfig
-from genoray.sequences import (Cleaner, ReadReport, SequenceFormatError, iter_sequences, read_sequences,
-                               reverse_complement, tile)
+from genoray.sequences import (
+    Cleaner,
+    ReadReport,
+    SequenceFormatError,
+    iter_sequences,
+    read_sequences,
+    reverse_complement,
+    tile,
+)
 
 
 def test_fasta_tags_wrapping_and_counts(tmp_path):
@@ -278,7 +285,7 @@ def test_streamed_fasta_windows_equal_in_memory_windows(tmp_path):
 
 
 def test_broken_count_invariant_is_an_invariant_error():
-    from genoray.errors import InvariantError
+    from genoray.infra.errors import InvariantError
 
     report = ReadReport(read=2, accepted=1)
     with pytest.raises(InvariantError, match="do not add up"):
@@ -291,8 +298,8 @@ def test_unit_keys_of_existing_stores_are_stable():
     split settings count only when a test split is drawn."""
     import dataclasses
 
-    from genoray.artifacts import sha256_json
     from genoray.config import ReadConfig
+    from genoray.infra.artifacts import sha256_json
     from genoray.sequences.units import key_fields
 
     assert sha256_json(key_fields(ReadConfig()))[:16] == "5052b56bb5869163"

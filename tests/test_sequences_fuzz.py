@@ -90,10 +90,10 @@ def _client():
         import tempfile
         from pathlib import Path
 
+        from bundles import make_bundle
         from fastapi.testclient import TestClient
 
-        from bundles import make_bundle
-        from genoray.serve import plain_app
+        from genoray.serving.backends import plain_app
 
         d = Path(tempfile.mkdtemp())
         make_bundle(d / "w", d / "root")

@@ -6,10 +6,10 @@ import signal
 import time
 
 import pytest
-
 from bundles import make_bundle
-from genoray.bundle import publish
+
 from bench.loadtest import post, run_load
+from genoray.bundle import publish
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "serve-test-key"
@@ -19,8 +19,9 @@ QUERY = {"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3}
 def deploy(root, name, port, **kw):
     from ray import serve
 
-    from genoray.serve import ServeConfig, build_app
-    from genoray.service import hash_key
+    from genoray.config import ServeConfig
+    from genoray.serving.app import build_app
+    from genoray.serving.service import hash_key
 
     kw.setdefault("ingress", "proxy")  # this file tests the proxy topology (test_serve_haproxy.py the default)
     cfg = ServeConfig(root=str(root), port=port, key_hashes=(hash_key(KEY),), poll_s=0.2, num_cpus=0.1, **kw)

@@ -1,4 +1,4 @@
-"""Scatter-gather over shard groups (genoray.scatter): group search and merge against one
+"""Scatter-gather over shard groups (genoray.serving.scatter): group search and merge against one
 whole index (exact oracle for Flat, the same index searched whole for IVF), predictions through
 an injected search equal to the local predictor, shard-group planning and bundle records, a
 whole group down = 503 naming it, and on a 3-node ``ray.cluster_utils.Cluster`` the grouped
@@ -23,10 +23,10 @@ def build_indexes(work: Path, n: int = 2000, seed: int = 0) -> dict[str, Path]:
     """A toy store and, over it, Flat and IVF indexes of 4 shards and of 1 shard (the IVF ones
     with the same trained quantizer), and a head."""
     from genoray.config import HeadConfig, IndexConfig
-    from genoray.embed import embed_sequences
+    from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
-    from genoray.train import train_head
+    from genoray.pipeline.train import train_head
 
     work.mkdir(parents=True, exist_ok=True)
     embed_sequences(toy_fasta(work / "toy.fa", n=n, seed=seed), work / "store", KmerEncoder(), use_ray=False)
@@ -52,16 +52,26 @@ def queries(n: int = 40, seed: int = 7) -> list[str]:
 
 
 def group_search(root, version, n_groups):
-    from genoray.scatter import GroupIndex, merge_hits
+    from genoray.index.knn import merge_topk
+    from genoray.predict import Hits
+    from genoray.serving.scatter import GroupIndex
 
     groups = [GroupIndex(root, version, g) for g in range(n_groups)]
-    return groups, (lambda x, k: merge_hits([g.search(x, k) for g in groups], k))
+
+    def search(x, k):  # the one merge every sharded search uses
+        parts = [g.search(x, k) for g in groups]
+        sims, gids, (seq_ids, labels) = merge_topk([p["sims"] for p in parts], [p["gids"] for p in parts], k,
+                                                   [[p["seq_ids"] for p in parts], [p["labels"] for p in parts]])
+        return Hits(sims, gids, seq_ids, labels)
+
+    return groups, search
 
 
 def test_group_search_equals_whole_index_and_exact_oracle(built, tmp_path):
-    from genoray.bundle import read_json, write_bundle
+    from genoray.embedding.store import EmbeddingStore
     from genoray.index import VectorIndex, exact_search, recall_at_k
-    from genoray.store import EmbeddingStore
+    from genoray.infra.artifacts import read_json
+    from genoray.pipeline import write_bundle
 
     base = EmbeddingStore(built["flat4"].parent / "store")
     rng = np.random.default_rng(3)
@@ -88,8 +98,9 @@ def test_group_search_equals_whole_index_and_exact_oracle(built, tmp_path):
 
 
 def test_predictions_through_groups_equal_the_local_predictor(built, tmp_path):
-    from genoray.bundle import publish, write_bundle
-    from genoray.predictor import Predictor
+    from genoray.bundle import publish
+    from genoray.pipeline import write_bundle
+    from genoray.predict.predictor import Predictor
 
     root = tmp_path / "root"
     v = write_bundle(root, built["flat4"], built["head"], shard_groups=[[0, 3], [1, 2]])
@@ -109,8 +120,14 @@ def test_predictions_through_groups_equal_the_local_predictor(built, tmp_path):
 
 
 def test_shard_groups_plan_and_bundle_record(built, tmp_path):
-    from genoray.bundle import read_json, write_bundle
-    from genoray.scatter import GROUP_BASE_BYTES, _shard_bytes, served_groups, shard_groups
+    from genoray.bundle import current_bundle, groups_of
+    from genoray.bundle.groups import shard_groups
+    from genoray.index.capacity import replica_bytes, shard_sizes
+    from genoray.infra.artifacts import read_json
+    from genoray.pipeline import write_bundle
+
+    def served_groups(root):
+        return len(groups_of(current_bundle(root)) or [[]])
 
     assert shard_groups(built["flat4"], 2) == [[0, 1], [2, 3]]
     assert shard_groups(built["flat4"], 3) in ([[0, 1], [2], [3]], [[0], [1, 2], [3]], [[0], [1], [2, 3]])
@@ -119,13 +136,16 @@ def test_shard_groups_plan_and_bundle_record(built, tmp_path):
     for bad in (5, 0, [[0, 1], [1, 2, 3]], [[0, 1]], [[0, 1, 2, 3], []]):
         with pytest.raises(ValueError):
             shard_groups(built["flat4"], bad)
-    sizes, shared = _shard_bytes(built["flat4"])
-    assert shared == 0 and len(sizes) == 4
-    assert shard_groups(built["flat4"], memory_budget=GROUP_BASE_BYTES + sum(sizes)) == [[0, 1, 2, 3]]
-    half = GROUP_BASE_BYTES + sizes[0] + sizes[1] + 1
-    assert shard_groups(built["flat4"], memory_budget=half) == [[0, 1], [2, 3]]
+    shards, shared = shard_sizes(built["flat4"])
+    assert shared == 0 and len(shards) == 4
+
+    def need(group):  # one searcher replica holding these shards in its memory
+        return replica_bytes([shards[i] for i in group], shared, 0, 1, mmap=False)
+
+    assert shard_groups(built["flat4"], memory_budget=need([0, 1, 2, 3])) == [[0, 1, 2, 3]]
+    assert shard_groups(built["flat4"], memory_budget=max(need([0, 1]), need([2, 3]))) == [[0, 1], [2, 3]]
     with pytest.raises(ValueError, match="over the budget"):
-        shard_groups(built["flat4"], memory_budget=GROUP_BASE_BYTES)
+        shard_groups(built["flat4"], memory_budget=need([]))
     root = tmp_path / "root"
     v = write_bundle(root, built["flat4"], built["head"])  # no groups: the JSON has no key (older readers)
     assert "shard_groups" not in read_json(root / "versions" / v / "bundle.json")
@@ -175,8 +195,8 @@ class _Live:
 def test_whole_group_down_is_503_naming_it_and_versions_never_mix():
     from ray.exceptions import ActorDiedError
 
-    from genoray.errors import InvariantError
-    from genoray.scatter import GroupUnavailable, scatter
+    from genoray.infra.errors import InvariantError
+    from genoray.serving.scatter import GroupUnavailable, scatter
 
     x = np.zeros((2, 4), np.float32)
     seen: dict[str, str] = {}
@@ -225,17 +245,19 @@ def test_grouped_service_on_a_3_node_cluster(tmp_path):
 
 def test_publish_cli_records_shard_groups(built, tmp_path):
     from genoray import cli
-    from genoray.bundle import current_version, read_json
-    from genoray.scatter import GROUP_BASE_BYTES, _shard_bytes
+    from genoray.bundle import current_version
+    from genoray.index.capacity import replica_bytes, shard_sizes
+    from genoray.infra.artifacts import read_json
 
     root = tmp_path / "root"
     assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
                      "--shard-groups", "2"]) == 0
     doc = read_json(root / "versions" / current_version(root) / "bundle.json")
     assert doc["shard_groups"] == [[0, 1], [2, 3]]
-    sizes, shared = _shard_bytes(built["ivf4"])
+    shards, shared = shard_sizes(built["ivf4"])
     assert shared > 0  # IVF shards share one quantizer: each searcher replica holds it once
-    budget = (GROUP_BASE_BYTES + shared + sizes[0] + sizes[1] + 1) / 2**20
+    budget = (max(replica_bytes(shards[:2], shared, 0, 1, mmap=False),
+                  replica_bytes(shards[2:], shared, 0, 1, mmap=False)) + 1) / 2**20
     assert cli.main(["publish", str(root), "--index", str(built["ivf4"]), "--head", str(built["head"]),
                      "--group-memory-mb", f"{budget:.6f}"]) == 0
     assert read_json(root / "versions" / current_version(root) / "bundle.json")["shard_groups"] == [[0, 1], [2, 3]]
@@ -247,11 +269,14 @@ def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
     """Each ``searcher-<g>`` declares the process, its group's id rows and the shared quantizer in
     full plus its group's shard files shared by the replicas of a node; the model declares the
     process and the head only. Sizes are summed here from the files of the group layout."""
-    from genoray.bundle import publish, read_json, write_bundle
+    from genoray.bundle import publish
     from genoray.config import ServeConfig
-    from genoray.plan import RAY_WORKER_BASE
-    from genoray.replica_memory import SERVE_EXTRA, grouped_actor_options, replica_actor_options
-    from genoray.scatter import group_model
+    from genoray.index.capacity import RAY_WORKER_BASE, SERVE_EXTRA
+    from genoray.infra.artifacts import read_json
+    from genoray.pipeline import write_bundle
+    from genoray.serving.replica_memory import grouped_actor_options, replica_actor_options
+    from genoray.bundle import current_bundle
+    from genoray.serving.scatter import group_model
 
     root = tmp_path / "root"
     v = write_bundle(root, built["ivf4"], built["head"], shard_groups=[[0], [1, 2, 3]])  # unequal groups
@@ -268,19 +293,20 @@ def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
         ids = sum(size(f"ids-{i:02d}.arrow") for i in group)
         expected.append(int(RAY_WORKER_BASE + SERVE_EXTRA + quantizer + ids + shard_files / 4))
     cfg = ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25)
-    opts = replica_actor_options(cfg)
-    model, searchers = grouped_actor_options(cfg, opts, 2)
+    served = current_bundle(root)
+    opts = replica_actor_options(cfg, served)
+    model, searchers = grouped_actor_options(cfg, opts, served, 2)
     assert model == {"num_cpus": 0.25, "memory": RAY_WORKER_BASE + SERVE_EXTRA + head}
     assert [s["memory"] for s in searchers] == expected and all(s["num_cpus"] == 0.25 for s in searchers)
     assert searchers[1]["memory"] > searchers[0]["memory"]  # three shards' files and rows against one
     assert sum(s["memory"] for s in searchers) < 2 * opts["memory"]  # no longer each the whole bundle's share
-    app = group_model(cfg, {"ray_actor_options": opts}, 2)  # what `genoray serve` deploys
+    app = group_model(cfg, {"ray_actor_options": opts}, served)  # what `genoray serve` deploys
     d = app._bound_deployment
     assert d.ray_actor_options["memory"] == model["memory"]
     assert [(a._bound_deployment.name, a._bound_deployment.ray_actor_options["memory"]) for a in d.init_args[2:]] == \
         [("searcher-0", expected[0]), ("searcher-1", expected[1])]
     fixed = ServeConfig(root=str(root), replica_memory_mb=512)  # an explicit size applies to every part
-    fixed_opts = replica_actor_options(fixed)
-    assert grouped_actor_options(fixed, fixed_opts, 2) == (fixed_opts, [fixed_opts, fixed_opts])
+    fixed_opts = replica_actor_options(fixed, served)
+    assert grouped_actor_options(fixed, fixed_opts, served, 2) == (fixed_opts, [fixed_opts, fixed_opts])
     with pytest.raises(ValueError, match="2 shard groups, serving 3"):
-        grouped_actor_options(cfg, opts, 3)
+        grouped_actor_options(cfg, opts, served, 3)

@@ -17,10 +17,10 @@ import sys
 import time
 
 import pytest
-
 from bundles import make_bundle
-from genoray.bundle import publish
+
 from bench.loadtest import post, run_load
+from genoray.bundle import publish
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "haproxy-test-key"
@@ -79,7 +79,7 @@ def haproxy_server(tmp_path):
     try:
         replicas_answering(port, 2, timeout=180)
         # HAProxy's stats page and Prometheus exporter listen on the service host only, not on
-        # every interface as Ray's template has it (genoray.haproxy's wrapper)
+        # every interface as Ray's template has it (genoray.serving.haproxy's wrapper)
         assert listening_on(stats) == {"127.0.0.1"} and listening_on(metrics) == {"127.0.0.1"}
         assert listening_on(port) == {"127.0.0.1"}
         yield port, root, v1, tmp_path
@@ -144,10 +144,12 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
 
 LIMITS = """
 import json, os, sys, time
-from genoray.serve import ServeConfig, build_app, haproxy_env, start_http
+from genoray.config import ServeConfig
+from genoray.serving.app import build_app, start_http
+from genoray.serving.haproxy import haproxy_env
 os.environ.update(haproxy_env(stats_port=int(sys.argv[3]), metrics_port=int(sys.argv[4])))
 from ray import serve
-from genoray.runtime import init_ray
+from genoray.infra.runtime import init_ray
 from bench.loadtest import post, run_load
 root, port = sys.argv[1], int(sys.argv[2])
 big = {"sequences": ["ACGTTGCAAG" * 1000] * 64, "k": 5}

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from bundles import make_bundle
-from genoray.artifacts import ChecksumError, read_json, sha256_file, write_json
+
+from genoray.infra.artifacts import ChecksumError, read_json, sha256_file, write_json
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +23,18 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture
 def count_hashes(monkeypatch):
-    """Files hashed by ``verify_files`` (modules that bound ``sha256_file`` by name at import,
-    the head's and OOD scorer's own checks, are imported first and so not counted)."""
-    import genoray.artifacts as art
-    import genoray.heads.fused  # noqa: F401
-    import genoray.ood  # noqa: F401
-    import genoray.predictor  # noqa: F401
+    """Files hashed by ``verify_files`` (it hashes through ``fs.sha256``, local or object storage;
+    the head's, OOD scorer's and length calibration's own checks of their files are not counted)."""
+    import genoray.infra.fs as fs
 
     seen: list[str] = []
-    real = art.sha256_file
+    real = fs.sha256
 
     def counting(p, *a, **k):
         seen.append(Path(p).name)
         return real(p, *a, **k)
 
-    monkeypatch.setattr(art, "sha256_file", counting)
+    monkeypatch.setattr(fs, "sha256", counting)
     return seen
 
 
@@ -92,18 +89,19 @@ def test_older_parquet_id_tables_still_load(tmp_path):
 
 
 def test_bundle_mmap_predictions_identical_and_verified_once_per_node(bundle, count_hashes, monkeypatch, tmp_path):
-    from genoray.bundle import load_bundle, verified_record
+    from genoray.bundle.store import verified_record
+    from genoray.predict import Predictor
 
     root, v = bundle
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))
     vdir = root / "versions" / v
     n_files = len(read_json(vdir / "bundle.json")["files"])
-    ram, _ = load_bundle(root, mmap=False)
+    ram, _ = Predictor.from_bundle(root, mmap=False)
     # each bundle file hashed once (the index loader does not hash the index files again)
     assert sorted(count_hashes) == sorted(Path(f).name for f in read_json(vdir / "bundle.json")["files"])
     assert len(count_hashes) == n_files and verified_record(vdir).is_file()
     count_hashes.clear()
-    mapped, _ = load_bundle(root, mmap=True)  # a second replica on this node
+    mapped, _ = Predictor.from_bundle(root, mmap=True)  # a second replica on this node
     assert count_hashes == []
     seqs = _sequences()
     a = [p.to_dict() for p in ram.predict(seqs, k=5)]
@@ -112,24 +110,25 @@ def test_bundle_mmap_predictions_identical_and_verified_once_per_node(bundle, co
 
 
 def test_changed_file_is_hashed_again_and_refused(tmp_path, monkeypatch):
-    from genoray.bundle import load_bundle
+    from genoray.predict import Predictor
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))
     v = make_bundle(tmp_path / "w", tmp_path / "r", k=5)
-    load_bundle(tmp_path / "r")  # verified and recorded
+    Predictor.from_bundle(tmp_path / "r")  # verified and recorded
     shard = tmp_path / "r" / "versions" / v / "index" / "shard-00.faiss"
     shard.chmod(0o644)
     data = bytearray(shard.read_bytes())
     data[-50] ^= 0xFF
     shard.write_bytes(bytes(data))  # new mtime: the record no longer matches
     with pytest.raises(ChecksumError, match="shard-00.faiss"):
-        load_bundle(tmp_path / "r", mmap=True)
+        Predictor.from_bundle(tmp_path / "r", mmap=True)
 
 
 def test_replica_memory_declared_from_the_bundle(bundle):
     from genoray.config import ServeConfig
-    from genoray.plan import RAY_WORKER_BASE
-    from genoray.replica_memory import SERVE_EXTRA, bundle_sizes, replica_actor_options, replica_memory_bytes
+    from genoray.index.capacity import RAY_WORKER_BASE, SERVE_EXTRA, shard_sizes
+    from genoray.bundle import current_bundle
+    from genoray.serving.replica_memory import replica_actor_options, replica_memory_bytes
 
     root, v = bundle
     vdir = root / "versions" / v
@@ -138,20 +137,24 @@ def test_replica_memory_declared_from_the_bundle(bundle):
     mapped = sum(p.stat().st_size for p in index_files)
     shared = read_json(vdir / "index" / "manifest.json").get("shared_quantizer")  # IVF: one quantizer, in RAM
     resident = sum(p.stat().st_size for p in head_files) + ((vdir / "index" / "trained.faiss").stat().st_size if shared else 0)
-    assert bundle_sizes(vdir) == {"mapped": mapped, "resident": resident}
+    shards, quantizer = shard_sizes(vdir / "index")  # the plan's, the groups' and the replicas' one measure
+    assert sum(sh.mapped + sh.ids for sh in shards) == mapped and quantizer == resident - sum(
+        p.stat().st_size for p in head_files)
     base = RAY_WORKER_BASE + SERVE_EXTRA + resident
     assert replica_memory_bytes(vdir, mmap=False, replicas_per_node=4) == base + mapped
     assert replica_memory_bytes(vdir, mmap=True, replicas_per_node=4) == int(base + mapped / 4)
-    opts = replica_actor_options(ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25))
+    served = current_bundle(root)
+    opts = replica_actor_options(ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25), served)
     assert opts == {"num_cpus": 0.25, "memory": int(base + mapped / 4)}
-    assert replica_actor_options(ServeConfig(root=str(root), replica_memory_mb=512))["memory"] == 512 * 2**20
-    assert "memory" not in replica_actor_options(ServeConfig(root=str(root / "nothing-published")))
+    assert replica_actor_options(ServeConfig(root=str(root), replica_memory_mb=512), served)["memory"] == 512 * 2**20
+    assert current_bundle(root / "nothing-published") is None
+    assert "memory" not in replica_actor_options(ServeConfig(root=str(root / "nothing-published")), None)
 
 
 def test_haproxy_stats_and_metrics_bound_to_the_service_host(tmp_path, monkeypatch):
     """The wrapper rewrites Ray's ``bind *:PORT`` / ``bind :PORT`` to the frontend's host and
     runs the real HAProxy (here in check mode, which parses the rewritten file)."""
-    from genoray.haproxy import haproxy_env
+    from genoray.serving.haproxy import haproxy_env
 
     monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
     env = haproxy_env(stats_port=18404, metrics_port=19101)

@@ -13,7 +13,6 @@ pytestmark = pytest.mark.fuzz
 
 def test_openapi_operations():
     from hypothesis import given
-
     from test_sequences_fuzz import _client
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", _client().app)  # built here, not at import

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from genoray.shift import ShiftConfig, ShiftDetector, mmd_permutation_test
+from genoray.evaluation.shift import ShiftConfig, ShiftDetector, mmd_permutation_test
 
 
 def lowrank(n, d=24, shift=0.0, seed=0):
@@ -47,8 +47,9 @@ def test_cli_shift_between_two_real_stores(tmp_path, capsys):
     import json
 
     from conftest import data_file
+
     from genoray.cli import main
-    from genoray.quickstart import bundled_dataset
+    from genoray.pipeline.quickstart import bundled_dataset
 
     for name, path in (("ecoli_promoter_ipromoter2l", bundled_dataset()),
                        ("human_tata_promoter_gue", data_file("human_tata_promoter_gue"))):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from genoray.artifacts import ChecksumError, sha256_json
 from genoray.heads import FusedHead, TreeHead, apply_isotonic, load_head, save_head
 from genoray.heads.common import _loo_neighbours
 from genoray.index import VectorIndex, l2_normalize
+from genoray.infra.artifacts import ChecksumError, sha256_json
 
 
 def xor(n=800, d=8, seed=0):
@@ -113,7 +113,7 @@ def test_version_1_head_still_loads_and_unknown_versions_are_refused(tmp_path):
     assert old.calibration_method_ == "temperature" and np.allclose(old.predict_proba(X[:5]).sum(axis=1), 1.0)
     v9 = dict(v1, format_version=9)
     (tmp_path / "h" / "head.json").write_text(json.dumps({"payload": v9, "sha256": sha256_json(v9)}))
-    with pytest.raises(ValueError, match="unsupported head fused v9"):
+    with pytest.raises(ValueError, match="head format 9 is newer than genoray .* upgrade genoray"):
         load_head(tmp_path / "h")
 
 
@@ -128,11 +128,11 @@ def test_train_head_reads_only_a_bounded_sample_of_the_store(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genoray import schema
-    from genoray.artifacts import sha256_file, write_json
     from genoray.config import HeadConfig, IndexConfig
+    from genoray.embedding import store as schema
     from genoray.index import build_index
-    from genoray.train import train_head
+    from genoray.infra.artifacts import sha256_file
+    from genoray.pipeline.train import train_head
 
     X, y = xor(n=3000, d=16)
     (tmp_path / "s" / "shards").mkdir(parents=True)
@@ -144,10 +144,11 @@ def test_train_head_reads_only_a_bounded_sample_of_the_store(tmp_path):
                       schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(X[a:a + 1000].ravel()), 16)},
                      schema=schema.embedding_schema(16))
         pq.write_table(t, tmp_path / "s" / f"shards/p{i}.parquet", row_group_size=300)
-        parts.append({"file": f"shards/p{i}.parquet", "rows": 1000, "sha256": sha256_file(tmp_path / "s" / f"shards/p{i}.parquet")})
-    write_json(tmp_path / "s" / "store.json", {"format_version": 2, "encoder": {"name": "test"}, "fingerprint": "t16",
-                                               "dim": 16, "status": "complete", "rows": 3000, "counts": {}, "failed": [],
-                                               "parts": parts})
+        parts.append(schema.StorePart(file=f"shards/p{i}.parquet", rows=1000, source=f"synthetic-{i}",
+                                      sha256=sha256_file(tmp_path / "s" / f"shards/p{i}.parquet")))
+    schema.write_manifest(tmp_path / "s", schema.StoreManifest(
+        format_version=2, encoder={"name": "test"}, fingerprint="t16", dim=16, status="complete", rows=3000,
+        counts=schema.StoreCounts(read=3000, accepted=3000, rejected=0, written=3000), parts=tuple(parts)))
     build_index(tmp_path / "s", tmp_path / "ix", IndexConfig(split="train"))
     r = train_head(tmp_path / "s", tmp_path / "ix", tmp_path / "h", HeadConfig(head="linear", max_rows=700))
     assert r["rows"] == 3000 and r["rows_used"] == 700
@@ -216,7 +217,7 @@ def test_auto_is_the_linear_head_where_trees_are_worse_and_fit_modes_equals_sepa
 
 
 def test_quickstart_says_which_head_auto_chose():
-    from genoray.quickstart import head_choice
+    from genoray.pipeline.quickstart import head_choice
 
     dropped = {"mode": "auto", "chosen": "knn=0.2+linear=0.8",
                "tree_test": {"z": 1.4, "mcc_with_trees": 0.232, "mcc_without_trees": 0.239, "keep": False}}

@@ -15,8 +15,7 @@ from genoray.cli import main
 from genoray.config import HFConfig
 from genoray.encoders import encoder_from_spec
 from genoray.encoders.hf import HFEncoder
-from genoray.weights import UnsafeCheckpointError, convert_weights
-
+from genoray.encoders.weights import UnsafeCheckpointError, convert_weights
 
 HYENA_WEIGHTS_SHA256 = "513b2fa45c4916b67d5c2c4ed0ca43b559e9ff17ba512203f9667b9458b14019"
 
