@@ -1,6 +1,6 @@
 """Transformers embedding throughput: the overlapped pipeline vs the old per-actor loop.
 
-HyenaDNA-tiny (a directory made by ``genoray convert-weights``; see the README, "A real DNA
+HyenaDNA-tiny (a directory made by ``genoray convert-weights``; see docs/embedding.md, "A real DNA
 model") on N sequences of mixed length (default 50-2,000 bp, sampled and mutated from the
 shared data), written to 4 Parquet files (4 units), embedded through ``embed_sequences``
 in this process (the code each Ray actor runs, without Ray's scheduling noise):

@@ -1,4 +1,4 @@
-"""Exit status of every ``genoray`` command (also in the README and ``genoray --help``)."""
+"""Exit status of every ``genoray`` command (also in docs/usage.md and ``genoray --help``)."""
 
 from __future__ import annotations
 

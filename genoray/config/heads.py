@@ -21,7 +21,7 @@ class HeadConfig:
             to calibrate the fused probabilities (temperature or isotonic, by cross-fitted log-loss).
         seed: split seed.
         head: parts the fused head may mix with the kNN vote: linear (the logistic regression;
-            the default, the measured head of the README), trees (gradient-boosted trees) or auto
+            the default, the measured head of docs/benchmarks.md), trees (gradient-boosted trees) or auto
             (kNN, linear and trees; mixture chosen by validation log-loss, trees kept only if a
             cross-fitted test on the validation rows shows lower log-loss by > 2 standard errors
             and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in

@@ -146,7 +146,7 @@ class TreeHead(ClassifierMixin, BaseEstimator):
     """Gradient-boosted trees (XGBoost, ``hist``), early-stopped on a held-out part.
 
     XGBoost was chosen over LightGBM by measurement on the seven shared datasets (see
-    ``bench/bench_heads.py`` and the README): equal accuracy, a safe portable model format
+    ``bench/bench_heads.py`` and docs/benchmarks.md): equal accuracy, a safe portable model format
     (UBJSON, no pickle), SHAP contributions built in, CUDA and Ray Train support.
 
     Args:

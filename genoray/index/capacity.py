@@ -17,7 +17,7 @@ refuses before reading a vector when the build does not fit its memory budget; a
 
 Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with the constants
 below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
-prints prediction beside measurement; the README states the error). Time is FLOPs over a
+prints prediction beside measurement; docs/capacity.md states the error). Time is FLOPs over a
 per-core rate: ``--gflops-per-core`` (default measured on the project machine when idle).
 """
 
@@ -54,7 +54,7 @@ WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growt
 # BATCH_WORK and WORK_SAMPLE are fitted to the peak RSS of the streamed build at 250k and 1M x 256
 # (bench/bench_index.py: the peak is in the quantizer training; the two points fix a slope per sample byte
 # and an intercept, whose split into batch and k-means buffers they cannot tell apart); checked at 250k and
-# 1M x 350 (bench/bench_train.py). README "Capacity" states the errors.
+# 1M x 350 (bench/bench_train.py). docs/capacity.md states the errors.
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s

@@ -19,7 +19,7 @@
    swap on their own), and collect old versions nobody leases. If it fails, nothing changes
    and ``gate.json`` says why.
 
-A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see the README).
+A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see docs/serving.md, "Nightly reindex").
 
 ``work_dir`` and the bundle root may be on object storage (``s3://``, ``gs://``): the store
 lives there; a night's index and head are then built in a node-local temp dir and copied to
