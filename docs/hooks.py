@@ -4,6 +4,7 @@ fields and defaults of every config dataclass, the exit codes), so the docs cann
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,10 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
         if marker in markdown:
             text = (ROOT / name).read_text()
             text = text.split("\n", 1)[1] if text.startswith("# ") else text  # the page has its title
-            markdown = markdown.replace(marker, text.replace("](SECURITY.md)", "](security.md)"))
+            text = text.replace("](SECURITY.md)", "](security.md)")
+            # other files of the repository root (LICENSE, CHANGELOG.md, ...) are not site pages
+            text = re.sub(r"\[([^\]]+)\]\((?!docs/|security\.md|https?:)([^)]+)\)", r"\1 (`\2` in the repository)", text)
+            markdown = markdown.replace(marker, text)
     markdown = markdown.replace("](docs/", "](").replace("](../SECURITY.md)", "](security.md)")
     if page.file.src_uri != "reference.md":
         return markdown

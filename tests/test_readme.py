@@ -46,3 +46,12 @@ def test_readme_python_example_runs(tmp_path):
     assert label in {"promoter", "non_promoter"}
     assert "in-distribution" in rest or "OOD" in rest
     assert (tmp_path / "py" / "head").is_dir()
+
+
+def test_version_is_written_once():
+    """pyproject reads the version from genoray.__version__; the citation states the same one."""
+    import genoray
+
+    assert 'dynamic = ["version"]' in (ROOT / "pyproject.toml").read_text()
+    assert f"version: {genoray.__version__}" in (ROOT / "CITATION.cff").read_text()
+    assert f"({genoray.__version__})" in (ROOT / "CHANGELOG.md").read_text()
