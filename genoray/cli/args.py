@@ -43,8 +43,6 @@ _INDEX_NAMES: dict[str, str | tuple[str, ...]] = {"index_type": ("type", "index-
 INDEX = Group("index", IndexConfig, names=_INDEX_NAMES, title="index (IndexConfig)")
 # where the data's split names are given (ReadConfig), the index is built on the training split
 INDEX_OF_READ = Group("index", IndexConfig, names=_INDEX_NAMES, skip=("split",), title=INDEX.title)
-# plan: the codes' memory budget defaults to half the cluster's memory there (PlanConfig.memory_budget_mb)
-PLAN_INDEX = Group("index", IndexConfig, names=_INDEX_NAMES, skip=("memory_budget_mb",), title=INDEX.title)
 PLAN = Group("plan", PlanConfig, names={"cluster.memory_per_node_gb": ("memory-per-node-gb", "memory-per-node")},
              title="what to plan for (PlanConfig, ClusterSpec)")
 HEAD = Group("head", HeadConfig, names={"seed": "head-seed"}, title="fused head (HeadConfig)")
@@ -67,7 +65,7 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
     "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX_OF_READ, HEAD, EVALUATE_OF_READ),
     "embed": (READ, *ENCODER_GROUPS, EMBED),
     "index": (INDEX,),
-    "plan": (PLAN, ENCODER, PLAN_INDEX),
+    "plan": (PLAN, ENCODER, INDEX),  # the index settings of `genoray index`, defaults included
     "train": (HEAD,),
     "evaluate": (EVALUATE,),
     "predict": (PREDICT,),

@@ -42,7 +42,6 @@ from genoray.cli.args import (
     INDEX_OF_READ,
     KMER,
     PLAN,
-    PLAN_INDEX,
     POS,
     PREDICT,
     PUBLISH,
@@ -174,12 +173,11 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     """``genoray plan``: predicted memory and time per stage; exit 4 when it does not fit."""
-    from genoray.index.capacity import estimate, format_plan, node_memory, plan_store  # lazy: pyarrow, faiss
+    from genoray.index.capacity import estimate, format_plan, plan_store  # lazy: pyarrow, faiss
 
     plan_cfg = build(a, PLAN)
     cluster = plan_cfg.cluster
-    budget = plan_cfg.memory_budget_mb or int(0.5 * node_memory(cluster) * cluster.nodes / 2**20)
-    cfg = build(a, PLAN_INDEX, memory_budget_mb=budget)
+    cfg = build(a, INDEX)  # the same settings and defaults `genoray index` builds with
     if a.store:
         plan = plan_store(a.store, cfg, cluster, embed_rate=plan_cfg.embed_rate)
     elif plan_cfg.n and plan_cfg.dim:

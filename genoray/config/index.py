@@ -18,8 +18,10 @@ class IndexConfig:
         index_type: ``"auto"`` (see :func:`genoray.index.choose_factory`) or a FAISS factory
             string such as ``"Flat"``, ``"IVF1024,Flat"``, ``"IVF4096,PQ32"``, ``"HNSW32"``.
         flat_threshold: below this many vectors ``auto`` builds an exact Flat index.
-        memory_budget_mb: ``auto`` stores 8-bit scalar-quantised vectors (IVF-SQ8) if they fit,
-            else PQ codes sized to fit.
+        memory_budget_mb: memory for all the index's codes (n x bytes per vector); ``auto``
+            stores 8-bit scalar-quantised vectors (IVF-SQ8) if they fit, else PQ codes sized to
+            fit. The same default in ``genoray index`` and ``genoray plan``, so both choose the
+            same index type for the same input.
         shard_size / shards: rows per shard (``shards=0``) or an explicit shard count.
         train_sample: vectors used to train IVF quantizers; ``0`` sizes it from nlist
             (:func:`genoray.index.core.train_sample_size`: 64 per centroid, at least 39, at most
@@ -100,17 +102,13 @@ class PlanConfig:
         n: vectors (``0`` with a store: its rows of the index split).
         dim: embedding dimension (``0`` with a store: its dimension).
         embed_rate: measured sequences/s per node (``0``: the plan's rate for the encoder).
-        memory_budget_mb: memory for the index codes, which picks the ``auto`` index type
-            (``0``: half the memory of all nodes).
         cluster: the nodes (:class:`ClusterSpec`).
     """
 
     n: int = 0
     dim: int = 0
     embed_rate: float = 0.0
-    memory_budget_mb: int = 0
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
     def __post_init__(self) -> None:
-        validate(self, (min(self.n, self.dim, self.embed_rate, self.memory_budget_mb) >= 0,
-                        "n, dim, embed_rate and memory_budget_mb must be >= 0"))
+        validate(self, (min(self.n, self.dim, self.embed_rate) >= 0, "n, dim and embed_rate must be >= 0"))
