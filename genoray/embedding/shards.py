@@ -7,7 +7,8 @@
 
 :class:`ShardWriter` writes the rows to a node-local temp file and :meth:`ShardWriter.commit`
 publishes the shard and its rejects table before the marker; :func:`shard_is_done` is what a
-rerun asks before skipping a unit; :func:`collect_garbage` removes what no unit of the plan
+rerun asks before skipping a unit; :func:`committed_units` lists what a store holds (a rerun
+checks that it would not drop any); :func:`collect_garbage` removes what no unit of the plan
 owns (changed inputs, temp files of killed runs).
 """
 
@@ -197,6 +198,18 @@ class ShardWriter:
                           windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects, **provenance)
         write_document(fs.join(self.shard_dir, f"{key}.done.json"), done)
         return done
+
+
+def committed_units(shard_dir: str | Path) -> dict[str, UnitMarker | None]:
+    """The units a store has committed: key -> done marker (``None`` when it cannot be read)."""
+    out: dict[str, UnitMarker | None] = {}
+    for name in fs.list_files(shard_dir, recursive=False):
+        if name.endswith(".done.json") and not name.startswith("."):
+            try:
+                out[name.split(".")[0]] = read_document(UnitMarker, fs.join(shard_dir, name))
+            except (OSError, FormatError):
+                out[name.split(".")[0]] = None
+    return out
 
 
 def collect_garbage(shard_dir: str | Path, keep: set[str]) -> None:
