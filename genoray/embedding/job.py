@@ -122,7 +122,7 @@ def _kept_units(out: str | Path, shard_dir: str | Path, units: list[dict], read_
     all of them with ``append``, none with ``overwrite`` (they are deleted after the commit);
     otherwise there must be none, else :class:`StoreConflictError` says what differs and what to do."""
     planned = {u["key"] for u in units}
-    stale = {k: m for k, m in committed_units(shard_dir).items() if k not in planned}
+    stale = committed_units(shard_dir, skip=planned)
     if not stale or embed_cfg.overwrite:
         return []
     if embed_cfg.append:

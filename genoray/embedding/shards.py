@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Container
 from dataclasses import field
 from pathlib import Path
 from typing import Literal
@@ -200,15 +201,18 @@ class ShardWriter:
         return done
 
 
-def committed_units(shard_dir: str | Path) -> dict[str, UnitMarker | None]:
-    """The units a store has committed: key -> done marker (``None`` when it cannot be read)."""
+def committed_units(shard_dir: str | Path, skip: Container[str] = ()) -> dict[str, UnitMarker | None]:
+    """The units a store has committed, less the keys in ``skip``: key -> done marker
+    (``None`` when it cannot be read). Only those markers are read (one listing, no hashing)."""
     out: dict[str, UnitMarker | None] = {}
     for name in fs.list_files(shard_dir, recursive=False):
-        if name.endswith(".done.json") and not name.startswith("."):
-            try:
-                out[name.split(".")[0]] = read_document(UnitMarker, fs.join(shard_dir, name))
-            except (OSError, FormatError):
-                out[name.split(".")[0]] = None
+        key = name.split(".")[0]
+        if not name.endswith(".done.json") or name.startswith(".") or key in skip:
+            continue
+        try:
+            out[key] = read_document(UnitMarker, fs.join(shard_dir, name))
+        except (OSError, FormatError):
+            out[key] = None
     return out
 
 
