@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s3
 from conftest import toy_fasta
 
 from genoray import cli
 from genoray.config import CleanPolicy, EmbedConfig, KmerConfig, ReadConfig
 from genoray.embedding import EmbeddingStore, StoreConflictError, embed_sequences
 from genoray.encoders.kmer import KmerEncoder
+from genoray.infra import fs
+
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 
 def ids_of(store: Path) -> list[str]:
@@ -124,3 +128,17 @@ def test_cli_refuses_with_exit_2_and_append_and_overwrite_flags_work(two_inputs,
     capsys.readouterr()
     assert cli.main(["embed", str(b), "--out", str(store), "--no-ray", "--append", "--overwrite"]) == 2
     assert "append and overwrite exclude each other" in capsys.readouterr().err
+
+
+def test_on_object_storage_a_rerun_is_refused_and_append_adds(s3_bucket, tmp_path):
+    a = toy_fasta(tmp_path / "a.fa", n=30, prefix="a")
+    b = toy_fasta(tmp_path / "b.fa", n=10, seed=1, prefix="b")
+    store = f"{s3_bucket}/st"
+    embed_sequences(a, store, KmerEncoder(), use_ray=False)
+    before = fs.list_files(store)
+    with pytest.raises(StoreConflictError, match=f"^{store}: the store holds 30 records in 1 unit"):
+        embed_sequences(b, store, KmerEncoder(), use_ray=False)
+    assert fs.list_files(store) == before
+    assert sorted(EmbeddingStore(store).table()["seq_id"].to_pylist()) == A_IDS
+    embed_sequences(b, store, KmerEncoder(), embed_cfg=EmbedConfig(append=True), use_ray=False)
+    assert sorted(EmbeddingStore(store).table()["seq_id"].to_pylist()) == sorted(A_IDS + B_IDS)
