@@ -100,9 +100,9 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask):
 
     import numpy as np
 
+    from genoray.embedding.shards import UnitMarker
     from genoray.infra.artifacts import write_npz
     from genoray.infra.documents import write_document
-    from genoray.embedding.shards import UnitMarker
 
     old = os.umask(umask)
     try:
