@@ -106,3 +106,22 @@ def test_embed_starts_a_local_ray_under_a_100_char_tmpdir(tmp_path):
         assert chosen not in after and chosen not in before  # removed at exit
     finally:
         shutil.rmtree(long.parent, ignore_errors=True)
+
+
+@pytest.mark.ray
+def test_quickstart_runs_under_a_100_char_tmpdir():
+    """``genoray quickstart --encoder kmer`` (bundled data, local Ray) under a 100-character
+    TMPDIR: exit 0 and a report, where it used to fail on Ray's socket path length."""
+    long = long_dir(100)
+    env = {**os.environ, "TMPDIR": str(long), "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        p = subprocess.run([sys.executable, "-m", "genoray.cli", "quickstart", "--encoder", "kmer", "--json"],
+                           capture_output=True, text=True, env=env, timeout=600, check=False)
+        assert p.returncode == 0, p.stderr[-3000:]
+        records = json.loads(p.stdout)["runs"][0]["records"]
+        assert "AF_UNIX" not in p.stderr and records["read"] == records["written"] == 5719  # the bundled data
+        assert list(long.iterdir()) == []  # the work dir and Ray's temp dir are gone
+    finally:
+        shutil.rmtree(long.parent, ignore_errors=True)
