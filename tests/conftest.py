@@ -34,13 +34,19 @@ def data_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray per test session: 2 CPUs, no dashboard, small object store."""
+    import shutil
+
     import ray
 
+    from genoray.infra.runtime import ray_temp_dir
+
+    temp = ray_temp_dir(prefix="ray-")  # under TMPDIR unless that is too long for Ray's sockets
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
-             log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-"))
+             log_to_driver=False, _temp_dir=temp)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

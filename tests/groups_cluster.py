@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-import tempfile
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -123,6 +123,7 @@ def main() -> None:
     from genoray.bundle import publish
     from genoray.config import ServeConfig
     from genoray.pipeline import write_bundle
+    from genoray.infra.runtime import ray_temp_dir
     from genoray.serving.app import build_app
 
     work = Path(sys.argv[1])
@@ -141,7 +142,7 @@ def main() -> None:
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "object_store_memory": 120 * 2**20,
-        "temp_dir": tempfile.mkdtemp(prefix="rg-")})
+        "temp_dir": (ray_temp := ray_temp_dir("rg-"))})
     for _ in range(2):
         cluster.add_node(num_cpus=2, object_store_memory=120 * 2**20)
     ray.init(address=cluster.address, log_to_driver=False)
@@ -228,6 +229,7 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(ray_temp, ignore_errors=True)
     print(json.dumps(res))
 
 

@@ -167,8 +167,9 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path, lose_node):
         from genoray.embedding.job import embed_sequences
         from genoray.encoders.kmer import KmerEncoder
         from genoray.config import EmbedConfig
+        from genoray.infra.runtime import ray_temp_dir
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                          "object_store_memory": 100 * 2**20, "temp_dir": tempfile.mkdtemp(prefix="rc-")})
+                          "object_store_memory": 100 * 2**20, "temp_dir": (ray_temp := ray_temp_dir("rc-"))})
         for _ in range(3 if LOSE_NODE else 2):
             cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
         ray.init(address=cluster.address, log_to_driver=False)
@@ -195,13 +196,15 @@ def test_multi_node_cluster_embeds_every_record_once(tmp_path, lose_node):
         print(json.dumps({"written": rep.written, "status": rep.status, "workers": len(nodes),
                           "removed": removed, "alive_nodes": len([n for n in ray.nodes() if n["Alive"]])}))
         ray.shutdown(); cluster.shutdown()
+        import shutil; shutil.rmtree(ray_temp, ignore_errors=True)
     """)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     script = script.replace("LOSE_NODE", str(lose_node))
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")] + [str(f) for f in files],
                          capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    # the last JSON line: Ray may print a raylet error (a lost node's task) to stdout after it
+    res = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
     print(res)
     assert res["status"] == "complete" and res["written"] == 18000 and res["alive_nodes"] == 3
     if lose_node:  # 4 nodes started, one removed while units were still to do

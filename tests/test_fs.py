@@ -89,3 +89,33 @@ def test_sequences_from_s3_equal_local(s3_bucket, tmp_path):
             ids += b["seq_id"].to_pylist()
     assert sorted(ids) == sorted(local_tab["seq_id"].to_pylist() * 2)
     assert json.loads(json.dumps(units))  # units travel to Ray as JSON
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_atomic_writes_respect_the_umask(tmp_path, umask):
+    """Artifacts get the mode a plain open() would give (0666 less the umask), not mkstemp's
+    0600, so a group-readable umask shares them on shared storage."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from genoray.embedding.shards import UnitMarker
+    from genoray.infra.artifacts import write_npz
+    from genoray.infra.documents import write_document
+
+    old = os.umask(umask)
+    try:
+        assert fs.file_mode() == 0o666 & ~umask
+        fs.write_json(tmp_path / "a.json", {"x": 1})
+        fs.write_bytes(tmp_path / "b.bin", b"x")
+        fs.atomic_write_bytes(tmp_path / "a.json", b"{}")  # replacing keeps the rule
+        write_npz(tmp_path / "c.npz", v=np.arange(3))
+        write_document(tmp_path / "d.done.json", UnitMarker(key="k", path="p", file="f", sha256="0" * 64, bytes=0,
+                                                            rows=0, read=0, accepted=0, rejected_by_reason={}))
+        with open(tmp_path / "oracle", "w"):
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.json", "b.bin", "c.npz", "d.done.json", "oracle"], 0o666 & ~umask)

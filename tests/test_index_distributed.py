@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent("""
     from genoray.config import IndexConfig
     from genoray.index import VectorIndex, build_index
     from genoray.embedding.synthetic import write_synthetic_store
+    from genoray.infra.runtime import ray_temp_dir
 
     def rss_mb(key="VmRSS"):
         return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     store = write_synthetic_store(work / "store", n, d, parts=8, test_fraction=0.01)
     cfg = IndexConfig(split="train", index_type=sys.argv[4], shards=2, recall_queries=200, target_recall=0.9)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                      "object_store_memory": 150 * 2**20, "temp_dir": tempfile.mkdtemp(prefix="rc-")})
+                      "object_store_memory": 150 * 2**20, "temp_dir": (ray_temp := ray_temp_dir("rc-"))})
     for _ in range(2):
         cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)
     ray.init(address=cluster.address, log_to_driver=False)
@@ -99,6 +100,7 @@ SCRIPT = textwrap.dedent("""
         "resumed_same": files(work / "resumed") == files(work / "ray"), "ntotal": rep.ntotal,
         "peak_worker_rss_mb": rep.peak_worker_rss_mb}))
     ray.shutdown(); cluster.shutdown()
+    shutil.rmtree(ray_temp, ignore_errors=True)
 """)
 
 

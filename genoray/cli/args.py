@@ -120,10 +120,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p = sub.add_parser(
         "embed", help="embed sequence files into an embedding store (resumable)",
         description="Embed sequence files on a Ray actor pool. Rerunning into the same --out skips finished "
-                    "units, so an interrupted job resumes. Exit status: 0 complete, 3 partial (some files "
+                    "units, so an interrupted job resumes; a store that holds records this run would not write "
+                    "(other inputs or settings) is refused unless --append or --overwrite. Exit status: 0 complete, 3 partial (some files "
                     "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug.")
     p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
-    p.add_argument("--out", required=True, help="store directory (new, or one to resume)")
+    p.add_argument("--out", required=True, help="store directory (new, one to resume, or see --append/--overwrite)")
     _add_encoder_from(p)
     p.add_argument("--allow-empty", action="store_true",
                    help=f"exit 0 when nothing is written (default: exit {EXIT_EMPTY})")

@@ -154,6 +154,12 @@ class EmbedConfig:
             this many as nodes/GPUs join (``0`` = a fixed pool).
         prefetch_batches: read and clean up to this many batches ahead on a thread while the
             encoder runs (``0`` = read, then embed, one after the other).
+        append: into a store that holds units this run would not write (other input files, or
+            the same files changed or read with other settings), keep them and add this run's
+            (same encoder and cleaning policy). Without append or overwrite such a run is refused;
+            rerunning the same job (or adding files to it) always resumes.
+        overwrite: replace such a store: its encoder is fitted again and the units this run
+            does not write are deleted once it has committed.
     """
 
     batch_size: int = 1024
@@ -166,10 +172,13 @@ class EmbedConfig:
     allow_cpu: bool = False
     max_actors: int = 0
     prefetch_batches: int = 2
+    append: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         validate(self, (min(self.batch_size, self.rows_per_unit, self.bytes_per_unit) >= 1
                         and self.num_actors >= 0 and self.cpus_per_actor >= 0
                         and (self.gpus_per_actor is None or self.gpus_per_actor >= 0),
                         ("batch_size, rows_per_unit and bytes_per_unit must be >= 1; "
-                         "num_actors, cpus_per_actor, gpus_per_actor >= 0")))
+                         "num_actors, cpus_per_actor, gpus_per_actor >= 0")),
+                 (not (self.append and self.overwrite), "append and overwrite exclude each other; give one"))

@@ -7,8 +7,8 @@ units), :mod:`.store` (the store's format and its reader, :class:`EmbeddingStore
 (stores of synthetic embedding-like vectors, for index tests and benchmarks).
 """
 
-from genoray.embedding.job import DuplicateIdError, EmbedReport, embed_sequences
+from genoray.embedding.job import DuplicateIdError, EmbedReport, StoreConflictError, embed_sequences
 from genoray.embedding.store import Embeddings, EmbeddingStore, StoreManifest, read_manifest
 
-__all__ = ["DuplicateIdError", "EmbedReport", "EmbeddingStore", "Embeddings", "StoreManifest", "embed_sequences",
-           "read_manifest"]
+__all__ = ["DuplicateIdError", "EmbedReport", "EmbeddingStore", "Embeddings", "StoreConflictError", "StoreManifest",
+           "embed_sequences", "read_manifest"]

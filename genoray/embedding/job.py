@@ -21,6 +21,12 @@ finished one does no model work. A malformed file fails only its unit: the job r
 file and reason, commits the rest and reports ``status="partial"`` (or, with
 ``on_error="fail"``, raises). ``store.json`` is written last and lists exactly the committed
 shards; readers never glob.
+
+A run never drops what a store holds unless told to: when the store has committed units this
+run would not write (other input files, the same files changed, other reading settings), it
+is refused (:class:`StoreConflictError`) unless ``EmbedConfig.append`` (keep them and add
+this run's units) or ``EmbedConfig.overwrite`` (fit the encoder again, delete them once this
+run has committed). Rerunning the same job, or the same job with more files, resumes.
 """
 
 from __future__ import annotations
@@ -38,13 +44,16 @@ import numpy as np
 
 from genoray.config import EmbedConfig, ReadConfig
 from genoray.embedding.pool import run_on_ray
-from genoray.embedding.shards import SHARDS, UnitFailure, UnitMarker, collect_garbage, shard_is_done
+from genoray.embedding.shards import SHARDS, UnitFailure, UnitMarker, collect_garbage, committed_units, shard_is_done
 from genoray.embedding.store import (
+    ENCODER_FILE,
     SEQ_ID,
     EncoderRecord,
     StoreCounts,
     StoreManifest,
+    has_manifest,
     read_encoder_record,
+    read_manifest,
     write_encoder_record,
     write_manifest,
 )
@@ -103,6 +112,44 @@ class DuplicateIdError(ValueError):
     """The same seq_id occurs in more than one record of the corpus."""
 
 
+class StoreConflictError(ValueError):
+    """A run would drop units an existing store holds (without ``append`` or ``overwrite``)."""
+
+
+def _kept_units(out: str | Path, shard_dir: str | Path, units: list[dict], read_cfg: ReadConfig,
+                embed_cfg: EmbedConfig) -> list[UnitMarker]:
+    """The store's committed units that this run keeps although its plan does not write them:
+    all of them with ``append``, none with ``overwrite`` (they are deleted after the commit);
+    otherwise there must be none, else :class:`StoreConflictError` says what differs and what to do."""
+    planned = {u["key"] for u in units}
+    stale = committed_units(shard_dir, skip=planned)
+    if not stale or embed_cfg.overwrite:
+        return []
+    if embed_cfg.append:
+        if has_manifest(out) and (clean := read_manifest(out).clean) is not None and clean != read_cfg.clean:
+            raise StoreConflictError(f"{out}: --append needs the cleaning policy the store was written with "
+                                     f"({clean}), got {read_cfg.clean}; give the same cleaning flags, or "
+                                     "--overwrite to replace the store")
+        kept = []
+        for key, marker in stale.items():
+            intact = shard_is_done(shard_dir, key)
+            if intact is None:
+                raise StoreConflictError(f"{out}: unit {key} ({marker.path if marker else 'marker unreadable'}) "
+                                         f"is damaged (its {SHARDS}/{key}.* files do not match their marker), so "
+                                         "--append cannot keep it; rerun with its input to redo it, or --overwrite")
+            kept.append(intact)
+        return sorted(kept, key=lambda m: (m.path, m.row_groups or (), m.byte_range or ()))
+    paths = {u["path"] for u in units}
+    old_paths = sorted({m.path for m in stale.values() if m is not None})
+    records = sum(m.rows for m in stale.values() if m is not None)
+    other = [p for p in old_paths if p not in paths]
+    what = (f"input files not given now: {', '.join(other[:5])}{' ...' if len(other) > 5 else ''}" if other else
+            "the same input files, changed since (size or modification time) or read with other settings")
+    raise StoreConflictError(f"{out}: the store holds {records} records in {len(stale)} unit(s) that this run would "
+                             f"not write ({what}); writing here would delete them. Give --append to keep them and "
+                             "add this run's files, --overwrite to replace the store, or a new --out directory")
+
+
 def _fit_sample(files: list, read_cfg: ReadConfig, fit_split: str | None) -> list[str]:
     """Up to FIT_SAMPLE sequences of ``fit_split`` (``None``: of every split), streamed. Data
     without any split labels is sampled whole; data whose splits do not include ``fit_split``
@@ -139,9 +186,9 @@ def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: R
     saved = read_encoder_record(out)
     if saved is not None:
         if sha256_json(saved.requested) != sha256_json(requested):
-            raise ValueError(f"{out}: this store was started with another encoder "
-                             f"({sha256_json(saved.requested)[:16]} vs {sha256_json(requested)[:16]}); "
-                             "use a new output directory")
+            raise StoreConflictError(f"{out}: this store was started with another encoder "
+                                     f"({sha256_json(saved.requested)[:16]} vs {sha256_json(requested)[:16]}); "
+                                     "use a new output directory, or --overwrite to replace the store")
         return encoder_from_spec(saved.fitted)
     if getattr(encoder, "needs_fit", False):
         encoder.fit(_fit_sample(files, read_cfg, read_cfg.train_split))  # type: ignore[attr-defined]
@@ -163,7 +210,8 @@ def embed_sequences(
     Args:
         inputs: files, directories or glob patterns (FASTA/FASTQ[.gz], Parquet, CSV/TSV).
         out_dir: store directory (local, ``s3://`` or ``gs://``). Rerunning into the same directory with the same encoder
-            skips finished units; a different encoder is refused.
+            skips finished units; a different encoder, or inputs/settings that would drop committed units, are
+            refused unless ``embed_cfg.append`` or ``embed_cfg.overwrite`` (see the module docstring).
         encoder: any :class:`~genoray.encoders.Encoder`; one that needs fitting (a
             position-aware k-mer encoder) is fitted on up to 100k sequences of the training
             split (``read_cfg.train_split``).
@@ -174,8 +222,8 @@ def embed_sequences(
 
     Returns:
         An :class:`EmbedReport`. Raises :class:`SequenceFormatError` for a bad file when
-        ``embed_cfg.on_error == "fail"`` and :class:`DuplicateIdError` for ids repeated
-        across units.
+        ``embed_cfg.on_error == "fail"``, :class:`DuplicateIdError` for ids repeated
+        across units and :class:`StoreConflictError` for a store holding other data.
     """
     read_cfg = read_cfg or ReadConfig()
     embed_cfg = embed_cfg or EmbedConfig()
@@ -186,9 +234,12 @@ def embed_sequences(
     files = expand_inputs(inputs)
     if read_cfg.test_fraction > 0 and not read_cfg.split_cutoffs:  # hold out a stratified test split
         read_cfg = with_split_cutoffs(read_cfg, files)
+    if embed_cfg.overwrite:
+        fs.delete(fs.join(out, ENCODER_FILE))  # replace: fit the encoder on this run's data
     encoder = _resolve_encoder(encoder, out, files, read_cfg)
     spec, fp = encoder.spec(), fingerprint(encoder)
     units = plan_units(files, fp, read_cfg, embed_cfg.rows_per_unit, embed_cfg.bytes_per_unit)
+    kept = _kept_units(out, shard_dir, units, read_cfg, embed_cfg)
     done: dict[str, UnitMarker] = {}
     pending = []
     for u in units:
@@ -197,7 +248,7 @@ def embed_sequences(
             done[u["key"]] = d
         else:
             pending.append(u)
-    skipped = len(done)
+    skipped = len(done) + len(kept)
     t1 = time.perf_counter()
     failed: list[UnitFailure] = []
     if pending:
@@ -219,7 +270,7 @@ def embed_sequences(
                 if embed_cfg.on_error == "fail":
                     raise SequenceFormatError(r.path, None, r.error)
     t2 = time.perf_counter()
-    committed = [done[u["key"]] for u in units if u["key"] in done]
+    committed = kept + [done[u["key"]] for u in units if u["key"] in done]
     _check_unique_ids(shard_dir, committed)
     status: Literal["complete", "partial"] = "complete" if not failed else "partial"
     rejected: Counter = Counter()
@@ -230,7 +281,7 @@ def embed_sequences(
     report = EmbedReport(
         store=str(out), fingerprint=fp, status=status,
         read=sum(d.read for d in committed), accepted=sum(d.accepted for d in committed),
-        rejected=rejected, written=sum(d.rows for d in committed), units=len(units), skipped=skipped,
+        rejected=rejected, written=sum(d.rows for d in committed), units=len(units) + len(kept), skipped=skipped,
         failed=[{"path": f.path, "error": f.error} for f in failed],
         seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3)},
         windowed=sum(d.windowed for d in committed), windows=sum(d.windows for d in committed),

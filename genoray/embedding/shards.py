@@ -7,7 +7,8 @@
 
 :class:`ShardWriter` writes the rows to a node-local temp file and :meth:`ShardWriter.commit`
 publishes the shard and its rejects table before the marker; :func:`shard_is_done` is what a
-rerun asks before skipping a unit; :func:`collect_garbage` removes what no unit of the plan
+rerun asks before skipping a unit; :func:`committed_units` lists what a store holds (a rerun
+checks that it would not drop any); :func:`collect_garbage` removes what no unit of the plan
 owns (changed inputs, temp files of killed runs).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Container
 from dataclasses import field
 from pathlib import Path
 from typing import Literal
@@ -197,6 +199,21 @@ class ShardWriter:
                           windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects, **provenance)
         write_document(fs.join(self.shard_dir, f"{key}.done.json"), done)
         return done
+
+
+def committed_units(shard_dir: str | Path, skip: Container[str] = ()) -> dict[str, UnitMarker | None]:
+    """The units a store has committed, less the keys in ``skip``: key -> done marker
+    (``None`` when it cannot be read). Only those markers are read (one listing, no hashing)."""
+    out: dict[str, UnitMarker | None] = {}
+    for name in fs.list_files(shard_dir, recursive=False):
+        key = name.split(".")[0]
+        if not name.endswith(".done.json") or name.startswith(".") or key in skip:
+            continue
+        try:
+            out[key] = read_document(UnitMarker, fs.join(shard_dir, name))
+        except (OSError, FormatError):
+            out[key] = None
+    return out
 
 
 def collect_garbage(shard_dir: str | Path, keep: set[str]) -> None:

@@ -105,6 +105,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.fchmod(fd, fs.file_mode())  # as open() would: mkstemp's 0600 hides it from the group
     os.close(fd)
     try:
         np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle in **kwds

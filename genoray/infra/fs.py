@@ -157,12 +157,29 @@ def read_json(uri: str | os.PathLike) -> Any:
     return json.loads(read_bytes(uri))
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file: ``0o666`` less the process umask (so a
+    group-readable umask makes artifacts readable by the group on shared storage)."""
+    try:
+        with open("/proc/self/status") as f:  # Linux: the umask without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a local file: a temp file in the same directory, fsync, then ``os.replace``."""
+    """Write a local file: a temp file in the same directory, fsync, then ``os.replace``. The
+    file gets :func:`file_mode` (``mkstemp`` alone would leave it ``0600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

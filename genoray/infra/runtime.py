@@ -1,6 +1,6 @@
-"""Process set-up shared by jobs and services: starting Ray, tuning the allocator of
-processes that embed, and a read-ahead thread (``prefetch``) that overlaps reading with the
-forward pass."""
+"""Process set-up shared by jobs and services: starting Ray (in a temp dir short enough for
+its sockets, :func:`ray_temp_dir`), tuning the allocator of processes that embed, and a
+read-ahead thread (``prefetch``) that overlaps reading with the forward pass."""
 
 from __future__ import annotations
 
@@ -12,6 +12,45 @@ from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# What Ray appends to its temp dir for its longest socket path: the session dir (the date with
+# microseconds and a pid of up to 7 digits), ``sockets/`` and the plasma store's socket, with
+# an index when several nodes of one machine share a session (``ray.cluster_utils.Cluster``).
+RAY_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.99")
+SOCKET_PATH_MAX = (103 if sys.platform == "darwin" else 107)  # AF_UNIX's sun_path, less its NUL
+SOCKET_MARGIN = 8  # bytes kept free for a longer socket name in a later Ray
+SHORT_ROOTS = ("/tmp", "/dev/shm")  # noqa: S108 -- roots for a fresh mkdtemp dir, tried in order
+
+
+def ray_temp_dir(prefix: str = "gr-ray-") -> str:
+    """Create a fresh temp dir (``mkdtemp``) for a local Ray whose socket paths fit AF_UNIX.
+
+    Under the temp dir of this process (``TMPDIR``) when Ray's longest socket path under it
+    fits, with :data:`SOCKET_MARGIN` to spare; else (the long ``TMPDIR`` of a cluster's scratch
+    space) under the first of :data:`SHORT_ROOTS` that is a writable directory, said at INFO.
+    Ray opens its mode to all users, as it does for its default ``/tmp/ray``. The caller removes
+    it after ``ray.shutdown()`` (the CLI does so for ``gr-ray-*``, :func:`init_ray` when Ray fails
+    to start).
+
+    Raises:
+        OSError: no candidate root is short enough and writable; the message names them.
+    """
+    budget = SOCKET_PATH_MAX - RAY_SOCKET_TAIL - SOCKET_MARGIN
+    default = tempfile.gettempdir()
+    for root in (default, *SHORT_ROOTS):
+        # mkdtemp names are prefix + 8 characters
+        if len(os.path.join(root, prefix + "x" * 8).encode()) > budget:
+            continue
+        if not (os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK)):
+            continue
+        path = tempfile.mkdtemp(prefix=prefix, dir=root)
+        if root != default:
+            log.info("Ray's temp dir is %s: under TMPDIR=%s Ray's socket paths would exceed %d bytes",
+                     path, default, SOCKET_PATH_MAX)
+        return path
+    raise OSError(f"no temp dir for Ray's sockets: TMPDIR={default} and {', '.join(SHORT_ROOTS)} are too long or "
+                  f"not writable (a socket path under them must stay within {SOCKET_PATH_MAX} bytes); "
+                  f"set TMPDIR to a writable directory of at most {budget - len(prefix) - 9} characters")
 
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: bool | None = None) -> None:
@@ -35,8 +74,15 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
         ray.init(log_to_driver=False, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
-                 log_to_driver=False, logging_level=level, _temp_dir=tempfile.mkdtemp(prefix="gr-ray-"))
+        temp = ray_temp_dir()
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
+                     log_to_driver=False, logging_level=level, _temp_dir=temp)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(temp, ignore_errors=True)  # a failed start leaves no gr-ray-* behind
+            raise
     import ray.data
 
     if quiet:  # Ray Data logs every dataset execution at INFO

@@ -3,7 +3,9 @@
 1. Embed all input files into the long-lived store in ``work_dir/store``. The store is
    resumable, so files embedded on earlier nights are skipped and only new ones do model work.
    The encoder (including a fitted position window) and the cleaning policy are the store's:
-   what it recorded on its first night is what every later night uses.
+   what it recorded on its first night is what every later night uses. A night whose inputs
+   would drop units the store holds (a file left out or changed) is refused unless
+   ``cfg.embed.append`` or ``cfg.embed.overwrite`` (``--append``/``--overwrite``).
 2. Index old + new rows and refit the head, in ``work_dir/builds/<version>``. When the current
    bundle's index came from this store and the store only grew, the new rows are added to it
    as a delta shard with its trained quantizer (:func:`genoray.index.delta.extend_index`: old
