@@ -53,6 +53,7 @@ from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_json
 from genoray.infra.errors import InvariantError
+from genoray.infra.names import safe_join
 from genoray.infra.progress import Progress
 from genoray.infra.runtime import tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units, with_split_cutoffs
@@ -264,7 +265,7 @@ def _check_unique_ids(shard_dir: str | Path, committed: list[UnitMarker]) -> Non
         return  # ids are unique within a unit by construction
     parts, owners = [], []
     for i, d in enumerate(committed):
-        ids = fs.read_table(fs.join(shard_dir, d.file), columns=[SEQ_ID])[SEQ_ID].to_pylist()
+        ids = fs.read_table(safe_join(shard_dir, d.file, shard_dir), columns=[SEQ_ID])[SEQ_ID].to_pylist()
         parts.append(_id_hashes(ids))
         owners.append(np.full(len(ids), i, dtype=np.int32))
     h = np.concatenate(parts)
