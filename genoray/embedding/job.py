@@ -49,7 +49,7 @@ from genoray.embedding.store import (
     write_manifest,
 )
 from genoray.embedding.unit import process_unit
-from genoray.encoders import Encoder, encoder_from_spec, fingerprint
+from genoray.encoders import Encoder, encoder_from_spec, fingerprint, runs_remote_code
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_json
 from genoray.infra.errors import InvariantError
@@ -143,7 +143,7 @@ def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: R
             raise ValueError(f"{out}: this store was started with another encoder "
                              f"({sha256_json(saved.requested)[:16]} vs {sha256_json(requested)[:16]}); "
                              "use a new output directory")
-        return encoder_from_spec(saved.fitted)
+        return encoder_from_spec(saved.fitted, runs_remote_code(encoder))  # this command's decision
     if getattr(encoder, "needs_fit", False):
         encoder.fit(_fit_sample(files, read_cfg, read_cfg.train_split))  # type: ignore[attr-defined]
     write_encoder_record(out, EncoderRecord(requested=requested, fitted=encoder.spec(),
@@ -203,7 +203,7 @@ def embed_sequences(
     failed: list[UnitFailure] = []
     if pending:
         if use_ray:
-            results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
+            results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg, runs_remote_code(encoder))
         else:
             tune_allocator()
             results = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
