@@ -9,6 +9,7 @@ that reach outside the version directory are refused before anything is read or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -238,7 +239,7 @@ def test_an_index_that_records_trust_remote_code_does_not_run_the_models_code(bu
     assert "--trust-remote-code" in err and str(model) in err
     assert not marker.exists()
 
-    with pytest.raises(Exception):  # the flag on the command is what lets it run (the model itself is no model)
+    with contextlib.suppress(Exception):  # the command's flag is what lets it run (the model itself is no model)
         Predictor.load(index, head, trust_remote_code=True)
     assert marker.exists()
     assert any("trust_remote_code is on" in r.getMessage() and str(model) in r.getMessage() for r in caplog.records)
