@@ -61,26 +61,28 @@ def test_hyena_embed_index_train_predict_serve(ray_session, serve_port, hyena_di
     assert cos.min() >= 0.9999
 
     assert main(["index", str(store), "--out", str(index)]) == 0
-    assert main(["train", str(store), "--index", str(index), "--out", str(head), "--C", "1.0"]) == 0
+    assert main(["train", str(store), "--index", str(index), "--out", str(head), "--C", "1.0",
+                 "--trust-remote-code"]) == 0
     assert main(["evaluate", str(store), "--index", str(index), "--head", str(head)]) == 0
     capsys.readouterr()
     test_fa = write_fasta(tmp_path / "test.fa", [(h.split()[0], s) for h, s in recs if "split=test" in h])
     out = tmp_path / "preds.jsonl"
-    assert main(["predict", str(test_fa), "--index", str(index), "--head", str(head), "--out", str(out)]) == 0
+    assert main(["predict", str(test_fa), "--index", str(index), "--head", str(head), "--out", str(out),
+                 "--trust-remote-code"]) == 0
     preds = [json.loads(line) for line in out.read_text().splitlines()]
     truth = {h.split()[0]: h.split()[1].split("=")[1] for h, _ in recs}
     assert len(preds) == 18
     acc = np.mean([p["label"] == truth[p["seq_id"]] for p in preds])
     assert acc >= 0.9, f"HyenaDNA-tiny + retrieval on AT- vs GC-rich records: accuracy {acc}"
 
-    predictor = Predictor.load(index, head)
+    predictor = Predictor.load(index, head, trust_remote_code=True)  # the store's recorded value enables nothing
     seqs = [by_id[p["seq_id"]] for p in preds]
     assert [p.label for p in predictor.predict(seqs)] == [p["label"] for p in preds]
 
     root = tmp_path / "bundles"
-    publish(root, write_bundle(root, index, head))
+    publish(root, write_bundle(root, index, head, trust_remote_code=True))
     cfg = ServeConfig(root=str(root), port=serve_port, key_hashes=(hash_key(KEY),), poll_s=0.5, num_cpus=0.1,
-                      min_replicas=1, max_replicas=1)
+                      min_replicas=1, max_replicas=1, trust_remote_code=True)
     serve.run(build_app(cfg), name="hyena", route_prefix="/hyena")
     try:
         status, body, _ = post(serve_port, "/hyena/v1/predict", {"sequences": seqs[:6], "k": 3}, KEY, timeout=120)

@@ -26,6 +26,7 @@ version, :mod:`genoray.serving.holder` watches ``CURRENT``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -57,8 +58,9 @@ from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.index.manifest import read_manifest as read_index_manifest
 from genoray.infra import fs
 from genoray.infra.artifacts import make_read_only, remove_tree, sha256_file, verify_files
-from genoray.infra.documents import read_document, write_document
+from genoray.infra.documents import from_json, read_document, write_document
 from genoray.infra.errors import ChecksumError, FormatError
+from genoray.infra.names import UnsafeNameError, check_version
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
@@ -66,33 +68,62 @@ STAGING_TTL_S = 3600.0  # a staging directory this old is a crashed writer's, ne
 
 
 def version_uri(root: str | os.PathLike, version: str) -> str:
-    """Where ``version`` lives under ``root`` (a path or URI)."""
-    return fs.join(root, VERSIONS, version)
+    """Where ``version`` lives under ``root`` (a path or URI); the name is checked first
+    (:func:`genoray.infra.names.check_version`), wherever it came from (``CURRENT``, a flag)."""
+    return fs.join(root, VERSIONS, check_version(version, f"{fs.join(root, VERSIONS)}"))
+
+
+def read_current(root: str | os.PathLike) -> Current | None:
+    """``CURRENT`` of ``root`` (its version name checked), or ``None`` before the first publish."""
+    p = fs.join(root, CURRENT)
+    if not fs.is_file(p):
+        return None
+    cur = read_document(Current, p)
+    check_version(cur.version, p)
+    return cur
+
+
+def _current_name(root: str | os.PathLike) -> str | None:
+    """The version name ``CURRENT`` records, unverified (lineage, GC protection, listing)."""
+    cur = read_current(root)
+    return cur.version if cur is not None else None
 
 
 def current_version(root: str | os.PathLike) -> str | None:
-    """The version ``CURRENT`` points at, or ``None`` before the first publish."""
-    p = fs.join(root, CURRENT)
-    return read_document(Current, p).version if fs.is_file(p) else None
+    """The version ``CURRENT`` points at, or ``None`` before the first publish; its
+    ``bundle.json`` must have the sha256 ``CURRENT`` recorded (:func:`current_bundle`)."""
+    doc = current_bundle(root)
+    return doc.version if doc is not None else None
 
 
-def read_version(root: str | os.PathLike, version: str) -> BundleManifest:
-    """``bundle.json`` of a version (format checked; files are not: see :func:`verify_bundle`)."""
+def read_version(root: str | os.PathLike, version: str, sha256: str | None = None) -> BundleManifest:
+    """``bundle.json`` of a version (format checked; files are not: see :func:`verify_bundle`);
+    with ``sha256``, its bytes must have that digest (what ``CURRENT`` recorded)."""
     p = fs.join(version_uri(root, version), MANIFEST)
     if not fs.is_file(p):
         raise FileNotFoundError(f"{version_uri(root, version)}: not a bundle version (no {MANIFEST}; an upload not "
                                 "finished, or not a version)")
-    doc = read_document(BundleManifest, p)
+    raw = fs.read_bytes(p)
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ChecksumError(f"{p}: sha256 {hashlib.sha256(raw).hexdigest()[:16]}... does not match the "
+                            f"bundle_sha256 {sha256[:16]}... that {fs.join(root, CURRENT)} records (edited, or "
+                            "CURRENT was not written by genoray publish); publish a verified version again")
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise FormatError(f"{p}: not JSON: {e}") from None
+    doc = from_json(BundleManifest, parsed, p)
     if doc.version != version:
         raise FormatError(f"{p}: says it is version {doc.version!r}, not {version!r}")
     return doc
 
 
 def current_bundle(root: str | os.PathLike) -> BundleManifest | None:
-    """``bundle.json`` of the ``CURRENT`` version (``None`` before the first publish): what a
-    service is about to serve, read once."""
-    version = current_version(root)
-    return read_version(root, version) if version is not None else None
+    """``bundle.json`` of the ``CURRENT`` version (``None`` before the first publish), checked
+    against the ``bundle_sha256`` that ``CURRENT`` records: what a service is about to serve,
+    read once."""
+    cur = read_current(root)
+    return read_version(root, cur.version, sha256=cur.bundle_sha256) if cur is not None else None
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -132,7 +163,7 @@ def write_version(root: str | os.PathLike, index_dir: str | os.PathLike, head_di
         elif shard_groups is not None:
             groups = plan_groups(stage / INDEX_DIR, shard_groups)
         doc = BundleManifest(
-            format_version=BundleManifest.FORMAT_VERSION, version=version, parent=current_version(root),
+            format_version=BundleManifest.FORMAT_VERSION, version=version, parent=_current_name(root),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), encoder=idx.encoder or {},
             fingerprint=idx.fingerprint or "", classes=head.classes,
             index=BundleIndex(factory=idx.factory, ntotal=idx.ntotal, recall_at_10=idx.recall_at_10),
@@ -154,7 +185,7 @@ def version_dir(root: str | os.PathLike, version: str) -> Path:
     node-local copy (downloaded and verified once per node)."""
     if not fs.is_remote(root):
         return Path(fs.as_path(version_uri(root, version)))
-    local = fs.cache_dir("bundles", root) / VERSIONS / version
+    local = fs.cache_dir("bundles", root) / VERSIONS / check_version(version, fs.join(root, VERSIONS))
     if local.is_dir():
         return local
     doc = read_version(root, version)
@@ -242,8 +273,8 @@ def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_vers
                     lease_ttl_s: float = LEASE_TTL_S) -> list[str]:
     """Delete versions that are not CURRENT, not among the newest ``keep`` and not leased, and
     staging directories (or incomplete uploads) of writers that crashed an hour ago or more."""
-    names = sorted(fs.list_dirs(fs.join(root, VERSIONS)), reverse=True)
-    protected = set(names[:keep]) | {current_version(root)}
+    names = sorted(_valid_names(root), reverse=True)
+    protected = set(names[:keep]) | {_current_name(root)}
     now, removed = time.time(), []
     for v in names:
         if v in protected or live_leases(root, v, lease_ttl_s):
@@ -265,6 +296,17 @@ def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_vers
     return removed
 
 
+def _valid_names(root: str | os.PathLike) -> list[str]:
+    """The version directories under ``root`` whose names are valid (others are logged and left alone)."""
+    out = []
+    for v in fs.list_dirs(fs.join(root, VERSIONS)):
+        try:
+            out.append(check_version(v, fs.join(root, VERSIONS)))
+        except UnsafeNameError as e:
+            log.warning("%s", e)
+    return out
+
+
 def list_versions(root: str | os.PathLike, verify: bool = False) -> list[dict[str, Any]]:
     """Every version under ``root`` (oldest first): name, created_at, parent, encoder
     fingerprint, classes, index size and recall, whether it is ``CURRENT`` and its live leases.
@@ -272,7 +314,7 @@ def list_versions(root: str | os.PathLike, verify: bool = False) -> list[dict[st
     names = fs.list_dirs(fs.join(root, VERSIONS))
     if not names:
         raise FileNotFoundError(f"{root}: not a bundle root (no {VERSIONS}/)")
-    current, out = current_version(root), []
+    current, out = _current_name(root), []
     for v in names:
         row: dict[str, Any] = {"version": v, "current": v == current}
         try:

@@ -25,6 +25,7 @@ from genoray.config import (
     PublishConfig,
     ReadConfig,
     ReindexConfig,
+    RemoteCodeConfig,
     ServeConfig,
     ShiftConfig,
     ShiftSelection,
@@ -60,16 +61,17 @@ SERVE = Group("serve", ServeConfig, skip=("root",), negative={"require_key": ("n
 SHIFT = Group("shift", ShiftConfig, title="shift tests (ShiftConfig)")
 SHIFT_SELECT = Group("select", ShiftSelection, title="rows compared (ShiftSelection)")
 ENCODER_GROUPS = (ENCODER, KMER, POS, HF)
+TRUST = Group("trust", RemoteCodeConfig, title="model code (RemoteCodeConfig)")
 # the groups of each command (a test checks that every config field has a flag somewhere)
 COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
     "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX_OF_READ, HEAD, EVALUATE_OF_READ),
     "embed": (READ, *ENCODER_GROUPS, EMBED),
     "index": (INDEX,),
     "plan": (PLAN, ENCODER, INDEX),  # the index settings of `genoray index`, defaults included
-    "train": (HEAD,),
+    "train": (HEAD, TRUST),
     "evaluate": (EVALUATE,),
     "predict": (PREDICT,),
-    "publish": (PUBLISH,),
+    "publish": (PUBLISH, TRUST),
     "reindex": (READ, *ENCODER_GROUPS, REINDEX),
     "serve": (SERVE,),
     "shift": (SHIFT_SELECT, SHIFT),

@@ -50,6 +50,7 @@ from genoray.cli.args import (
     SERVE,
     SHIFT,
     SHIFT_SELECT,
+    TRUST,
 )
 from genoray.cli.exitcodes import (
     EXIT_BUG,
@@ -101,7 +102,7 @@ def _encoder(a: argparse.Namespace, name: str | None = None):
     if getattr(a, "encoder_from", None):
         if given(a, ENCODER):
             raise ValueError("give --encoder or --encoder-from, not both")
-        return encoder_from_artifact(a.encoder_from)
+        return encoder_from_artifact(a.encoder_from, trust_remote_code=bool(getattr(a, "hf.trust_remote_code", False)))
     name = name or chosen
     if name.startswith("hf:"):  # hf:<model>, or hf:<model>+kmer / +kmer-pos (fusion)
         base, plus, suffix = name.rpartition("+")
@@ -193,7 +194,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     """Fit the fused head over an index; print what was chosen."""
     from genoray.pipeline import train_head  # lazy: faiss, scikit-learn
 
-    _print(train_head(a.store, a.index, a.out, build(a, HEAD)), True)
+    _print(train_head(a.store, a.index, a.out, build(a, HEAD), build(a, TRUST).trust_remote_code), True)
     return EXIT_OK
 
 
@@ -226,7 +227,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     cfg = build(a, PREDICT)
     if cfg.format == "parquet" and not a.out:
         raise ValueError("--format parquet needs --out FILE")
-    predictor = Predictor.load(a.index, a.head)
+    predictor = Predictor.load(a.index, a.head, trust_remote_code=cfg.trust_remote_code)
     read_cfg = ReadConfig(clean=predictor.policy)  # the index's policy: what the service accepts, batch accepts
     adaptation = None
     if a.target:  # unlabeled target sample: estimate its class priors, decide whether to re-weight
@@ -271,7 +272,8 @@ def cmd_publish(a: argparse.Namespace) -> int:
     elif a.index and a.head:
         # a bundle built for a target: its class priors travel in head/priors.json
         target = read_sequences(a.target)[0]["sequence"].to_pylist() if a.target else None
-        publish(a.root, write_bundle(a.root, a.index, a.head, build(a, PUBLISH), target=target))
+        publish(a.root, write_bundle(a.root, a.index, a.head, build(a, PUBLISH), target=target,
+                                     trust_remote_code=build(a, TRUST).trust_remote_code))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
     _print({"current": current_version(a.root)}, True)
@@ -307,7 +309,7 @@ def cmd_reindex(a: argparse.Namespace) -> int:
                               index=dataclasses.replace(cfg.index, split=read.train_split))
     named = bool(a.encoder_from) or bool(given(a, ENCODER))  # otherwise the store's encoder
     rep = reindex(a.inputs, a.work, a.bundles, _encoder(a) if named else None, read_cfg=read, cfg=cfg,
-                  use_ray=not a.no_ray)
+                  use_ray=not a.no_ray, trust_remote_code=bool(getattr(a, "hf.trust_remote_code", False)))
     _print(asdict(rep), True)
     return EXIT_OK if rep.published else EXIT_GATE
 

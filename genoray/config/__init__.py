@@ -24,7 +24,7 @@ service), :mod:`.evaluation` (evaluate, shift, studies), :mod:`.pipeline` (the n
 """
 
 from genoray.config.base import T, config_class, parse, to_dict, validate
-from genoray.config.encoding import EmbedConfig, EncoderChoice, HFConfig, KmerConfig, PositionConfig
+from genoray.config.encoding import EmbedConfig, EncoderChoice, HFConfig, KmerConfig, PositionConfig, RemoteCodeConfig
 from genoray.config.evaluation import EvaluateConfig, ShiftConfig, ShiftSelection, Study, load_study
 from genoray.config.heads import HeadConfig, OODConfig
 from genoray.config.index import ClusterSpec, IndexConfig, PlanConfig
@@ -35,6 +35,6 @@ from genoray.config.serving import PredictConfig, PublishConfig, ServeConfig, Se
 __all__ = [
     "ALL", "TEST", "TRAIN", "CleanPolicy", "ClusterSpec", "EmbedConfig", "EncoderChoice", "EvaluateConfig",
     "HFConfig", "HeadConfig", "IndexConfig", "KmerConfig", "OODConfig", "PlanConfig", "PositionConfig",
-    "PredictConfig", "PublishConfig", "ReadConfig", "ReindexConfig", "ServeConfig", "ServiceLimits", "ShiftConfig",
+    "PredictConfig", "PublishConfig", "ReadConfig", "ReindexConfig", "RemoteCodeConfig", "ServeConfig", "ServiceLimits", "ShiftConfig",
     "ShiftSelection", "Study", "T", "config_class", "load_study", "parse", "to_dict", "validate",
 ]

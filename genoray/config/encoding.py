@@ -86,14 +86,31 @@ class KmerConfig:
 
 
 @config_class
+class RemoteCodeConfig:
+    """Whether a command that loads an artifact (``genoray train``) may run the artifact's
+    transformers model's own Python code.
+
+    Attributes:
+        trust_remote_code: the operator's decision on this command (a warning names the model);
+            the value an artifact recorded never switches it on.
+    """
+
+    trust_remote_code: bool = False
+
+
+@config_class
 class HFConfig:
     """A frozen Hugging Face model used as encoder.
 
     Attributes:
         model: hub id (``org/name``) or a local directory made by ``save_pretrained``.
         revision: hub revision (commit) to pin; ignored for local directories.
-        trust_remote_code: run the model's own Python code. Only honoured for a local
-            directory or when the user names the model explicitly; never on by default.
+        trust_remote_code: run the model's own Python code (``--trust-remote-code`` on the
+            command that builds the encoder; a warning names the model and its files). Only for
+            a local directory or an ``org/name`` hub id pinned to a ``revision``; never on by
+            default. A value recorded in an artifact (store, index, head, bundle) is never used
+            to switch it on: the command that loads the artifact decides
+            (:class:`RemoteCodeConfig`, ``ServeConfig.trust_remote_code``).
         pooling: ``"mean"`` (attention-mask aware) or ``"cls"``.
         tile_nt / overlap_nt: tile sequences longer than ``tile_nt`` bp with this overlap;
             tile embeddings are averaged weighted by tile length. ``tile_nt=0`` derives it

@@ -20,11 +20,14 @@ class PredictConfig:
             same columns, neighbours as a list of structs.
         with_sequences: give each neighbour its sequence and metadata, read again from the source
             files of the store the index was built from (predictions are held until then).
+        trust_remote_code: let the index's transformers model run its own Python code (a warning
+            names the model); the value recorded in the index never switches it on.
     """
 
     k: int | None = None
     format: Literal["jsonl", "tsv", "parquet"] = "jsonl"
     with_sequences: bool = False
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         validate(self, (self.k is None or self.k >= 1, f"k must be >= 1, got {self.k}"))
@@ -124,6 +127,9 @@ class ServeConfig:
             replicas; the topology that serves shard groups). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
+        trust_remote_code: let the replicas run the bundle's transformers model's own Python
+            code (a warning names the model). The operator's decision on this command only: a
+            value recorded in the bundle never switches it on.
     """
 
     root: str
@@ -155,6 +161,7 @@ class ServeConfig:
     access_log: bool = True
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):  # ServeConfig(limits={"rate_per_key": 2}) as before

@@ -58,10 +58,11 @@ from genoray.embedding.store import (
     write_manifest,
 )
 from genoray.embedding.unit import process_unit
-from genoray.encoders import Encoder, encoder_from_spec, fingerprint
+from genoray.encoders import Encoder, encoder_from_spec, fingerprint, runs_remote_code
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_json
 from genoray.infra.errors import InvariantError
+from genoray.infra.names import safe_join
 from genoray.infra.progress import Progress
 from genoray.infra.runtime import tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units, with_split_cutoffs
@@ -189,7 +190,7 @@ def _resolve_encoder(encoder: Encoder, out: str | Path, files: list, read_cfg: R
             raise StoreConflictError(f"{out}: this store was started with another encoder "
                                      f"({sha256_json(saved.requested)[:16]} vs {sha256_json(requested)[:16]}); "
                                      "use a new output directory, or --overwrite to replace the store")
-        return encoder_from_spec(saved.fitted)
+        return encoder_from_spec(saved.fitted, runs_remote_code(encoder))  # this command's decision
     if getattr(encoder, "needs_fit", False):
         encoder.fit(_fit_sample(files, read_cfg, read_cfg.train_split))  # type: ignore[attr-defined]
     write_encoder_record(out, EncoderRecord(requested=requested, fitted=encoder.spec(),
@@ -253,7 +254,7 @@ def embed_sequences(
     failed: list[UnitFailure] = []
     if pending:
         if use_ray:
-            results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg)
+            results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg, runs_remote_code(encoder))
         else:
             tune_allocator()
             results = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
@@ -315,7 +316,7 @@ def _check_unique_ids(shard_dir: str | Path, committed: list[UnitMarker]) -> Non
         return  # ids are unique within a unit by construction
     parts, owners = [], []
     for i, d in enumerate(committed):
-        ids = fs.read_table(fs.join(shard_dir, d.file), columns=[SEQ_ID])[SEQ_ID].to_pylist()
+        ids = fs.read_table(safe_join(shard_dir, d.file, shard_dir), columns=[SEQ_ID])[SEQ_ID].to_pylist()
         parts.append(_id_hashes(ids))
         owners.append(np.full(len(ids), i, dtype=np.int32))
     h = np.concatenate(parts)

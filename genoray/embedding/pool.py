@@ -29,7 +29,8 @@ class EmbedUnits:
     """Ray Data callable class: one encoder per actor; each call processes whole units."""
 
     def __init__(self, encoder_spec: dict[str, Any], read_cfg: dict[str, Any], shard_dir: str, batch_size: int,
-                 torch_threads: int = 1, prefetch_batches: int = 0, weights_hints: list | None = None):
+                 torch_threads: int = 1, prefetch_batches: int = 0, weights_hints: list | None = None,
+                 trust_remote_code: bool = False):
         tune_allocator()
         if encoder_spec.get("type") in TORCH_ENCODERS:  # torch is only imported for transformers encoders
             import torch
@@ -37,7 +38,7 @@ class EmbedUnits:
             torch.set_num_threads(max(1, torch_threads))
             for hint in weights_hints or []:  # weights hashed once per job, by the driver
                 trust_weights_hint(hint)
-        self.encoder = encoder_from_spec(encoder_spec)
+        self.encoder = encoder_from_spec(encoder_spec, trust_remote_code)  # the driver's command decided
         self.read_cfg = parse(ReadConfig, read_cfg)
         self.shard_dir = fs.as_path(shard_dir)
         self.batch_size = batch_size
@@ -53,9 +54,10 @@ class EmbedUnits:
 
 
 def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: ReadConfig, shard_dir: str | Path,
-                cfg: EmbedConfig) -> Iterator[UnitMarker | UnitFailure]:
+                cfg: EmbedConfig, trust_remote_code: bool = False) -> Iterator[UnitMarker | UnitFailure]:
     """Run ``pending`` units on a Ray Data actor pool (one encoder load per actor); yields each
-    unit's result as it commits."""
+    unit's result as it commits. ``trust_remote_code``: what the driver's command decided for its
+    encoder (the actors rebuild it from its spec, whose recorded value enables nothing)."""
     import ray
     import ray.data
 
@@ -91,7 +93,8 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor)),
-                               "prefetch_batches": cfg.prefetch_batches, "weights_hints": _weights_hints(spec)},
+                               "prefetch_batches": cfg.prefetch_batches, "weights_hints": _weights_hints(spec),
+                               "trust_remote_code": trust_remote_code},
         batch_size=1,
         # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
         compute=(ray.data.ActorPoolStrategy(min_size=n_actors, max_size=max(cfg.max_actors, n_actors))

@@ -39,6 +39,7 @@ from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file
 from genoray.infra.documents import from_json, read_document, record, to_json, write_document
 from genoray.infra.errors import FormatError, InvariantError
+from genoray.infra.names import safe_join
 from genoray.sequences.report import ReadReport
 
 SHARDS = "shards"  # the directory of a store that holds the units' files
@@ -115,7 +116,7 @@ def shard_is_done(shard_dir: str | Path, key: str) -> UnitMarker | None:
         if not fs.is_file(marker):
             return None
         done = read_document(UnitMarker, marker)
-        shard = fs.join(shard_dir, done.file)
+        shard = safe_join(shard_dir, done.file, marker)
         if fs.is_remote(shard_dir):
             kind, size, _ = fs.info(shard)
             return done if kind == "file" and size == done.bytes else None

@@ -35,6 +35,7 @@ from genoray.config import CleanPolicy, ReadConfig
 from genoray.infra import fs
 from genoray.infra.artifacts import verify_files
 from genoray.infra.documents import read_document, record, write_document
+from genoray.infra.names import safe_join
 from genoray.sequences import iter_sequences
 from genoray.sequences.records import DOMAIN, LABEL, META, SEQ_ID, SEQUENCE, SPLIT
 
@@ -261,13 +262,13 @@ class EmbeddingStore:
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
         for p in self.manifest.parts:
-            yield fs.read_table(fs.join(self.path, p.file), columns=columns)
+            yield fs.read_table(safe_join(self.path, p.file, self.path), columns=columns)
 
     def iter_batches(self, columns: list[str], rows: int = 16_384):
         """The store's rows as tables of at most ``rows`` rows (parts were verified when the
         store was opened), so reading never holds a whole part's embeddings."""
         for p in self.manifest.parts:
-            for batch in fs.iter_batches(fs.join(self.path, p.file), columns, rows):
+            for batch in fs.iter_batches(safe_join(self.path, p.file, self.path), columns, rows):
                 yield pa.Table.from_batches([batch])
 
     def table(self, split: str | None = None) -> pa.Table:

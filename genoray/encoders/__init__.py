@@ -23,7 +23,7 @@ from genoray.encoders.hf import HFEncoder
 from genoray.encoders.kmer import KmerEncoder
 
 __all__ = ["Encoder", "FusionEncoder", "HFEncoder", "KmerEncoder", "encoder_from_name", "encoder_from_spec",
-           "fingerprint"]
+           "fingerprint", "runs_remote_code"]
 log = logging.getLogger(__name__)
 
 
@@ -54,13 +54,23 @@ def encoder_from_name(name: str, trust_remote_code: bool = False, batch_size: in
                      "'hf:<model>+kmer' / 'hf:<model>+kmer-pos' (fusion)")
 
 
-def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
-    """Rebuild an encoder from ``spec()`` output (as stored beside embeddings and indexes)."""
+def encoder_from_spec(spec: dict[str, Any], trust_remote_code: bool = False) -> Encoder:
+    """Rebuild an encoder from ``spec()`` output (as stored beside embeddings and indexes).
+    ``trust_remote_code`` is the calling command's decision (``--trust-remote-code``); a value
+    recorded in the spec never enables a model's own code."""
     kind = spec.get("type")
     if kind == "kmer":
         return KmerEncoder.from_spec(spec)
     if kind == "hf":
-        return HFEncoder.from_spec(spec)
+        return HFEncoder.from_spec(spec, trust_remote_code=trust_remote_code)
     if kind == "fusion":
-        return FusionEncoder.from_spec(spec, encoder_from_spec(spec["model"]), encoder_from_spec(spec["kmer"]))
+        return FusionEncoder.from_spec(spec, encoder_from_spec(spec["model"], trust_remote_code),
+                                       encoder_from_spec(spec["kmer"]))
     raise ValueError(f"unknown encoder type {kind!r} in spec; expected 'kmer', 'hf' or 'fusion'")
+
+
+def runs_remote_code(encoder: Encoder) -> bool:
+    """Whether ``encoder`` (or the model inside a fusion) was loaded with the command's
+    ``trust_remote_code``: what the command passes on to its workers, which rebuild it from its spec."""
+    inner = getattr(encoder, "model", None) if isinstance(encoder, FusionEncoder) else encoder
+    return bool(getattr(inner, "remote_code", False))

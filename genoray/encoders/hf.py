@@ -3,9 +3,13 @@ HyenaDNA, Caduceus, or any ``AutoModel`` checkpoint).
 
 * Loads by hub id or local directory with ``AutoTokenizer``/``AutoModel``; weights are read
   only from safetensors (``use_safetensors=True``): a pickle checkpoint (``pytorch_model.bin``)
-  is refused rather than unpickled; convert it once, in an isolated job, to safetensors. ``trust_remote_code`` is only passed when the
-  user asked for it *and* the model is a local directory or was named explicitly by the user
-  (the config field is ``False`` unless set).
+  is refused rather than unpickled; convert it once, in an isolated job, to safetensors.
+* Running a model's own Python code (``trust_remote_code``) is a decision of the person running
+  the command, never of an artifact: :meth:`HFEncoder.from_spec` (a store, index, head or
+  bundle) ignores the value the spec recorded and takes the caller's (``--trust-remote-code``
+  on that command); a model that needs its own code is otherwise refused
+  (:class:`RemoteCodeRefused`) before any of it runs. When it is on, a warning names the model
+  and its ``*.py`` files, and a hub id must be pinned to a ``revision``.
 * Pooling: masked mean over real tokens (default; attention mask, or ``input_ids != pad`` for
   tokenizers such as HyenaDNA's that return no mask) or the first (CLS) token.
 * Sequences longer than the tile length are tiled with overlap; tile embeddings are averaged
@@ -32,6 +36,12 @@ import numpy as np
 
 from genoray.config import HFConfig, parse, to_dict
 from genoray.encoders.base import fingerprint
+from genoray.encoders.remote_code import (
+    RemoteCodeRefused,
+    check_remote_code_allowed,
+    custom_code_map,
+    remote_code_message,
+)
 from genoray.infra.artifacts import sha256_file
 from genoray.infra.errors import ChecksumError
 from genoray.sequences.clean import reverse_complement, tile
@@ -69,17 +79,20 @@ def _is_local(model: str) -> bool:
 class HFEncoder:
     """Embeds sequences with a frozen transformers model; see the module docstring."""
 
-    def __init__(self, config: HFConfig):
+    def __init__(self, config: HFConfig, trust_remote_code: bool | None = None):
+        """``trust_remote_code``: the command's decision to run the model's own code (``None``:
+        ``config.trust_remote_code``, for a config the command itself built from its flags)."""
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.config = config
         local = _is_local(config.model)
-        if config.trust_remote_code and not local and "/" not in config.model:
-            raise ValueError(
-                f"trust_remote_code requested for {config.model!r}: only allowed for a local "
-                "directory or an explicit 'org/name' hub id"
-            )
+        allow = bool(config.trust_remote_code if trust_remote_code is None else trust_remote_code)
+        self.remote_code = allow
+        if allow:
+            check_remote_code_allowed(config.model, config.revision, local)
+        elif custom_code_map(config.model, config.revision, local):  # refused before transformers reads it
+            raise RemoteCodeRefused(remote_code_message(config.model))
         self.device = resolve_device(config.device)
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(config.dtype)
         if dtype is None:  # auto
@@ -90,7 +103,7 @@ class HFEncoder:
         if not self.device.startswith("cuda") and dtype != torch.float32:
             dtype = torch.float32  # half precision matmuls on CPU are slow or unsupported
         kwargs: dict[str, Any] = {
-            "trust_remote_code": bool(config.trust_remote_code),
+            "trust_remote_code": allow,
             "local_files_only": config.local_files_only or local,
         }
         if config.revision and not local:
@@ -105,6 +118,10 @@ class HFEncoder:
         except OSError as e:
             where = "local directory" if local else "hub id (not in the local Hugging Face cache)"
             raise ModelUnavailableError(f"{config.model}: cannot load this {where}: {_first_line(e)}") from e
+        except ValueError as e:  # transformers refuses a model with custom code unless trust_remote_code
+            if allow or "trust_remote_code" not in str(e):
+                raise
+            raise RemoteCodeRefused(remote_code_message(config.model)) from None
         self.model.eval().to(self.device)
         self.dtype = dtype
         self.dim = int(getattr(self.model.config, "hidden_size", 0) or getattr(self.model.config, "d_model", 0))
@@ -126,11 +143,14 @@ class HFEncoder:
         return max(16, min(usable) - 2) if usable else 512
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "HFEncoder":
-        """Rebuild from :meth:`spec` (the weights are verified against the recorded sha256)."""
+    def from_spec(cls, spec: dict[str, Any], trust_remote_code: bool = False) -> "HFEncoder":
+        """Rebuild from :meth:`spec` (the weights are verified against the recorded sha256).
+        The spec's ``trust_remote_code`` is never used to enable anything (a spec comes from an
+        artifact); ``trust_remote_code`` is the loading command's own decision."""
         if spec.get("type") != "hf" or spec.get("version") not in (1, VERSION):
             raise ValueError(f"not a supported hf encoder spec: {spec.get('type')!r} v{spec.get('version')}")
-        enc = cls(parse(HFConfig, spec["config"]))
+        # the recorded value stays in the config (it is part of the fingerprint) but enables nothing
+        enc = cls(parse(HFConfig, spec["config"]), trust_remote_code=trust_remote_code)
         if spec["version"] == 1:
             # v1 let the tokenizer pad; only right padding with an attention mask computed what v2 does
             if getattr(enc.tokenizer, "padding_side", "right") != "right" or not enc._takes_mask:

@@ -30,6 +30,7 @@ from genoray.infra.artifacts import read_npz, read_signed, sha256_file, write_np
 from genoray.infra.documents import from_json, record, to_json
 from genoray.infra.errors import ChecksumError
 from genoray.infra.fs import atomic_write_bytes
+from genoray.infra.names import safe_join
 
 MANIFEST = "head.json"
 ARRAYS = "head.npz"
@@ -143,9 +144,10 @@ def load_head(path: str | Path, encoder_fingerprint: str | None = None) -> Fused
         raise ChecksumError(f"{path / ARRAYS}: sha256 does not match {MANIFEST}")
     raw = None
     if doc.trees is not None:
-        raw = (path / doc.trees.file).read_bytes()
+        trees = Path(safe_join(path, doc.trees.file, path / MANIFEST))
+        raw = trees.read_bytes()
         if hashlib.sha256(raw).hexdigest() != doc.trees.sha256:
-            raise ChecksumError(f"{path / doc.trees.file}: sha256 does not match {MANIFEST}")
+            raise ChecksumError(f"{trees}: sha256 does not match {MANIFEST}")
     if encoder_fingerprint and doc.encoder_fingerprint and encoder_fingerprint != doc.encoder_fingerprint:
         raise ValueError(f"{path}: head was trained on encoder {doc.encoder_fingerprint}, not {encoder_fingerprint}")
     arrays = read_npz(path / ARRAYS)

@@ -31,8 +31,17 @@ import pyarrow.parquet as pq
 
 from genoray.index.columns import ArrowColumn, as_column
 from genoray.index.knn import l2_normalize, merge_topk
-from genoray.index.manifest import IndexManifest, IndexShard, ids_file, read_manifest, shard_file, write_manifest
+from genoray.index.manifest import (
+    MANIFEST,
+    IndexManifest,
+    IndexShard,
+    ids_file,
+    read_manifest,
+    shard_file,
+    write_manifest,
+)
 from genoray.infra.artifacts import sha256_file, verify_files
+from genoray.infra.names import UnsafeNameError, safe_join
 
 log = logging.getLogger(__name__)
 def _faiss():
@@ -213,9 +222,13 @@ def open_shards(path: str | Path, manifest: IndexManifest, shards: Sequence[Inde
     path = Path(path)
     trained = read_trained(path, manifest)
     out, tables, refine = [], [], []
+    where = path / MANIFEST
     for s in shards:
-        shard = read_shard(path / s.index, manifest.factory, mmap)
-        t = read_ids(path / s.ids, mmap)
+        for name in (s.index, s.ids, s.refine):  # only names whose sha256 the manifest records are opened
+            if name is not None and name not in s.sha256:
+                raise UnsafeNameError(f"{where}: shard file {name!r} has no sha256 in the shard's list; refusing it")
+        shard = read_shard(Path(safe_join(path, s.index, where)), manifest.factory, mmap)
+        t = read_ids(Path(safe_join(path, s.ids, where)), mmap)
         if shard.ntotal != s.ntotal or t.num_rows != s.ntotal:
             raise ValueError(f"{path / s.index}: ntotal mismatch (faiss {shard.ntotal}, ids {t.num_rows}, "
                              f"manifest {s.ntotal})")
@@ -226,7 +239,7 @@ def open_shards(path: str | Path, manifest: IndexManifest, shards: Sequence[Inde
         out.append(shard)
         tables.append(t)
         if s.refine:
-            refine.append((s.gid_start, np.load(path / s.refine, mmap_mode="r", allow_pickle=False)))
+            refine.append((s.gid_start, np.load(safe_join(path, s.refine, where), mmap_mode="r", allow_pickle=False)))
     return out, tables, refine
 
 
@@ -234,7 +247,7 @@ def read_trained(path: str | Path, manifest: IndexManifest):
     """The shared trained quantizer of an IVF index directory (``None`` without one)."""
     if not (manifest.shared_quantizer and manifest.trained is not None):
         return None
-    return _faiss().read_index(str(Path(path) / manifest.trained.file))
+    return _faiss().read_index(safe_join(path, manifest.trained.file, Path(path) / MANIFEST))
 
 
 def write_ids(table: pa.Table, path: str | Path) -> None:

@@ -30,7 +30,7 @@ from genoray.config import IndexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.build import IndexReport, partition
 from genoray.index.knn import merge_topk
-from genoray.index.manifest import PARTS, BuildInfo, RecallReport, read_manifest, write_manifest
+from genoray.index.manifest import MANIFEST, PARTS, BuildInfo, RecallReport, read_manifest, write_manifest
 from genoray.index.stages import (
     _Local,
     _pick_queries,
@@ -43,6 +43,7 @@ from genoray.index.stages import (
 )
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
+from genoray.infra.names import safe_join
 
 #: ``drift(reference_sample, new_sample)``: why the new rows need a retrained quantizer, or None
 DriftRule = Callable[[np.ndarray, np.ndarray], "str | None"]
@@ -81,7 +82,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         raise RetrainNeeded(f"{store_path}: rows the index holds were changed or removed from the store")
     new_parts = [p for p in parts if (p.file, p.sha256) not in indexed]
     verify_files(old, {m.trained.file: m.trained.sha256})
-    faiss_blob = np.fromfile(old / m.trained.file, dtype=np.uint8)
+    faiss_blob = np.fromfile(safe_join(old, m.trained.file, old / MANIFEST), dtype=np.uint8)
     d, n_old = m.dim, m.ntotal
     ex = _Local()
 
@@ -118,8 +119,8 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     shutil.rmtree(pdir, ignore_errors=True)
     for s in m.shards:
         for f in s.sha256:
-            _link(old / f, out / f)
-    _link(old / m.trained.file, out / m.trained.file)
+            _link(Path(safe_join(old, f, old / MANIFEST)), out / f)
+    _link(Path(safe_join(old, m.trained.file, old / MANIFEST)), out / m.trained.file)
     manifest = dataclasses.replace(m, ntotal=n_old + n_new, shards=(*m.shards, meta), source_store=store_path,
                                    clean=store.clean_policy or m.clean,
                                    partitions=(*m.partitions, *(partition(p) for p in delta)))

@@ -27,6 +27,7 @@ import numpy as np
 from genoray.infra import fs
 from genoray.infra.errors import ChecksumError
 from genoray.infra.fs import atomic_write_bytes
+from genoray.infra.names import check_relative, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | os.PathLike | None = None) -> int:
     """Check every ``{relative_path: sha256}`` under ``root`` (a local directory or an object
-    store prefix); raise :class:`ChecksumError` naming the first bad or missing file.
+    store prefix); raise :class:`ChecksumError` naming the first bad or missing file. Every
+    name is checked first (:mod:`genoray.infra.names`: relative, inside ``root``, no symlink;
+    :class:`~genoray.infra.names.UnsafeNameError` otherwise), so nothing outside is hashed.
 
     With ``record`` (a local JSON file), a file whose size and mtime equal those recorded when it
     was last verified with the same sha256 is not hashed again (a nightly job re-opens a store of
@@ -137,8 +140,10 @@ def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | o
         except (OSError, ValueError):
             seen = {}
     hashed, fresh = 0, {}
+    for rel in files:
+        check_relative(rel, f"{root} (manifest)")
     for rel, expected in sorted(files.items()):
-        uri = fs.join(root, rel)
+        uri = safe_join(root, rel, f"{root} (manifest)")
         kind, size, mtime_ns = fs.info(uri)
         if kind != "file":
             raise ChecksumError(f"{uri}: missing (listed in manifest)")

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
+from genoray.infra.names import REMOTE_SCHEMES, check_relative, safe_join
+
 CREDENTIAL_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                   "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
                   "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
@@ -307,10 +308,16 @@ def upload_dir(local: str | os.PathLike, uri: str | os.PathLike, last: Iterable[
 
 
 def download_dir(uri: str | os.PathLike, local: str | os.PathLike, files: Iterable[str] | None = None) -> Path:
-    """Copy the files under ``uri`` (or just ``files``, relative paths) into ``local``."""
+    """Copy the files under ``uri`` (or just ``files``, relative paths from a manifest) into
+    ``local``. Every name is checked first (:func:`genoray.infra.names.check_relative`): one that
+    could land outside ``local`` (absolute, ``..``, backslash) is refused before anything is
+    written; each destination is then joined with :func:`~genoray.infra.names.safe_join`."""
     dst = Path(local)
-    for rel in (list_files(uri) if files is None else files):
-        download(join(uri, rel), dst / rel)
+    rels = list_files(uri) if files is None else list(files)
+    for rel in rels:
+        check_relative(rel, uri)
+    for rel in rels:
+        download(join(uri, rel), safe_join(dst, rel, uri))
     return dst
 
 

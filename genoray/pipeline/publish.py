@@ -17,20 +17,23 @@ from genoray.predict import Predictor
 def write_bundle(root: str | os.PathLike, index_dir: str | os.PathLike, head_dir: str | os.PathLike,
                  cfg: PublishConfig | None = None, metrics: dict[str, Any] | None = None,
                  version: str | None = None, target: list[str] | None = None,
-                 shard_groups: list[list[int]] | None = None) -> str:
+                 shard_groups: list[list[int]] | None = None, trust_remote_code: bool = False) -> str:
     """Write a new version of ``root`` from an index and a head; returns its name (not
     published). It is loaded with the code every replica uses before it is sealed, so a version
     a replica could not load is never written. ``target``: unlabeled sequences of the data the
     bundle will serve; their estimated class priors (and the decision whether to re-weight,
     :mod:`genoray.scoring.priors`) go into ``head/priors.json`` and every replica applies them.
     ``cfg``: the shard groups (:class:`~genoray.config.PublishConfig`); ``shard_groups``:
-    explicit groups instead."""
+    explicit groups instead. ``trust_remote_code``: the command's decision to run the index's
+    transformers model's own code for these load checks (the index's recorded value never does)."""
     cfg = cfg or PublishConfig()
 
     def prepare(stage: Path) -> None:
         if target is not None:
-            Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR).adapt_to(list(target)).save(stage / HEAD_DIR)
-        Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR)  # refuse what replicas could not load
+            Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, trust_remote_code=trust_remote_code).adapt_to(
+                list(target)).save(stage / HEAD_DIR)
+        # refuse what replicas could not load
+        Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, trust_remote_code=trust_remote_code)
 
     return write_version(root, index_dir, head_dir, metrics, version,
                          shard_groups=shard_groups if shard_groups is not None else cfg.shard_groups,

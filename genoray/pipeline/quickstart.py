@@ -19,7 +19,7 @@ from typing import Any
 
 from genoray.config import EmbedConfig, EncoderChoice, EvaluateConfig, HeadConfig, IndexConfig, ReadConfig
 from genoray.embedding.job import embed_sequences
-from genoray.encoders import Encoder, encoder_from_name
+from genoray.encoders import Encoder, encoder_from_name, runs_remote_code
 from genoray.evaluation.metrics import DEFINITIONS
 from genoray.evaluation.report import DEFINITION_ORDER, evaluation_report, format_evaluation
 from genoray.index import build_index
@@ -71,11 +71,13 @@ def run_quickstart(
     for name in encoders:
         run_dir = workdir / name.replace(":", "_").replace("/", "_")
         t0 = time.perf_counter()
-        report = embed_sequences(data, run_dir / "store", make(name), read_cfg, embed_cfg, use_ray=use_ray)
+        encoder = make(name)
+        report = embed_sequences(data, run_dir / "store", encoder, read_cfg, embed_cfg, use_ray=use_ray)
         t1 = time.perf_counter()
         idx = build_index(run_dir / "store", run_dir / "index", index_cfg)
         t2 = time.perf_counter()
-        head = train_head(run_dir / "store", run_dir / "index", run_dir / "head", head_cfg)
+        head = train_head(run_dir / "store", run_dir / "index", run_dir / "head", head_cfg,
+                          runs_remote_code(encoder))  # this command's decision, not the store's
         t3 = time.perf_counter()
         evaluation = evaluation_report(run_dir / "store", run_dir / "index", run_dir / "head", eval_cfg)
         t4 = time.perf_counter()

@@ -76,11 +76,11 @@ class ReindexReport:
     seconds: dict[str, float]
 
 
-def _current_on(root: Any, store: EmbeddingStore, split: str) -> dict[str, Any] | None:
+def _current_on(root: Any, store: EmbeddingStore, split: str, trust_remote_code: bool) -> dict[str, Any] | None:
     """Metrics and shift summary of the current bundle on this store's held-out rows."""
     if current_version(root) is None:
         return None
-    predictor, doc = Predictor.from_bundle(root)
+    predictor, doc = Predictor.from_bundle(root, trust_remote_code=trust_remote_code)
     if doc.fingerprint != store.fingerprint:
         return {"version": doc.version, "comparable": False, "metrics": doc.metrics.get("new", {}).get("fused")}
     test = store.load(split)
@@ -92,14 +92,15 @@ def _current_on(root: Any, store: EmbeddingStore, split: str) -> dict[str, Any] 
                       "rows": len(test)}}
 
 
-def _store_settings(store_dir: str, encoder: Encoder | None, read_cfg: ReadConfig) -> tuple[Encoder, ReadConfig]:
+def _store_settings(store_dir: str, encoder: Encoder | None, read_cfg: ReadConfig,
+                    trust_remote_code: bool = False) -> tuple[Encoder, ReadConfig]:
     """The encoder and cleaning policy of a night: the long-lived store's when it has them. An
     encoder given as ``None`` and the default policy mean "the store's"; a policy that differs
     from the store's is refused (a store never mixes two; an encoder that differs is refused
     by the embedding job)."""
     rec = read_encoder_record(store_dir)
     if encoder is None:
-        encoder = encoder_from_spec(rec.requested) if rec is not None else encoder_from_name(EncoderChoice.encoder)
+        encoder = encoder_from_spec(rec.requested, trust_remote_code) if rec is not None else encoder_from_name(EncoderChoice.encoder)
     if has_manifest(store_dir) and (clean := read_manifest(store_dir).clean) is not None and read_cfg.clean != clean:
         if read_cfg.clean != CleanPolicy():
             raise ValueError(f"{store_dir}: the store was cleaned with {clean}; a reindex cleans new files the same "
@@ -109,15 +110,18 @@ def _store_settings(store_dir: str, encoder: Encoder | None, read_cfg: ReadConfi
 
 
 def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Encoder | None = None,
-            read_cfg: ReadConfig | None = None, cfg: ReindexConfig | None = None, use_ray: bool = True) -> ReindexReport:
+            read_cfg: ReadConfig | None = None, cfg: ReindexConfig | None = None, use_ray: bool = True,
+            trust_remote_code: bool = False) -> ReindexReport:
     """Run the nightly reindex (see the module docstring). ``encoder``: ``None`` takes the one the
     store in ``work_dir`` recorded (the default encoder on its first night); the cleaning policy
-    is the store's too (see :func:`_store_settings`)."""
+    is the store's too (see :func:`_store_settings`). ``trust_remote_code``: the command's
+    ``--trust-remote-code``, the only thing that lets the store's or bundle's transformers model
+    run its own code (their recorded value never does)."""
     cfg = cfg or ReindexConfig()
     work, root = fs.as_path(work_dir), fs.as_path(bundle_root)
     store_dir = fs.join(work, STORE)
     t0 = time.perf_counter()
-    encoder, read_cfg = _store_settings(store_dir, encoder, read_cfg or ReadConfig())
+    encoder, read_cfg = _store_settings(store_dir, encoder, read_cfg or ReadConfig(), trust_remote_code)
     emb = embed_sequences(inputs, store_dir, encoder, read_cfg, cfg.embed, use_ray=use_ray)
     t1 = time.perf_counter()
     version = new_version_name()
@@ -138,11 +142,11 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
         idx = build_index(store_dir, build / "index", cfg.index)
-    train_head(store_dir, build / "index", build / "head", cfg.head)
+    train_head(store_dir, build / "index", build / "head", cfg.head, trust_remote_code)
     new = evaluate_store(store_dir, build / "index", build / "head", EvaluateConfig(split=cfg.eval_split))
     t2 = time.perf_counter()
     store = EmbeddingStore(store_dir)
-    current = _current_on(root, store, cfg.eval_split)
+    current = _current_on(root, store, cfg.eval_split, trust_remote_code)
     reasons = []
     if emb.status != "complete":
         reasons.append(f"embedding was partial: {len(emb.failed)} file(s) failed: {[f['path'] for f in emb.failed]}")
@@ -161,7 +165,8 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
     fs.write_json(build / GATE, gate)
     published = False
     if not reasons:
-        write_bundle(root, build / "index", build / "head", metrics=gate, version=version)
+        write_bundle(root, build / "index", build / "head", metrics=gate, version=version,
+                     trust_remote_code=trust_remote_code)
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
         published = True

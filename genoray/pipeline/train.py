@@ -73,16 +73,18 @@ def fit_ood(store: EmbeddingStore, emb: Embeddings, cfg: OODConfig, encoder) -> 
 
 
 def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Path,
-               cfg: HeadConfig | None = None) -> dict[str, Any]:
+               cfg: HeadConfig | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Fit a :class:`FusedHead` on the rows of a store that the index holds (the split its
     manifest records) and save it, with its OOD scorer, to ``out_dir``.
 
     The index must have been built from the same store (checked by fingerprint and row count),
     because the head's kNN part votes over the index at prediction time. At most
     ``cfg.max_rows`` rows (seeded, class-stratified) are read and used (see the module docstring).
+    ``trust_remote_code``: the command's decision to run the store's transformers model's own
+    code (the store's recorded value never enables it).
     """
     if fs.is_remote(out_dir):  # written to a node-local temp dir, uploaded with head.json last
-        res = fs.publish_dir(out_dir, HEAD_MANIFEST, lambda d: train_head(store_path, index_dir, d, cfg))
+        res = fs.publish_dir(out_dir, HEAD_MANIFEST, lambda d: train_head(store_path, index_dir, d, cfg, trust_remote_code))
         return {**res, "head": str(out_dir)}
     index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     cfg = cfg or HeadConfig()
@@ -105,7 +107,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     ids, labels, vectors = sample_rows(store, split, index.ids[rows], store.dim)
 
     # built once, on first use (a transformers model is loaded once for both the length calibration and the OOD fit)
-    encoder = functools.cache(lambda: encoder_from_spec(store.encoder_spec))
+    encoder = functools.cache(lambda: encoder_from_spec(store.encoder_spec, trust_remote_code))
     # the length calibration re-reads the sequences of at most 2,000 validation rows (by id)
     head = FusedHead.from_config(cfg).fit(vectors, labels, index=index, ids=ids, sequences=store.sequences,
                                           encoder=encoder)

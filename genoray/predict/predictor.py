@@ -111,13 +111,15 @@ class Predictor:
 
     @classmethod
     def load(cls, index_dir: str | Path, head_dir: str | Path, with_index: bool = True, mmap: bool = False,
-             verify_index: bool = True) -> Predictor:
+             verify_index: bool = True, trust_remote_code: bool = False) -> Predictor:
         """Load a verified index and head; queries are cleaned with the policy the index records.
         ``with_index=False`` reads only the index manifest (encoder, cleaning policy), not the
         vectors: :meth:`predict` then needs a ``search``. ``mmap``: memory-map the index files and
         id tables; ``verify_index=False`` when the caller verified the index files (a bundle) just
         before. ``s3://`` / ``gs://`` directories are loaded from a node-local copy
-        (:func:`genoray.infra.fs.local_copy`)."""
+        (:func:`genoray.infra.fs.local_copy`). ``trust_remote_code``: the command's decision to
+        run a transformers model's own code (``--trust-remote-code``); the index's recorded
+        encoder spec never enables it."""
 
         index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
         head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
@@ -125,7 +127,7 @@ class Predictor:
         manifest = index.manifest if index is not None else read_manifest(index_dir)
         if manifest.encoder is None:
             raise ValueError(f"{index_dir}: the index manifest records no encoder")
-        encoder = encoder_from_spec(manifest.encoder)
+        encoder = encoder_from_spec(manifest.encoder, trust_remote_code)
         fp = fingerprint(encoder)
         if fp != manifest.fingerprint:
             raise ValueError(f"{index_dir}: encoder fingerprint {fp} != manifest {manifest.fingerprint}")
@@ -141,7 +143,7 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, root: str | Path, version: str | None = None, mmap: bool = False, cached: bool = True,
-                    with_index: bool = True) -> tuple[Predictor, BundleManifest]:
+                    with_index: bool = True, trust_remote_code: bool = False) -> tuple[Predictor, BundleManifest]:
         """Verify and load a published bundle version (default: ``CURRENT``); returns the
         predictor and the version's ``bundle.json``.
 
@@ -155,7 +157,8 @@ class Predictor:
             raise FileNotFoundError(f"{root}: no CURRENT bundle has been published")
         doc = verify_bundle(root, version, cached=cached)
         vdir = version_dir(root, version)  # every index file was just verified as part of the bundle
-        return cls.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=with_index, mmap=mmap, verify_index=False), doc
+        return cls.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=with_index, mmap=mmap, verify_index=False,
+                        trust_remote_code=trust_remote_code), doc
 
     def source_priors(self) -> np.ndarray:
         """Class frequencies of the reference (index) rows, in the head's class order."""

@@ -112,7 +112,7 @@ def build_app(cfg: ServeConfig, served: BundleManifest | None = None):
     @serve.deployment(**replica_options)
     class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float):
-            self.holder = BundleHolder(root, poll_s=poll_s, mmap=cfg.mmap)
+            self.holder = BundleHolder(root, poll_s=poll_s, mmap=cfg.mmap, trust_remote_code=cfg.trust_remote_code)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list[PredictRequest]) -> list[dict[str, Any]]:
@@ -152,7 +152,8 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     @serve.ingress(app)
     class GenorayReplica(BundleReplica):
         def __init__(self):
-            self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s, mmap=cfg.mmap)
+            self.holder = BundleHolder(cfg.root, poll_s=cfg.poll_s, mmap=cfg.mmap,
+                                       trust_remote_code=cfg.trust_remote_code)
             set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s))
 

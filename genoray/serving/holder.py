@@ -34,9 +34,9 @@ class BundleHolder:
     and id tables memory-mapped, see :meth:`genoray.predict.Predictor.from_bundle`)."""
 
     def __init__(self, root: str | Path, poll_s: float = ServeConfig.poll_s, holder: str | None = None,
-                 mmap: bool = False):
+                 mmap: bool = False, trust_remote_code: bool = False):
         self.root: Any = fs.as_path(root)
-        self.mmap = mmap
+        self.mmap, self.trust_remote_code = mmap, trust_remote_code  # the operator's flag, never the bundle's
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.predictor, self.doc = self._open(None)  # synchronous: never serve without a bundle
         self.version = self.doc.version
@@ -97,7 +97,7 @@ class BundleHolder:
 
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         """Verify and load a version (``None``: CURRENT); :mod:`genoray.serving.scatter` loads less."""
-        return Predictor.from_bundle(self.root, version, mmap=self.mmap)
+        return Predictor.from_bundle(self.root, version, mmap=self.mmap, trust_remote_code=self.trust_remote_code)
 
     def load(self, version: str) -> None:
         """Verify and load ``version``, then swap; on any error keep the current bundle."""

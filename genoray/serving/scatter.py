@@ -239,9 +239,9 @@ class GroupHolder(BundleHolder):
     the new one loaded."""
 
     def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
-                 retries: int = 3):
+                 retries: int = 3, trust_remote_code: bool = False):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
-        super().__init__(root, poll_s=poll_s)
+        super().__init__(root, poll_s=poll_s, trust_remote_code=trust_remote_code)
 
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         version = version or current_version(self.root)
@@ -254,7 +254,8 @@ class GroupHolder(BundleHolder):
                              f"{len(self.searchers)}: redeploy to serve it")
         vdir = version_dir(self.root, version)
         _verify(vdir, doc, [f"{INDEX_DIR}/{INDEX_MANIFEST}"] + [f for f in doc.files if f.startswith(f"{HEAD_DIR}/")])
-        return Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False), doc
+        return Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False,
+                              trust_remote_code=self.trust_remote_code), doc
 
     def load(self, version: str) -> None:
         """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
@@ -329,7 +330,8 @@ def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
     @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
     class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
-            self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries)
+            self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
+                                      cfg.trust_remote_code)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list) -> list[dict[str, Any]]:
