@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,7 @@ from genoray.cli.args import (
 )
 from genoray.cli.exitcodes import (
     EXIT_BUG,
+    EXIT_CUT_OFF,
     EXIT_EMPTY,
     EXIT_GATE,
     EXIT_INTERRUPTED,
@@ -314,12 +316,43 @@ def cmd_reindex(a: argparse.Namespace) -> int:
     return EXIT_OK if rep.published else EXIT_GATE
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
-    """``genoray serve``: :func:`genoray.serving.run_service` until Ctrl-C or SIGTERM."""
-    from genoray.serving import run_service  # lazy: ray serve, faiss
+SERVE_CHILD_ENV = "GENORAY_SERVE_CHILD"  # set in the service process that the supervisor starts
 
-    run_service(build(a, SERVE, root=a.root))
-    return EXIT_OK
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """``genoray serve``: :func:`genoray.serving.run_service` until SIGTERM or SIGINT.
+
+    This process only supervises (:func:`genoray.infra.runtime.supervise`): the service runs in
+    a child of its own session (so the stop signal a service manager sends to this process
+    group does not reach Ray's processes or HAProxy before the service has drained), dies with
+    this process, and is stopped in order by the first SIGTERM/SIGINT (exit 0, or 7 when the
+    drain timed out); a second signal kills it at once (exit 7). Whatever is left (HAProxy)
+    is killed and the temp dirs removed on the way out.
+    """
+    cfg = build(a, SERVE, root=a.root)
+    if os.environ.get(SERVE_CHILD_ENV):
+        from genoray.serving import run_service  # lazy: ray serve, faiss
+
+        return EXIT_OK if run_service(cfg) else EXIT_CUT_OFF
+    import shutil
+    import signal
+    import tempfile
+
+    from genoray.infra.runtime import signal_recorded, supervise
+    from genoray.serving.app import preflight  # lazy: fastapi (keys), bundle
+
+    preflight(cfg)  # usage errors here, at once, before a child and Ray start
+
+    pids = tempfile.mkdtemp(prefix="gr-haproxy-")
+    env = dict(os.environ, **{SERVE_CHILD_ENV: "1", "GENORAY_HAPROXY_PIDS": pids})
+    argv = [sys.executable, "-m", "genoray.cli", *a.argv]
+
+    def cleanup() -> None:
+        signal_recorded(pids, "haproxy", signal.SIGKILL)
+        shutil.rmtree(pids, ignore_errors=True)
+
+    rc = supervise(argv, env, on_exit=cleanup)
+    return EXIT_CUT_OFF if rc == 128 + signal.SIGKILL else rc
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
@@ -379,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (see :data:`~genoray.cli.exitcodes.EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # genoray serve runs itself again as its child
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.verbose:

@@ -106,3 +106,92 @@ def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
     finally:
         stop.set()
         t.join(timeout=5)
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Ask the kernel to send ``sig`` (default SIGKILL) to this process when its parent exits
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere). Call it in the child, e.g. as a
+    ``preexec_fn``; it survives ``exec``. Exits at once when the parent is already gone."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) -> int:
+    """Run ``argv`` as a child in its own session, tied to this process's lifetime, and return
+    its exit status (a signal ``n`` becomes ``128 + n``).
+
+    The child's own session keeps the signal a service manager sends to this process group
+    (SIGTERM from systemd, Kubernetes, ``docker stop``; SIGINT from Ctrl-C) away from the
+    processes the child starts (a local Ray, HAProxy), so the child can stop them in order:
+    the first SIGTERM or SIGINT here is passed on to the child as SIGTERM (``on_stop()`` is
+    called first); a second one SIGKILLs the child. The child dies with this process
+    (:func:`die_with_parent`), also when this one is SIGKILLed. ``on_exit()`` runs after the
+    child has exited, whatever the reason (e.g. to kill what the child left behind).
+    """
+    import signal
+    import subprocess
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signals}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            if on_stop is not None:
+                on_stop()
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.kill()
+
+    for s in signals:
+        signal.signal(s, forward)
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except InterruptedError:  # pragma: no cover -- PEP 475 retries; kept for clarity
+                continue
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if on_exit is not None:
+            on_exit()
+    return rc if rc >= 0 else 128 - rc
+
+
+def recorded_pids(directory: str | os.PathLike, name: str) -> list[int]:
+    """The live processes recorded in ``directory`` (one empty file per process id, written by
+    the process itself, e.g. :mod:`genoray.serving.haproxy`'s wrapper) whose command line
+    still contains ``name`` (a recycled process id is left alone)."""
+    from pathlib import Path
+
+    out = []
+    for f in Path(directory).glob("[0-9]*"):
+        try:
+            cmdline = Path(f"/proc/{int(f.name)}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if name.encode() in cmdline:
+            out.append(int(f.name))
+    return sorted(out)
+
+
+def signal_recorded(directory: str | os.PathLike, name: str, sig: int) -> list[int]:
+    """Send ``sig`` to the processes :func:`recorded_pids` finds; returns their ids."""
+    pids = recorded_pids(directory, name)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:  # exited meanwhile
+            pass
+    return pids
