@@ -134,6 +134,11 @@ def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) 
     called first); a second one SIGKILLs the child. The child dies with this process
     (:func:`die_with_parent`), also when this one is SIGKILLed. ``on_exit()`` runs after the
     child has exited, whatever the reason (e.g. to kill what the child left behind).
+
+    A watchdog process (:func:`sweep_session_when_closed`, in a session of its own too) then
+    SIGKILLs whatever is left in the child's session as soon as this process is gone, however it
+    ended: processes that outlive their parent without ``PR_SET_PDEATHSIG`` (Ray's dashboard and
+    runtime-env agents lived on for minutes after a SIGKILL) or that a stop missed.
     """
     import signal
     import subprocess
@@ -141,6 +146,12 @@ def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) 
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.getsignal(s) for s in signals}
     proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    r, w = os.pipe()  # the watchdog reads until every copy of w is closed: when this process is gone
+    subprocess.Popen([sys.executable, "-c", f"from genoray.infra.runtime import sweep_session_when_closed as s; "
+                      f"s({r}, {proc.pid})"], pass_fds=(r,), start_new_session=True, stdin=subprocess.DEVNULL,
+                     env=env)
+    os.close(r)
+    os.set_inheritable(w, False)
     received: list[int] = []
 
     def forward(signum, frame):
@@ -195,3 +206,37 @@ def signal_recorded(directory: str | os.PathLike, name: str, sig: int) -> list[i
         except OSError:  # exited meanwhile
             pass
     return pids
+
+
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (from ``/proc``; zombies left out)."""
+    out = []
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid and int(stat.name) != os.getpid():
+            out.append(int(stat.name))
+    return out
+
+
+def sweep_session_when_closed(fd: int, sid: int, patience_s: float = 5.0) -> None:
+    """Block until the pipe ``fd`` is closed (its writer is gone), then SIGKILL every process of
+    session ``sid`` until none is left (for up to ``patience_s``). :func:`supervise`'s watchdog."""
+    import signal
+    import time
+
+    while os.read(fd, 4096):
+        pass
+    deadline = time.monotonic() + patience_s
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
