@@ -351,8 +351,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         signal_recorded(pids, "haproxy", signal.SIGKILL)
         shutil.rmtree(pids, ignore_errors=True)
 
-    rc = supervise(argv, env, on_exit=cleanup)
-    return EXIT_CUT_OFF if rc == 128 + signal.SIGKILL else rc
+    return supervise(argv, env, on_exit=cleanup, forced=EXIT_CUT_OFF)
 
 
 def cmd_shift(a: argparse.Namespace) -> int:

@@ -123,15 +123,14 @@ def die_with_parent(sig: int = 9) -> None:
         os._exit(1)
 
 
-def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) -> int:
+def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | None = None) -> int:
     """Run ``argv`` as a child in its own session, tied to this process's lifetime, and return
-    its exit status (a signal ``n`` becomes ``128 + n``).
+    its exit status (a signal ``n`` becomes ``128 + n``; ``forced``, when given, after a second signal).
 
     The child's own session keeps the signal a service manager sends to this process group
     (SIGTERM from systemd, Kubernetes, ``docker stop``; SIGINT from Ctrl-C) away from the
     processes the child starts (a local Ray, HAProxy), so the child can stop them in order:
-    the first SIGTERM or SIGINT here is passed on to the child as SIGTERM (``on_stop()`` is
-    called first); a second one SIGKILLs the child. The child dies with this process
+    the first SIGTERM or SIGINT here is passed on to the child as SIGTERM; a second one SIGKILLs the child. The child dies with this process
     (:func:`die_with_parent`), also when this one is SIGKILLed. ``on_exit()`` runs after the
     child has exited, whatever the reason (e.g. to kill what the child left behind).
 
@@ -157,8 +156,6 @@ def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) 
     def forward(signum, frame):
         received.append(signum)
         if len(received) == 1:
-            if on_stop is not None:
-                on_stop()
             proc.send_signal(signal.SIGTERM)
         else:
             proc.kill()
@@ -177,6 +174,8 @@ def supervise(argv: list[str], env: dict[str, str], on_stop=None, on_exit=None) 
             signal.signal(s, h)
         if on_exit is not None:
             on_exit()
+    if forced is not None and len(received) > 1 and rc == -signal.SIGKILL:
+        return forced
     return rc if rc >= 0 else 128 - rc
 
 
