@@ -241,6 +241,8 @@ def run_service(cfg: ServeConfig) -> bool:
         print(f"genoray serve: {signal.Signals(stopping[0]).name}: draining (up to "
               f"{cfg.graceful_shutdown_timeout_s:g} s)", file=sys.stderr, flush=True)
         drained = _drain(cfg, ingress, pids_dir)
+        if not drained:  # cut off what is still in flight at once: the caller's time is up
+            signal_recorded(pids_dir, "haproxy", signal.SIGKILL)
         serve.shutdown()
         print("genoray serve: stopped" + ("" if drained else " (the drain timed out)"), file=sys.stderr, flush=True)
     finally:
