@@ -316,42 +316,16 @@ def cmd_reindex(a: argparse.Namespace) -> int:
     return EXIT_OK if rep.published else EXIT_GATE
 
 
-SERVE_CHILD_ENV = "GENORAY_SERVE_CHILD"  # set in the service process that the supervisor starts
-
-
 def cmd_serve(a: argparse.Namespace) -> int:
-    """``genoray serve``: :func:`genoray.serving.run_service` until SIGTERM or SIGINT.
+    """``genoray serve``: :func:`genoray.serving.run_service` until SIGTERM or SIGINT, in a child
+    that this process supervises (:func:`genoray.serving.app.supervise_service`); exit 0, or 7
+    when in-flight requests were cut off (the drain timed out, or a second signal)."""
+    from genoray.serving.app import SERVICE_CHILD_ENV, run_service, supervise_service  # lazy: ray serve, faiss
 
-    This process only supervises (:func:`genoray.infra.runtime.supervise`): the service runs in
-    a child of its own session (so the stop signal a service manager sends to this process
-    group does not reach Ray's processes or HAProxy before the service has drained), dies with
-    this process, and is stopped in order by the first SIGTERM/SIGINT (exit 0, or 7 when the
-    drain timed out); a second signal kills it at once (exit 7). Whatever is left (HAProxy)
-    is killed and the temp dirs removed on the way out.
-    """
     cfg = build(a, SERVE, root=a.root)
-    if os.environ.get(SERVE_CHILD_ENV):
-        from genoray.serving import run_service  # lazy: ray serve, faiss
-
+    if os.environ.get(SERVICE_CHILD_ENV):
         return EXIT_OK if run_service(cfg) else EXIT_CUT_OFF
-    import shutil
-    import signal
-    import tempfile
-
-    from genoray.infra.runtime import signal_recorded, supervise
-    from genoray.serving.app import preflight  # lazy: fastapi (keys), bundle
-
-    preflight(cfg)  # usage errors here, at once, before a child and Ray start
-
-    pids = tempfile.mkdtemp(prefix="gr-haproxy-")
-    env = dict(os.environ, **{SERVE_CHILD_ENV: "1", "GENORAY_HAPROXY_PIDS": pids})
-    argv = [sys.executable, "-m", "genoray.cli", *a.argv]
-
-    def cleanup() -> None:
-        signal_recorded(pids, "haproxy", signal.SIGKILL)
-        shutil.rmtree(pids, ignore_errors=True)
-
-    return supervise(argv, env, on_exit=cleanup, forced=EXIT_CUT_OFF)
+    return supervise_service(cfg, [sys.executable, "-m", "genoray.cli", *a.argv], forced=EXIT_CUT_OFF)
 
 
 def cmd_shift(a: argparse.Namespace) -> int:

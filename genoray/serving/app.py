@@ -42,7 +42,7 @@ from typing import Any
 
 from genoray.bundle import BundleManifest, current_bundle, groups_of
 from genoray.config import ServeConfig
-from genoray.infra.runtime import init_ray, recorded_pids, signal_recorded
+from genoray.infra.runtime import init_ray, recorded_pids, signal_recorded, supervise
 from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBackend, predict_async, set_backend
 from genoray.serving.haproxy import PIDS_ENV, haproxy_env
 from genoray.serving.holder import BundleHolder, BundleReplica
@@ -171,6 +171,35 @@ def preflight(cfg: ServeConfig) -> BundleManifest:
         raise FileNotFoundError(f"{cfg.root}: no CURRENT bundle has been published (genoray publish {cfg.root} "
                                 "--index INDEX --head HEAD)")
     return served
+
+
+SERVICE_CHILD_ENV = "GENORAY_SERVE_CHILD"  # set in the service process that supervise_service starts
+
+
+def supervise_service(cfg: ServeConfig, argv: list[str], forced: int) -> int:
+    """Run ``argv`` (``genoray serve`` again, which then calls :func:`run_service` because
+    :data:`SERVICE_CHILD_ENV` is set) as a supervised child and return its exit status
+    (:func:`~genoray.infra.runtime.supervise`; ``forced`` after a second signal).
+
+    The child has a session of its own, so the stop signal a service manager sends to this
+    process group does not reach Ray's processes or HAProxy before the service has drained; it
+    dies with this process, and the first SIGTERM/SIGINT stops it in order. HAProxy processes
+    still recorded afterwards are killed and the temp dirs removed. Usage errors
+    (:func:`preflight`) are raised here, before anything starts.
+    """
+    import shutil
+    import signal
+    import tempfile
+
+    preflight(cfg)
+    pids = tempfile.mkdtemp(prefix="gr-haproxy-")
+
+    def cleanup() -> None:
+        signal_recorded(pids, "haproxy", signal.SIGKILL)
+        shutil.rmtree(pids, ignore_errors=True)
+
+    env = dict(os.environ, **{SERVICE_CHILD_ENV: "1", PIDS_ENV: pids})
+    return supervise(argv, env, on_exit=cleanup, forced=forced)
 
 
 class _Stop(BaseException):

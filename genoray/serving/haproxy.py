@@ -22,6 +22,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from genoray.config import ServeConfig
+
 # resend on a failed connection, an empty answer (replica died mid-request) and a 500/502 (Serve's
 # fallback proxy answering for a replica that just died): predictions are idempotent. Not 503
 # (deliberate backpressure) nor 504 (the request already used its time).
@@ -97,8 +99,6 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
     ``metrics_port``, whose defaults apply when a port is ``None``). ``pids_dir``: where the wrapper records HAProxy's process ids (:data:`PIDS_ENV`).
     """
     import dataclasses
-
-    from genoray.config import ServeConfig
 
     default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
     stats_port = default["stats_port"] if stats_port is None else stats_port
