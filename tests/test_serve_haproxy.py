@@ -69,12 +69,12 @@ def haproxy_server(tmp_path):
     root = tmp_path / "root"
     v1 = make_bundle(tmp_path / "w1", root, seed=0)
     port, stats, metrics = free_port(), free_port(), free_port()
-    env = dict(os.environ, GENORAY_API_KEYS=KEY, RAY_SERVE_HAPROXY_STATS_PORT=str(stats),
-               RAY_SERVE_HAPROXY_METRICS_PORT=str(metrics))
+    env = dict(os.environ, GENORAY_API_KEYS=KEY)
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port),
-                             "--min-replicas", "2", "--max-replicas", "2", "--poll-s", "0.2"],
+                             "--min-replicas", "2", "--max-replicas", "2", "--poll-s", "0.2",
+                             "--stats-port", str(stats), "--metrics-port", str(metrics)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         replicas_answering(port, 2, timeout=180)

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,7 @@ from genoray.cli.args import (
 )
 from genoray.cli.exitcodes import (
     EXIT_BUG,
+    EXIT_CUT_OFF,
     EXIT_EMPTY,
     EXIT_GATE,
     EXIT_INTERRUPTED,
@@ -315,11 +317,15 @@ def cmd_reindex(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    """``genoray serve``: :func:`genoray.serving.run_service` until Ctrl-C or SIGTERM."""
-    from genoray.serving import run_service  # lazy: ray serve, faiss
+    """``genoray serve``: :func:`genoray.serving.run_service` until SIGTERM or SIGINT, in a child
+    that this process supervises (:func:`genoray.serving.app.supervise_service`); exit 0, or 7
+    when in-flight requests were cut off (the drain timed out, or a second signal)."""
+    from genoray.serving.app import SERVICE_CHILD_ENV, run_service, supervise_service  # lazy: ray serve, faiss
 
-    run_service(build(a, SERVE, root=a.root))
-    return EXIT_OK
+    cfg = build(a, SERVE, root=a.root)
+    if os.environ.get(SERVICE_CHILD_ENV):
+        return EXIT_OK if run_service(cfg) else EXIT_CUT_OFF
+    return supervise_service(cfg, [sys.executable, "-m", "genoray.cli", *a.argv], forced=EXIT_CUT_OFF)
 
 
 def cmd_shift(a: argparse.Namespace) -> int:
@@ -379,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (see :data:`~genoray.cli.exitcodes.EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # genoray serve runs itself again as its child
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.verbose:

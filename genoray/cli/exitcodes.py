@@ -11,6 +11,7 @@ EXIT_PARTIAL = 3  # some input files failed (listed); the rest was written
 EXIT_GATE = 4  # reindex: the gate failed, nothing published (the current bundle keeps serving); plan: does not fit
 EXIT_SHIFT = 5  # shift: the new data is distributed differently
 EXIT_EMPTY = 6  # nothing was written (no input records, every record rejected, every file failed)
+EXIT_CUT_OFF = 7  # serve: stopped on SIGTERM/SIGINT, but in-flight requests were cut off (drain timed out, or a second signal)
 EXIT_BUG = 70  # a broken internal invariant or an unexpected exception: a bug in genoray, please report it
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
 EXIT_CODES = {
@@ -20,6 +21,8 @@ EXIT_CODES = {
     EXIT_GATE: "reindex: gate failed, nothing published; plan: the plan does not fit the cluster",
     EXIT_SHIFT: "shift: distribution shift detected",
     EXIT_EMPTY: "nothing written: no record survived reading/cleaning or every file failed (--allow-empty: 0)",
+    EXIT_CUT_OFF: "serve stopped on SIGTERM/SIGINT but cut off in-flight requests: the drain timed out "
+                  "(--graceful-shutdown-timeout-s) or a second signal forced the exit",
     EXIT_BUG: "internal error (a bug or broken invariant in genoray; -v shows the traceback)",
     EXIT_INTERRUPTED: "interrupted",
 }

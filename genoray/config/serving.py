@@ -90,6 +90,8 @@ class ServeConfig:
     Attributes:
         root: bundle root (the directory holding ``CURRENT`` and ``versions/``).
         host / port: HTTP bind address (loopback unless you put a TLS proxy in front).
+        stats_port / metrics_port: ``ingress="haproxy"``: HAProxy's stats page and its Prometheus
+            exporter, bound to ``host`` too; give each service on a host its own (reported at start).
         require_key: refuse requests without a valid ``Authorization: Bearer`` key.
         key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
         min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
@@ -117,7 +119,9 @@ class ServeConfig:
         health_check_period_s: Serve calls ``check_health`` this often (fails if the bundle
             watcher stopped, so the replica is replaced).
         graceful_shutdown_timeout_s: on scale-down or shutdown a replica finishes its in-flight
-            requests for up to this long.
+            requests for up to this long; on SIGTERM or SIGINT ``genoray serve`` stops accepting and
+            waits this long for in-flight requests before it stops Serve (exit 7 when some were
+            still running; see ``docs/operations.md``).
         access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
             write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
             run-to-run noise in bench_serve).
@@ -135,6 +139,8 @@ class ServeConfig:
     root: str
     host: str = "127.0.0.1"
     port: int = 8000
+    stats_port: int = 8404
+    metrics_port: int = 9101
     require_key: bool = True
     key_hashes: tuple[str, ...] = ()
     min_replicas: int = 1
@@ -170,6 +176,11 @@ class ServeConfig:
             object.__setattr__(self, "key_hashes", tuple(self.key_hashes))
         validate(self,
                  (0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}"),
+                 (1 <= min(self.stats_port, self.metrics_port) and max(self.stats_port, self.metrics_port) <= 65535,
+                  f"stats_port and metrics_port must be in 1..65535, got {self.stats_port}, {self.metrics_port}"),
+                 (len({self.port, self.stats_port, self.metrics_port}) == 3,
+                  f"port, stats_port and metrics_port must differ, got {self.port}, {self.stats_port}, "
+                  f"{self.metrics_port}"),
                  (0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
                   f"need 0 <= min_replicas <= max_replicas >= 1, got {self.min_replicas}, {self.max_replicas}"),
                  (min(self.max_ongoing_requests, self.max_queued_requests, self.max_batch_size,

@@ -152,3 +152,136 @@ def prefetch(iterable: Iterable[Any], depth: int) -> Iterable[Any]:
     finally:
         stop.set()
         t.join(timeout=5)
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Ask the kernel to send ``sig`` (default SIGKILL) to this process when its parent exits
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere). Call it in the child, e.g. as a
+    ``preexec_fn``; it survives ``exec``. Exits at once when the parent is already gone."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | None = None) -> int:
+    """Run ``argv`` as a child in its own session, tied to this process's lifetime, and return
+    its exit status (a signal ``n`` becomes ``128 + n``; ``forced``, when given, after a second signal).
+
+    The child's own session keeps the signal a service manager sends to this process group
+    (SIGTERM from systemd, Kubernetes, ``docker stop``; SIGINT from Ctrl-C) away from the
+    processes the child starts (a local Ray, HAProxy), so the child can stop them in order:
+    the first SIGTERM or SIGINT here is passed on to the child as SIGTERM; a second one SIGKILLs the child. The child dies with this process
+    (:func:`die_with_parent`), also when this one is SIGKILLed. ``on_exit()`` runs after the
+    child has exited, whatever the reason (e.g. to kill what the child left behind).
+
+    A watchdog process (:func:`sweep_session_when_closed`, in a session of its own too) then
+    SIGKILLs whatever is left in the child's session as soon as this process is gone, however it
+    ended: processes that outlive their parent without ``PR_SET_PDEATHSIG`` (Ray's dashboard and
+    runtime-env agents lived on for minutes after a SIGKILL) or that a stop missed.
+    """
+    import signal
+    import subprocess
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signals}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    r, w = os.pipe()  # the watchdog reads until every copy of w is closed: when this process is gone
+    subprocess.Popen([sys.executable, "-c", f"from genoray.infra.runtime import sweep_session_when_closed as s; "
+                      f"s({r}, {proc.pid})"], pass_fds=(r,), start_new_session=True, stdin=subprocess.DEVNULL,
+                     env=env)
+    os.close(r)
+    os.set_inheritable(w, False)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.kill()
+
+    for s in signals:
+        signal.signal(s, forward)
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except InterruptedError:  # pragma: no cover -- PEP 475 retries; kept for clarity
+                continue
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if on_exit is not None:
+            on_exit()
+    if forced is not None and len(received) > 1 and rc == -signal.SIGKILL:
+        return forced
+    return rc if rc >= 0 else 128 - rc
+
+
+def recorded_pids(directory: str | os.PathLike, name: str) -> list[int]:
+    """The live processes recorded in ``directory`` (one empty file per process id, written by
+    the process itself, e.g. :mod:`genoray.serving.haproxy`'s wrapper) whose command line
+    still contains ``name`` (a recycled process id is left alone)."""
+    from pathlib import Path
+
+    out = []
+    for f in Path(directory).glob("[0-9]*"):
+        try:
+            cmdline = Path(f"/proc/{int(f.name)}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if name.encode() in cmdline:
+            out.append(int(f.name))
+    return sorted(out)
+
+
+def signal_recorded(directory: str | os.PathLike, name: str, sig: int) -> list[int]:
+    """Send ``sig`` to the processes :func:`recorded_pids` finds; returns their ids."""
+    pids = recorded_pids(directory, name)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:  # exited meanwhile
+            pass
+    return pids
+
+
+def session_pids(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (from ``/proc``; zombies left out)."""
+    out = []
+    for stat in os.scandir("/proc"):
+        if not stat.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid and int(stat.name) != os.getpid():
+            out.append(int(stat.name))
+    return out
+
+
+def sweep_session_when_closed(fd: int, sid: int, patience_s: float = 5.0) -> None:
+    """Block until the pipe ``fd`` is closed (its writer is gone), then SIGKILL every process of
+    session ``sid`` until none is left (for up to ``patience_s``). :func:`supervise`'s watchdog."""
+    import signal
+    import time
+
+    while os.read(fd, 4096):
+        pass
+    deadline = time.monotonic() + patience_s
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)

@@ -42,9 +42,9 @@ from typing import Any
 
 from genoray.bundle import BundleManifest, current_bundle, groups_of
 from genoray.config import ServeConfig
-from genoray.infra.runtime import init_ray
+from genoray.infra.runtime import init_ray, recorded_pids, signal_recorded, supervise
 from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBackend, predict_async, set_backend
-from genoray.serving.haproxy import haproxy_env
+from genoray.serving.haproxy import PIDS_ENV, haproxy_env
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
 from genoray.serving.scatter import group_model
@@ -160,48 +160,147 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     return GenorayReplica.bind()  # type: ignore[attr-defined]
 
 
-def run_service(cfg: ServeConfig) -> None:
-    """Serve ``cfg.root``'s CURRENT bundle over HTTP until Ctrl-C or SIGTERM (``genoray serve``).
-
-    Fails before Ray starts when no API key is configured (and ``require_key``) or nothing is
-    published yet; starts (or joins) Ray, Serve's HTTP proxy (or HAProxy with
-    ``ingress="haproxy"``) and the application, then blocks.
-    """
-    import signal
-    import sys
-    import time
-
-    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):  # before Ray starts: seconds, not minutes
+def preflight(cfg: ServeConfig) -> BundleManifest:
+    """What ``genoray serve`` checks before Ray starts (seconds, not minutes): an API key is
+    configured (unless ``require_key`` is off) and a bundle is published; returns ``CURRENT``'s
+    ``bundle.json``."""
+    if cfg.require_key and not (cfg.key_hashes or keys_from_env()):
         raise ValueError("no API keys configured: set GENORAY_API_KEYS=key1,key2 (comma-separated), "
                          "or pass --no-auth to accept requests without a key (local use only)")
-
-    served = current_bundle(cfg.root)  # read once: topology, shard groups and replica memory come from it
+    served = current_bundle(cfg.root)
     if served is None:
         raise FileNotFoundError(f"{cfg.root}: no CURRENT bundle has been published (genoray publish {cfg.root} "
                                 "--index INDEX --head HEAD)")
+    return served
+
+
+SERVICE_CHILD_ENV = "GENORAY_SERVE_CHILD"  # set in the service process that supervise_service starts
+
+
+def supervise_service(cfg: ServeConfig, argv: list[str], forced: int) -> int:
+    """Run ``argv`` (``genoray serve`` again, which then calls :func:`run_service` because
+    :data:`SERVICE_CHILD_ENV` is set) as a supervised child and return its exit status
+    (:func:`~genoray.infra.runtime.supervise`; ``forced`` after a second signal).
+
+    The child has a session of its own, so the stop signal a service manager sends to this
+    process group does not reach Ray's processes or HAProxy before the service has drained; it
+    dies with this process, and the first SIGTERM/SIGINT stops it in order. HAProxy processes
+    still recorded afterwards are killed and the temp dirs removed. Usage errors
+    (:func:`preflight`) are raised here, before anything starts.
+    """
+    import shutil
+    import signal
+    import tempfile
+
+    preflight(cfg)
+    pids = tempfile.mkdtemp(prefix="gr-haproxy-")
+
+    def cleanup() -> None:
+        signal_recorded(pids, "haproxy", signal.SIGKILL)
+        shutil.rmtree(pids, ignore_errors=True)
+
+    env = dict(os.environ, **{SERVICE_CHILD_ENV: "1", PIDS_ENV: pids})
+    return supervise(argv, env, on_exit=cleanup, forced=forced)
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by the first SIGTERM or SIGINT: stop the service."""
+
+
+def run_service(cfg: ServeConfig) -> bool:
+    """Serve ``cfg.root``'s CURRENT bundle over HTTP until SIGTERM or SIGINT (``genoray serve``).
+
+    Fails before Ray starts when no API key is configured (and ``require_key``) or nothing is
+    published yet; starts (or joins) Ray, Serve's HTTP proxy (or HAProxy with
+    ``ingress="haproxy"``) and the application, then blocks. SIGTERM and SIGINT stop it the same
+    way (:func:`_drain`, then ``serve.shutdown()``; the caller stops Ray); further signals
+    during the stop are ignored here (``genoray serve``'s supervisor turns a second one into a
+    SIGKILL). Returns whether every in-flight request finished within
+    ``graceful_shutdown_timeout_s``.
+    """
+    import shutil
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    served = preflight(cfg)  # read once: topology, shard groups and replica memory come from it
     from ray import serve
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {cfg.host}; put a TLS-terminating proxy in front", file=sys.stderr)
     ingress = resolve_ingress(cfg, served)
+    pids_dir = os.environ.get(PIDS_ENV) or tempfile.mkdtemp(prefix="gr-haproxy-")
+    own_dir = pids_dir != os.environ.get(PIDS_ENV)
+    ports = f"port {cfg.port}"
     if ingress == "haproxy":
         if os.environ.get("RAY_ADDRESS"):
             print("note: the haproxy ingress (default) needs the cluster's Ray processes started with "
                   "genoray.serving.haproxy.haproxy_env() (see cluster.yaml); otherwise use --ingress proxy", file=sys.stderr)
-        for k, v in haproxy_env().items():  # read by Ray's processes at start; explicit settings win
-            os.environ.setdefault(k, v)
-    init_ray()
-    start_http(cfg)
-    serve.run(build_app(cfg, served), name="genoray", route_prefix="/")
-    print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {ingress}; "
-          "Ctrl-C to stop)", file=sys.stderr)
+        for k, v in haproxy_env(cfg.stats_port, cfg.metrics_port, pids_dir=pids_dir).items():
+            if k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", PIDS_ENV):
+                os.environ[k] = v  # the settings (flags) win
+            else:
+                os.environ.setdefault(k, v)  # read by Ray's processes at start; explicit settings win
+        ports += f", HAProxy stats {cfg.host}:{cfg.stats_port}, metrics {cfg.host}:{cfg.metrics_port}"
+    stopping: list[int] = []
 
-    def stop(signum, frame):  # SIGTERM (systemd, Kubernetes, timeout) stops cleanly like Ctrl-C
-        raise KeyboardInterrupt
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise _Stop
+        log.warning("signal %d while stopping: ignored (the supervisor forces the exit)", signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signals}
+    drained = True
     try:
+        for s in signals:
+            signal.signal(s, stop)
+        init_ray()
+        for s in signals:  # again: Ray's native handler (a stack dump, then abort) replaced ours
+            signal.signal(s, stop)
+        log.info("genoray serve: %s", ports)
+        start_http(cfg)
+        serve.run(build_app(cfg, served), name="genoray", route_prefix="/")
+        print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {ingress}; {ports}; "
+              "SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()  # Ray itself is stopped by the caller (the CLI's main() removes its temp dir)
+    except _Stop:
+        print(f"genoray serve: {signal.Signals(stopping[0]).name}: draining (up to "
+              f"{cfg.graceful_shutdown_timeout_s:g} s)", file=sys.stderr, flush=True)
+        drained = _drain(cfg, ingress, pids_dir)
+        if not drained:  # cut off what is still in flight at once: the caller's time is up
+            signal_recorded(pids_dir, "haproxy", signal.SIGKILL)
+        serve.shutdown()
+        print("genoray serve: stopped" + ("" if drained else " (the drain timed out)"), file=sys.stderr, flush=True)
+    finally:
+        signal_recorded(pids_dir, "haproxy", signal.SIGKILL)  # Serve stopped it; never leave one listening
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if own_dir:
+            shutil.rmtree(pids_dir, ignore_errors=True)
+    return drained
+
+
+def _drain(cfg: ServeConfig, ingress: str, pids_dir: str) -> bool:
+    """Stop accepting and let in-flight requests finish, for up to ``graceful_shutdown_timeout_s``.
+
+    ``ingress="haproxy"``: HAProxy's soft stop (``SIGUSR1``): it closes its listeners (new
+    connections are refused), answers what it has in flight with ``Connection: close`` and exits
+    when the last one is done; whether that happened in time is the answer. Serve's replicas
+    then have nothing left to finish. ``ingress="proxy"``: ``serve.shutdown()`` drains Serve's
+    proxy and replicas itself (``graceful_shutdown_timeout_s``)."""
+    import signal
+    import time
+
+    if ingress != "haproxy":
+        return True
+    signal_recorded(pids_dir, "haproxy", signal.SIGUSR1)
+    deadline = time.monotonic() + cfg.graceful_shutdown_timeout_s
+    while recorded_pids(pids_dir, "haproxy"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

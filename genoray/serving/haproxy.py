@@ -7,6 +7,12 @@ setting changes that. :func:`haproxy_env` therefore points ``RAY_SERVE_HAPROXY_B
 at a small wrapper (:func:`bind_wrapper`) that, each time Ray starts or reloads HAProxy, binds
 those two listeners to the host of the service's own frontend (127.0.0.1 by default) and then
 ``exec``\\ s the real HAProxy (same process id, same arguments, so Ray manages it unchanged).
+
+The wrapper also ties HAProxy to the process that starts it (``PR_SET_PDEATHSIG``: Ray
+starts it in its own process group, so when Ray's processes were killed it used to live on,
+holding the service, stats and metrics ports) and records its process id in
+``$GENORAY_HAPROXY_PIDS`` (:data:`PIDS_ENV`), so that ``genoray serve`` can drain it
+(``SIGUSR1``: soft stop) and kill what is left when it stops.
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
+
+from genoray.config import ServeConfig
 
 # resend on a failed connection, an empty answer (replica died mid-request) and a 500/502 (Serve's
 # fallback proxy answering for a replica that just died): predictions are idempotent. Not 503
 # (deliberate backpressure) nor 504 (the request already used its time).
 HAPROXY_RETRY_ON = "conn-failure empty-response 500 502"
+PIDS_ENV = "GENORAY_HAPROXY_PIDS"  # a directory where each HAProxy the wrapper starts records its pid
 
 WRAPPER = """#!/bin/sh
 # genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the
@@ -31,7 +41,13 @@ if [ -n "$cfg" ] && [ -f "$cfg" ]; then
     sed -E -i "s/^([[:space:]]*bind )[*]?:([0-9]+)[[:space:]]*$/\\1$host:\\2/" "$cfg"
   fi
 fi
-exec {real} "$@"
+# record this process (HAProxy after the exec below: same pid) for genoray serve's shutdown
+[ -n "$GENORAY_HAPROXY_PIDS" ] && [ -d "$GENORAY_HAPROXY_PIDS" ] && : > "$GENORAY_HAPROXY_PIDS/$$"
+# HAProxy dies with the process that started it (Ray's HAProxy manager): PR_SET_PDEATHSIG, kept across exec
+exec {python} -c 'import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)
+os.getppid() == int(sys.argv[1]) or os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])' "$PPID" {real} "$@"
 """
 
 
@@ -54,8 +70,12 @@ def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
     """Write the wrapper script (when missing or different) and return its path: by default
     ``$GENORAY_CACHE/haproxy/haproxy`` (``~/.cache/genoray``). On a cluster every node needs it
     at the path given to Ray (``cluster.yaml`` writes it in a setup command)."""
-    real = real_haproxy()
-    text = WRAPPER.replace("{real}", "'" + real.replace("'", "'\\''") + "'")
+    import sys
+
+    def quote(v: str) -> str:
+        return "'" + v.replace("'", "'\\''") + "'"
+
+    text = WRAPPER.replace("{real}", quote(real_haproxy())).replace("{python}", quote(sys.executable))
     base = Path(directory or Path(os.environ.get("GENORAY_CACHE") or Path.home() / ".cache" / "genoray") / "haproxy")
     path = base / "haproxy"
     if not path.is_file() or path.read_text() != text:
@@ -67,15 +87,22 @@ def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101, wrapper: bool = True) -> dict[str, str]:
+def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, wrapper: bool = True,
+                pids_dir: str | None = None) -> dict[str, str]:
     """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
 
     HAProxy resends a request to another replica when the connection fails or the replica dies
     before answering (safe here: a prediction is a pure function of request and bundle); it runs
     one thread per 2 cores, 1 to 4. With ``wrapper`` (default) HAProxy is started through
     :func:`bind_wrapper`, so its stats and Prometheus ports listen on the service's host only;
-    pick free ports when several services share a host.
+    pick free ports when several services share a host (``ServeConfig.stats_port`` and
+    ``metrics_port``, whose defaults apply when a port is ``None``). ``pids_dir``: where the wrapper records HAProxy's process ids (:data:`PIDS_ENV`).
     """
+    import dataclasses
+
+    default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    stats_port = default["stats_port"] if stats_port is None else stats_port
+    metrics_port = default["metrics_port"] if metrics_port is None else metrics_port
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -91,4 +118,6 @@ def haproxy_env(stats_port: int = 8404, metrics_port: int = 9101, wrapper: bool 
     }
     if wrapper:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(bind_wrapper())
+    if pids_dir:
+        env[PIDS_ENV] = str(pids_dir)
     return env
