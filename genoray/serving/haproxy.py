@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 from genoray.config import ServeConfig
 
@@ -98,11 +97,8 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
     pick free ports when several services share a host (``ServeConfig.stats_port`` and
     ``metrics_port``, whose defaults apply when a port is ``None``). ``pids_dir``: where the wrapper records HAProxy's process ids (:data:`PIDS_ENV`).
     """
-    import dataclasses
-
-    default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
-    stats_port = default["stats_port"] if stats_port is None else stats_port
-    metrics_port = default["metrics_port"] if metrics_port is None else metrics_port
+    stats_port = ServeConfig.stats_port if stats_port is None else stats_port  # the field's default
+    metrics_port = ServeConfig.metrics_port if metrics_port is None else metrics_port
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
