@@ -96,8 +96,8 @@ def test_html_has_no_inline_script_handler_or_style():
     assert not [(t, k) for t, k, _ in page.attrs if k.lower() == "style"], "inline style attributes"
     assert "style" not in page.tags
     urls = [v for _, k, v in page.attrs if k in ("src", "href", "action") and v]
-    assert urls == ["ui/page.css", "ui/page.js"]
-    assert all(not re.match(r"^([a-z]+:|/)", u) for u in urls)
+    assert urls == ["data:,", "ui/page.css", "ui/page.js"]  # data:,: no favicon request
+    assert all(not re.match(r"^([a-z]+:|/)", u) for u in urls[1:])
 
 
 def test_script_requests_only_relative_paths():

@@ -133,7 +133,9 @@
     fact(facts, "classes", (info.classes || []).join(", "));
     fact(facts, "index", (index.factory || "?") + " (" + fmt(index.ntotal, 0) + " vectors)");
     fact(facts, "recall@10", recall ? fmt(recall.value) + (recall.queries ? " on " + recall.queries + " queries" : "") : "n/a");
-    fact(facts, "encoder", (info.encoder && (info.encoder.name || info.encoder.kind)) || info.fingerprint);
+    const enc = info.encoder || {};
+    const model = enc.config && (enc.config.model || enc.config.name || enc.config.k);
+    fact(facts, "encoder", (enc.type || "?") + (model ? " " + (enc.type === "kmer" ? "k=" : "") + model : "") + " (" + info.fingerprint + ")");
     const ood = info.ood || {};
     threshold = ood.flag_if_score_above === undefined ? null : ood.flag_if_score_above;
     fact(facts, "OOD", (ood.method || "?") + "; flag if score > " + fmt(ood.flag_if_score_above));
