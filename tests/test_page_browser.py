@@ -3,7 +3,8 @@
 127.0.0.1 with a small bundle built here. A wrong key shows an error and no data; the right
 key shows the bundle, and three sequences get the labels, OOD flags and neighbours the API
 itself answers (the oracle: the same request over HTTP); an oversized input shows the limit;
-the page's requests stay on the service's origin; screenshots are kept in
+the page's requests stay on the service's origin; an evaluation report.html of the same bundle's
+store opens from disk without a request; screenshots are kept in
 ``$GENORAY_TEST_ARTIFACTS`` (else the test's tmp dir) and their paths printed.
 Skips when Chromium, chromedriver or selenium is missing."""
 
@@ -18,7 +19,7 @@ from conftest import toy_records
 
 from bench.loadtest import post
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 KEY = "page-test-key"
 AT, GC = (seq for _, seq in toy_records(2, seed=7))  # fresh draws of the toy classes: in distribution
 ODD = "A" * 60  # a k-mer profile unlike any toy record: out of distribution
@@ -156,7 +157,21 @@ def test_query_page_in_chromium(browser, artifacts, serve_port, tmp_path):
         assert {u.split("/page/")[1] for u in urls} >= {"ui/page.js", "ui/page.css", "v1/info", "v1/predict"}
         blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
         assert blocked == []
-        print(f"\nscreenshots: {artifacts / 'page-predictions.png'}, {artifacts / 'page-wrong-key.png'}, "
-              f"{artifacts / 'page-limit.png'}")
     finally:
         serve.delete("page")
+
+    # an evaluation report of the same store, index and head, opened from disk: it draws
+    # without a single request (every chart is inline SVG)
+    from genoray.evaluation import evaluation_report
+    from genoray.evaluation.html import write_evaluation
+
+    work = tmp_path / "w"
+    html = write_evaluation(evaluation_report(work / "store", work / "index", work / "head", curves=True),
+                            tmp_path / "report")
+    browser.get(html.as_uri())
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("genoray evaluation")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "figure svg")) == 5
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    browser.save_screenshot(str(artifacts / "report.png"))
+    print(f"\nscreenshots: {artifacts / 'page-predictions.png'}, {artifacts / 'page-wrong-key.png'}, "
+          f"{artifacts / 'page-limit.png'}, {artifacts / 'report.png'}")

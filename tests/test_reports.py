@@ -67,6 +67,7 @@ def test_reliability_and_pr_curves_on_a_hand_example():
     assert pr["b"]["recall"][-1] == 0.0 and pr["b"]["precision"][-1] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_writes_a_self_contained_report_with_the_json_numbers(tmp_path, capsys):
     fa = three_class_fasta(tmp_path / "toy.fa")
     for args in (["embed", fa, "--out", tmp_path / "s", "--no-ray"], ["index", tmp_path / "s", "--out", tmp_path / "i"],
@@ -109,6 +110,7 @@ def test_evaluate_writes_a_self_contained_report_with_the_json_numbers(tmp_path,
     print(f"\nreport: {out / 'report.html'}")
 
 
+@pytest.mark.slow
 def test_shift_writes_a_report_with_the_map_and_the_tests(tmp_path, capsys):
     ref = three_class_fasta(tmp_path / "ref.fa", seed=0)
     new = three_class_fasta(tmp_path / "new.fa", seed=1, shift=0.08)
