@@ -149,6 +149,7 @@ def test_query_page_in_chromium(browser, artifacts, serve_port, tmp_path):
         wait.until(lambda d: find("#error").is_displayed())
         assert f"at most {MAX_SEQUENCES} sequences" in find("#error").text
         assert browser.find_elements(By.CSS_SELECTOR, ".prediction") == []
+        assert find("#answered").text == ""
         browser.save_screenshot(str(artifacts / "page-limit.png"))
 
         # same origin only, and nothing the CSP had to block

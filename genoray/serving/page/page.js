@@ -140,7 +140,9 @@
     threshold = ood.flag_if_score_above === undefined ? null : ood.flag_if_score_above;
     fact(facts, "OOD", (ood.method || "?") + "; flag if score > " + fmt(ood.flag_if_score_above));
     const lc = info.length_calibration;
-    fact(facts, "calibration", lc ? "per length: T = " + (lc.temperatures || []).join(", ") + " at " + (lc.lengths || []).join(", ") + " bp" : "one temperature (no length calibration)");
+    const temps = lc ? (lc.temperatures || []).map((t, i) => "T " + fmt(t, 2) + " at " + lc.lengths[i] + " bp") : [];
+    fact(facts, "calibration", lc ? "per query length: " + temps.join(", ") : "one temperature (no length calibration)");
+    if (info.shard_groups) fact(facts, "shard groups", info.shard_groups);
     fact(facts, "created", info.created_at);
     fact(facts, "swaps", info.swaps);
     const drift = info.drift || {};
@@ -217,6 +219,7 @@
     const over = overLimit(q, k);
     if (over) {
       $("results").replaceChildren();
+      $("answered").textContent = "";
       showError(over);
       return;
     }
@@ -227,6 +230,7 @@
       const resp = await api("v1/predict", { method: "POST", headers: headers(), body: JSON.stringify(body) });
       if (!resp.ok) {
         $("results").replaceChildren();
+        $("answered").textContent = "";
         if (resp.status === 401) clearData();
         showError(await errorText(resp));
         return;
