@@ -119,6 +119,11 @@ def test_query_page_in_chromium(browser, artifacts, serve_port, tmp_path):
         assert version in facts and "gc" in facts and "recall@10" in facts
         assert browser.execute_script("return sessionStorage.getItem('genoray.apiKey')") == KEY
         assert browser.execute_script("return localStorage.length + document.cookie.length") == 0
+        # the same records from a FASTA file (the file input; a drop on the text box reads it the same way)
+        find("#sequences").clear()
+        (tmp_path / "query.fa").write_text(fasta)
+        find("#file").send_keys(str(tmp_path / "query.fa"))
+        wait.until(lambda d: find("#sequences").get_attribute("value") == fasta)
         find("#predict").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".prediction")) == 3)
         cards = browser.find_elements(By.CSS_SELECTOR, ".prediction")
