@@ -107,6 +107,16 @@ def test_evaluate_writes_a_self_contained_report_with_the_json_numbers(tmp_path,
     scores = saved["curves"]["scores"]
     right, wrong = sum(scores["confidence_correct"]["counts"]), sum(scores["confidence_wrong"]["counts"])
     assert right == round(fused["accuracy"] * 60) and right + wrong == 60
+
+    # "uncalibrated" is the fused mixture before calibration: calibrating it gives the served probabilities
+    from genoray.evaluation import evaluate_store
+    from genoray.heads import load_head
+
+    arrays: dict = {}
+    evaluate_store(tmp_path / "s", tmp_path / "i", tmp_path / "h", arrays=arrays)
+    head = load_head(tmp_path / "h")
+    assert np.allclose(head._calibrate(arrays["uncalibrated"]), arrays["proba"])
+    assert not np.allclose(arrays["uncalibrated"], arrays["proba"])
     print(f"\nreport: {out / 'report.html'}")
 
 
