@@ -23,6 +23,7 @@ OWNERS = {
     "priors.json": "scoring/priors.py", "normalizer.json": "scoring/adapt.py", "normalizer.npz": "scoring/adapt.py",
     "bundle.json": "bundle/manifest.py", "CURRENT": "bundle/manifest.py", "gate.json": "pipeline/reindex.py",
     "report.json": "evaluation/study.py", "report.md": "evaluation/study.py",
+    "report.html": "evaluation/html.py", "evaluation.json": "evaluation/html.py", "shift.json": "evaluation/html.py",
 }
 SUFFIX_OWNERS = {".done.json": {"embedding/shards.py", "index/stages.py"}}  # a unit's and a partition's marker
 

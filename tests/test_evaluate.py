@@ -60,6 +60,10 @@ pooled: [[ecoli, tata]]
     assert rep["cost"]["energy_wh_estimate"] > 0 and "assumed" in rep["cost"]["basis"]
     assert len(rep["provenance"]["data_sha256"]) == 2
     assert "| within | ecoli → ecoli | kmer | fused |" in (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()  # the same cells as charts, numbers from report.json
+    fused = cells[("within", "ecoli", "fused")]
+    assert "<script" not in html and f"<td>within ecoli→ecoli kmer fused</td><td>{fused['accuracy']:.4f}</td>" in html
+    assert (tmp_path / "rep" / "study-accuracy.svg").read_text() in html
 
 
 def test_study_refuses_unknown_datasets(tmp_path):

@@ -8,6 +8,7 @@ connection closed before any response (no HAProxy log line, so no HTTP status). 
 therefore allows only that, and rarely: any HTTP error status fails it. The other topology,
 ``--ingress proxy`` fails no request at all (``test_serve.py``)."""
 
+import http.client
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from bundles import make_bundle
 
 from bench.loadtest import post, run_load
 from genoray.bundle import publish
+from genoray.serving.page import CSP
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "haproxy-test-key"
@@ -100,6 +102,12 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
     assert status == 200 and b'"label":"gc"' in body
     assert post(port, "/v1/predict", QUERY, None)[0] == 401
     assert post(port, "/v1/predict", {"sequences": ["ACGQ"]}, KEY)[0] == 422
+    # the query page (genoray.serving.page) comes through HAProxy from the replicas, with its CSP
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/ui")
+    page = conn.getresponse()
+    assert page.status == 200 and page.getheader("Content-Security-Policy") == CSP and b"ui/page.js" in page.read()
+    conn.close()
 
     # a replica SIGKILLed under load: HAProxy resends its requests to the other one
     killed = {}

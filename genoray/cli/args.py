@@ -164,12 +164,14 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "evaluate", help="score a trained head on a held-out split, or run a study (STUDY.yaml)",
         description="genoray evaluate STORE --index I --head H: majority / kNN / linear / fused metrics on a split. "
                     "genoray evaluate STUDY.yaml --out DIR: methods x datasets x protocols (within, cross, pooled) "
-                    "with bootstrap CIs and cost, written to DIR/report.md and DIR/report.json.")
+                    "with bootstrap CIs and cost, written to DIR/report.md, DIR/report.json and DIR/report.html.")
     p.add_argument("target", help="an embedding store, or a study YAML file (see examples/study.yaml)")
     p.add_argument("--index")
     p.add_argument("--head")
     p.add_argument("--json", action="store_true", help="print the report as JSON (strict: undefined values are null)")
-    p.add_argument("--out", help="report directory (study mode)")
+    p.add_argument("--out", help="report directory: a study's report.md/report.json/report.html; for a store, "
+                                 "evaluation.json, report.html (confusion matrix, reliability, PR curves, score "
+                                 "distributions) and each chart as .svg")
     _add_groups(p, "evaluate")
     p.set_defaults(func=commands["evaluate"])
 
@@ -233,6 +235,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.add_argument("reference", help="reference embedding store")
     p.add_argument("new", help="new embedding store")
     p.add_argument("--plot", help="write a PCA scatter PNG here (needs genoray[plot])")
+    p.add_argument("--out", help="report directory: shift.json, report.html (the tests, the embedding map of reference "
+                                 "vs new, OOD share per group) and each chart as .svg")
     _add_groups(p, "shift")
     p.set_defaults(func=commands["shift"])
 

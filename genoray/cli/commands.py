@@ -216,7 +216,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if not (a.index and a.head):
         raise ValueError("evaluating a store needs --index and --head")
-    rep = evaluation_report(a.target, a.index, a.head, build(a, EVALUATE))
+    rep = evaluation_report(a.target, a.index, a.head, build(a, EVALUATE), curves=bool(a.out))
+    if a.out:  # the same report as JSON, plus report.html and its charts
+        from genoray.evaluation.html import write_evaluation  # lazy: as above
+
+        print(f"report: {write_evaluation(rep, a.out)}", file=sys.stderr)
+        rep.pop("curves")
     _print(rep, a.json, format_evaluation(rep))
     return EXIT_OK
 
@@ -331,7 +336,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_shift(a: argparse.Namespace) -> int:
     """Compare two stores (MMD, classifier test, OOD share); exit 5 on a shift."""
     from genoray.embedding import EmbeddingStore  # lazy: ray (the embedding job's pool)
-    from genoray.evaluation.shift import ShiftDetector, plot_shift  # lazy: scikit-learn, scipy
+    from genoray.evaluation.shift import ShiftDetector, embedding_map, plot_shift  # lazy: scikit-learn, scipy
 
     if a.plot:  # check before the (long) test, not after it
         import importlib.util
@@ -357,6 +362,10 @@ def cmd_shift(a: argparse.Namespace) -> int:
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot
+    if a.out:  # shift.json with the map's points, report.html and its charts
+        from genoray.evaluation.html import write_shift  # lazy: as above
+
+        report["html"] = str(write_shift(report, embedding_map(det, new.vectors), a.out))
     _print(report, True)
     return EXIT_SHIFT if report["is_shift"] else EXIT_OK
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from genoray.config import EvaluateConfig
 from genoray.embedding.store import EmbeddingStore
+from genoray.evaluation.curves import evaluation_curves
 from genoray.evaluation.metrics import DEFINITIONS, classification_metrics, detailed_metrics, majority_proba
 from genoray.heads import load_head, mixture_name
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
@@ -26,7 +27,8 @@ DEFINITION_ORDER = ("accuracy", "f1", "mcc", "auroc", "ci95", "knn_weight", "cal
 
 
 def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
-                   cfg: EvaluateConfig | None = None, detail: bool = False) -> dict[str, dict[str, Any]]:
+                   cfg: EvaluateConfig | None = None, detail: bool = False,
+                   arrays: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Metrics of the majority floor, kNN vote, linear head, tree head (when the head has one)
     and fused head on ``cfg.split`` (``None``: every row; a row in the index never votes for itself).
 
@@ -58,28 +60,36 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     for name, p in parts.items():
         results[name] = score(p)
     results["fused"] = score(proba)
-    results["fused"]["mean_ood_score"] = float(np.mean(head.ood_score(sims[:, -1])))
+    ood = head.ood_score(sims[:, -1])
+    results["fused"]["mean_ood_score"] = float(np.mean(ood))
+    if arrays is not None:
+        parts_of = {"knn": "knn_vote", "linear": "linear", "trees": "trees"}
+        uncalibrated = sum(w * parts[parts_of[n]] for n, w in head.mixture_.items() if w > 0)
+        arrays.update(labels=np.asarray(test.labels, dtype=object), proba=proba, ood_score=ood, classes=classes,
+                      uncalibrated=np.asarray(uncalibrated, dtype=float))
     return results
 
 
 def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
-                      cfg: EvaluateConfig | None = None) -> dict[str, Any]:
+                      cfg: EvaluateConfig | None = None, curves: bool = False) -> dict[str, Any]:
     """What ``genoray evaluate`` prints: the split used and its size, the classes (and the
     positive class of a binary task), per method the metrics with bootstrap 95% intervals,
     per-class precision/recall/F1 and the confusion matrix, the fused head's kNN weight and
     calibration temperature, and what each of these means (:data:`genoray.evaluation.metrics.DEFINITIONS`).
-    The training split is the one the index records."""
+    The training split is the one the index records. With ``curves``, also the numbers the
+    HTML report plots (:func:`genoray.evaluation.curves.evaluation_curves`) under ``"curves"``."""
     cfg = cfg or EvaluateConfig()
     split = cfg.split
     index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
     store = EmbeddingStore(store_path)
-    methods = evaluate_store(store_path, index_dir, head_dir, cfg, detail=True)
+    arrays: dict[str, Any] = {}
+    methods = evaluate_store(store_path, index_dir, head_dir, cfg, detail=True, arrays=arrays)
     train_split = read_index_manifest(index_dir).split
     head = load_head(head_dir, encoder_fingerprint=store.fingerprint)
     classes = [str(c) for c in head.classes_]
     counts = Counter(str(x) for x in store.load(split).labels)
-    return {
+    rep = {
         "store": str(store_path), "split": "all" if split is None else split, "train_split": train_split,
         "n": methods["fused"]["n"], "classes": classes,
         "positive_class": classes[1] if len(classes) == 2 else None,
@@ -90,6 +100,10 @@ def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: s
         "methods": methods,
         "definitions": DEFINITIONS,
     }
+    if curves:
+        rep["curves"] = evaluation_curves(arrays["labels"], arrays["proba"], arrays["uncalibrated"],
+                                          arrays["ood_score"], arrays["classes"])
+    return rep
 
 
 def _num(v: Any, ci: list | None = None) -> str:

@@ -194,6 +194,19 @@ def drift_rule(alpha: float, seed: int = ShiftConfig.seed) -> Callable[[np.ndarr
     return rule
 
 
+def embedding_map(detector: ShiftDetector, new: np.ndarray) -> dict[str, list[list[float]]]:
+    """The first two principal components (fitted on reference rows) of the detector's
+    reference sample and of a seeded sample of ``new`` (``max_samples`` rows): the points of
+    the report's embedding map, ``{"reference": [xs, ys], "new": [xs, ys]}``."""
+    rng = np.random.default_rng(detector.cfg.seed + 2)
+    sample = _subsample(np.asarray(new, dtype=np.float32), detector.cfg.max_samples, rng)
+    a, b = detector.pca_.transform(detector.ref_sample_), detector.pca_.transform(sample)
+    if a.shape[1] < 2:  # a one-dimensional projection: plot it against zero
+        a, b = np.c_[a, np.zeros(len(a))], np.c_[b, np.zeros(len(b))]
+    return {"reference": [[round(float(v), 5) for v in a[:, 0]], [round(float(v), 5) for v in a[:, 1]]],
+            "new": [[round(float(v), 5) for v in b[:, 0]], [round(float(v), 5) for v in b[:, 1]]]}
+
+
 def plot_shift(detector: ShiftDetector, new: np.ndarray, path: str) -> None:
     """PCA scatter of reference vs new rows as a PNG (needs matplotlib: ``pip install genoray[plot]``)."""
     try:

@@ -48,6 +48,7 @@ from genoray import __version__
 from genoray.config import Study
 from genoray.encoders import encoder_from_name
 from genoray.evaluation.finetune import LoraClassifier
+from genoray.evaluation.html import write_study
 from genoray.evaluation.metrics import bootstrap_ci, classification_metrics, majority_proba
 from genoray.heads import FusedHead, KNNVoteHead, LinearHead, align_proba
 from genoray.infra.artifacts import sha256_file, strict_json, write_json
@@ -150,7 +151,8 @@ def _cell(study: Study, encoder_name: str, train: list[str], test: str, protocol
 
 
 def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
-    """Run every cell of the study; write ``report.json`` and ``report.md`` into ``out_dir``."""
+    """Run every cell of the study; write ``report.json``, ``report.md`` and ``report.html``
+    (:func:`genoray.evaluation.html.write_study`) into ``out_dir``."""
     import sklearn
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -180,6 +182,7 @@ def evaluate(study: Study, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / REPORT_JSON, strict_json(report)[0])  # undefined metrics (NaN) -> null
     (out / REPORT_MD).write_text(to_markdown(report))
+    write_study(report, out)  # report.html: the results as charts
     log.info("evaluate %s: %d result rows in %s; %.1f s wall, %.1f CPU s", study.name, len(cells), out,
              report["cost"]["wall_seconds"], report["cost"]["cpu_seconds"])
     return report

@@ -6,6 +6,7 @@
   OOD score and the bundle version that answered.
 * ``GET /v1/health``: liveness. ``GET /v1/ready``: 200 only once a bundle is loaded.
 * ``GET /v1/info``: bundle version, encoder, index type and counts (needs the API key).
+* ``GET /ui``: the query page (:mod:`genoray.serving.page`; static, strict CSP; it calls the two above).
 
 Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per ingress replica, off by
 default), request body (413, checked on the byte stream before JSON parsing), number of
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
+from genoray.serving.page import mount_page
 
 log = logging.getLogger(__name__)
 
@@ -276,5 +278,6 @@ def create_app(
         log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
         return out
 
+    mount_page(app)  # GET /ui: the query page (genoray.serving.page), over the two routes above
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     return app
