@@ -151,3 +151,34 @@ def test_tolerance_is_bootstrap_noise():
         e.append(ece(y[i], p0[i], CLASSES))
         m.append(classification_metrics(y[i], p0[i], CLASSES)["mcc"])
     assert TOL <= 2 * np.std(m) and 0.5 * TOL <= 2 * np.std(e)
+
+
+def test_cli_predict_with_target_source(tmp_path, capsys):
+    """``--target-source``: labeled source rows (here the training records, which do not vote for
+    themselves) let the rule weigh a temperature; the decision and its reason reach the output;
+    unlabeled source rows are refused with the file named."""
+    import json
+
+    from bundles import make_bundle
+    from conftest import toy_records, write_fasta
+
+    from genoray.cli import main
+
+    make_bundle(tmp_path / "w", tmp_path / "root")
+    rng = np.random.default_rng(3)
+    target = [(f"t{i}", "".join(rng.choice(list("AATTGC" if i % 10 else "GGCCAT"), size=60))) for i in range(100)]
+    write_fasta(tmp_path / "target.fa", target)
+    write_fasta(tmp_path / "q.fa", target[:5])
+    write_fasta(tmp_path / "source.fa", toy_records(200, seed=0))
+    capsys.readouterr()
+    argv = ["predict", str(tmp_path / "q.fa"), "--index", str(tmp_path / "w" / "index"), "--head",
+            str(tmp_path / "w" / "head"), "--target", str(tmp_path / "target.fa")]
+    assert main(argv + ["--target-source", str(tmp_path / "source.fa")]) == 0
+    out = capsys.readouterr()
+    adaptation = json.loads(out.err.strip().splitlines()[-1])["target_adaptation"]
+    assert adaptation["applied"] and adaptation["extra"]["source_rows"] == 200
+    assert "domain classifier AUC" in adaptation["reason"] and "re-weighted" in adaptation["reason"]
+    assert adaptation["target_priors"][adaptation["classes"].index("at")] > 0.8
+    write_fasta(tmp_path / "unlabeled.fa", target[:20])
+    assert main(argv + ["--target-source", str(tmp_path / "unlabeled.fa")]) != 0
+    assert "unlabeled.fa: --target-source needs a label on every row" in capsys.readouterr().err
