@@ -179,6 +179,31 @@ def test_cli_predict_with_target_source(tmp_path, capsys):
     assert adaptation["applied"] and adaptation["extra"]["source_rows"] == 200
     assert "domain classifier AUC" in adaptation["reason"] and "re-weighted" in adaptation["reason"]
     assert adaptation["target_priors"][adaptation["classes"].index("at")] > 0.8
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    assert all(x["adaptation"]["ood"].startswith("domain classifier") and 0 <= x["ood_score"] <= 1 for x in lines)
     write_fasta(tmp_path / "unlabeled.fa", target[:20])
     assert main(argv + ["--target-source", str(tmp_path / "unlabeled.fa")]) != 0
     assert "unlabeled.fa: --target-source needs a label on every row" in capsys.readouterr().err
+
+
+def test_domain_ood_score_is_calibrated_on_source_rows_and_separates_the_target():
+    """With labeled source rows the target sample's domain classifier is a per-query OOD score:
+    about ``rate`` of new source rows above 0.95, and the target's rows ranked above the source's
+    near the ceiling (the cross-fitted C2ST AUC of the same vectors)."""
+    from sklearn.metrics import roc_auc_score
+
+    from genoray.scoring.adapt import domain_odds
+
+    rng = np.random.default_rng(2)
+    xv, yv = _gauss(2000, 0.5, rng)
+    xt, _ = _gauss(1000, 0.5, rng, shift1=1.0)
+    head = LogisticRegression(max_iter=1000).fit(*_gauss(2000, 0.5, rng))
+    rule = safe_target(head.predict_proba(xv), yv, xv, head.predict_proba(xt), xt, CLASSES, [0.5, 0.5])
+    new_src, _ = _gauss(2000, 0.5, rng)
+    new_tgt, _ = _gauss(2000, 0.5, rng, shift1=1.0)
+    a, b = rule.domain_ood(new_src), rule.domain_ood(new_tgt)
+    assert 0.03 <= np.mean(a > 0.95) <= 0.08 and a.min() >= 0 and b.max() <= 1
+    auc = roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b])
+    ceiling = domain_odds(new_src, new_tgt)[1]
+    assert auc >= 0.95 * ceiling and ceiling > 0.7
+    assert rule.domain_ood(np.zeros((3, 7))) is None  # other features: no score

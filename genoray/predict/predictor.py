@@ -4,7 +4,10 @@ Plain Python (no Ray): the same object runs in a notebook, a batch job or a Serv
 Each prediction carries the label, calibrated class probabilities, the k neighbours used as
 evidence (seq_id, label, cosine similarity) and an out-of-distribution score in [0, 1]: the
 fraction of training sequences whose k-th neighbour is closer than this query's (values near 1
-mean the query is farther from the reference data than almost all of it).
+mean the query is farther from the reference data than almost all of it; with an
+:class:`~genoray.scoring.ood.OODScorer` its length-matched score; after ``adapt_to`` with
+labeled source rows, the target sample's domain-classifier score, which measured closer to the
+supervised ceiling on the shared data's pairs, see docs/shift.md).
 """
 
 from __future__ import annotations
@@ -250,6 +253,11 @@ class Predictor:
         if self.priors is not None:
             proba = self.priors.apply(proba, flags)
             adaptation = self.priors.summary()
+            target_ood = self.priors.domain_ood(x)  # a target sample with labeled source rows: its domain classifier
+            if target_ood is not None:
+                rate = self.ood.cfg.rate if self.ood is not None else 0.05
+                ood, flags = target_ood, target_ood > 1 - rate
+                adaptation["ood"] = "domain classifier of the target sample (source rows below the query's score)"
         contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):

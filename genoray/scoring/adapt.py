@@ -189,6 +189,22 @@ def domain_odds(xs: np.ndarray, xt: np.ndarray, C: float = TargetConfig.C, seed:
     return p, float(roc_auc_score(t, p))
 
 
+def domain_model(xs: np.ndarray, xt: np.ndarray, source_odds: np.ndarray, C: float = TargetConfig.C) -> dict:
+    """The per-query OOD score a target sample allows: a standardised logistic regression
+    fitted on source rows ``xs`` vs target rows ``xt`` (JSON-ready: mean, scale, coef, intercept)
+    and, as its calibration, the sorted cross-fitted ``P(target | x)`` of the source rows
+    (``source_odds``): a query's score is the share of source rows it exceeds
+    (:meth:`genoray.scoring.priors.PriorShift.domain_ood`)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.vstack([xs, xt]).astype(np.float64)
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / sd, np.r_[np.zeros(len(xs)), np.ones(len(xt))])
+    return {"mean": mean.tolist(), "scale": sd.tolist(), "coef": lr.coef_[0].tolist(),
+            "intercept": float(lr.intercept_[0]), "calibration": np.sort(np.asarray(source_odds, dtype=np.float64)).tolist()}
+
+
 def density_ratios(p_target: np.ndarray, n_source: int, n_target: int, clip: float = TargetConfig.clip) -> np.ndarray:
     """Density ratios ``p_t(x) / p_s(x)`` of source rows from their ``P(target | x)``: the odds
     times ``n_source / n_target``, scaled to mean 1 and clipped at ``clip`` (then mean 1 again)."""
@@ -258,8 +274,10 @@ def safe_target(p_val: np.ndarray, codes_val: np.ndarray, x_val: np.ndarray | No
         st = _sample(len(x_tgt), cfg.max_rows, cfg.seed + 1)
         odds, auc = domain_odds(np.asarray(x_val)[sv], np.asarray(x_tgt)[st], cfg.C, cfg.seed)
         w = density_ratios(odds[: len(sv)], len(sv), len(st), cfg.clip)
-        temperature, extra, why = iw_temperature(np.asarray(p_val)[sv], np.asarray(codes_val)[sv], w, cfg.alpha,
+        extra["domain_model"] = domain_model(np.asarray(x_val)[sv], np.asarray(x_tgt)[st], odds[: len(sv)], cfg.C)
+        temperature, info, why = iw_temperature(np.asarray(p_val)[sv], np.asarray(codes_val)[sv], w, cfg.alpha,
                                                  cfg.min_ess, cfg.seed)
+        extra.update(info)
         # under pure label shift p(target | x) depends on x only through the posterior: a domain
         # classifier on the features beating one on the posteriors' logs by > AUC_MARGIN is a
         # covariate shift, under which re-weighting is not made

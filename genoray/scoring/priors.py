@@ -235,6 +235,19 @@ class PriorShift:
         """All fields as a JSON-ready dict (what ``priors.json`` and ``/v1/info`` hold)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def domain_ood(self, x: np.ndarray) -> np.ndarray | None:
+        """Per-query OOD score from the domain classifier of the target sample (when
+        :func:`genoray.scoring.adapt.safe_target` had labeled source rows; else ``None``): the
+        share of held-out source rows whose ``P(target | x)`` is below the query's."""
+        m = self.extra.get("domain_model")
+        x = np.asarray(x, dtype=np.float64)
+        if not m or x.ndim != 2 or x.shape[1] != len(m["coef"]):
+            return None
+        z = ((x - np.asarray(m["mean"])) / np.asarray(m["scale"])) @ np.asarray(m["coef"]) + m["intercept"]
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        cal = np.asarray(m["calibration"])
+        return np.searchsorted(cal, p, side="left") / max(len(cal), 1)
+
     def summary(self) -> dict[str, Any]:
         """The part reported with each prediction."""
         return {"applied": self.applied, "tempered": self.temper_ood != 1.0, "temperature": self.temper_ood,
