@@ -446,6 +446,31 @@ def print_protocol_row(r: dict) -> None:
           f"{' HARM' if harm else ''} | {did} | fit {r['fit_s']:.1f}s rule {r['rule_s']:.1f}s{ood}", flush=True)
 
 
+def markdown_table(rows: list, head: str) -> str:
+    """The protocol rows of one head mode as a Markdown table (docs/shift.md)."""
+    def ci(r, m, i):
+        return f"{r[f'{m}_point'][i]:.3f} [{r[f'{m}_lo'][i]:.2f}, {r[f'{m}_hi'][i]:.2f}]"
+
+    out = ["| set | source -> target | kind | floor | none: acc / MCC / ECE | rule: acc / MCC / ECE | dMCC [95%] | "
+           "dECE [95%] | rule did | OOD AUROC scorer | OOD AUROC domain clf. | ceiling (C2ST) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["head"] != head:
+            continue
+        d = r["decision"]
+        did = ("re-weighted" if d["applied"] else "") + (f" T={d['temperature']:.2f}" if d["tempered"] else "") or "kept"
+        ceil = f"{r['ceiling']:.3f}" + (f" ({r['ceiling_matched']:.3f} at matched length)" if "ceiling_matched" in r else "")
+        out.append(
+            f"| {'tuned' if r['tuned_on'] else '**held out**'} | {r['source']} -> {r['target']} | {r['kind']} | "
+            f"{r['floor']:.3f} | {' / '.join(ci(r, 'none', i) for i in range(3))} | "
+            f"{' / '.join(ci(r, 'rule', i) for i in range(3))} | "
+            f"{r['rule_point'][1] - r['none_point'][1]:+.3f} [{r['rule_diff_lo'][1]:+.3f}, {r['rule_diff_hi'][1]:+.3f}] | "
+            f"{r['rule_point'][2] - r['none_point'][2]:+.3f} [{r['rule_diff_lo'][2]:+.3f}, {r['rule_diff_hi'][2]:+.3f}] | "
+            f"{did} | {r['ood_auroc'][0]:.3f} [{r['ood_auroc'][1]:.2f}, {r['ood_auroc'][2]:.2f}] | "
+            f"{r['dc_auroc'][0]:.3f} [{r['dc_auroc'][1]:.2f}, {r['dc_auroc'][2]:.2f}] | {ceil} |")
+    return "\n".join(out)
+
+
 def summarize_protocol(rows: list, heads) -> None:
     """Held-out summary: rule vs none (worst dMCC / dECE, pairs worse beyond bootstrap noise),
     OOD AUROC / ceiling, and head modes against each other per cell."""
@@ -483,6 +508,7 @@ def main() -> None:
     ap.add_argument("--sections", default="protocol", help="comma-separated: null, ood, protocol")
     ap.add_argument("--n-train", type=int, default=3000, help="source train rows (seeded sample) per head")
     ap.add_argument("--n-rows", type=int, default=600, help="target sample / scored / in-domain rows per pair")
+    ap.add_argument("--markdown", default="", help="also write the first head's protocol table (Markdown) here")
     ap.add_argument("--json", default="", help="also write the protocol rows (with each decision's reason) here")
     ap.add_argument("--heads", default="linear", help="head modes to run the protocol for, e.g. linear,auto")
     ap.add_argument("--max-rows", type=int, default=600, help="scored rows per set in the OOD section (seeded)")
@@ -516,6 +542,9 @@ def main() -> None:
 
             with open(args.json, "w") as f:
                 json.dump(target_rows, f, indent=1, default=float)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(markdown_table(target_rows, heads[0]) + "\n")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
