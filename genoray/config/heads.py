@@ -24,8 +24,9 @@ class HeadConfig:
             the default, the measured head of docs/benchmarks.md), trees (gradient-boosted trees) or auto
             (kNN, linear and trees; mixture chosen by validation log-loss, trees kept only if a
             cross-fitted test on the validation rows shows lower log-loss by > 2 standard errors
-            and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in
-            (auto is not yet measured on every benchmark cell with that test).
+            and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in: on
+            the cells of bench/bench_shift.py (docs/shift.md) auto never lost MCC but took up to
+            8x the fit time of linear (the bound for a default is 3x).
         max_rows: training rows the head fit uses at most (a seeded, class-stratified sample),
             which bounds its time and memory on large stores.
         ood_reference_rows: sampled training rows whose leave-one-out k-th-neighbour distances
