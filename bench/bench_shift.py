@@ -13,8 +13,8 @@ flatter the method: every setting is chosen on some pairs and reported on others
   noise), the per-query OOD AUROC of the length-matched scorer and of a domain classifier fitted
   on the target sample, and the ceiling (C2ST AUC: 5-fold logistic regression separating the
   source's test rows from the scored target rows on the same vectors; at matched length too for
-  length shifts). Rows are marked ``tuned`` or ``HELD-OUT`` by :data:`TUNED_ON` (the pairs the
-  OOD scorer and the old rule were chosen on); the safe rule's settings were fixed on the
+  length shifts). Rows are marked ``tuned`` or ``HELD-OUT`` by :func:`tuned` (the pairs the
+  OOD scorer, the per-length temperature and the old rule were chosen on); the safe rule's settings were fixed on the
   synthetic tests of ``tests/test_target_rule.py``, before any shared pair was run.
   ``--heads linear,auto`` runs the whole protocol for both head modes (item 4 of issue 29).
 * ``null``: random halves of one dataset against each other (false-positive rate of the shift tests).
@@ -268,6 +268,13 @@ TUNED_ON = {("ienhancer2l_layer1", "ecoli_promoter_ipromoter2l"), ("ecoli_promot
             ("ecoli_promoter_ipromoter2l", "human_tata_promoter_gue"), ("ienhancer2l_layer1", "human_tata_promoter_gue")}
 
 
+def tuned(source: str, target: str) -> bool:
+    """Whether a protocol row's pair chose a setting it uses: a real pair of :data:`TUNED_ON`, or a
+    synthetic shift of E. coli promoters (the previous round chose the per-length temperature and
+    the expected-MCC tolerance the rule inherits on those same kinds of shift of that source)."""
+    return (source, target) in TUNED_ON or target.startswith("ecoli_promoter_ipromoter2l [")
+
+
 def load_pos(name: str) -> dict[str, tuple[list[str], np.ndarray]]:
     """``load`` with labels mapped to pos / neg (so cross-task pairs share classes)."""
     out = {}
@@ -397,7 +404,7 @@ def protocol_section(data, cfg, rows_out: list, n_train: int, n_rows: int, heads
             b = boot(np.asarray(q_y, dtype=object), probas, classes)
             r = {"source": src, "target": name, "kind": kind, "head": head_mode, "fit_s": fit_s, "rule_s": rule_s,
                  "floor": float(max(np.mean(q_y == c) for c in classes)), "decision": rule.summary(),
-                 "tuned_on": (src, name) in TUNED_ON, **{f"{m}_{k}": v.tolist() for m in b for k, v in b[m].items()}}
+                 "tuned_on": tuned(src, name), **{f"{m}_{k}": v.tolist() for m in b for k, v in b[m].items()}}
             if head_mode == heads[0]:
                 # OOD: the scorer (no target needed) and a domain classifier fitted on source
                 # validation rows vs the target sample, both scored on rows neither saw
