@@ -242,7 +242,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 raise ValueError(f"{' '.join(a.target_source)}: --target-source needs a label on every row "
                                  f"({sum(v is None for v in labels)} of {len(labels)} rows have none); give labeled rows")
             source = (src["sequence"].to_pylist(), labels, src["seq_id"].to_pylist())
-        adaptation = predictor.adapt_to(target["sequence"].to_pylist(), source=source).to_dict()
+        adaptation = predictor.adapt_to(target["sequence"].to_pylist(), source=source).report()
     elif getattr(a, "target_source", None):
         raise ValueError("--target-source needs --target (the unlabeled target sample)")
     report = ReadReport()

@@ -116,6 +116,10 @@ class TargetConfig:
             least this effective sample size (``(sum w)^2 / sum w^2``).
         max_rows: source and target rows each used at most (seeded sample).
         C: inverse L2 strength of the domain classifier (standardised logistic regression).
+        auc_margin: the shift is taken for a label shift only when the domain classifier on the
+            features beats the one on the posteriors by at most this AUC, and the posteriors of the
+            source rows re-mixed to the estimated priors are told from the target's with AUC at
+            most 0.5 + this.
         seed: sampling, cross-fitting and bootstrap seed.
     """
 
@@ -125,10 +129,12 @@ class TargetConfig:
     min_ess: int = 50
     max_rows: int = 2000
     C: float = 0.1
+    auc_margin: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
-        validate(self, (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}"),
+        validate(self, (0 <= self.auc_margin < 0.5, f"auc_margin must be in [0, 0.5), got {self.auc_margin}"),
+                 (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}"),
                  (self.n_boot >= 20, f"n_boot must be >= 20, got {self.n_boot}"),
                  (self.clip > 1, f"clip must be > 1, got {self.clip}"),
                  (min(self.min_ess, self.max_rows) >= 2, "min_ess and max_rows must be >= 2"),

@@ -22,8 +22,10 @@
   temperature has a one-sided ``(1 - alpha)`` lower bound above 0; the target then gets the
   *ratio* of the two temperatures (so source rows the head saw in training, whose probabilities
   are sharper, shift both alike). (2) *label shift* (:class:`genoray.scoring.priors.PriorShift`):
-  re-weighting only when the bootstrap interval of the target priors excludes the source prior
-  and the other gates hold. (3) Neither supported: probabilities unchanged. What was done and
+  re-weighting only when the bootstrap interval of the target priors excludes the source prior,
+  the shift looks like a label shift (a domain classifier on the features does not beat one on
+  the posteriors by more than ``auc_margin``, and the source rows re-mixed to the estimated priors
+  have posteriors the target's cannot be told from) and the gates of that module hold. (3) Neither supported: probabilities unchanged. What was done and
   why is the returned record's ``reason`` and ``extra``.
 """
 
@@ -158,7 +160,6 @@ class PseudoLabeler:
         return self.head_.predict(x)
 
 
-AUC_MARGIN = 0.05
 TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(20.0), 121))
 
 
@@ -278,11 +279,9 @@ def safe_target(p_val: np.ndarray, codes_val: np.ndarray, x_val: np.ndarray | No
         temperature, info, why = iw_temperature(np.asarray(p_val)[sv], np.asarray(codes_val)[sv], w, cfg.alpha,
                                                  cfg.min_ess, cfg.seed)
         extra.update(info)
-        # under pure label shift p(target | x) depends on x only through the posterior: a domain
-        # classifier on the features beating one on the posteriors' logs by > AUC_MARGIN is a
-        # covariate shift, under which re-weighting is not made
-        # and after the source rows are re-weighted to the EM priors, the posteriors of the two
-        # must look alike (a target whose positives lost their signal looks like "all negatives")
+        # Under pure label shift p(target | x) depends on x only through the posterior, so a domain
+        # classifier on the features must not beat one on the posteriors by > auc_margin; and with
+        # the source rows re-mixed to the EM priors the two sets' posteriors must look alike.
         logp = np.log(np.clip(np.vstack([np.asarray(p_val)[sv], p_tgt[st]]), 1e-12, 1.0))
         post, auc_post = domain_odds(logp[: len(sv)], logp[len(sv):], cfg.C, cfg.seed)
         src = np.asarray(source_priors, dtype=np.float64) / np.sum(source_priors)
@@ -293,7 +292,7 @@ def safe_target(p_val: np.ndarray, codes_val: np.ndarray, x_val: np.ndarray | No
         extra.update(domain_auc=auc, domain_auc_posterior=auc_post, domain_auc_remixed=auc_mix)
         why = (f"domain classifier AUC {auc:.3f} on the features, {auc_post:.3f} on the posteriors, {auc_mix:.3f} on "
                f"the posteriors with the source re-mixed to the estimated priors; {why}")
-        if auc > auc_post + AUC_MARGIN or auc_mix > 0.5 + AUC_MARGIN:
+        if auc > auc_post + cfg.auc_margin or auc_mix > 0.5 + cfg.auc_margin:
             gates["covariate_auc"] = (auc, auc_post, auc_mix)
     extra["temperature_reason"] = why
     return PriorShift.estimate(p_tgt, classes, source_priors, alpha=cfg.alpha, n_boot=cfg.n_boot, seed=cfg.seed,

@@ -248,6 +248,12 @@ class PriorShift:
         cal = np.asarray(m["calibration"])
         return np.searchsorted(cal, p, side="left") / max(len(cal), 1)
 
+    def report(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the domain classifier's arrays (what a command prints)."""
+        d = self.to_dict()
+        d["extra"] = {k: v for k, v in self.extra.items() if k != "domain_model"}
+        return d
+
     def summary(self) -> dict[str, Any]:
         """The part reported with each prediction."""
         return {"applied": self.applied, "tempered": self.temper_ood != 1.0, "temperature": self.temper_ood,
