@@ -79,7 +79,7 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
 #: flags that are not settings: paths and inputs (no default but none), output modes, process control
 CLI_ONLY = frozenset({
     "help", "verbose", "version", "data", "workdir", "out", "json", "keep", "ray", "no_ray", "allow_empty",
-    "encoder_from", "index", "head", "target", "store", "root", "work", "bundles", "verify", "plot",
+    "encoder_from", "index", "head", "target", "target_source", "store", "root", "work", "bundles", "verify", "plot",
 })
 
 
@@ -183,7 +183,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.add_argument("--head", required=True)
     p.add_argument("--out", help="write predictions here instead of stdout (required for parquet)")
     p.add_argument("--target", nargs="+", help="unlabeled sample of the target data (any supported format; labels "
-                   "ignored): estimate its class priors and re-weight probabilities when the shift is significant")
+                   "ignored): re-weight to its class priors when their bootstrap interval excludes the source's and "
+                   "the shift looks like a label shift (docs/shift.md)")
+    p.add_argument("--target-source", nargs="+", help="with --target: labeled source rows (e.g. a held-out part of "
+                   "the training data; rows whose id is in the index do not vote for themselves): also re-fit the "
+                   "temperature on them weighted by a domain classifier's density ratio, when that is supported")
     p.add_argument("--allow-empty", action="store_true",
                    help=f"exit 0 when nothing is predicted (default: exit {EXIT_EMPTY})")
     _add_groups(p, "predict")

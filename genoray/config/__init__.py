@@ -26,7 +26,7 @@ service), :mod:`.evaluation` (evaluate, shift, studies), :mod:`.pipeline` (the n
 from genoray.config.base import T, config_class, parse, to_dict, validate
 from genoray.config.encoding import EmbedConfig, EncoderChoice, HFConfig, KmerConfig, PositionConfig, RemoteCodeConfig
 from genoray.config.evaluation import EvaluateConfig, ShiftConfig, ShiftSelection, Study, load_study
-from genoray.config.heads import HeadConfig, OODConfig
+from genoray.config.heads import HeadConfig, OODConfig, TargetConfig
 from genoray.config.index import ClusterSpec, IndexConfig, PlanConfig
 from genoray.config.pipeline import ReindexConfig
 from genoray.config.reading import ALL, TEST, TRAIN, CleanPolicy, ReadConfig
@@ -36,5 +36,5 @@ __all__ = [
     "ALL", "TEST", "TRAIN", "CleanPolicy", "ClusterSpec", "EmbedConfig", "EncoderChoice", "EvaluateConfig",
     "HFConfig", "HeadConfig", "IndexConfig", "KmerConfig", "OODConfig", "PlanConfig", "PositionConfig",
     "PredictConfig", "PublishConfig", "ReadConfig", "ReindexConfig", "RemoteCodeConfig", "ServeConfig", "ServiceLimits", "ShiftConfig",
-    "ShiftSelection", "Study", "T", "config_class", "load_study", "parse", "to_dict", "validate",
+    "ShiftSelection", "Study", "T", "TargetConfig", "config_class", "load_study", "parse", "to_dict", "validate",
 ]

@@ -24,8 +24,9 @@ class HeadConfig:
             the default, the measured head of docs/benchmarks.md), trees (gradient-boosted trees) or auto
             (kNN, linear and trees; mixture chosen by validation log-loss, trees kept only if a
             cross-fitted test on the validation rows shows lower log-loss by > 2 standard errors
-            and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in
-            (auto is not yet measured on every benchmark cell with that test).
+            and no lower MCC; otherwise exactly the linear head). trees and auto are opt-in: on
+            the cells of bench/bench_shift.py (docs/shift.md) auto never lost MCC but took up to
+            8x the fit time of linear (the bound for a default is 3x).
         max_rows: training rows the head fit uses at most (a seeded, class-stratified sample),
             which bounds its time and memory on large stores.
         ood_reference_rows: sampled training rows whose leave-one-out k-th-neighbour distances
@@ -97,3 +98,44 @@ class OODConfig:
                   and self.markov_order >= 0 and bool(self.pca_dims) and min(self.pca_dims) >= 1,
                   "max_fit_rows, max_cal_rows, k, min_length and pca_dims must be >= 1, markov_order >= 0"),
                  (self.length_ratio > 1, f"length_ratio must be > 1, got {self.length_ratio}"))
+
+
+@config_class
+class TargetConfig:
+    """How an unlabeled target sample adapts the probabilities (``--target``; the safe rule of
+    :func:`genoray.scoring.adapt.safe_target`).
+
+    Attributes:
+        alpha: a setting is changed only when its (1 - alpha) interval excludes "no change":
+            the target priors' bootstrap interval must exclude the source prior of some class,
+            the cross-fitted log-loss gain of the importance-weighted temperature must have a
+            lower bound above 0.
+        n_boot: bootstrap resamples of the target rows for the prior interval.
+        clip: largest density ratio a source row gets (domain-classifier odds, mean 1).
+        min_ess: importance-weighted temperature only when the weighted source rows keep at
+            least this effective sample size (``(sum w)^2 / sum w^2``).
+        max_rows: source and target rows each used at most (seeded sample).
+        C: inverse L2 strength of the domain classifier (standardised logistic regression).
+        auc_margin: the shift is taken for a label shift only when the domain classifier on the
+            features beats the one on the posteriors by at most this AUC, and the posteriors of the
+            source rows re-mixed to the estimated priors are told from the target's with AUC at
+            most 0.5 + this.
+        seed: sampling, cross-fitting and bootstrap seed.
+    """
+
+    alpha: float = 0.01
+    n_boot: int = 400
+    clip: float = 10.0
+    min_ess: int = 50
+    max_rows: int = 2000
+    C: float = 0.1
+    auc_margin: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate(self, (0 <= self.auc_margin < 0.5, f"auc_margin must be in [0, 0.5), got {self.auc_margin}"),
+                 (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5), got {self.alpha}"),
+                 (self.n_boot >= 20, f"n_boot must be >= 20, got {self.n_boot}"),
+                 (self.clip > 1, f"clip must be > 1, got {self.clip}"),
+                 (min(self.min_ess, self.max_rows) >= 2, "min_ess and max_rows must be >= 2"),
+                 (self.C > 0, f"C must be > 0, got {self.C}"))

@@ -44,6 +44,21 @@ def _classification_metrics(y_true, proba: np.ndarray, classes) -> dict[str, flo
     return out
 
 
+def ece(y_true, proba: np.ndarray, classes, bins: int = 15) -> float:
+    """Top-label expected calibration error: equal-width confidence bins, the row-weighted
+    mean of |mean confidence - accuracy| per bin."""
+    p = np.asarray(proba, dtype=np.float64)
+    conf = p.max(axis=1)
+    right = np.asarray(classes, dtype=object)[p.argmax(axis=1)] == np.asarray(y_true, dtype=object)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            total += m.mean() * abs(conf[m].mean() - right[m].mean())
+    return float(total)
+
+
 def majority_proba(y_train, classes, n: int) -> np.ndarray:
     """The floor: every query gets the training class frequencies."""
     y_train = np.asarray(y_train, dtype=object)

@@ -4,7 +4,10 @@ Plain Python (no Ray): the same object runs in a notebook, a batch job or a Serv
 Each prediction carries the label, calibrated class probabilities, the k neighbours used as
 evidence (seq_id, label, cosine similarity) and an out-of-distribution score in [0, 1]: the
 fraction of training sequences whose k-th neighbour is closer than this query's (values near 1
-mean the query is farther from the reference data than almost all of it).
+mean the query is farther from the reference data than almost all of it; with an
+:class:`~genoray.scoring.ood.OODScorer` its length-matched score; after ``adapt_to`` with
+labeled source rows, the target sample's domain-classifier score, which measured closer to the
+supervised ceiling on the shared data's pairs, see docs/shift.md).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from genoray.bundle import BundleManifest, current_version, verify_bundle, version_dir
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
-from genoray.config import CleanPolicy
+from genoray.config import CleanPolicy, TargetConfig
 from genoray.encoders import Encoder, encoder_from_spec, fingerprint
 from genoray.heads import FusedHead, drop_own, length_calibration, load_head
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
@@ -29,7 +32,7 @@ from genoray.index import MANIFEST as INDEX_MANIFEST
 from genoray.index import VectorIndex, read_manifest
 from genoray.infra import fs
 from genoray.scoring import ood, priors
-from genoray.scoring.priors import PriorShift
+from genoray.scoring.adapt import safe_target
 from genoray.sequences.clean import Cleaner
 
 log = logging.getLogger(__name__)
@@ -167,25 +170,42 @@ class Predictor:
         labels = [str(v) for v in self.index.labels]
         return np.array([labels.count(str(c)) for c in self.head.classes_], dtype=np.float64) / max(len(labels), 1)
 
-    def adapt_to(self, target_sequences: list[str], alpha: float = 0.01):
-        """Estimate the target's class priors from unlabeled sequences (Saerens EM) and decide,
-        by the likelihood-ratio test, whether later predictions are re-weighted. Returns the
+    def adapt_to(self, target_sequences: list[str], alpha: float | None = None, source: tuple | None = None,
+                 cfg: TargetConfig | None = None):
+        """Decide how later predictions adapt to a target from its unlabeled sequences, by the
+        safe rule of :func:`genoray.scoring.adapt.safe_target`: an importance-weighted temperature
+        when ``source`` = ``(sequences, labels[, ids])`` gives labeled source rows (ids: those
+        rows' index ids, so they do not vote for themselves) and the rule supports it; label-shift
+        re-weighting when the bootstrap interval of the target priors excludes the source prior;
+        else nothing. ``alpha`` overrides ``cfg.alpha``. Returns the
         :class:`genoray.scoring.priors.PriorShift` (also kept as ``self.priors``)."""
 
+        cfg = cfg or TargetConfig()
+        cfg = dataclasses.replace(cfg, alpha=alpha) if alpha is not None else cfg
         if len(target_sequences) < 10:
             raise ValueError(f"a target sample needs at least 10 sequences, got {len(target_sequences)}")
         seqs = self.clean(list(target_sequences))
         x = self.encoder.embed(seqs)
         proba = length_calibration.apply(self.head, self.predict_vectors(x)[0], [len(s) for s in seqs])
-        flags, rate, ratio, p_ood = None, 0.05, None, None
+        gates: dict[str, Any] = {}
         if self.ood is not None:
-            flags, rate = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x)), self.ood.cfg.rate
-            p_ood = self.ood.flagged_p_value(int(flags.sum()), len(flags))
+            flags = self.ood.flag(self.ood.score_sequences(seqs, self.encoder, x))
+            gates = {"ood_flags": flags, "ood_rate": self.ood.cfg.rate,
+                     "ood_p_value": self.ood.flagged_p_value(int(flags.sum()), len(flags))}
             if self.ood.reference_length_:
-                ratio = float(np.median([len(s) for s in seqs])) / self.ood.reference_length_
-        self.priors = PriorShift.estimate(proba, self.head.classes_, self.source_priors(), alpha=alpha,
-                                          ood_flags=flags, ood_rate=rate, length_ratio=ratio,
-                                          ood_p_value=p_ood)
+                gates["length_ratio"] = float(np.median([len(s) for s in seqs])) / self.ood.reference_length_
+        p_val = codes = x_val = None
+        if source is not None:
+            s_seqs, s_labels = self.clean(list(source[0])), np.asarray(source[1], dtype=object).astype(str)
+            known = np.isin(s_labels, self.head.classes_.astype(str))
+            x_val = self.encoder.embed([q for q, k in zip(s_seqs, known) if k])
+            s_ids = None if len(source) < 3 or source[2] is None else [i for i, k in zip(source[2], known) if k]
+            p_val = self.predict_vectors(x_val, s_ids)[0]
+            code_of = {str(c): i for i, c in enumerate(self.head.classes_)}
+            codes = np.array([code_of[v] for v in s_labels[known]], dtype=np.int64)
+        self.priors = safe_target(p_val if p_val is not None else np.zeros((0, len(self.head.classes_))),
+                                  codes if codes is not None else np.zeros(0, dtype=np.int64), x_val, proba, x,
+                                  self.head.classes_, self.source_priors(), cfg, **gates)
         return self.priors
 
     def clean(self, sequences: list[str]) -> list[str]:
@@ -233,6 +253,11 @@ class Predictor:
         if self.priors is not None:
             proba = self.priors.apply(proba, flags)
             adaptation = self.priors.summary()
+            target_ood = self.priors.domain_ood(x)  # a target sample with labeled source rows: its domain classifier
+            if target_ood is not None:
+                rate = self.ood.cfg.rate if self.ood is not None else 0.05
+                ood, flags = target_ood, target_ood > 1 - rate
+                adaptation["ood"] = "domain classifier of the target sample (source rows below the query's score)"
         contrib = self.head.contributions(x, contributions) if contributions > 0 else None
         out = []
         for i in range(len(sequences)):
