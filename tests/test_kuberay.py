@@ -387,3 +387,23 @@ def test_ray_version_is_the_constraints_pin():
     for path in sorted(MANIFESTS.glob("*.yaml")):      # the base image named in the comments too
         for base in re.findall(r"rayproject/ray:(\d+\.\d+\.\d+)", path.read_text()):
             assert base == pin, path.name
+
+
+def test_haproxy_settings_are_genorays(tmp_path):
+    """The serve pods' ConfigMap holds the environment genoray serve gives its own Ray for the
+    HAProxy ingress (read by Ray's processes when they start, so it must be in every pod)."""
+    from genoray.serving.haproxy import bind_wrapper, haproxy_env
+
+    (config,) = [d["data"] for d in documents("raycluster-serve.yaml") if d["kind"] == "ConfigMap"]
+    expected = haproxy_env(wrapper=False)
+    expected.pop("RAY_SERVE_HAPROXY_NBTHREAD")          # from the CPU count of the host
+    assert {k: config.get(k) for k in expected} == expected
+    assert 1 <= int(config["RAY_SERVE_HAPROXY_NBTHREAD"]) <= 4
+    assert config["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/genoray/haproxy/haproxy"
+    # the image writes the wrapper with bind_wrapper("/opt/genoray/haproxy") (the manifest's comment)
+    assert 'bind_wrapper("/opt/genoray/haproxy")' in (MANIFESTS / "raycluster-serve.yaml").read_text()
+    assert bind_wrapper(tmp_path / "opt") == tmp_path / "opt" / "haproxy"
+    for f, group, template in pod_templates():
+        if f == "raycluster-serve.yaml":
+            (c,) = template["spec"]["containers"]
+            assert {"configMapRef": {"name": "genoray-serve-env"}} in c["envFrom"], group
