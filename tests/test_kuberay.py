@@ -411,3 +411,46 @@ def test_haproxy_settings_are_genorays(tmp_path):
         if f == "raycluster-serve.yaml":
             (c,) = template["spec"]["containers"]
             assert {"configMapRef": {"name": "genoray-serve-env"}} in c["envFrom"], group
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def core_problems(doc: dict[str, Any]) -> list[str]:
+    """The checks the API server makes on the few core objects here (ServiceAccount, ConfigMap,
+    Service) that a YAML slip breaks: names, string maps, port numbers."""
+    out = []
+    meta = doc.get("metadata", {})
+    if doc.get("apiVersion") != "v1" or doc.get("kind") not in ("ServiceAccount", "ConfigMap", "Service"):
+        out.append(f"unexpected {doc.get('apiVersion')}/{doc.get('kind')}")
+    if not DNS_LABEL.match(str(meta.get("name", ""))):
+        out.append(f"metadata.name {meta.get('name')!r}")
+    for field in ("labels", "annotations"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.get(field, {}).items()):
+            out.append(f"metadata.{field}: strings only")
+    if doc.get("kind") == "ConfigMap":
+        bad = [k for k, v in doc.get("data", {}).items() if not isinstance(v, str)]
+        out += [f"data.{k}: not a string (quote it)" for k in bad]
+    if doc.get("kind") == "Service":
+        spec = doc.get("spec", {})
+        if spec.get("type", "ClusterIP") not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+            out.append(f"spec.type {spec.get('type')!r}")
+        for p in spec.get("ports", []):
+            for key in ("port", "targetPort"):
+                v = p.get(key)
+                if not (isinstance(v, int) and 1 <= v <= 65535) and not (key == "targetPort" and isinstance(v, str)):
+                    out.append(f"spec.ports.{key} {v!r}")
+    return out
+
+
+def test_core_objects_are_well_formed():
+    core = [(f, d) for f, d in all_documents() if d["apiVersion"] == "v1"]
+    assert {d["kind"] for _, d in core} == {"ServiceAccount", "ConfigMap", "Service"}
+    for f, d in core:
+        assert not core_problems(d), (f, d["kind"], core_problems(d))
+    config = copy.deepcopy(the("raycluster-serve.yaml", "ConfigMap"))
+    config["data"]["RAY_SERVE_HAPROXY_RETRIES"] = 3        # unquoted in YAML: the API server refuses it
+    assert core_problems(config) == ["data.RAY_SERVE_HAPROXY_RETRIES: not a string (quote it)"]
+    svc = copy.deepcopy(the("raycluster-serve.yaml", "Service"))
+    svc["spec"]["ports"][0]["port"] = 80000
+    assert core_problems(svc) == ["spec.ports.port 80000"]
