@@ -68,8 +68,9 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     old, out = Path(old_dir), Path(out_dir)
     m = read_manifest(old)
     if not m.shared_quantizer or not m.partitions or m.trained is None:
-        raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.format_version}); "
-                            "rebuild once")
+        raise RetrainNeeded(f"{old}: a {m.factory} index: nothing trained to reuse, rebuilt" if not
+                            m.factory.startswith("IVF") else f"{old}: built without a shared trained quantizer "
+                            f"(format {m.format_version}); rebuild once")
     store = EmbeddingStore(store_path)
     store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
     if store.fingerprint != m.fingerprint or store.dim != m.dim:
