@@ -182,3 +182,67 @@ def _serve_groups(c: SharedNothingCluster, expected: dict, tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def _wait_for_key(c: SharedNothingCluster, prefix: str, suffix: str, proc: subprocess.Popen, timeout: float = 300) -> bool:
+    """Wait until an object ``prefix...suffix`` exists (True) or ``proc`` ends first (False)."""
+    s3, t0 = c.s3(), time.monotonic()
+    while time.monotonic() - t0 < timeout and proc.poll() is None:
+        page = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        if any(o["Key"].endswith(suffix) for o in page.get("Contents", [])):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _until_done(c: SharedNothingCluster, args: list[str], prefix: str, suffix: str, victim: int) -> tuple[int, bool]:
+    """Run ``genoray ARGS``, SIGKILL worker node ``victim`` once its first ``suffix`` object
+    appears, let the job finish or fail, rerun it once if it failed (the resume); then bring
+    the node back. Returns (the first run's exit code, whether the node died mid-job)."""
+    p = c.popen(*args)
+    killed = _wait_for_key(c, prefix, suffix, p)
+    if killed:
+        c.kill_worker(victim)
+    _out, err = p.communicate(timeout=600)
+    if p.returncode != 0:  # the job failed with the node: a rerun resumes it
+        c.genoray(*args)
+    c.start_worker(victim)
+    c.wait_nodes(3)
+    return p.returncode, killed
+
+
+def test_killed_node_during_index_build_and_embedding(cluster):
+    c = cluster
+    if not c.keys(BUCKET, "store/store.json"):  # run alone: make the store the pipeline test makes
+        c.genoray("embed", f"{B}/in/data.parquet", "--out", f"{B}/store")
+    # the index: a clean build, then the same build with a worker node killed once a partition is done
+    args = ["--ray", "--shards", "4", "--type", "IVF16,Flat"]
+    c.genoray("index", f"{B}/store", "--out", f"{B}/index-clean", *args)
+    rc, killed = _until_done(c, ["index", f"{B}/store", "--out", f"{B}/index-chaos", *args], "index-chaos/parts/",
+                             ".done.json", victim=2)
+    print(f"index: first run exit {rc}, node killed mid-build: {killed}")
+    clean, chaos = (json.loads(_obj(c, f"{d}/manifest.json")) for d in ("index-clean", "index-chaos"))
+    assert killed, "the build finished before a node could be killed"
+    assert chaos["ntotal"] == clean["ntotal"]
+    assert [s["sha256"] for s in chaos["shards"]] == [s["sha256"] for s in clean["shards"]], (rc, chaos["build"])
+    assert chaos["trained"]["sha256"] == clean["trained"]["sha256"]
+
+    # the embedding: 3 copies of the data (new ids) in units of 1,000 rows; a node dies after the first unit
+    t = pq.read_table(DATA)
+    big = pa.concat_tables([t.set_column(0, "id", pc.binary_join_element_wise(t["id"], f"-r{i}", ""))
+                            for i in range(3)])
+    b = io.BytesIO()
+    pq.write_table(big, b, row_group_size=1000)
+    c.s3().put_object(Bucket=BUCKET, Key="in/big.parquet", Body=b.getvalue())
+    rc, killed = _until_done(c, ["embed", f"{B}/in/big.parquet", "--out", f"{B}/store-chaos", "--rows-per-unit", "1000",
+                                 "--encoder-from", f"{B}/store"], "store-chaos/shards/", ".done.json", victim=1)
+    print(f"embed: first run exit {rc}, node killed mid-job: {killed}")
+    assert killed, "the embedding finished before a node could be killed"
+    read = c.python("import sys, json; from genoray.embedding import EmbeddingStore; "
+                    f"s = EmbeddingStore('{B}/store-chaos').load(None); ids = [str(i) for i in s.ids]; "
+                    f"r = EmbeddingStore('{B}/store').load(None); ref = dict(zip([str(i) for i in r.ids], r.vectors)); "
+                    "import numpy as np; same = all(np.array_equal(v, ref[i.rsplit('-r', 1)[0]]) for i, v in "
+                    "zip(ids, s.vectors)); print(json.dumps({'n': len(ids), 'unique': len(set(ids)), 'same': same}))")
+    assert read.returncode == 0, read.stderr[-2000:]
+    got = json.loads(read.stdout.strip().splitlines()[-1])
+    assert got == {"n": big.num_rows, "unique": big.num_rows, "same": True}, (rc, got)
