@@ -124,6 +124,11 @@ def test_pipeline_s3_to_s3(cluster, tmp_path):
         nights.append(json.loads(r.stdout))
     assert [n["published"] for n in nights] == [True, True], nights
     assert nights[1]["gate"]["index_build"]["mode"] == "incremental", nights[1]["gate"]["index_build"]
+    # night 1's full build added on both worker nodes; night 2's delta (one new unit) in a Ray task
+    builds = [n["gate"]["index_build"] for n in nights]
+    assert len(builds[0]["add_nodes"]) == 2 and len(builds[1]["add_nodes"]) == 1, builds
+    assert "local" not in builds[1]["add_nodes"], builds
+    assert not [k for k in c.keys(BUCKET, "work/builds/") if "/staging/" in k or "/parts/" in k]
     assert nights[1]["gate"]["ntotal"] == train_rows + 200
 
     # shift between two S3 stores made with the same encoder (exit 0: no shift, 5: shift)

@@ -170,7 +170,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
     pdir = fs.join(out, PARTS)
     fs.makedirs(pdir)
-    shared = mark_shared(out) if use_ray else ""
+    shared = mark_shared(out, pdir) if use_ray else ""
     rate = min(1.0, sample_n / n) if nlist else 0.0
     per_part_q = max(1, math.ceil(2 * cfg.recall_queries / len(counts)))
     scan_calls = [(store_path, p.file, cfg.split, d, rate, per_part_q, cfg.seed * 100_003 + i)

@@ -239,16 +239,18 @@ def _add_files(out: Path, store_path: str, part: dict[str, Any], split: str | No
 
 
 def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template, factory: str,
-                sharded: bool, refine: bool, shared: str = "") -> IndexShard:
+                sharded: bool, refine: bool, shared: str = "", parts_dir: str | None = None) -> IndexShard:
     """One shard from its partitions (contiguous gids), sharing the trained quantizer. The
-    partitions' files are read from ``out_dir/parts`` (downloaded in parallel, and checked
-    against their done markers' sha256, when ``out_dir`` is a URI); the shard's files are
-    written to ``out_dir`` (uploaded from a node-local scratch dir when it is a URI)."""
-    check_shared(out_dir, shared, _node_id())
+    partitions' files are read from ``parts_dir`` (default ``out_dir/parts``; downloaded in
+    parallel, and checked against their done markers' sha256, when it is a URI); the shard's
+    files are written to ``out_dir`` (uploaded from a node-local scratch dir when it is a URI)."""
+    parts_dir = parts_dir or fs.join(out_dir, PARTS)
+    for d in (out_dir, parts_dir):
+        check_shared(d, shared, _node_id())
     task_threads()
     part_files = {f: sha for p in parts for f, sha in p.get("files", {}).items()}
-    with local_view(fs.join(out_dir, PARTS), part_files) as pdir, local_view(out_dir) as out:
-        if fs.is_remote(out_dir):
+    with local_view(parts_dir, part_files) as pdir, local_view(out_dir) as out:
+        if fs.is_remote(parts_dir):
             verify_files(pdir, part_files)
         meta = _merge_files(out, pdir, shard, parts, template, factory, sharded, refine)
         push(out, out_dir, meta.sha256)

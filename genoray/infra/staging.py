@@ -82,13 +82,15 @@ def push(local: str | os.PathLike, uri: str | os.PathLike, files: Iterable[str])
     _parallel(lambda rel: fs.upload(Path(local) / rel, fs.join(uri, rel)), list(files))
 
 
-def mark_shared(out: str | os.PathLike) -> str:
-    """Leave a random token in the local output directory ``out`` (nothing for a URI) and return
+def mark_shared(*dirs: str | os.PathLike) -> str:
+    """Leave one random token in each local directory of ``dirs`` (nothing for a URI) and return
     it: :func:`check_shared` in a task compares it."""
-    if fs.is_remote(out):
+    local = [d for d in dirs if not fs.is_remote(d)]
+    if not local:
         return ""
     token = secrets.token_hex(8)
-    fs.write_bytes(fs.join(out, TOKEN), token.encode())
+    for d in local:
+        fs.write_bytes(fs.join(d, TOKEN), token.encode())
     return token
 
 
@@ -108,7 +110,8 @@ def check_shared(out: str | os.PathLike, token: str, node: str) -> None:
                         "or a path on a file system every node mounts")
 
 
-def clear_shared(out: str | os.PathLike) -> None:
-    """Remove the token of :func:`mark_shared` (at the end of the job)."""
-    if not fs.is_remote(out):
-        Path(fs.as_path(out), TOKEN).unlink(missing_ok=True)
+def clear_shared(*dirs: str | os.PathLike) -> None:
+    """Remove the tokens of :func:`mark_shared` (at the end of the job)."""
+    for d in dirs:
+        if not fs.is_remote(d):
+            Path(fs.as_path(d), TOKEN).unlink(missing_ok=True)
