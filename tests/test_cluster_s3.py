@@ -120,7 +120,7 @@ def test_pipeline_s3_to_s3(cluster, tmp_path):
     nights = []
     for night in ("data", "night2"):
         r = c.genoray("reindex", f"{B}/in/{night}.parquet", "--work", f"{B}/work", "--bundles", f"{B}/rbundles",
-                      "--encoder-from", f"{B}/store", "--type", "IVF16,Flat", *(["--append"] if nights else []))
+                      "--encoder-from", f"{B}/store", "--type", "IVF16,Flat", "--shards", "2", *(["--append"] if nights else []))
         nights.append(json.loads(r.stdout))
     assert [n["published"] for n in nights] == [True, True], nights
     assert nights[1]["gate"]["index_build"]["mode"] == "incremental", nights[1]["gate"]["index_build"]
