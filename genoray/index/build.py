@@ -29,9 +29,9 @@ Stages:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +72,7 @@ from genoray.index.stages import (
     tune_index,
 )
 from genoray.infra import fs
-from genoray.infra.artifacts import read_json, sha256_file, write_json
+from genoray.infra.staging import clear_shared, mark_shared
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,6 @@ def partition(p: dict[str, Any]) -> IndexPartition:
     return IndexPartition(**{k: p[k] for k in ("key", "file", "part_sha256", "offset", "rows", "gid_start")})
 
 
-def _files_ok(root: Path, files: dict[str, str]) -> bool:
-    return all((root / f).is_file() for f in files)
-
-
 # ---------------------------------------------------------------- the build
 
 def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | None = None,
@@ -132,13 +128,14 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     :class:`RecallNotReached` when no search setting reaches ``target_recall``.
     """
 
-    if fs.is_remote(out_dir):  # built in a node-local temp dir, uploaded with manifest.json last
+    if fs.is_remote(out_dir) and not use_ray:  # built in a node-local temp dir, uploaded with manifest.json last
         rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
         return dataclasses.replace(rep, path=str(out_dir))
     cfg = cfg or IndexConfig()
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    if (out / MANIFEST).exists():
+    # on Ray, every file a task hands on goes through `out` (a URI, or a directory all nodes see)
+    out = str(out_dir) if fs.is_remote(out_dir) else str(Path(out_dir))
+    if fs.is_file(fs.join(out, MANIFEST)):
         raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
     store = EmbeddingStore(store_path)
     remote_store = fs.is_remote(store.path)
@@ -171,9 +168,9 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     sharded = n_shards > 1
 
     # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
-    out.mkdir(parents=True, exist_ok=True)
-    pdir = out / PARTS
-    pdir.mkdir(exist_ok=True)
+    pdir = fs.join(out, PARTS)
+    fs.makedirs(pdir)
+    shared = mark_shared(out, pdir) if use_ray else ""
     rate = min(1.0, sample_n / n) if nlist else 0.0
     per_part_q = max(1, math.ceil(2 * cfg.recall_queries / len(counts)))
     scan_calls = [(store_path, p.file, cfg.split, d, rate, per_part_q, cfg.seed * 100_003 + i)
@@ -190,7 +187,8 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     queries, from_outside = _pick_queries(ex, arrays, cfg)
 
     # 2. train once (GPU when the cluster has one and FAISS sees it; checked again in the task)
-    template_file = out / TRAINED
+    template_uri, record_uri = fs.join(out, TRAINED), fs.join(out, TRAINED_RECORD)
+    template_key = _template_key(factory, d, sample_n, cfg, store)
     parts = []
     gid = 0
     per_file = max(1, math.ceil(n_shards / len(counts)))
@@ -204,39 +202,40 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     opts = {"num_cpus": 1}
     if use_ray and cfg.use_gpu and ex.ray.cluster_resources().get("GPU", 0) > 0:
         opts["num_gpus"] = 1
-    if resume and template_file.exists() and (out / TRAINED_RECORD).exists() and \
-            read_json(out / TRAINED_RECORD).get("key") == _template_key(factory, d, sample_n, cfg, store):
-        blob = np.fromfile(template_file, dtype=np.uint8)
-        gpu_used = bool(read_json(out / TRAINED_RECORD).get("gpu"))
+    record = fs.read_json(record_uri) if resume and fs.is_file(record_uri) and fs.is_file(template_uri) else {}
+    if record.get("key") == template_key:
+        blob = np.frombuffer(fs.read_bytes(template_uri), dtype=np.uint8)
+        gpu_used = bool(record.get("gpu"))
     else:
         samples = arrays if use_ray else [a["sample"] for a in arrays]
         blob, gpu_used = ex.one(train_template, factory, d, samples, cfg.use_gpu, sharded, **opts)
-        np.asarray(blob).tofile(template_file)
-        write_json(out / TRAINED_RECORD, {"key": _template_key(factory, d, sample_n, cfg, store), "gpu": gpu_used,
-                                          "sha256": sha256_file(template_file)})
-        # a new quantizer invalidates every finished partition
-        for f in pdir.glob(f"*{DONE}"):
-            f.unlink()
+        blob = np.asarray(blob)
+        fs.write_bytes(template_uri, blob.tobytes())
+        fs.write_json(record_uri, {"key": template_key, "gpu": gpu_used, "sha256": hashlib.sha256(blob.tobytes()).hexdigest()})
+        for f in fs.list_files(pdir):  # a new quantizer invalidates every finished partition
+            if f.endswith(DONE):
+                fs.delete(fs.join(pdir, f))
     del arrays
-    template_sha = sha256_file(template_file)
+    template_sha = hashlib.sha256(blob.tobytes()).hexdigest()
     template = ex.put(blob)
     del blob
 
     # 3. add: skip partitions whose marker matches this template and store part
     todo, done, resumed = [], {}, 0
+    present = set(fs.list_files(pdir)) if resume else set()
     for p in parts:
         marker = part_marker(pdir, str(p["key"]))
-        if resume and marker.exists():
-            m = read_json(marker)
+        if marker.rsplit("/", 1)[-1] in present:
+            m = fs.read_json(marker)
             if m.get("part_sha256") == p["part_sha256"] and m.get("gid_start") == p["gid_start"] and \
                     m.get("rows") == p["rows"] and \
-                    m.get("template") == template_sha and _files_ok(pdir, m.get("files", {})):
+                    m.get("template") == template_sha and set(m.get("files", {})) <= present:
                 done[p["key"]] = m
                 resumed += 1
                 continue
         todo.append({**p, "template": template_sha})
-    add_calls = [(store_path, p, cfg.split, d, template, str(pdir), ivf, refine) for p in todo]
-    for m in ex.map(add_part, add_calls, num_cpus=cfg.add_cpus):
+    add_calls = [(store_path, p, cfg.split, d, template, pdir, ivf, refine, shared) for p in todo]
+    for m in ex.map(add_part, add_calls, num_cpus=cfg.add_cpus, spread=True):
         done[m["key"]] = m
     added = [done[p["key"]] for p in parts]
 
@@ -245,8 +244,8 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     for p in added:
         groups[min(n_shards - 1, (2 * p["gid_start"] + p["rows"]) * n_shards // (2 * n))].append(p)
     groups = [g for g in groups if g]
-    merge_calls = [(str(out), s, g, template, factory, sharded, refine) for s, g in enumerate(groups)]
-    shards_meta = ex.map(merge_shard, merge_calls, num_cpus=cfg.add_cpus)
+    merge_calls = [(out, s, g, template, factory, sharded, refine, shared) for s, g in enumerate(groups)]
+    shards_meta = ex.map(merge_shard, merge_calls, num_cpus=cfg.add_cpus, spread=True)
     peak_worker = max([m.get("peak_rss_mb", 0.0) for m in added] + [s.peak_rss_mb or 0.0 for s in shards_meta])
 
     # 5. recall: exact truth streamed per partition, then tune
@@ -260,7 +259,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         shared_quantizer=ivf, clean=store.clean_policy,
         trained=TrainedIndex(file=TRAINED, sha256=template_sha, train_sample=sample_n),
         partitions=tuple(partition(p) for p in parts))
-    params, recall, _tried = ex.one(tune_index, str(out), manifest, qref, truth, cfg.target_recall,
+    params, recall, _tried = ex.one(tune_index, out, manifest, qref, truth, cfg.target_recall,
                                    cfg.refine_k_factor_max, num_cpus=1)
     if recall < cfg.target_recall:
         raise RecallNotReached(
@@ -275,7 +274,8 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
                                   oracle="exact cosine over all indexed rows"),
         build=BuildInfo(partitions=len(parts), resumed=resumed, add_nodes=add_nodes, peak_worker_rss_mb=peak_worker))
     write_manifest(out, manifest)
-    shutil.rmtree(pdir, ignore_errors=True)
+    fs.delete_dir(pdir)
+    clear_shared(out)
     seconds = round(time.perf_counter() - t0, 3)
     log.info("build_index %s: %s, %d shards, %d x %d, %s, recall@10 %.3f; %d partitions (%d resumed); %.1f s",
              out_dir, factory, len(shards_meta), n, d, params or "exact", recall, len(parts), resumed, seconds)

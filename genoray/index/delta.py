@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from genoray.index.manifest import MANIFEST, PARTS, BuildInfo, RecallReport, rea
 from genoray.index.stages import (
     _Local,
     _pick_queries,
+    _Ray,
     add_part,
     count_split,
     exact_part,
@@ -44,6 +46,7 @@ from genoray.index.stages import (
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
 from genoray.infra.names import safe_join
+from genoray.infra.staging import mark_shared
 
 #: ``drift(reference_sample, new_sample)``: why the new rows need a retrained quantizer, or None
 DriftRule = Callable[[np.ndarray, np.ndarray], "str | None"]
@@ -61,15 +64,20 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Path, recall_floor: float,
-                 cfg: IndexConfig | None = None, drift: DriftRule | None = None) -> IndexReport:
-    """A new index in ``out_dir`` = ``old_dir`` + the store's partitions it lacks (see module doc)."""
+                 cfg: IndexConfig | None = None, drift: DriftRule | None = None, use_ray: bool = False,
+                 stage: str | None = None) -> IndexReport:
+    """A new index in the local directory ``out_dir`` = ``old_dir`` + the store's partitions it
+    lacks (see module doc). ``use_ray``: the new partitions are added by Ray tasks spread over
+    the cluster's nodes, which hand their files on through ``stage`` (a URI, or a directory
+    every node sees; default ``out_dir/parts``); the one delta shard is merged here."""
     cfg = cfg or IndexConfig()
     t0 = time.perf_counter()
     old, out = Path(old_dir), Path(out_dir)
     m = read_manifest(old)
     if not m.shared_quantizer or not m.partitions or m.trained is None:
-        raise RetrainNeeded(f"{old}: built without a shared trained quantizer (format {m.format_version}); "
-                            "rebuild once")
+        raise RetrainNeeded(f"{old}: a {m.factory} index: nothing trained to reuse, rebuilt" if not
+                            m.factory.startswith("IVF") else f"{old}: built without a shared trained quantizer "
+                            f"(format {m.format_version}); rebuild once")
     store = EmbeddingStore(store_path)
     store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
     if store.fingerprint != m.fingerprint or store.dim != m.dim:
@@ -84,7 +92,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     verify_files(old, {m.trained.file: m.trained.sha256})
     faiss_blob = np.fromfile(safe_join(old, m.trained.file, old / MANIFEST), dtype=np.uint8)
     d, n_old = m.dim, m.ntotal
-    ex = _Local()
+    ex: Any = _Ray(fs.forwarded_env() if fs.is_remote(store_path) else None) if use_ray else _Local()
 
     # the new rows, as partitions with gids after the old ones
     delta, gid = [], n_old
@@ -109,14 +117,16 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
 
     # add the delta with the old trained quantizer and write it as one more shard
     out.mkdir(parents=True, exist_ok=True)
-    pdir = out / PARTS
-    pdir.mkdir(exist_ok=True)
+    pdir = stage or str(out / PARTS)
+    fs.makedirs(pdir)
+    shared = mark_shared(pdir) if use_ray else ""
     ivf = m.factory.startswith("IVF")
     refine = any(s.refine for s in m.shards)
-    added = [add_part(store_path, {**p, "template": m.trained.sha256}, cfg.split, d, faiss_blob, str(pdir), ivf, refine)
-             for p in delta]
-    meta = merge_shard(str(out), len(m.shards), added, faiss_blob, m.factory, True, refine)
-    shutil.rmtree(pdir, ignore_errors=True)
+    template = ex.put(faiss_blob)
+    added = ex.map(add_part, [(store_path, {**p, "template": m.trained.sha256}, cfg.split, d, template, pdir, ivf,
+                               refine, shared) for p in delta], num_cpus=cfg.add_cpus, spread=True)
+    meta = merge_shard(str(out), len(m.shards), added, faiss_blob, m.factory, True, refine, parts_dir=pdir)
+    fs.delete_dir(pdir)
     for s in m.shards:
         for f in s.sha256:
             _link(Path(safe_join(old, f, old / MANIFEST)), out / f)
@@ -143,6 +153,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                         shift={"tested": drift is not None, "is_shift": False}))
     write_manifest(out, manifest)
     return IndexReport(str(out), m.factory, len(manifest.shards), n_old + n_new, d, recall,
-                       manifest.search_params, False, round(time.perf_counter() - t0, 3), 0, len(delta), 0, ["local"],
+                       manifest.search_params, False, round(time.perf_counter() - t0, 3), 0, len(delta), 0,
+                       sorted({str(a["node_id"]) for a in added}),
                        float(meta.peak_rss_mb or 0.0), {"delta_rows": n_new, "sha256_reused": sum(
                            len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index)})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from genoray.config import CleanPolicy
+from genoray.infra import fs
 from genoray.infra.documents import read_document, record, write_document
 
 MANIFEST = "manifest.json"
@@ -174,4 +175,4 @@ def read_manifest(path: str | os.PathLike) -> IndexManifest:
 
 def write_manifest(path: str | os.PathLike, manifest: IndexManifest) -> None:
     """Write ``manifest.json`` (last: it makes the directory an index)."""
-    write_document(Path(path) / MANIFEST, manifest)
+    write_document(fs.join(path, MANIFEST), manifest)

@@ -18,15 +18,16 @@ from genoray.index.core import VectorIndex, _faiss, gpu_count, write_ids, write_
 from genoray.index.knn import l2_normalize, merge_topk, recall_at_k
 from genoray.index.manifest import PARTS, IndexManifest, IndexShard, ids_file, refine_file, shard_file
 from genoray.infra import fs
-from genoray.infra.artifacts import sha256_file, write_json
+from genoray.infra.artifacts import sha256_file, verify_files
+from genoray.infra.staging import check_shared, local_view, push
 
 PARTITION_ROWS = 250_000  # rows per add task at most (bounds its output files and its retry cost)
 DONE = ".done.json"  # a partition's marker in parts/, written last by its add task
 
 
-def part_marker(parts_dir: str | Path, key: str) -> Path:
-    """The done marker of partition ``key`` (its files are whole once it exists)."""
-    return Path(parts_dir) / f"{key}{DONE}"
+def part_marker(parts_dir: str | Path, key: str) -> str:
+    """The done marker of partition ``key`` (its files are whole once it exists), a path or URI."""
+    return fs.join(parts_dir, f"{key}{DONE}")
 
 
 BATCH_ROWS = 32_768  # rows a stage decodes at once: its working memory is O(BATCH_ROWS x dim), not O(partition)
@@ -159,14 +160,45 @@ def train_template(factory: str, d: int, samples: list, use_gpu: bool, sharded: 
     return faiss.serialize_index(index), gpu_used
 
 
+def task_threads() -> int:
+    """Give FAISS the CPUs Ray granted this task (Ray sets ``OMP_NUM_THREADS=1`` in its workers,
+    so a task granted 4 CPUs would otherwise train and add on one thread); returns the count.
+    Outside Ray FAISS keeps its own setting."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+            return 0
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) or 1)
+    except (ImportError, RuntimeError, AttributeError):  # pragma: no cover - outside Ray
+        return 0
+    _faiss().omp_set_num_threads(max(1, cpus))
+    return max(1, cpus)
+
+
 def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, template, parts_dir: str,
-             ivf: bool, refine: bool) -> dict[str, Any]:
+             ivf: bool, refine: bool, shared: str = "") -> dict[str, Any]:
     """Add one partition's rows (gids ``gid_start..``) to a copy of the trained index; write its
-    files and, last, its done marker."""
+    files under ``parts_dir`` (a local directory, or a URI: then written in a node-local scratch
+    dir and uploaded) and, last, its done marker. ``shared``: the driver's
+    :func:`~genoray.infra.staging.mark_shared` token of a local ``parts_dir``."""
+    check_shared(parts_dir, shared, _node_id())
+    task_threads()
     faiss = _faiss()
-    out = Path(parts_dir)
     key = part["key"]
-    (out / f"{key}.started").write_text(str(os.getpid()))
+    with local_view(parts_dir) as out:
+        (out / f"{key}.started").write_text(str(os.getpid()))
+        files = _add_files(out, store_path, part, split, d, template, ivf, refine, faiss)
+        push(out, parts_dir, files)
+    done = {**part, "files": files, "node_id": _node_id(), "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
+    fs.write_json(part_marker(parts_dir, key), done)
+    return done
+
+
+def _add_files(out: Path, store_path: str, part: dict[str, Any], split: str | None, d: int, template,
+               ivf: bool, refine: bool, faiss) -> dict[str, str]:
+    """:func:`add_part`'s files in the local directory ``out``: name -> sha256."""
+    key = part["key"]
     tmp = f".tmp{os.getpid()}"  # a retried or duplicate task never leaves a half-written file
     index = faiss.deserialize_index(np.asarray(_resolve(template))) if ivf else None
     kept = None
@@ -203,16 +235,32 @@ def add_part(store_path: str, part: dict[str, Any], split: str | None, d: int, t
                    out / f"{key}.ids.parquet{tmp}")
     os.replace(out / f"{key}.ids.parquet{tmp}", out / f"{key}.ids.parquet")
     files[f"{key}.ids.parquet"] = sha256_file(out / f"{key}.ids.parquet")
-    done = {**part, "files": files, "node_id": _node_id(), "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
-    write_json(part_marker(out, key), done)
-    return done
+    return files
 
 
 def merge_shard(out_dir: str, shard: int, parts: list[dict[str, Any]], template, factory: str,
-                sharded: bool, refine: bool) -> IndexShard:
-    """One shard from its partitions (contiguous gids), sharing the trained quantizer."""
+                sharded: bool, refine: bool, shared: str = "", parts_dir: str | None = None) -> IndexShard:
+    """One shard from its partitions (contiguous gids), sharing the trained quantizer. The
+    partitions' files are read from ``parts_dir`` (default ``out_dir/parts``; downloaded in
+    parallel, and checked against their done markers' sha256, when it is a URI); the shard's
+    files are written to ``out_dir`` (uploaded from a node-local scratch dir when it is a URI)."""
+    parts_dir = parts_dir or fs.join(out_dir, PARTS)
+    for d in (out_dir, parts_dir):
+        check_shared(d, shared, _node_id())
+    task_threads()
+    part_files = {f: sha for p in parts for f, sha in p.get("files", {}).items()}
+    with local_view(parts_dir, part_files) as pdir, local_view(out_dir) as out:
+        if fs.is_remote(parts_dir):
+            verify_files(pdir, part_files)
+        meta = _merge_files(out, pdir, shard, parts, template, factory, sharded, refine)
+        push(out, out_dir, meta.sha256)
+    return meta
+
+
+def _merge_files(out: Path, pdir: Path, shard: int, parts: list[dict[str, Any]], template, factory: str,
+                 sharded: bool, refine: bool) -> IndexShard:
+    """:func:`merge_shard` between local directories."""
     faiss = _faiss()
-    out, pdir = Path(out_dir), Path(out_dir) / PARTS
     index = faiss.deserialize_index(np.asarray(_resolve(template)))
     ivf = factory.startswith("IVF")
     for p in parts:
@@ -272,8 +320,14 @@ def tune_index(out_dir: str, manifest: IndexManifest, queries, truth, target: fl
                k_factor_max: int) -> tuple[dict[str, int], float, list]:
     """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
     best setting tried, with its recall)."""
-    vindex = VectorIndex.open(out_dir, manifest, mmap=True)
-    q, truth = np.asarray(_resolve(queries)), np.asarray(_resolve(truth))
+    task_threads()
+    with local_view(out_dir, manifest.files()) as local:
+        vindex = VectorIndex.open(local, manifest, mmap=True)
+        return _tune(vindex, manifest, np.asarray(_resolve(queries)), np.asarray(_resolve(truth)), target, k_factor_max)
+
+
+def _tune(vindex: VectorIndex, manifest: IndexManifest, q: np.ndarray, truth: np.ndarray, target: float,
+          k_factor_max: int) -> tuple[dict[str, int], float, list]:
     factory = manifest.factory
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
@@ -316,7 +370,7 @@ class _Local:
     def put(self, x):
         return x
 
-    def map(self, fn, calls: list[tuple], **opts) -> list:
+    def map(self, fn, calls: list[tuple], spread: bool = False, **opts) -> list:
         return [fn(*c) for c in calls]
 
     def one(self, fn, *args, **opts):
@@ -339,9 +393,21 @@ class _Ray:
     def _remote(self, fn, **opts):
         return self.ray.remote(fn).options(max_retries=3, retry_exceptions=False, **self.opts, **opts)
 
-    def map(self, fn, calls: list[tuple], **opts) -> list:
-        f = self._remote(fn, **opts)
-        return self.ray.get([f.remote(*c) for c in calls])
+    def map(self, fn, calls: list[tuple], spread: bool = False, **opts) -> list:
+        """Run ``fn(*call)`` for every call; with ``spread``, call ``i`` prefers the ``i``-th
+        node with CPUs (round robin, soft: another node takes it when that one is gone), so
+        the heavy stages use every node instead of packing onto the first ones."""
+        if not spread:
+            f = self._remote(fn, **opts)
+            return self.ray.get([f.remote(*c) for c in calls])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = sorted(n["NodeID"] for n in self.ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+        refs = []
+        for i, c in enumerate(calls):
+            where = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD"
+            refs.append(self._remote(fn, scheduling_strategy=where, **opts).remote(*c))
+        return self.ray.get(refs)
 
     def refs(self, fn, calls: list[tuple], **opts) -> list:
         f = self._remote(fn, **opts)

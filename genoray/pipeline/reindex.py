@@ -24,8 +24,12 @@
 A Ray job runs once: schedule it with cron or a Kubernetes CronJob (see docs/serving.md, "Nightly reindex").
 
 ``work_dir`` and the bundle root may be on object storage (``s3://``, ``gs://``): the store
-lives there; a night's index and head are then built in a node-local temp dir and copied to
-``work_dir/builds/<version>`` (``gate.json`` last) after the bundle is written.
+lives there; a night's head (and an incremental index) are then built in a node-local temp dir
+and copied to ``work_dir/builds/<version>`` (``gate.json`` last) after the bundle is written.
+With ``use_ray`` the index is built by Ray tasks spread over the cluster, which hand their files
+on only through the work URI (a full build is written to ``work_dir/builds/<version>/index``
+directly; an incremental night stages its new partitions under ``.../staging``), so the nodes
+need share nothing but object storage.
 """
 
 from __future__ import annotations
@@ -128,22 +132,30 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
     remote_work = fs.is_remote(work)  # then the build happens in a node-local temp dir, uploaded at the end
     build = Path(tempfile.mkdtemp(prefix="genoray-reindex-")) / version if remote_work \
         else Path(work) / BUILDS / version
+    # Ray tasks on other nodes hand their files on through the work URI, never a driver-local path
+    on_cluster = remote_work and use_ray
+    index_dir: str | Path = fs.join(work, BUILDS, version, "index") if on_cluster else build / "index"
+    stage = fs.join(work, BUILDS, version, "staging") if on_cluster else None
     idx, index_mode = None, {"mode": "full", "reason": "first build"}
     cur = current_version(root)
     if cfg.incremental and cur is not None:
         try:
             idx = extend_index(version_dir(root, cur) / INDEX_DIR, store_dir, build / "index", cfg.recall_floor,
-                               cfg.index, drift=drift_rule(cfg.shift_alpha, cfg.index.seed))
+                               cfg.index, drift=drift_rule(cfg.shift_alpha, cfg.index.seed), use_ray=use_ray,
+                               stage=stage)
+            index_dir = build / "index"
             index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
         except RetrainNeeded as e:
             shutil.rmtree(build / "index", ignore_errors=True)
+            if stage:
+                fs.delete_dir(stage)
             index_mode = {"mode": "full", "reason": str(e)}
     elif not cfg.incremental:
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
-        idx = build_index(store_dir, build / "index", cfg.index)
-    train_head(store_dir, build / "index", build / "head", cfg.head, trust_remote_code)
-    new = evaluate_store(store_dir, build / "index", build / "head", EvaluateConfig(split=cfg.eval_split))
+        idx = build_index(store_dir, index_dir, cfg.index, use_ray=use_ray)
+    train_head(store_dir, index_dir, build / "head", cfg.head, trust_remote_code)
+    new = evaluate_store(store_dir, index_dir, build / "head", EvaluateConfig(split=cfg.eval_split))
     t2 = time.perf_counter()
     store = EmbeddingStore(store_dir)
     current = _current_on(root, store, cfg.eval_split, trust_remote_code)
@@ -159,13 +171,13 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
                            f"bundle {current['version']} ({current['metrics']['accuracy']:.4f}); "
                            f"allowed drop {cfg.max_accuracy_drop}")
     gate = {"version": version, "passed": not reasons, "reasons": reasons, "recall_at_10": idx.recall_at_10,
-            "index_build": {**index_mode, "seconds": idx.seconds},
+            "index_build": {**index_mode, "seconds": idx.seconds, "add_nodes": idx.add_nodes},
             "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
             "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
     fs.write_json(build / GATE, gate)
     published = False
     if not reasons:
-        write_bundle(root, build / "index", build / "head", metrics=gate, version=version,
+        write_bundle(root, index_dir, build / "head", metrics=gate, version=version,
                      trust_remote_code=trust_remote_code)
         publish(root, version)
         collect_garbage(root, keep=cfg.keep_versions)
