@@ -229,27 +229,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     """Predict the records of files with the index's cleaning policy; write them, counts on stderr."""
     from genoray.predict import Predictor  # lazy: faiss, scikit-learn
-    from genoray.predict.output import PredictionWriter, join_neighbour_records  # lazy: faiss, scikit-learn
+    from genoray.predict.output import (  # lazy: faiss, scikit-learn
+        PredictionWriter,
+        adapt_from_files,
+        join_neighbour_records,
+    )
 
     cfg = build(a, PREDICT)
     if cfg.format == "parquet" and not a.out:
         raise ValueError("--format parquet needs --out FILE")
     predictor = Predictor.load(a.index, a.head, trust_remote_code=cfg.trust_remote_code)
     read_cfg = ReadConfig(clean=predictor.policy)  # the index's policy: what the service accepts, batch accepts
-    adaptation = None
-    if a.target:  # unlabeled target sample: the safe rule (genoray.scoring.adapt.safe_target)
-        target, _ = read_sequences(a.target, read_cfg)
-        source = None
-        if getattr(a, "target_source", None):  # labeled source rows: the importance-weighted temperature
-            src, _ = read_sequences(a.target_source, read_cfg)
-            labels = src["label"].to_pylist()
-            if not labels or any(v is None for v in labels):
-                raise ValueError(f"{' '.join(a.target_source)}: --target-source needs a label on every row "
-                                 f"({sum(v is None for v in labels)} of {len(labels)} rows have none); give labeled rows")
-            source = (src["sequence"].to_pylist(), labels, src["seq_id"].to_pylist())
-        adaptation = predictor.adapt_to(target["sequence"].to_pylist(), source=source).report()
-    elif getattr(a, "target_source", None):
-        raise ValueError("--target-source needs --target (the unlabeled target sample)")
+    adaptation = adapt_from_files(predictor, a.target, getattr(a, "target_source", None), read_cfg)
     report = ReadReport()
     rows: list[dict] = []
     writer = PredictionWriter(a.out, cfg.format, [str(c) for c in predictor.head.classes_], cfg.with_sequences)

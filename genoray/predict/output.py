@@ -7,9 +7,11 @@ import json
 import sys
 from typing import TextIO, cast
 
+from genoray.config import ReadConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.manifest import IndexManifest
 from genoray.infra.artifacts import strict_dumps as dumps
+from genoray.sequences import read_sequences
 
 
 class PredictionWriter:
@@ -79,3 +81,25 @@ def join_neighbour_records(index_manifest: IndexManifest, rows: list[dict]) -> i
             nb["sequence"], nb["meta"] = seq, meta
             missing += seq is None
     return missing
+
+
+def adapt_from_files(predictor, target: list[str] | None, target_source: list[str] | None,
+                     read_cfg: ReadConfig) -> dict | None:
+    """Adapt ``predictor`` to the unlabeled ``target`` files (the safe rule,
+    :func:`genoray.scoring.adapt.safe_target`), with the labeled ``target_source`` files for its
+    importance-weighted temperature; return the adaptation's report (``None`` without a target).
+    Both are read with ``read_cfg`` (the index's cleaning policy)."""
+    if not target:
+        if target_source:
+            raise ValueError("--target-source needs --target (the unlabeled target sample)")
+        return None
+    rows, _ = read_sequences(target, read_cfg)
+    source = None
+    if target_source:
+        src, _ = read_sequences(target_source, read_cfg)
+        labels = src["label"].to_pylist()
+        if not labels or any(v is None for v in labels):
+            raise ValueError(f"{' '.join(target_source)}: --target-source needs a label on every row "
+                             f"({sum(v is None for v in labels)} of {len(labels)} rows have none); give labeled rows")
+        source = (src["sequence"].to_pylist(), labels, src["seq_id"].to_pylist())
+    return predictor.adapt_to(rows["sequence"].to_pylist(), source=source).report()
