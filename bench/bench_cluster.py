@@ -1,0 +1,83 @@
+"""Index build on a shared-nothing cluster: 2 worker nodes vs 1, in one run.
+
+The harness of tests/test_cluster_s3.py (tests/shared_nothing.py): a 0-CPU head, worker nodes
+in their own mount namespaces with a private /tmp and ~/.cache, moto S3 on 127.0.0.1. A
+synthetic store of ``--n`` x ``--d`` vectors (8 parts) is put on S3, then ``genoray index
+--ray`` builds it with both worker nodes, and again after one node is stopped. Printed per
+build: wall seconds, the manifest's peak worker RSS, the nodes that ran adds and the index
+type; then the time ratio (1 node / 2 nodes) and the bytes the build put on S3.
+
+Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from genoray.embedding.synthetic import write_synthetic_store  # noqa: E402
+from tests.shared_nothing import SharedNothingCluster, why_not  # noqa: E402
+
+BUCKET = "bench-cluster"
+
+
+def upload(c: SharedNothingCluster, local: Path, prefix: str) -> int:
+    """Put every file under ``local`` at ``prefix`` (store.json last); returns the bytes."""
+    s3, total = c.s3(), 0
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.name == "store.json"):
+        s3.upload_file(str(p), BUCKET, f"{prefix}/{p.relative_to(local)}")
+        total += p.stat().st_size
+    return total
+
+
+def build(c: SharedNothingCluster, out: str) -> dict:
+    """``genoray index --ray`` of the store into ``out``; wall time and the manifest's numbers."""
+    t0 = time.perf_counter()
+    c.genoray("index", f"s3://{BUCKET}/store", "--out", f"s3://{BUCKET}/{out}", "--ray", timeout=3600)
+    wall = time.perf_counter() - t0
+    m = json.loads(c.s3().get_object(Bucket=BUCKET, Key=f"{out}/manifest.json")["Body"].read())
+    size = sum(o["Size"] for o in c.s3().list_objects_v2(Bucket=BUCKET, Prefix=f"{out}/").get("Contents", []))
+    return {"seconds": round(wall, 1), "factory": m["factory"], "ntotal": m["ntotal"],
+            "partitions": m["build"]["partitions"], "add_nodes": len(m["build"]["add_nodes"]),
+            "peak_worker_rss_mb": round(m["build"]["peak_worker_rss_mb"], 1),
+            "recall_at_10": m["recall_at_10"]["value"], "index_bytes": size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=64)
+    args = ap.parse_args()
+    why = why_not()
+    if why:
+        sys.exit(f"bench_cluster: cannot start the harness: {why}")
+    c = SharedNothingCluster(workers=2).start()
+    try:
+        c.s3().create_bucket(Bucket=BUCKET)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            store = write_synthetic_store(Path(tmp) / "store", args.n, args.d, parts=8, test_fraction=0.01)
+            put = upload(c, store, "store")
+        print(f"store: {args.n} x {args.d}, {put / 2**20:.0f} MiB on S3 ({time.perf_counter() - t0:.0f} s)", flush=True)
+        two = build(c, "index-2nodes")
+        print("2 worker nodes:", json.dumps(two), flush=True)
+        c.kill_worker(2)
+        c.wait_nodes(2)
+        one = build(c, "index-1node")
+        print("1 worker node: ", json.dumps(one), flush=True)
+        print(f"time 1 node / 2 nodes: {one['seconds'] / two['seconds']:.2f}x; peak worker RSS "
+              f"{two['peak_worker_rss_mb']:.0f} MiB (2 nodes) vs {one['peak_worker_rss_mb']:.0f} MiB (1 node); "
+              f"same index: {two['factory'] == one['factory'] and two['ntotal'] == one['ntotal']}")
+    finally:
+        c.stop()
+
+
+if __name__ == "__main__":
+    main()
