@@ -1,5 +1,6 @@
 """Long batch commands stopped as schedulers stop them (issue 30): SIGTERM to the process group
-of ``genoray embed`` mid-run (``genoray reindex``: tests/test_reindex_signals.py), as ``timeout``, systemd, Kubernetes and Slurm
+of ``genoray embed`` mid-run (on its local Ray, and with ``--no-ray`` in one process;
+``genoray reindex``: tests/test_reindex_signals.py), as ``timeout``, systemd, Kubernetes and Slurm
 send it, and SIGKILL.
 
 Each job runs as a user starts it (``python -m genoray.cli``, its own process group, its own
@@ -47,10 +48,11 @@ def short_tmp():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_sigterm_stops_embed_cleanly_and_a_rerun_writes_every_record_once(tmp_path, short_tmp):
+@pytest.mark.parametrize("ray", [True, False], ids=["ray", "no-ray"])
+def test_sigterm_stops_embed_cleanly_and_a_rerun_writes_every_record_once(tmp_path, short_tmp, ray):
     ids = corpus(tmp_path / "in")
     store = tmp_path / "store"
-    argv = ["embed", str(tmp_path / "in"), "--out", str(store)]
+    argv = ["embed", str(tmp_path / "in"), "--out", str(store), *([] if ray else ["--no-ray"])]
     rc, text, seen = signal_mid_run(argv, store / "shards", short_tmp, signal.SIGTERM)
     assert_clean_sigterm(rc, text, "embed")
     assert_nothing_left(seen, short_tmp, text)
