@@ -49,17 +49,18 @@ def ray_dirs(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith("gr-ray-"))
 
 
-def signal_mid_run(argv: list[str], shards: Path, tmp: Path, sig: int) -> tuple[int | None, str, list]:
+def signal_mid_run(argv: list[str], shards: Path, tmp: Path, sig: int,
+                   pattern: str = "*.done.json") -> tuple[int | None, str, list]:
     """Start ``genoray argv`` in its own process group; once its first unit is committed (a done
-    marker under ``shards``), send ``sig`` to the group. Returns the exit status (``None``: still
-    running after STOP_S), stderr and the processes seen just before the signal."""
+    marker under ``shards``, ``pattern``), send ``sig`` to the group. Returns the exit status
+    (``None``: still running after STOP_S), stderr and the processes seen just before the signal."""
     err = tmp / "stderr.txt"
     with open(err, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "genoray.cli", *argv], env=env_for(tmp),
                                 stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
         t0 = time.time()
-        while not list(shards.glob("*.done.json")):
+        while not list(shards.glob(pattern)):
             assert proc.poll() is None, f"exited {proc.returncode} before a unit committed: {err.read_text()[-3000:]}"
             assert time.time() - t0 < START_S, f"no unit committed within {START_S} s: {err.read_text()[-3000:]}"
             time.sleep(0.1)
