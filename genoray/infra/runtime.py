@@ -266,30 +266,26 @@ class Terminated(BaseException):  # noqa: N818 -- named like KeyboardInterrupt, 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn the first SIGTERM into :class:`Terminated` and the first SIGINT into
-    ``KeyboardInterrupt``, raised in the main thread wherever it is, so that ``finally`` blocks
-    stop the work in order (stop submitting, shut Ray down, remove temp dirs); later signals are
-    ignored with a note, so the stop itself is not cut short (:func:`supervise` SIGKILLs a child
-    on a second signal). :func:`init_ray` keeps these handlers. A no-op off the main thread."""
+    """Turn SIGTERM into :class:`Terminated` and SIGINT into ``KeyboardInterrupt``, raised in the
+    main thread wherever it is, so that ``finally`` blocks stop the work in order (stop
+    submitting, shut Ray down, remove temp dirs) instead of the process dying at once, or
+    aborting in Ray's native handler. :func:`init_ray` keeps this handler. A second signal
+    interrupts the stop itself, as a second Ctrl-C does (:func:`supervise` SIGKILLs its child
+    instead); a Ray temp dir it leaves is swept by the next start. A no-op off the main thread."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
 
     def stop(signum, frame):
-        received.append(signum)
-        if len(received) == 1:
-            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
-        print(f"genoray: {signal.Signals(signum).name} again while stopping: ignored (SIGKILL forces it)",
-              file=sys.stderr, flush=True)
+        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
 
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.getsignal(s) for s in signals}
     for s in signals:
-        signal.signal(s, stop)
+        signal.signal(s, stop)  # SIGINT too: a child started where SIGINT was ignored (``cmd &``) inherits that
     try:
         yield
     finally:
