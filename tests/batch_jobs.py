@@ -49,21 +49,30 @@ def ray_dirs(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir() if p.name.startswith("gr-ray-"))
 
 
-def signal_mid_run(argv: list[str], shards: Path, tmp: Path, sig: int,
+def raylet_started(proc: subprocess.Popen) -> bool:
+    """Whether a raylet runs among ``proc``'s descendants (its Ray is starting: ``ray.init`` runs)."""
+    try:
+        return any("raylet" in p.name() for p in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.Error:
+        return False
+
+
+def signal_mid_run(argv: list[str], shards: Path | None, tmp: Path, sig: int,
                    pattern: str = "*.done.json") -> tuple[int | None, str, list]:
     """Start ``genoray argv`` in its own process group; once its first unit is committed (a done
-    marker under ``shards``, ``pattern``), send ``sig`` to the group. Returns the exit status
-    (``None``: still running after STOP_S), stderr and the processes seen just before the signal."""
+    marker under ``shards``, ``pattern``; ``shards=None``: once its raylet runs), send ``sig`` to the
+    group. Returns the exit status (``None``: still running after STOP_S), stderr and the processes
+    seen just before the signal."""
     err = tmp / "stderr.txt"
     with open(err, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "genoray.cli", *argv], env=env_for(tmp),
                                 stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
         t0 = time.time()
-        while not list(shards.glob(pattern)):
-            assert proc.poll() is None, f"exited {proc.returncode} before a unit committed: {err.read_text()[-3000:]}"
-            assert time.time() - t0 < START_S, f"no unit committed within {START_S} s: {err.read_text()[-3000:]}"
-            time.sleep(0.1)
+        while not (raylet_started(proc) if shards is None else list(shards.glob(pattern))):
+            assert proc.poll() is None, f"exited {proc.returncode} too early: {err.read_text()[-3000:]}"
+            assert time.time() - t0 < START_S, f"not started within {START_S} s: {err.read_text()[-3000:]}"
+            time.sleep(0.05)
         root = psutil.Process(proc.pid)
         seen = [root, *root.children(recursive=True)]
         if "--no-ray" not in argv:

@@ -62,7 +62,9 @@ def ray_temp_dir(prefix: str = "gr-ray-") -> str:
 @contextlib.contextmanager
 def _keep_stop_handlers() -> Iterator[None]:
     """Put back this process's SIGTERM and SIGINT handlers after ``ray.init``, which replaces them
-    (SIGTERM: a native stack dump, then abort) with its own; from the main thread only."""
+    (SIGTERM: a native stack dump, then abort) with its own; from the main thread only. A SIGTERM
+    that Ray's Python handler turned into ``SystemExit(15)`` during ``ray.init`` is handed to
+    this process's handler when it has one (e.g. :func:`stop_on_signals`: :class:`Terminated`)."""
     import signal
     import threading
 
@@ -72,6 +74,11 @@ def _keep_stop_handlers() -> Iterator[None]:
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
+    except SystemExit as e:
+        own = saved[signal.SIGTERM]
+        if e.code == signal.SIGTERM and callable(own):
+            own(signal.SIGTERM, None)
+        raise
     finally:
         for s, h in saved.items():
             if h is not None:
@@ -106,10 +113,12 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
             with _keep_stop_handlers():
                 ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
                          log_to_driver=False, logging_level=level, _temp_dir=temp)
-        except BaseException:
+        except BaseException:  # a failed or interrupted start leaves no Ray process and no gr-ray-* behind
             import shutil
 
-            shutil.rmtree(temp, ignore_errors=True)  # a failed start leaves no gr-ray-* behind
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
             raise
     import ray.data
 
