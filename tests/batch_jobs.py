@@ -21,16 +21,16 @@ STOP_S = 30  # SIGTERM to exit: the units in flight are abandoned, Ray is shut d
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def corpus(directory: Path, seed: int = 0) -> list[str]:
-    """FILES FASTA files of PER_FILE labeled random records (every 5th in the test split); their ids."""
+def corpus(directory: Path, seed: int = 0, files: int = FILES, per_file: int = PER_FILE) -> list[str]:
+    """``files`` FASTA files of ``per_file`` labeled random records (every 5th in the test split); their ids."""
     directory.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     letters = np.frombuffer(b"ACGT", dtype=np.uint8)
     ids = []
-    for f in range(FILES):
-        seqs = letters[rng.integers(0, 4, size=(PER_FILE, LENGTH))]
+    for f in range(files):
+        seqs = letters[rng.integers(0, 4, size=(per_file, LENGTH))]
         with open(directory / f"part{f:02d}.fa", "w") as out:
-            for i in range(PER_FILE):
+            for i in range(per_file):
                 sid = f"r{f}_{i}"
                 ids.append(sid)
                 out.write(f">{sid} label={'ab'[(f + i) % 2]} split={'test' if i % 5 == 0 else 'train'}\n"

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from batch_jobs import (
-    FILES,
-    PER_FILE,
     assert_clean_sigterm,
     assert_every_record_once,
     assert_nothing_left,
@@ -28,6 +26,7 @@ from batch_jobs import (
 from genoray.bundle import current_version
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
+FILES, PER_FILE = 24, 250  # fewer records than the embed test's: the rerun also indexes, trains and gates
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def short_tmp():
 
 
 def test_sigterm_stops_reindex_cleanly_and_a_rerun_publishes_every_record_once(tmp_path, short_tmp):
-    ids = corpus(tmp_path / "in", seed=1)
+    ids = corpus(tmp_path / "in", seed=1, files=FILES, per_file=PER_FILE)
     work, bundles = tmp_path / "work", tmp_path / "bundles"
     argv = ["reindex", str(tmp_path / "in"), "--work", str(work), "--bundles", str(bundles)]
     rc, text, seen = signal_mid_run(argv, work / "store" / "shards", short_tmp, signal.SIGTERM)
