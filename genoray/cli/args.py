@@ -124,7 +124,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         description="Embed sequence files on a Ray actor pool. Rerunning into the same --out skips finished "
                     "units, so an interrupted job resumes; a store that holds records this run would not write "
                     "(other inputs or settings) is refused unless --append or --overwrite. Exit status: 0 complete, 3 partial (some files "
-                    "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug.")
+                    "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug, "
+                    "143 stopped by SIGTERM (130 SIGINT; rerun to resume).")
     p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
     p.add_argument("--out", required=True, help="store directory (new, one to resume, or see --append/--overwrite)")
     _add_encoder_from(p)
@@ -214,7 +215,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         description="Embed the input files into WORK/store (files done on earlier runs are skipped; the store's "
                     "encoder and cleaning policy are used), build a new index and head, and publish them to BUNDLES "
                     "if the gate passes. Exit status: 0 published, 4 gate failed (the current bundle keeps serving; "
-                    "WORK/builds/<version>/gate.json says why).")
+                    "WORK/builds/<version>/gate.json says why), 143 stopped by SIGTERM (130 SIGINT; nothing published, "
+                    "rerun to resume).")
     p.add_argument("inputs", nargs="+", help="all labeled files (old and new)")
     p.add_argument("--work", required=True, help="working directory (long-lived store + builds)")
     p.add_argument("--bundles", required=True, help="bundle root the service watches")

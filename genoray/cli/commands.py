@@ -59,22 +59,24 @@ from genoray.cli.exitcodes import (
     EXIT_EMPTY,
     EXIT_GATE,
     EXIT_INTERRUPTED,
+    EXIT_KILLED,
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_SHIFT,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     NothingWritten,
     nothing_written,
     why_empty,
 )
 from genoray.cli.flags import build, given
-from genoray.cli.quiet import NativeStderrFilter, quiet_python_loggers, ray_running, stop_ray
+from genoray.cli.quiet import NativeStderrFilter, quiet_python_loggers, ray_running, run_supervised, stop_ray
 from genoray.config import ReadConfig, load_study
 from genoray.encoders import encoder_from_spec
 from genoray.infra import fs
 from genoray.infra.artifacts import strict_dumps, strict_json
 from genoray.infra.errors import InvariantError
-from genoray.infra.runtime import init_ray
+from genoray.infra.runtime import Terminated, init_ray, stop_on_signals
 from genoray.sequences import ReadReport, SequenceFormatError, iter_sequences, read_sequences
 
 log = logging.getLogger(__name__)
@@ -393,11 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit status (see :data:`~genoray.cli.exitcodes.EXIT_CODES`)."""
+    """Run one command; returns its exit status (see :data:`~genoray.cli.exitcodes.EXIT_CODES`).
+
+    SIGTERM and SIGINT stop a command cleanly (exit 143, 130: Ray shut down, temp dirs removed); a
+    batch job on a Ray it starts, run from the command line (``argv`` not given), runs as a
+    supervised child (:func:`~genoray.cli.quiet.run_supervised`; a second signal: exit 137)."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # genoray serve runs itself again as its child
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv is None and (rc := run_supervised(args, forced=EXIT_KILLED)) is not None:
+        return rc
     if args.verbose:
         return _run(args)
     quiet_python_loggers()
@@ -408,14 +416,20 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     ray_before = ray_running()
     try:
-        return args.func(args)
+        with stop_on_signals():
+            try:
+                return args.func(args)
+            finally:
+                if not ray_before:
+                    stop_ray(keep=getattr(args, "keep", False))
     except NothingWritten as e:
         print(f"genoray {args.command}: nothing written: {e} (exit {EXIT_EMPTY}; --allow-empty accepts this)",
               file=sys.stderr)
         return EXIT_EMPTY
-    except KeyboardInterrupt:
-        print(f"genoray {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, Terminated) as e:  # a clean stop: what was committed is kept, a rerun resumes
+        term = isinstance(e, Terminated)
+        print(f"genoray {args.command}: {'SIGTERM' if term else 'interrupted (SIGINT)'}: stopped", file=sys.stderr)
+        return EXIT_TERMINATED if term else EXIT_INTERRUPTED
     except (InvariantError, AssertionError) as e:
         return _bug(args, e)
     except (SequenceFormatError, OSError, ValueError, RuntimeError, ImportError) as e:  # input, settings, system
@@ -423,9 +437,6 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 (anything else is not the user's fault: report it as a bug)
         return _bug(args, e)
-    finally:
-        if not ray_before:
-            stop_ray(keep=getattr(args, "keep", False))
 
 
 def _bug(args: argparse.Namespace, e: BaseException) -> int:

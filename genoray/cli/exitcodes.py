@@ -14,6 +14,8 @@ EXIT_EMPTY = 6  # nothing was written (no input records, every record rejected, 
 EXIT_CUT_OFF = 7  # serve: stopped on SIGTERM/SIGINT, but in-flight requests were cut off (drain timed out, or a second signal)
 EXIT_BUG = 70  # a broken internal invariant or an unexpected exception: a bug in genoray, please report it
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): stopped cleanly; embed, index, reindex, quickstart: rerun to resume
+EXIT_KILLED = 137  # a second SIGTERM/SIGINT while stopping: the command was SIGKILLed (128 + 9); a rerun still resumes
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_USAGE: "usage or input error: bad flag or setting, missing/malformed input file (one line on stderr)",
@@ -24,7 +26,10 @@ EXIT_CODES = {
     EXIT_CUT_OFF: "serve stopped on SIGTERM/SIGINT but cut off in-flight requests: the drain timed out "
                   "(--graceful-shutdown-timeout-s) or a second signal forced the exit",
     EXIT_BUG: "internal error (a bug or broken invariant in genoray; -v shows the traceback)",
-    EXIT_INTERRUPTED: "interrupted",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT): stopped like 143",
+    EXIT_KILLED: "a second SIGTERM/SIGINT while stopping: killed at once (what was committed is kept)",
+    EXIT_TERMINATED: "stopped by SIGTERM: work stopped, Ray shut down, temp dirs removed; what was committed is "
+                     "kept and rerunning the same command resumes (embed: finished units are skipped)",
 }
 
 

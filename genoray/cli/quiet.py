@@ -6,6 +6,7 @@ Native lines are written by Ray's C++ core straight to file descriptor 2, below 
 logging, so :class:`NativeStderrFilter` puts a pipe on fd 2 for the duration of a command and
 forwards everything except lines shaped like ``[2026-01-01 12:00:00,000 E 123 123] file.cc:42: ...``.
 :func:`stop_ray` shuts down a Ray the command started and removes its ``gr-ray-*`` temp dir.
+:func:`run_supervised` runs a batch job on a Ray it starts as a child in a session of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+
+from genoray.infra.runtime import KEPT_MARKER, supervise
 
 log = logging.getLogger(__name__)
 QUIET_LOGGERS = ("ray.data._internal.progress", "ray.serve")
@@ -93,6 +96,41 @@ def stop_ray(keep: bool) -> None:
     ray.shutdown()
     if temp and Path(temp).name.startswith("gr-ray-"):
         if keep:
+            Path(temp, KEPT_MARKER).touch()  # a later start's sweep of dead sessions' dirs leaves it
             print(f"genoray: kept Ray's temp dir {temp}", file=sys.stderr)
         else:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+SUPERVISED_CHILD_ENV = "GENORAY_SUPERVISED_CHILD"  # set in the child that run_supervised starts
+
+
+def runs_ray_job(args: Any) -> bool:
+    """Whether the command is a long batch job on a Ray it starts (``embed``, ``index --ray``,
+    ``reindex``, ``quickstart``, each without ``--no-ray``) and is not already
+    :func:`run_supervised`'s child, nor connected to a Ray."""
+    if os.environ.get(SUPERVISED_CHILD_ENV) or ray_running():
+        return False
+    if args.command == "index":
+        return bool(args.ray)
+    return args.command in ("embed", "reindex", "quickstart") and not args.no_ray
+
+
+def run_supervised(args: Any, forced: int) -> int | None:
+    """When :func:`runs_ray_job`: run the command line ``args.argv`` again as a child of this
+    process, in a session of its own (:func:`~genoray.infra.runtime.supervise`, as ``genoray
+    serve`` does), and return its exit status (``forced`` when a second signal killed it); else
+    ``None`` (run the command here).
+
+    The signal a service manager, ``timeout`` or a scheduler sends to the process group then
+    reaches only this process, which passes it on to the child; the child stops in order (its
+    Ray included), where Ray's processes in its process group would otherwise be killed at the
+    same moment, and Ray's native handler would abort the driver with a stack dump."""
+    if not runs_ray_job(args):
+        return None
+    rc = supervise([sys.executable, "-m", "genoray.cli", *args.argv], dict(os.environ, **{SUPERVISED_CHILD_ENV: "1"}),
+                   forced=forced)
+    if rc == forced:
+        print(f"genoray {args.command}: killed while stopping (a second signal); what was committed is kept",
+              file=sys.stderr)
+    return rc

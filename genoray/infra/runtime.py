@@ -1,14 +1,17 @@
 """Process set-up shared by jobs and services: starting Ray (in a temp dir short enough for
-its sockets, :func:`ray_temp_dir`), tuning the allocator of processes that embed, and a
-read-ahead thread (``prefetch``) that overlaps reading with the forward pass."""
+its sockets, :func:`ray_temp_dir`; the temp dirs of dead sessions are swept,
+:func:`sweep_dead_ray_dirs`), tuning the allocator of processes that embed, a read-ahead thread
+(``prefetch``) that overlaps reading with the forward pass, and the stop on SIGTERM/SIGINT of a
+command (:func:`stop_on_signals`) that runs as a child tied to its parent's lifetime (:func:`supervise`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -20,6 +23,7 @@ RAY_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasm
 SOCKET_PATH_MAX = (103 if sys.platform == "darwin" else 107)  # AF_UNIX's sun_path, less its NUL
 SOCKET_MARGIN = 8  # bytes kept free for a longer socket name in a later Ray
 SHORT_ROOTS = ("/tmp", "/dev/shm")  # noqa: S108 -- roots for a fresh mkdtemp dir, tried in order
+KEPT_MARKER = "genoray-kept"  # in a Ray temp dir kept on purpose (--keep): never swept
 
 
 def ray_temp_dir(prefix: str = "gr-ray-") -> str:
@@ -30,13 +34,15 @@ def ray_temp_dir(prefix: str = "gr-ray-") -> str:
     space) under the first of :data:`SHORT_ROOTS` that is a writable directory, said at INFO.
     Ray opens its mode to all users, as it does for its default ``/tmp/ray``. The caller removes
     it after ``ray.shutdown()`` (the CLI does so for ``gr-ray-*``, :func:`init_ray` when Ray fails
-    to start).
+    to start); the dirs of this prefix that a killed process left behind are removed first
+    (:func:`sweep_dead_ray_dirs`).
 
     Raises:
         OSError: no candidate root is short enough and writable; the message names them.
     """
     budget = SOCKET_PATH_MAX - RAY_SOCKET_TAIL - SOCKET_MARGIN
     default = tempfile.gettempdir()
+    sweep_dead_ray_dirs(prefix)
     for root in (default, *SHORT_ROOTS):
         # mkdtemp names are prefix + 8 characters
         if len(os.path.join(root, prefix + "x" * 8).encode()) > budget:
@@ -53,9 +59,36 @@ def ray_temp_dir(prefix: str = "gr-ray-") -> str:
                   f"set TMPDIR to a writable directory of at most {budget - len(prefix) - 9} characters")
 
 
+@contextlib.contextmanager
+def _keep_stop_handlers() -> Iterator[None]:
+    """Put back this process's SIGTERM and SIGINT handlers after ``ray.init``, which replaces them
+    (SIGTERM: a native stack dump, then abort) with its own; from the main thread only. A SIGTERM
+    that Ray's Python handler turned into ``SystemExit(15)`` during ``ray.init`` is handed to
+    this process's handler when it has one (e.g. :func:`stop_on_signals`: :class:`Terminated`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except SystemExit as e:
+        own = saved[signal.SIGTERM]
+        if e.code == signal.SIGTERM and callable(own):
+            own(signal.SIGTERM, None)
+        raise
+    finally:
+        for s, h in saved.items():
+            if h is not None:
+                signal.signal(s, h)
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: bool | None = None) -> None:
     """Start a local Ray (no dashboard, capped object store) unless one is already running
-    or ``RAY_ADDRESS`` points at a cluster.
+    or ``RAY_ADDRESS`` points at a cluster. This process's SIGTERM and SIGINT handlers survive
+    ``ray.init`` (Ray's native one dumps a stack and aborts; see :func:`stop_on_signals`).
 
     Args:
         num_cpus: CPUs of a local Ray (default: all).
@@ -71,17 +104,21 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
         quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
     level = logging.WARNING if quiet else logging.INFO
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, logging_level=level)
+        with _keep_stop_handlers():
+            ray.init(log_to_driver=False, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
         temp = ray_temp_dir()
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
-                     log_to_driver=False, logging_level=level, _temp_dir=temp)
-        except BaseException:
+            with _keep_stop_handlers():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
+                         log_to_driver=False, logging_level=level, _temp_dir=temp)
+        except BaseException:  # a failed or interrupted start leaves no Ray process and no gr-ray-* behind
             import shutil
 
-            shutil.rmtree(temp, ignore_errors=True)  # a failed start leaves no gr-ray-* behind
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
             raise
     import ray.data
 
@@ -176,14 +213,17 @@ def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | 
     The child's own session keeps the signal a service manager sends to this process group
     (SIGTERM from systemd, Kubernetes, ``docker stop``; SIGINT from Ctrl-C) away from the
     processes the child starts (a local Ray, HAProxy), so the child can stop them in order:
-    the first SIGTERM or SIGINT here is passed on to the child as SIGTERM; a second one SIGKILLs the child. The child dies with this process
-    (:func:`die_with_parent`), also when this one is SIGKILLed. ``on_exit()`` runs after the
-    child has exited, whatever the reason (e.g. to kill what the child left behind).
+    the first SIGTERM or SIGINT here is passed on to the child (the same signal); a second one
+    SIGKILLs the child. The child dies with this process (:func:`die_with_parent`), also when this
+    one is SIGKILLed. Once the child has exited, whatever the reason, what is left of its session
+    is SIGKILLed (:func:`kill_session`), the Ray temp dirs of dead sessions are removed
+    (:func:`sweep_dead_ray_dirs`) and ``on_exit()`` runs (e.g. to kill what the child started
+    outside its session).
 
-    A watchdog process (:func:`sweep_session_when_closed`, in a session of its own too) then
-    SIGKILLs whatever is left in the child's session as soon as this process is gone, however it
-    ended: processes that outlive their parent without ``PR_SET_PDEATHSIG`` (Ray's dashboard and
-    runtime-env agents lived on for minutes after a SIGKILL) or that a stop missed.
+    A watchdog process (:func:`sweep_session_when_closed`, in a session of its own too) does the
+    same as soon as this process is gone, however it ended: processes that outlive their parent
+    without ``PR_SET_PDEATHSIG`` (Ray's dashboard and runtime-env agents lived on for minutes
+    after a SIGKILL) or that a stop missed.
     """
     import signal
     import subprocess
@@ -202,7 +242,7 @@ def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | 
     def forward(signum, frame):
         received.append(signum)
         if len(received) == 1:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
         else:
             proc.kill()
 
@@ -218,11 +258,98 @@ def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | 
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if proc.returncode is not None:
+            kill_session(proc.pid)
+            sweep_dead_ray_dirs()
         if on_exit is not None:
             on_exit()
     if forced is not None and len(received) > 1 and rc == -signal.SIGKILL:
         return forced
     return rc if rc >= 0 else 128 - rc
+
+
+class Terminated(BaseException):  # noqa: N818 -- named like KeyboardInterrupt, its sibling
+    """Raised in the main thread by the first SIGTERM under :func:`stop_on_signals` (a
+    ``BaseException``, like ``KeyboardInterrupt``, so no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` and SIGINT into ``KeyboardInterrupt``, raised in the
+    main thread wherever it is, so that ``finally`` blocks stop the work in order (stop
+    submitting, shut Ray down, remove temp dirs) instead of the process dying at once, or
+    aborting in Ray's native handler. :func:`init_ray` keeps this handler. A second signal
+    interrupts the stop itself, as a second Ctrl-C does (:func:`supervise` SIGKILLs its child
+    instead); a Ray temp dir it leaves is swept by the next start. A no-op off the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, stop)  # SIGINT too: a child started where SIGINT was ignored (``cmd &``) inherits that
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (one that exited, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (macOS): kill(0) is the answer
+        return True
+
+
+def sweep_dead_ray_dirs(prefix: str = "gr-ray-") -> list[str]:
+    """Remove the Ray temp dirs (:func:`ray_temp_dir` of ``prefix``) that a killed process left
+    behind under ``TMPDIR`` and :data:`SHORT_ROOTS`; returns the removed paths.
+
+    Only directories of this user whose Ray sessions' processes are all gone qualify: Ray names
+    each session dir ``session_<date>_<time>_<us>_<pid>`` after the process that started it. A
+    dir without a session (just made, Ray starting), with a live starter (a recycled process id
+    included) or kept on purpose (:data:`KEPT_MARKER`, ``--keep``) is left alone, so running jobs
+    and services of this user are never touched."""
+    import shutil
+
+    removed = []
+    uid = os.getuid()
+    for root in dict.fromkeys((tempfile.gettempdir(), *SHORT_ROOTS)):
+        try:
+            entries = [e for e in os.scandir(root) if e.name.startswith(prefix)]
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if not e.is_dir(follow_symlinks=False) or e.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                names = os.listdir(e.path)
+                pids = [int(n.rsplit("_", 1)[1]) for n in names if n.startswith("session_2") and
+                        n.rsplit("_", 1)[1].isdigit()]
+            except OSError:
+                continue
+            if pids and KEPT_MARKER not in names and not any(pid_alive(p) for p in pids):
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed.append(e.path)
+    if removed:
+        log.info("removed the Ray temp dirs of dead sessions: %s", ", ".join(removed))
+    return removed
 
 
 def recorded_pids(directory: str | os.PathLike, name: str) -> list[int]:
@@ -271,12 +398,19 @@ def session_pids(sid: int) -> list[int]:
 
 def sweep_session_when_closed(fd: int, sid: int, patience_s: float = 5.0) -> None:
     """Block until the pipe ``fd`` is closed (its writer is gone), then SIGKILL every process of
-    session ``sid`` until none is left (for up to ``patience_s``). :func:`supervise`'s watchdog."""
+    session ``sid`` until none is left (for up to ``patience_s``) and sweep the Ray temp dirs of
+    dead sessions. :func:`supervise`'s watchdog."""
+    while os.read(fd, 4096):
+        pass
+    kill_session(sid, patience_s)
+    sweep_dead_ray_dirs()
+
+
+def kill_session(sid: int, patience_s: float = 5.0) -> None:
+    """SIGKILL every process of session ``sid`` until none is left (for up to ``patience_s``)."""
     import signal
     import time
 
-    while os.read(fd, 4096):
-        pass
     deadline = time.monotonic() + patience_s
     while (pids := session_pids(sid)) and time.monotonic() < deadline:
         for pid in pids:

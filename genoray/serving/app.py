@@ -225,6 +225,7 @@ def run_service(cfg: ServeConfig) -> bool:
     import time
 
     served = preflight(cfg)  # read once: topology, shard groups and replica memory come from it
+    import ray
     from ray import serve
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
@@ -273,7 +274,8 @@ def run_service(cfg: ServeConfig) -> bool:
         drained = _drain(cfg, ingress, pids_dir)
         if not drained:  # cut off what is still in flight at once: the caller's time is up
             signal_recorded(pids_dir, "haproxy", signal.SIGKILL)
-        serve.shutdown()
+        if ray.is_initialized():  # not when the signal came while Ray started: serve.shutdown() would start one
+            serve.shutdown()
         print("genoray serve: stopped" + ("" if drained else " (the drain timed out)"), file=sys.stderr, flush=True)
     finally:
         signal_recorded(pids_dir, "haproxy", signal.SIGKILL)  # Serve stopped it; never leave one listening
