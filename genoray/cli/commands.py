@@ -67,6 +67,7 @@ from genoray.cli.exitcodes import (
     EXIT_USAGE,
     NothingWritten,
     nothing_written,
+    print_result,
     why_empty,
 )
 from genoray.cli.flags import build, given
@@ -74,26 +75,14 @@ from genoray.cli.quiet import NativeStderrFilter, quiet_python_loggers, ray_runn
 from genoray.config import ReadConfig, load_study
 from genoray.encoders import encoder_from_spec
 from genoray.infra import fs
-from genoray.infra.artifacts import strict_dumps, strict_json
+from genoray.infra.artifacts import strict_dumps
 from genoray.infra.errors import InvariantError
 from genoray.infra.runtime import Terminated, init_ray, stop_on_signals
 from genoray.sequences import ReadReport, SequenceFormatError, iter_sequences, read_sequences
 
 log = logging.getLogger(__name__)
 
-NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
-              "MCC and F1 need predictions and labels of more than one class)")
 QUICKSTART_BOTH = ("kmer", "kmer-pos")  # --encoder both
-
-
-def _print(obj, as_json: bool, text: str | None = None) -> None:
-    clean, replaced = strict_json(obj)
-    if as_json or text is None:
-        print(json.dumps(clean, indent=2, default=str, allow_nan=False))
-    else:
-        print(text)
-    if replaced:
-        print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
 
 
 def _encoder(a: argparse.Namespace, name: str | None = None):
@@ -131,7 +120,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
                                 use_ray=not a.no_ray, index_cfg=build(a, INDEX_OF_READ, split=read.train_split),
                                 embed_cfg=build(a, EMBED), eval_cfg=build(a, EVALUATE_OF_READ, split=read.test_split),
                                 make_encoder=lambda name: _encoder(a, name))
-        _print(result, a.json, format_result(result))
+        print_result(result, a.json, format_result(result))
     finally:
         if not a.workdir and not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -153,7 +142,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     # failed: files failed and nothing was written; empty: nothing to write (both exit 6)
     out["outcome"] = ("failed" if report.failed else "empty") if report.written == 0 else \
         ("partial" if report.failed else "complete")
-    _print(out, True)
+    print_result(out, True)
     if report.failed:
         print(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")",
               file=sys.stderr)
@@ -172,7 +161,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 
     if a.ray:
         init_ray()
-    _print(asdict(build_index(a.store, a.out, build(a, INDEX), use_ray=a.ray)), True)
+    print_result(asdict(build_index(a.store, a.out, build(a, INDEX), use_ray=a.ray)), True)
     return EXIT_OK
 
 
@@ -190,7 +179,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
                         embed_rate=plan_cfg.embed_rate)
     else:
         raise ValueError("genoray plan: give --n and --dim, or --store")
-    _print(plan.to_dict(), a.json, format_plan(plan))
+    print_result(plan.to_dict(), a.json, format_plan(plan))
     return EXIT_OK if plan.fits else EXIT_GATE
 
 
@@ -198,7 +187,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     """Fit the fused head over an index; print what was chosen."""
     from genoray.pipeline import train_head  # lazy: faiss, scikit-learn
 
-    _print(train_head(a.store, a.index, a.out, build(a, HEAD), build(a, TRUST).trust_remote_code), True)
+    print_result(train_head(a.store, a.index, a.out, build(a, HEAD), build(a, TRUST).trust_remote_code), True)
     return EXIT_OK
 
 
@@ -224,7 +213,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         print(f"report: {write_evaluation(rep, a.out)}", file=sys.stderr)
         rep.pop("curves")
-    _print(rep, a.json, format_evaluation(rep))
+    print_result(rep, a.json, format_evaluation(rep))
     return EXIT_OK
 
 
@@ -286,7 +275,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
                                      trust_remote_code=build(a, TRUST).trust_remote_code))
     else:
         raise ValueError("give --index and --head (new version) or --version (rollback / re-publish)")
-    _print({"current": current_version(a.root)}, True)
+    print_result({"current": current_version(a.root)}, True)
     return EXIT_OK
 
 
@@ -304,7 +293,7 @@ def cmd_bundles(a: argparse.Namespace) -> int:
                      + (f"  leased by {','.join(r['leases'])}" if r["leases"] else "")
                      + (f"  {r['verified']}" if "verified" in r else "") + (f"  ERROR {r['error']}" if "error" in r else ""))
     lines.append("* = CURRENT" if any(r["current"] for r in rows) else "no version is CURRENT (nothing published)")
-    _print(rows, a.json, "\n".join(lines))
+    print_result(rows, a.json, "\n".join(lines))
     bad = [r for r in rows if "error" in r or r.get("verified", "ok") != "ok"]
     return EXIT_USAGE if bad else EXIT_OK
 
@@ -320,7 +309,7 @@ def cmd_reindex(a: argparse.Namespace) -> int:
     named = bool(a.encoder_from) or bool(given(a, ENCODER))  # otherwise the store's encoder
     rep = reindex(a.inputs, a.work, a.bundles, _encoder(a) if named else None, read_cfg=read, cfg=cfg,
                   use_ray=not a.no_ray, trust_remote_code=bool(getattr(a, "hf.trust_remote_code", False)))
-    _print(asdict(rep), True)
+    print_result(asdict(rep), True)
     return EXIT_OK if rep.published else EXIT_GATE
 
 
@@ -369,7 +358,7 @@ def cmd_shift(a: argparse.Namespace) -> int:
         from genoray.evaluation.html import write_shift  # lazy: as above
 
         report["html"] = str(write_shift(report, embedding_map(det, new.vectors), a.out))
-    _print(report, True)
+    print_result(report, True)
     return EXIT_SHIFT if report["is_shift"] else EXIT_OK
 
 
@@ -378,7 +367,7 @@ def cmd_convert_weights(a: argparse.Namespace) -> int:
     from genoray.encoders.weights import convert_weights  # lazy: torch, safetensors
 
     report = convert_weights(a.src, a.dst)
-    _print(report, True)
+    print_result(report, True)
     print(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})", file=sys.stderr)
     return EXIT_OK
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
+
+from genoray.infra.artifacts import strict_json
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad flags or settings, unreadable or malformed input that stops the job, missing files
@@ -54,3 +57,19 @@ def nothing_written(a: Any, why: str) -> None:
     if not getattr(a, "allow_empty", False):
         raise NothingWritten(why)
     print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)
+
+
+NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
+              "MCC and F1 need predictions and labels of more than one class)")
+
+
+def print_result(obj, as_json: bool, text: str | None = None) -> None:
+    """Print a command's result: strict JSON (``NaN`` written as null, with a note on stderr
+    naming the fields) when ``as_json`` or there is no ``text`` form, else ``text``."""
+    clean, replaced = strict_json(obj)
+    if as_json or text is None:
+        print(json.dumps(clean, indent=2, default=str, allow_nan=False))
+    else:
+        print(text)
+    if replaced:
+        print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
