@@ -135,8 +135,9 @@ class SharedNothingCluster:
     def alive_nodes(self) -> int:
         """Alive nodes of the cluster, asked by a short-lived driver."""
         r = self.python("import ray; ray.init(logging_level='ERROR', log_to_driver=False); "
-                        "print(sum(1 for n in ray.nodes() if n['Alive']))", timeout=60)
-        return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else 0
+                        "print('alive-nodes', sum(1 for n in ray.nodes() if n['Alive']))", timeout=60)
+        found = [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("alive-nodes ")]
+        return int(found[-1]) if r.returncode == 0 and found else 0  # Ray may print warnings around it
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         """Wait until ``n`` nodes are alive (else raise with the logs' tails)."""
