@@ -170,7 +170,10 @@ class EmbedConfig:
         max_actors: elastic actor pool: start with ``num_actors`` (or the default) and grow to
             this many as nodes/GPUs join (``0`` = a fixed pool).
         prefetch_batches: read and clean up to this many batches ahead on a thread while the
-            encoder runs (``0`` = read, then embed, one after the other).
+            encoder runs (``0`` = read, then embed, one after the other). ``None``: 2 on actors
+            that get a GPU (the forward leaves the CPU free to read ahead), 0 on CPU-only actors
+            and in-process (measured there at x0.80 of the plain loop on 2 cores: the extra
+            thread competes with the encoder's; docs/benchmarks.md).
         append: into a store that holds units this run would not write (other input files, or
             the same files changed or read with other settings), keep them and add this run's
             (same encoder and cleaning policy). Without append or overwrite such a run is refused;
@@ -188,7 +191,7 @@ class EmbedConfig:
     on_error: Literal["continue", "fail"] = "continue"
     allow_cpu: bool = False
     max_actors: int = 0
-    prefetch_batches: int = 2
+    prefetch_batches: int | None = None
     append: bool = False
     overwrite: bool = False
 
@@ -198,4 +201,10 @@ class EmbedConfig:
                         and (self.gpus_per_actor is None or self.gpus_per_actor >= 0),
                         ("batch_size, rows_per_unit and bytes_per_unit must be >= 1; "
                          "num_actors, cpus_per_actor, gpus_per_actor >= 0")),
-                 (not (self.append and self.overwrite), "append and overwrite exclude each other; give one"))
+                 (not (self.append and self.overwrite), "append and overwrite exclude each other; give one"),
+                 (self.prefetch_batches is None or self.prefetch_batches >= 0, "prefetch_batches must be >= 0"))
+
+    def read_ahead(self, gpu: bool) -> int:
+        """Batches to read ahead on an actor that gets a GPU (``gpu``) or not: ``prefetch_batches``,
+        or its default (2 with a GPU, 0 without)."""
+        return self.prefetch_batches if self.prefetch_batches is not None else (2 if gpu else 0)

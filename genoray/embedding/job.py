@@ -257,7 +257,8 @@ def embed_sequences(
             results = run_on_ray(pending, spec, read_cfg, shard_dir, embed_cfg, runs_remote_code(encoder))
         else:
             tune_allocator()
-            results = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size, embed_cfg.prefetch_batches)
+            results = (process_unit(u, encoder, read_cfg, shard_dir, embed_cfg.batch_size,
+                                    embed_cfg.read_ahead(gpu=False))
                        for u in pending)
         progress = Progress(f"embed {out}", len(pending))  # a line every 30 s when stderr is no terminal
         for r in results:

@@ -93,7 +93,8 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
         EmbedUnits,
         fn_constructor_kwargs={"encoder_spec": spec, "read_cfg": to_dict(read_cfg), "shard_dir": str(shard_dir),
                                "batch_size": cfg.batch_size, "torch_threads": max(1, int(cpus_per_actor)),
-                               "prefetch_batches": cfg.prefetch_batches, "weights_hints": _weights_hints(spec),
+                               "prefetch_batches": cfg.read_ahead(gpu=bool(num_gpus)),
+                               "weights_hints": _weights_hints(spec),
                                "trust_remote_code": trust_remote_code},
         batch_size=1,
         # elastic with max_actors: nodes and GPUs that join later get actors (Ray Data autoscales the pool)
