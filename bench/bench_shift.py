@@ -123,17 +123,6 @@ def auroc(a: np.ndarray, b: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))
 
 
-def ece(y: np.ndarray, proba: np.ndarray, classes, bins: int = 15) -> float:
-    """Top-label expected calibration error (equal-width bins)."""
-    conf = proba.max(axis=1)
-    right = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] == y
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            total += m.mean() * abs(conf[m].mean() - right[m].mean())
-    return float(total)
 
 
 # ---- sections -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -142,3 +143,11 @@ def malicious_pickle(target: Path, sentinel: Path) -> Path:
 
     target.write_bytes(pickle.dumps(Sentinel(sentinel)))
     return target
+
+
+@pytest.fixture
+def short_tmp():
+    """A fresh TMPDIR under /tmp short enough for Ray's socket paths (the job's Ray temp dir goes there)."""
+    tmp = Path(tempfile.mkdtemp(prefix="gs", dir="/tmp"))
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)

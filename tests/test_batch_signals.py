@@ -14,7 +14,6 @@ Ray temp dir. A start removes the Ray temp dirs of dead sessions, and only those
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,13 +38,6 @@ from genoray.infra.runtime import KEPT_MARKER, sweep_dead_ray_dirs
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
-
-@pytest.fixture
-def short_tmp():
-    """A fresh TMPDIR short enough for Ray's socket paths (the job's Ray temp dir goes there)."""
-    tmp = Path(tempfile.mkdtemp(prefix="gb", dir="/tmp"))
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("ray", [True, False], ids=["ray", "no-ray"])

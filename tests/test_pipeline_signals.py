@@ -5,25 +5,15 @@ Ray temp dir removed (TMPDIR is empty again). index --ray, SIGTERM while its Ray
 (``ray.init``, whose own handler would exit 15): exit 143, nothing left, no index written. The
 helpers are in tests/batch_jobs.py."""
 
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from batch_jobs import FILES, PER_FILE, assert_clean_sigterm, assert_nothing_left, corpus, env_for, signal_mid_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
-
-@pytest.fixture
-def short_tmp():
-    """A fresh TMPDIR short enough for Ray's socket paths (the job's Ray temp dir goes there)."""
-    tmp = Path(tempfile.mkdtemp(prefix="gq", dir="/tmp"))
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -5,12 +5,9 @@ signal are skipped) and publishes a bundle whose store holds every input record 
 The helpers are in tests/batch_jobs.py."""
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from batch_jobs import (
@@ -28,13 +25,6 @@ from genoray.bundle import current_version
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 FILES, PER_FILE = 24, 250  # fewer records than the embed test's: the rerun also indexes, trains and gates
 
-
-@pytest.fixture
-def short_tmp():
-    """A fresh TMPDIR short enough for Ray's socket paths (the job's Ray temp dir goes there)."""
-    tmp = Path(tempfile.mkdtemp(prefix="gb", dir="/tmp"))
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_sigterm_stops_reindex_cleanly_and_a_rerun_publishes_every_record_once(tmp_path, short_tmp):
