@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -648,3 +649,17 @@ def test_test_fraction_split_is_the_same_on_ray_workers(ray_session, tmp_path):
     a, b = EmbeddingStore(tmp_path / "ray").load(), EmbeddingStore(tmp_path / "local").load()
     assert dict(zip(a.ids, a.splits)) == dict(zip(b.ids, b.splits))
     assert sum(s == "test" for s in a.splits) == 16  # round(0.25 * 30) per label
+
+
+def test_one_grammar_json_and_verbose_on_every_command():
+    """``--json`` is accepted by every command that prints a result, and ``-v`` works before or
+    after the command name (an absent ``-v`` after it does not undo one before it)."""
+    from genoray.cli.commands import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [n for n, p in sub.choices.items() if n != "serve" and "--json" not in p._option_string_actions]
+    assert missing == []
+    for argv, verbose in ((["-v", "index", "S", "--out", "O"], True), (["index", "S", "--out", "O", "-v"], True),
+                          (["index", "S", "--out", "O"], False), (["-v", "embed", "x", "--out", "O", "--json"], True)):
+        assert parser.parse_args(argv).verbose is verbose, argv

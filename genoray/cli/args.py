@@ -255,4 +255,16 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.add_argument("src", help="model directory holding pytorch_model.bin")
     p.add_argument("dst", help="new directory for the converted model")
     p.set_defaults(func=commands["convert-weights"])
+    _common_flags(sub.choices)
     return parser
+
+
+def _common_flags(parsers: Mapping[str, argparse.ArgumentParser]) -> None:
+    """One grammar for every command: ``-v`` also after the command name, and ``--json`` on every
+    command that prints a result (those without a text form print JSON anyway)."""
+    for name, p in parsers.items():
+        # SUPPRESS: an absent flag must not overwrite a -v given before the command name
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="as genoray -v: log progress and Ray's own messages, tracebacks on errors")
+        if name != "serve" and "--json" not in p._option_string_actions:
+            p.add_argument("--json", action="store_true", help="print the result as JSON (this command's only form)")
