@@ -316,3 +316,23 @@ def test_cli_on_s3_and_clear_errors(s3_bucket, tmp_path, monkeypatch, capsys):
     assert "s3://no-such-bucket-xyz/store: not an embedding store" in capsys.readouterr().err
     assert main(["embed", "s3://no-such-bucket-xyz/in.fa", "--out", f"{b}/s2", "--no-ray"]) == 2
     assert "s3://no-such-bucket-xyz/in.fa" in capsys.readouterr().err
+
+
+def test_prediction_file_on_s3_is_put_whole_or_not_at_all(s3_bucket):
+    """``genoray predict --out s3://...``: the file appears in one upload at the end; an interrupted
+    run (``commit=False``) puts nothing there."""
+    from genoray.predict.output import PredictionWriter
+
+    row = {"seq_id": "a", "label": "x", "ood_score": 0.5, "probabilities": {"x": 0.75, "y": 0.25}, "neighbours": []}
+    for fmt in ("jsonl", "tsv", "parquet"):
+        w = PredictionWriter(f"{s3_bucket}/pred.{fmt}", fmt, ["x", "y"])
+        w.write([row, {**row, "seq_id": "b"}])
+        assert not fs.is_file(f"{s3_bucket}/pred.{fmt}")  # nothing visible before close
+        w.close()
+        assert fs.is_file(f"{s3_bucket}/pred.{fmt}")
+    assert [json.loads(line)["seq_id"] for line in fs.read_bytes(f"{s3_bucket}/pred.jsonl").decode().splitlines()] == \
+        ["a", "b"]
+    w = PredictionWriter(f"{s3_bucket}/cut.jsonl", "jsonl", ["x", "y"])
+    w.write([row])
+    w.close(commit=False)
+    assert not fs.is_file(f"{s3_bucket}/cut.jsonl") and not os.path.exists(w.path)

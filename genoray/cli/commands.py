@@ -235,6 +235,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     report = ReadReport()
     rows: list[dict] = []
     writer = PredictionWriter(a.out, cfg.format, [str(c) for c in predictor.head.classes_], cfg.with_sequences)
+    done = False
     try:
         for batch in iter_sequences(a.inputs, read_cfg, report=report):
             ids, seqs = batch["seq_id"].to_pylist(), batch["sequence"].to_pylist()
@@ -247,8 +248,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
             assert predictor.index is not None  # loaded with its index
             missing = join_neighbour_records(predictor.index.manifest, rows)
             writer.write(rows)
+        done = True
     finally:
-        writer.close()
+        writer.close(commit=done)
     summary = report.to_dict()
     summary["predicted"] = writer.n
     if cfg.with_sequences:

@@ -4,21 +4,30 @@ sequence and metadata (``genoray predict --format ... --with-sequences``)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from typing import TextIO, cast
 
 from genoray.config import ReadConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.manifest import IndexManifest
+from genoray.infra import fs
 from genoray.infra.artifacts import strict_dumps as dumps
 from genoray.sequences import read_sequences
 
 
 class PredictionWriter:
     """Predictions as JSON lines, TSV (one row per query; neighbours as ``id:label:similarity``
-    joined by ``;``) or Parquet (probabilities one column per class, neighbours a list of structs)."""
+    joined by ``;``) or Parquet (probabilities one column per class, neighbours a list of structs).
+    ``path`` may be an ``s3://``/``gs://`` URI: written to a local temp file, put there at
+    :meth:`close` in one upload (readers see the whole file or none)."""
 
     def __init__(self, path: str | None, fmt: str, classes: list[str], with_sequences: bool = False):
+        self.remote = path if path and fs.is_remote(path) else None
+        if self.remote:
+            fd, path = tempfile.mkstemp(prefix="genoray-predictions-", suffix=f".{fmt}")
+            os.close(fd)
         self.path, self.fmt, self.classes, self.n, self.seqs = path, fmt, classes, 0, with_sequences
         self.tables: list = []
         self.f: TextIO | None = None
@@ -52,8 +61,9 @@ class PredictionWriter:
             cols["neighbours"] = [p["neighbours"] for p in preds]
             self.tables.append(pa.Table.from_pydict(cols))
 
-    def close(self) -> None:
-        """Write the Parquet file (collected batches) or close the text output."""
+    def close(self, commit: bool = True) -> None:
+        """Write the Parquet file (collected batches) or close the text output; a remote ``path``
+        gets the file only with ``commit`` (an interrupted run puts nothing there)."""
         if self.fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -62,6 +72,12 @@ class PredictionWriter:
                 pq.write_table(pa.concat_tables(self.tables, promote_options="default"), self.path)
         elif self.path and self.f is not None:
             self.f.close()
+        if self.remote and self.path:
+            try:
+                if commit:
+                    fs.upload(self.path, self.remote)
+            finally:
+                os.unlink(self.path)
 
 
 def join_neighbour_records(index_manifest: IndexManifest, rows: list[dict]) -> int:
