@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,3 +337,56 @@ def test_prediction_file_on_s3_is_put_whole_or_not_at_all(s3_bucket):
     w.write([row])
     w.close(commit=False)
     assert not fs.is_file(f"{s3_bucket}/cut.jsonl") and not os.path.exists(w.path)
+
+
+def test_serving_nodes_fetch_only_their_groups_files_and_drop_unleased_versions(s3_bucket, tmp_path, monkeypatch):
+    """On a remote root a searcher replica's node downloads only its shard group's files, the
+    model replica only the head and the index manifest, the serve driver sizes replicas without
+    downloading anything, and fetching a new version drops this node's copies of versions that
+    are not CURRENT and that no replica leases."""
+    from test_serve_groups import build_indexes
+
+    from genoray.bundle import lease, publish, read_version, release, version_dir
+    from genoray.config import ServeConfig
+    from genoray.infra.fs import cache_dir
+    from genoray.pipeline import write_bundle
+    from genoray.serving.replica_memory import grouped_actor_options, replica_actor_options
+    from genoray.serving.scatter import GroupIndex
+
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "cache"))
+    built = build_indexes(tmp_path / "data", n=600)
+    root = f"{s3_bucket}/bundles"
+    v1 = write_bundle(root, built["flat4"], built["head"], shard_groups=2)
+    publish(root, v1)
+    doc = read_version(root, v1)
+    versions = cache_dir("bundles", root) / "versions"
+    shutil.rmtree(tmp_path / "cache")  # publish verified v1 in a node-local copy; serving nodes start empty
+
+    cfg = ServeConfig(root=root, require_key=False)
+    options = replica_actor_options(cfg, doc)
+    _, searchers = grouped_actor_options(cfg, options, doc, 2)
+    assert options["memory"] > 0 and all(s["memory"] > 0 for s in searchers)
+    assert not versions.exists()  # the driver sized the replicas from the store's sizes alone
+
+    def fetched() -> dict[str, set[str]]:
+        return {d.name: {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()} for d in versions.iterdir()}
+
+    g0, g1 = GroupIndex(root, v1, 0), GroupIndex(root, v1, 1)
+    copies = fetched()
+    assert len(copies) == 2 and all("+" in name for name in copies)  # two partial copies, no whole one
+    shard_files = {f for f in doc.files if f.startswith("index/") and ("shard" in f or "ids" in f)}
+    per_group = [c & shard_files for c in copies.values()]
+    assert per_group[0] and per_group[1] and not per_group[0] & per_group[1]  # disjoint: each its own shards
+    assert all(not any(f.startswith("head/") for f in c) for c in copies.values())
+    assert sorted([*g0.gids, *g1.gids]) == list(range(doc.index.ntotal))  # every row in exactly one group
+
+    # a second version: fetching it drops v1's copies once no replica leases v1
+    lease(root, v1, "replica-a")
+    v2 = write_bundle(root, built["ivf4"], built["head"], shard_groups=2)
+    publish(root, v2)
+    shutil.rmtree(versions / v2)  # the publisher's whole copy of v2
+    GroupIndex(root, v2, 0)
+    assert {n.split("+")[0] for n in fetched()} == {v1, v2}  # v1 is leased: kept
+    release(root, v1, "replica-a")
+    version_dir(root, v2, [f for f in read_version(root, v2).files if f.startswith("head/")])
+    assert {n.split("+")[0] for n in fetched()} == {v2}

@@ -13,6 +13,7 @@ from genoray.bundle.store import (
     collect_garbage,
     current_bundle,
     current_version,
+    evict_unleased,
     lease,
     list_versions,
     live_leases,
@@ -21,11 +22,13 @@ from genoray.bundle.store import (
     release,
     verify_bundle,
     version_dir,
+    version_uri,
     write_version,
 )
 
 __all__ = [
-    "LEASE_TTL_S", "BundleManifest", "Current", "collect_garbage", "current_bundle", "current_version", "groups_of", "lease",
+    "LEASE_TTL_S", "BundleManifest", "Current", "collect_garbage", "current_bundle", "current_version", "evict_unleased", "groups_of",
+    "lease",
     "list_versions", "live_leases", "new_version_name", "publish", "read_version", "release", "shard_groups",
-    "verify_bundle", "version_dir", "write_version",
+    "verify_bundle", "version_dir", "version_uri", "write_version",
 ]

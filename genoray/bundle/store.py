@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -180,19 +180,32 @@ def write_version(root: str | os.PathLike, index_dir: str | os.PathLike, head_di
     return version
 
 
-def version_dir(root: str | os.PathLike, version: str) -> Path:
+def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | None = None) -> Path:
     """The local directory of ``version``: under ``root`` itself, or, for a remote root, the
-    node-local copy (downloaded and verified once per node)."""
+    node-local copy (downloaded and verified once per node). ``files`` (relative paths in
+    ``bundle.json``): only those are needed, so only those are downloaded (a searcher replica
+    fetches its shard group, the model replica the head), into a copy of their own unless the
+    whole version is already here. Fetching a version drops this node's copies of versions
+    that are not ``CURRENT`` and that no replica leases any more (:func:`evict_unleased`)."""
     if not fs.is_remote(root):
         return Path(fs.as_path(version_uri(root, version)))
-    local = fs.cache_dir("bundles", root) / VERSIONS / check_version(version, fs.join(root, VERSIONS))
-    if local.is_dir():
-        return local
+    base = fs.cache_dir("bundles", root) / VERSIONS
+    full = base / check_version(version, fs.join(root, VERSIONS))
+    want = None if files is None else sorted(set(files))
+    # "+" is not allowed in version names, so a partial copy's directory is never taken for one
+    local = full if want is None else base / f"{version}+{hashlib.sha256(chr(10).join(want).encode()).hexdigest()[:12]}"
+    for have in (full, local):
+        if have.is_dir():
+            return have
     doc = read_version(root, version)
-    stage = local.parent.parent / STAGING / f"{version}.{uuid.uuid4().hex[:6]}"
+    names = list(doc.files) if want is None else want
+    if unknown := [f for f in names if f not in doc.files]:
+        raise FormatError(f"{version_uri(root, version)}: {MANIFEST} lists no sha256 for {unknown[:3]}")
+    stage = base.parent / STAGING / f"{local.name}.{uuid.uuid4().hex[:6]}"
     try:
-        fs.download_dir(version_uri(root, version), stage, [*doc.files, MANIFEST])
-        _verify_dir(stage, doc, version_uri(root, version))  # refuse a corrupt download before it enters the cache
+        fs.download_dir(version_uri(root, version), stage, [*names, MANIFEST])
+        # refuse a corrupt download before it enters the cache
+        _verify_dir(stage, doc, version_uri(root, version), files=names)
         make_read_only(stage)
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -203,7 +216,25 @@ def version_dir(root: str | os.PathLike, version: str) -> Path:
     finally:
         if stage.exists():
             remove_tree(stage, ignore_errors=True)
+    evict_unleased(root, keep={version})
     return local
+
+
+def evict_unleased(root: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
+    """Remove this node's cached copies (whole or partial) of ``root``'s versions that are not
+    ``CURRENT``, not in ``keep`` and have no live lease (no replica anywhere holds them; a
+    replica that maps files of a removed copy keeps its pages until it lets go). Returns the
+    directories removed."""
+    base = fs.cache_dir("bundles", root) / VERSIONS
+    if not fs.is_remote(root) or not base.is_dir():
+        return []
+    protected, removed = {*keep, _current_name(root)}, []
+    for d in sorted(base.iterdir()):
+        v = d.name.split("+", 1)[0]
+        if d.is_dir() and v not in protected and not live_leases(root, v):
+            remove_tree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 def verified_record(vdir: str | os.PathLike) -> Path:
@@ -213,9 +244,11 @@ def verified_record(vdir: str | os.PathLike) -> Path:
     return fs.cache_root() / "verified" / f"{hashlib.sha256(str(Path(vdir).resolve()).encode()).hexdigest()[:32]}.json"
 
 
-def _verify_dir(vdir: Path, doc: BundleManifest, where: Any, record: Path | None = None) -> None:
-    verify_files(vdir, doc.files, record=record)
-    extra = {str(p.relative_to(vdir)) for p in vdir.rglob("*") if p.is_file() and p.name != MANIFEST} - set(doc.files)
+def _verify_dir(vdir: Path, doc: BundleManifest, where: Any, record: Path | None = None,
+                files: Iterable[str] | None = None) -> None:
+    names = set(doc.files) if files is None else set(files)
+    verify_files(vdir, {f: doc.files[f] for f in names}, record=record)
+    extra = {str(p.relative_to(vdir)) for p in vdir.rglob("*") if p.is_file() and p.name != MANIFEST} - names
     if extra:
         raise ChecksumError(f"{where}: files not in {MANIFEST}: {sorted(extra)[:5]}")
 

@@ -34,6 +34,7 @@ from genoray.embedding.store import EmbeddingStore
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
 from genoray.index.manifest import read_manifest
 from genoray.index.stages import BATCH_ROWS, count_split
+from genoray.infra import fs
 
 MB = 2**20
 GB = 2**30
@@ -105,14 +106,18 @@ class ShardSize:
 def shard_sizes(index_dir: str | Path) -> tuple[list[ShardSize], int]:
     """The :class:`ShardSize` of every shard of an index directory, and the bytes of the shared
     IVF quantizer every replica reads into memory (0 without one): the one measure the
-    replica memory, the shard groups and their budgets use."""
-    index_dir = Path(index_dir)
+    replica memory, the shard groups and their budgets use. ``index_dir`` may be a URI: the
+    sizes are then asked of the object store (nothing is downloaded)."""
     m = read_manifest(index_dir)
+
+    def size(f: str) -> int:
+        return fs.info(fs.join(index_dir, f))[1]
+
     sizes = []
     for s in m.shards:
-        ids = s.ntotal * ID_TABLE_ROW if s.ids.endswith(".parquet") else (index_dir / s.ids).stat().st_size
-        sizes.append(ShardSize(sum((index_dir / f).stat().st_size for f in s.sha256 if f != s.ids), ids))
-    quantizer = (index_dir / m.trained.file).stat().st_size if m.shared_quantizer and m.trained else 0
+        ids = s.ntotal * ID_TABLE_ROW if s.ids.endswith(".parquet") else size(s.ids)
+        sizes.append(ShardSize(sum(size(f) for f in s.sha256 if f != s.ids), ids))
+    quantizer = size(m.trained.file) if m.shared_quantizer and m.trained else 0
     return sizes, quantizer
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from genoray.config import CleanPolicy
@@ -166,9 +165,10 @@ class IndexManifest:
 
 
 def read_manifest(path: str | os.PathLike) -> IndexManifest:
-    """The manifest of the index directory ``path`` (checks the format, not the files)."""
-    p = Path(path) / MANIFEST
-    if not p.is_file():
+    """The manifest of the index directory ``path``, a local path or a URI (checks the format,
+    not the files)."""
+    p = fs.join(path, MANIFEST)
+    if not fs.is_file(p):
         raise FileNotFoundError(f"{path}: not an index directory (no {MANIFEST})")
     return read_document(IndexManifest, p)
 

@@ -17,7 +17,7 @@ shared IVF quantizer; the model replica holds the encoder, head and OOD scorer a
 Ray then never places more replicas on a node than its ``memory`` resource allows (the
 ``memory`` key of ``ray_actor_options``; ``ServeConfig.replica_memory_mb`` overrides the
 estimate). Sizes come from the files of the version ``CURRENT`` points at when the application
-is built; a much larger version published later needs a redeploy to be re-declared.
+is built (for a remote root, the object store's sizes: the driver downloads nothing); a much larger version published later needs a redeploy to be re-declared.
 """
 
 from __future__ import annotations
@@ -25,24 +25,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from genoray.bundle import BundleManifest, groups_of, version_dir
+from genoray.bundle import BundleManifest, groups_of, version_uri
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.config import ServeConfig
 from genoray.index.capacity import replica_bytes, shard_sizes
 from genoray.infra import fs
 
 
-def _head_bytes(vdir: Path) -> int:
+def _head_bytes(vdir: str | Path) -> int:
     """The head, OOD scorer and priors of a version: read whole into every replica."""
-    return sum(p.stat().st_size for p in (vdir / HEAD_DIR).rglob("*") if p.is_file())
+    head = fs.join(vdir, HEAD_DIR)
+    return sum(fs.info(fs.join(head, f))[1] for f in fs.list_files(head))
 
 
 def replica_memory_bytes(vdir: str | Path, mmap: bool, replicas_per_node: int) -> int:
-    """What one replica holding the whole index of version directory ``vdir`` needs: its
-    private part plus the mapped files in full (``mmap=False``) or shared among
-    ``replicas_per_node`` replicas (``mmap=True``)."""
-    vdir = Path(vdir)
-    shards, quantizer = shard_sizes(vdir / INDEX_DIR)
+    """What one replica holding the whole index of version directory ``vdir`` (a path or URI:
+    sizes are asked of the store, nothing is downloaded) needs: its private part plus the
+    mapped files in full (``mmap=False``) or shared among ``replicas_per_node`` replicas
+    (``mmap=True``)."""
+    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR))
     return replica_bytes(shards, quantizer, _head_bytes(vdir), replicas_per_node, mmap=mmap)
 
 
@@ -55,8 +56,8 @@ def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> di
     options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
     if cfg.replica_memory_mb > 0:
         options["memory"] = int(cfg.replica_memory_mb * 2**20)
-    elif served is not None:  # a remote root: sized from this node's copy
-        options["memory"] = replica_memory_bytes(version_dir(cfg.root, served.version), cfg.mmap, cfg.max_replicas)
+    elif served is not None:  # sized from the files' sizes where they are: the driver downloads nothing
+        options["memory"] = replica_memory_bytes(version_uri(cfg.root, served.version), cfg.mmap, cfg.max_replicas)
     if fs.is_remote(cfg.root) and (env := fs.forwarded_env()):  # the endpoint and credentials this process uses
         options["runtime_env"] = {"env_vars": env}
     return options
@@ -74,8 +75,8 @@ def grouped_actor_options(cfg: ServeConfig, options: dict[str, Any], served: Bun
     groups = groups_of(served) or []
     if len(groups) != n_groups:
         raise ValueError(f"{cfg.root}: bundle {served.version} has {len(groups)} shard groups, serving {n_groups}")
-    vdir = version_dir(cfg.root, served.version)
-    shards, quantizer = shard_sizes(vdir / INDEX_DIR)
+    vdir = version_uri(cfg.root, served.version)
+    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR))
     searchers = [{**options, "memory": replica_bytes([shards[i] for i in g], quantizer, 0, cfg.max_replicas,
                                                      ids_mapped=False)} for g in groups]
     return {**options, "memory": replica_bytes([], 0, _head_bytes(vdir), 1)}, searchers

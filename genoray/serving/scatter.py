@@ -39,11 +39,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir
+from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir, version_uri
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.index import VectorIndex, merge_topk, read_manifest
 from genoray.index.core import open_shards
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
+from genoray.infra import fs
 from genoray.infra.artifacts import verify_files
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
@@ -69,10 +70,8 @@ class GroupIndex:
 
     def __init__(self, root: str | Path, version: str, group: int):
         self.version, self.group = version, group
-        vdir = version_dir(root, version)
         doc = read_version(root, version)
-        idir = vdir / INDEX_DIR
-        m = read_manifest(idir)
+        m = read_manifest(fs.join(version_uri(root, version), INDEX_DIR))  # which files this group needs
         groups = groups_of(doc) or [list(range(len(m.shards)))]
         if group >= len(groups):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); no group {group}")
@@ -80,7 +79,12 @@ class GroupIndex:
         files = [INDEX_MANIFEST, *(f for s in shards for f in s.sha256)]
         if m.shared_quantizer and m.trained:
             files.append(m.trained.file)
-        _verify(vdir, doc, [f"{INDEX_DIR}/{f}" for f in files])
+        files = [f"{INDEX_DIR}/{f}" for f in files]
+        vdir = version_dir(root, version, files)  # on a remote root, this node fetches this group's files only
+        _verify(vdir, doc, files)
+        idir = vdir / INDEX_DIR
+        if read_manifest(idir) != m:  # what was fetched and verified is what chose the files
+            raise ValueError(f"{version_uri(root, version)}: the index manifest changed while loading group {group}")
         indexes, tables, refine = open_shards(idir, m, shards, mmap=True)  # page cache shared by replicas
         t = pa.concat_tables(tables)
         t = t.take(pc.sort_indices(t["gid"]))
@@ -252,8 +256,9 @@ class GroupHolder(BundleHolder):
         if len(groups) != len(self.searchers):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); this service runs "
                              f"{len(self.searchers)}: redeploy to serve it")
-        vdir = version_dir(self.root, version)
-        _verify(vdir, doc, [f"{INDEX_DIR}/{INDEX_MANIFEST}"] + [f for f in doc.files if f.startswith(f"{HEAD_DIR}/")])
+        files = [f"{INDEX_DIR}/{INDEX_MANIFEST}"] + [f for f in doc.files if f.startswith(f"{HEAD_DIR}/")]
+        vdir = version_dir(self.root, version, files)  # the head and the index manifest: no vectors
+        _verify(vdir, doc, files)
         return Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False,
                               trust_remote_code=self.trust_remote_code), doc
 
