@@ -219,3 +219,4 @@ def test_a_transient_load_error_is_retried_with_backoff(three, tmp_path, monkeyp
         assert len(tries) == 2 and tries[1] - tries[0] >= 0.3  # backed off, not hammered every poll
     finally:
         holder.close()
+

@@ -57,9 +57,9 @@ from genoray.heads import read_head_manifest
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.index.manifest import read_manifest as read_index_manifest
-from genoray.infra import fs
+from genoray.infra import conditional, fs
 from genoray.infra.artifacts import make_read_only, remove_tree, sha256_file, verify_files
-from genoray.infra.conditional import ConflictError, locked, read_tagged, write_if
+from genoray.infra.conditional import ConflictError
 from genoray.infra.documents import from_json, read_document, to_json, write_document
 from genoray.infra.errors import ChecksumError, FormatError
 from genoray.infra.names import UnsafeNameError, check_version
@@ -266,7 +266,7 @@ def publish(root: str | os.PathLike, version: str, if_current: str | None | obje
     must still be there (a concurrent :func:`collect_garbage` may have deleted it): if it is
     not, ``CURRENT`` is put back and the publish fails."""
     where = fs.join(root, CURRENT)
-    raw, tag = read_tagged(where)
+    raw, tag = conditional.read_tagged(where)
     seen = _seen(raw, where)
     if if_current is not ANY and seen != if_current:
         raise ConflictError(f"{where}: points at {seen or 'no version'}, not {if_current}, which this publisher "
@@ -274,16 +274,16 @@ def publish(root: str | os.PathLike, version: str, if_current: str | None | obje
                             "published. Check the root's versions and publish again if it should be")
     verify_bundle(root, version)
     new = _encode(Current(version=version, bundle_sha256=sha256_file(version_dir(root, version) / MANIFEST)))
-    write_if(where, new, tag, seen=f"version {seen}" if seen else "no CURRENT")
+    conditional.write_if(where, new, tag, seen=f"version {seen}" if seen else "no CURRENT")
     fs.sync_dir(root)
     if not fs.is_file(fs.join(version_uri(root, version), MANIFEST)):  # GC removed it meanwhile
-        now, now_tag = read_tagged(where)
+        now, now_tag = conditional.read_tagged(where)
         if now == new:  # still ours: undo it (a later publisher's CURRENT is left alone)
             with contextlib.suppress(ConflictError):
                 if raw is None:
                     fs.delete(where)
                 else:
-                    write_if(where, raw, now_tag)
+                    conditional.write_if(where, raw, now_tag)
         raise FileNotFoundError(f"{version_uri(root, version)}: deleted by garbage collection while it was being "
                                 f"published; {where} was put back to {seen or 'its old content'}. Publish a version "
                                 "that is kept (see genoray bundles)")
@@ -346,7 +346,7 @@ def _delete_manifest(root: str | os.PathLike, version: str, manifest: str) -> bo
     ``CURRENT`` points at it, reading ``CURRENT`` again right before and right after the delete
     (under the local ``CURRENT`` lock, which :func:`publish` also takes): a publish that slipped
     in between gets its ``bundle.json`` back. Returns whether it was deleted."""
-    with locked(fs.join(root, CURRENT)):
+    with conditional.locked(fs.join(root, CURRENT)):
         if _current_name(root) == version:
             return False
         raw = fs.read_bytes(manifest)
