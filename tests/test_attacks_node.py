@@ -91,3 +91,38 @@ def test_haproxy_sockets_and_config_live_in_a_private_directory(tmp_path, monkey
     private.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PermissionError, match=str(private)):
         haproxy_env(wrapper=False)
+
+
+def test_a_flipped_byte_with_its_mtime_restored_is_refused_on_the_serving_path(tmp_path):
+    """After a replica verified a version once (the node's record of size and mtime), an
+    attacker who can write the version directory flips one byte of an index file and puts its
+    mode and mtime back: the old serving path (``Predictor.from_bundle``, ``cached=True``) did
+    not hash the file again and served it. Now the record also holds the file's ctime and inode,
+    which no unprivileged call restores, so the file is hashed again and refused."""
+    import json
+
+    from bundles import make_bundle
+
+    from genoray.infra.errors import ChecksumError
+    from genoray.predict import Predictor
+    from genoray.serving.holder import BundleHolder
+
+    root = tmp_path / "root"
+    v = make_bundle(tmp_path / "w", root, k=5)
+    Predictor.from_bundle(root)  # verified once: the node's record now lists every file
+    vdir = root / "versions" / v
+    files = json.loads((vdir / "bundle.json").read_text())["files"]
+    rel = max((r for r in files if r.startswith("index/")), key=lambda r: (vdir / r).stat().st_size)
+    p = vdir / rel
+    st = p.stat()
+    p.chmod(0o644)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    p.chmod(stat.S_IMODE(st.st_mode))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (p.stat().st_size, p.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(ChecksumError, match=rel.replace(".", r"\.")):
+        Predictor.from_bundle(root)
+    with pytest.raises(ChecksumError, match="does not match"):
+        BundleHolder(root)
