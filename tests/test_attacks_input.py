@@ -1,6 +1,8 @@
-"""Bounded input (issue 25, item 6): a gzip bomb in a FASTA file is read with memory bounded by
-the record cap (``genoray.sequences.fasta.record_cap``: twice ``max_length`` plus a 1 MiB
-header line), not by how far it expands. Each test fails on the code before the fix.
+"""Bounded input and the HTTP edge (issue 25, item 6): a gzip bomb in a FASTA file is read with
+memory bounded by the record cap (``genoray.sequences.fasta.record_cap``: twice ``max_length``
+plus a 1 MiB header line), not by how far it expands; a chunked oversized body gets 413; the
+schema and its viewers need the key when keys are required; responses name no host, pid or
+local path. Each test fails on the code before the fix.
 """
 
 from __future__ import annotations
@@ -60,3 +62,97 @@ def test_a_gzip_bomb_stays_under_the_memory_bound(tmp_path, mode, one_line):
     print(f"peak RSS growth {res['grew_kib'] / 1024:.1f} MiB for a {BOMB_MIB} MiB record")
     assert res["grew_kib"] < BOUND_MIB * 1024, res["grew_kib"]
     assert res["ids"] == ["ok"] and res["read"] == 2
+
+
+class NoBackend:
+    """The API's routes answer 503 here; a body is never predicted."""
+
+    async def predict(self, req):
+        raise AssertionError("not called")
+
+    async def info(self):
+        return None
+
+
+KEYED = {"Authorization": "Bearer k"}
+
+
+def _keyed_app(**limits):
+    from fastapi.testclient import TestClient
+
+    from genoray.config import ServiceLimits
+    from genoray.serving.service import create_app, hash_key
+
+    return TestClient(create_app(NoBackend(), key_hashes=(hash_key("k"),), limits=ServiceLimits(**limits)))
+
+
+def test_a_chunked_oversized_body_gets_413():
+    """A body sent chunked (no Content-Length) past ``max_body_bytes``: the old middleware raised
+    inside FastAPI's body reader, which turned it into a 400; now it is a 413, like a declared one."""
+    c = _keyed_app(max_body_bytes=1000)
+
+    def chunks():
+        for _ in range(10):
+            yield b'{"sequences": ["' + b"A" * 500 + b'"]}'
+
+    r = c.post("/v1/predict", content=chunks(), headers={**KEYED, "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json() == {"detail": "request body larger than 1000 bytes"}
+    r = c.post("/v1/predict", content=b"x" * 2000, headers=KEYED)  # declared: 413 as before
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_the_schema_and_its_viewers_need_the_key_when_keys_are_required(path):
+    """The old app served ``/openapi.json``, ``/docs`` and ``/redoc`` to anyone; now they answer
+    401 without the key and 200 with it."""
+    c = _keyed_app()
+    assert c.get(path).status_code == 401
+    assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = c.get(path, headers=KEYED)
+    assert r.status_code == 200
+    if path == "/openapi.json":
+        assert "/v1/predict" in r.json()["paths"] and path not in r.json()["paths"]
+
+
+def test_replica_header_and_info_name_no_host_pid_or_path(tmp_path):
+    """``X-Genoray-Replica`` was ``<hostname>-<pid>-<random>`` and ``/v1/info``'s ``last_error``
+    held the node's file paths; now the replica id is opaque and the error names the version
+    and the reason, with paths replaced by ``<path>``."""
+    import hashlib
+    import os
+    import re
+    import socket
+    import time
+
+    from bundles import make_bundle
+    from fastapi.testclient import TestClient
+
+    from genoray.serving.backends import plain_app
+
+    root = tmp_path / "root"
+    make_bundle(tmp_path / "w1", root, k=5, seed=0)
+    app = plain_app(str(root))
+    c = TestClient(app)
+    r = c.post("/v1/predict", json={"sequences": ["GGCCGGCCAT" * 6]})
+    assert r.status_code == 200, r.text
+    replica = r.headers["X-Genoray-Replica"]
+    assert re.fullmatch(r"[0-9a-f]{12}", replica), replica
+    assert socket.gethostname() not in replica and str(os.getpid()) not in replica
+    v2 = make_bundle(tmp_path / "w2", root, k=5, seed=1, publish_it=False)
+    bad = root / "versions" / v2 / "head" / "head.json"
+    bad.chmod(0o644)
+    bad.write_text(bad.read_text() + " ")  # corrupt: refused with a ChecksumError naming the file
+    doc = root / "versions" / v2 / "bundle.json"
+    (root / "CURRENT").write_text(json.dumps({"version": v2, "bundle_sha256": hashlib.sha256(doc.read_bytes()).hexdigest()}))
+    deadline = time.time() + 20
+    info = {}
+    while time.time() < deadline:
+        info = c.get("/v1/info").json()
+        if info.get("last_error"):
+            break
+        time.sleep(0.1)
+    err = info["last_error"]
+    assert err.startswith(f"refused bundle {v2}: ChecksumError") and "<path>" in err, err
+    assert str(tmp_path) not in err and "/versions/" not in err, err
+    assert info["replica"] == replica

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -35,6 +36,16 @@ log = logging.getLogger(__name__)
 LEASE_EVERY_S = LEASE_TTL_S / 4  # lease renewal period: a lease survives three missed renewals
 RETRY_FIRST_S = 2.0  # the first retry of a version that failed to load for a transient reason
 RETRY_MAX_S = 300.0  # back-off cap (doubling from RETRY_FIRST_S)
+
+
+_PATH = re.compile(r"""(?:s3|gs|file)://[^\s'"]+|(?<![\w.:/])/[^\s'",]+""")
+
+
+def public_error(message: str | None) -> str | None:
+    """``message`` as ``/v1/info`` shows it: local paths and object URIs replaced by ``<path>``
+    (a client learns that and why a version was refused, not the node's file layout; the log
+    keeps the whole message)."""
+    return _PATH.sub("<path>", message) if message else message
 
 
 def _permanent(e: Exception) -> bool:
@@ -93,7 +104,7 @@ class BundleHolder:
         doc = self.doc
         return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
                 "classes": list(doc.classes), "index": to_json(doc.index), "created_at": doc.created_at,
-                "swaps": self.swaps, "last_error": self.last_error, "replica": self.holder,
+                "swaps": self.swaps, "last_error": public_error(self.last_error), "replica": self.holder,
                 "watching": self._thread.is_alive(), **self.drift()}
 
     def drift(self) -> dict[str, Any]:

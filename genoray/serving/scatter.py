@@ -48,7 +48,7 @@ from genoray.infra.artifacts import verify_files
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
-from genoray.serving.holder import BundleHolder, BundleReplica
+from genoray.serving.holder import BundleHolder, BundleReplica, public_error
 from genoray.serving.replica_memory import grouped_actor_options
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class GenoraySearcher:
 
     def __init__(self, root: str, group: int, poll_s: float = 2.0):
         self.root, self.group, self.poll_s = root, group, poll_s
-        self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.replica = uuid.uuid4().hex[:12]  # opaque to clients (log: host and pid)
+        log.info("searcher replica %s is host %s pid %d", self.replica, os.uname().nodename, os.getpid())
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -168,7 +169,7 @@ class GenoraySearcher:
         import ray
 
         return {"group": self.group, "versions": list(self._cache), "replica": self.replica,
-                "node": ray.get_runtime_context().get_node_id(), "last_error": self.last_error}
+                "node": ray.get_runtime_context().get_node_id(), "last_error": public_error(self.last_error)}
 
     def check_health(self) -> None:
         """Fails when the watcher stopped (Serve then replaces this replica)."""
