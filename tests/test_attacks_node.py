@@ -7,7 +7,9 @@ mode 0700. Each test fails on the code before the fix (see SECURITY.md).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -70,27 +72,34 @@ def test_haproxy_sockets_and_config_live_in_a_private_directory(tmp_path, monkey
 
     from genoray.serving.haproxy import haproxy_env
 
-    base = haproxy_env(wrapper=False)["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]  # the session's TMPDIR
-    # Ray adds <node id>/admin.sock: the whole socket path fits a unix socket (107 bytes)
-    assert len(os.path.join(base, "f" * 56, "metrics.sock")) <= 107, base
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    env = haproxy_env(wrapper=False)
-    keys = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE")
-    private = tmp_path / f"gr-haproxy-{os.getuid()}"
-    for k in keys:
-        assert env[k] == str(private) or os.path.dirname(env[k]) == str(private), (k, env.get(k))
-    st = os.lstat(private)
-    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
-    private.chmod(0o777)  # planted, or loosened
-    with pytest.raises(PermissionError, match="mode 0700"):
-        haproxy_env(wrapper=False)
-    private.rmdir()
-    (tmp_path / "elsewhere").mkdir(mode=0o700)
-    private.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(PermissionError, match=str(private)):
-        haproxy_env(wrapper=False)
+    env = haproxy_env(wrapper=False)  # under the session's TMPDIR
+    # Ray adds <node id>/ to each path: the socket paths fit HAProxy's limit (97 bytes)
+    for k in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        d, name = os.path.split(env[k])
+        assert len(os.path.join(d, "f" * 56, name)) <= 97, env[k]
+    short = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # short: no fallback to the shared /tmp/gr-hap-<uid>
+    try:
+        monkeypatch.setenv("TMPDIR", str(short))
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        env = haproxy_env(wrapper=False)
+        keys = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE")
+        private = short / f"gr-hap-{os.getuid()}"
+        for k in keys:
+            assert env[k] == str(private) or os.path.dirname(env[k]) == str(private), (k, env.get(k))
+        st = os.lstat(private)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+        private.chmod(0o777)  # planted, or loosened
+        with pytest.raises(PermissionError, match="mode 0700"):
+            haproxy_env(wrapper=False)
+        private.rmdir()
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        private.symlink_to(tmp_path / "elsewhere")
+        with pytest.raises(PermissionError, match=str(private)):
+            haproxy_env(wrapper=False)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_a_flipped_byte_with_its_mtime_restored_is_refused_on_the_serving_path(tmp_path):

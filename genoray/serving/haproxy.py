@@ -86,6 +86,10 @@ def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
     return path
 
 
+HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
+SOCKET_TAIL = 1 + 56 + len("/m.sock")  # what Ray adds to the directory: /<node id>/<socket name>
+
+
 def private_dir() -> Path:
     """HAProxy's directory of this user: its config, admin and metrics sockets and server state
     (Ray's defaults are world-writable ``/tmp/haproxy-serve`` paths with a mode-666 admin
@@ -95,7 +99,9 @@ def private_dir() -> Path:
     import tempfile
 
     uid = os.getuid()
-    d = Path(tempfile.gettempdir()) / f"gr-haproxy-{uid}"
+    d = Path(tempfile.gettempdir()) / f"gr-hap-{uid}"
+    if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX:  # a long TMPDIR: HAProxy would refuse its sockets
+        d = Path("/tmp") / f"gr-hap-{uid}"
     try:
         d.mkdir(mode=0o700)
     except FileExistsError:
@@ -136,8 +142,8 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
     run = private_dir()  # Ray scopes each path under <dir>/<node id>/, created inside this 0700 one
-    env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(run / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(run / "admin.sock"),
-               RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(run / "metrics.sock"),
+    env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(run / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(run / "a.sock"),
+               RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(run / "m.sock"),
                RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(run), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(run / "server-state"))
     if wrapper:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(bind_wrapper())

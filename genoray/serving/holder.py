@@ -63,16 +63,15 @@ class BundleHolder:
     lease is renewed every ``lease_every_s`` by a thread of its own, never by the thread that
     spends minutes loading. A load that fails for a transient reason (an ``OSError``: storage
     unreachable, a timeout) is retried with doubling back-off from ``retry_first_s``; any other
-    failure refuses the version for good. ``holder`` (the lease name and the replica id in
-    responses) is opaque: no host name or pid reaches a client."""
+    failure refuses the version for good. ``holder`` is the lease name and the replica id in
+    responses (``X-Genoray-Replica``): ``<host>-<pid>-<random>``."""
 
     def __init__(self, root: str | Path, poll_s: float = ServeConfig.poll_s, holder: str | None = None,
                  mmap: bool = False, trust_remote_code: bool = False, lease_every_s: float = LEASE_EVERY_S,
                  retry_first_s: float = RETRY_FIRST_S):
         self.root: Any = fs.as_path(root)
         self.mmap, self.trust_remote_code = mmap, trust_remote_code  # the operator's flag, never the bundle's
-        self.holder = holder or uuid.uuid4().hex[:12]
-        log.info("bundle holder %s is host %s pid %d", self.holder, os.uname().nodename, os.getpid())
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._leased: set[str] = set()

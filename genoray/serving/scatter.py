@@ -109,8 +109,7 @@ class GenoraySearcher:
 
     def __init__(self, root: str, group: int, poll_s: float = 2.0):
         self.root, self.group, self.poll_s = root, group, poll_s
-        self.replica = uuid.uuid4().hex[:12]  # opaque to clients (log: host and pid)
-        log.info("searcher replica %s is host %s pid %d", self.replica, os.uname().nodename, os.getpid())
+        self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
