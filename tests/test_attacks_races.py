@@ -52,6 +52,17 @@ def bucket(backend, request) -> str | None:
     return request.getfixturevalue("s3_bucket") if backend == "s3" else None
 
 
+def test_publishing_a_good_version_repairs_a_hostile_current(three, tmp_path):
+    """A ``CURRENT`` naming ``../../evil`` is refused by every reader; the compare-and-swap must
+    not lock the operator out of repairing it: publishing a valid version replaces it."""
+    import json
+
+    root, (v0, _, _) = _root(three, tmp_path, "local", None)
+    Path(root, "CURRENT").write_text(json.dumps({"version": "../../evil", "bundle_sha256": "0" * 64}))
+    publish(root, v0)
+    assert read_current(root).version == v0
+
+
 @pytest.mark.parametrize("first", [True, False], ids=["first-publish", "replace"])
 def test_two_racing_publishers_exactly_one_wins(three, tmp_path, backend, bucket, monkeypatch, first):
     """Two publishers read the same ``CURRENT`` (none yet, or version 0) and both swap it: the

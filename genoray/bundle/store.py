@@ -250,9 +250,10 @@ def _seen(raw: bytes | None, where: str) -> str | None:
     if raw is None:
         return None
     try:
-        return check_version(from_json(Current, json.loads(raw), where).version, where)
+        parsed = json.loads(raw)
     except ValueError as e:
-        raise FormatError(f"{where}: {e}") from None
+        raise FormatError(f"{where}: not JSON: {e}") from None
+    return check_version(from_json(Current, parsed, where).version, where)
 
 
 def publish(root: str | os.PathLike, version: str, if_current: str | None | object = ANY) -> None:
@@ -266,15 +267,21 @@ def publish(root: str | os.PathLike, version: str, if_current: str | None | obje
     must still be there (a concurrent :func:`collect_garbage` may have deleted it): if it is
     not, ``CURRENT`` is put back and the publish fails."""
     where = fs.join(root, CURRENT)
+    version_uri(root, version)  # the name is checked before anything is read
     raw, tag = conditional.read_tagged(where)
-    seen = _seen(raw, where)
+    try:
+        seen = _seen(raw, where)
+        saw = f"version {seen}" if seen else "no CURRENT"
+    except ValueError as e:  # a corrupt or hostile CURRENT: publishing a good version repairs it
+        log.warning("%s", e)
+        seen, saw = "an unreadable CURRENT", "an unreadable CURRENT"
     if if_current is not ANY and seen != if_current:
         raise ConflictError(f"{where}: points at {seen or 'no version'}, not {if_current}, which this publisher "
                             f"started from (a rollback or another publish happened meanwhile); {version} is not "
                             "published. Check the root's versions and publish again if it should be")
     verify_bundle(root, version)
     new = _encode(Current(version=version, bundle_sha256=sha256_file(version_dir(root, version) / MANIFEST)))
-    conditional.write_if(where, new, tag, seen=f"version {seen}" if seen else "no CURRENT")
+    conditional.write_if(where, new, tag, seen=saw)
     fs.sync_dir(root)
     if not fs.is_file(fs.join(version_uri(root, version), MANIFEST)):  # GC removed it meanwhile
         now, now_tag = conditional.read_tagged(where)
