@@ -20,6 +20,10 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["GENORAY_CACHE"] = os.path.join(SESSION_TMP, "genoray-cache")  # node-local records, not ~/.cache
+# The moto server's dummy credentials, set before any Ray starts: genoray never forwards
+# credentials to Ray workers (genoray.infra.fs.forwarded_env), so each worker reads them from its
+# node's own chain, here the environment the raylet inherited (tests/s3.py sets the endpoint).
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIXTURE_DATA = Path(__file__).resolve().parent / "data"

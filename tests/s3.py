@@ -1,6 +1,8 @@
 """A real S3 protocol server on 127.0.0.1 for the object-storage tests: moto in server mode,
-started in this process (no network). ``s3_server`` sets ``AWS_ENDPOINT_URL`` and dummy
-credentials for the session (genoray forwards them to Ray workers, see ``genoray.infra.fs``);
+started in this process (no network). ``s3_server`` sets ``AWS_ENDPOINT_URL`` (genoray forwards
+the endpoint to Ray workers) and dummy credentials for the session; the same credentials are set
+by ``tests/conftest.py`` before any Ray starts, because genoray never forwards credentials (see
+``genoray.infra.fs.forwarded_env``): workers read them from their node's environment.
 ``s3_bucket`` gives each test a fresh bucket URI."""
 
 from __future__ import annotations

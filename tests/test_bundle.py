@@ -109,7 +109,8 @@ def test_api_predicts_with_evidence(root):
     assert c.get("/v1/ready").json() == {"ready": True, "bundle_version": v1}
     assert c.get("/v1/health").status_code == 200
     info = c.get("/v1/info", headers={"Authorization": f"Bearer {KEY}"}).json()
-    assert info["index"]["ntotal"] == 160 and "PredictRequest" in json.dumps(c.get("/openapi.json").json())
+    assert info["index"]["ntotal"] == 160 and "PredictRequest" in json.dumps(
+        c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json())
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},

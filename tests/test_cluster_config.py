@@ -33,11 +33,18 @@ def test_jobs_are_thin_entrypoints_over_the_cli():
         assert "from genoray.cli import main" in text and len(text.splitlines()) < 30, job
 
 
+PRIVATE = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE")
+
+
 def test_haproxy_settings_documented_for_the_cluster():
     from genoray.serving.haproxy import haproxy_env
 
     text = (ROOT / "cluster.yaml").read_text()
     for key, value in haproxy_env().items():
         assert key in text, key
-        if key not in ("RAY_SERVE_HAPROXY_NBTHREAD", "RAY_SERVE_HAPROXY_BINARY_PATH"):  # the node's cores, home
+        if key not in ("RAY_SERVE_HAPROXY_NBTHREAD", "RAY_SERVE_HAPROXY_BINARY_PATH",  # the node's cores, home
+                       *PRIVATE):  # the node user's 0700 directory
             assert f"{key}={value}" in text or f'{key}="{value}"' in text, key
+        elif key in PRIVATE:
+            assert f"{key}=/tmp/gr-hap-1000" in text, key

@@ -180,6 +180,7 @@ def test_s3_end_to_end_embed_index_train_publish_serve_swap(ray_session, serve_p
 
 PUBLISHER = textwrap.dedent("""
     import os, signal, sys
+    import genoray.infra.conditional as conditional
     import genoray.infra.fs as fs
     from genoray.bundle import publish
     from genoray.pipeline import write_bundle
@@ -202,6 +203,7 @@ PUBLISHER = textwrap.dedent("""
 
     for name in ("upload", "write_bytes"):  # every object PUT of write_bundle + publish
         setattr(fs, name, crashing(getattr(fs, name)))
+    conditional.write_if = crashing(conditional.write_if)  # CURRENT's conditional PUT
     publish(root, write_bundle(root, index, head))
     print(calls)
 """)

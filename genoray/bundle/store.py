@@ -25,6 +25,7 @@ version, :mod:`genoray.serving.holder` watches ``CURRENT``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,14 +57,16 @@ from genoray.heads import read_head_manifest
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.index.manifest import read_manifest as read_index_manifest
-from genoray.infra import fs
+from genoray.infra import conditional, fs
 from genoray.infra.artifacts import make_read_only, remove_tree, sha256_file, verify_files
-from genoray.infra.documents import from_json, read_document, write_document
+from genoray.infra.conditional import ConflictError
+from genoray.infra.documents import from_json, read_document, to_json, write_document
 from genoray.infra.errors import ChecksumError, FormatError
 from genoray.infra.names import UnsafeNameError, check_version
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
+ANY = object()  # publish(if_current=ANY): whatever CURRENT is when publish reads it
 STAGING_TTL_S = 3600.0  # a staging directory this old is a crashed writer's, never a live one's
 
 
@@ -271,12 +274,59 @@ def verify_bundle(root: str | os.PathLike, version: str, cached: bool = False) -
     return doc
 
 
-def publish(root: str | os.PathLike, version: str) -> None:
-    """Point ``CURRENT`` at a verified version (atomic; also used for rollback)."""
+def _encode(doc: Any) -> bytes:
+    return (json.dumps(to_json(doc), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _seen(raw: bytes | None, where: str) -> str | None:
+    """The version name in raw ``CURRENT`` bytes (``None``: no ``CURRENT`` yet)."""
+    if raw is None:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise FormatError(f"{where}: not JSON: {e}") from None
+    return check_version(from_json(Current, parsed, where).version, where)
+
+
+def publish(root: str | os.PathLike, version: str, if_current: str | None | object = ANY) -> None:
+    """Point ``CURRENT`` at a verified version (also used for rollback) by compare-and-swap
+    (:mod:`genoray.infra.conditional`): ``CURRENT`` is read, the version verified, and
+    ``CURRENT`` replaced only if no other publisher replaced it meanwhile, else
+    :class:`~genoray.infra.conditional.ConflictError` names the root and the version this
+    publisher saw. ``if_current`` (a version name, ``None``: no ``CURRENT`` yet): also refuse
+    when ``CURRENT`` is not that version (a reindex that must not undo a rollback made during
+    its run passes the version it started from). After the swap the version's ``bundle.json``
+    must still be there (a concurrent :func:`collect_garbage` may have deleted it): if it is
+    not, ``CURRENT`` is put back and the publish fails."""
+    where = fs.join(root, CURRENT)
+    version_uri(root, version)  # the name is checked before anything is read
+    raw, tag = conditional.read_tagged(where)
+    try:
+        seen = _seen(raw, where)
+        saw = f"version {seen}" if seen else "no CURRENT"
+    except ValueError as e:  # a corrupt or hostile CURRENT: publishing a good version repairs it
+        log.warning("%s", e)
+        seen, saw = "an unreadable CURRENT", "an unreadable CURRENT"
+    if if_current is not ANY and seen != if_current:
+        raise ConflictError(f"{where}: points at {seen or 'no version'}, not {if_current}, which this publisher "
+                            f"started from (a rollback or another publish happened meanwhile); {version} is not "
+                            "published. Check the root's versions and publish again if it should be")
     verify_bundle(root, version)
-    write_document(fs.join(root, CURRENT),
-                   Current(version=version, bundle_sha256=sha256_file(version_dir(root, version) / MANIFEST)))
+    new = _encode(Current(version=version, bundle_sha256=sha256_file(version_dir(root, version) / MANIFEST)))
+    conditional.write_if(where, new, tag, seen=saw)
     fs.sync_dir(root)
+    if not fs.is_file(fs.join(version_uri(root, version), MANIFEST)):  # GC removed it meanwhile
+        now, now_tag = conditional.read_tagged(where)
+        if now == new:  # still ours: undo it (a later publisher's CURRENT is left alone)
+            with contextlib.suppress(ConflictError):
+                if raw is None:
+                    fs.delete(where)
+                else:
+                    conditional.write_if(where, raw, now_tag)
+        raise FileNotFoundError(f"{version_uri(root, version)}: deleted by garbage collection while it was being "
+                                f"published; {where} was put back to {seen or 'its old content'}. Publish a version "
+                                "that is kept (see genoray bundles)")
 
 
 def lease(root: str | os.PathLike, version: str, holder: str) -> None:
@@ -313,11 +363,13 @@ def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_vers
         if v in protected or live_leases(root, v, lease_ttl_s):
             continue
         vdir = version_uri(root, v)
-        if not fs.is_file(fs.join(vdir, MANIFEST)):  # an upload in progress (or a crashed writer's)
+        manifest = fs.join(vdir, MANIFEST)
+        if not fs.is_file(manifest):  # an upload in progress (or a crashed writer's)
             newest = max((fs.info(fs.join(vdir, f))[2] for f in fs.list_files(vdir)), default=0)
             if now - newest / 1e9 < STAGING_TTL_S:
                 continue
-        fs.delete(fs.join(vdir, MANIFEST))  # first: the version stops being loadable
+        elif not _delete_manifest(root, v, manifest):  # CURRENT moved onto it meanwhile (a rollback)
+            continue
         fs.delete_dir(vdir)
         fs.delete_dir(fs.join(root, LEASES, v))
         removed.append(v)
@@ -327,6 +379,22 @@ def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_vers
             if now - p.stat().st_mtime > STAGING_TTL_S:
                 remove_tree(p, ignore_errors=True)
     return removed
+
+
+def _delete_manifest(root: str | os.PathLike, version: str, manifest: str) -> bool:
+    """Delete ``bundle.json`` of ``version`` (it stops being loadable or publishable) unless
+    ``CURRENT`` points at it, reading ``CURRENT`` again right before and right after the delete
+    (under the local ``CURRENT`` lock, which :func:`publish` also takes): a publish that slipped
+    in between gets its ``bundle.json`` back. Returns whether it was deleted."""
+    with conditional.locked(fs.join(root, CURRENT)):
+        if _current_name(root) == version:
+            return False
+        raw = fs.read_bytes(manifest)
+        fs.delete(manifest)
+        if _current_name(root) == version:
+            fs.write_bytes(manifest, raw)
+            return False
+    return True
 
 
 def _valid_names(root: str | os.PathLike) -> list[str]:

@@ -85,8 +85,8 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, min(1.0, (cpus - 1) / n_actors))
     remote_kw: dict[str, Any] = {}
     if fs.is_remote(shard_dir) or any(fs.is_remote(u["path"]) for u in pending):
-        # actors on other nodes see their own credential chain; hand them this driver's
-        # object-store settings (endpoint, region, credentials given through the environment)
+        # actors on other nodes use their own credential chain; hand them this driver's
+        # endpoint and region only (never credentials: fs.forwarded_env)
         remote_kw["runtime_env"] = {"env_vars": fs.forwarded_env()}
     items = ray.data.from_items([{"unit": json.dumps(u)} for u in pending], override_num_blocks=len(pending))
     ds = items.map_batches(

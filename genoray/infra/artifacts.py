@@ -129,10 +129,12 @@ def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | o
     name is checked first (:mod:`genoray.infra.names`: relative, inside ``root``, no symlink;
     :class:`~genoray.infra.names.UnsafeNameError` otherwise), so nothing outside is hashed.
 
-    With ``record`` (a local JSON file), a file whose size and mtime equal those recorded when it
-    was last verified with the same sha256 is not hashed again (a nightly job re-opens a store of
-    unchanged files many times); any change of size or mtime re-hashes it. Returns the number
-    of files hashed."""
+    With ``record`` (a local JSON file), a file whose size and mtime (and, on a local disk, its
+    inode and ctime) equal those recorded when it was last verified with the same sha256 is not
+    hashed again (a nightly job re-opens a store of unchanged files many times); any change
+    re-hashes it. ctime is what mtime cannot fool: every write, ``chmod`` or ``utime`` sets it to
+    the current time and no unprivileged call sets it back, so a flipped byte whose mtime was
+    restored is hashed again. Returns the number of files hashed."""
     seen: dict[str, Any] = {}
     if record is not None and Path(record).is_file():
         try:
@@ -147,7 +149,10 @@ def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | o
         kind, size, mtime_ns = fs.info(uri)
         if kind != "file":
             raise ChecksumError(f"{uri}: missing (listed in manifest)")
-        key = {"size": size, "mtime_ns": mtime_ns, "sha256": expected}
+        key: dict[str, Any] = {"size": size, "mtime_ns": mtime_ns, "sha256": expected}
+        if not fs.is_remote(uri):
+            st = os.stat(fs.as_path(uri))
+            key.update(ctime_ns=st.st_ctime_ns, inode=[st.st_dev, st.st_ino])
         if seen.get(rel) != key:
             got = fs.sha256(uri)
             hashed += 1

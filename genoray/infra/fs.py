@@ -3,7 +3,8 @@
 Every genoray path argument (inputs, stores, index and head directories, bundle roots) may be a
 local path, a ``file://`` URI, ``s3://bucket/key`` or ``gs://bucket/key``. Credentials come from
 each store's standard chain (AWS: environment, ``~/.aws``, instance/pod roles; GCS: application
-default credentials); ``AWS_ENDPOINT_URL`` points S3 at another server (MinIO, moto).
+default credentials) on every node, never forwarded to Ray workers (:func:`forwarded_env`);
+``AWS_ENDPOINT_URL`` points S3 at another server (MinIO, moto).
 
 Object stores have no rename and no partial visibility of a single object: one PUT (also a
 multipart upload, completed at its end) is atomic for readers, and S3 and GCS both give strong
@@ -27,9 +28,11 @@ from typing import Any, BinaryIO
 
 from genoray.infra.names import REMOTE_SCHEMES, check_relative, safe_join
 
-CREDENTIAL_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                  "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-                  "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                 "STORAGE_EMULATOR_HOST")  # where the store is: no secret, handed to Ray workers
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "GOOGLE_APPLICATION_CREDENTIALS")  # who may read it: never leaves this process
+CREDENTIAL_ENV = FORWARDED_ENV + SECRET_ENV
 
 
 class StorageError(OSError):
@@ -333,9 +336,12 @@ def cache_dir(kind: str, uri: str | os.PathLike) -> Path:
 
 
 def forwarded_env() -> dict[str, str]:
-    """The object-store settings of this process (endpoint, region, credentials from the
-    environment) to hand to Ray workers, which otherwise see only their own node's chain."""
-    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
+    """Where this process's object store is (endpoint, region, emulator host: :data:`FORWARDED_ENV`)
+    to hand to Ray workers. Never a credential (:data:`SECRET_ENV`): a ``runtime_env`` is stored
+    in Ray's GCS, shown in the Serve config and dashboard, and frozen until it expires inside a
+    long-running replica, so every node reads credentials from its own chain (environment of
+    its raylet, ``~/.aws``, instance or pod role, GCS application default credentials)."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
 
 
 def read_table(uri: str | os.PathLike, columns: list[str] | None = None):

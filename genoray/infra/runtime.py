@@ -85,10 +85,31 @@ def _keep_stop_handlers() -> Iterator[None]:
                 signal.signal(s, h)
 
 
+def _loopback() -> Iterator[None]:
+    """While a local Ray starts, make it bind its GCS, raylet and workers to 127.0.0.1: Ray
+    maps an explicit ``127.0.0.1`` node address to the routable one on Linux, and binds to
+    loopback only in its single-host mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by the
+    processes it starts and, already imported here, by :mod:`ray._private.ray_constants`)."""
+    from ray._private import ray_constants
+
+    key, old_env, old = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), \
+        ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+
+
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: bool | None = None) -> None:
-    """Start a local Ray (no dashboard, capped object store) unless one is already running
-    or ``RAY_ADDRESS`` points at a cluster. This process's SIGTERM and SIGINT handlers survive
-    ``ray.init`` (Ray's native one dumps a stack and aborts; see :func:`stop_on_signals`).
+    """Start a local Ray (no dashboard, capped object store, bound to 127.0.0.1 so no other
+    host reaches its ports) unless one is already running or ``RAY_ADDRESS`` points at a cluster.
+    This process's SIGTERM and SIGINT handlers survive ``ray.init`` (Ray's native one dumps a
+    stack and aborts; see :func:`stop_on_signals`).
 
     Args:
         num_cpus: CPUs of a local Ray (default: all).
@@ -110,7 +131,7 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
         temp = ray_temp_dir()
         try:
-            with _keep_stop_handlers():
+            with _keep_stop_handlers(), _loopback():
                 ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
                          log_to_driver=False, logging_level=level, _temp_dir=temp)
         except BaseException:  # a failed or interrupted start leaves no Ray process and no gr-ray-* behind

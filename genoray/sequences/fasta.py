@@ -91,6 +91,88 @@ class _ByteRange(io.RawIOBase):
         super().close()
 
 
+LINE_CAP = 1 << 20  # bytes of one header line; longer: the input is refused, never held
+
+
+def record_cap(cfg: ReadConfig) -> int:
+    """Decompressed bytes of one FASTA record that :class:`_Bounded` lets a parser hold:
+    ``max_length`` bases twice over (line breaks, down to one base a line) plus a header line.
+    A record is rejected as too long well before it (``CleanPolicy.max_length``)."""
+    return 2 * cfg.clean.max_length + LINE_CAP
+
+
+class _Bounded(io.RawIOBase):
+    """Decompressed FASTA with each record cut at ``cap`` bytes (the rest of it dropped until the
+    next ``>`` at a line start) and each header line refused past :data:`LINE_CAP`: the parser
+    behind it (dnaio holds whole records) never holds more than ``cap`` bytes of one record,
+    however far a gzip bomb expands. A cut record still has over ``max_length`` bases, so it is
+    rejected as ``too_long`` exactly as the whole record would have been."""
+
+    def __init__(self, inner: BinaryIO, cap: int, path: str):
+        self._in, self.cap, self.path = inner, cap, path
+        self.since = 0  # bytes of the current record so far
+        self.header: int | None = 0  # bytes of its header line so far (None: header ended)
+        self.skipping, self.prev, self.records = False, b"\n", 0
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _start(self, data: bytes, at: int) -> int:
+        """Offset of the next record start (``>`` at a line start) at or after ``at``, or -1."""
+        if at == 0 and data[:1] == b">" and self.prev == b"\n":
+            return 0
+        i = data.find(b"\n>", max(0, at - 1))
+        return i + 1 if i >= 0 else -1
+
+    def _keep(self, seg: bytes, out: bytearray) -> None:
+        if self.header is not None:
+            nl = seg.find(b"\n")
+            self.header = None if nl >= 0 else self.header + len(seg)
+            if self.header is not None and self.header > LINE_CAP:
+                raise SequenceFormatError(self.path, self.records, f"header line over {LINE_CAP} bytes "
+                                                                   "(decompressed): not FASTA, or a decompression bomb")
+        room = self.cap - self.since
+        if len(seg) > room:
+            seg, self.skipping = seg[:room], True
+            log.warning("%s: record %d is over %d decompressed bytes: the rest of it is not read (rejected as "
+                        "too long)", self.path, self.records, self.cap)
+        out += seg
+        self.since += len(seg)
+
+    def _filter(self, data: bytes) -> bytearray:
+        out, pos = bytearray(), 0
+        while pos < len(data):
+            k = self._start(data, pos)
+            if k == pos:  # a new record
+                if self.skipping:
+                    out += b"\n"
+                self.skipping, self.since, self.header = False, 0, 0
+                self.records += 1
+                k = self._start(data, pos + 1)
+            end = len(data) if k < 0 else k
+            if not self.skipping:
+                self._keep(data[pos:end], out)
+            pos = end
+        self.prev = data[-1:] or self.prev
+        return out
+
+    def readinto(self, buf) -> int:
+        while not self._pending:
+            data = self._in.read(max(len(buf), 1 << 16))
+            if not data:
+                return 0
+            self._pending = bytes(self._filter(data))
+        n = min(len(self._pending), len(buf))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._in.close()
+        super().close()
+
+
 class _StreamedRecord:
     """State of one FASTA record read line by line (long records never held whole)."""
 
@@ -100,6 +182,15 @@ class _StreamedRecord:
         self.buf = bytearray()  # bases from offset buf_start of the record
         self.buf_start = self.length = self.next_start = self.kept = 0
         self.windowed = self.skip = False
+
+
+def _lines(source: BinaryIO, limit: int = LINE_CAP) -> Iterator[tuple[bool, bytes]]:
+    """``(starts a line, piece)`` of at most ``limit`` bytes each: a longer line (a gzip bomb
+    of one line) comes in pieces instead of being held whole."""
+    start = True
+    while piece := source.readline(limit):
+        yield start, piece
+        start = piece.endswith(b"\n")
 
 
 def _iter_fasta_windowed(source: BinaryIO, cfg: ReadConfig, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
@@ -126,8 +217,11 @@ def _iter_fasta_windowed(source: BinaryIO, cfg: ReadConfig, builder: _BatchBuild
                 emit(r, r.length)
             builder.end_windows(r.record_no, r.seq_id, r.length, r.kept)
 
-    for line_no, line in enumerate(source, 1):
-        if line[:1] == b">":
+    for line_no, (at_start, line) in enumerate(_lines(source), 1):
+        if at_start and line[:1] == b">":
+            if not line.endswith(b"\n") and len(line) >= LINE_CAP:
+                raise SequenceFormatError(builder.path, record_no + 1, f"header line over {LINE_CAP} bytes: not "
+                                                                       "FASTA, or a decompression bomb")
             if rec is not None:
                 finish(rec)
                 yield from builder.drain()
@@ -176,13 +270,15 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     raw = None
     if byte_range is not None:
         source = _open_range(path, byte_range)
-    elif fs.is_remote(path):  # dnaio sniffs neither compression nor format from a stream
-        import gzip
+    elif fs.is_remote(path) or path.lower().endswith(tuple(f"{e}.gz" for e in FASTA_SPLITTABLE)):
+        import gzip  # dnaio sniffs neither compression nor format from a stream
 
         raw = source = _open_whole(path)
         if path.lower().endswith(".gz"):
             source = gzip.GzipFile(fileobj=raw, mode="rb")
         fileformat = "fastq" if path.lower().removesuffix(".gz").endswith((".fq", ".fastq")) else "fasta"
+        if fileformat == "fasta" and source is not raw:  # decompressed: each record bounded before dnaio holds it
+            source = io.BufferedReader(_Bounded(source, record_cap(cfg), builder.path), buffer_size=1 << 20)
     try:
         with dnaio.open(source, fileformat=fileformat) as reader:
             for rec in reader:

@@ -86,6 +86,34 @@ def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
     return path
 
 
+HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
+SOCKET_TAIL = 1 + 56 + len("/m.sock")  # what Ray adds to the directory: /<node id>/<socket name>
+
+
+def private_dir() -> Path:
+    """HAProxy's directory of this user: its config, admin and metrics sockets and server state
+    (Ray's defaults are world-writable ``/tmp/haproxy-serve`` paths with a mode-666 admin
+    socket: any local user could redirect traffic and read keys). ``$TMPDIR/gr-haproxy-<uid>``,
+    short enough for a socket path, created ``0700``; an existing one must be a real directory
+    of this user with mode ``0700``, else it is refused (someone else may have planted it)."""
+    import tempfile
+
+    uid = os.getuid()
+    d = Path(tempfile.gettempdir()) / f"gr-hap-{uid}"
+    if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX:  # a long TMPDIR: HAProxy would refuse its sockets
+        d = Path("/tmp") / f"gr-hap-{uid}"
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise PermissionError(f"{d}: HAProxy's socket directory must be a directory of user {uid} with mode 0700, "
+                              f"found mode {stat.filemode(st.st_mode)} owned by uid {st.st_uid}; remove it (or set "
+                              "TMPDIR to a private directory) and start again")
+    return d
+
+
 def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, wrapper: bool = True,
                 pids_dir: str | None = None) -> dict[str, str]:
     """Environment that Ray's processes need for ``ingress="haproxy"`` (set it before Ray starts).
@@ -96,6 +124,7 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
     :func:`bind_wrapper`, so its stats and Prometheus ports listen on the service's host only;
     pick free ports when several services share a host (``ServeConfig.stats_port`` and
     ``metrics_port``, whose defaults apply when a port is ``None``). ``pids_dir``: where the wrapper records HAProxy's process ids (:data:`PIDS_ENV`).
+    HAProxy's config, admin socket and state live in :func:`private_dir` (mode ``0700``).
     """
     stats_port = ServeConfig.stats_port if stats_port is None else stats_port  # the field's default
     metrics_port = ServeConfig.metrics_port if metrics_port is None else metrics_port
@@ -112,6 +141,10 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
         # shutdown (SIGTERM, scale-down) take over 30 s
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
+    run = private_dir()  # Ray scopes each path under <dir>/<node id>/, created inside this 0700 one
+    env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(run / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(run / "a.sock"),
+               RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(run / "m.sock"),
+               RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(run), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(run / "server-state"))
     if wrapper:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(bind_wrapper())
     if pids_dir:

@@ -51,14 +51,14 @@ def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> di
     """``ray_actor_options`` of the replicas that hold a bundle: CPUs, and memory from
     ``cfg.replica_memory_mb`` or, when 0, :func:`replica_memory_bytes` for the version
     ``served`` (``CURRENT``; ``None``, nothing published yet: no memory declared); for an
-    ``s3://`` / ``gs://`` root, the object-store environment of this process
-    (:func:`genoray.infra.fs.forwarded_env`)."""
+    ``s3://`` / ``gs://`` root, the object-store endpoint and region of this process, never its
+    credentials (:func:`genoray.infra.fs.forwarded_env`)."""
     options: dict[str, Any] = {"num_cpus": cfg.num_cpus}
     if cfg.replica_memory_mb > 0:
         options["memory"] = int(cfg.replica_memory_mb * 2**20)
     elif served is not None:  # sized from the files' sizes where they are: the driver downloads nothing
         options["memory"] = replica_memory_bytes(version_uri(cfg.root, served.version), cfg.mmap, cfg.max_replicas)
-    if fs.is_remote(cfg.root) and (env := fs.forwarded_env()):  # the endpoint and credentials this process uses
+    if fs.is_remote(cfg.root) and (env := fs.forwarded_env()):  # the endpoint and region (credentials: each node's own chain)
         options["runtime_env"] = {"env_vars": env}
     return options
 

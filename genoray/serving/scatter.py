@@ -49,7 +49,7 @@ from genoray.infra.artifacts import verify_files
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
-from genoray.serving.holder import BundleHolder, BundleReplica
+from genoray.serving.holder import BundleHolder, BundleReplica, public_error
 from genoray.serving.replica_memory import grouped_actor_options
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class GenoraySearcher:
         import ray
 
         return {"group": self.group, "versions": list(self._cache), "replica": self.replica,
-                "node": ray.get_runtime_context().get_node_id(), "last_error": self.last_error}
+                "node": ray.get_runtime_context().get_node_id(), "last_error": public_error(self.last_error)}
 
     def check_health(self) -> None:
         """Fails when the watcher stopped (Serve then replaces this replica)."""

@@ -7,9 +7,12 @@
 * ``GET /v1/health``: liveness. ``GET /v1/ready``: 200 only once a bundle is loaded.
 * ``GET /v1/info``: bundle version, encoder, index type and counts (needs the API key).
 * ``GET /ui``: the query page (:mod:`genoray.serving.page`; static, strict CSP; it calls the two above).
+* ``GET /openapi.json``, ``/docs``, ``/redoc``: the schema and its viewers (need the API key
+  when keys are required).
 
 Limits: per-key token-bucket rate limit (429 with ``Retry-After``; per ingress replica, off by
-default), request body (413, checked on the byte stream before JSON parsing), number of
+default), request body (413, checked on the byte stream before JSON parsing, also for a chunked
+body), number of
 sequences, sequence length and total bases (422 naming the field), alphabet and N fraction
 (422 naming the sequence and position; checked where the bundle is, with the cleaning policy
 the store was built with, once per request); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
@@ -34,7 +37,8 @@ from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
@@ -183,25 +187,29 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _reject_413(send, self.max_bytes)
-        seen = 0
+        seen, too_large, answered = 0, False, False
 
-        async def limited():
-            nonlocal seen
+        async def limited():  # past the limit the app sees the body end: it fails fast, its answer is replaced
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge()
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _reject_413(send, self.max_bytes)
+        async def guarded(message):  # FastAPI turns any error while reading the body into a 400: not ours
+            nonlocal answered
+            if not too_large:
+                return await send(message)
+            if not answered:
+                answered = True
+                await _reject_413(send, self.max_bytes)
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited, guarded)
 
 
 async def _reject_413(send, limit: int) -> None:
@@ -221,7 +229,8 @@ def create_app(
     limits = limits or ServiceLimits()
     if require_key and not key_hashes:
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
-    app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0])
+    hidden: dict[str, Any] = {"openapi_url": None, "docs_url": None, "redoc_url": None} if require_key else {}
+    app = FastAPI(title="genoray predictor", version="1", description=__doc__.split("\n\n")[0], **hidden)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -277,6 +286,19 @@ def create_app(
             raise unprocessable(out["error"]["loc"], out["error"]["msg"])
         log.debug("predict n=%d %.1f ms", len(req.sequences), 1000 * (time.perf_counter() - t0))
         return out
+
+    if require_key:  # the schema and its viewers need a key too (they describe every limit and route)
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(auth)])
+        def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=[Depends(auth)])
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+        @app.get("/redoc", include_in_schema=False, dependencies=[Depends(auth)])
+        def redoc() -> HTMLResponse:
+            return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     mount_page(app)  # GET /ui: the query page (genoray.serving.page), over the two routes above
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
