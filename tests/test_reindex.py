@@ -70,3 +70,30 @@ def test_second_night_adds_a_delta_without_retraining(tmp_path):
 
     pred, _ = Predictor.from_bundle(tmp_path / "b")
     assert pred.index.ntotal == 400 and pred.index.manifest.build.incremental
+
+
+def test_a_rollback_during_the_night_is_not_undone(tmp_path, monkeypatch):
+    """An operator rolls back while a reindex runs: the night does not publish over it (publish
+    compares CURRENT with the version the night started from) and says why."""
+    import importlib
+
+    import pytest
+
+    job = importlib.import_module("genoray.pipeline.reindex")  # the module (the package exports the function)
+    from genoray.bundle import publish
+    from genoray.infra.conditional import ConflictError
+
+    root = tmp_path / "bundles"
+    d1, d2 = night(tmp_path / "a.fa", 1), night(tmp_path / "b.fa", 2)
+    v1 = reindex([d1], tmp_path / "w", root, KmerEncoder(), use_ray=False).version
+    v2 = reindex([d1, d2], tmp_path / "w", root, KmerEncoder(), use_ray=False).version
+    real = job.train_head
+
+    def rollback_meanwhile(*args, **kwargs):
+        publish(root, v1)  # the operator's rollback, while the third night trains its head
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "train_head", rollback_meanwhile)
+    with pytest.raises(ConflictError, match=f"not {v2}"):
+        reindex([d1, d2, night(tmp_path / "c.fa", 3)], tmp_path / "w", root, KmerEncoder(), use_ray=False)
+    assert current_version(root) == v1

@@ -85,6 +85,7 @@ def _keep_stop_handlers() -> Iterator[None]:
                 signal.signal(s, h)
 
 
+@contextlib.contextmanager
 def _loopback() -> Iterator[None]:
     """While a local Ray starts, make it bind its GCS, raylet and workers to 127.0.0.1: Ray
     maps an explicit ``127.0.0.1`` node address to the routable one on Linux, and binds to

@@ -179,7 +179,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
     if not reasons:
         write_bundle(root, index_dir, build / "head", metrics=gate, version=version,
                      trust_remote_code=trust_remote_code)
-        publish(root, version)
+        publish(root, version, if_current=cur)  # never undo a rollback made while this night ran
         collect_garbage(root, keep=cfg.keep_versions)
         published = True
     if remote_work:
