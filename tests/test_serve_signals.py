@@ -89,7 +89,7 @@ class Service:
         return [root, *root.children(recursive=True)]
 
     def stop(self, sig, under_load: bool) -> tuple[int | None, list, list[psutil.Process]]:
-        """Send ``sig`` to the process group after 30 answers of a load of 6 clients (or at
+        """Send ``sig`` to the process group after 30 answers of a load of 8 clients (or at
         once); returns the exit status, the load's results and the processes seen before."""
         seen: list[psutil.Process] = []
         sent: list[float] = []
@@ -101,7 +101,7 @@ class Service:
                 sent.append(time.time())
 
         if under_load:
-            results = run_load(self.ports[0], "/v1/predict", QUERY, KEY, seconds=8, concurrency=6, max_requests=20000,
+            results = run_load(self.ports[0], "/v1/predict", QUERY, KEY, seconds=8, concurrency=8, max_requests=20000,
                                on_tick=fire)
         else:
             results = []
