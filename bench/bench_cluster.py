@@ -7,6 +7,11 @@ synthetic store of ``--n`` x ``--d`` vectors (8 parts) is put on S3, then ``geno
 build: wall seconds, the manifest's peak worker RSS, the nodes that ran adds and the index
 type; then the time ratio (1 node / 2 nodes) and the bytes the build put on S3.
 
+First the bytes a serving node fetches: a bundle of the bundled E. coli set (4 shards) published with
+2 shard groups and with 1, and for each group the files a node serving it downloads into an
+empty cache (:class:`genoray.serving.scatter.GroupIndex` on the ``s3://`` root), against the
+whole version.
+
 Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``.
 """
 
@@ -25,6 +30,7 @@ from genoray.embedding.synthetic import write_synthetic_store  # noqa: E402
 from tests.shared_nothing import SharedNothingCluster, why_not  # noqa: E402
 
 BUCKET = "bench-cluster"
+DATA = Path(__file__).resolve().parents[1] / "genoray" / "data" / "ecoli_promoter_ipromoter2l.parquet"
 
 
 def upload(c: SharedNothingCluster, local: Path, prefix: str) -> int:
@@ -50,10 +56,42 @@ def build(c: SharedNothingCluster, out: str) -> dict:
             "recall_at_10": m["recall_at_10"]["value"], "index_bytes": size}
 
 
+def group_bytes(c: SharedNothingCluster) -> None:
+    """Bytes a node serving one shard group downloads, 2 groups vs 1 (printed)."""
+    import os
+
+    from genoray.bundle import read_version
+    from genoray.config import IndexConfig
+    from genoray.embedding import embed_sequences
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.index import build_index
+    from genoray.pipeline import train_head, write_bundle
+    from genoray.serving.scatter import GroupIndex
+
+    os.environ.update({k: v for k, v in c.env.items() if k.startswith("AWS_")})
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"  # the bundled E. coli promoters (a head needs a real encoder)
+        embed_sequences(str(DATA), store, KmerEncoder(), use_ray=False)
+        build_index(store, Path(tmp) / "index", IndexConfig(index_type="Flat", shards=4))
+        train_head(store, Path(tmp) / "index", Path(tmp) / "head")
+        for groups in (2, 1):
+            root = f"s3://{BUCKET}/bundles-{groups}"
+            v = write_bundle(root, Path(tmp) / "index", Path(tmp) / "head", shard_groups=groups if groups > 1 else None)
+            whole = sum(o["Size"] for o in c.s3().list_objects_v2(Bucket=BUCKET, Prefix=f"bundles-{groups}/versions/{v}/")
+                        .get("Contents", []))
+            for g in range(groups):
+                os.environ["GENORAY_CACHE"] = cache = tempfile.mkdtemp(dir=tmp)
+                GroupIndex(root, v, g)
+                got = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+                print(f"{groups} group(s), group {g}: a serving node fetched {got / 2**20:.2f} MiB of the version's "
+                      f"{whole / 2**20:.2f} MiB ({got / whole:.2f}); rows {read_version(root, v).index.ntotal}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--skip-build", action="store_true", help="only the per-group bytes")
     args = ap.parse_args()
     why = why_not()
     if why:
@@ -61,6 +99,9 @@ def main() -> None:
     c = SharedNothingCluster(workers=2).start()
     try:
         c.s3().create_bucket(Bucket=BUCKET)
+        group_bytes(c)
+        if args.skip_build:
+            return
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             store = write_synthetic_store(Path(tmp) / "store", args.n, args.d, parts=8, test_fraction=0.01)
