@@ -348,7 +348,7 @@ def test_serving_nodes_fetch_only_their_groups_files_and_drop_unleased_versions(
     are not CURRENT and that no replica leases."""
     from test_serve_groups import build_indexes
 
-    from genoray.bundle import lease, publish, read_version, release, version_dir
+    from genoray.bundle import evict_unleased, lease, publish, read_version, release, version_dir
     from genoray.config import ServeConfig
     from genoray.infra.fs import cache_dir
     from genoray.pipeline import write_bundle
@@ -391,4 +391,5 @@ def test_serving_nodes_fetch_only_their_groups_files_and_drop_unleased_versions(
     assert {n.split("+")[0] for n in fetched()} == {v1, v2}  # v1 is leased: kept
     release(root, v1, "replica-a")
     version_dir(root, v2, [f for f in read_version(root, v2).files if f.startswith("head/")])
-    assert {n.split("+")[0] for n in fetched()} == {v2}
+    assert {n.split("+")[0] for n in fetched()} == {v1, v2}  # unleased, but fetched a moment ago: kept
+    assert evict_unleased(root, min_age_s=0) and {n.split("+")[0] for n in fetched()} == {v2}

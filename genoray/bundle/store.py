@@ -189,7 +189,8 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     ``bundle.json``): only those are needed, so only those are downloaded (a searcher replica
     fetches its shard group, the model replica the head), into a copy of their own unless the
     whole version is already here. Fetching a version drops this node's copies of versions
-    that are not ``CURRENT`` and that no replica leases any more (:func:`evict_unleased`)."""
+    that are not ``CURRENT``, that no replica leases any more and that were fetched over a
+    lease period ago (:func:`evict_unleased`)."""
     if not fs.is_remote(root):
         return Path(fs.as_path(version_uri(root, version)))
     base = fs.cache_dir("bundles", root) / VERSIONS
@@ -223,18 +224,19 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     return local
 
 
-def evict_unleased(root: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
+def evict_unleased(root: str | os.PathLike, keep: Iterable[str] = (), min_age_s: float = LEASE_TTL_S) -> list[str]:
     """Remove this node's cached copies (whole or partial) of ``root``'s versions that are not
-    ``CURRENT``, not in ``keep`` and have no live lease (no replica anywhere holds them; a
-    replica that maps files of a removed copy keeps its pages until it lets go). Returns the
-    directories removed."""
+    ``CURRENT``, not in ``keep``, have no live lease (no replica anywhere holds them; a replica
+    that maps files of a removed copy keeps its pages until it lets go) and were fetched at
+    least ``min_age_s`` ago (a copy still being verified or loaded, e.g. by a publisher, which
+    takes no lease, is never pulled from under it). Returns the directories removed."""
     base = fs.cache_dir("bundles", root) / VERSIONS
     if not fs.is_remote(root) or not base.is_dir():
         return []
-    protected, removed = {*keep, _current_name(root)}, []
+    protected, removed, now = {*keep, _current_name(root)}, [], time.time()
     for d in sorted(base.iterdir()):
         v = d.name.split("+", 1)[0]
-        if d.is_dir() and v not in protected and not live_leases(root, v):
+        if d.is_dir() and v not in protected and now - d.stat().st_mtime >= min_age_s and not live_leases(root, v):
             remove_tree(d, ignore_errors=True)
             removed.append(d.name)
     return removed
