@@ -39,7 +39,9 @@ def _browser():
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(short_tmp):
+    """Chromium with its profile and temp files under a short dir: it keeps a Unix socket there,
+    and the 108-byte socket path limit fails under a long TMPDIR."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -47,10 +49,11 @@ def browser(tmp_path):
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--no-first-run", "--disable-extensions"):
+                f"--user-data-dir={short_tmp / 'profile'}", "--no-first-run", "--disable-extensions"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(executable_path=driver), options=opts)  # explicit paths: no download
+    service = Service(executable_path=driver, env={**os.environ, "TMPDIR": str(short_tmp)})  # explicit paths: no download
+    d = webdriver.Chrome(service=service, options=opts)
     d.set_page_load_timeout(30)
     yield d
     d.quit()
