@@ -141,7 +141,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     remote_store = fs.is_remote(store.path)
     store_path = str(store.path) if remote_store else str(Path(store_path).resolve())
     d = store.dim
-    ex: Any = (_Ray(fs.forwarded_env() if remote_store else None)) if use_ray else _Local()
+    ex: Any = _Ray(store_path) if use_ray else _Local()
 
     # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
     counts = [p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)

@@ -92,7 +92,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     verify_files(old, {m.trained.file: m.trained.sha256})
     faiss_blob = np.fromfile(safe_join(old, m.trained.file, old / MANIFEST), dtype=np.uint8)
     d, n_old = m.dim, m.ntotal
-    ex: Any = _Ray(fs.forwarded_env() if fs.is_remote(store_path) else None) if use_ray else _Local()
+    ex: Any = _Ray(store_path) if use_ray else _Local()
 
     # the new rows, as partitions with gids after the old ones
     delta, gid = [], n_old

@@ -380,11 +380,13 @@ class _Local:
 class _Ray:
     """Runs stage functions as Ray tasks (retried when their worker dies)."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, store_path: str | None = None):
         import ray
 
         self.ray = ray
-        # object-store settings for tasks reading a remote store (other nodes have their own chain)
+        # tasks reading a remote store get this process's endpoint and region (never credentials:
+        # every node has its own chain)
+        env = fs.forwarded_env() if store_path and fs.is_remote(store_path) else None
         self.opts: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
 
     def put(self, x):
