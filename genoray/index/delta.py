@@ -97,7 +97,8 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     # the new rows, as partitions with gids after the old ones
     delta, gid = [], n_old
     for i, p in enumerate(new_parts):
-        c = p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)
+        c = p.rows_in(cfg.split)  # as recorded when the part was written; counted for older stores
+        c = count_split(store_path, p.file, cfg.split) if c is None else c
         delta.append({"key": f"d{i:05d}", "file": p.file, "part_sha256": p.sha256, "offset": 0, "rows": c,
                       "gid_start": gid})
         gid += c
