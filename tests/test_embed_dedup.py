@@ -98,7 +98,7 @@ def test_driver_memory_is_bounded_per_bucket_not_per_id(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < n * 8 / 8, f"driver peak {peak} B for {n} ids"
-    assert dedup.buckets_for(n) == 1 and dedup.buckets_for(10**9) == 239
+    assert dedup.buckets_for(n) == 4 and dedup.buckets_for(10**9) == 1908
 
 
 def test_embed_writes_hash_files_and_split_counts_and_names_the_duplicate(tmp_path):

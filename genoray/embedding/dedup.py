@@ -34,7 +34,7 @@ from genoray.infra.names import safe_join
 from genoray.infra.runtime import init_ray
 from genoray.sequences.records import SEQ_ID
 
-BUCKET_ROWS = 1 << 22  # hashes one range task holds at most on average (32 MiB of uint64)
+BUCKET_ROWS = 1 << 19  # hashes one range task holds on average (4 MiB of uint64; its peak is ~5x that)
 MAX_BUCKETS = 4096
 SPACE = 1 << 64
 
