@@ -12,7 +12,8 @@ Each unit writes, when it commits, ``shards/<key>.ids.npy``: the sorted 64-bit h
    (:func:`ids_with_hashes`): two different ids with the same hash are no duplicate.
 
 The driver holds O(units + candidates), a task O(rows / B) hashes; with Ray the tasks run on
-the cluster, without it (``use_ray=False``) the same functions run here one range at a time.
+the cluster, without it (``use_ray=False``, or a single range) the same functions run here one
+range at a time.
 Units without a hash file (committed by an older genoray) have their hashes computed from
 their shard by the tasks instead.
 """
@@ -145,8 +146,8 @@ def find_duplicates(shard_dir: str | Path, units: list[tuple[str | None, str]], 
     sd = str(shard_dir)
     if not units:
         return {}
-    run = _runner(use_ray, sd)
     b = buckets or buckets_for(rows or 0)
+    run = _runner(use_ray and b > 1, sd)  # one range: here (no Ray start for a small or resumed corpus)
     by_unit: dict[int, set[int]] = defaultdict(set)
     for cands in run(bucket_candidates, [(sd, units, lo, hi) for lo, hi in _bounds(b)]):
         for h, owners in cands:
