@@ -1,5 +1,6 @@
 """The unique-id check of the embedding job (genoray.embedding.dedup): bucketed over the units'
 sorted hash files, exact against a Python set, blind to 64-bit collisions, and bounded in the driver."""
+import io
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3
 from conftest import write_fasta
 
 from genoray.embedding import dedup
@@ -16,6 +18,8 @@ from genoray.embedding.shards import UnitMarker
 from genoray.embedding.store import EmbeddingStore, read_manifest
 from genoray.encoders.kmer import KmerEncoder
 from genoray.infra.documents import read_document
+
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 
 def write_unit(d: Path, key: str, ids: list[str], hash_file: bool = True) -> tuple[str | None, str]:
@@ -117,3 +121,45 @@ def test_embed_writes_hash_files_and_split_counts_and_names_the_duplicate(tmp_pa
     c = write_fasta(tmp_path / "c.fa", [("y", "TTTT")])
     with pytest.raises(DuplicateIdError, match=r"'y' in .*a\.fa \(unit .*\) and .*c\.fa \(unit"):
         embed_sequences([a, b, c], tmp_path / "s", KmerEncoder(), use_ray=False)
+
+
+class CountingReader(io.BufferedReader):
+    """A local file that counts the bytes read from it (as an object store bills ranged reads)."""
+
+    read_bytes = 0
+
+    def read(self, n=-1):
+        out = super().read(n)
+        self.read_bytes += len(out)
+        return out
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_ranged_read_of_a_hash_file_equals_the_exact_slice(tmp_path, skewed):
+    rng = np.random.default_rng(1)
+    m = 200_000
+    h = rng.integers(0, 2**20 if skewed else 2**64 - 1, size=m, dtype=np.uint64, endpoint=False)
+    path = tmp_path / "u.ids.npy"
+    path.write_bytes(dedup.sorted_hash_bytes(h))
+    s = np.sort(h)
+    for b, buckets in [(0, 1), (0, 7), (3, 7), (6, 7), (100, 1908), (1907, 1908)]:
+        lo, hi = dedup.SPACE * b // buckets, dedup.SPACE * (b + 1) // buckets
+        with CountingReader(io.FileIO(path)) as f:
+            got = dedup.read_range(f, lo, hi)
+            read = f.read_bytes
+        want = s[(s >= np.uint64(lo)) & ((s < np.uint64(hi)) if hi < dedup.SPACE else True)]
+        assert np.array_equal(got, want)
+        if not skewed and buckets > 1:  # one window: the slice plus 2 x 8 sigma, not the file
+            assert read < 8 * (m / buckets + 2 * (8 * m**0.5 + 64)) + 256 < 8 * m
+        if skewed and b == 0 and buckets > 1:  # all hashes here: the window missed, the whole file was read
+            assert len(got) == m and read >= 8 * m
+
+
+def test_dedup_reads_hash_files_from_object_storage(s3_bucket, tmp_path):
+    from genoray.infra import fs
+
+    units, files = planted(tmp_path)
+    for name in {n for pair in files for n in pair if n}:
+        fs.write_bytes(f"{s3_bucket}/shards/{name}", (tmp_path / name).read_bytes())
+    got = dedup.find_duplicates(f"{s3_bucket}/shards", files, buckets=6)
+    assert {k: sorted(v) for k, v in got.items()} == oracle(units)
