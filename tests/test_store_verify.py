@@ -84,3 +84,17 @@ def test_on_ray_parts_are_hashed_by_tasks_not_the_driver(ray_session, tmp_path, 
     monkeypatch.setattr(fs, "sha256", driver_hash)  # this process only; Ray workers keep the real one
     with pytest.raises(ChecksumError, match=name):
         build_index(store, tmp_path / "ix", IndexConfig(target_recall=0.5), use_ray=True)
+
+
+def test_on_ray_the_fit_check_uses_the_ray_nodes_memory(ray_session, tmp_path, monkeypatch):
+    from genoray.index.capacity import CapacityError
+    from genoray.index.stages import _Ray
+
+    mem = [n["Resources"]["memory"] for n in ray_session.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+    assert _Ray().node_memory_bytes() == int(min(mem)) > 0
+    store, split = small_store(tmp_path)
+    monkeypatch.setattr(_Ray, "node_memory_bytes", lambda self: 2 * 2**20)  # the building node has 2 MiB
+    with pytest.raises(CapacityError, match="does not fit"):
+        build_index(store, tmp_path / "ix", IndexConfig(target_recall=0.5), use_ray=True)
+    rep = build_index(store, tmp_path / "ix2", IndexConfig(target_recall=0.5))  # here: this machine's memory
+    assert rep.ntotal == split.count(IndexConfig().split)
