@@ -221,8 +221,9 @@ class ShardWriter:
                           file=name, sha256=digest, bytes=nbytes, rows=self.rows, read=report.read,
                           accepted=report.accepted, rejected_by_reason=dict(report.rejected),
                           windowed=report.windowed, windows=report.windows,
-                          windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects, ids_file=ids_name, ids_sha256=ids_digest,
-                          split_rows=dict(sorted(self._splits.items())), **provenance)
+                          windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects,
+                          ids_file=ids_name, ids_sha256=ids_digest, split_rows=dict(sorted(self._splits.items())),
+                          **provenance)
         write_document(fs.join(self.shard_dir, f"{key}.done.json"), done)
         return done
 
