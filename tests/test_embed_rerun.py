@@ -103,7 +103,7 @@ def test_overwrite_replaces_the_store(two_inputs):
     rep = embed_sequences(b, store, KmerEncoder(), embed_cfg=EmbedConfig(overwrite=True), use_ray=False)
     assert (rep.written, rep.units, rep.skipped) == (10, 1, 0)
     assert ids_of(store) == B_IDS
-    assert len(shard_files(store)) == 2  # b's shard and marker; a's are gone
+    assert len(shard_files(store)) == 3  # b's shard, id hashes and marker; a's are gone
 
 
 def test_same_job_resumes_silently_and_more_files_extend_it(two_inputs, caplog):

@@ -28,8 +28,9 @@ class IndexConfig:
             ``train_sample_cap``).
         train_sample_cap: upper bound of the automatic training sample (the 39-per-centroid
             floor wins over it).
-        build_memory_mb: memory one build process may use (``0``: this machine's available
-            memory); ``build_index`` refuses before any work when the plan does not fit.
+        build_memory_mb: memory one build process may use (``0``: on Ray the smallest node's
+            memory, otherwise this machine's available memory); ``build_index`` refuses before
+            any work when the plan does not fit.
         add_cpus: CPUs each Ray add task asks for (fractional, so adds pack onto nodes).
         refine_k_factor_max: PQ indexes re-rank up to ``k x`` this many candidates from stored
             vectors; the build fails when the recall target is not reached within it.

@@ -14,8 +14,9 @@ read -> clean -> embed -> Parquet and commits it atomically::
     shards/<key>.rejects.parquet  every rejected record: path, record, seq_id, reason
     shards/<key>.done.json        counts + sha256; written last, so it marks a finished unit
 
-Only small per-unit summaries come back to the driver (its memory does not grow with the
-corpus except for an 8-byte hash per id used to detect duplicate ids across units). A rerun
+Only small per-unit summaries come back to the driver; its memory does not grow with the
+corpus: the check that ids are unique runs as tasks over the units' sorted id-hash files
+(``shards/<key>.ids.npy``, :mod:`genoray.embedding.dedup`). A rerun
 skips units whose done marker and shard checksum are intact, so a crashed job resumes and a
 finished one does no model work. A malformed file fails only its unit: the job records the
 file and reason, commits the rest and reports ``status="partial"`` (or, with
@@ -31,7 +32,6 @@ run has committed). Rerunning the same job, or the same job with more files, res
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -40,14 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from genoray.config import EmbedConfig, ReadConfig
+from genoray.embedding.dedup import DuplicateIdError as DuplicateIdError  # raised by embed_sequences
+from genoray.embedding.dedup import check_unique_ids
 from genoray.embedding.pool import run_on_ray
 from genoray.embedding.shards import SHARDS, UnitFailure, UnitMarker, collect_garbage, committed_units, shard_is_done
 from genoray.embedding.store import (
     ENCODER_FILE,
-    SEQ_ID,
     EncoderRecord,
     StoreCounts,
     StoreManifest,
@@ -62,7 +61,6 @@ from genoray.encoders import Encoder, encoder_from_spec, fingerprint, runs_remot
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_json
 from genoray.infra.errors import InvariantError
-from genoray.infra.names import safe_join
 from genoray.infra.progress import Progress
 from genoray.infra.runtime import tune_allocator
 from genoray.sequences import ReadReport, SequenceFormatError, expand_inputs, iter_file, plan_units, with_split_cutoffs
@@ -107,10 +105,6 @@ class EmbedReport:
             "failed": self.failed, "seconds": self.seconds,
             "sequences_per_s": round(self.written / embed_s, 1) if embed_s > 0 and self.skipped < self.units else None,
         }
-
-
-class DuplicateIdError(ValueError):
-    """The same seq_id occurs in more than one record of the corpus."""
 
 
 class StoreConflictError(ValueError):
@@ -273,7 +267,9 @@ def embed_sequences(
                     raise SequenceFormatError(r.path, None, r.error)
     t2 = time.perf_counter()
     committed = kept + [done[u["key"]] for u in units if u["key"] in done]
-    _check_unique_ids(shard_dir, committed)
+    check_unique_ids(shard_dir, [(d.ids_file, d.file) for d in committed],
+                     [f"{d.path} (unit {d.key})" for d in committed], rows=sum(d.rows for d in committed),
+                     use_ray=use_ray)
     status: Literal["complete", "partial"] = "complete" if not failed else "partial"
     rejected: Counter = Counter()
     windows_rejected: Counter = Counter()
@@ -305,28 +301,4 @@ def embed_sequences(
              out, report.status, report.read, report.accepted, sum(rejected.values()), report.written, report.units,
              report.skipped, len(report.failed), report.seconds["total"])
     return report
-
-
-def _id_hashes(ids: list[str]) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids],
-                    dtype=np.uint64)
-
-
-def _check_unique_ids(shard_dir: str | Path, committed: list[UnitMarker]) -> None:
-    if len(committed) < 2:
-        return  # ids are unique within a unit by construction
-    parts, owners = [], []
-    for i, d in enumerate(committed):
-        ids = fs.read_table(safe_join(shard_dir, d.file, shard_dir), columns=[SEQ_ID])[SEQ_ID].to_pylist()
-        parts.append(_id_hashes(ids))
-        owners.append(np.full(len(ids), i, dtype=np.int32))
-    h = np.concatenate(parts)
-    if len(h) == 0:
-        return
-    order = np.argsort(h, kind="stable")
-    dup = np.flatnonzero(h[order][1:] == h[order][:-1])
-    if len(dup):
-        files = sorted({committed[int(np.concatenate(owners)[order][j])].path for j in np.r_[dup, dup + 1]})
-        raise DuplicateIdError(f"{len(dup)} seq_id(s) occur in more than one input unit; files involved: {files[:10]}")
-
 

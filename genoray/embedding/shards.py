@@ -21,9 +21,12 @@ from dataclasses import field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from genoray.embedding.dedup import id_hashes, sorted_hash_bytes
 from genoray.embedding.store import (
     DOMAIN,
     EMBEDDING,
@@ -50,7 +53,10 @@ SHARD_COMPRESSION = {SEQ_ID: "zstd", LABEL: "zstd", DOMAIN: "zstd", SPLIT: "zstd
 @record
 class UnitMarker:
     """``<key>.done.json``: a committed unit (its counts add up: ``read == accepted +
-    rejected``, ``rows == accepted - windowed + windows``) and where and how long it ran."""
+    rejected``, ``rows == accepted - windowed + windows``) and where and how long it ran.
+    ``ids_file`` / ``ids_sha256``: its sorted id hashes (:mod:`genoray.embedding.dedup`);
+    ``split_rows``: rows per split name (rows without a split are not listed). All three are
+    ``None`` in markers of an older genoray."""
 
     key: str
     path: str
@@ -73,12 +79,16 @@ class UnitMarker:
     worker_pid: int | None = None
     node: str | None = None
     ray_node: str | None = None
+    ids_file: str | None = None
+    ids_sha256: str | None = None
+    split_rows: dict[str, int] | None = None
 
     def part(self) -> StorePart:
         """The ``parts`` entry of ``store.json`` for this unit."""
         return StorePart(file=f"{SHARDS}/{self.file}", rows=self.rows, sha256=self.sha256, source=self.path,
                          row_groups=self.row_groups, byte_range=self.byte_range,
-                         rejects=f"{SHARDS}/{self.rejects_file}" if self.rejects_file else None)
+                         rejects=f"{SHARDS}/{self.rejects_file}" if self.rejects_file else None,
+                         split_rows=self.split_rows)
 
 
 @record
@@ -119,8 +129,11 @@ def shard_is_done(shard_dir: str | Path, key: str) -> UnitMarker | None:
         shard = safe_join(shard_dir, done.file, marker)
         if fs.is_remote(shard_dir):
             kind, size, _ = fs.info(shard)
-            return done if kind == "file" and size == done.bytes else None
+            ids_ok = done.ids_file is None or fs.is_file(safe_join(shard_dir, done.ids_file, marker))
+            return done if kind == "file" and size == done.bytes and ids_ok else None
         if fs.sha256(shard) != done.sha256:
+            return None
+        if done.ids_file is not None and fs.sha256(safe_join(shard_dir, done.ids_file, marker)) != done.ids_sha256:
             return None
     except (OSError, FormatError):  # a marker of an older genoray or a damaged one: redo the unit
         return None
@@ -138,6 +151,8 @@ class ShardWriter:
         tmp_dir = Path(tempfile.gettempdir()) if self.remote else Path(self.shard_dir)
         self.tmp = tmp_dir / f".{key}.{os.getpid()}.tmp"
         self.rows = 0
+        self._hashes: list[np.ndarray] = []  # 8 bytes per row of this unit, written sorted at commit
+        self._splits: dict[str, int] = {}
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -146,6 +161,10 @@ class ShardWriter:
             self._writer = pq.ParquetWriter(self.tmp, table.schema, compression=SHARD_COMPRESSION)
         self._writer.write_table(table)
         self.rows += table.num_rows
+        self._hashes.append(id_hashes(table[SEQ_ID].to_pylist()))
+        for v in pc.value_counts(table[SPLIT]).to_pylist():
+            if v["values"] is not None:
+                self._splits[v["values"]] = self._splits.get(v["values"], 0) + int(v["counts"])
 
     def close(self) -> None:
         """Finish the temp file (an empty shard when no row was written) and fsync it."""
@@ -190,6 +209,11 @@ class ShardWriter:
                                      "seq_id": [r.seq_id for r in report.examples],
                                      "reason": [r.reason for r in report.examples]}), local)
             self._put(local, rejects)
+        ids_name, ids_local = f"{key}.ids.npy", self.tmp.with_suffix(".ids")
+        ids_local.write_bytes(sorted_hash_bytes(np.concatenate(self._hashes) if self._hashes
+                                                else np.zeros(0, np.uint64)))
+        ids_digest = sha256_file(ids_local)
+        self._put(ids_local, ids_name)
         name = f"{key}.parquet"
         digest, nbytes = sha256_file(self.tmp), self.tmp.stat().st_size
         self._put(self.tmp, name)  # the shard is whole before the marker that makes the unit visible
@@ -197,7 +221,9 @@ class ShardWriter:
                           file=name, sha256=digest, bytes=nbytes, rows=self.rows, read=report.read,
                           accepted=report.accepted, rejected_by_reason=dict(report.rejected),
                           windowed=report.windowed, windows=report.windows,
-                          windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects, **provenance)
+                          windows_rejected_by_reason=dict(report.windows_rejected), rejects_file=rejects,
+                          ids_file=ids_name, ids_sha256=ids_digest, split_rows=dict(sorted(self._splits.items())),
+                          **provenance)
         write_document(fs.join(self.shard_dir, f"{key}.done.json"), done)
         return done
 

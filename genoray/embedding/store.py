@@ -23,6 +23,7 @@ embedding: fixed_size_list<float32>[dim]``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -67,8 +68,9 @@ def embedding_schema(dim: int) -> pa.Schema:
 @record
 class StorePart:
     """One committed unit's shard in ``store.json``: its file (relative to the store), rows,
-    sha256, the source file it was read from (with its row groups or byte range), and its
-    rejects table (``None``: no record rejected)."""
+    sha256, the source file it was read from (with its row groups or byte range), its
+    rejects table (``None``: no record rejected) and its rows per split name (``split_rows``;
+    rows without a split are not listed; ``None`` in stores of an older genoray: count them)."""
 
     file: str
     rows: int
@@ -77,6 +79,14 @@ class StorePart:
     row_groups: tuple[int, ...] | None = None
     byte_range: tuple[int, int] | None = None
     rejects: str | None = None
+    split_rows: dict[str, int] | None = None
+
+    def rows_in(self, split: str | None) -> int | None:
+        """Rows of ``split`` (all rows when ``None``) as recorded when the part was written;
+        ``None`` when the store does not record it (then count them)."""
+        if split is None:
+            return self.rows
+        return None if self.split_rows is None else self.split_rows.get(split, 0)
 
 
 @record
@@ -199,11 +209,21 @@ class EmbeddingStore:
         self.path: Any = fs.as_path(path)
         self.manifest = read_manifest(self.path)
         self.hashed = 0
-        if verify:  # files unchanged (size, mtime) since their last verification are not re-hashed
-            record_file = fs.cache_dir("stores", self.path) / VERIFIED if fs.is_remote(self.path) \
-                else Path(self.path) / VERIFIED
-            record_file.parent.mkdir(parents=True, exist_ok=True)
-            self.hashed = verify_files(self.path, {p.file: p.sha256 for p in self.manifest.parts}, record=record_file)
+        if verify:
+            self.verify()
+
+    def verify(self, run: Callable[[Callable, list[tuple]], list] | None = None) -> int:
+        """Check every part's sha256 (:func:`~genoray.infra.artifacts.verify_files`): parts
+        unchanged (size, mtime) since their last verification are not hashed again; ``run(fn,
+        calls)`` hashes the others (e.g. as parallel Ray tasks on the nodes that read them;
+        default: here). Raises :class:`~genoray.infra.errors.ChecksumError` naming a bad part;
+        returns the number of parts hashed."""
+        record_file = fs.cache_dir("stores", self.path) / VERIFIED if fs.is_remote(self.path) \
+            else Path(self.path) / VERIFIED
+        record_file.parent.mkdir(parents=True, exist_ok=True)
+        self.hashed = verify_files(self.path, {p.file: p.sha256 for p in self.manifest.parts}, record=record_file,
+                                   run=run)
+        return self.hashed
 
     @property
     def dim(self) -> int:

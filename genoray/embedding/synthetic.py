@@ -57,7 +57,8 @@ def _write_part(root: Path, name: str, start: int, rows: int, d: int, rank: int,
                  schema=embedding_schema(d))
     f = f"{SHARDS}/{name}.parquet"
     pq.write_table(t, root / f)
-    return StorePart(file=f, rows=rows, sha256=sha256_file(root / f), source=f"synthetic:{name}")
+    return StorePart(file=f, rows=rows, sha256=sha256_file(root / f), source=f"synthetic:{name}",
+                     split_rows={str(s): int(c) for s, c in zip(*np.unique(split, return_counts=True))})
 
 
 def write_synthetic_store(path: str | Path, n: int, d: int, parts: int = 8, test_fraction: float = 0.0,

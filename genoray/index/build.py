@@ -6,8 +6,10 @@ stored float16 vectors (memory-mapped, not resident) so the recall target is rea
 
 Stages:
 
-0. **plan**: :func:`genoray.index.capacity.estimate` predicts peak memory per worker (and of one process);
-   the build refuses before any work when it does not fit ``build_memory_mb``.
+0. **plan**: the store's parts are verified (sha256) by parallel tasks, the split's rows are taken
+   from the per-part counts of ``store.json``; :func:`genoray.index.capacity.estimate` predicts
+   peak memory per worker (and of one process); the build refuses before any work when it does
+   not fit ``build_memory_mb`` (``0``: the smallest Ray node's memory on Ray, this machine's otherwise).
 1. **scan** (one task per store partition): row count of the split, a Bernoulli training
    sample sized from nlist (:func:`genoray.index.factory.train_sample_size`: at least 39 points per
    centroid) and candidate recall queries.
@@ -137,20 +139,26 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     out = str(out_dir) if fs.is_remote(out_dir) else str(Path(out_dir))
     if fs.is_file(fs.join(out, MANIFEST)):
         raise FileExistsError(f"{out}: an index already exists here; indexes are never edited in place")
-    store = EmbeddingStore(store_path)
+    store = EmbeddingStore(store_path, verify=False)  # verified below, by tasks
     remote_store = fs.is_remote(store.path)
     store_path = str(store.path) if remote_store else str(Path(store_path).resolve())
     d = store.dim
     ex: Any = _Ray(store_path) if use_ray else _Local()
+    store.verify(run=lambda fn, calls: ex.map(fn, calls, spread=True, num_cpus=1))  # parts hashed in parallel tasks
 
-    # 0. plan: count the split (split column only), then refuse before any work if it cannot fit
-    counts = [p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)
-              for p in store.manifest.parts]
+    # 0. plan: the split's rows as recorded per part (counted, as tasks, for stores that do not
+    # record them), then refuse before any work if it cannot fit the memory of a building node
+    recorded = [p.rows_in(cfg.split) for p in store.manifest.parts]
+    missing = [i for i, c in enumerate(recorded) if c is None]
+    counted = dict(zip(missing, ex.map(count_split, [(store_path, store.manifest.parts[i].file, cfg.split)
+                                                     for i in missing], num_cpus=1) if missing else []))
+    counts: list[int] = [int(c) if c is not None else int(counted[i]) for i, c in enumerate(recorded)]
     n = sum(counts)
     if n == 0:
         raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
     factory = choose_factory(n, d, cfg)
-    budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else 0.0
+    budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else \
+        (ex.node_memory_bytes() / 2**30 if use_ray else 0.0)  # 0: this process's machine, which builds
     cluster = ClusterSpec(memory_per_node_gb=budget_gb)
     plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS))
     check_fits(plan)

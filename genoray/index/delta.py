@@ -78,7 +78,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         raise RetrainNeeded(f"{old}: a {m.factory} index: nothing trained to reuse, rebuilt" if not
                             m.factory.startswith("IVF") else f"{old}: built without a shared trained quantizer "
                             f"(format {m.format_version}); rebuild once")
-    store = EmbeddingStore(store_path)
+    store = EmbeddingStore(store_path, verify=False)  # verified below, by tasks
     store_path = str(store.path) if fs.is_remote(store.path) else str(Path(store_path).resolve())
     if store.fingerprint != m.fingerprint or store.dim != m.dim:
         raise RetrainNeeded(f"{store_path}: encoder fingerprint {store.fingerprint} != index {m.fingerprint}")
@@ -93,11 +93,13 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     faiss_blob = np.fromfile(safe_join(old, m.trained.file, old / MANIFEST), dtype=np.uint8)
     d, n_old = m.dim, m.ntotal
     ex: Any = _Ray(store_path) if use_ray else _Local()
+    store.verify(run=lambda fn, calls: ex.map(fn, calls, spread=True, num_cpus=1))  # parts hashed in parallel tasks
 
     # the new rows, as partitions with gids after the old ones
     delta, gid = [], n_old
     for i, p in enumerate(new_parts):
-        c = p.rows if cfg.split is None else count_split(store_path, p.file, cfg.split)
+        c = p.rows_in(cfg.split)  # as recorded when the part was written; counted for older stores
+        c = count_split(store_path, p.file, cfg.split) if c is None else c
         delta.append({"key": f"d{i:05d}", "file": p.file, "part_sha256": p.sha256, "offset": 0, "rows": c,
                       "gid_start": gid})
         gid += c

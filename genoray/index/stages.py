@@ -411,6 +411,11 @@ class _Ray:
             refs.append(self._remote(fn, scheduling_strategy=where, **opts).remote(*c))
         return self.ray.get(refs)
 
+    def node_memory_bytes(self) -> int:
+        """Ray's ``memory`` resource of the smallest alive node with CPUs (where a build task may run)."""
+        mem = [n["Resources"].get("memory", 0) for n in self.ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0)]
+        return int(min(mem)) if mem else 0
+
     def refs(self, fn, calls: list[tuple], **opts) -> list:
         f = self._remote(fn, **opts)
         return [f.remote(*c) for c in calls]

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,22 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | os.PathLike | None = None) -> int:
+def verify_file(root: str | os.PathLike, rel: str, expected: str) -> str:
+    """Hash ``root/rel`` and raise :class:`ChecksumError` naming the file when it is missing or
+    its sha256 is not ``expected`` (one file of :func:`verify_files`, in whatever process or
+    Ray task reads it); returns the sha256."""
+    uri = safe_join(root, rel, f"{root} (manifest)")
+    if fs.info(uri)[0] != "file":
+        raise ChecksumError(f"{uri}: missing (listed in manifest); restore it or rebuild what wrote it")
+    got = fs.sha256(uri)
+    if got != expected:
+        raise ChecksumError(f"{uri}: sha256 {got[:16]}... does not match manifest {expected[:16]}...; the file "
+                            "changed or is damaged: restore it or rebuild what wrote it")
+    return got
+
+
+def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | os.PathLike | None = None,
+                 run: Callable[[Callable, list[tuple]], list] | None = None) -> int:
     """Check every ``{relative_path: sha256}`` under ``root`` (a local directory or an object
     store prefix); raise :class:`ChecksumError` naming the first bad or missing file. Every
     name is checked first (:mod:`genoray.infra.names`: relative, inside ``root``, no symlink;
@@ -134,14 +150,16 @@ def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | o
     hashed again (a nightly job re-opens a store of unchanged files many times); any change
     re-hashes it. ctime is what mtime cannot fool: every write, ``chmod`` or ``utime`` sets it to
     the current time and no unprivileged call sets it back, so a flipped byte whose mtime was
-    restored is hashed again. Returns the number of files hashed."""
+    restored is hashed again. ``run(fn, calls)`` hashes the files that need it as
+    ``fn(*call)`` calls of :func:`verify_file` (e.g. parallel Ray tasks; default: here, one
+    after another); this process only stats them. Returns the number of files hashed."""
     seen: dict[str, Any] = {}
     if record is not None and Path(record).is_file():
         try:
             seen = read_json(record)
         except (OSError, ValueError):
             seen = {}
-    hashed, fresh = 0, {}
+    fresh, todo = {}, []
     for rel in files:
         check_relative(rel, f"{root} (manifest)")
     for rel, expected in sorted(files.items()):
@@ -154,17 +172,15 @@ def verify_files(root: str | os.PathLike, files: dict[str, str], record: str | o
             st = os.stat(fs.as_path(uri))
             key.update(ctime_ns=st.st_ctime_ns, inode=[st.st_dev, st.st_ino])
         if seen.get(rel) != key:
-            got = fs.sha256(uri)
-            hashed += 1
-            if got != expected:
-                raise ChecksumError(f"{uri}: sha256 {got[:16]}... does not match manifest {expected[:16]}...")
+            todo.append((root, rel, expected))
         fresh[rel] = key
+    (run or (lambda fn, calls: [fn(*c) for c in calls]))(verify_file, todo)
     if record is not None and fresh != seen:
         try:
             write_json(record, fresh)
         except OSError:  # a read-only store and no writable cache: verify every time
             pass
-    return hashed
+    return len(todo)
 
 
 def strict_json(obj: Any) -> tuple[Any, list[str]]:
