@@ -18,7 +18,7 @@ import s3
 from bundles import make_bundle
 
 from genoray.bundle import collect_garbage, live_leases, publish, store
-from genoray.bundle.store import read_current
+from genoray.bundle.versions import read_current
 from genoray.infra import fs
 from genoray.infra.conditional import ConflictError
 

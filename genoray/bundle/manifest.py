@@ -28,6 +28,7 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 STAGING = "staging"
 LEASES = "leases"
+OBJECTS = "objects"
 INDEX_DIR = "index"
 HEAD_DIR = "head"
 
@@ -59,7 +60,7 @@ class BundleManifest:
     """
 
     KIND: ClassVar[str] = "bundle manifest"
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2
     format_version: int
     version: str
     parent: str | None
