@@ -22,6 +22,7 @@ from genoray.bundle.versions import (
     LEASE_TTL_S,
     current_bundle,
     current_version,
+    file_uri,
     lease,
     live_leases,
     read_version,
@@ -30,7 +31,7 @@ from genoray.bundle.versions import (
 )
 
 __all__ = [
-    "LEASE_TTL_S", "BundleManifest", "Current", "collect_garbage", "current_bundle", "current_version", "evict_unleased", "groups_of",
+    "LEASE_TTL_S", "BundleManifest", "Current", "collect_garbage", "current_bundle", "current_version", "evict_unleased", "file_uri", "groups_of",
     "lease",
     "list_versions", "live_leases", "new_version_name", "publish", "read_version", "release", "shard_groups",
     "verify_bundle", "version_dir", "version_uri", "write_version",

@@ -61,6 +61,7 @@ class BundleManifest:
 
     KIND: ClassVar[str] = "bundle manifest"
     FORMAT_VERSION: ClassVar[int] = 2
+    READABLE: ClassVar[tuple[int, ...]] = (1, 2)  # 1: files under versions/<v>/; 2: objects/ by digest
     format_version: int
     version: str
     parent: str | None

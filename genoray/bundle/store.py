@@ -61,7 +61,15 @@ from genoray.bundle.objects import (
     sweep_objects,
     upload_missing,
 )
-from genoray.bundle.versions import LEASE_TTL_S, current_name, live_leases, read_version, read_version_raw, version_uri
+from genoray.bundle.versions import (
+    LEASE_TTL_S,
+    current_name,
+    file_uri,
+    live_leases,
+    read_version,
+    read_version_raw,
+    version_uri,
+)
 from genoray.config import ReindexConfig
 from genoray.heads import read_head_manifest
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
@@ -180,12 +188,10 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     if unknown := [f for f in names if f not in doc.files]:
         raise FormatError(f"{vuri}: {MANIFEST} lists no sha256 for {unknown[:3]}")
 
-    def source(rel: str, digest: str) -> str:  # format 1 kept its files in the version, format 2 in objects/
-        return fs.join(root, object_name(digest, vuri)) if doc.format_version >= 2 else fs.join(vuri, rel)
-
     stage = cache / STAGING / f"{local.name}.{uuid.uuid4().hex[:6]}"
     try:  # each object hashed once, when downloaded: a corrupt one never enters the cache
-        materialize(cache, {f: doc.files[f] for f in names}, source, stage, f"{vuri}/{MANIFEST}")
+        materialize(cache, {f: doc.files[f] for f in names}, lambda rel, _: file_uri(root, doc, rel), stage,
+                    f"{vuri}/{MANIFEST}")
         (stage / MANIFEST).write_bytes(raw)
         make_read_only(stage)
         local.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,11 @@ import os
 import time
 
 from genoray.bundle.manifest import CURRENT, LEASES, MANIFEST, VERSIONS, BundleManifest, Current
+from genoray.bundle.objects import object_name
 from genoray.infra import fs
 from genoray.infra.documents import from_json, read_document
 from genoray.infra.errors import ChecksumError, FormatError
-from genoray.infra.names import check_version
+from genoray.infra.names import check_version, safe_join
 
 LEASE_TTL_S = 120.0
 
@@ -80,6 +81,18 @@ def current_bundle(root: str | os.PathLike) -> BundleManifest | None:
     read once."""
     cur = read_current(root)
     return read_version(root, cur.version, sha256=cur.bundle_sha256) if cur is not None else None
+
+
+def file_uri(root: str | os.PathLike, doc: BundleManifest, rel: str) -> str:
+    """Where file ``rel`` (listed in ``doc``'s ``files``) of a version is stored under ``root``:
+    format 2 in ``objects/`` by its sha256, format 1 in the version's own directory. What reads
+    a file's size or content without a node-local view (replica sizing, a group's file list)."""
+    where = fs.join(version_uri(root, doc.version), MANIFEST)
+    if rel not in doc.files:
+        raise FormatError(f"{where}: lists no file {rel!r}; publish the version again")
+    if doc.format_version >= 2:
+        return fs.join(root, object_name(doc.files[rel], where))
+    return safe_join(version_uri(root, doc.version), rel, where)
 
 
 def lease(root: str | os.PathLike, version: str, holder: str) -> None:
