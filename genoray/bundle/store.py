@@ -4,20 +4,23 @@ One code path for a local bundle root and one on object storage (``s3://``, ``gs
 :mod:`genoray.infra.fs` (layout: :mod:`genoray.bundle.manifest`):
 
 * **write** (:func:`write_version`): a version is assembled and sealed (``bundle.json`` with the
-  sha256 of every file, files read-only) in a node-local staging directory, then made visible
-  whole: a rename into ``versions/`` on a local root, an upload with ``bundle.json`` last on
-  object storage (a version without it is incomplete and never loaded or published). Version
-  names are unique (time + random suffix), so no object of a version is ever overwritten.
+  sha256 of every file, files read-only) in a node-local staging directory, its files become
+  content-addressed objects (:mod:`genoray.bundle.objects`: only those the root lacks are
+  linked in or uploaded), then it is made visible whole: a rename into ``versions/`` on a local
+  root, its ``bundle.json`` PUT after its objects on object storage (a version without it is
+  incomplete and never loaded or published). Version names are unique (time + random suffix).
 * **verify** (:func:`verify_bundle`): every file's sha256 against ``bundle.json``; a remote
-  version is first copied into the node-local cache (:func:`version_dir`, once per node) and
-  verified there, because FAISS reads local files only.
+  version is first linked together in the node-local cache from cached objects, downloading
+  (and hashing once) only those the node lacks (:func:`version_dir`), because FAISS reads local
+  files only; the writer's node keeps its staged files as that cache, so a publish downloads
+  nothing.
 * **publish** (:func:`publish`): ``CURRENT`` is replaced by one atomic write (``os.replace``
   locally; one PUT on object storage, which S3 and GCS make visible whole and at once), so a
   reader sees the old or the new version, never a mix. ``CURRENT`` is the only file ever
   overwritten. Rollback is publishing an older version.
 * **leases and GC**: a replica writes ``leases/<version>/<holder>`` (its body is the heartbeat
   time); :func:`collect_garbage` never removes ``CURRENT``, the newest ``keep`` versions or a
-  version with a live lease.
+  version with a live lease, and then deletes the objects no remaining version references.
 
 Nothing here loads a model: :meth:`genoray.predict.Predictor.from_bundle` loads a verified
 version, :mod:`genoray.serving.holder` watches ``CURRENT``.
