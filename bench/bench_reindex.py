@@ -69,13 +69,12 @@ def run(mode: str, work: Path, floor: float) -> dict:
 
 def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> dict:
     """The ``--object-storage`` run (see the module doc); returns the measured numbers."""
+    import logging
     import os
     import time
 
     import boto3
     from moto.server import ThreadedMotoServer
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -100,11 +99,16 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
         out = step()
         return (time.perf_counter() - t0, fs.TRANSFERRED["uploaded"] - up, fs.TRANSFERRED["downloaded"] - down, out)
 
-    def release(root: str, index_dir: Path, head_dir: Path, name: str) -> str:
+    stages: dict[str, dict[str, float]] = {}
+
+    def release(root: str, index_dir: Path, head_dir: Path, name: str, t0: float) -> str:
         os.environ["GENORAY_CACHE"] = str(work / f"cache-{name}")  # the publisher's node
+        t1 = time.perf_counter()
         train_head(work / "store", index_dir, head_dir, head_cfg)
+        t2 = time.perf_counter()
         v = write_version(root, index_dir, head_dir)
         publish(root, v)
+        stages[name] = {"index": t1 - t0, "head": t2 - t1, "publish": time.perf_counter() - t2}
         return v
 
     def fetch(root: str, v: str) -> Path:
@@ -120,21 +124,24 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
         root, fresh = "s3://bench/nightly", "s3://bench/rebuild"
 
         def yesterday() -> str:
+            t0 = time.perf_counter()
             build_index(work / "store", work / "index1", cfg)
-            return release(root, work / "index1", work / "head1", "v1")
+            return release(root, work / "index1", work / "head1", "v1", t0)
 
         t_v1, up_v1, _, v1 = measured(yesterday)
         _, _, down_v1, _ = measured(lambda: fetch(root, v1))
         append_synthetic_rows(work / "store", int(n * new), seed=0)
 
         def night() -> str:
+            t0 = time.perf_counter()
             extend_index(work / "index1", work / "store", work / "index2", floor, cfg,
                          drift=drift_rule(ReindexConfig.shift_alpha))
-            return release(root, work / "index2", work / "head2", "v2")
+            return release(root, work / "index2", work / "head2", "v2", t0)
 
         def rebuild() -> str:
+            t0 = time.perf_counter()
             build_index(work / "store", work / "index-full", cfg)
-            return release(fresh, work / "index-full", work / "head-full", "full")
+            return release(fresh, work / "index-full", work / "head-full", "full", t0)
 
         t_night, up_night, _, v2 = measured(night)
         _, _, down_v2, _ = measured(lambda: fetch(root, v2))
@@ -142,7 +149,7 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
         r = {"n": n, "dim": dim, "new": new, "yesterday_s": t_v1, "yesterday_uploaded": up_v1,
              "node_downloaded_v1": down_v1, "night_s": t_night, "night_uploaded": up_night,
              "node_downloaded_v2": down_v2, "v2_bytes": size(root, v2), "full_s": t_full, "full_uploaded": up_full,
-             "full_bytes": size(fresh, vf)}
+             "full_bytes": size(fresh, vf), "stages": stages}
     finally:
         server.stop()
     r.update(upload_ratio=r["night_uploaded"] / r["full_uploaded"], download_ratio=r["node_downloaded_v2"] / r["v2_bytes"],
@@ -155,6 +162,8 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
     print(f"{'night: extend + head + publish':<34} {t_night:>8.1f} {up_night / mib:>9.2f} {'':>9}")
     print(f"{'node fetches the night':<34} {'':>8} {'':>9} {down_v2 / mib:>9.2f}")
     print(f"{'full rebuild + head + publish':<34} {t_full:>8.1f} {up_full / mib:>9.2f} {'':>9}")
+    print("seconds per stage (index / head / write + publish): " + "; ".join(
+        f"{k} {v['index']:.1f} / {v['head']:.1f} / {v['publish']:.1f}" for k, v in stages.items()))
     for name, key, target in (("uploaded, night / full publish", "upload_ratio", 0.05),
                               ("node download / whole new version", "download_ratio", 0.05),
                               ("time, night / full rebuild", "time_ratio", 0.20)):

@@ -37,6 +37,7 @@ def _root(three, tmp_path: Path, backend: str, bucket: str | None) -> tuple[str,
     """A fresh copy of ``three``'s versions (no ``CURRENT``) on ``backend``."""
     src, versions = three
     root = f"{bucket}/bundles" if backend == "s3" else str(tmp_path / "root")
+    fs.upload_dir(src / "objects", fs.join(root, "objects"))  # what format-2 versions refer to
     for v in versions:
         fs.upload_dir(src / "versions" / v, fs.join(root, "versions", v), last=["bundle.json"])
     return root, versions
