@@ -18,7 +18,7 @@ import s3
 from bundles import make_bundle
 
 from genoray.bundle import collect_garbage, live_leases, publish, store
-from genoray.bundle.store import read_current
+from genoray.bundle.versions import read_current
 from genoray.infra import fs
 from genoray.infra.conditional import ConflictError
 
@@ -37,6 +37,7 @@ def _root(three, tmp_path: Path, backend: str, bucket: str | None) -> tuple[str,
     """A fresh copy of ``three``'s versions (no ``CURRENT``) on ``backend``."""
     src, versions = three
     root = f"{bucket}/bundles" if backend == "s3" else str(tmp_path / "root")
+    fs.upload_dir(src / "objects", fs.join(root, "objects"))  # what format-2 versions refer to
     for v in versions:
         fs.upload_dir(src / "versions" / v, fs.join(root, "versions", v), last=["bundle.json"])
     return root, versions

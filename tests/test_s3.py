@@ -239,6 +239,8 @@ def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tm
         steps = int(first.stdout.strip())  # object PUTs of one write + publish (the last is CURRENT)
         assert steps >= 5
         publish(root, v1)
+        # content-addressed: each run must find only v1's objects, so that it uploads the same ones
+        collect_garbage(root, keep=0, object_grace_s=0)
         seen = {"old": 0, "new": 0}
         # before the first upload, mid-upload, before bundle.json, before CURRENT; after CURRENT
         for kill_at in (1, steps // 2, steps - 1, steps, -steps):
@@ -251,6 +253,7 @@ def test_s3_publisher_killed_mid_publish_leaves_current_old_or_new(s3_bucket, tm
             for v in versions(root):  # a version with bundle.json is complete
                 Predictor.from_bundle(root, v)
             publish(root, v1)
+            collect_garbage(root, keep=0, object_grace_s=0)
         assert seen == {"old": 4, "new": 1}, seen
         assert set(versions(root)) >= {v1}
         collect_garbage(root, keep=1)

@@ -4,12 +4,22 @@
 Layout of a bundle root (a local directory, ``s3://`` or ``gs://``)::
 
     CURRENT                     Current: the published version and the sha256 of its bundle.json
+    objects/<sha[:2]>/<sha>     every file of every version, stored once by its sha256 (format 2)
     versions/<version>/         immutable once written (local files read-only)
-        bundle.json             BundleManifest, written last: a version without it is incomplete
-        index/ ...              a genoray.index directory
-        head/  ...              a genoray.heads directory (head.json + head.npz, ood.json, ...)
+        bundle.json             BundleManifest, written last: a version without it is incomplete;
+                                its ``files`` ({relative path: sha256}) are the version's references
+        index/ ...              a genoray.index directory      } format 1: copies; format 2 on a
+        head/  ...              a genoray.heads directory      } local root: hard links to objects/,
+                                (head.json + head.npz, ...)    } on object storage: absent
     staging/                    (local roots) versions being written, never loaded
     leases/<version>/<holder>   a replica's claim on a version; its body is the heartbeat time
+
+Format 2 (content-addressed, :mod:`genoray.bundle.objects`): a version adds only the objects the
+root lacks (an extended index shares its old shards, quantizer and id tables with its base),
+uploaded before its ``bundle.json``; a node's cache (``<cache>/bundles/<hash of root>/``) keeps
+the same ``objects/`` and builds each version's view under ``versions/<version>[+<files hash>]/``
+from hard links to them. Format-1 versions (files copied under ``versions/<version>/``) still
+load; :func:`genoray.bundle.collect_garbage` deletes the objects no remaining version lists.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 STAGING = "staging"
 LEASES = "leases"
+OBJECTS = "objects"
 INDEX_DIR = "index"
 HEAD_DIR = "head"
 
@@ -59,7 +70,8 @@ class BundleManifest:
     """
 
     KIND: ClassVar[str] = "bundle manifest"
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2
+    READABLE: ClassVar[tuple[int, ...]] = (1, 2)  # 1: files under versions/<v>/; 2: objects/ by digest
     format_version: int
     version: str
     parent: str | None

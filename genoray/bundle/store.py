@@ -4,20 +4,23 @@ One code path for a local bundle root and one on object storage (``s3://``, ``gs
 :mod:`genoray.infra.fs` (layout: :mod:`genoray.bundle.manifest`):
 
 * **write** (:func:`write_version`): a version is assembled and sealed (``bundle.json`` with the
-  sha256 of every file, files read-only) in a node-local staging directory, then made visible
-  whole: a rename into ``versions/`` on a local root, an upload with ``bundle.json`` last on
-  object storage (a version without it is incomplete and never loaded or published). Version
-  names are unique (time + random suffix), so no object of a version is ever overwritten.
+  sha256 of every file, files read-only) in a node-local staging directory, its files become
+  content-addressed objects (:mod:`genoray.bundle.objects`: only those the root lacks are
+  linked in or uploaded), then it is made visible whole: a rename into ``versions/`` on a local
+  root, its ``bundle.json`` PUT after its objects on object storage (a version without it is
+  incomplete and never loaded or published). Version names are unique (time + random suffix).
 * **verify** (:func:`verify_bundle`): every file's sha256 against ``bundle.json``; a remote
-  version is first copied into the node-local cache (:func:`version_dir`, once per node) and
-  verified there, because FAISS reads local files only.
+  version is first linked together in the node-local cache from cached objects, downloading
+  (and hashing once) only those the node lacks (:func:`version_dir`), because FAISS reads local
+  files only; the writer's node keeps its staged files as that cache, so a publish downloads
+  nothing.
 * **publish** (:func:`publish`): ``CURRENT`` is replaced by one atomic write (``os.replace``
   locally; one PUT on object storage, which S3 and GCS make visible whole and at once), so a
   reader sees the old or the new version, never a mix. ``CURRENT`` is the only file ever
   overwritten. Rollback is publishing an older version.
 * **leases and GC**: a replica writes ``leases/<version>/<holder>`` (its body is the heartbeat
   time); :func:`collect_garbage` never removes ``CURRENT``, the newest ``keep`` versions or a
-  version with a live lease.
+  version with a live lease, and then deletes the objects no remaining version references.
 
 Nothing here loads a model: :meth:`genoray.predict.Predictor.from_bundle` loads a verified
 version, :mod:`genoray.serving.holder` watches ``CURRENT``.
@@ -31,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -45,6 +47,7 @@ from genoray.bundle.manifest import (
     INDEX_DIR,
     LEASES,
     MANIFEST,
+    OBJECTS,
     STAGING,
     VERSIONS,
     BundleIndex,
@@ -52,81 +55,39 @@ from genoray.bundle.manifest import (
     Current,
     new_version_name,
 )
+from genoray.bundle.objects import (
+    link_into_objects,
+    materialize,
+    object_name,
+    remove_view,
+    sweep_cache,
+    sweep_objects,
+    upload_missing,
+)
+from genoray.bundle.versions import (
+    LEASE_TTL_S,
+    current_name,
+    file_uri,
+    live_leases,
+    read_version,
+    read_version_raw,
+    version_uri,
+)
 from genoray.config import ReindexConfig
 from genoray.heads import read_head_manifest
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.index.manifest import read_manifest as read_index_manifest
 from genoray.infra import conditional, fs
-from genoray.infra.artifacts import make_read_only, remove_tree, sha256_file, verify_files
+from genoray.infra.artifacts import make_read_only, sha256_file, verify_files
 from genoray.infra.conditional import ConflictError
 from genoray.infra.documents import from_json, read_document, to_json, write_document
 from genoray.infra.errors import ChecksumError, FormatError
 from genoray.infra.names import UnsafeNameError, check_version
 
 log = logging.getLogger(__name__)
-LEASE_TTL_S = 120.0
 ANY = object()  # publish(if_current=ANY): whatever CURRENT is when publish reads it
 STAGING_TTL_S = 3600.0  # a staging directory this old is a crashed writer's, never a live one's
-
-
-def version_uri(root: str | os.PathLike, version: str) -> str:
-    """Where ``version`` lives under ``root`` (a path or URI); the name is checked first
-    (:func:`genoray.infra.names.check_version`), wherever it came from (``CURRENT``, a flag)."""
-    return fs.join(root, VERSIONS, check_version(version, f"{fs.join(root, VERSIONS)}"))
-
-
-def read_current(root: str | os.PathLike) -> Current | None:
-    """``CURRENT`` of ``root`` (its version name checked), or ``None`` before the first publish."""
-    p = fs.join(root, CURRENT)
-    if not fs.is_file(p):
-        return None
-    cur = read_document(Current, p)
-    check_version(cur.version, p)
-    return cur
-
-
-def _current_name(root: str | os.PathLike) -> str | None:
-    """The version name ``CURRENT`` records, unverified (lineage, GC protection, listing)."""
-    cur = read_current(root)
-    return cur.version if cur is not None else None
-
-
-def current_version(root: str | os.PathLike) -> str | None:
-    """The version ``CURRENT`` points at, or ``None`` before the first publish; its
-    ``bundle.json`` must have the sha256 ``CURRENT`` recorded (:func:`current_bundle`)."""
-    doc = current_bundle(root)
-    return doc.version if doc is not None else None
-
-
-def read_version(root: str | os.PathLike, version: str, sha256: str | None = None) -> BundleManifest:
-    """``bundle.json`` of a version (format checked; files are not: see :func:`verify_bundle`);
-    with ``sha256``, its bytes must have that digest (what ``CURRENT`` recorded)."""
-    p = fs.join(version_uri(root, version), MANIFEST)
-    if not fs.is_file(p):
-        raise FileNotFoundError(f"{version_uri(root, version)}: not a bundle version (no {MANIFEST}; an upload not "
-                                "finished, or not a version)")
-    raw = fs.read_bytes(p)
-    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
-        raise ChecksumError(f"{p}: sha256 {hashlib.sha256(raw).hexdigest()[:16]}... does not match the "
-                            f"bundle_sha256 {sha256[:16]}... that {fs.join(root, CURRENT)} records (edited, or "
-                            "CURRENT was not written by genoray publish); publish a verified version again")
-    try:
-        parsed = json.loads(raw)
-    except ValueError as e:
-        raise FormatError(f"{p}: not JSON: {e}") from None
-    doc = from_json(BundleManifest, parsed, p)
-    if doc.version != version:
-        raise FormatError(f"{p}: says it is version {doc.version!r}, not {version!r}")
-    return doc
-
-
-def current_bundle(root: str | os.PathLike) -> BundleManifest | None:
-    """``bundle.json`` of the ``CURRENT`` version (``None`` before the first publish), checked
-    against the ``bundle_sha256`` that ``CURRENT`` records: what a service is about to serve,
-    read once."""
-    cur = read_current(root)
-    return read_version(root, cur.version, sha256=cur.bundle_sha256) if cur is not None else None
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -149,12 +110,14 @@ def write_version(root: str | os.PathLike, index_dir: str | os.PathLike, head_di
     if fs.is_dir(final) or fs.is_file(fs.join(final, MANIFEST)):
         raise FileExistsError(f"{final}: versions are never rewritten")
     remote = fs.is_remote(root)
-    # a local root stages beside versions/ (same file system: the commit is a rename)
-    base = Path(tempfile.mkdtemp(prefix="genoray-bundle-")) if remote else Path(fs.as_path(root)) / STAGING
-    stage = base / f"{version}.{uuid.uuid4().hex[:6]}"
+    # a local root stages beside versions/ and objects/ (same file system: links and a rename); a
+    # remote root in this node's cache, whose objects the staged files then become
+    base = fs.cache_dir("bundles", root) if remote else Path(fs.as_path(root))
+    stage = base / STAGING / f"{version}.{uuid.uuid4().hex[:6]}"
     stage.mkdir(parents=True)
     try:
-        shutil.copytree(fs.local_copy(index_dir, "indexes", INDEX_MANIFEST), stage / INDEX_DIR)
+        shutil.copytree(fs.local_copy(index_dir, "indexes", INDEX_MANIFEST), stage / INDEX_DIR,
+                        copy_function=_link_or_copy(base))
         shutil.copytree(fs.local_copy(head_dir, "heads", HEAD_MANIFEST), stage / HEAD_DIR)
         if prepare is not None:
             prepare(stage)
@@ -166,7 +129,7 @@ def write_version(root: str | os.PathLike, index_dir: str | os.PathLike, head_di
         elif shard_groups is not None:
             groups = plan_groups(stage / INDEX_DIR, shard_groups)
         doc = BundleManifest(
-            format_version=BundleManifest.FORMAT_VERSION, version=version, parent=_current_name(root),
+            format_version=BundleManifest.FORMAT_VERSION, version=version, parent=current_name(root),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), encoder=idx.encoder or {},
             fingerprint=idx.fingerprint or "", classes=head.classes,
             index=BundleIndex(factory=idx.factory, ntotal=idx.ntotal, recall_at_10=idx.recall_at_10),
@@ -174,13 +137,33 @@ def write_version(root: str | os.PathLike, index_dir: str | os.PathLike, head_di
             shard_groups=tuple(tuple(g) for g in groups) if groups and len(groups) > 1 else None)
         write_document(stage / MANIFEST, doc)
         make_read_only(stage)
-        fs.commit_dir(stage, final, last=[MANIFEST])
+        link_into_objects(base, stage, doc.files)  # every file stored once, by digest
+        if remote:  # the missing objects, then bundle.json, which refers to them
+            upload_missing(root, stage, doc.files)
+            fs.write_bytes(fs.join(final, MANIFEST), (stage / MANIFEST).read_bytes())
+            upload_missing(root, stage, doc.files)  # put back an object a concurrent GC swept meanwhile
+            (base / VERSIONS).mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # this node's view of it: verifying it downloads nothing
+                os.rename(stage, base / VERSIONS / version)
+        else:
+            fs.commit_dir(stage, final, last=[MANIFEST])
     finally:
         if stage.exists():
-            remove_tree(stage, ignore_errors=True)
-        if remote:
-            shutil.rmtree(base, ignore_errors=True)
+            remove_view(stage)
     return version
+
+
+def _link_or_copy(base: Path) -> Callable[[str, str], str]:
+    """A ``copytree`` copy function that hard-links a file whose object ``base`` already holds
+    (an unchanged shard of an extended index) and copies any other."""
+    def copy(src: str, dst: str) -> str:
+        obj = base / object_name(sha256_file(src), src)
+        try:
+            os.link(obj, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        return dst
+    return copy
 
 
 def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | None = None) -> Path:
@@ -193,7 +176,8 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     lease period ago (:func:`evict_unleased`)."""
     if not fs.is_remote(root):
         return Path(fs.as_path(version_uri(root, version)))
-    base = fs.cache_dir("bundles", root) / VERSIONS
+    cache = fs.cache_dir("bundles", root)
+    base = cache / VERSIONS
     full = base / check_version(version, fs.join(root, VERSIONS))
     want = None if files is None else sorted(set(files))
     # "+" is not allowed in version names, so a partial copy's directory is never taken for one
@@ -201,15 +185,17 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     for have in (full, local):
         if have.is_dir():
             return have
-    doc = read_version(root, version)
+    doc, raw = read_version_raw(root, version)
+    vuri = version_uri(root, version)
     names = list(doc.files) if want is None else want
     if unknown := [f for f in names if f not in doc.files]:
-        raise FormatError(f"{version_uri(root, version)}: {MANIFEST} lists no sha256 for {unknown[:3]}")
-    stage = base.parent / STAGING / f"{local.name}.{uuid.uuid4().hex[:6]}"
-    try:
-        fs.download_dir(version_uri(root, version), stage, [*names, MANIFEST])
-        # refuse a corrupt download before it enters the cache
-        _verify_dir(stage, doc, version_uri(root, version), files=names)
+        raise FormatError(f"{vuri}: {MANIFEST} lists no sha256 for {unknown[:3]}")
+
+    stage = cache / STAGING / f"{local.name}.{uuid.uuid4().hex[:6]}"
+    try:  # each object hashed once, when downloaded: a corrupt one never enters the cache
+        materialize(cache, {f: doc.files[f] for f in names}, lambda rel, _: file_uri(root, doc, rel), stage,
+                    f"{vuri}/{MANIFEST}")
+        (stage / MANIFEST).write_bytes(raw)
         make_read_only(stage)
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -219,7 +205,7 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
                 raise
     finally:
         if stage.exists():
-            remove_tree(stage, ignore_errors=True)
+            remove_view(stage)
     evict_unleased(root, keep={version})
     return local
 
@@ -229,16 +215,18 @@ def evict_unleased(root: str | os.PathLike, keep: Iterable[str] = (), min_age_s:
     ``CURRENT``, not in ``keep``, have no live lease (no replica anywhere holds them; a replica
     that maps files of a removed copy keeps its pages until it lets go) and were fetched at
     least ``min_age_s`` ago (a copy still being verified or loaded, e.g. by a publisher, which
-    takes no lease, is never pulled from under it). Returns the directories removed."""
+    takes no lease, is never pulled from under it), then the cached objects that no remaining
+    copy links and that were not linked for ``min_age_s``. Returns the directories removed."""
     base = fs.cache_dir("bundles", root) / VERSIONS
     if not fs.is_remote(root) or not base.is_dir():
         return []
-    protected, removed, now = {*keep, _current_name(root)}, [], time.time()
+    protected, removed, now = {*keep, current_name(root)}, [], time.time()
     for d in sorted(base.iterdir()):
         v = d.name.split("+", 1)[0]
         if d.is_dir() and v not in protected and now - d.stat().st_mtime >= min_age_s and not live_leases(root, v):
-            remove_tree(d, ignore_errors=True)
+            remove_view(d)
             removed.append(d.name)
+    sweep_cache(base.parent, min_age_s)
     return removed
 
 
@@ -331,35 +319,14 @@ def publish(root: str | os.PathLike, version: str, if_current: str | None | obje
                                 "that is kept (see genoray bundles)")
 
 
-def lease(root: str | os.PathLike, version: str, holder: str) -> None:
-    """Record (or refresh) that ``holder`` uses ``version``."""
-    fs.write_bytes(fs.join(root, LEASES, version, holder), str(time.time()).encode())
-
-
-def release(root: str | os.PathLike, version: str, holder: str) -> None:
-    """Drop ``holder``'s lease on ``version``."""
-    fs.delete(fs.join(root, LEASES, version, holder))
-
-
-def live_leases(root: str | os.PathLike, version: str, ttl_s: float = LEASE_TTL_S) -> list[str]:
-    """Holders whose lease on ``version`` was refreshed within ``ttl_s`` (sorted)."""
-    now, out = time.time(), []
-    for holder in fs.list_files(fs.join(root, LEASES, version), recursive=False):
-        try:
-            t = float(fs.read_bytes(fs.join(root, LEASES, version, holder)))
-        except (OSError, ValueError):
-            continue
-        if now - t < ttl_s:
-            out.append(holder)
-    return sorted(out)
-
-
 def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_versions,
-                    lease_ttl_s: float = LEASE_TTL_S) -> list[str]:
-    """Delete versions that are not CURRENT, not among the newest ``keep`` and not leased, and
-    staging directories (or incomplete uploads) of writers that crashed an hour ago or more."""
+                    lease_ttl_s: float = LEASE_TTL_S, object_grace_s: float = STAGING_TTL_S) -> list[str]:
+    """Delete versions that are not CURRENT, not among the newest ``keep`` and not leased,
+    staging directories (or incomplete uploads) of writers that crashed an hour ago or more, and
+    then the objects no remaining version references that are ``object_grace_s`` old or more
+    (:func:`genoray.bundle.objects.sweep_objects`). Returns the versions removed."""
     names = sorted(_valid_names(root), reverse=True)
-    protected = set(names[:keep]) | {_current_name(root)}
+    protected = set(names[:keep]) | {current_name(root)}
     now, removed = time.time(), []
     for v in names:
         if v in protected or live_leases(root, v, lease_ttl_s):
@@ -379,8 +346,25 @@ def collect_garbage(root: str | os.PathLike, keep: int = ReindexConfig.keep_vers
         staging = Path(fs.as_path(root)) / STAGING
         for p in staging.iterdir() if staging.is_dir() else ():
             if now - p.stat().st_mtime > STAGING_TTL_S:
-                remove_tree(p, ignore_errors=True)
+                remove_view(p)
+    swept = sweep_objects(root, lambda: _referenced(root), object_grace_s)
+    log.info("%s: removed versions %s and %d unreferenced object(s)", root, removed, len(swept))
     return removed
+
+
+def _referenced(root: str | os.PathLike) -> set[str] | None:
+    """The digests every version with a ``bundle.json`` lists (``None`` when one cannot be read:
+    then no object is known to be unreferenced)."""
+    out: set[str] = set()
+    for v in _valid_names(root):
+        try:
+            out |= set(read_version(root, v).files.values())
+        except FileNotFoundError:  # no bundle.json: a format-1 upload in progress, or deleted by GC
+            continue
+        except (OSError, ValueError) as e:
+            log.warning("%s: objects are not swept: %s", fs.join(root, OBJECTS), e)
+            return None
+    return out
 
 
 def _delete_manifest(root: str | os.PathLike, version: str, manifest: str) -> bool:
@@ -389,11 +373,11 @@ def _delete_manifest(root: str | os.PathLike, version: str, manifest: str) -> bo
     (under the local ``CURRENT`` lock, which :func:`publish` also takes): a publish that slipped
     in between gets its ``bundle.json`` back. Returns whether it was deleted."""
     with conditional.locked(fs.join(root, CURRENT)):
-        if _current_name(root) == version:
+        if current_name(root) == version:
             return False
         raw = fs.read_bytes(manifest)
         fs.delete(manifest)
-        if _current_name(root) == version:
+        if current_name(root) == version:
             fs.write_bytes(manifest, raw)
             return False
     return True
@@ -417,7 +401,7 @@ def list_versions(root: str | os.PathLike, verify: bool = False) -> list[dict[st
     names = fs.list_dirs(fs.join(root, VERSIONS))
     if not names:
         raise FileNotFoundError(f"{root}: not a bundle root (no {VERSIONS}/)")
-    current, out = _current_name(root), []
+    current, out = current_name(root), []
     for v in names:
         row: dict[str, Any] = {"version": v, "current": v == current}
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ from typing import Any
 from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
-from genoray.index.manifest import read_manifest
+from genoray.index.manifest import MANIFEST, IndexManifest, read_manifest
 from genoray.index.stages import BATCH_ROWS, count_split
 from genoray.infra import fs
+from genoray.infra.documents import read_document
 
 MB = 2**20
 GB = 2**30
@@ -103,15 +105,17 @@ class ShardSize:
     ids: int
 
 
-def shard_sizes(index_dir: str | Path) -> tuple[list[ShardSize], int]:
+def shard_sizes(index_dir: str | Path, locate: Callable[[str], str] | None = None) -> tuple[list[ShardSize], int]:
     """The :class:`ShardSize` of every shard of an index directory, and the bytes of the shared
     IVF quantizer every replica reads into memory (0 without one): the one measure the
     replica memory, the shard groups and their budgets use. ``index_dir`` may be a URI: the
-    sizes are then asked of the object store (nothing is downloaded)."""
-    m = read_manifest(index_dir)
+    sizes are then asked of the object store (nothing is downloaded). ``locate(name)``: where
+    a file of the index is stored when not under ``index_dir`` (a bundle's objects by digest)."""
+    where = locate or (lambda f: fs.join(index_dir, f))
+    m = read_manifest(index_dir) if locate is None else read_document(IndexManifest, where(MANIFEST))
 
     def size(f: str) -> int:
-        return fs.info(fs.join(index_dir, f))[1]
+        return fs.info(where(f))[1]
 
     sizes = []
     for s in m.shards:

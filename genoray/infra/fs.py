@@ -33,6 +33,8 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
               "GOOGLE_APPLICATION_CREDENTIALS")  # who may read it: never leaves this process
 CREDENTIAL_ENV = FORWARDED_ENV + SECRET_ENV
+#: bytes moved to object storage (write_bytes, upload) and from it (download) by this process
+TRANSFERRED = {"uploaded": 0, "downloaded": 0}
 
 
 class StorageError(OSError):
@@ -207,6 +209,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
             out.write(data)
     except Exception as e:
         raise _err(uri, e, "write") from e
+    TRANSFERRED["uploaded"] += len(data)
 
 
 def write_json(uri: str | os.PathLike, obj: Any) -> None:
@@ -239,6 +242,7 @@ def upload(local: str | os.PathLike, uri: str | os.PathLike) -> None:
             shutil.copyfileobj(src, out, 1 << 22)
     except Exception as e:
         raise _err(uri, e, "upload") from e
+    TRANSFERRED["uploaded"] += os.path.getsize(local)
 
 
 def download(uri: str | os.PathLike, local: str | os.PathLike) -> None:
@@ -250,6 +254,8 @@ def download(uri: str | os.PathLike, local: str | os.PathLike) -> None:
         with open_input(uri) as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 22)
         os.replace(tmp, dst)
+        if is_remote(uri):
+            TRANSFERRED["downloaded"] += dst.stat().st_size
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ A bundle is data, never code: whoever can write to a bucket or hand over an arti
 be able to make genoray write or read a file outside the artifact's directory. So:
 
 * a version name matches ``^[A-Za-z0-9._-]+$`` and is not ``.`` or ``..``;
+* an object digest (content-addressed bundles) is 64 lowercase hex characters;
 * a file name is relative, has no ``..`` (or empty / ``.``) component, no backslash and no NUL,
   and, joined to a local directory, resolves inside it with no symlink on the way (a symlink
   in a published artifact is refused, not followed).
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 
 
@@ -37,6 +39,15 @@ def check_version(name: Any, where: Any = "version name") -> str:
         raise UnsafeNameError(f"{where}: refusing version name {name!r}: a version name matches "
                               "[A-Za-z0-9._-]+ and is not '.' or '..'")
     return name
+
+
+def check_digest(digest: Any, where: Any = "manifest") -> str:
+    """``digest`` if it is a lowercase hex sha256 (64 characters), the only thing an object's
+    path is made from; else :class:`UnsafeNameError` naming ``where``."""
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise UnsafeNameError(f"{where}: refusing object digest {digest!r}: an object is named by a lowercase hex "
+                              "sha256 (64 characters); publish the version again with genoray")
+    return digest
 
 
 def check_relative(name: Any, where: Any = "manifest") -> str:

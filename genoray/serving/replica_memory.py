@@ -22,29 +22,38 @@ is built (for a remote root, the object store's sizes: the driver downloads noth
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from genoray.bundle import BundleManifest, groups_of, version_uri
+from genoray.bundle import BundleManifest, file_uri, groups_of, version_uri
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.config import ServeConfig
 from genoray.index.capacity import replica_bytes, shard_sizes
 from genoray.infra import fs
 
 
-def _head_bytes(vdir: str | Path) -> int:
+def _head_bytes(vdir: str | Path, locate: Callable[[str], str] | None = None, files: Iterable[str] = ()) -> int:
     """The head, OOD scorer and priors of a version: read whole into every replica."""
+    if locate is not None:  # a version whose files are stored elsewhere (a bundle's objects)
+        return sum(fs.info(locate(f))[1] for f in files if f.startswith(f"{HEAD_DIR}/"))
     head = fs.join(vdir, HEAD_DIR)
     return sum(fs.info(fs.join(head, f))[1] for f in fs.list_files(head))
 
 
-def replica_memory_bytes(vdir: str | Path, mmap: bool, replicas_per_node: int) -> int:
+def _index_locator(locate: Callable[[str], str] | None) -> Callable[[str], str] | None:
+    return None if locate is None else (lambda f: locate(f"{INDEX_DIR}/{f}"))
+
+
+def replica_memory_bytes(vdir: str | Path, mmap: bool, replicas_per_node: int,
+                         locate: Callable[[str], str] | None = None, files: Iterable[str] = ()) -> int:
     """What one replica holding the whole index of version directory ``vdir`` (a path or URI:
     sizes are asked of the store, nothing is downloaded) needs: its private part plus the
     mapped files in full (``mmap=False``) or shared among ``replicas_per_node`` replicas
-    (``mmap=True``)."""
-    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR))
-    return replica_bytes(shards, quantizer, _head_bytes(vdir), replicas_per_node, mmap=mmap)
+    (``mmap=True``). ``locate(relative path)``: where each of the version's ``files`` is
+    stored, when not under ``vdir`` (:func:`genoray.bundle.file_uri`)."""
+    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR), _index_locator(locate))
+    return replica_bytes(shards, quantizer, _head_bytes(vdir, locate, files), replicas_per_node, mmap=mmap)
 
 
 def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> dict[str, Any]:
@@ -57,7 +66,8 @@ def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> di
     if cfg.replica_memory_mb > 0:
         options["memory"] = int(cfg.replica_memory_mb * 2**20)
     elif served is not None:  # sized from the files' sizes where they are: the driver downloads nothing
-        options["memory"] = replica_memory_bytes(version_uri(cfg.root, served.version), cfg.mmap, cfg.max_replicas)
+        options["memory"] = replica_memory_bytes(version_uri(cfg.root, served.version), cfg.mmap, cfg.max_replicas,
+                                                 lambda rel: file_uri(cfg.root, served, rel), served.files)
     if fs.is_remote(cfg.root) and (env := fs.forwarded_env()):  # the endpoint and region (credentials: each node's own chain)
         options["runtime_env"] = {"env_vars": env}
     return options
@@ -76,7 +86,11 @@ def grouped_actor_options(cfg: ServeConfig, options: dict[str, Any], served: Bun
     if len(groups) != n_groups:
         raise ValueError(f"{cfg.root}: bundle {served.version} has {len(groups)} shard groups, serving {n_groups}")
     vdir = version_uri(cfg.root, served.version)
-    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR))
+
+    def locate(rel: str) -> str:
+        return file_uri(cfg.root, served, rel)
+
+    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR), _index_locator(locate))
     searchers = [{**options, "memory": replica_bytes([shards[i] for i in g], quantizer, 0, cfg.max_replicas,
                                                      ids_mapped=False)} for g in groups]
-    return {**options, "memory": replica_bytes([], 0, _head_bytes(vdir), 1)}, searchers
+    return {**options, "memory": replica_bytes([], 0, _head_bytes(vdir, locate, served.files), 1)}, searchers

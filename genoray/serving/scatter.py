@@ -39,13 +39,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir, version_uri
+from genoray.bundle import BundleManifest, current_version, file_uri, groups_of, read_version, version_dir, version_uri
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.index import VectorIndex, merge_topk, read_manifest
 from genoray.index.core import open_shards
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
-from genoray.infra import fs
+from genoray.index.manifest import IndexManifest
 from genoray.infra.artifacts import verify_files
+from genoray.infra.documents import read_document
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
@@ -71,7 +72,8 @@ class GroupIndex:
     def __init__(self, root: str | Path, version: str, group: int):
         self.version, self.group = version, group
         doc = read_version(root, version)
-        m = read_manifest(fs.join(version_uri(root, version), INDEX_DIR))  # which files this group needs
+        # which files this group needs, read where the version stores its index manifest
+        m = read_document(IndexManifest, file_uri(root, doc, f"{INDEX_DIR}/{INDEX_MANIFEST}"))
         groups = groups_of(doc) or [list(range(len(m.shards)))]
         if group >= len(groups):
             raise ValueError(f"bundle {version} has {len(groups)} shard group(s); no group {group}")
