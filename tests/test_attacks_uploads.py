@@ -7,6 +7,9 @@ index/head directory (:func:`genoray.infra.fs.publish_dir`) or a bundle version
 left behind (pyarrow's ``close()`` on the exception used to commit the first 1 MiB as the whole
 object), and a re-run completes with every file whole. Fails on the code before the fix: the
 truncated object stayed, and ``commit_dir`` refused the re-run (``already exists``).
+
+Also here: a remote store part replaced after the store verified it is refused when read (the
+bytes read are the bytes hashed, :func:`genoray.infra.pinned.verified_local`).
 """
 
 from __future__ import annotations
@@ -143,3 +146,26 @@ def test_an_upload_that_returns_short_is_deleted_and_refused(s3_bucket, tmp_path
     with pytest.raises(fs.StorageError, match=f"holds {CUT_AT} bytes of {3 * CUT_AT}: cut short"):
         fs.upload(local, uri)
     assert not fs.is_file(uri)
+
+
+def test_a_remote_store_part_replaced_after_verification_is_refused_when_read(s3_bucket, tmp_path):
+    """A store part is verified when the store is opened and read later (a second GET): an object
+    replaced in between used to be read unverified; now the bytes read are the bytes hashed."""
+    from conftest import toy_fasta
+
+    from genoray.embedding.job import embed_sequences
+    from genoray.embedding.store import EmbeddingStore
+    from genoray.encoders.kmer import KmerEncoder
+    from genoray.infra.errors import ChecksumError
+
+    store_uri = f"{s3_bucket}/store"
+    embed_sequences(str(toy_fasta(tmp_path / "toy.fa", n=60)), store_uri, KmerEncoder(), use_ray=False)
+    store = EmbeddingStore(store_uri)  # verified here
+    assert sorted(store.table()["seq_id"].to_pylist()) == sorted(f"s{i}" for i in range(60))
+    part = store.manifest.parts[0].file
+    other = fs.read_bytes(fs.join(store_uri, part))
+    fs.write_bytes(fs.join(store_uri, part), other[:-1] + bytes([other[-1] ^ 0xFF]))  # replaced after it
+    for read in (lambda: list(store.iter_tables()), lambda: list(store.iter_batches(["seq_id"]))):
+        with pytest.raises(ChecksumError, match=f"{fs.join(store_uri, part)}: sha256 .* of the bytes read does "
+                                                "not match the manifest"):
+            read()
