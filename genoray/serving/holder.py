@@ -88,6 +88,7 @@ class BundleHolder:
         self.replica = replica_id()
         self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{self.replica}"
         self._lock = threading.Lock()
+        self._lease_lock = threading.Lock()  # a renewal never lands after its release
         self._stop = threading.Event()
         self._leased: set[str] = set()
         self._lease_every_s, self._retry_first_s = lease_every_s, retry_first_s
@@ -150,9 +151,10 @@ class BundleHolder:
 
     def _drop(self, version: str) -> None:
         """Stop renewing ``version``'s lease and release it."""
-        with self._lock:
-            self._leased.discard(version)
-        release(self.root, version, self.holder)
+        with self._lease_lock:
+            with self._lock:
+                self._leased.discard(version)
+            release(self.root, version, self.holder)
 
     def _renew(self) -> None:
         """Renew every lease this holder keeps, on its own thread (a load never delays it)."""
@@ -161,7 +163,9 @@ class BundleHolder:
                 versions = sorted(self._leased)
             for v in versions:
                 try:
-                    lease(self.root, v, self.holder)
+                    with self._lease_lock:
+                        if v in self._leased:  # not released since the snapshot
+                            lease(self.root, v, self.holder)
                 except Exception as e:  # storage down for a moment: the next renewal is early enough
                     log.warning("cannot renew the lease of %s on %s: %s: %s", self.holder, v, type(e).__name__, e)
 
@@ -214,9 +218,9 @@ class BundleHolder:
             old = self.version
             self.predictor, self.doc, self.version = predictor, doc, version
             self.swaps += 1
+            self.last_error = None  # with the swap: a reader that sees the new version sees no old error
         if old != version:
             self._drop(old)
-        self.last_error = None
         log.info("swapped bundle %s -> %s", old, version)
 
     def close(self) -> None:
