@@ -4,7 +4,7 @@ Runs Serve (2 model replicas, bundle from the bundled E. coli data) and a bounde
 requests for ``--minutes``: valid 1- and 8-sequence predictions, and invalid ones (bad
 alphabet, too many sequences, malformed JSON, missing key) that must get their 4xx. Every
 ``--sample-s`` it records each model replica's RSS and open file descriptors (replicas are
-found by the pid in the ``X-Genoray-Replica`` header). At the end it prints, and checks:
+found from the opaque id in the ``X-Genoray-Replica`` header through Ray's actor table). At the end it prints, and checks:
 
 * unexpected status codes (a valid request not 200, an invalid one not its 4xx): must be 0;
 * model replicas seen: must stay 2 (a restart would show a new pid);
@@ -37,6 +37,15 @@ def replica_stats(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def replica_pid(replica: str) -> int | None:
+    """The pid of the live Serve replica whose (opaque) id is ``replica``, from Ray's actor table."""
+    from ray._private.state import state
+
+    pids = [a["Pid"] for a in state.actor_table(None).values()
+            if a["Name"].endswith(f"#{replica}") and a["State"] in ("ALIVE", 2) and a["Pid"]]
+    return int(pids[0]) if len(pids) == 1 else None
 
 
 def main() -> int:
@@ -115,7 +124,8 @@ def main() -> int:
     while any(t.is_alive() for t in threads):
         time.sleep(args.sample_s)
         with lock:
-            pids = {int(r.split("-")[-2]) for r in replicas}
+            known = set(replicas)
+        pids = {pid for pid in map(replica_pid, known) if pid is not None}
         stats = {}
         for pid in pids:
             try:

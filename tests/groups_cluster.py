@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.loadtest import run_threads
+from replicas import replica_pid
 
 K = 10
 
@@ -185,7 +186,7 @@ def main() -> None:
         if not killed and len(results) > 50:
             groups = next(r["groups"] for r in reversed(results) if r["status"] == 200)
             replica = groups["searcher-1"].split("@")[1]
-            killed["replica"], killed["pid"] = replica, int(replica.split("-")[-2])
+            killed["replica"], killed["pid"] = replica, replica_pid(replica)
             os.kill(killed["pid"], signal.SIGKILL)
             killed["at"] = time.time()
 
@@ -222,7 +223,7 @@ def main() -> None:
     shard.write_bytes(bytes(data))
     for replica, (g, _) in searchers().items():  # the replicas alive now (one was replaced above)
         if g == 1:
-            os.kill(int(replica.split("-")[-2]), signal.SIGKILL)
+            os.kill(replica_pid(replica), signal.SIGKILL)
     time.sleep(1)
     down = [post(port, gpath, s) for s in seqs[:3]]
     res["group_down"] = [(status, body[:300].decode(errors="replace")) for status, body, _ in down]

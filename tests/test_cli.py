@@ -503,6 +503,25 @@ def test_serve_without_keys_names_no_auth_and_never_starts_ray(built, capsys, mo
     assert rc == 2 and "no CURRENT bundle" in err
 
 
+def test_serve_no_auth_on_a_public_bind_is_refused_unless_acknowledged(built, capsys, monkeypatch):
+    """``--no-auth`` with a non-loopback ``--host`` is a usage error (exit 2) that says why and
+    how; ``--allow-public-no-auth`` accepts it (the run then stops at the missing bundle)."""
+    import genoray.infra.runtime
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(genoray.infra.runtime, "init_ray", no_ray)
+    tmp, _ = built
+    for host in ("0.0.0.0", "10.1.2.3", "::", "example.org"):
+        rc, _, err = run(capsys, "serve", tmp / "b", "--no-auth", "--host", host)
+        assert rc == 2 and f"host {host}, which is not loopback" in err, err
+        assert "--host 127.0.0.1" in err and "GENORAY_API_KEYS" in err and "--allow-public-no-auth" in err
+    for extra in (("--host", "0.0.0.0", "--allow-public-no-auth"), ("--host", "127.0.0.2"), ("--host", "localhost")):
+        rc, _, err = run(capsys, "serve", tmp / "b", "--no-auth", *extra)
+        assert rc == 2 and "no CURRENT bundle" in err, err
+
+
 def test_shift_plot_checks_matplotlib_before_the_test(built, capsys, monkeypatch):
     import sys
 

@@ -2,11 +2,13 @@
 replica kill, scale-down drain, queue overflow and timeouts (reliability plan B5, B6, E3, E4, E6)."""
 
 import os
+import re
 import signal
 import time
 
 import pytest
 from bundles import make_bundle
+from replicas import replica_pid
 
 from bench.loadtest import post, run_load
 from genoray.bundle import publish
@@ -104,10 +106,12 @@ def load_with_one_fault(port, prefix, fault):
     return results, done["value"]
 
 
-def kill_a_replica(results) -> int:
-    pid = int(next(r[4] for r in results if r[4]).split("-")[-2])
+def kill_a_replica(results) -> tuple[str, int]:
+    """SIGKILL the process of a replica that served (found by its opaque id in Ray's actor table)."""
+    replica = next(r[4] for r in results if r[4])
+    pid = replica_pid(replica)
     os.kill(pid, signal.SIGKILL)
-    return pid
+    return replica, pid
 
 
 def test_killed_replica_under_load(serve_port, tmp_path):
@@ -117,12 +121,14 @@ def test_killed_replica_under_load(serve_port, tmp_path):
     make_bundle(tmp_path / "w1", root, seed=0)
     prefix = deploy(root, "kill", serve_port, min_replicas=2, max_replicas=2)
     try:
-        results, killed = load_with_one_fault(serve_port, prefix, kill_a_replica)
+        results, (killed, pid) = load_with_one_fault(serve_port, prefix, kill_a_replica)
         failed = [r for r in results if r[2] != 200]
         replicas = {r[4] for r in results if r[4]}
         print(f"requests {len(results)}, failed {len(failed)}, replicas seen {len(replicas)}")
         assert not failed, failed[:3]  # requests on the killed replica were retried on the other
-        assert any(f"-{killed}-" in r[4] for r in results)  # the killed replica did serve
+        assert any(r[4] == killed for r in results)  # the killed replica did serve
+        # the id clients see is opaque: neither the host name nor the pid of the replica
+        assert all(re.fullmatch(r"[A-Za-z0-9]{8}", r) for r in replicas), replicas
         deadline = time.time() + 60
         while time.time() < deadline:  # the replica comes back
             st = serve.status().applications["kill"].deployments["GenorayModel"]

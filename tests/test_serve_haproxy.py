@@ -19,6 +19,7 @@ import time
 
 import pytest
 from bundles import make_bundle
+from replicas import replica_pid
 
 from bench.loadtest import post, run_load
 from genoray.bundle import publish
@@ -35,8 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def replicas_answering(port: int, n: int, timeout: float, not_pid: int | None = None) -> set[str]:
-    """Post until ``n`` distinct replicas (none of them ``not_pid``) have answered 200."""
+def replicas_answering(port: int, n: int, timeout: float, not_replica: str | None = None) -> set[str]:
+    """Post until ``n`` distinct replicas (none of them ``not_replica``) have answered 200."""
     seen: set[str] = set()
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -46,7 +47,7 @@ def replicas_answering(port: int, n: int, timeout: float, not_pid: int | None = 
             time.sleep(0.5)
             continue
         replica = {k.lower(): v for k, v in headers.items()}.get("x-genoray-replica", "")
-        if status == 200 and (not_pid is None or f"-{not_pid}-" not in replica):
+        if status == 200 and replica != not_replica:
             seen.add(replica)
             if len(seen) >= n:
                 return seen
@@ -115,20 +116,20 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
     def kill(results):
         if not killed and len(results) > 50:
             replica = next(r[4] for r in results if r[4])
-            killed["pid"] = int(replica.split("-")[-2])
+            killed["replica"], killed["pid"] = replica, replica_pid(replica)  # the id is opaque
             os.kill(killed["pid"], signal.SIGKILL)
 
     results = run_load(port, "/v1/predict", QUERY, KEY, seconds=10, concurrency=8, max_requests=3000, on_tick=kill)
     failed = [r for r in results if r[2] != 200]
     print(f"kill: {len(results)} requests, {len(failed)} failed: {failed[:3]}")
-    assert killed and any(f"-{killed['pid']}-" in r[4] for r in results)
+    assert killed and any(r[4] == killed["replica"] for r in results)
     # what HAProxy cannot resend is a request whose replica died after it began answering: the
     # client sees the connection close (no status line, or a truncated body) and may retry; never
     # a 5xx (500/502 from Serve's fallback proxy are resent) and never a wrong answer
     closed = ("RemoteDisconnected", "IncompleteRead", "ConnectionReset")
     assert all(r[2] == 0 and any(c in r[3] for c in closed) for r in failed), failed[:3]
     assert len(failed) <= 3, failed
-    replicas_answering(port, 2, timeout=90, not_pid=killed["pid"])  # the replica comes back
+    replicas_answering(port, 2, timeout=90, not_replica=killed["replica"])  # the replica comes back
 
     # swap under load: every replica moves to v2 exactly once, nothing fails
     v2 = make_bundle(tmp_path / "w2", root, seed=1, publish_it=False)

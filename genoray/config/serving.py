@@ -3,6 +3,7 @@ bundle (:class:`PublishConfig`), and the HTTP service (:class:`ServeConfig`, :cl
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import field
 from typing import Literal
 
@@ -67,6 +68,13 @@ class ServiceLimits:
         max_k: most neighbours a request may ask for.
         rate_per_key: requests/s per API key and ingress replica (token bucket; 429 beyond); 0 = off.
         burst_per_key: token-bucket burst per key.
+        failed_keys_per_client: after this many wrong API keys from one client address within
+            ``failed_keys_window_s``, that address gets 429 (``Retry-After``), the right key
+            included, until the oldest of them is that old (per ingress replica); 0 = off. Off by
+            default: behind HAProxy (``ingress="haproxy"``) every client has HAProxy's address,
+            so one client's wrong keys would lock out all (see :mod:`genoray.serving.lockout`).
+        failed_keys_window_s: the window of ``failed_keys_per_client``.
+        failed_keys_clients: client addresses remembered (least recently failing forgotten first).
     """
 
     max_body_bytes: int = 1 << 20
@@ -76,11 +84,28 @@ class ServiceLimits:
     max_k: int = 100
     rate_per_key: float = 0.0
     burst_per_key: int = 20
+    failed_keys_per_client: int = 0
+    failed_keys_window_s: float = 60.0
+    failed_keys_clients: int = 10_000
 
     def __post_init__(self) -> None:
         validate(self, (min(self.max_body_bytes, self.max_sequences, self.max_length, self.max_total_bases,
-                            self.max_k, self.burst_per_key) >= 1, "every limit must be >= 1"),
-                 (self.rate_per_key >= 0, f"rate_per_key must be >= 0, got {self.rate_per_key}"))
+                            self.max_k, self.burst_per_key, self.failed_keys_clients) >= 1,
+                        "every limit must be >= 1"),
+                 (self.rate_per_key >= 0, f"rate_per_key must be >= 0, got {self.rate_per_key}"),
+                 (self.failed_keys_per_client >= 0 and self.failed_keys_window_s > 0,
+                  "failed_keys_per_client must be >= 0 and failed_keys_window_s > 0, got "
+                  f"{self.failed_keys_per_client}, {self.failed_keys_window_s}"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` reaches this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return False
 
 
 @config_class
@@ -93,6 +118,8 @@ class ServeConfig:
         stats_port / metrics_port: ``ingress="haproxy"``: HAProxy's stats page and its Prometheus
             exporter, bound to ``host`` too; give each service on a host its own (reported at start).
         require_key: refuse requests without a valid ``Authorization: Bearer`` key.
+        allow_public_no_auth: accept ``require_key`` off on a ``host`` that is not loopback
+            (refused otherwise: anyone who can reach the port could use the service).
         key_hashes: sha256 digests of the accepted keys (default: from ``GENORAY_API_KEYS``).
         min_replicas / max_replicas / target_ongoing_requests: autoscaling of the replicas that
             hold a bundle (``GenorayModel``; ``GenorayReplica`` with ``ingress="haproxy"``)
@@ -142,6 +169,7 @@ class ServeConfig:
     stats_port: int = 8404
     metrics_port: int = 9101
     require_key: bool = True
+    allow_public_no_auth: bool = False
     key_hashes: tuple[str, ...] = ()
     min_replicas: int = 1
     max_replicas: int = 2
@@ -194,4 +222,8 @@ class ServeConfig:
                   and self.ingress_num_cpus >= 0 and self.graceful_shutdown_timeout_s >= 0,
                   ("retries, batch_wait_timeout_s, num_cpus, replica_memory_mb, ingress_num_cpus, "
                    "graceful_shutdown_timeout_s must be >= 0")),
-                 (isinstance(self.limits, ServiceLimits), "limits must be a ServiceLimits"))
+                 (isinstance(self.limits, ServiceLimits), "limits must be a ServiceLimits"),
+                 (self.require_key or self.allow_public_no_auth or is_loopback(self.host),
+                  f"no API key required (--no-auth) on host {self.host}, which is not loopback: anyone who "
+                  "can reach the port could use the service. Bind 127.0.0.1 (--host 127.0.0.1), or set keys "
+                  "(GENORAY_API_KEYS) and drop --no-auth, or pass --allow-public-no-auth to accept this"))

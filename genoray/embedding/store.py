@@ -11,7 +11,8 @@ Layout of a store directory (local, ``s3://`` or ``gs://``)::
 ``store.json`` is written last (atomically), and readers use it, never a glob; each part's
 sha256 is verified before it is read. On object storage (see :mod:`genoray.infra.fs`) a unit's
 files are uploaded before its done marker and ``store.json`` after every marker, so what a
-reader can see is always complete. ``verified.json`` (local stores; a node-local cache record
+reader can see is always complete, and a remote part is read from the very bytes whose sha256
+was checked (:func:`genoray.infra.pinned.verified_local`). ``verified.json`` (local stores; a node-local cache record
 for remote ones) holds size, mtime and sha256 of each part when it was last verified, so an
 unchanged part is not hashed again on every open.
 
@@ -37,6 +38,7 @@ from genoray.infra import fs
 from genoray.infra.artifacts import verify_files
 from genoray.infra.documents import read_document, record, write_document
 from genoray.infra.names import safe_join
+from genoray.infra.pinned import verified_local
 from genoray.sequences import iter_sequences
 from genoray.sequences.records import DOMAIN, LABEL, META, SEQ_ID, SEQUENCE, SPLIT
 
@@ -281,15 +283,17 @@ class EmbeddingStore:
 
     def iter_tables(self, columns: list[str] | None = None):
         """Stream the parts one at a time (bounded memory)."""
-        for p in self.manifest.parts:
-            yield fs.read_table(safe_join(self.path, p.file, self.path), columns=columns)
+        for p in self.manifest.parts:  # a remote part: read once, the bytes read are the bytes verified
+            with verified_local(safe_join(self.path, p.file, self.path), p.sha256) as part:
+                yield fs.read_table(part, columns=columns)
 
     def iter_batches(self, columns: list[str], rows: int = 16_384):
         """The store's rows as tables of at most ``rows`` rows (parts were verified when the
         store was opened), so reading never holds a whole part's embeddings."""
         for p in self.manifest.parts:
-            for batch in fs.iter_batches(safe_join(self.path, p.file, self.path), columns, rows):
-                yield pa.Table.from_batches([batch])
+            with verified_local(safe_join(self.path, p.file, self.path), p.sha256) as part:
+                for batch in fs.iter_batches(part, columns, rows):
+                    yield pa.Table.from_batches([batch])
 
     def table(self, split: str | None = None) -> pa.Table:
         """Rows (of one split, or all) as one Arrow table."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genoray.infra.names import REMOTE_SCHEMES, check_relative, safe_join
+from genoray.infra.uploads import put_bytes, put_file
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
                  "STORAGE_EMULATOR_HOST")  # where the store is: no secret, handed to Ray workers
@@ -205,8 +206,7 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
         return
     fs, path = resolve(uri)
     try:
-        with fs.open_output_stream(path, compression=None) as out:
-            out.write(data)
+        put_bytes(fs, path, data)  # complete or absent, never cut short
     except Exception as e:
         raise _err(uri, e, "write") from e
     TRANSFERRED["uploaded"] += len(data)
@@ -238,8 +238,7 @@ def upload(local: str | os.PathLike, uri: str | os.PathLike) -> None:
         return
     fs, path = resolve(uri)
     try:
-        with open(local, "rb") as src, fs.open_output_stream(path, compression=None) as out:
-            shutil.copyfileobj(src, out, 1 << 22)
+        put_file(fs, path, local)  # complete (size checked) or absent, never cut short
     except Exception as e:
         raise _err(uri, e, "upload") from e
     TRANSFERRED["uploaded"] += os.path.getsize(local)
@@ -421,9 +420,10 @@ def sync_dir(uri: str | os.PathLike) -> None:
 def commit_dir(stage: str | os.PathLike, dest: str | os.PathLike, last: Iterable[str] = ()) -> None:
     """Make a finished local directory ``stage`` appear whole at ``dest``, which must not exist:
     a rename on the same local file system (atomic), or for object storage an upload with the
-    relative paths in ``last`` (the documents that list the others) put last."""
-    if is_remote(dest):
-        if list_files(dest):
+    relative paths in ``last`` (the documents that list the others) put last (files there
+    without them are an interrupted commit, uploaded again)."""
+    if is_remote(dest):  # files without the documents in ``last``: an interrupted commit, done again
+        if any(is_file(join(dest, r)) for r in last) if last else list_files(dest):
             raise FileExistsError(f"{dest}: already exists; artifacts are never rewritten")
         upload_dir(stage, dest, last=last)
         return

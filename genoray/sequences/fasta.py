@@ -173,6 +173,44 @@ class _Bounded(io.RawIOBase):
         super().close()
 
 
+class _CappedLines(_Bounded):
+    """Decompressed FASTQ with every line held to ``cap`` bytes (:func:`record_cap`) before dnaio,
+    which holds whole records, sees it. ``cut``: the rest of a longer line is dropped (sequence
+    and quality lines are cut alike, so the record stays well-formed and, still over
+    ``max_length``, is rejected as ``too_long`` exactly as the whole record would have been);
+    otherwise (``long_records="window"``, where a cut would silently lose bases) it is refused."""
+
+    def __init__(self, inner: BinaryIO, cap: int, path: str, cut: bool):
+        super().__init__(inner, cap, path)
+        self.cut, self.line, self.lines = cut, 0, 0  # bytes of the current line; lines before it
+
+    def _filter(self, data: bytes) -> bytearray:
+        out, pos = bytearray(), 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            end = len(data) if nl < 0 else nl
+            room = self.cap - self.line
+            if end - pos > room:
+                if not self.cut:
+                    raise SequenceFormatError(self.path, self.lines // 4 + 1, (
+                        f"a line over {self.cap} decompressed bytes (2 x max_length + {LINE_CAP}): a decompression "
+                        "bomb, or a read longer than that: window mode streams long reads from FASTA only "
+                        "(convert the file to FASTA), or raise max_length"))
+                if room:
+                    log.warning("%s: record %d has a line over %d decompressed bytes: the rest of it is not read "
+                                "(rejected as too long)", self.path, self.lines // 4 + 1, self.cap)
+                end_kept = pos + room
+            else:
+                end_kept = end
+            out += data[pos:end_kept]
+            self.line += end_kept - pos
+            if nl < 0:
+                break
+            out += b"\n"
+            self.line, self.lines, pos = 0, self.lines + 1, nl + 1
+        return out
+
+
 class _StreamedRecord:
     """State of one FASTA record read line by line (long records never held whole)."""
 
@@ -270,7 +308,7 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
     raw = None
     if byte_range is not None:
         source = _open_range(path, byte_range)
-    elif fs.is_remote(path) or path.lower().endswith(tuple(f"{e}.gz" for e in FASTA_SPLITTABLE)):
+    elif fs.is_remote(path) or path.lower().endswith(".gz"):
         import gzip  # dnaio sniffs neither compression nor format from a stream
 
         raw = source = _open_whole(path)
@@ -279,6 +317,9 @@ def _iter_fastx(path: str, cfg: ReadConfig, builder: _BatchBuilder,
         fileformat = "fastq" if path.lower().removesuffix(".gz").endswith((".fq", ".fastq")) else "fasta"
         if fileformat == "fasta" and source is not raw:  # decompressed: each record bounded before dnaio holds it
             source = io.BufferedReader(_Bounded(source, record_cap(cfg), builder.path), buffer_size=1 << 20)
+        elif source is not raw:  # decompressed FASTQ: each line bounded before dnaio holds its record
+            source = io.BufferedReader(_CappedLines(source, record_cap(cfg), builder.path,
+                                                    cut=cfg.clean.long_records == "reject"), buffer_size=1 << 20)
     try:
         with dnaio.open(source, fileformat=fileformat) as reader:
             for rec in reader:

@@ -51,12 +51,12 @@ def predict_batch(holder: BundleHolder, requests: list[PredictRequest]) -> list[
     out = []
     for r, span in zip(requests, spans):
         if isinstance(span, dict):
-            out.append({"bundle_version": version, "error": span, "replica": holder.holder})
+            out.append({"bundle_version": version, "error": span, "replica": holder.replica})
             continue
         items = [p.to_dict() for p in preds[span[0]:span[1]]]
         for it in items:
             it["neighbours"] = it["neighbours"][: r.k]
-        out.append({"bundle_version": version, "predictions": items, "replica": holder.holder})
+        out.append({"bundle_version": version, "predictions": items, "replica": holder.replica})
     return out
 
 

@@ -48,6 +48,19 @@ def public_error(message: str | None) -> str | None:
     return _PATH.sub("<path>", message) if message else message
 
 
+def replica_id() -> str:
+    """This replica's id as clients see it (``X-Genoray-Replica``, ``/v1/info``): opaque, random
+    and stable for the replica's life, never the host name or pid. Inside a Serve replica it is
+    Serve's own random replica id (an operator with access to Ray maps it to a process through
+    the actor named ``SERVE_REPLICA::<app>#<deployment>#<id>``); elsewhere a random hex id."""
+    from ray import serve  # lazy: ray serve (only a replica asks)
+
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 (not in a Serve replica: RayServeException)
+        return uuid.uuid4().hex[:12]
+
+
 def _permanent(e: Exception) -> bool:
     """Whether a load error is about the version itself (corrupt, unsafe, wrong format: versions
     are immutable, so it stays refused) rather than about reaching it (network, storage, a
@@ -63,16 +76,19 @@ class BundleHolder:
     lease is renewed every ``lease_every_s`` by a thread of its own, never by the thread that
     spends minutes loading. A load that fails for a transient reason (an ``OSError``: storage
     unreachable, a timeout) is retried with doubling back-off from ``retry_first_s``; any other
-    failure refuses the version for good. ``holder`` is the lease name and the replica id in
-    responses (``X-Genoray-Replica``): ``<host>-<pid>-<random>``."""
+    failure refuses the version for good. ``replica`` is the opaque id in responses
+    (``X-Genoray-Replica``, :func:`replica_id`); ``holder`` is the lease name, written only to the
+    bundle root for operators: ``<host>-<pid>-<replica>``."""
 
     def __init__(self, root: str | Path, poll_s: float = ServeConfig.poll_s, holder: str | None = None,
                  mmap: bool = False, trust_remote_code: bool = False, lease_every_s: float = LEASE_EVERY_S,
                  retry_first_s: float = RETRY_FIRST_S):
         self.root: Any = fs.as_path(root)
         self.mmap, self.trust_remote_code = mmap, trust_remote_code  # the operator's flag, never the bundle's
-        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.replica = replica_id()
+        self.holder = holder or f"{os.uname().nodename}-{os.getpid()}-{self.replica}"
         self._lock = threading.Lock()
+        self._lease_lock = threading.Lock()  # a renewal never lands after its release
         self._stop = threading.Event()
         self._leased: set[str] = set()
         self._lease_every_s, self._retry_first_s = lease_every_s, retry_first_s
@@ -103,7 +119,7 @@ class BundleHolder:
         doc = self.doc
         return {"bundle_version": self.version, "encoder": doc.encoder, "fingerprint": doc.fingerprint,
                 "classes": list(doc.classes), "index": to_json(doc.index), "created_at": doc.created_at,
-                "swaps": self.swaps, "last_error": public_error(self.last_error), "replica": self.holder,
+                "swaps": self.swaps, "last_error": public_error(self.last_error), "replica": self.replica,
                 "watching": self._thread.is_alive(), **self.drift()}
 
     def drift(self) -> dict[str, Any]:
@@ -135,9 +151,10 @@ class BundleHolder:
 
     def _drop(self, version: str) -> None:
         """Stop renewing ``version``'s lease and release it."""
-        with self._lock:
-            self._leased.discard(version)
-        release(self.root, version, self.holder)
+        with self._lease_lock:
+            with self._lock:
+                self._leased.discard(version)
+            release(self.root, version, self.holder)
 
     def _renew(self) -> None:
         """Renew every lease this holder keeps, on its own thread (a load never delays it)."""
@@ -146,7 +163,9 @@ class BundleHolder:
                 versions = sorted(self._leased)
             for v in versions:
                 try:
-                    lease(self.root, v, self.holder)
+                    with self._lease_lock:
+                        if v in self._leased:  # not released since the snapshot
+                            lease(self.root, v, self.holder)
                 except Exception as e:  # storage down for a moment: the next renewal is early enough
                     log.warning("cannot renew the lease of %s on %s: %s: %s", self.holder, v, type(e).__name__, e)
 
@@ -199,9 +218,9 @@ class BundleHolder:
             old = self.version
             self.predictor, self.doc, self.version = predictor, doc, version
             self.swaps += 1
+            self.last_error = None  # with the swap: a reader that sees the new version sees no old error
         if old != version:
             self._drop(old)
-        self.last_error = None
         log.info("swapped bundle %s -> %s", old, version)
 
     def close(self) -> None:

@@ -27,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ from genoray.infra.documents import read_document
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
-from genoray.serving.holder import BundleHolder, BundleReplica, public_error
+from genoray.serving.holder import BundleHolder, BundleReplica, public_error, replica_id
 from genoray.serving.replica_memory import grouped_actor_options
 
 log = logging.getLogger(__name__)
@@ -115,7 +113,7 @@ class GenoraySearcher:
 
     def __init__(self, root: str, group: int, poll_s: float = 2.0):
         self.root, self.group, self.poll_s = root, group, poll_s
-        self.replica = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.replica = replica_id()  # opaque: never the host name or pid
         self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -308,8 +306,8 @@ class _Batch:
         return self.predictor, self.version
 
     @property
-    def holder(self) -> str:
-        return " ".join([self._holder.holder, *(f"{g}={v}" for g, v in sorted(self.seen.items()))])
+    def replica(self) -> str:
+        return " ".join([self._holder.replica, *(f"{g}={v}" for g, v in sorted(self.seen.items()))])
 
 
 def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
