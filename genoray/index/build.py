@@ -72,6 +72,7 @@ from genoray.index.stages import (
     tune_index,
 )
 from genoray.infra import fs
+from genoray.infra.rerun import guard_rerun
 from genoray.infra.staging import clear_shared, mark_shared
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
         return dataclasses.replace(rep, path=str(out_dir))
     cfg = cfg or IndexConfig()
+    guard_rerun(out_dir, "index", {"store": store_path}, cfg, cfg.overwrite)  # other store or settings: refused
     t0 = time.perf_counter()
     # on Ray, every file a task hands on goes through `out` (a URI, or a directory all nodes see)
     out = str(out_dir) if fs.is_remote(out_dir) else str(Path(out_dir))
@@ -150,8 +152,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     if n == 0:
         raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
     factory = choose_factory(n, d, cfg)
-    budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else 0.0
-    cluster = ClusterSpec(memory_per_node_gb=budget_gb)
+    cluster = ClusterSpec(memory_per_node_mb=cfg.build_memory_mb)
     plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS))
     check_fits(plan)
     ix = plan.stages["index"]
