@@ -148,7 +148,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                     "(other inputs or settings) is refused unless --append or --overwrite. Exit status: 0 complete, 3 partial (some files "
                     "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug, "
                     "143 stopped by SIGTERM (130 SIGINT; rerun to resume).")
-    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
+    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs; "
+                                             "- reads stdin (FASTA, FASTQ or TSV, sniffed)")
     p.add_argument("--out", required=True, help="store directory (new, one to resume, or see --append/--overwrite)")
     _add_encoder_from(p)
     p.add_argument("--allow-empty", action="store_true",
@@ -202,10 +203,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines, TSV or Parquet)",
                        description="Read the input files with the cleaning policy the index records (as the "
                                    "service does) and predict every accepted record.")
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("inputs", nargs="+", help="sequence files, as for embed; - reads stdin (FASTA, FASTQ or TSV)")
     p.add_argument("--index", required=True)
     p.add_argument("--head", required=True)
-    p.add_argument("--out", help="write predictions here instead of stdout (required for parquet)")
+    p.add_argument("--out", help="write predictions here instead of stdout (- or absent: stdout; required for "
+                                 "parquet)")
     p.add_argument("--target", nargs="+", help="unlabeled sample of the target data (any supported format; labels "
                    "ignored): re-weight to its class priors when their bootstrap interval excludes the source's and "
                    "the shift looks like a label shift (docs/shift.md)")

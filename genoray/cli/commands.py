@@ -391,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM and SIGINT stop a command cleanly (exit 143, 130: Ray shut down, temp dirs removed); a
     batch job on a Ray it starts, run from the command line (``argv`` not given), runs as a
     supervised child (:func:`~genoray.cli.quiet.run_supervised`; a second signal: exit 137)."""
-    args = parse_args(build_parser(), argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # genoray serve runs itself again as its child
+    args = parse_args(build_parser(), argv)  # args.argv: the command line, for a command run again as a child
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if argv is None and (rc := run_supervised(args, forced=EXIT_KILLED)) is not None:

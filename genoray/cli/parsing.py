@@ -25,6 +25,7 @@ import yaml
 from genoray.cli.args import RemovedFlag
 from genoray.cli.exitcodes import set_quiet
 from genoray.cli.flags import GIVEN
+from genoray.cli.stdio import resolve_stdio
 
 NOT_FROM_FILE = frozenset({"help", "version", "config"})  # dests a config file may not set
 
@@ -148,7 +149,8 @@ def apply_config(values: FromFile) -> None:
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default ``sys.argv[1:]``) with ``--config FILE`` applied, check that
-    ``-q`` and ``-v`` are not both given (usage errors exit 2), and set quiet output."""
+    ``-q`` and ``-v`` are not both given (usage errors exit 2), set quiet output, and read an
+    input of ``-`` from stdin (:mod:`genoray.cli.stdio`); ``args.argv`` is the command line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     found = find_config(parser, argv)
     from_file: FromFile = {}
@@ -165,4 +167,5 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     marked: set[str] = getattr(args, GIVEN, set())
     setattr(args, GIVEN, marked | set(from_file))  # set by the file: given, not a default
     set_quiet(bool(getattr(args, "quiet", False)))
+    args.argv = resolve_stdio(args, argv)  # genoray serve and batch jobs run themselves again as a child
     return args
