@@ -40,7 +40,7 @@ def test_index_and_train_refuse_other_inputs_keep_the_old_and_overwrite_replaces
                        ([a, "--out", ix, "--train-split", "all"], "split: 'train' then, None now")):
         rc, _, err = _run(capsys, "index", *argv)
         assert rc == 2, err
-        assert err.startswith(f"genoray index: error: {ix}: holds a index made from other inputs or settings (")
+        assert err.startswith(f"genoray index: error: {ix}: its index was made from other inputs or settings (")
         assert what in err and "nothing was changed: give --overwrite to replace it, or a new --out" in err
         assert _snapshot(ix) == before
     # the same store and settings: as before (a complete index is never edited in place)
@@ -57,7 +57,7 @@ def test_index_and_train_refuse_other_inputs_keep_the_old_and_overwrite_replaces
     assert rc == 0, err
     before = _snapshot(head)
     rc, _, err = _run(capsys, "train", a, "--index", ix, "--out", head, "--head-seed", "2")
-    assert rc == 2 and f"genoray train: error: {head}: holds a head made from other inputs or settings (seed: 0 " \
+    assert rc == 2 and f"genoray train: error: {head}: its head was made from other inputs or settings (seed: 0 " \
                        "then, 2 now); nothing was changed: give --overwrite" in err
     assert _snapshot(head) == before
     rc, _, err = _run(capsys, "train", a, "--index", ix, "--out", head)

@@ -178,7 +178,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         plan = estimate(plan_cfg.n, plan_cfg.dim, cfg, cluster, encoder=build(a, ENCODER).encoder,
                         embed_rate=plan_cfg.embed_rate)
     else:
-        raise ValueError("genoray plan: give --n and --dim, or --store")
+        raise ValueError("give --n N and --dim D (rows and vector size to plan for), or --store STORE")
     print_result(plan.to_dict(), a.json, format_plan(plan))
     return EXIT_OK if plan.fits else EXIT_GATE
 

@@ -87,7 +87,7 @@ def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Pat
         old = read_document(RunInputs, rec)
         diff = _differences(old, new) if old.stage == stage else [f"stage: {old.stage!r} then, {stage!r} now"]
         if diff:
-            raise RerunConflict(f"{out}: holds a {old.stage} made from other inputs or settings ({'; '.join(diff)}); "
+            raise RerunConflict(f"{out}: its {old.stage} was made from other inputs or settings ({'; '.join(diff)}); "
                                 f"nothing was changed: give --overwrite to replace it, or a new --out")
         return
     if overwrite and out.exists():
