@@ -24,7 +24,7 @@ CASES = [  # argv ({d}: the temp dir), exit code, what stderr's last line says
     ("plan", 2, "genoray plan: error: give --n N and --dim D (rows and vector size to plan for), or --store STORE"),
     ("plan --n -5 --dim 4", 2, "genoray plan: error: PlanConfig: n, dim and embed_rate must be >= 0"),
     ("plan --n 5 --dim 4 --encoder bogus", 2, "unknown encoder 'bogus': use kmer, kmer-pos, hf:<model id or "
-                                              "directory> (optionally +kmer or +kmer-pos), or both (quickstart)"),
+                                              "directory> (optionally +kmer or +kmer-pos), both (quickstart)"),
     ("plan --n 5 --dim 4 --memory-per-node 64", 2, "--memory-per-node (GB) is now --memory-per-node-mb (MB, the unit "
                                                    "of every memory flag): give --memory-per-node-mb 65536"),
     ("evaluate {d}/study_bad.yaml --out {d}/r", 2, "study_bad.yaml: not valid YAML: while parsing a flow node"),

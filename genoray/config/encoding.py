@@ -23,9 +23,9 @@ class EncoderChoice:
 
     def __post_init__(self) -> None:
         name = self.encoder
-        validate(self, (name in ("kmer", "kmer-pos", "both") or (name.startswith("hf:") and len(name) > 3),
+        validate(self, (name in ("kmer", "kmer-pos", "both", "hf") or (name.startswith("hf:") and len(name) > 3),
                         f"unknown encoder {name!r}: use kmer, kmer-pos, hf:<model id or directory> (optionally "
-                        "+kmer or +kmer-pos), or both (quickstart)"))
+                        "+kmer or +kmer-pos), both (quickstart) or hf (plan: any transformers model)"))
 
 
 @config_class
