@@ -133,7 +133,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
         return dataclasses.replace(rep, path=str(out_dir))
     cfg = cfg or IndexConfig()
-    guard_rerun(out_dir, "index", {"store": store_path}, cfg, cfg.overwrite)  # other store or settings: refused
+    guard_rerun(out_dir, "index", {"store": store_path}, cfg, cfg.overwrite, write=False)  # other store/settings
     t0 = time.perf_counter()
     # on Ray, every file a task hands on goes through `out` (a URI, or a directory all nodes see)
     out = str(out_dir) if fs.is_remote(out_dir) else str(Path(out_dir))
@@ -169,6 +169,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     sharded = n_shards > 1
 
     # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
+    guard_rerun(out_dir, "index", {"store": store_path}, cfg, False)  # records what out_dir is made from
     pdir = fs.join(out, PARTS)
     fs.makedirs(pdir)
     shared = mark_shared(out, pdir) if use_ray else ""

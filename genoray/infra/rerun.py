@@ -68,11 +68,13 @@ def _differences(old: RunInputs, new: RunInputs) -> list[str]:
 
 
 def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Path], settings: Any,
-                overwrite: bool) -> None:
+                overwrite: bool, write: bool = True) -> None:
     """Before ``stage`` writes ``out_dir``: record its ``sources`` and ``settings`` there (new
     or empty directory), go on when they equal the recorded ones, remove the directory first
     when ``overwrite``, else raise :class:`RerunConflict` (also for a non-empty directory
-    without a record, e.g. one written by an older genoray)."""
+    without a record, e.g. one written by an older genoray). ``write=False`` only checks (and
+    removes with ``overwrite``): a stage that may still refuse before any work (its capacity
+    plan) calls it so first, and again once it starts writing."""
     if fs.is_remote(out_dir):
         return
     out = Path(out_dir)
@@ -92,5 +94,7 @@ def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Pat
         return
     if overwrite and out.exists():
         shutil.rmtree(out)
+    if not write:
+        return
     fs.makedirs(out)
     write_document(rec, new)
