@@ -67,11 +67,16 @@ def test_index_and_train_refuse_other_inputs_keep_the_old_and_overwrite_replaces
     assert _snapshot(head) != before and json.loads((head / "inputs.json").read_text())["settings"]["seed"] == 2
 
 
-def test_a_directory_without_a_record_is_refused(tmp_path, capsys, stores):
-    a, _ = stores
+def test_an_index_without_a_record_keeps_the_old_rules(tmp_path, capsys, stores):
+    """An index an older genoray wrote (no inputs.json) is still never edited in place;
+    ``--overwrite`` replaces it and records what the new one is made from."""
+    a, b = stores
     d = tmp_path / "old"
-    d.mkdir()
-    (d / "notes.txt").write_text("mine")
-    rc, _, err = _run(capsys, "index", a, "--out", d)
-    assert rc == 2 and f"{d}: holds files but no inputs.json saying what they were made from" in err
-    assert (d / "notes.txt").read_text() == "mine" and sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+    assert _run(capsys, "index", a, "--out", d)[0] == 0
+    (d / "inputs.json").unlink()
+    before = _snapshot(d)
+    rc, _, err = _run(capsys, "index", b, "--out", d)
+    assert rc == 2 and f"{d}: an index already exists here; indexes are never edited in place" in err
+    assert _snapshot(d) == before
+    assert _run(capsys, "index", b, "--out", d, "--overwrite")[0] == 0
+    assert json.loads((d / "inputs.json").read_text())["sources"] == {"store": str(b.resolve())}

@@ -6,7 +6,8 @@ before anything else is written there; a later run into the same directory with 
 sources and settings goes on as before (an interrupted build resumes; a complete one is
 refused or rewritten the same as it would be), one with other sources or settings is refused
 with :class:`RerunConflict` naming the directory, what differs and the fix, and leaves every
-file in place. ``overwrite`` removes the directory first. A remote ``DIR`` is not checked
+file in place. ``overwrite`` removes the directory first. A directory without a record is
+taken as it is (the stage's own checks apply). A remote ``DIR`` is not checked
 here: such a stage builds in a fresh local directory (checked) and uploads it.
 """
 
@@ -71,10 +72,12 @@ def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Pat
                 overwrite: bool, write: bool = True) -> None:
     """Before ``stage`` writes ``out_dir``: record its ``sources`` and ``settings`` there (new
     or empty directory), go on when they equal the recorded ones, remove the directory first
-    when ``overwrite``, else raise :class:`RerunConflict` (also for a non-empty directory
-    without a record, e.g. one written by an older genoray). ``write=False`` only checks (and
-    removes with ``overwrite``): a stage that may still refuse before any work (its capacity
-    plan) calls it so first, and again once it starts writing."""
+    when ``overwrite``, else raise :class:`RerunConflict`. A directory without a record (an older
+    genoray's, or one seeded by hand, e.g. with a trained quantizer) is taken as it is, as
+    before, and left without one: the stage's own checks apply (a complete index or head is
+    never edited in place). ``write=False`` only checks (and removes with ``overwrite``): a
+    stage that may still refuse before any work (its capacity plan) calls it so first, and
+    again once it starts writing."""
     if fs.is_remote(out_dir):
         return
     out = Path(out_dir)
@@ -82,10 +85,7 @@ def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Pat
                     sources={k: str(v) if fs.is_remote(v) else str(Path(v).resolve()) for k, v in sources.items()},
                     settings=_settings(settings))
     rec = out / RUN_INPUTS
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        if not rec.is_file():
-            raise RerunConflict(f"{out}: holds files but no {RUN_INPUTS} saying what they were made from (an older "
-                                f"genoray, or another tool): give --overwrite to replace them, or a new --out")
+    if rec.is_file() and not overwrite:
         old = read_document(RunInputs, rec)
         diff = _differences(old, new) if old.stage == stage else [f"stage: {old.stage!r} then, {stage!r} now"]
         if diff:
@@ -94,7 +94,7 @@ def guard_rerun(out_dir: str | Path, stage: str, sources: Mapping[str, str | Pat
         return
     if overwrite and out.exists():
         shutil.rmtree(out)
-    if not write:
+    if not write or (out.is_dir() and any(out.iterdir())):  # checking only, or files without a record
         return
     fs.makedirs(out)
     write_document(rec, new)
