@@ -125,8 +125,8 @@ def test_flags_reach_nested_and_renamed_fields():
     cfg = build(a, cli_args.REINDEX)
     assert cfg.recall_floor == 0.8 and cfg.head.seed == 3 and cfg.index.seed == 0
     assert build(a, cli_args.READ).train_split == "dev"  # the data's splits: the index split follows
-    a = p.parse_args(["plan", "--n", "5", "--dim", "4", "--memory-per-node", "8", "--nodes", "3"])
-    assert build(a, cli_args.PLAN).cluster == C.ClusterSpec(nodes=3, memory_per_node_gb=8.0)
+    a = p.parse_args(["plan", "--n", "5", "--dim", "4", "--memory-per-node-mb", "8192", "--nodes", "3"])
+    assert build(a, cli_args.PLAN).cluster == C.ClusterSpec(nodes=3, memory_per_node_mb=8192.0)
     a = p.parse_args(["evaluate", "s", "--split", "all", "--bootstrap", "0"])
     assert build(a, cli_args.EVALUATE) == C.EvaluateConfig(split=None, bootstrap=0)
 

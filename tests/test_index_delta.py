@@ -22,12 +22,12 @@ CFG = IndexConfig(index_type="IVF64,SQ8", recall_queries=200, target_recall=0.9)
 
 def test_plan_sizes_and_refusals():
     p = estimate(100_000_000, 768, IndexConfig(memory_budget_mb=500_000),
-                 ClusterSpec(nodes=16, memory_per_node_gb=64, cpus_per_node=16, gpus_per_node=1))
+                 ClusterSpec(nodes=16, memory_per_node_mb=65536, cpus_per_node=16, gpus_per_node=1))
     ix = p.stages["index"]
     assert p.fits and ix["factory"].startswith("IVF32768,SQ8") and ix["points_per_centroid"] >= 39
     assert p.stages["serve"]["shard_groups"] >= 2  # 77 GB of codes cannot live in one 64 GB node
     assert p.stages["serve"]["replica_bytes_per_group"] < 0.8 * 64 * 2**30
-    small = estimate(100_000_000, 768, IndexConfig(memory_budget_mb=500_000), ClusterSpec(nodes=1, memory_per_node_gb=4))
+    small = estimate(100_000_000, 768, IndexConfig(memory_budget_mb=500_000), ClusterSpec(nodes=1, memory_per_node_mb=4096))
     assert not small.fits and "over the budget" in small.problems[0]
     # the sample rule: >= 39 per centroid even above the cap, never more than n
     assert train_sample_size(10**9, 65536, 1_000_000) == 39 * 65536
@@ -37,7 +37,7 @@ def test_plan_sizes_and_refusals():
 def test_plan_head_sample_is_the_head_configs_max_rows():
     from genoray.config import HeadConfig
 
-    cl = ClusterSpec(memory_per_node_gb=64, cpus_per_node=16)
+    cl = ClusterSpec(memory_per_node_mb=65536, cpus_per_node=16)
     assert estimate(10**7, 256, cluster=cl).stages["head"]["sample_rows"] == HeadConfig().max_rows
     assert estimate(5000, 256, cluster=cl).stages["head"]["sample_rows"] == 5000  # never more than n
     small = estimate(10**7, 256, cluster=cl, head=HeadConfig(max_rows=20_000)).stages["head"]
@@ -53,7 +53,7 @@ def test_build_refuses_before_any_work(tmp_path):
 
 
 def test_cli_plan_json(tmp_path, capsys):
-    assert main(["plan", "--n", "10000000", "--dim", "256", "--nodes", "4", "--memory-per-node", "32", "--json"]) == 0
+    assert main(["plan", "--n", "10000000", "--dim", "256", "--nodes", "4", "--memory-per-node-mb", "32768", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stages"]["index"]["train_sample"] >= 39 * out["stages"]["index"]["nlist"]
     store = write_synthetic_store(tmp_path / "s", 5000, 16, parts=2)

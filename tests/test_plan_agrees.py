@@ -40,7 +40,7 @@ def test_plan_defaults_are_the_builds_over_a_grid(capsys):
 
     kinds = set()
     for n, d, budget in itertools.product([5_000, 10**6, 10**8, 10**9], [64, 256, 768], [None, 64, 524_288]):
-        flags = ["--n", str(n), "--dim", str(d), "--nodes", "16", "--memory-per-node", "64"]
+        flags = ["--n", str(n), "--dim", str(d), "--nodes", "16", "--memory-per-node-mb", "65536"]
         index_flags = [] if budget is None else ["--memory-budget-mb", str(budget)]
         planned = _plan(capsys, *flags, *index_flags)["factory"]
         cfg = build(build_parser().parse_args(["index", "STORE", "--out", "I", *index_flags]), INDEX)

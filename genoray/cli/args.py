@@ -43,10 +43,14 @@ _INDEX_NAMES: dict[str, str | tuple[str, ...]] = {"index_type": ("type", "index-
                                                   "split": ("train-split", "split")}
 INDEX = Group("index", IndexConfig, names=_INDEX_NAMES, title="index (IndexConfig)")
 # where the data's split names are given (ReadConfig), the index is built on the training split
-INDEX_OF_READ = Group("index", IndexConfig, names=_INDEX_NAMES, skip=("split",), title=INDEX.title)
-PLAN = Group("plan", PlanConfig, names={"cluster.memory_per_node_gb": ("memory-per-node-gb", "memory-per-node")},
+INDEX_OF_READ = Group("index", IndexConfig, names=_INDEX_NAMES, skip=("split", "overwrite"), title=INDEX.title)
+# plan: the settings of `genoray index` that shape the index (not how a rerun treats an existing one)
+INDEX_OF_PLAN = Group("index", IndexConfig, names=_INDEX_NAMES, skip=("overwrite",), title=INDEX.title)
+PLAN = Group("plan", PlanConfig, names={"cluster.memory_per_node_mb": "memory-per-node-mb"},
              title="what to plan for (PlanConfig, ClusterSpec)")
 HEAD = Group("head", HeadConfig, names={"seed": "head-seed"}, title="fused head (HeadConfig)")
+# quickstart writes a fresh work dir (its --overwrite would be embed's)
+HEAD_OF_QUICKSTART = Group("head", HeadConfig, names={"seed": "head-seed"}, skip=("overwrite",), title=HEAD.title)
 EVALUATE = Group("evaluate", EvaluateConfig, names={"split": ("test-split", "split")},
                  title="evaluation (EvaluateConfig)")
 EVALUATE_OF_READ = Group("evaluate", EvaluateConfig, skip=("split",), title=EVALUATE.title)
@@ -54,7 +58,7 @@ PREDICT = Group("predict", PredictConfig, title="batch prediction (PredictConfig
 PUBLISH = Group("publish", PublishConfig, title="bundle layout (PublishConfig)")
 REINDEX = Group("reindex", ReindexConfig,
                 names={"index.index_type": ("type", "index-type"), "index.seed": "index-seed",
-                       "head.seed": "head-seed"}, skip=("index.split", "eval_split"),
+                       "head.seed": "head-seed"}, skip=("index.split", "eval_split", "index.overwrite", "head.overwrite"),
                 title="gate, index, head and embedding job (ReindexConfig)")
 SERVE = Group("serve", ServeConfig, skip=("root",), negative={"require_key": ("no-auth",)},
               title="service (ServeConfig, ServiceLimits)")
@@ -64,10 +68,10 @@ ENCODER_GROUPS = (ENCODER, KMER, POS, HF)
 TRUST = Group("trust", RemoteCodeConfig, title="model code (RemoteCodeConfig)")
 # the groups of each command (a test checks that every config field has a flag somewhere)
 COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
-    "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX_OF_READ, HEAD, EVALUATE_OF_READ),
+    "quickstart": (READ, *ENCODER_GROUPS, EMBED, INDEX_OF_READ, HEAD_OF_QUICKSTART, EVALUATE_OF_READ),
     "embed": (READ, *ENCODER_GROUPS, EMBED),
     "index": (INDEX,),
-    "plan": (PLAN, ENCODER, INDEX),  # the index settings of `genoray index`, defaults included
+    "plan": (PLAN, ENCODER, INDEX_OF_PLAN),  # the index settings of `genoray index`, defaults included
     "train": (HEAD, TRUST),
     "evaluate": (EVALUATE,),
     "predict": (PREDICT,),
@@ -78,9 +82,23 @@ COMMAND_GROUPS: dict[str, tuple[Group, ...]] = {
 }
 #: flags that are not settings: paths and inputs (no default but none), output modes, process control
 CLI_ONLY = frozenset({
-    "help", "verbose", "version", "data", "workdir", "out", "json", "keep", "ray", "no_ray", "allow_empty",
+    "help", "verbose", "quiet", "config", "version", "memory_per_node", "data", "workdir", "out", "json", "keep", "ray", "no_ray", "allow_empty",
     "encoder_from", "index", "head", "target", "target_source", "store", "root", "work", "bundles", "verify", "plot",
 })
+
+
+class RemovedFlag(argparse.Action):
+    """A flag that was renamed when its unit changed (``--memory-per-node`` in GB is now
+    ``--memory-per-node-mb``): a usage error naming the new flag and the converted value, where
+    argparse would otherwise take the old name as an abbreviation of the new one and misread it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            mb = f"{float(str(values)) * 1024:g}"
+        except ValueError:
+            mb = "MB"
+        parser.error(f"{option_string} (GB) is now --memory-per-node-mb (MB, the unit of every memory flag): "
+                     f"give --memory-per-node-mb {mb}")
 
 
 def _add_groups(p: argparse.ArgumentParser, command: str) -> None:
@@ -106,6 +124,10 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log progress and Ray's own messages to stderr, tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only the result and errors (no notes, warnings or summaries on stderr)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML file of the command's flags (keys: long flag names; the command line wins)")
     parser.add_argument("--version", action="version", version=f"genoray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,7 +148,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                     "(other inputs or settings) is refused unless --append or --overwrite. Exit status: 0 complete, 3 partial (some files "
                     "could not be read; they are listed), 6 nothing written (--allow-empty: 0), 2 error, 70 bug, "
                     "143 stopped by SIGTERM (130 SIGINT; rerun to resume).")
-    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs")
+    p.add_argument("inputs", nargs="+", help="FASTA/FASTQ(.gz), Parquet or CSV/TSV files, directories or globs; "
+                                             "- reads stdin (FASTA, FASTQ or TSV, sniffed)")
     p.add_argument("--out", required=True, help="store directory (new, one to resume, or see --append/--overwrite)")
     _add_encoder_from(p)
     p.add_argument("--allow-empty", action="store_true",
@@ -149,6 +172,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                                    "of each stage on the given cluster. Exit status: 0 fits, 4 does not fit.")
     p.add_argument("--store", help="plan for this embedding store instead of --n/--dim")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--memory-per-node", "--memory-per-node-gb", action=RemovedFlag, help=argparse.SUPPRESS)
     _add_groups(p, "plan")
     p.set_defaults(func=commands["plan"])
 
@@ -179,10 +203,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p = sub.add_parser("predict", help="predict labels with neighbours and OOD scores (JSON lines, TSV or Parquet)",
                        description="Read the input files with the cleaning policy the index records (as the "
                                    "service does) and predict every accepted record.")
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("inputs", nargs="+", help="sequence files, as for embed; - reads stdin (FASTA, FASTQ or TSV)")
     p.add_argument("--index", required=True)
     p.add_argument("--head", required=True)
-    p.add_argument("--out", help="write predictions here instead of stdout (required for parquet)")
+    p.add_argument("--out", help="write predictions here instead of stdout (- or absent: stdout; required for "
+                                 "parquet)")
     p.add_argument("--target", nargs="+", help="unlabeled sample of the target data (any supported format; labels "
                    "ignored): re-weight to its class priors when their bootstrap interval excludes the source's and "
                    "the shift looks like a label shift (docs/shift.md)")
@@ -260,11 +285,17 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
 
 
 def _common_flags(parsers: Mapping[str, argparse.ArgumentParser]) -> None:
-    """One grammar for every command: ``-v`` also after the command name, and ``--json`` on every
-    command that prints a result (those without a text form print JSON anyway)."""
+    """One grammar for every command: ``-v``, ``-q`` and ``--config`` also after the command name,
+    and ``--json`` on every command that prints a result (those without a text form print JSON anyway)."""
     for name, p in parsers.items():
         # SUPPRESS: an absent flag must not overwrite a -v given before the command name
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="as genoray -v: log progress and Ray's own messages, tracebacks on errors")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="as genoray -q: only the result and errors (not with -v)")
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="YAML file whose keys are this command's long flag names (- or _) and values as on "
+                            "the command line (a list for a repeatable flag or the inputs); flags given on the "
+                            "command line win (docs/usage.md)")
         if name != "serve" and "--json" not in p._option_string_actions:
             p.add_argument("--json", action="store_true", help="print the result as JSON (this command's only form)")

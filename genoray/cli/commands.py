@@ -66,11 +66,13 @@ from genoray.cli.exitcodes import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     NothingWritten,
+    note,
     nothing_written,
     print_result,
     why_empty,
 )
 from genoray.cli.flags import build, given
+from genoray.cli.parsing import parse_args
 from genoray.cli.quiet import NativeStderrFilter, quiet_python_loggers, ray_running, run_supervised, stop_ray
 from genoray.config import ReadConfig, load_study
 from genoray.encoders import encoder_from_spec
@@ -124,8 +126,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     finally:
         if not a.workdir and not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-            print(f"genoray quickstart: removed the work dir {workdir} (keep it with --keep or --workdir DIR)",
-                  file=sys.stderr)
+            note(f"genoray quickstart: removed the work dir {workdir} (keep it with --keep or --workdir DIR)")
     return EXIT_OK
 
 
@@ -144,11 +145,10 @@ def cmd_embed(a: argparse.Namespace) -> int:
         ("partial" if report.failed else "complete")
     print_result(out, True)
     if report.failed:
-        print(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")",
-              file=sys.stderr)
+        note(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")")
     if out["rejected"]:
-        print(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
-              f"rejects tables: {', '.join(rejects) or '(none kept)'}", file=sys.stderr)
+        note(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
+             f"rejects tables: {', '.join(rejects) or '(none kept)'}")
     if report.written == 0:
         nothing_written(a, why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
         return EXIT_PARTIAL if report.failed else EXIT_OK
@@ -178,7 +178,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         plan = estimate(plan_cfg.n, plan_cfg.dim, cfg, cluster, encoder=build(a, ENCODER).encoder,
                         embed_rate=plan_cfg.embed_rate)
     else:
-        raise ValueError("genoray plan: give --n and --dim, or --store")
+        raise ValueError("give --n N and --dim D (rows and vector size to plan for), or --store STORE")
     print_result(plan.to_dict(), a.json, format_plan(plan))
     return EXIT_OK if plan.fits else EXIT_GATE
 
@@ -201,7 +201,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             raise ValueError("a study needs --out DIR for its report (Markdown and JSON)")
         report = evaluate(load_study(a.target), a.out)
         print(Path(a.out, REPORT_MD).read_text())
-        print(json.dumps(report["cost"]), file=sys.stderr)
+        note(json.dumps(report["cost"]))
         return EXIT_OK
     from genoray.evaluation import evaluation_report, format_evaluation  # lazy: faiss, scikit-learn
 
@@ -211,7 +211,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.out:  # the same report as JSON, plus report.html and its charts
         from genoray.evaluation.html import write_evaluation  # lazy: as above
 
-        print(f"report: {write_evaluation(rep, a.out)}", file=sys.stderr)
+        note(f"report: {write_evaluation(rep, a.out)}")
         rep.pop("curves")
     print_result(rep, a.json, format_evaluation(rep))
     return EXIT_OK
@@ -257,7 +257,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         summary["neighbours_without_sequence"] = missing
     if adaptation is not None:
         summary["target_adaptation"] = adaptation
-    print(strict_dumps(summary), file=sys.stderr)
+    note(strict_dumps(summary))
     if writer.n == 0:
         nothing_written(a, why_empty(report.read, summary["rejected_by_reason"], [], 1))
     return EXIT_OK
@@ -370,7 +370,7 @@ def cmd_convert_weights(a: argparse.Namespace) -> int:
 
     report = convert_weights(a.src, a.dst)
     print_result(report, True)
-    print(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})", file=sys.stderr)
+    note(f"weights_sha256 {report['weights_sha256']} (pinned by the spec of --encoder hf:{a.dst})")
     return EXIT_OK
 
 
@@ -391,9 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM and SIGINT stop a command cleanly (exit 143, 130: Ray shut down, temp dirs removed); a
     batch job on a Ray it starts, run from the command line (``argv`` not given), runs as a
     supervised child (:func:`~genoray.cli.quiet.run_supervised`; a second signal: exit 137)."""
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # genoray serve runs itself again as its child
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    args = parse_args(build_parser(), argv)  # args.argv: the command line, for a command run again as a child
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if argv is None and (rc := run_supervised(args, forced=EXIT_KILLED)) is not None:
         return rc

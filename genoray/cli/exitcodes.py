@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from genoray.infra.artifacts import strict_json
+from genoray.infra.progress import QUIET_ENV
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad flags or settings, unreadable or malformed input that stops the job, missing files
@@ -56,7 +58,22 @@ def nothing_written(a: Any, why: str) -> None:
     """Raise :class:`NothingWritten` (exit 6) unless the command got ``--allow-empty``, then warn."""
     if not getattr(a, "allow_empty", False):
         raise NothingWritten(why)
-    print(f"genoray {a.command}: warning: nothing written: {why}", file=sys.stderr)
+    note(f"genoray {a.command}: warning: nothing written: {why}")
+
+
+def set_quiet(quiet: bool) -> None:
+    """``-q``: from now on :func:`note` and progress lines print nothing (only the result and
+    errors reach the user); set in the environment, so a supervised child is quiet too."""
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+    else:
+        os.environ.pop(QUIET_ENV, None)
+
+
+def note(text: str) -> None:
+    """Print a diagnostic line (a summary, a hint, a warning) on stderr, unless ``-q``."""
+    if not os.environ.get(QUIET_ENV):
+        print(text, file=sys.stderr)
 
 
 NAN_REASON = ("undefined for this data, written as null (AUROC needs both classes in the test split; "
@@ -72,4 +89,4 @@ def print_result(obj, as_json: bool, text: str | None = None) -> None:
     else:
         print(text)
     if replaced:
-        print(f"note: {', '.join(replaced)}: {NAN_REASON}", file=sys.stderr)
+        note(f"note: {', '.join(replaced)}: {NAN_REASON}")

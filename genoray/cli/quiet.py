@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Self
 
+from genoray.cli.exitcodes import note
 from genoray.infra.runtime import KEPT_MARKER, supervise
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def stop_ray(keep: bool) -> None:
     if temp and Path(temp).name.startswith("gr-ray-"):
         if keep:
             Path(temp, KEPT_MARKER).touch()  # a later start's sweep of dead sessions' dirs leaves it
-            print(f"genoray: kept Ray's temp dir {temp}", file=sys.stderr)
+            note(f"genoray: kept Ray's temp dir {temp}")
         else:
             shutil.rmtree(temp, ignore_errors=True)
 

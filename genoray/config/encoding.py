@@ -22,7 +22,10 @@ class EncoderChoice:
     encoder: str = "kmer"
 
     def __post_init__(self) -> None:
-        validate(self, (bool(self.encoder), "encoder must name an encoder"))
+        name = self.encoder
+        validate(self, (name in ("kmer", "kmer-pos", "both", "hf") or (name.startswith("hf:") and len(name) > 3),
+                        f"unknown encoder {name!r}: use kmer, kmer-pos, hf:<model id or directory> (optionally "
+                        "+kmer or +kmer-pos), both (quickstart) or hf (plan: any transformers model)"))
 
 
 @config_class

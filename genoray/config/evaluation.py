@@ -136,7 +136,11 @@ def load_study(path: str | Path) -> Study:
     import yaml
 
     path = Path(path)
-    doc = yaml.safe_load(path.read_text())
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:  # bad input: exit 2, not a bug
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}; fix the file (see "
+                         "examples/study.yaml)") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: a study is a YAML mapping")  # noqa: TRY004 (bad input, not a bad call)
     if isinstance(doc.get("datasets"), dict):

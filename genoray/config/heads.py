@@ -31,6 +31,8 @@ class HeadConfig:
             which bounds its time and memory on large stores.
         ood_reference_rows: sampled training rows whose leave-one-out k-th-neighbour distances
             form the head's own OOD reference (a constant cost per fit, whatever the store size).
+        overwrite: replace a head in the output directory made from another store or index or
+            with other settings (without it such a run is refused and the old head kept).
     """
 
     k: int = 10
@@ -41,6 +43,7 @@ class HeadConfig:
     head: Literal["linear", "trees", "auto"] = "linear"
     max_rows: int = 100_000
     ood_reference_rows: int = 10_000
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         validate(self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import field
+from typing import ClassVar
 
 from genoray.config.base import config_class, validate
 from genoray.config.reading import ALL, TRAIN
@@ -38,7 +39,12 @@ class IndexConfig:
         recall_queries: queries for measuring recall against exact search.
         use_gpu: train on GPU when FAISS sees one (checked at run time; CPU otherwise).
         seed: sampling seed.
+        overwrite: replace an index in the output directory made from another store or with other
+            settings (without it such a run is refused and the old index kept; the same store and
+            settings resume an interrupted build).
     """
+
+    RERUN_IGNORES: ClassVar[tuple[str, ...]] = ("overwrite", "add_cpus", "build_memory_mb", "use_gpu")
 
     split: str | None = field(default=TRAIN, metadata=ALL)
     index_type: str = "auto"
@@ -55,6 +61,7 @@ class IndexConfig:
     recall_queries: int = 500
     use_gpu: bool = True
     seed: int = 0
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         validate(self,
@@ -75,7 +82,8 @@ class ClusterSpec:
 
     Attributes:
         nodes: worker nodes.
-        memory_per_node_gb: memory of each node in GB (0: this machine's available memory).
+        memory_per_node_mb: memory of each node in MB (MiB, like every memory setting; 0: this machine's
+            available memory).
         cpus_per_node: CPUs of each node (0: this machine's cores).
         gpus_per_node: GPUs of each node.
         gflops_per_core: sgemm rate of one core, GFLOP/s (the default was measured on a 2-core
@@ -83,16 +91,16 @@ class ClusterSpec:
     """
 
     nodes: int = 1
-    memory_per_node_gb: float = 0.0
+    memory_per_node_mb: float = 0.0
     cpus_per_node: int = 0
     gpus_per_node: int = 0
     gflops_per_core: float = 25.0
 
     def __post_init__(self) -> None:
         validate(self, (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
-                 (min(self.memory_per_node_gb, self.cpus_per_node, self.gpus_per_node) >= 0
+                 (min(self.memory_per_node_mb, self.cpus_per_node, self.gpus_per_node) >= 0
                   and self.gflops_per_core > 0,
-                  "memory_per_node_gb, cpus_per_node, gpus_per_node must be >= 0 and gflops_per_core > 0"))
+                  "memory_per_node_mb, cpus_per_node, gpus_per_node must be >= 0 and gflops_per_core > 0"))
 
 
 @config_class

@@ -110,7 +110,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_config(cls, cfg: HeadConfig) -> "FusedHead":
         """A head with the settings of ``cfg``."""
-        return cls(**to_dict(cfg))
+        return cls(**{k: v for k, v in to_dict(cfg).items() if k != "overwrite"})  # overwrite: train_head's
 
     def fit(self, X, y, index=None, ids=None, sequences=None, encoder=None) -> "FusedHead":
         """Fit on embeddings ``X`` with labels ``y``.

@@ -74,6 +74,7 @@ from genoray.index.stages import (
     tune_index,
 )
 from genoray.infra import fs
+from genoray.infra.rerun import guard_rerun
 from genoray.infra.staging import clear_shared, mark_shared
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         rep = fs.publish_dir(out_dir, MANIFEST, lambda d: build_index(store_path, d, cfg, use_ray, resume=False))
         return dataclasses.replace(rep, path=str(out_dir))
     cfg = cfg or IndexConfig()
+    guard_rerun(out_dir, "index", {"store": store_path}, cfg, cfg.overwrite, write=False)  # other store/settings
     t0 = time.perf_counter()
     # on Ray, every file a task hands on goes through `out` (a URI, or a directory all nodes see)
     out = str(out_dir) if fs.is_remote(out_dir) else str(Path(out_dir))
@@ -157,9 +159,9 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     if n == 0:
         raise ValueError(f"{store_path}: no rows for split {cfg.split!r}")
     factory = choose_factory(n, d, cfg)
-    budget_gb = cfg.build_memory_mb / 1024 if cfg.build_memory_mb else \
-        (ex.node_memory_bytes() / 2**30 if use_ray else 0.0)  # 0: this process's machine, which builds
-    cluster = ClusterSpec(memory_per_node_gb=budget_gb)
+    budget_mb = cfg.build_memory_mb or \
+        (ex.node_memory_bytes() / 2**20 if use_ray else 0.0)  # 0: this process's machine, which builds
+    cluster = ClusterSpec(memory_per_node_mb=budget_mb)
     plan = estimate(n, d, cfg, cluster, partition_rows=min(max(counts), PARTITION_ROWS))
     check_fits(plan)
     ix = plan.stages["index"]
@@ -176,6 +178,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     sharded = n_shards > 1
 
     # 1. scan: per-partition sample + query candidates (big arrays stay in the object store on Ray)
+    guard_rerun(out_dir, "index", {"store": store_path}, cfg, False)  # records what out_dir is made from
     pdir = fs.join(out, PARTS)
     fs.makedirs(pdir)
     shared = mark_shared(out, pdir) if use_ray else ""

@@ -74,7 +74,7 @@ class CapacityError(RuntimeError):
 
 def node_memory(cluster: ClusterSpec) -> int:
     """Memory per node in bytes (this machine's available memory when the spec gives none)."""
-    return int(cluster.memory_per_node_gb * GB) if cluster.memory_per_node_gb > 0 else available_memory()
+    return int(cluster.memory_per_node_mb * MB) if cluster.memory_per_node_mb > 0 else available_memory()
 
 
 def node_cpus(cluster: ClusterSpec) -> int:

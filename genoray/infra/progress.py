@@ -13,6 +13,7 @@ import time
 from typing import TextIO
 
 EVERY_S = 30.0  # GENORAY_PROGRESS_S overrides it
+QUIET_ENV = "GENORAY_QUIET"  # set (to 1) by ``genoray -q``: no progress lines, notes or summaries on stderr
 
 
 def _duration(s: float) -> str:
@@ -29,7 +30,7 @@ class Progress:
         self.what, self.total = what, total_units
         self.every_s = float(os.environ.get("GENORAY_PROGRESS_S", EVERY_S)) if every_s is None else every_s
         self.stream = stream or sys.stderr
-        self.enabled = force or not getattr(self.stream, "isatty", lambda: False)()
+        self.enabled = force or not (getattr(self.stream, "isatty", lambda: False)() or os.environ.get(QUIET_ENV))
         self.units = self.records = 0
         self.t0 = self.last = time.monotonic()
 

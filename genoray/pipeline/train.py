@@ -30,6 +30,7 @@ from genoray.index import MANIFEST as INDEX_MANIFEST
 from genoray.index import VectorIndex
 from genoray.index import read_manifest as read_index_manifest
 from genoray.infra import fs
+from genoray.infra.rerun import guard_rerun
 from genoray.scoring.ood import OODScorer
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
         return {**res, "head": str(out_dir)}
     index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     cfg = cfg or HeadConfig()
+    guard_rerun(out_dir, "head", {"store": store_path, "index": index_dir}, cfg, cfg.overwrite)  # other inputs: refused
     t0 = time.perf_counter()
     store = EmbeddingStore(store_path)
     manifest = read_index_manifest(index_dir)  # the head's kNN part votes over this index

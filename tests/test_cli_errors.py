@@ -1,0 +1,51 @@
+"""Every bad input of issue 26's "Errors" list: its exit code (genoray.cli.exitcodes) and a
+message that names the file or flag, the reason and, where there is one, the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from genoray.cli import commands as cli
+
+FILES = {
+    "empty.fa": "",
+    "nogt.fa": "ACGTACGT\nACGT\n",
+    "noseq.tsv": "id\tseq\nr1\tACGT\n",
+    "study_bad.yaml": "datasets: [\n",
+    "study_key.yaml": "foo: 1\n",
+    "config_list.yaml": "- n\n- 5\n",
+}
+CASES = [  # argv ({d}: the temp dir), exit code, what stderr's last line says
+    ("embed {d}/empty.fa --out {d}/s1 --no-ray", 6, "nothing written: the input holds no records"),
+    ("embed {d}/nogt.fa --out {d}/s2 --no-ray", 6, "nogt.fa: record 1: malformed: Error in FASTA file at line 1: "
+                                                  "Expected '>' at beginning of record"),
+    ("embed {d}/noseq.tsv --out {d}/s3 --no-ray", 6, "noseq.tsv: file: missing column(s) ['sequence'] (id column: "
+                                                     "seq_id/id, sequence column: 'sequence'); found ['id', 'seq']"),
+    ("plan", 2, "genoray plan: error: give --n N and --dim D (rows and vector size to plan for), or --store STORE"),
+    ("plan --n -5 --dim 4", 2, "genoray plan: error: PlanConfig: n, dim and embed_rate must be >= 0"),
+    ("plan --n 5 --dim 4 --encoder bogus", 2, "unknown encoder 'bogus': use kmer, kmer-pos, hf:<model id or "
+                                              "directory> (optionally +kmer or +kmer-pos), both (quickstart)"),
+    ("plan --n 5 --dim 4 --memory-per-node 64", 2, "--memory-per-node (GB) is now --memory-per-node-mb (MB, the unit "
+                                                   "of every memory flag): give --memory-per-node-mb 65536"),
+    ("evaluate {d}/study_bad.yaml --out {d}/r", 2, "study_bad.yaml: not valid YAML: while parsing a flow node"),
+    ("evaluate {d}/study_key.yaml --out {d}/r", 2, "study_key.yaml: Study: unknown keys ['foo']"),
+    ("train {d}/empty.fa --index {d}/ix --out {d}/h", 2, "empty.fa: not an embedding store (no store.json)"),
+    ("predict {d}/empty.fa --index {d}/nope --head {d}/h", 2, "nope: not an index directory (no manifest.json)"),
+    ("-q plan --n 5 --dim 4 -v", 2, "give -q (only the result and errors) or -v (progress and tracebacks), not both"),
+    ("plan --config {d}/config_list.yaml", 2, "config_list.yaml: expected a mapping of flag names to values"),
+    ("plan --n 5 --dim 4 --config {d}/missing.yaml", 2, "missing.yaml: cannot read it: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize("argv, code, says", CASES, ids=[c[0].split(" {d}")[0] + f"-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_exit_code_and_message(tmp_path, capsys, monkeypatch, argv, code, says):
+    monkeypatch.delenv("GENORAY_QUIET", raising=False)
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    try:
+        rc = cli.main(argv.format(d=tmp_path).split())
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert says in err.strip().splitlines()[-1], err
