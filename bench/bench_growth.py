@@ -192,7 +192,8 @@ def stage_reindex(w: Path, n: int, mode: str) -> dict:
     from genoray.config import IndexConfig, ReindexConfig
     from genoray.embedding import store as s
     from genoray.evaluation.shift import drift_rule
-    from genoray.index.delta import extend_index
+    from genoray.index import build_index
+    from genoray.index.delta import RetrainNeeded, extend_index
     from genoray.pipeline.publish import write_bundle
     from genoray.pipeline.train import train_head
 
@@ -203,11 +204,16 @@ def stage_reindex(w: Path, n: int, mode: str) -> dict:
     s.write_manifest(w / "store", dataclasses.replace(m, parts=(*m.parts, part), rows=m.rows + new, counts=(
         dataclasses.replace(c, read=c.read + new, accepted=c.accepted + new, written=c.written + new))))
     rc = ReindexConfig()
-    rep = extend_index(version_dir(w / "bundles", "v1") / INDEX_DIR, w / "store", w / "index2", rc.recall_floor, IndexConfig(split="train"),
-                       drift=drift_rule(rc.shift_alpha))
+    try:
+        rep = extend_index(version_dir(w / "bundles", "v1") / INDEX_DIR, w / "store", w / "index2", rc.recall_floor,
+                           IndexConfig(split="train"), drift=drift_rule(rc.shift_alpha))
+        how = "extend"
+    except RetrainNeeded:  # a Flat index (small n): the night rebuilds, as genoray.pipeline.reindex does
+        shutil.rmtree(w / "index2", ignore_errors=True)
+        rep, how = build_index(w / "store", w / "index2", IndexConfig(split="train")), "full"
     train_head(w / "store", w / "index2", w / "head2")
     write_bundle(w / "bundles", w / "index2", w / "head2", version="v2")
-    return {"recall": rep.recall_at_10, "delta_rows": new}
+    return {"recall": rep.recall_at_10, "delta_rows": new, "index": how}
 
 
 def poll_ray_workers(peak: dict, stop: threading.Event) -> None:
@@ -263,12 +269,14 @@ def run_stage(stage: str, w: Path, n: int, mode: str, timeout: float) -> dict:
 
 def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     """The plan's (seconds, driver bytes, largest task bytes) for a bench stage."""
+    from genoray.index.stage_costs import START_S
+
     st = plan.stages
     ix = st["index"]
     if stage == "index_ray":
-        return ix["build_hours"] * 3600, ix["peak_driver_bytes"], ix["peak_worker_bytes"]
+        return ix["seconds"], ix["peak_driver_bytes"], ix["peak_worker_bytes"]
     if stage == "index_local":
-        return ix["single_process_s"], ix["peak_single_process_bytes"], None
+        return ix["single_process_s"] + START_S, ix["peak_single_process_bytes"], None
     if stage == "predict":
         sv = st["serve"]
         return sv["seconds"] + QUERIES * sv["batch_query_s"], sv["private_bytes"], None
@@ -333,6 +341,8 @@ def main() -> None:
     ap.add_argument("--modes", default="clustered,unclustered")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--stage-timeout", type=float, default=900.0)
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="stop starting stages after this many seconds in all (0: no limit); the rest are 'budget'")
     ap.add_argument("--json-out")
     ap.add_argument("--work", help="keep the files here (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -348,6 +358,7 @@ def main() -> None:
     print(f"faiss kNN rate now {gflops:.1f} GFLOP/s per core; {os.cpu_count()} cores; {DIM} dims", flush=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-growth-"))
     results: list[dict] = []
+    t_start = time.perf_counter()
     try:
         for mode in [m for m in args.modes.split(",") if m]:
             for n in sizes:
@@ -359,7 +370,9 @@ def main() -> None:
                 done: dict[str, str] = {}
                 for stage in stages:
                     need = NEEDS.get(stage)
-                    if need and done.get(need, "ok" if need not in stages else "missing") != "ok":
+                    if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+                        r = {"status": "budget", "wall_s": 0.0}
+                    elif need and done.get(need, "ok" if need not in stages else "missing") != "ok":
                         r = {"status": f"no {need}", "wall_s": 0.0}
                     else:
                         r = run_stage(stage, w, n, mode, args.stage_timeout)

@@ -238,7 +238,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
         "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
         "single_process_s": train_flops / (flops * cpus) + add_flops / (flops * cpus) + read_s / cpus + tune_s
         + n * per_vec / (500 * MB), "task_threads": threads,
-        **stage_costs.stage(train_s + add_s + merge_s + tune_s, worker_mem, index_bytes + ids_bytes + refine_disk,
+        **stage_costs.stage(stage_costs.RAY_START_S + train_s + add_s + merge_s + tune_s, worker_mem, index_bytes + ids_bytes + refine_disk,
                             3 * store_bytes + index_bytes + ids_bytes, total_cores),
     }
 
@@ -269,7 +269,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
     head_linear = LBFGS_PASSES * hs * d * 8 / (MEM_GB_S * GB)  # float64 passes of the C grid + refit, one core
     plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
-                           "seconds": head_read + searches * per_query / cpus + head_linear,
+                           "seconds": stage_costs.PIPELINE_START_S + head_read + searches * per_query / cpus + head_linear,
                            "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
     plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
                                                  hs * d * 8, 2 * store_bytes, cpus))

@@ -28,6 +28,11 @@ HASH_MB_S = 900.0          # sha256 of a file on one core, MB/s (hashlib, measur
 COPY_MB_S = 600.0          # local file copy, MB/s
 LOAD_MB_S = 800.0          # reading an index / id table file into memory, MB/s
 NET_MB_S = 100.0           # object storage -> node download, MB/s (assumed: a 1 Gbit/s link, not measured here)
+START_S = 1.5              # a command's process start: python + numpy + pyarrow + faiss + the store code imported
+PIPELINE_START_S = 5.0     # ... + the heads, predictor and encoders (sklearn, transformers) imported
+RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' imports
+# the three start costs were measured on the project machine (2 cores) while it was shared (load ~10):
+# an idle machine starts faster; they matter below ~1M rows, where a stage's work takes seconds
 DEDUP_ROW = 29             # bytes per seq_id the embed run's driver holds to deduplicate (a set of digests)
 PART_META = 16             # split-column bytes per row of the one part the count reads at a time
 
@@ -41,14 +46,14 @@ def stage(seconds: float, peak: float, disk: float, moved: float, threads: int, 
 def dedup(n: int, store_bytes: int, part_rows: int, base: int, read_mb_s: float) -> dict[str, Any]:
     """The driver's passes before the build: sha256 of every store part and the split count
     (one thread, streaming; the seq_id dedup of an embed run holds :data:`DEDUP_ROW` a row)."""
-    seconds = store_bytes / (HASH_MB_S * MB) + n * PART_META / (read_mb_s * MB)
+    seconds = START_S + store_bytes / (HASH_MB_S * MB) + n * PART_META / (read_mb_s * MB)
     return stage(seconds, base + part_rows * PART_META + n * DEDUP_ROW, 0, store_bytes, 1)
 
 
 def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int, base: int) -> dict[str, Any]:
     """``write_bundle``: copy every file into the version, hash it, and load the index twice
     (without mmap) to check that a replica can: peak = the whole index and id table."""
-    seconds = bundle_bytes / (COPY_MB_S * MB) + 2 * bundle_bytes / (HASH_MB_S * MB) \
+    seconds = PIPELINE_START_S + bundle_bytes / (COPY_MB_S * MB) + 2 * bundle_bytes / (HASH_MB_S * MB) \
         + 2 * bundle_bytes / (LOAD_MB_S * MB)
     return stage(seconds, base + index_bytes + ids_bytes, bundle_bytes, 3 * bundle_bytes, 1)
 
@@ -61,7 +66,7 @@ def transfer(bundle_bytes: int, base: int) -> dict[str, Any]:
 def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float, cpus: int) -> dict[str, Any]:
     """A replica's start: verify (hash) the bundle, map the index, read ids and quantizer into
     its own memory (``private``); ``batch_query_s``: seconds per query of a large batch."""
-    seconds = bundle_bytes / (HASH_MB_S * MB) + (private / (LOAD_MB_S * MB))
+    seconds = PIPELINE_START_S + bundle_bytes / (HASH_MB_S * MB) + (private / (LOAD_MB_S * MB))
     return stage(seconds, replica, 0, bundle_bytes, cpus, private_bytes=int(private),
                  batch_query_s=per_query_s / max(1, cpus))
 
@@ -70,6 +75,6 @@ def reindex(n: int, d: int, new_fraction: float, add_s: float, exact_s: float, h
             pub: dict[str, Any], extend_peak: int) -> dict[str, Any]:
     """A +``new_fraction`` night: add the delta with the trained quantizer, re-tune against an
     exact pass over every row (``exact_s``), refit the head and publish a full new version."""
-    seconds = add_s * new_fraction + exact_s + head["seconds"] + pub["seconds"]
+    seconds = add_s * new_fraction + exact_s + head["seconds"] + pub["seconds"] - PIPELINE_START_S  # one process
     return stage(seconds, max(extend_peak, head["peak_bytes"], pub["peak_bytes"]), pub["disk_bytes"],
                  pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1, new_fraction=new_fraction)
