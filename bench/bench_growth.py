@@ -329,6 +329,22 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
     return lines
 
 
+def plan_for(n: int, gflops: float):
+    """The capacity plan for ``n`` x :data:`DIM` on this machine at the measured per-core rate."""
+    from genoray.config import ClusterSpec, IndexConfig
+    from genoray.index.capacity import estimate
+
+    return estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops), encoder="kmer",
+                    partition_rows=PART_ROWS)
+
+
+def annotate(r: dict, plan) -> dict:
+    """``r`` with the plan's prediction for its stage."""
+    ps, pm, pt = predicted(plan, r["stage"])
+    r.update(plan_s=ps, plan_mb=pm / MB, plan_task_mb=pt / MB if pt else None)
+    return r
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, stage, w, n, mode = sys.argv
@@ -343,14 +359,17 @@ def main() -> None:
     ap.add_argument("--stage-timeout", type=float, default=900.0)
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop starting stages after this many seconds in all (0: no limit); the rest are 'budget'")
-    ap.add_argument("--json-out")
+    ap.add_argument("--json-out", help="write the results here (rewritten after every stage)")
+    ap.add_argument("--from-json", help="print the table of an earlier --json-out beside today's plan; runs nothing")
     ap.add_argument("--work", help="keep the files here (default: a temp dir, removed)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.from_json:
+        raw = json.loads(Path(args.from_json).read_text())
+        plans = {n: plan_for(n, raw["gflops_per_core"]) for n in raw["sizes"]}
+        print("\n".join(report([annotate(r, plans[r["n"]]) for r in raw["results"]], raw["sizes"])))
+        return
     from bench_index import measure_gflops_per_core
-
-    from genoray.config import ClusterSpec, IndexConfig
-    from genoray.index.capacity import estimate
 
     sizes = [50_000, 100_000, 200_000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
     stages = [s for s in args.stages.split(",") if s]
@@ -360,13 +379,12 @@ def main() -> None:
     results: list[dict] = []
     t_start = time.perf_counter()
     try:
-        for mode in [m for m in args.modes.split(",") if m]:
-            for n in sizes:
+        for n in sizes:  # every mode at a size before the next size: a run cut short still compares modes
+            plan = plan_for(n, gflops)
+            for mode in [m for m in args.modes.split(",") if m]:
                 w = work / f"{mode}-{n}"
                 shutil.rmtree(w, ignore_errors=True)
                 w.mkdir(parents=True)
-                plan = estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops),
-                                encoder="kmer", partition_rows=PART_ROWS)
                 done: dict[str, str] = {}
                 for stage in stages:
                     need = NEEDS.get(stage)
@@ -377,17 +395,16 @@ def main() -> None:
                     else:
                         r = run_stage(stage, w, n, mode, args.stage_timeout)
                     done[stage] = r["status"]
-                    ps, pm, pt = predicted(plan, stage)
-                    r.update(mode=mode, stage=stage, n=n, limit=args.stage_timeout, plan_s=ps, plan_mb=pm / MB,
-                             plan_task_mb=pt / MB if pt else None)
-                    results.append(r)
+                    r.update(mode=mode, stage=stage, n=n, limit=args.stage_timeout)
+                    results.append(annotate(r, plan))
                     print(report([r], [])[1] + (f"  {r.get('error', '')[-300:]}" if r["status"] == "error" else ""),
                           flush=True)
+                    if args.json_out:
+                        Path(args.json_out).write_text(json.dumps({
+                            "sizes": sizes, "dim": DIM, "gflops_per_core": gflops, "cores": os.cpu_count(),
+                            "results": results}, indent=1))
                 shutil.rmtree(w, ignore_errors=True)
         print("\n".join(report(results, sizes)))
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps({"sizes": sizes, "dim": DIM, "gflops_per_core": gflops,
-                                                       "cores": os.cpu_count(), "results": results}, indent=1))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
