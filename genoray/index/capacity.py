@@ -187,7 +187,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
                             **stage_costs.stage(n / (rate * cl.nodes), PROCESS_BASE + n * stage_costs.DEDUP_ROW
                                                 + BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META),
                                                 store_bytes, store_bytes, cpus)}
-    plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, PROCESS_BASE, READ_MB_S)
+    plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, READ_MB_S)
 
     # index build
     sample = train_sample_size(n, nlist, cfg.train_sample_cap)
@@ -254,7 +254,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
     latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
     bundle_bytes = index_bytes + ids_bytes + refine_disk
-    private = PROCESS_BASE + quantizer + ids_bytes  # ids and quantizer are read in; the codes stay mapped
+    private = stage_costs.ANON_BASE + quantizer + ids_bytes  # ids and quantizer read in; the codes stay mapped
     per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
         else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     plan.stages["serve"] = {**stage_costs.cold_start(bundle_bytes, private, replica, per_query, cpus),
@@ -273,7 +273,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
                            "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
     plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
                                                  hs * d * 8, 2 * store_bytes, cpus))
-    pub = plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes, PROCESS_BASE)
+    pub = plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
     plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE)
     extend_peak = int(PROCESS_BASE + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
     plan.stages["reindex"] = stage_costs.reindex(n, d, 0.01, add_s, exact_s, plan.stages["head"], pub, extend_peak)

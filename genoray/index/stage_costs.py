@@ -33,6 +33,9 @@ PIPELINE_START_S = 5.0     # ... + the heads, predictor and encoders (sklearn, t
 RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' imports
 # the three start costs were measured on the project machine (2 cores) while it was shared (load ~10):
 # an idle machine starts faster; they matter below ~1M rows, where a stage's work takes seconds
+LIGHT_BASE = 140 * MB       # a process that imports the store code only (the verification): 139-141 MiB measured
+PIPELINE_BASE = 215 * MB    # a process that imports the heads, predictor and encoders (publish): 215-226 MiB
+ANON_BASE = 130 * MB        # private anonymous memory of such a process before it loads an index: 132-136 MiB
 DEDUP_ROW = 29             # bytes per seq_id the embed run's driver holds to deduplicate (a set of digests)
 PART_META = 16             # split-column bytes per row of the one part the count reads at a time
 
@@ -43,19 +46,20 @@ def stage(seconds: float, peak: float, disk: float, moved: float, threads: int, 
             "threads": int(threads), **extra}
 
 
-def dedup(n: int, store_bytes: int, part_rows: int, base: int, read_mb_s: float) -> dict[str, Any]:
+def dedup(n: int, store_bytes: int, part_rows: int, read_mb_s: float) -> dict[str, Any]:
     """The driver's passes before the build: sha256 of every store part and the split count
-    (one thread, streaming; the seq_id dedup of an embed run holds :data:`DEDUP_ROW` a row)."""
+    (one thread, streaming: its memory does not grow with n; the seq_id dedup of an embed run,
+    :data:`DEDUP_ROW` a row, is in the embed stage's driver)."""
     seconds = START_S + store_bytes / (HASH_MB_S * MB) + n * PART_META / (read_mb_s * MB)
-    return stage(seconds, base + part_rows * PART_META + n * DEDUP_ROW, 0, store_bytes, 1)
+    return stage(seconds, LIGHT_BASE + part_rows * PART_META, 0, store_bytes, 1)
 
 
-def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int, base: int) -> dict[str, Any]:
+def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int) -> dict[str, Any]:
     """``write_bundle``: copy every file into the version, hash it, and load the index twice
     (without mmap) to check that a replica can: peak = the whole index and id table."""
     seconds = PIPELINE_START_S + bundle_bytes / (COPY_MB_S * MB) + 2 * bundle_bytes / (HASH_MB_S * MB) \
         + 2 * bundle_bytes / (LOAD_MB_S * MB)
-    return stage(seconds, base + index_bytes + ids_bytes, bundle_bytes, 3 * bundle_bytes, 1)
+    return stage(seconds, PIPELINE_BASE + index_bytes + ids_bytes, bundle_bytes, 3 * bundle_bytes, 1)
 
 
 def transfer(bundle_bytes: int, base: int) -> dict[str, Any]:
