@@ -292,10 +292,20 @@ def fmt(x, spec: str = ".0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def plan_ok(r: dict, t: float | None, mem: float | None) -> str:
+    """PASS when the plan is within 2x of the time and 25% of every measured memory
+    (error = (predicted - measured) / measured), FAIL otherwise, '' when nothing was measured."""
+    if r["status"] != "ok" or t is None:
+        return ""
+    pairs = [(mem, r["plan_mb"]), (r.get("task_mb"), r["plan_task_mb"])]
+    ok = 0.5 <= t / r["plan_s"] <= 2 and all(abs(p - m) <= 0.25 * m for m, p in pairs if m and p)
+    return "PASS" if ok else "FAIL"
+
+
 def report(results: list[dict], sizes: list[int]) -> list[str]:
     """The table: stage x size, measured beside planned, and the growth targets."""
     lines = [f"{'mode':<11} {'stage':<11} {'n':>9} {'time s':>8} {'plan s':>8} {'t ratio':>7} {'driver MB':>9} "
-             f"{'plan MB':>8} {'m ratio':>7} {'task MB':>8} {'plan MB':>8} {'m ratio':>7}"]
+             f"{'plan MB':>8} {'m ratio':>7} {'task MB':>8} {'plan MB':>8} {'m ratio':>7} plan"]
     for r in results:
         mem = r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")
         t = r["wall_s"] if r["status"] == "ok" else None
@@ -303,8 +313,14 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
         lines.append(f"{r['mode']:<11} {r['stage']:<11} {r['n']:>9,} {ts:>8} {fmt(r['plan_s'], '.1f'):>8} "
                      f"{fmt(ratio(t, r['plan_s']), '.2f'):>7} {fmt(mem):>9} {fmt(r['plan_mb']):>8} "
                      f"{fmt(ratio(mem, r['plan_mb']), '.2f'):>7} {fmt(r.get('task_mb')):>8} "
-                     f"{fmt(r['plan_task_mb']):>8} {fmt(ratio(r.get('task_mb'), r['plan_task_mb']), '.2f'):>7}")
+                     f"{fmt(r['plan_task_mb']):>8} {fmt(ratio(r.get('task_mb'), r['plan_task_mb']), '.2f'):>7} "
+                     f"{plan_ok(r, t, mem)}")
     lines.append("(predict: 'driver MB' is its private anonymous memory; its RSS is in the JSON)")
+    checks = [plan_ok(r, r["wall_s"], r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb"))
+              for r in results if r["status"] == "ok" and r["stage"] != "store"]
+    lines.append(f"plan within 2x of time and 25% of memory (every measured process): "
+                 f"{checks.count('PASS')} of {len(checks)} stage runs (store: a stand-in for embed, not counted)")
+    sizes = [n for n in sizes if any(r["n"] == n and r["status"] == "ok" for r in results)]
     if len(sizes) >= 2:
         a, b = sizes[-2], sizes[-1]
         lines.append(f"growth {a:,} -> {b:,} ({b / a:.0f}x rows): memory target <= 1.5x (every process but the mapped "

@@ -57,6 +57,8 @@ WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growt
 # (bench/bench_index.py: the peak is in the quantizer training; the two points fix a slope per sample byte
 # and an intercept, whose split into batch and k-means buffers they cannot tell apart); checked at 250k and
 # 1M x 350 (bench/bench_train.py). docs/capacity.md states the errors.
+HEAD_WORK = 10.0               # head fit peak bytes per byte of its float32 sample (float64 copies, L-BFGS buffers,
+                               # neighbour lists, OOD reference): fitted to bench/bench_growth.py at 50k-250k x 64
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
@@ -268,7 +270,8 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     searches = min(hs, (head or HeadConfig()).ood_reference_rows) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
     head_linear = LBFGS_PASSES * hs * d * 8 / (MEM_GB_S * GB)  # float64 passes of the C grid + refit, one core
-    plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
+    plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(stage_costs.PIPELINE_BASE + hs * d * 4 * HEAD_WORK
+                                                             + index_bytes + ids_bytes),  # index loaded whole
                            "seconds": stage_costs.PIPELINE_START_S + head_read + searches * per_query / cpus + head_linear,
                            "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
     plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
