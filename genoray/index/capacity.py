@@ -279,7 +279,8 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     pub = plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
     plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE)
     extend_peak = int(PROCESS_BASE + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
-    plan.stages["reindex"] = stage_costs.reindex(n, d, 0.01, add_s, exact_s, plan.stages["head"], pub, extend_peak)
+    plan.stages["reindex"] = stage_costs.reindex(n, d, 0.01, add_s, tune_s + plan.stages["dedup"]["seconds"],
+                                                   plan.stages["head"], pub, extend_peak)
 
     limit = 0.8 * mem
     checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),

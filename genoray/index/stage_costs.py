@@ -75,10 +75,11 @@ def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float
                  batch_query_s=per_query_s / max(1, cpus))
 
 
-def reindex(n: int, d: int, new_fraction: float, add_s: float, exact_s: float, head: dict[str, Any],
+def reindex(n: int, d: int, new_fraction: float, add_s: float, check_s: float, head: dict[str, Any],
             pub: dict[str, Any], extend_peak: int) -> dict[str, Any]:
-    """A +``new_fraction`` night: add the delta with the trained quantizer, re-tune against an
-    exact pass over every row (``exact_s``), refit the head and publish a full new version."""
-    seconds = add_s * new_fraction + exact_s + head["seconds"] + pub["seconds"] - PIPELINE_START_S  # one process
+    """A +``new_fraction`` night: add the delta with the trained quantizer, verify the store and
+    re-tune against an exact pass over every row (``check_s``), refit the head and publish a
+    full new version."""
+    seconds = add_s * new_fraction + check_s + head["seconds"] + pub["seconds"] - PIPELINE_START_S  # one process
     return stage(seconds, max(extend_peak, head["peak_bytes"], pub["peak_bytes"]), pub["disk_bytes"],
                  pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1, new_fraction=new_fraction)
