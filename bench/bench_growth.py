@@ -361,6 +361,21 @@ def annotate(r: dict, plan) -> dict:
     return r
 
 
+def markdown(results: list[dict]) -> list[str]:
+    """The per-stage rows as a Markdown table (for docs/capacity.md and docs/benchmarks.md)."""
+    lines = ["| vectors | stage | n | time s | plan s | time / plan | driver MB | plan MB | task MB | plan MB | plan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        mem = r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")
+        ok = r["status"] == "ok"
+        t = fmt(r["wall_s"], ".1f") if ok else (f">{r['limit']:.0f}" if r["status"] == "timeout" else r["status"])
+        lines.append(f"| {r['mode']} | {r['stage']}{' (private)' if r['stage'] == 'predict' else ''} | {r['n']:,} | {t} | "
+                     f"{fmt(r['plan_s'], '.1f')} | {fmt(ratio(r['wall_s'] if ok else None, r['plan_s']), '.2f')} | "
+                     f"{fmt(mem if ok else None)} | {fmt(r['plan_mb'])} | {fmt(r.get('task_mb') if ok else None)} | "
+                     f"{fmt(r['plan_task_mb'])} | {plan_ok(r, r['wall_s'] if ok else None, mem)} |")
+    return lines
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, stage, w, n, mode = sys.argv
@@ -377,6 +392,7 @@ def main() -> None:
                     help="stop starting stages after this many seconds in all (0: no limit); the rest are 'budget'")
     ap.add_argument("--json-out", help="write the results here (rewritten after every stage)")
     ap.add_argument("--from-json", help="print the table of an earlier --json-out beside today's plan; runs nothing")
+    ap.add_argument("--markdown", action="store_true", help="with --from-json: also print a Markdown table")
     ap.add_argument("--work", help="keep the files here (default: a temp dir, removed)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -384,6 +400,8 @@ def main() -> None:
         raw = json.loads(Path(args.from_json).read_text())
         plans = {n: plan_for(n, raw["gflops_per_core"]) for n in raw["sizes"]}
         print("\n".join(report([annotate(r, plans[r["n"]]) for r in raw["results"]], raw["sizes"])))
+        if args.markdown:
+            print("\n".join(markdown(raw["results"])))
         return
     from bench_index import measure_gflops_per_core
 
