@@ -285,10 +285,12 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
 
 
 def ratio(meas, pred) -> float | None:
+    """measured / predicted, or None when either is missing."""
     return meas / pred if meas and pred else None
 
 
 def fmt(x, spec: str = ".0f") -> str:
+    """``x`` formatted, '-' for None."""
     return "-" if x is None else format(x, spec)
 
 
