@@ -32,6 +32,7 @@ from typing import Any
 
 from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig
 from genoray.embedding.store import EmbeddingStore
+from genoray.index import stage_costs
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
 from genoray.index.manifest import MANIFEST, IndexManifest, read_manifest
 from genoray.index.stages import BATCH_ROWS, count_split
@@ -58,6 +59,8 @@ WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growt
 # (bench/bench_index.py: the peak is in the quantizer training; the two points fix a slope per sample byte
 # and an intercept, whose split into batch and k-means buffers they cannot tell apart); checked at 250k and
 # 1M x 350 (bench/bench_train.py). docs/capacity.md states the errors.
+HEAD_WORK = 10.0               # head fit peak bytes per byte of its float32 sample (float64 copies, L-BFGS buffers,
+                               # neighbour lists, OOD reference): fitted to bench/bench_growth.py at 50k-250k x 64
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
 SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
@@ -66,6 +69,10 @@ LBFGS_PASSES = 3000            # passes over the float64 sample of the head's lo
 MEM_GB_S = 5.0                 # at this rate on one core: fitted to the CPU time of bench/bench_train.py at 250k
 EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
 EMBED_RATE_GPU = {"kmer": 0.0, "hf": 1_000.0}   # sequences/s per GPU (hf: assumed, not measured here)
+
+
+STAGES = ("embed", "dedup", "index", "head", "publish", "transfer", "serve", "reindex")  # every stage the plan
+# states time, peak memory, disk and bytes moved for (stage_costs.QUANTITIES); serve = a replica's cold start
 
 
 class CapacityError(RuntimeError):
@@ -178,13 +185,19 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     # embed
     kind = "hf" if encoder.startswith("hf") else "kmer"  # other encoders: pass embed_rate
     rate = embed_rate or (EMBED_RATE_GPU[kind] * gpus if gpus and EMBED_RATE_GPU[kind] else EMBED_RATE[kind] * cpus)
+    store_bytes = n * (d * 4 + ROW_META)
+    part = min(n, partition_rows)
     plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
                             "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
-                            "hours": n / (rate * cl.nodes) / 3600, "store_bytes": n * (d * 4 + ROW_META)}
+                            "hours": n / (rate * cl.nodes) / 3600, "store_bytes": store_bytes,
+                            **stage_costs.stage(n / (rate * cl.nodes), PROCESS_BASE + n * stage_costs.DEDUP_ROW
+                                                + BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META),
+                                                store_bytes, store_bytes, cpus)}
+    plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, READ_MB_S)
 
     # index build
     sample = train_sample_size(n, nlist, cfg.train_sample_cap)
-    part = min(n, partition_rows)
+    threads = max(1, int(cfg.add_cpus))  # what a Ray task's FAISS runs on (its whole CPUs, at least one)
     # Peak RSS of a process: its largest stage (the heap a stage frees is reused by the next; measured,
     # the streamed build peaks in the quantizer training at 250k and 1M). Stages stream a partition
     # BATCH_ROWS rows at a time: the batch, not the partition, is their working set.
@@ -210,11 +223,12 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
         add_flops = n * 400 * d * 2
     read_s = (3 * n * d * 4) / (READ_MB_S * MB)  # count + sample, add and exact-recall passes
     gpu_train = gpus > 0 and cfg.use_gpu and not (f["pq"] and code > 96)  # GPU IVFPQ codes are <= 96 B
-    train_s = train_flops / (flops * (200 if gpu_train else cpus))
-    total_cores = cpus * cl.nodes
+    train_s = train_flops / (flops * (200 if gpu_train else threads))  # one Ray task
+    total_cores = min(cpus * cl.nodes, math.ceil(n / max(part, 1)) * threads)  # tasks of one partition each
     add_s = add_flops / (flops * total_cores) + read_s / total_cores
     queries = cfg.recall_queries
-    tune_s = queries * n * d * 2 / (flops * total_cores) + 20 * queries * (nlist * d * 2 + n * per_vec * 0.05) / (flops * cpus)
+    exact_s = queries * n * d * 2 / (flops * total_cores) + n * d * 4 / (READ_MB_S * MB) / total_cores
+    tune_s = exact_s + 20 * queries * (nlist * d * 2 + n * per_vec * 0.05) / (flops * threads)
     merge_s = n * per_vec / (500 * MB) / min(n_shards, cl.nodes)
     workers_per_node = max(0, min(int(cpus / max(cfg.add_cpus, 0.01)), int(mem * 0.8 // add_mem)))
     plan.stages["index"] = {
@@ -229,7 +243,9 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
         "train_s": train_s, "add_s": add_s, "merge_s": merge_s, "tune_s": tune_s,
         "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
         "single_process_s": train_flops / (flops * cpus) + add_flops / (flops * cpus) + read_s / cpus + tune_s
-        + n * per_vec / (500 * MB),
+        + n * per_vec / (500 * MB), "task_threads": threads,
+        **stage_costs.stage(stage_costs.RAY_START_S + train_s + add_s + merge_s + tune_s, worker_mem, index_bytes + ids_bytes + refine_disk,
+                            3 * store_bytes + index_bytes + ids_bytes, total_cores),
     }
 
     # serving: one replica per shard group, each must fit in 80% of a node
@@ -243,7 +259,12 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     nprobe = max(8, nlist // 256) if nlist else 0
     scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
     latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
-    plan.stages["serve"] = {"replica_bytes": int(replica), "shard_groups": groups, "replica_bytes_per_group": int(per_group),
+    bundle_bytes = index_bytes + ids_bytes + refine_disk
+    private = stage_costs.ANON_BASE + quantizer + ids_bytes  # ids and quantizer read in; the codes stay mapped
+    per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
+        else n * d * 2 / flops  # exact (Flat) below the IVF threshold
+    plan.stages["serve"] = {**stage_costs.cold_start(bundle_bytes, private, replica, per_query, cpus),
+                            "replica_bytes": int(replica), "shard_groups": groups, "replica_bytes_per_group": int(per_group),
                             "index_bytes": int(index_bytes), "ids_bytes": int(ids_bytes), "assumed_nprobe": nprobe,
                             "query_latency_ms": latency_s * 1000 + 1.0}
 
@@ -251,13 +272,19 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     hs = min(n, (head or HeadConfig()).max_rows)
 
     searches = min(hs, (head or HeadConfig()).ood_reference_rows) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
-    per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
-        else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
     head_linear = LBFGS_PASSES * hs * d * 8 / (MEM_GB_S * GB)  # float64 passes of the C grid + refit, one core
-    plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(PROCESS_BASE + hs * d * 4 * 3 + per_group),
-                           "seconds": head_read + searches * per_query / cpus + head_linear,
+    plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(stage_costs.PIPELINE_BASE + hs * d * 4 * HEAD_WORK
+                                                             + index_bytes + ids_bytes),  # index loaded whole
+                           "seconds": stage_costs.PIPELINE_START_S + head_read + searches * per_query / cpus + head_linear,
                            "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
+    plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
+                                                 hs * d * 8, 2 * store_bytes, cpus))
+    pub = plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
+    plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE)
+    extend_peak = int(PROCESS_BASE + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
+    plan.stages["reindex"] = stage_costs.reindex(n, d, 0.01, add_s, tune_s + plan.stages["dedup"]["seconds"],
+                                                   plan.stages["head"], pub, extend_peak)
 
     limit = 0.8 * mem
     checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),
@@ -337,5 +364,8 @@ def format_plan(plan: Plan) -> str:
         f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query (nprobe {sv['assumed_nprobe']})"),
         f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}",
     ]
+    lines.append(f"{'stage':<9} {'time':>9} {'peak memory':>12} {'disk':>10} {'moved':>10} {'threads':>7}")
+    lines += [f"{k:<9} {hours(st['seconds']):>9} {human(st['peak_bytes']):>12} {human(st['disk_bytes']):>10} "
+              f"{human(st['moved_bytes']):>10} {st['threads']:>7}" for k, st in ((k, plan.stages[k]) for k in STAGES)]
     lines += [f"PROBLEM {p}" for p in plan.problems]
     return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Costs of the stages around the index build that the capacity plan adds (issue #28 item 3):
+dedup/verification, publish, transfer to a serving node, the serving node's cold start and the
+reindex night, and the four quantities every stage of the plan states.
+
+Each function returns a stage dict with the uniform keys of :data:`QUANTITIES`:
+
+* ``seconds``: wall time on the threads the stage really uses (``threads``: a driver pass and a
+  Ray task with ``IndexConfig.add_cpus < 2`` run on one thread, whatever the node has);
+* ``peak_bytes``: peak resident memory of the stage's largest process;
+* ``disk_bytes``: bytes the stage leaves on disk (or in object storage);
+* ``moved_bytes``: bytes the stage reads and writes (store, index, bundle files).
+
+The models follow today's code paths (the store's sha256 pass and the split count in the
+driver, a publish that copies and hashes every file and loads the index without mmap, a node
+that downloads the whole bundle, a reindex that re-tunes against an exact pass over every row
+and refits the head); when those paths change, the constants here change with them and
+``bench/bench_growth.py`` shows the error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MB = 2**20
+
+QUANTITIES = ("seconds", "peak_bytes", "disk_bytes", "moved_bytes")
+HASH_MB_S = 900.0          # sha256 of a file on one core, MB/s (hashlib, measured)
+COPY_MB_S = 600.0          # local file copy, MB/s
+LOAD_MB_S = 800.0          # reading an index / id table file into memory, MB/s
+NET_MB_S = 100.0           # object storage -> node download, MB/s (assumed: a 1 Gbit/s link, not measured here)
+START_S = 1.5              # a command's process start: python + numpy + pyarrow + faiss + the store code imported
+PIPELINE_START_S = 5.0     # ... + the heads, predictor and encoders (sklearn, transformers) imported
+RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' imports
+# the three start costs were measured on the project machine (2 cores) while it was shared (load ~10):
+# an idle machine starts faster; they matter below ~1M rows, where a stage's work takes seconds
+LIGHT_BASE = 140 * MB       # a process that imports the store code only (the verification): 139-141 MiB measured
+PIPELINE_BASE = 215 * MB    # a process that imports the heads, predictor and encoders (publish): 215-226 MiB
+ANON_BASE = 130 * MB        # private anonymous memory of such a process before it loads an index: 132-136 MiB
+DEDUP_ROW = 29             # bytes per seq_id the embed run's driver holds to deduplicate (a set of digests)
+PART_META = 16             # split-column bytes per row of the one part the count reads at a time
+
+
+def stage(seconds: float, peak: float, disk: float, moved: float, threads: int, **extra: Any) -> dict[str, Any]:
+    """A stage dict with the four quantities of :data:`QUANTITIES` and the threads it uses."""
+    return {"seconds": float(seconds), "peak_bytes": int(peak), "disk_bytes": int(disk), "moved_bytes": int(moved),
+            "threads": int(threads), **extra}
+
+
+def dedup(n: int, store_bytes: int, part_rows: int, read_mb_s: float) -> dict[str, Any]:
+    """The driver's passes before the build: sha256 of every store part and the split count
+    (one thread, streaming: its memory does not grow with n; the seq_id dedup of an embed run,
+    :data:`DEDUP_ROW` a row, is in the embed stage's driver)."""
+    seconds = START_S + store_bytes / (HASH_MB_S * MB) + n * PART_META / (read_mb_s * MB)
+    return stage(seconds, LIGHT_BASE + part_rows * PART_META, 0, store_bytes, 1)
+
+
+def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int) -> dict[str, Any]:
+    """``write_bundle``: copy every file into the version, hash it, and load the index twice
+    (without mmap) to check that a replica can: peak = the whole index and id table."""
+    seconds = PIPELINE_START_S + bundle_bytes / (COPY_MB_S * MB) + 2 * bundle_bytes / (HASH_MB_S * MB) \
+        + 2 * bundle_bytes / (LOAD_MB_S * MB)
+    return stage(seconds, PIPELINE_BASE + index_bytes + ids_bytes, bundle_bytes, 3 * bundle_bytes, 1)
+
+
+def transfer(bundle_bytes: int, base: int) -> dict[str, Any]:
+    """A fresh serving node downloads the whole bundle (today: no content addressing)."""
+    return stage(bundle_bytes / (NET_MB_S * MB), base, bundle_bytes, bundle_bytes, 1, assumed_net_mb_s=NET_MB_S)
+
+
+def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float, cpus: int) -> dict[str, Any]:
+    """A replica's start: verify (hash) the bundle, map the index, read ids and quantizer into
+    its own memory (``private``); ``batch_query_s``: seconds per query of a large batch."""
+    seconds = PIPELINE_START_S + bundle_bytes / (HASH_MB_S * MB) + (private / (LOAD_MB_S * MB))
+    return stage(seconds, replica, 0, bundle_bytes, cpus, private_bytes=int(private),
+                 batch_query_s=per_query_s / max(1, cpus))
+
+
+def reindex(n: int, d: int, new_fraction: float, add_s: float, check_s: float, head: dict[str, Any],
+            pub: dict[str, Any], extend_peak: int) -> dict[str, Any]:
+    """A +``new_fraction`` night: add the delta with the trained quantizer, verify the store and
+    re-tune against an exact pass over every row (``check_s``), refit the head and publish a
+    full new version."""
+    seconds = add_s * new_fraction + check_s + head["seconds"] + pub["seconds"] - PIPELINE_START_S  # one process
+    return stage(seconds, max(extend_peak, head["peak_bytes"], pub["peak_bytes"]), pub["disk_bytes"],
+                 pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1, new_fraction=new_fraction)
