@@ -91,7 +91,7 @@ def _current_on(root: Any, store: EmbeddingStore, split: str, trust_remote_code:
     on (:func:`genoray.evaluation.sampling.read_sample` with ``cfg``'s cap and seed)."""
     if current_version(root) is None:
         return None
-    predictor, doc = Predictor.from_bundle(root, trust_remote_code=trust_remote_code)
+    predictor, doc = Predictor.from_bundle(root, mmap=True, trust_remote_code=trust_remote_code)
     if doc.fingerprint != store.fingerprint:
         return {"version": doc.version, "comparable": False, "metrics": doc.metrics.get("new", {}).get("fused")}
     sample = read_sample(store, split, cfg.max_test_rows, cfg.seed)
