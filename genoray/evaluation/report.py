@@ -27,12 +27,6 @@ from genoray.predict import predict_vectors
 
 DEFINITION_ORDER = ("accuracy", "f1", "mcc", "auroc", "ci95", "accuracy_wilson95", "sample", "knn_weight",
                     "calibration_T", "majority")
-SAMPLE_DEFINITIONS = {
-    "accuracy_wilson95": ("Wilson score 95% interval of the accuracy: the correctly predicted rows of the scored "
-                          "rows as a binomial proportion"),
-    "sample": ("rows scored: a seeded class-stratified sample of at most max_test_rows rows of the split "
-               "(every row when the split has no more), and the rows the split holds"),
-}
 
 
 def index_prior(index: VectorIndex, classes, n: int) -> np.ndarray:
@@ -120,7 +114,7 @@ def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: s
                  "mixture": head.mixture_, "calibration_method": head.calibration_method_},
         "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed},
         "methods": methods,
-        "definitions": {**DEFINITIONS, **SAMPLE_DEFINITIONS},
+        "definitions": DEFINITIONS,
     }
     if curves:
         rep["curves"] = evaluation_curves(arrays["labels"], arrays["proba"], arrays["uncalibrated"],
