@@ -330,12 +330,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_shift(a: argparse.Namespace) -> int:
     """Compare two stores (MMD, classifier test, OOD share); exit 5 on a shift."""
     from genoray.embedding import EmbeddingStore  # lazy: ray (the embedding job's pool)
-    from genoray.evaluation.shift import (  # lazy: scikit-learn, scipy
-        ShiftDetector,
-        embedding_map,
-        plot_shift,
-        store_samples,
-    )
+    from genoray.evaluation.shift import ShiftDetector, embedding_map, plot_shift, store_samples  # lazy: sklearn
 
     if a.plot:  # check before the (long) test, not after it
         import importlib.util
