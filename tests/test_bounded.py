@@ -138,5 +138,5 @@ def test_shift_samples_respect_their_bounds(tmp_path):
     cfg = ShiftConfig(max_samples=100)
     a, b = store_samples(ref, new, ShiftSelection(), cfg)
     assert reference_rows(cfg) == 10_100
-    assert a.total == 12_000 and len(a.rows) <= 10_100 + 2 and not a.complete
-    assert b.total == 3000 and len(b.rows) <= 100 + 2
+    assert a.total == 12_000 and len(a.rows) == 10_100 and not a.complete  # uniform: exactly the bound
+    assert b.total == 3000 and len(b.rows) == 100 and len(set(b.rows.ids)) == 100

@@ -52,10 +52,11 @@ def _in_split(t: pa.Table, split: str | None) -> pa.Table:
     return t if split is None else t.filter(pc.equal(t[SPLIT], split))
 
 
-def read_sample(store: EmbeddingStore, split: str | None, n_max: int, seed: int) -> Sample:
-    """A seeded sample of at most ``n_max`` rows of ``split`` (``None``: every row), each label
-    kept in proportion (at least one row per label; unlabeled rows are one more stratum), in
-    store order (see the module docstring)."""
+def read_sample(store: EmbeddingStore, split: str | None, n_max: int, seed: int, stratify: bool = True) -> Sample:
+    """A seeded sample of at most ``n_max`` rows of ``split`` (``None``: every row), in store
+    order (see the module docstring). ``stratify``: each label kept in proportion (at least one
+    row per label; unlabeled rows are one more stratum; the size may differ from ``n_max`` by
+    the rounding, one row per label); otherwise a uniform sample of exactly ``min(n, n_max)`` rows."""
     counts: dict[str | None, int] = {}
     for t in store.iter_batches([LABEL, SPLIT]):
         t = _in_split(t, split)
@@ -66,14 +67,15 @@ def read_sample(store: EmbeddingStore, split: str | None, n_max: int, seed: int)
             counts[v] = counts.get(v, 0) + int(c)
     named = sorted(k for k in counts if k is not None)
     order: list[str | None] = [*named, *([None] if None in counts else [])]
-    stream = StratifiedStream([counts[k] for k in order], n_max, seed)
+    stream = StratifiedStream([counts[k] for k in order] if stratify else [sum(counts.values())], n_max, seed)
     value_set = pa.array(named, pa.string())
     ids, labels, domains, splits, vecs = [], [], [], [], []
     for t in store.iter_batches([SEQ_ID, LABEL, DOMAIN, SPLIT, EMBEDDING]):
         t = _in_split(t, split)
         if not t.num_rows:
             continue
-        codes = pc.index_in(t[LABEL], value_set=value_set).fill_null(len(named)).to_numpy(zero_copy_only=False)
+        codes = pc.index_in(t[LABEL], value_set=value_set).fill_null(len(named)).to_numpy(zero_copy_only=False) \
+            if stratify else np.zeros(t.num_rows, dtype=np.int64)
         keep = stream.take(np.asarray(codes, dtype=np.int64))
         if len(keep):
             t = t.take(pa.array(keep))

@@ -20,7 +20,7 @@ views, all on seeded subsamples (``max_samples`` per side) so they run on millio
 the three tests. Nothing in the detector is mutated by ``score``.
 
 ``genoray shift`` compares two stores without loading either: :func:`store_samples` reads a
-seeded, label-stratified sample of each (:func:`genoray.evaluation.sampling.read_sample`, two
+seeded uniform sample of each (:func:`genoray.evaluation.sampling.read_sample`, two
 streamed passes per store): of the reference at most :func:`reference_rows` rows (the most
 the detector uses: ``max_samples`` for the tests plus ``10 x max(max_samples, 1000)`` for the
 kNN set and the projection), of the new store at most ``max_samples``; source sequences are
@@ -198,10 +198,11 @@ def reference_rows(cfg: ShiftConfig) -> int:
 
 def store_samples(reference: EmbeddingStore, new: EmbeddingStore, select: ShiftSelection,
                   cfg: ShiftConfig) -> tuple[Sample, Sample]:
-    """Bounded, seeded, label-stratified samples of the two stores' selected splits: at most
-    :func:`reference_rows` reference rows and ``max_samples`` new rows (see the module docstring)."""
-    return (read_sample(reference, select.reference_split, reference_rows(cfg), cfg.seed),
-            read_sample(new, select.new_split, cfg.max_samples, cfg.seed + 1))
+    """Bounded, seeded, uniform samples of the two stores' selected splits: ``min(n,
+    reference_rows(cfg))`` reference rows and ``min(n, max_samples)`` new rows (see the module
+    docstring); uniform, so the tests compare the stores' own mixes of labels."""
+    return (read_sample(reference, select.reference_split, reference_rows(cfg), cfg.seed, stratify=False),
+            read_sample(new, select.new_split, cfg.max_samples, cfg.seed + 1, stratify=False))
 
 
 def drift_rule(alpha: float, seed: int = ShiftConfig.seed) -> Callable[[np.ndarray, np.ndarray], str | None]:
