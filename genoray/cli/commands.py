@@ -330,7 +330,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_shift(a: argparse.Namespace) -> int:
     """Compare two stores (MMD, classifier test, OOD share); exit 5 on a shift."""
     from genoray.embedding import EmbeddingStore  # lazy: ray (the embedding job's pool)
-    from genoray.evaluation.shift import ShiftDetector, embedding_map, plot_shift  # lazy: scikit-learn, scipy
+    from genoray.evaluation.shift import ShiftDetector, embedding_map, plot_shift, store_samples  # lazy: sklearn
 
     if a.plot:  # check before the (long) test, not after it
         import importlib.util
@@ -343,16 +343,18 @@ def cmd_shift(a: argparse.Namespace) -> int:
         raise ValueError(f"stores use different encoders ({ref_store.fingerprint} vs {new_store.fingerprint}): "
                          f"embed both with the same encoder (e.g. genoray embed NEW_FILES --encoder-from {a.reference} "
                          "--out NEW_STORE)")
-    ref = ref_store.load(select.reference_split)
-    new = new_store.load(select.new_split)
+    cfg = build(a, SHIFT)
+    ref_sample, new_sample = store_samples(ref_store, new_store, select, cfg)  # bounded: never a whole store
+    ref, new = ref_sample.rows, new_sample.rows
     # the per-row OOD share uses the predictor's score: class-conditional when the reference is
-    # labeled, length-matched when both stores' source sequences can be re-read
+    # labeled, length-matched when both stores' source sequences can be re-read (sampled rows only)
     labels = ref.labels if all(v is not None for v in ref.labels) else None
     ref_seqs, new_seqs = ref_store.sequences(ref.ids), new_store.sequences(new.ids)
     enc = encoder_from_spec(ref_store.encoder_spec) if ref_seqs is not None and new_seqs is not None else None
-    det = ShiftDetector(build(a, SHIFT)).fit(ref.vectors, labels, ref_seqs if enc else None, enc)
+    det = ShiftDetector(cfg).fit(ref.vectors, labels, ref_seqs if enc else None, enc)
     groups = {"label": new.labels, "domain": new.domains}.get(select.group_by)
     report = det.score(new.vectors, groups, new_seqs if enc else None, enc).to_dict()
+    report["sample"] = {"reference": ref_sample.describe(), "new": new_sample.describe()}
     if a.plot:
         plot_shift(det, new.vectors, a.plot)
         report["plot"] = a.plot

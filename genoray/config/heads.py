@@ -31,6 +31,13 @@ class HeadConfig:
             which bounds its time and memory on large stores.
         ood_reference_rows: sampled training rows whose leave-one-out k-th-neighbour distances
             form the head's own OOD reference (a constant cost per fit, whatever the store size).
+        fit_scan_rows: vectors one of the fit's leave-one-out neighbour searches (validation
+            votes, OOD reference, length calibration) scans at most in an IVF index: its
+            ``nprobe`` is lowered to ``nlist x fit_scan_rows / ntotal`` (at least 1, never above
+            the index's recall-tuned value) for the fit only; prediction keeps the tuned value. So
+            the fit's search cost per row stays constant as the index grows. A Flat index is
+            searched exactly (``auto`` builds one only below ``IndexConfig.flat_threshold``
+            rows); HNSW keeps its ``efSearch`` (cost ~ log n).
         overwrite: replace a head in the output directory made from another store or index or
             with other settings (without it such a run is refused and the old head kept).
     """
@@ -43,6 +50,7 @@ class HeadConfig:
     head: Literal["linear", "trees", "auto"] = "linear"
     max_rows: int = 100_000
     ood_reference_rows: int = 10_000
+    fit_scan_rows: int = 20_000
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -52,7 +60,8 @@ class HeadConfig:
                  (self.C is None or self.C > 0, f"C must be > 0 (or None: chosen on the validation split), got {self.C}"),
                  (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
                  (self.max_rows >= 2, f"max_rows must be >= 2, got {self.max_rows}"),
-                 (self.ood_reference_rows >= 1, f"ood_reference_rows must be >= 1, got {self.ood_reference_rows}"))
+                 (self.ood_reference_rows >= 1, f"ood_reference_rows must be >= 1, got {self.ood_reference_rows}"),
+                 (self.fit_scan_rows >= 1, f"fit_scan_rows must be >= 1, got {self.fit_scan_rows}"))
 
 
 

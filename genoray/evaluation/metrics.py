@@ -74,6 +74,10 @@ DEFINITIONS = {
     "auroc": ("area under the ROC curve; binary: of the positive class's probability; multiclass: mean of "
               "one-vs-rest AUROCs over the classes present; undefined (null) when the test split has one class"),
     "ci95": "95% percentile bootstrap interval: test rows resampled with replacement, metric recomputed",
+    "accuracy_wilson95": ("Wilson score 95% interval of the accuracy: the correctly predicted rows of the scored "
+                          "rows as a binomial proportion"),
+    "sample": ("rows scored: a seeded class-stratified sample of at most max_test_rows rows of the split "
+               "(every row when the split has no more), and the rows the split holds"),
     "per_class": "precision = TP/(TP+FP), recall = TP/(TP+FN), F1 and support (true rows) of each class",
     "confusion_matrix": "rows: true class, columns: predicted class, in the order of 'classes'",
     "knn_weight": ("w in the fused probability w * p_kNN + (1 - w) * p_linear (kNN vote vs logistic "

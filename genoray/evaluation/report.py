@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from genoray.config import EvaluateConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.evaluation.curves import evaluation_curves
-from genoray.evaluation.metrics import DEFINITIONS, classification_metrics, detailed_metrics, majority_proba
+from genoray.evaluation.metrics import DEFINITIONS, classification_metrics, detailed_metrics
+from genoray.evaluation.sampling import Sample, read_sample, wilson_interval
 from genoray.heads import load_head, mixture_name
 from genoray.heads.persist import MANIFEST as HEAD_MANIFEST
 from genoray.index import MANIFEST as INDEX_MANIFEST
@@ -23,7 +25,18 @@ from genoray.index import read_manifest as read_index_manifest
 from genoray.infra import fs
 from genoray.predict import predict_vectors
 
-DEFINITION_ORDER = ("accuracy", "f1", "mcc", "auroc", "ci95", "knn_weight", "calibration_T", "majority")
+DEFINITION_ORDER = ("accuracy", "f1", "mcc", "auroc", "ci95", "accuracy_wilson95", "sample", "knn_weight",
+                    "calibration_T", "majority")
+
+
+def index_prior(index: VectorIndex, classes, n: int) -> np.ndarray:
+    """The majority floor from the index's label column (Arrow counts, no per-row Python):
+    every one of ``n`` rows gets the training class frequencies."""
+    vc = pc.value_counts(index.labels.array.combine_chunks() if hasattr(index.labels.array, "combine_chunks")
+                         else index.labels.array)
+    freq = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+    prior = np.array([freq.get(str(c), 0) for c in classes], dtype=np.float64)
+    return np.tile(prior / max(prior.sum(), 1.0), (n, 1))
 
 
 def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str | Path,
@@ -41,22 +54,24 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
     index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
     store = EmbeddingStore(store_path)
-    test = store.load(split)
+    sample = read_sample(store, split, cfg.max_test_rows, cfg.seed)
+    test = sample.rows
     if len(test) == 0:
-        found = sorted({str(s) for s in store.load(None).splits})
+        found = sorted({str(v) for t in store.iter_batches(["split"]) for v in pc.unique(t["split"]).to_pylist()})
         raise ValueError(f"{store_path}: no rows in split {split!r} (splits in the store: {found})")
-    index = VectorIndex.load(index_dir)
+    index = VectorIndex.load(index_dir, mmap=True)  # once, mapped: pages shared, read as searched
     head = load_head(head_dir, encoder_fingerprint=store.fingerprint).attach_index(index)
     classes = head.classes_
     proba, sims, pos = predict_vectors(index, head, test.vectors, list(test.ids))
 
     def score(p):
-        if detail:
-            return detailed_metrics(test.labels, p, classes, bootstrap=cfg.bootstrap, seed=cfg.seed)
-        return classification_metrics(test.labels, p, classes)
+        m = detailed_metrics(test.labels, p, classes, bootstrap=cfg.bootstrap, seed=cfg.seed) if detail \
+            else classification_metrics(test.labels, p, classes)
+        right = int(np.sum(np.asarray(classes, dtype=object)[np.argmax(p, axis=1)] == np.asarray(test.labels, dtype=object)))
+        return {**m, "accuracy_wilson95": list(wilson_interval(right, len(test))), "sample": sample.describe()}
 
     parts = head.part_probas(test.vectors, sims, pos)
-    results = {"majority": score(majority_proba(index.labels, classes, len(test)))}
+    results = {"majority": score(index_prior(index, classes, len(test)))}
     for name, p in parts.items():
         results[name] = score(p)
     results["fused"] = score(proba)
@@ -66,7 +81,7 @@ def evaluate_store(store_path: str | Path, index_dir: str | Path, head_dir: str 
         parts_of = {"knn": "knn_vote", "linear": "linear", "trees": "trees"}
         uncalibrated = sum(w * parts[parts_of[n]] for n, w in head.mixture_.items() if w > 0)
         arrays.update(labels=np.asarray(test.labels, dtype=object), proba=proba, ood_score=ood, classes=classes,
-                      uncalibrated=np.asarray(uncalibrated, dtype=float))
+                      uncalibrated=np.asarray(uncalibrated, dtype=float), sample=sample, head=head)
     return results
 
 
@@ -82,16 +97,17 @@ def evaluation_report(store_path: str | Path, index_dir: str | Path, head_dir: s
     split = cfg.split
     index_dir = fs.local_copy(index_dir, "indexes", INDEX_MANIFEST)
     head_dir = fs.local_copy(head_dir, "heads", HEAD_MANIFEST)
-    store = EmbeddingStore(store_path)
     arrays: dict[str, Any] = {}
     methods = evaluate_store(store_path, index_dir, head_dir, cfg, detail=True, arrays=arrays)
     train_split = read_index_manifest(index_dir).split
-    head = load_head(head_dir, encoder_fingerprint=store.fingerprint)
+    head = arrays["head"]
+    sample: Sample = arrays["sample"]
     classes = [str(c) for c in head.classes_]
-    counts = Counter(str(x) for x in store.load(split).labels)
+    counts = Counter(str(x) for x in sample.rows.labels)
     rep = {
         "store": str(store_path), "split": "all" if split is None else split, "train_split": train_split,
-        "n": methods["fused"]["n"], "classes": classes,
+        "n": methods["fused"]["n"], "sample": {**sample.describe(), "max_test_rows": cfg.max_test_rows},
+        "classes": classes,
         "positive_class": classes[1] if len(classes) == 2 else None,
         "class_counts": {c: counts.get(c, 0) for c in classes},
         "head": {"knn_weight": head.weight_, "calibration_T": head.calibration_, "k": head.k, "C": head.C_,
@@ -120,7 +136,10 @@ def format_evaluation(rep: dict[str, Any], definitions: bool = True) -> str:
     classes = rep["classes"]
     pos = f"; positive class for AUROC: {rep['positive_class']}" if rep["positive_class"] else \
         "; AUROC: one-vs-rest, macro mean"
-    lines = [f"test split: {rep['split']} (n = {rep['n']}; " +
+    sample = rep.get("sample") or {}
+    scored = "" if sample.get("complete", True) else \
+        f"a seeded stratified sample of {sample['rows']} of its {sample['of']} rows; "
+    lines = [f"test split: {rep['split']} ({scored}n = {rep['n']}; " +
              ", ".join(f"{c}: {n}" for c, n in rep["class_counts"].items()) + f"){pos}",
              (f"fused head: kNN weight {rep['head']['knn_weight']} (share of the kNN vote; the rest is the logistic "
               f"regression and/or trees: mixture {mixture_name(rep['head'].get('mixture') or {})}), "
@@ -139,14 +158,15 @@ def format_evaluation(rep: dict[str, Any], definitions: bool = True) -> str:
         lines.append("AUROC n/a: undefined because the test split holds a single class (null in --json)")
     fused = rep["methods"]["fused"]
     lines += ["", "fused head, per class:", f"{'class':<16} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}"]
-    for c, pc in fused["per_class"].items():
-        lines.append(f"{c:<16} {pc['precision']:>9.3f} {pc['recall']:>9.3f} {pc['f1']:>9.3f} {pc['support']:>8}")
+    for c, row in fused["per_class"].items():
+        lines.append(f"{c:<16} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} {row['support']:>8}")
     width = max(8, *(len(c) for c in classes)) + 1
     lines += ["", "fused head, confusion matrix (rows: true, columns: predicted):",
               " " * width + "".join(f"{c:>{width}}" for c in classes)]
     for c, row in zip(classes, fused["confusion_matrix"]):
         lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
-    lines.append(f"(95% CIs from {rep['bootstrap']['resamples']} bootstrap resamples, seed {rep['bootstrap']['seed']})")
+    lines.append(f"(95% CIs from {rep['bootstrap']['resamples']} bootstrap resamples, seed {rep['bootstrap']['seed']}; "
+                 f"fused accuracy Wilson 95% interval {_num(fused['accuracy'], fused.get('accuracy_wilson95'))})")
     if definitions:
         lines += ["", "definitions:"] + [f"  {k}: {rep['definitions'][k]}" for k in DEFINITION_ORDER]
     return "\n".join(lines)

@@ -18,6 +18,14 @@ views, all on seeded subsamples (``max_samples`` per side) so they run on millio
 
 ``is_shift`` is true when any p-value is below ``alpha`` after a Bonferroni correction for
 the three tests. Nothing in the detector is mutated by ``score``.
+
+``genoray shift`` compares two stores without loading either: :func:`store_samples` reads a
+seeded uniform sample of each (:func:`genoray.evaluation.sampling.read_sample`, two
+streamed passes per store): of the reference at most :func:`reference_rows` rows (the most
+the detector uses: ``max_samples`` for the tests plus ``10 x max(max_samples, 1000)`` for the
+kNN set and the projection), of the new store at most ``max_samples``; source sequences are
+re-read for the sampled rows only. Every row is used when a store holds no more, so the
+report is then the one the whole stores give; it states the sample sizes (``sample``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from genoray.config import OODConfig, ShiftConfig
+from genoray.config import OODConfig, ShiftConfig, ShiftSelection
+from genoray.embedding.store import EmbeddingStore
+from genoray.evaluation.sampling import Sample, read_sample
 from genoray.scoring.ood import OODScorer
 
 log = logging.getLogger(__name__)
@@ -178,6 +188,21 @@ class ShiftDetector:
             c2st_p_value=p_c2st, ood_threshold=self.threshold_, ood_fraction=float(flagged.mean()),
             ood_expected=expected, ood_p_value=p_ood,
             is_shift=bool(min(p_mmd, p_c2st, p_ood) < corrected), by_group=by_group, config=asdict(cfg))
+
+
+def reference_rows(cfg: ShiftConfig) -> int:
+    """Reference rows :meth:`ShiftDetector.fit` uses at most: ``max_samples`` compared in the
+    tests and up to ``10 x max(max_samples, 1000)`` more for the kNN set and the projection."""
+    return cfg.max_samples + 10 * max(cfg.max_samples, 1000)
+
+
+def store_samples(reference: EmbeddingStore, new: EmbeddingStore, select: ShiftSelection,
+                  cfg: ShiftConfig) -> tuple[Sample, Sample]:
+    """Bounded, seeded, uniform samples of the two stores' selected splits: ``min(n,
+    reference_rows(cfg))`` reference rows and ``min(n, max_samples)`` new rows (see the module
+    docstring); uniform, so the tests compare the stores' own mixes of labels."""
+    return (read_sample(reference, select.reference_split, reference_rows(cfg), cfg.seed, stratify=False),
+            read_sample(new, select.new_split, cfg.max_samples, cfg.seed + 1, stratify=False))
 
 
 def drift_rule(alpha: float, seed: int = ShiftConfig.seed) -> Callable[[np.ndarray, np.ndarray], str | None]:

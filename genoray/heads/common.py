@@ -1,11 +1,15 @@
 """Helpers shared by the heads: label codes, the kNN vote, calibration, stratified samples,
-leave-one-out neighbours from the index."""
+leave-one-out neighbours from the index (at a bounded cost per row: :func:`bounded_search`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+
+from genoray.index.factory import parse_factory
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,63 @@ def stratified_sample(codes: np.ndarray, n_max: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+class StratifiedStream:
+    """A seeded class-stratified sample of a stream whose class counts are known (from a first
+    pass), drawn as :func:`stratified_sample` draws it: ``counts[k]`` rows of class code ``k``,
+    ``n = sum(counts)``; every row when ``n <= n_max``. :meth:`take` is then called on the
+    stream's chunks of codes, in order, and returns the positions in each chunk the sample
+    keeps, so memory is one chunk plus the sample."""
+
+    def __init__(self, counts, n_max: int, seed: int):
+        counts = np.asarray(counts, dtype=np.int64)
+        self.n = int(counts.sum())
+        self.every = self.n <= n_max
+        rng = np.random.default_rng(seed)
+        self.ranks = []
+        for m in counts:  # as stratified_sample: rng.choice(members, size) == members[rng.choice(m, size)]
+            size = min(max(1, int(round(m * n_max / self.n))), int(m)) if not self.every and m else 0
+            self.ranks.append(np.sort(rng.choice(int(m), size=size, replace=False)) if size else np.zeros(0, np.int64))
+        self.seen = np.zeros(len(counts), dtype=np.int64)
+        self.size = self.n if self.every else int(sum(len(r) for r in self.ranks))
+
+    def take(self, codes: np.ndarray) -> np.ndarray:
+        """Sorted positions in ``codes`` (the next chunk of the stream) of the sampled rows."""
+        if self.every:
+            return np.arange(len(codes))
+        keep = []
+        for k, r in enumerate(self.ranks):
+            members = np.flatnonzero(codes == k)
+            lo, hi = np.searchsorted(r, self.seen[k]), np.searchsorted(r, self.seen[k] + len(members))
+            keep.append(members[r[lo:hi] - self.seen[k]])
+            self.seen[k] += len(members)
+        return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def stratified_positions(labels, classes, n_max: int, seed: int, chunk: int = 65_536) -> np.ndarray:
+    """:func:`stratified_sample` of a label column without its ``n``-row code array: equal to
+    ``stratified_sample(codes, n_max, seed)`` where ``codes`` are the positions of ``labels``
+    (a pyarrow array, chunked or not, without nulls) in ``classes`` (sorted, each present).
+    The class counts come from one streamed pass, then :class:`StratifiedStream` maps each
+    ``chunk``-row slice to its sampled positions: memory is one chunk plus the sample."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(labels)
+    if n <= n_max:
+        return np.arange(n)
+    value_set = pa.array([str(c) for c in classes], pa.string())
+
+    def codes(a: int) -> np.ndarray:
+        c = pc.index_in(labels[a:a + chunk], value_set=value_set).to_numpy(zero_copy_only=False)
+        return c.astype(np.int64)
+
+    counts = np.zeros(len(classes), dtype=np.int64)
+    for a in range(0, n, chunk):
+        counts += np.bincount(codes(a), minlength=len(classes))
+    stream = StratifiedStream(counts, n_max, seed)
+    return np.concatenate([a + stream.take(codes(a)) for a in range(0, n, chunk)])
+
+
 def _loo_neighbours(index, X: np.ndarray, ids: np.ndarray, k: int, batch: int = 8192,
                     exclude: set | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of rows ``X`` (whose ids are ``ids``) in ``index``, each row's own
@@ -158,3 +219,34 @@ def _loo_neighbours(index, X: np.ndarray, ids: np.ndarray, k: int, batch: int = 
         out_s.append(s)
         out_p.append(p)
     return np.concatenate(out_s), np.concatenate(out_p)
+
+
+def fit_nprobe(index, scan_rows: int) -> int | None:
+    """The ``nprobe`` a fit's searches of an IVF ``index`` use: ``nlist x scan_rows / ntotal``
+    (so one search scans about ``scan_rows`` vectors), at least 1 and never above the index's
+    own; ``None`` when the index has no ``nprobe`` (Flat, HNSW) or is not a saved-index kind."""
+    manifest = getattr(index, "manifest", None)
+    params = dict(getattr(manifest, "search_params", None) or {})
+    if manifest is None or "nprobe" not in params:
+        return None
+    nlist = parse_factory(manifest.factory, int(manifest.dim))["nlist"]
+    if not nlist:
+        return None
+    return int(max(1, min(int(params["nprobe"]), nlist * scan_rows // max(int(index.ntotal), 1))))
+
+
+@contextmanager
+def bounded_search(index, scan_rows: int) -> Iterator[int | None]:
+    """Within the block, ``index`` (an IVF :class:`~genoray.index.VectorIndex`) is searched at
+    :func:`fit_nprobe`; its recall-tuned search parameters are restored on exit. Yields the
+    ``nprobe`` used (``None``: unchanged)."""
+    nprobe = fit_nprobe(index, scan_rows)
+    tuned = dict(index.manifest.search_params) if nprobe is not None else {}
+    if nprobe is None or nprobe == tuned["nprobe"]:
+        yield nprobe
+        return
+    index.set_search_params({**tuned, "nprobe": nprobe})
+    try:
+        yield nprobe
+    finally:
+        index.set_search_params(tuned)

@@ -25,6 +25,7 @@ from genoray.heads.common import (
     _stratified_split,
     align_proba,
     apply_isotonic,
+    bounded_search,
     calibrate,
     stratified_sample,
 )
@@ -61,7 +62,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     """kNN vote, linear head and gradient-boosted trees, mixed and calibrated on validation data.
 
     Args: see :class:`genoray.config.HeadConfig` (``k``, ``temperature``, ``C``,
-    ``val_fraction``, ``seed``, ``head``, ``max_rows``, ``ood_reference_rows``; the defaults are
+    ``val_fraction``, ``seed``, ``head``, ``max_rows``, ``ood_reference_rows``, ``fit_scan_rows``; the defaults are
     its defaults); ``tree_threads`` (0 = all cores).
 
     Fit (all choices by log-loss on a seeded, stratified ``val_fraction`` of the rows):
@@ -71,7 +72,9 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     2. Validation predictions of the kNN vote come from searches of the reference index that
        skip the validation rows themselves (so they vote with fit rows only), and the OOD
        reference from leave-one-out searches of at most ``ood_reference_rows`` (10,000)
-       sampled rows: never an all-against-all search.
+       sampled rows: never an all-against-all search. Each of these searches of an IVF index
+       scans at most about ``fit_scan_rows`` vectors (``nprobe`` lowered for the fit only,
+       :func:`genoray.heads.common.bounded_search`; recorded as ``selection_["fit_nprobe"]``).
     3. The linear part's ``C`` (``None``: chosen from 0.01, 0.1, 1) and the tree part (early
        stopping on a part of the fit rows) are fitted on the rest.
     4. The mixture is chosen among weights on a 0.1 grid over the parts ``head`` allows:
@@ -96,7 +99,8 @@ class FusedHead(ClassifierMixin, BaseEstimator):
     def __init__(self, k: int = HeadConfig.k, temperature: float = HeadConfig.temperature,
                  C: float | None = HeadConfig.C, val_fraction: float = HeadConfig.val_fraction,
                  seed: int = HeadConfig.seed, head: str = HeadConfig.head, max_rows: int = HeadConfig.max_rows,
-                 ood_reference_rows: int = HeadConfig.ood_reference_rows, tree_threads: int = 0):
+                 ood_reference_rows: int = HeadConfig.ood_reference_rows,
+                 fit_scan_rows: int = HeadConfig.fit_scan_rows, tree_threads: int = 0):
         self.k = k
         self.temperature = temperature
         self.C = C
@@ -105,6 +109,7 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         self.head = head
         self.max_rows = max_rows
         self.ood_reference_rows = ood_reference_rows
+        self.fit_scan_rows = fit_scan_rows
         self.tree_threads = tree_threads
 
     @classmethod
@@ -126,6 +131,14 @@ class FusedHead(ClassifierMixin, BaseEstimator):
         """
         if self.head not in HEAD_MODES:
             raise ValueError(f"head must be one of {sorted(HEAD_MODES)}, got {self.head!r}")
+        if index is None:
+            return self._fit(X, y, index, ids, sequences, encoder)
+        with bounded_search(index, self.fit_scan_rows) as nprobe:
+            self._fit(X, y, index, ids, sequences, encoder)
+        self.selection_["fit_nprobe"] = nprobe
+        return self
+
+    def _fit(self, X, y, index, ids, sequences, encoder) -> "FusedHead":
         st = self._stage(X, y, index, ids, with_trees="trees" in HEAD_MODES[self.head])
         st.length.update(sequences=sequences, encoder=encoder)
         return self._finish(st)
@@ -141,8 +154,12 @@ class FusedHead(ClassifierMixin, BaseEstimator):
             if m not in HEAD_MODES:
                 raise ValueError(f"head must be one of {sorted(HEAD_MODES)}, got {m!r}")
         first = next(iter(heads.values()))
-        stage = first._stage(X, y, index, ids, with_trees=any(m != "linear" for m in heads))
-        return {m: h._finish(stage) for m, h in heads.items()}
+        if index is None:
+            stage = first._stage(X, y, index, ids, with_trees=any(m != "linear" for m in heads))
+            return {m: h._finish(stage) for m, h in heads.items()}
+        with bounded_search(index, first.fit_scan_rows):
+            stage = first._stage(X, y, index, ids, with_trees=any(m != "linear" for m in heads))
+            return {m: h._finish(stage) for m, h in heads.items()}
 
     def _stage(self, X, y, index, ids, with_trees: bool) -> _Stage:
         """Sample, split, and the parts' validation probabilities (see the class docstring)."""

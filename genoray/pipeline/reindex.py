@@ -16,7 +16,10 @@
 3. Gate: recall@10 of the new index >= ``recall_floor``; fused accuracy on the held-out split
    not worse than the current bundle's on the same rows by more than ``max_accuracy_drop``;
    and a shift summary of the held-out rows under the current bundle (mean OOD score, fraction
-   above 0.99) written beside it.
+   above 0.99) written beside it. Both heads are scored on the same seeded, class-stratified
+   sample of at most ``EvaluateConfig.max_test_rows`` held-out rows (every row of a smaller
+   split), read in two streamed passes, with the new index loaded once, memory-mapped;
+   ``gate.json`` states the sample's size and each accuracy's Wilson 95% interval.
 4. If the gate passes, write the bundle, publish it (atomic ``CURRENT`` flip; serving replicas
    swap on their own), and collect old versions nobody leases. If it fails, nothing changes
    and ``gate.json`` says why.
@@ -53,6 +56,7 @@ from genoray.embedding.store import EmbeddingStore, has_manifest, read_encoder_r
 from genoray.encoders import Encoder, encoder_from_name, encoder_from_spec
 from genoray.evaluation.metrics import classification_metrics
 from genoray.evaluation.report import evaluate_store
+from genoray.evaluation.sampling import read_sample, wilson_interval
 from genoray.evaluation.shift import drift_rule
 from genoray.index import build_index
 from genoray.index.delta import RetrainNeeded, extend_index
@@ -80,18 +84,25 @@ class ReindexReport:
     seconds: dict[str, float]
 
 
-def _current_on(root: Any, store: EmbeddingStore, split: str, trust_remote_code: bool) -> dict[str, Any] | None:
-    """Metrics and shift summary of the current bundle on this store's held-out rows."""
+def _current_on(root: Any, store: EmbeddingStore, split: str, trust_remote_code: bool,
+                cfg: EvaluateConfig) -> dict[str, Any] | None:
+    """Metrics (accuracy with its Wilson 95% interval) and shift summary of the current bundle on
+    the same bounded stratified sample of this store's held-out rows that the new head was scored
+    on (:func:`genoray.evaluation.sampling.read_sample` with ``cfg``'s cap and seed)."""
     if current_version(root) is None:
         return None
-    predictor, doc = Predictor.from_bundle(root, trust_remote_code=trust_remote_code)
+    predictor, doc = Predictor.from_bundle(root, mmap=True, trust_remote_code=trust_remote_code)
     if doc.fingerprint != store.fingerprint:
         return {"version": doc.version, "comparable": False, "metrics": doc.metrics.get("new", {}).get("fused")}
-    test = store.load(split)
+    sample = read_sample(store, split, cfg.max_test_rows, cfg.seed)
+    test = sample.rows
     proba, sims, _ = predictor.predict_vectors(test.vectors, list(test.ids))
     ood = predictor.head.ood_score(sims[:, -1])
-    return {"version": doc.version, "comparable": True,
-            "metrics": classification_metrics(test.labels, proba, predictor.head.classes_),
+    classes = np.asarray(predictor.head.classes_, dtype=object)
+    right = int(np.sum(classes[np.argmax(proba, axis=1)] == np.asarray(test.labels, dtype=object)))
+    return {"version": doc.version, "comparable": True, "sample": sample.describe(),
+            "metrics": {**classification_metrics(test.labels, proba, classes),
+                        "accuracy_wilson95": list(wilson_interval(right, len(test)))},
             "shift": {"mean_ood_score": float(np.mean(ood)), "fraction_ood_above_0.99": float(np.mean(ood > 0.99)),
                       "rows": len(test)}}
 
@@ -155,10 +166,11 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
     if idx is None:
         idx = build_index(store_dir, index_dir, cfg.index, use_ray=use_ray)
     train_head(store_dir, index_dir, build / "head", cfg.head, trust_remote_code)
-    new = evaluate_store(store_dir, index_dir, build / "head", EvaluateConfig(split=cfg.eval_split))
+    eval_cfg = EvaluateConfig(split=cfg.eval_split)
+    new = evaluate_store(store_dir, index_dir, build / "head", eval_cfg)
     t2 = time.perf_counter()
     store = EmbeddingStore(store_dir)
-    current = _current_on(root, store, cfg.eval_split, trust_remote_code)
+    current = _current_on(root, store, cfg.eval_split, trust_remote_code, eval_cfg)
     reasons = []
     if emb.status != "complete":
         reasons.append(f"embedding was partial: {len(emb.failed)} file(s) failed: {[f['path'] for f in emb.failed]}")
