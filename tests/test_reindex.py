@@ -72,6 +72,33 @@ def test_second_night_adds_a_delta_without_retraining(tmp_path):
     assert pred.index.ntotal == 400 and pred.index.manifest.build.incremental
 
 
+def test_a_small_night_carries_the_head_over_and_uploads_no_head_object(tmp_path):
+    """A +2.5% night (same classes, same head settings) keeps the current head: the new version
+    refers to the same head objects, so the night fits and stores no head; a new class, or
+    ``head_refit_fraction=0``, refits it."""
+    from genoray.bundle import read_version
+
+    cfg = ReindexConfig(index=IndexConfig(index_type="IVF8,Flat", target_recall=0.9), recall_floor=0.9)
+    files = [night(tmp_path / "a.fa", 1, n=400)]
+    r1 = reindex(files, tmp_path / "w", tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+
+    def head_files(version):
+        return {k: v for k, v in read_version(tmp_path / "b", version).files.items() if k.startswith("head/")}
+
+    files.append(night(tmp_path / "b.fa", 2, n=10))  # 8 new training rows of 320
+    r2 = reindex(files, tmp_path / "w", tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+    assert r2.published and r2.gate["index_build"]["mode"] == "incremental", r2.gate["index_build"]
+    assert r2.gate["head"] == {"mode": "carried", "base": r1.version}
+    assert head_files(r2.version) == head_files(r1.version) and head_files(r1.version)
+    files.append(toy_fasta(tmp_path / "c.fa", n=0, extra=(("u1 label=other split=train", "ACGT" * 15),)))
+    r3 = reindex(files, tmp_path / "w", tmp_path / "b", KmerEncoder(), cfg=cfg, use_ray=False)
+    assert r3.gate["head"]["mode"] == "refit" and "other" in r3.gate["head"]["reason"], r3.gate["head"]
+    files.append(night(tmp_path / "d.fa", 4, n=10))
+    r4 = reindex(files, tmp_path / "w", tmp_path / "b", KmerEncoder(), use_ray=False,
+                 cfg=ReindexConfig(index=cfg.index, recall_floor=0.9, head_refit_fraction=0.0))
+    assert r4.gate["head"]["mode"] == "refit" and "every night" in r4.gate["head"]["reason"], r4.gate["head"]
+
+
 def test_a_rollback_during_the_night_is_not_undone(tmp_path, monkeypatch):
     """An operator rolls back while a reindex runs: the night does not publish over it (publish
     compares CURRENT with the version the night started from) and says why."""

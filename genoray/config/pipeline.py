@@ -22,6 +22,12 @@ class ReindexConfig:
         keep_versions: published versions kept by garbage collection (plus CURRENT and leased).
         incremental: add new rows to the current index as a delta when the drift rules allow.
         shift_alpha: significance level of the shift test that forces a retrain.
+        head_refit_fraction: on an incremental night whose new rows are at most this fraction
+            of the current index's rows, carry the current bundle's head over instead of
+            refitting it, when it was fitted with the same head settings and the new rows bring
+            no class it lacks; the new rows still vote through the index, and the gate scores
+            the new bundle (new index, carried head) against the current one as on any night.
+            A night then costs its delta, not a head fit. ``0``: refit every night.
         index / head / embed: the settings of the index, head and embedding stages.
     """
 
@@ -31,6 +37,7 @@ class ReindexConfig:
     keep_versions: int = 3
     incremental: bool = True
     shift_alpha: float = 0.05
+    head_refit_fraction: float = 0.05
     index: IndexConfig = field(default_factory=IndexConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -38,5 +45,7 @@ class ReindexConfig:
     def __post_init__(self) -> None:
         validate(self, (self.max_accuracy_drop >= 0, f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}"),
                  (self.keep_versions >= 1, f"keep_versions must be >= 1, got {self.keep_versions}"),
-                 (0.0 < self.shift_alpha < 1.0, f"shift_alpha must be in (0, 1), got {self.shift_alpha}"))
+                 (0.0 < self.shift_alpha < 1.0, f"shift_alpha must be in (0, 1), got {self.shift_alpha}"),
+                 (0.0 <= self.head_refit_fraction <= 1.0,
+                  f"head_refit_fraction must be in [0, 1], got {self.head_refit_fraction}"))
 

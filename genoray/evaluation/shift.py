@@ -43,6 +43,7 @@ from genoray.evaluation.sampling import Sample, read_sample
 from genoray.scoring.ood import OODScorer
 
 log = logging.getLogger(__name__)
+MIN_ROWS = 10  # the fewest rows a side the shift test scores
 
 
 @dataclass
@@ -133,8 +134,8 @@ class ShiftDetector:
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
         ref = np.asarray(reference, dtype=np.float32)
-        if len(ref) < 10:
-            raise ValueError(f"need at least 10 reference rows, got {len(ref)}")
+        if len(ref) < MIN_ROWS:
+            raise ValueError(f"need at least {MIN_ROWS} reference rows, got {len(ref)}")
         self.n_reference_ = len(ref)
         # disjoint halves: rows to compare against (kNN set) and rows that calibrate the threshold,
         # so new rows and calibration rows are scored the same way
@@ -165,8 +166,8 @@ class ShiftDetector:
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed + 1)
         new = np.asarray(new, dtype=np.float32)
-        if len(new) < 10:
-            raise ValueError(f"need at least 10 new rows, got {len(new)}")
+        if len(new) < MIN_ROWS:
+            raise ValueError(f"need at least {MIN_ROWS} new rows, got {len(new)}")
         idx = np.sort(rng.choice(len(new), size=min(cfg.max_samples, len(new)), replace=False))
         sample = new[idx]
         px, py = self.pca_.transform(self.ref_sample_), self.pca_.transform(sample)
@@ -208,8 +209,12 @@ def store_samples(reference: EmbeddingStore, new: EmbeddingStore, select: ShiftS
 def drift_rule(alpha: float, seed: int = ShiftConfig.seed) -> Callable[[np.ndarray, np.ndarray], str | None]:
     """The nightly reindex's first drift rule for :func:`genoray.index.delta.extend_index`: the
     shift test of the new rows against a sample of the old ones at ``alpha`` (1,000 rows a side);
-    returns why the quantizer needs retraining, or ``None``."""
+    returns why the quantizer needs retraining, or ``None``. Fewer than ``MIN_ROWS`` new rows
+    cannot be tested and cannot move a quantizer trained on the old ones: ``None`` (the delta's
+    recall check still applies)."""
     def rule(reference: np.ndarray, new: np.ndarray) -> str | None:
+        if len(new) < MIN_ROWS:
+            return None
         shift = ShiftDetector(ShiftConfig(max_samples=1000, alpha=alpha, seed=seed)).fit(reference).score(new)
         if not shift.is_shift:
             return None

@@ -12,6 +12,10 @@
    shard files are hard-linked, not rebuilt), unless a drift rule says retrain: the shift
    test flags the new rows, or recall@10 with the delta stays below ``recall_floor``. Then (and
    on the first night, or with ``incremental=False``) the index is rebuilt from scratch.
+   The head is refitted, except on an incremental night that adds at most
+   ``head_refit_fraction`` of the index's rows, brings no new class and keeps the head settings:
+   the current bundle's head is then carried over (:func:`_carry_head`), so the night costs its
+   delta; with content-addressed bundles its files are not even uploaded again.
    Store parts unchanged since their last verification are not re-hashed (``verified.json``).
 3. Gate: recall@10 of the new index >= ``recall_floor``; fused accuracy on the held-out split
    not worse than the current bundle's on the same rows by more than ``max_accuracy_drop``;
@@ -38,6 +42,7 @@ need share nothing but object storage.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -49,8 +54,8 @@ from typing import Any
 import numpy as np
 
 from genoray.bundle import collect_garbage, current_version, new_version_name, publish, version_dir
-from genoray.bundle.manifest import INDEX_DIR
-from genoray.config import CleanPolicy, EncoderChoice, EvaluateConfig, ReadConfig, ReindexConfig
+from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
+from genoray.config import CleanPolicy, EncoderChoice, EvaluateConfig, HeadConfig, ReadConfig, ReindexConfig
 from genoray.embedding.job import embed_sequences
 from genoray.embedding.store import EmbeddingStore, has_manifest, read_encoder_record, read_manifest
 from genoray.encoders import Encoder, encoder_from_name, encoder_from_spec
@@ -58,7 +63,10 @@ from genoray.evaluation.metrics import classification_metrics
 from genoray.evaluation.report import evaluate_store
 from genoray.evaluation.sampling import read_sample, wilson_interval
 from genoray.evaluation.shift import drift_rule
+from genoray.heads import FusedHead, read_head_manifest
 from genoray.index import build_index
+from genoray.index import read_manifest as read_index_manifest
+from genoray.index.core import read_ids
 from genoray.index.delta import RetrainNeeded, extend_index
 from genoray.infra import fs
 from genoray.pipeline.publish import write_bundle
@@ -124,6 +132,31 @@ def _store_settings(store_dir: str, encoder: Encoder | None, read_cfg: ReadConfi
     return encoder, read_cfg
 
 
+def _plain(x: Any) -> Any:
+    """``x`` as JSON reads it back (tuples become lists), so settings compare as recorded."""
+    return json.loads(json.dumps(x))
+
+
+def _carry_head(cur_dir: Path, index_dir: Path, head_cfg: HeadConfig, fraction: float) -> str | None:
+    """Why the head of the current version (``cur_dir``) must be refitted for the incrementally
+    extended index in ``index_dir``, or ``None`` when it can be carried over: the delta shard
+    holds at most ``fraction`` of the index's rows, no label the head lacks, and the head was
+    fitted with ``head_cfg``'s settings. Reads the index manifest and the delta's id table only."""
+    if fraction <= 0:
+        return "head_refit_fraction is 0: refit every night"
+    idx = read_index_manifest(index_dir)
+    delta = idx.build.delta_rows if idx.build else 0
+    if not delta or delta > fraction * (idx.ntotal - delta):
+        return f"{delta} new rows of {idx.ntotal} exceed head_refit_fraction {fraction}"
+    head = read_head_manifest(cur_dir / HEAD_DIR)
+    if _plain(head.params) != _plain(FusedHead.from_config(head_cfg).get_params()):
+        return "the head settings differ from the current head's"
+    labels = set(read_ids(index_dir / idx.shards[-1].ids).column("label").to_pylist())
+    if new := sorted(str(x) for x in labels - set(head.classes)):
+        return f"the new rows bring classes the current head lacks: {new[:5]}"
+    return None
+
+
 def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Encoder | None = None,
             read_cfg: ReadConfig | None = None, cfg: ReindexConfig | None = None, use_ray: bool = True,
             trust_remote_code: bool = False) -> ReindexReport:
@@ -165,7 +198,15 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
         index_mode["reason"] = "incremental reindex is off"
     if idx is None:
         idx = build_index(store_dir, index_dir, cfg.index, use_ray=use_ray)
-    train_head(store_dir, index_dir, build / "head", cfg.head, trust_remote_code)
+    refit: str | None = "the index was rebuilt"
+    if index_mode["mode"] == "incremental" and cur is not None:
+        refit = _carry_head(version_dir(root, cur), build / "index", cfg.head, cfg.head_refit_fraction)
+        if refit is None:
+            shutil.copytree(version_dir(root, cur) / HEAD_DIR, build / "head")
+            head_mode = {"mode": "carried", "base": cur}
+    if refit is not None:
+        train_head(store_dir, index_dir, build / "head", cfg.head, trust_remote_code)
+        head_mode = {"mode": "refit", "reason": refit}
     eval_cfg = EvaluateConfig(split=cfg.eval_split)
     new = evaluate_store(store_dir, index_dir, build / "head", eval_cfg)
     t2 = time.perf_counter()
@@ -183,7 +224,7 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
                            f"bundle {current['version']} ({current['metrics']['accuracy']:.4f}); "
                            f"allowed drop {cfg.max_accuracy_drop}")
     gate = {"version": version, "passed": not reasons, "reasons": reasons, "recall_at_10": idx.recall_at_10,
-            "index_build": {**index_mode, "seconds": idx.seconds, "add_nodes": idx.add_nodes},
+            "index_build": {**index_mode, "seconds": idx.seconds, "add_nodes": idx.add_nodes}, "head": head_mode,
             "index": idx.factory, "ntotal": idx.ntotal, "new": new, "current": current,
             "embed": {k: v for k, v in emb.to_dict().items() if k != "failed"}}
     fs.write_json(build / GATE, gate)
