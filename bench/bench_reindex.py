@@ -17,7 +17,7 @@ Repeated ``--repeats`` times in alternating order; medians.
 ``--object-storage`` (default N = 200k x 64) measures a whole night against a bundle root on a
 moto S3 server started in this process (content-addressed bundles, :mod:`genoray.bundle.objects`):
 yesterday's full build + head + publish, a serving node that fetched it; then +1% rows and the
-night (``extend_index`` + head + publish), the node fetching the new version; and a full
+night (``extend_index`` + the head, carried over or refitted as ``genoray.pipeline.reindex`` decides, + publish), the node fetching the new version; and a full
 rebuild (build + head + publish of the grown store to a fresh root). Bytes are counted at the
 fs layer (:data:`genoray.infra.fs.TRANSFERRED`: every object PUT and GET body of
 ``write_bytes``/``upload``/``download``; listings, HEADs and ``bundle.json`` reads are not
@@ -67,7 +67,8 @@ def run(mode: str, work: Path, floor: float) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> dict:
+def object_storage(n: int, dim: int, new: float, floor: float, work: Path,
+                   refit_fraction: float | None = None) -> dict:
     """The ``--object-storage`` run (see the module doc); returns the measured numbers."""
     import logging
     import os
@@ -90,9 +91,11 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
     from genoray.index import build_index
     from genoray.index.delta import extend_index
     from genoray.infra import fs
+    from genoray.pipeline.reindex import head_refit_reason
     from genoray.pipeline.train import train_head
 
     cfg, head_cfg = IndexConfig(split="train"), HeadConfig()
+    refit_fraction = ReindexConfig.head_refit_fraction if refit_fraction is None else refit_fraction
 
     def measured(step):  # (seconds, bytes uploaded, bytes downloaded, result)
         up, down, t0 = fs.TRANSFERRED["uploaded"], fs.TRANSFERRED["downloaded"], time.perf_counter()
@@ -100,11 +103,18 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
         return (time.perf_counter() - t0, fs.TRANSFERRED["uploaded"] - up, fs.TRANSFERRED["downloaded"] - down, out)
 
     stages: dict[str, dict[str, float]] = {}
+    heads: dict[str, str] = {}  # per release: "carried" or why the head was refitted
 
-    def release(root: str, index_dir: Path, head_dir: Path, name: str, t0: float) -> str:
+    def release(root: str, index_dir: Path, head_dir: Path, name: str, t0: float, carry: Path | None = None) -> str:
         os.environ["GENORAY_CACHE"] = str(work / f"cache-{name}")  # the publisher's node
         t1 = time.perf_counter()
-        train_head(work / "store", index_dir, head_dir, head_cfg)
+        # the night decides as genoray.pipeline.reindex does: carry the current head or refit it
+        reason = "not a night" if carry is None else head_refit_reason(carry, index_dir, head_cfg, refit_fraction)
+        if reason is None:
+            shutil.copytree(carry, head_dir)
+        else:
+            train_head(work / "store", index_dir, head_dir, head_cfg)
+        heads[name] = reason or "carried"
         t2 = time.perf_counter()
         v = write_version(root, index_dir, head_dir)
         publish(root, v)
@@ -136,7 +146,7 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
             t0 = time.perf_counter()
             extend_index(work / "index1", work / "store", work / "index2", floor, cfg,
                          drift=drift_rule(ReindexConfig.shift_alpha))
-            return release(root, work / "index2", work / "head2", "v2", t0)
+            return release(root, work / "index2", work / "head2", "v2", t0, carry=work / "head1")
 
         def rebuild() -> str:
             t0 = time.perf_counter()
@@ -149,7 +159,7 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
         r = {"n": n, "dim": dim, "new": new, "yesterday_s": t_v1, "yesterday_uploaded": up_v1,
              "node_downloaded_v1": down_v1, "night_s": t_night, "night_uploaded": up_night,
              "node_downloaded_v2": down_v2, "v2_bytes": size(root, v2), "full_s": t_full, "full_uploaded": up_full,
-             "full_bytes": size(fresh, vf), "stages": stages}
+             "full_bytes": size(fresh, vf), "stages": stages, "heads": heads}
     finally:
         server.stop()
     r.update(upload_ratio=r["night_uploaded"] / r["full_uploaded"], download_ratio=r["node_downloaded_v2"] / r["v2_bytes"],
@@ -164,6 +174,7 @@ def object_storage(n: int, dim: int, new: float, floor: float, work: Path) -> di
     print(f"{'full rebuild + head + publish':<34} {t_full:>8.1f} {up_full / mib:>9.2f} {'':>9}")
     print("seconds per stage (index / head / write + publish): " + "; ".join(
         f"{k} {v['index']:.1f} / {v['head']:.1f} / {v['publish']:.1f}" for k, v in stages.items()))
+    print(f"night's head: {heads['v2']}")
     for name, key, target in (("uploaded, night / full publish", "upload_ratio", 0.05),
                               ("node download / whole new version", "download_ratio", 0.05),
                               ("time, night / full rebuild", "time_ratio", 0.20)):
@@ -186,11 +197,13 @@ def main() -> None:
     ap.add_argument("--work", help="keep files here")
     ap.add_argument("--reuse", action="store_true", help="reuse the store (already grown) and v1 index in --work")
     ap.add_argument("--object-storage", action="store_true", help="a whole night on a moto S3 bundle root")
+    ap.add_argument("--head-refit-fraction", type=float, default=None,
+                    help="with --object-storage: ReindexConfig.head_refit_fraction (0: refit the head every night)")
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-reindex-"))
     if args.object_storage:
         try:
-            object_storage(args.n or 200_000, args.dim or 64, args.new, args.floor, work)
+            object_storage(args.n or 200_000, args.dim or 64, args.new, args.floor, work, args.head_refit_fraction)
         finally:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)

@@ -14,7 +14,7 @@
    on the first night, or with ``incremental=False``) the index is rebuilt from scratch.
    The head is refitted, except on an incremental night that adds at most
    ``head_refit_fraction`` of the index's rows, brings no new class and keeps the head settings:
-   the current bundle's head is then carried over (:func:`_carry_head`), so the night costs its
+   the current bundle's head is then carried over (:func:`head_refit_reason`), so the night costs its
    delta; with content-addressed bundles its files are not even uploaded again.
    Store parts unchanged since their last verification are not re-hashed (``verified.json``).
 3. Gate: recall@10 of the new index >= ``recall_floor``; fused accuracy on the held-out split
@@ -137,9 +137,9 @@ def _plain(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
-def _carry_head(cur_dir: Path, index_dir: Path, head_cfg: HeadConfig, fraction: float) -> str | None:
-    """Why the head of the current version (``cur_dir``) must be refitted for the incrementally
-    extended index in ``index_dir``, or ``None`` when it can be carried over: the delta shard
+def head_refit_reason(head_dir: Path, index_dir: Path, head_cfg: HeadConfig, fraction: float) -> str | None:
+    """Why the current head (``head_dir``) must be refitted for the incrementally extended index
+    in ``index_dir``, or ``None`` when it can be carried over: the delta shard
     holds at most ``fraction`` of the index's rows, no label the head lacks, and the head was
     fitted with ``head_cfg``'s settings. Reads the index manifest and the delta's id table only."""
     if fraction <= 0:
@@ -148,7 +148,7 @@ def _carry_head(cur_dir: Path, index_dir: Path, head_cfg: HeadConfig, fraction: 
     delta = idx.build.delta_rows if idx.build else 0
     if not delta or delta > fraction * (idx.ntotal - delta):
         return f"{delta} new rows of {idx.ntotal} exceed head_refit_fraction {fraction}"
-    head = read_head_manifest(cur_dir / HEAD_DIR)
+    head = read_head_manifest(head_dir)
     if _plain(head.params) != _plain(FusedHead.from_config(head_cfg).get_params()):
         return "the head settings differ from the current head's"
     labels = set(read_ids(index_dir / idx.shards[-1].ids).column("label").to_pylist())
@@ -200,9 +200,10 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
         idx = build_index(store_dir, index_dir, cfg.index, use_ray=use_ray)
     refit: str | None = "the index was rebuilt"
     if index_mode["mode"] == "incremental" and cur is not None:
-        refit = _carry_head(version_dir(root, cur), build / "index", cfg.head, cfg.head_refit_fraction)
+        carried = version_dir(root, cur) / HEAD_DIR
+        refit = head_refit_reason(carried, build / "index", cfg.head, cfg.head_refit_fraction)
         if refit is None:
-            shutil.copytree(version_dir(root, cur) / HEAD_DIR, build / "head")
+            shutil.copytree(carried, build / "head")
             head_mode = {"mode": "carried", "base": cur}
     if refit is not None:
         train_head(store_dir, index_dir, build / "head", cfg.head, trust_remote_code)
