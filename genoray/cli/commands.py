@@ -144,13 +144,13 @@ def cmd_embed(a: argparse.Namespace) -> int:
     out["outcome"] = ("failed" if report.failed else "empty") if report.written == 0 else \
         ("partial" if report.failed else "complete")
     print_result(out, True)
-    if report.failed:
+    if report.failed and report.written:  # nothing written: the line below says why, once
         note(f"genoray embed: {len(report.failed)} of {report.units} input units failed (listed under \"failed\")")
     if out["rejected"]:
         note(f"genoray embed: {out['rejected']} records rejected {out['rejected_by_reason']}; "
              f"rejects tables: {', '.join(rejects) or '(none kept)'}")
     if report.written == 0:
-        nothing_written(a, why_empty(report.read, out["rejected_by_reason"], report.failed, report.units))
+        nothing_written(a, why_empty(report.read, out["rejected_by_reason"], report.failed, report.units, a.inputs))
         return EXIT_PARTIAL if report.failed else EXIT_OK
     return EXIT_OK if report.status == "complete" else EXIT_PARTIAL
 
@@ -259,7 +259,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         summary["target_adaptation"] = adaptation
     note(strict_dumps(summary))
     if writer.n == 0:
-        nothing_written(a, why_empty(report.read, summary["rejected_by_reason"], [], 1))
+        nothing_written(a, why_empty(report.read, summary["rejected_by_reason"], [], 1, a.inputs))
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from genoray.infra.artifacts import strict_json
@@ -42,13 +43,15 @@ class NothingWritten(Exception):
     """A job finished without writing anything (exit 6 unless ``--allow-empty``)."""
 
 
-def why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int) -> str:
-    """One line saying why a job wrote nothing (every file failed, no records, or every record
-    rejected, by reason)."""
+def why_empty(read: int, rejected: dict[str, int], failed: list[dict], units: int, inputs: Sequence[str] = ()) -> str:
+    """One line saying why a job wrote nothing (every file failed, no records in ``inputs``, or
+    every record rejected, by reason)."""
     if failed and len(failed) == units:
         return f"every input file failed; first: {failed[0]['error']}"
     if read == 0:
-        return "the input holds no records" + (f" ({len(failed)} of {units} units failed)" if failed else "")
+        names = ", ".join(map(str, inputs[:3])) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+        return (f"{names or 'the input'}: no records (an empty file? give FASTA, FASTQ or a TSV/CSV/Parquet "
+                f"with a sequence column)" + (f"; {len(failed)} of {units} units failed" if failed else ""))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]))
     hint = " (protein or other non-DNA input?)" if max(rejected, key=lambda r: rejected[r], default="") == "invalid_character" else ""
     return f"all {read} records were rejected: {reasons}{hint}"

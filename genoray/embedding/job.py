@@ -262,7 +262,7 @@ def embed_sequences(
             else:
                 progress.update(0)
                 failed.append(r)
-                log.error("unit failed: %s", r.error)
+                log.info("unit failed: %s", r.error)  # the report lists it; the CLI prints it once
                 if embed_cfg.on_error == "fail":
                     raise SequenceFormatError(r.path, None, r.error)
     t2 = time.perf_counter()

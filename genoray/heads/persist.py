@@ -23,9 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from genoray.embedding.store import MANIFEST as STORE_MANIFEST
 from genoray.heads import length_calibration
 from genoray.heads.fused import FusedHead
 from genoray.heads.parts import LinearHead, TreeHead
+from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.infra.artifacts import read_npz, read_signed, sha256_file, write_npz, write_signed
 from genoray.infra.documents import from_json, record, to_json
 from genoray.infra.errors import ChecksumError
@@ -129,6 +131,11 @@ def save_head(head: FusedHead, out_dir: str | Path, encoder_fingerprint: str | N
 def read_head_manifest(path: str | Path) -> HeadManifest:
     """The verified ``head.json`` of a head directory (format and payload hash checked)."""
     f = Path(path) / MANIFEST
+    if not f.is_file():
+        seen = next((what for name, what in ((STORE_MANIFEST, "an embedding store"), (INDEX_MANIFEST, "an index"))
+                     if (Path(path) / name).is_file()), None)
+        raise FileNotFoundError(f"{path}: not a head directory (no {MANIFEST})" + (f"; it is {seen}" if seen else "")
+                                + "; give the --out directory of `genoray train`")
     doc = from_json(HeadManifest, read_signed(f), f)
     if doc.kind != "fused":
         raise ValueError(f"{f}: unsupported head kind {doc.kind!r} (this genoray reads fused heads)")

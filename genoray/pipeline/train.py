@@ -44,7 +44,7 @@ from genoray.index import VectorIndex
 from genoray.index import read_manifest as read_index_manifest
 from genoray.infra import fs
 from genoray.infra.rerun import guard_rerun
-from genoray.scoring.ood import OODScorer
+from genoray.scoring.ood import MIN_REFERENCE_ROWS, OODScorer
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def train_head(store_path: str | Path, index_dir: str | Path, out_dir: str | Pat
     labels = index.labels.array
     if labels.null_count:
         raise ValueError(f"{store_path}: {labels.null_count} rows of split {split!r} have no label")
+    if index.ntotal < MIN_REFERENCE_ROWS:
+        raise ValueError(f"{store_path}: split {split!r} has {index.ntotal} rows; a head needs at least "
+                         f"{MIN_REFERENCE_ROWS} (its OOD reference): embed more labeled records into the store")
     classes = np.array(sorted(str(c) for c in pc.unique(labels).to_pylist()), dtype=object)
     rows = stratified_positions(labels, classes, cfg.max_rows, cfg.seed)
     ids, labels_s, vectors, n_split = sample_rows(store, split, index.ids[rows], store.dim)

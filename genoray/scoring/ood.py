@@ -45,6 +45,7 @@ from genoray.sequences.lengths import crop, length_grid
 
 MANIFEST = "ood.json"
 ARRAYS = "ood.npz"
+MIN_REFERENCE_ROWS = 20  # the fewest rows an OOD reference (and so a head) is fitted on
 
 
 @record
@@ -79,8 +80,8 @@ class OODScorer:
         reference rows cropped to each length of a geometric grid."""
         cfg = self.cfg
         x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or len(x) < 20:
-            raise ValueError(f"OOD scorer needs at least 20 reference rows (2-D), got shape {x.shape}")
+        if x.ndim != 2 or len(x) < MIN_REFERENCE_ROWS:
+            raise ValueError(f"OOD scorer needs at least {MIN_REFERENCE_ROWS} reference rows (2-D), got shape {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("OOD reference vectors contain NaN or infinity")
         if sequences is not None and len(sequences) != len(x):
