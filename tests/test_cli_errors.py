@@ -16,7 +16,8 @@ FILES = {
     "config_list.yaml": "- n\n- 5\n",
 }
 CASES = [  # argv ({d}: the temp dir), exit code, what stderr's last line says
-    ("embed {d}/empty.fa --out {d}/s1 --no-ray", 6, "nothing written: the input holds no records"),
+    ("embed {d}/empty.fa --out {d}/s1 --no-ray", 6, "empty.fa: no records (an empty file? give FASTA, FASTQ or a "
+                                                    "TSV/CSV/Parquet with a sequence column)"),
     ("embed {d}/nogt.fa --out {d}/s2 --no-ray", 6, "nogt.fa: record 1: malformed: Error in FASTA file at line 1: "
                                                   "Expected '>' at beginning of record"),
     ("embed {d}/noseq.tsv --out {d}/s3 --no-ray", 6, "noseq.tsv: file: missing column(s) ['sequence'] (id column: "
@@ -49,3 +50,26 @@ def test_bad_input_exit_code_and_message(tmp_path, capsys, monkeypatch, argv, co
     err = capsys.readouterr().err
     assert rc == code, err
     assert says in err.strip().splitlines()[-1], err
+
+
+def test_a_head_on_too_few_rows_and_a_head_flag_at_a_store_say_what_to_do(tmp_path, capsys, monkeypatch):
+    """Train on 8 rows: the store, split and minimum, not the OOD scorer's array shape; --head at
+    a store: what the directory is and what to give; a failed unit is reported once."""
+    monkeypatch.delenv("GENORAY_QUIET", raising=False)
+    fa = tmp_path / "eight.fa"
+    fa.write_text("".join(f">r{i} label={'ab'[i % 2]} split=train\n{'ACGTTGCA' * 8}\n" for i in range(8)))
+    d = tmp_path
+    assert cli.main(f"embed {fa} --out {d}/st --no-ray".split()) == 0
+    assert cli.main(f"index {d}/st --out {d}/ix".split()) == 0
+    capsys.readouterr()
+    assert cli.main(f"train {d}/st --index {d}/ix --out {d}/h".split()) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "st: split 'train' has 8 rows; a head needs at least 20" in last and "embed more labeled" in last, last
+    assert cli.main(f"predict {fa} --index {d}/ix --head {d}/st".split()) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "st: not a head directory (no head.json); it is an embedding store; give the --out directory of " \
+           "`genoray train`" in last, last
+    (d / "nogt.fa").write_text("ACGT\n")
+    assert cli.main(f"embed {d}/nogt.fa --out {d}/s2 --no-ray".split()) == 6
+    err = capsys.readouterr().err
+    assert err.count("Expected '>' at beginning of record") == 1, err
