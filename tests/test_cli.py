@@ -213,7 +213,7 @@ def test_nothing_written_is_exit_6_with_one_clear_line(tmp_path, capsys):
     noseq = tmp_path / "noseq.parquet"
     pq.write_table(pa.table({"id": ["a"], "seq": ["ACGT"]}), noseq)
     for f, why in [(prot, "all 2 records were rejected: invalid_character 2 (protein"),
-                   (empty, "the input holds no records"), (noseq, "every input file failed; first: ")]:
+                   (empty, "empty.fa: no records"), (noseq, "every input file failed; first: ")]:
         rc, out, err = run(capsys, "embed", f, "--out", tmp_path / f"s_{f.name}", "--no-ray")
         assert rc == exitcodes.EXIT_EMPTY == 6, (f, err)
         last = err.strip().splitlines()[-1]
