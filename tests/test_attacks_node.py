@@ -63,6 +63,40 @@ def test_a_local_ray_started_by_genoray_binds_to_loopback(tmp_path):
     assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:"), out.stdout
 
 
+def test_a_local_ray_started_by_genoray_refuses_a_client_without_its_token(tmp_path):
+    """Loopback is not enough on a shared host: any local user could connect. genoray's local
+    Ray now runs with Ray's token auth on a random token of its session (inherited by its own
+    processes only): a task runs, and a client on the same host with a guessed token is refused
+    (the old code started it with ``RAY_AUTH_MODE=disabled``)."""
+    import subprocess
+    import sys
+
+    client = ("import ray, sys\nray.init(address=sys.argv[1], log_to_driver=False)\n"
+              "print('ran', ray.get(ray.remote(lambda: 41 + 1).remote()))\n")
+    code = ("import json, os, subprocess, sys, ray\nfrom genoray.infra.runtime import init_ray\n"
+            "init_ray(num_cpus=1, object_store_mb=80)\n"
+            "env = {**os.environ, 'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': '0' * 64}\n"  # a guessed token
+            "addr = ray.get_runtime_context().gcs_address\n"
+            "try:\n"
+            f"    c = subprocess.run([sys.executable, '-c', {client!r}, addr], env=env, capture_output=True, "
+            "text=True, timeout=45)\n"
+            "    rc, cout = c.returncode, c.stdout\n"
+            "except subprocess.TimeoutExpired as e:\n"  # Ray's client retries a refused handshake
+            "    rc, cout = 'timeout', str(e.stdout or '')\n"
+            "print(json.dumps({'task': ray.get(ray.remote(lambda: 1).remote()), 'mode': os.environ['RAY_AUTH_MODE'], "
+            "'client_rc': rc, 'client_out': cout[-300:]}))\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["task"] == 1 and got["mode"] == "token", got
+    assert got["client_rc"] != 0 and "ran 42" not in got["client_out"], got  # an error, or no answer at all
+
+
 def test_haproxy_sockets_and_config_live_in_a_private_directory(tmp_path, monkeypatch):
     """Ray's default HAProxy paths are ``/tmp/haproxy-serve/...`` with a mode-666 admin socket:
     any local user could rewrite the routing. ``haproxy_env`` now puts config, admin and

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -108,7 +109,8 @@ def _loopback() -> Iterator[None]:
 
 def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: bool | None = None) -> None:
     """Start a local Ray (no dashboard, capped object store, bound to 127.0.0.1 so no other
-    host reaches its ports) unless one is already running or ``RAY_ADDRESS`` points at a cluster.
+    host reaches its ports, and with token auth on a random token of this session unless
+    ``RAY_AUTH_MODE`` is set) unless one is already running or ``RAY_ADDRESS`` points at a cluster.
     This process's SIGTERM and SIGINT handlers survive ``ray.init`` (Ray's native one dumps a
     stack and aborts; see :func:`stop_on_signals`).
 
@@ -129,7 +131,14 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
         with _keep_stop_handlers():
             ray.init(log_to_driver=False, logging_level=level)
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, single-user session
+        if "RAY_AUTH_MODE" not in os.environ:  # the person's own setting wins
+            # token auth with a token of this session's only: Ray's processes inherit it, a
+            # process that does not hold it (another user, another host) is refused
+            # (Ray's own switch: sets RAY_AUTH_MODE and refreshes the config `import ray` read)
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            _enable_token_auth()
         temp = ray_temp_dir()
         try:
             with _keep_stop_handlers(), _loopback():
