@@ -125,3 +125,29 @@ def test_quickstart_runs_under_a_100_char_tmpdir():
         assert list(long.iterdir()) == []  # the work dir and Ray's temp dir are gone
     finally:
         shutil.rmtree(long.parent, ignore_errors=True)
+
+
+def test_a_stop_that_python_drops_in_a_del_is_raised_again():
+    """A Ctrl-C whose KeyboardInterrupt lands in a ``__del__`` (Ray Data's iterator shuts its
+    executor down there, right after an embed's last unit) is printed and dropped by Python; the
+    job then ran to the end and exited 0 (seen once in CI). The stop is raised again when
+    :func:`stop_on_signals` ends (and between stages), so the command still exits 130."""
+    import signal
+
+    from genoray.infra.stopping import STOPPED, raise_if_stopped, stop_on_signals
+
+    ran_on = []
+
+    class SignalledInTeardown:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises inside __del__: dropped
+            for _ in range(1000):  # let the handler run here, inside __del__
+                pass
+
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals():
+            SignalledInTeardown()  # freed at once
+            ran_on.append("after the dropped interrupt")
+    assert ran_on == ["after the dropped interrupt"] and STOPPED == [signal.SIGINT]
+    STOPPED.clear()
+    raise_if_stopped()  # nothing received: a no-op

@@ -79,7 +79,8 @@ from genoray.encoders import encoder_from_spec
 from genoray.infra import fs
 from genoray.infra.artifacts import strict_dumps
 from genoray.infra.errors import InvariantError
-from genoray.infra.runtime import Terminated, init_ray, stop_on_signals
+from genoray.infra.runtime import init_ray
+from genoray.infra.stopping import Terminated, stop_on_signals
 from genoray.sequences import ReadReport, SequenceFormatError, iter_sequences, read_sequences
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from genoray.encoders import encoder_from_spec
 from genoray.encoders.hf import trust_weights_hint, weights_hint
 from genoray.infra import fs
 from genoray.infra.runtime import init_ray, tune_allocator
+from genoray.infra.stopping import raise_if_stopped
 
 
 class EmbedUnits:
@@ -106,6 +107,7 @@ def run_on_ray(pending: list[dict[str, Any]], spec: dict[str, Any], read_cfg: Re
     )
     for row in ds.iter_rows():
         yield unit_result(json.loads(row["summary"]))
+    raise_if_stopped()  # a Ctrl-C that landed in the iterator's teardown (__del__) was dropped there
 
 
 def _weights_hints(spec: dict[str, Any]) -> list[dict[str, Any]]:

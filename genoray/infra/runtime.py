@@ -2,7 +2,7 @@
 its sockets, :func:`ray_temp_dir`; the temp dirs of dead sessions are swept,
 :func:`sweep_dead_ray_dirs`), tuning the allocator of processes that embed, a read-ahead thread
 (``prefetch``) that overlaps reading with the forward pass, and the stop on SIGTERM/SIGINT of a
-command (:func:`stop_on_signals`) that runs as a child tied to its parent's lifetime (:func:`supervise`)."""
+command (:func:`~genoray.infra.stopping.stop_on_signals`) that runs as a child tied to its parent's lifetime (:func:`supervise`)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _keep_stop_handlers() -> Iterator[None]:
     """Put back this process's SIGTERM and SIGINT handlers after ``ray.init``, which replaces them
     (SIGTERM: a native stack dump, then abort) with its own; from the main thread only. A SIGTERM
     that Ray's Python handler turned into ``SystemExit(15)`` during ``ray.init`` is handed to
-    this process's handler when it has one (e.g. :func:`stop_on_signals`: :class:`Terminated`)."""
+    this process's handler when it has one (e.g. :func:`~genoray.infra.stopping.stop_on_signals`: :class:`~genoray.infra.stopping.Terminated`)."""
     import signal
     import threading
 
@@ -112,7 +112,7 @@ def init_ray(num_cpus: int | None = None, object_store_mb: int = 512, quiet: boo
     host reaches its ports, and with token auth on a random token of this session unless
     ``RAY_AUTH_MODE`` is set) unless one is already running or ``RAY_ADDRESS`` points at a cluster.
     This process's SIGTERM and SIGINT handlers survive ``ray.init`` (Ray's native one dumps a
-    stack and aborts; see :func:`stop_on_signals`).
+    stack and aborts; see :func:`~genoray.infra.stopping.stop_on_signals`).
 
     Args:
         num_cpus: CPUs of a local Ray (default: all).
@@ -297,40 +297,6 @@ def supervise(argv: list[str], env: dict[str, str], on_exit=None, forced: int | 
     if forced is not None and len(received) > 1 and rc == -signal.SIGKILL:
         return forced
     return rc if rc >= 0 else 128 - rc
-
-
-class Terminated(BaseException):  # noqa: N818 -- named like KeyboardInterrupt, its sibling
-    """Raised in the main thread by the first SIGTERM under :func:`stop_on_signals` (a
-    ``BaseException``, like ``KeyboardInterrupt``, so no ``except Exception`` swallows it)."""
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` and SIGINT into ``KeyboardInterrupt``, raised in the
-    main thread wherever it is, so that ``finally`` blocks stop the work in order (stop
-    submitting, shut Ray down, remove temp dirs) instead of the process dying at once, or
-    aborting in Ray's native handler. :func:`init_ray` keeps this handler. A second signal
-    interrupts the stop itself, as a second Ctrl-C does (:func:`supervise` SIGKILLs its child
-    instead); a Ray temp dir it leaves is swept by the next start. A no-op off the main thread."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.getsignal(s) for s in signals}
-    for s in signals:
-        signal.signal(s, stop)  # SIGINT too: a child started where SIGINT was ignored (``cmd &``) inherits that
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def pid_alive(pid: int) -> bool:
