@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig
+from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig, ReindexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index import stage_costs
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
@@ -190,7 +190,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
                             "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
                             "hours": n / (rate * cl.nodes) / 3600, "store_bytes": store_bytes,
-                            **stage_costs.stage(n / (rate * cl.nodes), PROCESS_BASE + n * stage_costs.DEDUP_ROW
+                            **stage_costs.stage(n / (rate * cl.nodes), PROCESS_BASE + stage_costs.DEDUP_RANGE
                                                 + BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META),
                                                 store_bytes, store_bytes, cpus)}
     plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, READ_MB_S)
@@ -280,11 +280,15 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
                            "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
     plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
                                                  hs * d * 8, 2 * store_bytes, cpus))
-    pub = plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
-    plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE)
+    plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
+    new_fraction = 0.01  # a +1% night: its delta shard and id table are the new objects; a refitted head too
+    refit = new_fraction > ReindexConfig.head_refit_fraction
+    night_new = int(new_fraction * (index_bytes + ids_bytes + refine_disk)) + (hs * d * 8 if refit else 0)
+    plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE, night_new)
     extend_peak = int(PROCESS_BASE + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
-    plan.stages["reindex"] = stage_costs.reindex(n, d, 0.01, add_s, tune_s + plan.stages["dedup"]["seconds"],
-                                                   plan.stages["head"], pub, extend_peak)
+    plan.stages["reindex"] = stage_costs.reindex(
+        n, d, new_fraction, add_s, tune_s + plan.stages["dedup"]["seconds"], plan.stages["head"],
+        stage_costs.publish(bundle_bytes, index_bytes, ids_bytes, night_new), extend_peak, refit)
 
     limit = 0.8 * mem
     checks = [("one build worker (training sample, a partition and a shard merge)", worker_mem),

@@ -10,11 +10,14 @@ Each function returns a stage dict with the uniform keys of :data:`QUANTITIES`:
 * ``disk_bytes``: bytes the stage leaves on disk (or in object storage);
 * ``moved_bytes``: bytes the stage reads and writes (store, index, bundle files).
 
-The models follow today's code paths (the store's sha256 pass and the split count in the
-driver, a publish that copies and hashes every file and loads the index without mmap, a node
-that downloads the whole bundle, a reindex that re-tunes against an exact pass over every row
-and refits the head); when those paths change, the constants here change with them and
-``bench/bench_growth.py`` shows the error.
+The models follow today's code paths (the store's sha256 pass, planned on one thread although
+the build runs it as tasks; a publish that hashes every file of the version, loads it to check
+that a replica can, and stores only the objects the bundle root lacks (content-addressed
+``objects/``); a fresh node that downloads the whole version, a serving node that downloads
+only a night's new objects; a reindex night that re-tunes against an exact pass over every row
+and refits the head only when its new rows exceed ``ReindexConfig.head_refit_fraction``); when
+those paths change, the constants here change with them and ``bench/bench_growth.py`` shows
+the error.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' 
 LIGHT_BASE = 140 * MB       # a process that imports the store code only (the verification): 139-141 MiB measured
 PIPELINE_BASE = 215 * MB    # a process that imports the heads, predictor and encoders (publish): 215-226 MiB
 ANON_BASE = 130 * MB        # private anonymous memory of such a process before it loads an index: 132-136 MiB
-DEDUP_ROW = 29             # bytes per seq_id the embed run's driver holds to deduplicate (a set of digests)
+DEDUP_RANGE = 2 * 524_288 * 8  # the unique-id check's largest working set: one hash range (524,288 ids) and its sort
 PART_META = 16             # split-column bytes per row of the one part the count reads at a time
 
 
@@ -49,22 +52,26 @@ def stage(seconds: float, peak: float, disk: float, moved: float, threads: int, 
 def dedup(n: int, store_bytes: int, part_rows: int, read_mb_s: float) -> dict[str, Any]:
     """The driver's passes before the build: sha256 of every store part and the split count
     (one thread, streaming: its memory does not grow with n; the seq_id dedup of an embed run,
-    :data:`DEDUP_ROW` a row, is in the embed stage's driver)."""
+    one hash range at a time, :data:`DEDUP_RANGE`, is in the embed stage)."""
     seconds = START_S + store_bytes / (HASH_MB_S * MB) + n * PART_META / (read_mb_s * MB)
     return stage(seconds, LIGHT_BASE + part_rows * PART_META, 0, store_bytes, 1)
 
 
-def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int) -> dict[str, Any]:
-    """``write_bundle``: copy every file into the version, hash it, and load the index twice
-    (without mmap) to check that a replica can: peak = the whole index and id table."""
-    seconds = PIPELINE_START_S + bundle_bytes / (COPY_MB_S * MB) + 2 * bundle_bytes / (HASH_MB_S * MB) \
+def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int, new_bytes: int | None = None) -> dict[str, Any]:
+    """``write_bundle``: hash every file of the version, load it twice (without mmap) to check
+    that a replica can (peak = the whole index and id table), and store only the ``new_bytes``
+    of objects the root lacks (all of them on a first publish)."""
+    new = bundle_bytes if new_bytes is None else new_bytes
+    seconds = PIPELINE_START_S + new / (COPY_MB_S * MB) + bundle_bytes / (HASH_MB_S * MB) \
         + 2 * bundle_bytes / (LOAD_MB_S * MB)
-    return stage(seconds, PIPELINE_BASE + index_bytes + ids_bytes, bundle_bytes, 3 * bundle_bytes, 1)
+    return stage(seconds, PIPELINE_BASE + index_bytes + ids_bytes, new, bundle_bytes + new, 1)
 
 
-def transfer(bundle_bytes: int, base: int) -> dict[str, Any]:
-    """A fresh serving node downloads the whole bundle (today: no content addressing)."""
-    return stage(bundle_bytes / (NET_MB_S * MB), base, bundle_bytes, bundle_bytes, 1, assumed_net_mb_s=NET_MB_S)
+def transfer(bundle_bytes: int, base: int, night_bytes: int) -> dict[str, Any]:
+    """A fresh serving node downloads the whole version; a node that holds last night's
+    version downloads only the new objects (``night_bytes``, in ``night_seconds``)."""
+    return stage(bundle_bytes / (NET_MB_S * MB), base, bundle_bytes, bundle_bytes, 1, assumed_net_mb_s=NET_MB_S,
+                 night_bytes=int(night_bytes), night_seconds=night_bytes / (NET_MB_S * MB))
 
 
 def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float, cpus: int) -> dict[str, Any]:
@@ -76,10 +83,13 @@ def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float
 
 
 def reindex(n: int, d: int, new_fraction: float, add_s: float, check_s: float, head: dict[str, Any],
-            pub: dict[str, Any], extend_peak: int) -> dict[str, Any]:
+            pub: dict[str, Any], extend_peak: int, refit_head: bool) -> dict[str, Any]:
     """A +``new_fraction`` night: add the delta with the trained quantizer, verify the store and
-    re-tune against an exact pass over every row (``check_s``), refit the head and publish a
-    full new version."""
-    seconds = add_s * new_fraction + check_s + head["seconds"] + pub["seconds"] - PIPELINE_START_S  # one process
-    return stage(seconds, max(extend_peak, head["peak_bytes"], pub["peak_bytes"]), pub["disk_bytes"],
-                 pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1, new_fraction=new_fraction)
+    re-tune against an exact pass over every row (``check_s``), refit the head only when
+    ``refit_head`` (else the current head is carried over), and publish (``pub``: only its new
+    objects are stored)."""
+    head_s = head["seconds"] - PIPELINE_START_S if refit_head else 0.0  # one process
+    seconds = add_s * new_fraction + check_s + head_s + pub["seconds"]
+    peak = max(extend_peak, head["peak_bytes"] if refit_head else 0, pub["peak_bytes"])
+    return stage(seconds, peak, pub["disk_bytes"], pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1,
+                 new_fraction=new_fraction, head_refit=refit_head)
