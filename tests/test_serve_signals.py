@@ -66,7 +66,7 @@ class Service:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--stats-port", str(stats),
              "--metrics-port", str(metrics), "--min-replicas", "1", "--max-replicas", "1",
-             "--graceful-shutdown-timeout-s", "10", "--no-access-log"],
+             "--graceful-shutdown-timeout-s", "10", "--no-access-log", "--json"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def text(self) -> str:
@@ -77,7 +77,8 @@ class Service:
         while time.time() - t0 < READY_S:
             assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.text()[-3000:]}"
             try:
-                if "genoray serving" in self.text() and post(self.ports[0], "/v1/predict", QUERY, KEY, 5)[0] == 200:
+                if f'"url": "http://127.0.0.1:{self.ports[0]}/v1/predict"' in self.text() \
+                        and post(self.ports[0], "/v1/predict", QUERY, KEY, 5)[0] == 200:  # --json's line
                     return time.time() - t0
             except OSError:
                 pass

@@ -297,5 +297,7 @@ def _common_flags(parsers: Mapping[str, argparse.ArgumentParser]) -> None:
                        help="YAML file whose keys are this command's long flag names (- or _) and values as on "
                             "the command line (a list for a repeatable flag or the inputs); flags given on the "
                             "command line win (docs/usage.md)")
-        if name != "serve" and "--json" not in p._option_string_actions:
-            p.add_argument("--json", action="store_true", help="print the result as JSON (this command's only form)")
+        if "--json" not in p._option_string_actions:
+            p.add_argument("--json", action="store_true", help=(
+                "once it answers, also print one JSON line on stdout (root, URL, ingress, ports)" if name == "serve"
+                else "print the result as JSON (this command's only form)"))

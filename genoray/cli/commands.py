@@ -324,7 +324,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     cfg = build(a, SERVE, root=a.root)
     if os.environ.get(SERVICE_CHILD_ENV):
-        return EXIT_OK if run_service(cfg) else EXIT_CUT_OFF
+        return EXIT_OK if run_service(cfg, a.json) else EXIT_CUT_OFF
     return supervise_service(cfg, [sys.executable, "-m", "genoray.cli", *a.argv], forced=EXIT_CUT_OFF)
 
 

@@ -207,8 +207,9 @@ class _Stop(BaseException):
     """Raised in the main thread by the first SIGTERM or SIGINT: stop the service."""
 
 
-def run_service(cfg: ServeConfig) -> bool:
-    """Serve ``cfg.root``'s CURRENT bundle over HTTP until SIGTERM or SIGINT (``genoray serve``).
+def run_service(cfg: ServeConfig, announce_json: bool = False) -> bool:
+    """Serve ``cfg.root``'s CURRENT bundle over HTTP until SIGTERM or SIGINT (``genoray serve``;
+    ``announce_json``: also one JSON line on stdout once it answers, ``--json``).
 
     Fails before Ray starts when no API key is configured (and ``require_key``) or nothing is
     published yet; starts (or joins) Ray, Serve's HTTP proxy (or HAProxy with
@@ -218,6 +219,7 @@ def run_service(cfg: ServeConfig) -> bool:
     SIGKILL). Returns whether every in-flight request finished within
     ``graceful_shutdown_timeout_s``.
     """
+    import json
     import shutil
     import signal
     import sys
@@ -266,6 +268,9 @@ def run_service(cfg: ServeConfig) -> bool:
         serve.run(build_app(cfg, served), name="genoray", route_prefix="/")
         print(f"genoray serving {cfg.root} on http://{cfg.host}:{cfg.port}/v1/predict (ingress {ingress}; {ports}; "
               "SIGTERM or Ctrl-C to stop)", file=sys.stderr, flush=True)
+        if announce_json:  # --json: one line on stdout once it answers, for scripts that start it
+            print(json.dumps({"serving": str(cfg.root), "url": f"http://{cfg.host}:{cfg.port}/v1/predict",
+                              "ingress": ingress, "ports": ports}), flush=True)
         while True:
             time.sleep(3600)
     except _Stop:
