@@ -153,14 +153,21 @@ def bundle_root(tmp_path_factory):
 
 
 def test_sigterm_drains_then_restart_and_second_service_side_by_side_then_sigint(bundle_root, tmp_path):
+    from genoray.serving.haproxy import private_dir
+
+    haproxy_dir = private_dir()
+    before = {p.name for p in haproxy_dir.iterdir()} if haproxy_dir.is_dir() else set()
     ports_a, ports_b = free_ports(3), free_ports(3)
     a = Service(bundle_root, ports_a, tmp_path / "a.log")
     try:
         a.wait_ready()
         assert f"stats 127.0.0.1:{ports_a[1]}, metrics 127.0.0.1:{ports_a[2]}" in a.text()
+        assert {p.name for p in haproxy_dir.iterdir()} - before  # its HAProxy config and sockets, while it runs
         rc, around, seen = a.stop(signal.SIGTERM, under_load=True)
         assert_clean_stop(rc, around, a)
         assert_gone(a, seen)
+        # a stopped service leaves none of its HAProxy files behind (they piled up, one dir a run)
+        assert not haproxy_dir.is_dir() or {p.name for p in haproxy_dir.iterdir()} <= before
     finally:
         a.close()
 

@@ -36,15 +36,17 @@ deployment can pin a version, e.g. for a rollback drill; normally replicas follo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from genoray.bundle import BundleManifest, current_bundle, groups_of
 from genoray.config import ServeConfig
 from genoray.infra.runtime import init_ray, recorded_pids, signal_recorded, supervise
 from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBackend, predict_async, set_backend
-from genoray.serving.haproxy import PIDS_ENV, haproxy_env
+from genoray.serving.haproxy import PIDS_ENV, haproxy_env, private_dir
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
 from genoray.serving.scatter import group_model
@@ -257,12 +259,15 @@ def run_service(cfg: ServeConfig, announce_json: bool = False) -> bool:
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.getsignal(s) for s in signals}
     drained = True
+    haproxy_run: Path | None = None
     try:
         for s in signals:
             signal.signal(s, stop)
         init_ray()
         for s in signals:  # again: Ray's native handler (a stack dump, then abort) replaced ours
             signal.signal(s, stop)
+        if ingress == "haproxy" and not os.environ.get("RAY_ADDRESS"):  # HAProxy runs on this node
+            haproxy_run = private_dir() / ray.get_runtime_context().get_node_id()
         log.info("genoray serve: %s", ports)
         start_http(cfg)
         serve.run(build_app(cfg, served), name="genoray", route_prefix="/")
@@ -288,6 +293,10 @@ def run_service(cfg: ServeConfig, announce_json: bool = False) -> bool:
             signal.signal(s, h)
         if own_dir:
             shutil.rmtree(pids_dir, ignore_errors=True)
+        if haproxy_run is not None:  # its config, sockets and logs of this run: nothing serves from them now
+            shutil.rmtree(haproxy_run, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                haproxy_run.parent.rmdir()  # when no other service of this user keeps one there
     return drained
 
 
