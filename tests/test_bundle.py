@@ -278,3 +278,14 @@ def test_rate_limit_is_per_key(root):
     r = c.post("/v1/predict", json=body, headers={"Authorization": "Bearer a"})
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert c.post("/v1/predict", json=body, headers={"Authorization": "Bearer b"}).status_code == 200
+
+
+def test_a_lease_never_recreates_a_removed_root(tmp_path):
+    """A replica that still renews after its local bundle root was removed (a test's temp dir, a
+    cleaned-up deployment) used to create the root again, leases and all; now it is refused."""
+    from genoray.bundle import lease
+
+    root = tmp_path / "gone"
+    with pytest.raises(FileNotFoundError, match="the bundle root is gone"):
+        lease(root, "v1", "replica-a")
+    assert not root.exists()

@@ -96,7 +96,10 @@ def file_uri(root: str | os.PathLike, doc: BundleManifest, rel: str) -> str:
 
 
 def lease(root: str | os.PathLike, version: str, holder: str) -> None:
-    """Record (or refresh) that ``holder`` uses ``version``."""
+    """Record (or refresh) that ``holder`` uses ``version``. A local root that is gone (removed
+    while a replica still renewed) is not created again: :class:`FileNotFoundError`."""
+    if not fs.is_remote(root) and not os.path.isdir(fs.as_path(root)):
+        raise FileNotFoundError(f"{root}: the bundle root is gone; no lease written for {holder}")
     fs.write_bytes(fs.join(root, LEASES, version, holder), str(time.time()).encode())
 
 
