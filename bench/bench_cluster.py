@@ -12,7 +12,21 @@ First the bytes a serving node fetches: a bundle of the bundled E. coli set (4 s
 empty cache (:class:`genoray.serving.scatter.GroupIndex` on the ``s3://`` root), against the
 whole version.
 
-Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``.
+``--fresh-node``: a fresh serving node's time to its first answer, instead of the above. A
+bundle of ``--serve-n`` x 64 synthetic vectors (a 3-mer encoder record, so queries are real DNA)
+is published to ``s3://``; then, ``--repeats`` times, a new worker node is started in its own
+mount namespace (empty cache) and timed: node join (``ray start`` until Ray lists it alive) ->
+replica scheduled on it (a Ray actor that needs the node's own custom resource, timed to its
+constructor) -> bundle files downloaded and hashed into the node cache (``version_dir``, bytes
+counted) -> verified (``verify_bundle(cached=True)``: the node's verified record) -> loaded
+(``BundleHolder(mmap=True)``, what a replica constructs) -> first ``POST /v1/predict`` answered
+over HTTP by the genoray app on that holder (``create_app`` + ``LocalBackend`` under uvicorn: a
+HAProxy-topology ``GenorayReplica`` without Serve's wrapper and batching). The last node stays up as the warm node; a +1% night is
+then published (``extend_index``, head carried over, content-addressed objects) and the warm
+node's move to it is timed the same way, then cold nodes on the new version.
+
+Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``,
+``python bench/bench_cluster.py --fresh-node [--serve-n 500000] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fresh_node import fresh_node  # noqa: E402
 from genoray.embedding.synthetic import write_synthetic_store  # noqa: E402
 from tests.shared_nothing import SharedNothingCluster, why_not  # noqa: E402
 
@@ -92,10 +107,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--skip-build", action="store_true", help="only the per-group bytes")
+    ap.add_argument("--fresh-node", action="store_true", help="a fresh serving node's time to its first answer")
+    ap.add_argument("--serve-n", type=int, default=500_000, help="--fresh-node: rows of the served bundle")
+    ap.add_argument("--repeats", type=int, default=3, help="--fresh-node: cold nodes per version (medians)")
     args = ap.parse_args()
     why = why_not()
     if why:
         sys.exit(f"bench_cluster: cannot start the harness: {why}")
+    if args.fresh_node:
+        fresh_node(args.serve_n, args.repeats)
+        return
     c = SharedNothingCluster(workers=2).start()
     try:
         c.s3().create_bucket(Bucket=BUCKET)
