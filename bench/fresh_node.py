@@ -155,8 +155,9 @@ def publish_versions(work: Path, n: int) -> dict[str, Any]:
             "factory": rep.factory}
 
 
-def publish_night(work: Path, n: int) -> dict[str, Any]:
-    """The +1% night: new rows appended, ``extend_index``, the head carried over, published."""
+def publish_night(work: Path, n: int, night: int) -> dict[str, Any]:
+    """Night ``night`` (1, 2, ...): 1% new rows appended, ``extend_index`` of the previous
+    night's index, the head carried over, published."""
     from genoray.bundle import publish
     from genoray.config import IndexConfig
     from genoray.embedding.synthetic import append_synthetic_rows
@@ -169,13 +170,13 @@ def publish_night(work: Path, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = IndexConfig(split="train", recall_queries=200)
     try:
-        rep = extend_index(work / "index1", work / "store", work / "index2", 0.0, cfg)
+        rep = extend_index(work / f"index{night}", work / "store", work / f"index{night + 1}", 0.0, cfg)
         mode = "extended"
     except RetrainNeeded as e:  # a Flat index (small n): the night rebuilds, as reindex does
         print(f"night: {e}", flush=True)
-        rep, mode = build_index(work / "store", work / "index2", cfg), "rebuilt"
+        rep, mode = build_index(work / "store", work / f"index{night + 1}", cfg), "rebuilt"
     u0 = fs.TRANSFERRED["uploaded"]
-    v2 = write_bundle(ROOT, work / "index2", work / "head")
+    v2 = write_bundle(ROOT, work / f"index{night + 1}", work / "head")
     publish(ROOT, v2)
     return {"v2": v2, "v2_s": time.perf_counter() - t0, "v2_uploaded": fs.TRANSFERRED["uploaded"] - u0,
             "v2_ntotal": rep.ntotal, "mode": mode, "factory": rep.factory}
@@ -243,6 +244,7 @@ def warm_move(actor: Any, port: int, version: str, seqs: list[str]) -> dict[str,
             "total_s": time.time() - t0}
 
 
+WARM, COLD_LAST = "warm node, a +1% night", "cold node, last night"
 STEPS = ("join_s", "scheduled_s", "import_s", "download_s", "verify_s", "load_s", "http_up_s", "first_answer_s", "total_s")
 
 
@@ -271,6 +273,7 @@ def fresh_node(n: int, repeats: int) -> None:
         os.environ.update({k: v for k, v in c.env.items() if k.startswith("AWS_")})
         c.s3().create_bucket(Bucket=BUCKET)
         t0 = time.perf_counter()
+        print(f"load average at the start {os.getloadavg()}", flush=True)
         pub = publish_versions(work, n)
         v1 = pub["v1"]
         print(f"v1 {v1}: {n:,} x 64 ({pub['factory']}) built and published in {pub['v1_s']:.0f} s, "
@@ -278,7 +281,7 @@ def fresh_node(n: int, repeats: int) -> None:
         ray.init(address=c.address, log_to_driver=False, logging_level="ERROR", namespace="bench-fresh")
         rng = np.random.default_rng(0)
         seqs = ["".join(rng.choice(list("ACGT"), 200)) for _ in range(8)]
-        rows: dict[str, list[dict[str, Any]]] = {"cold node, v1": [], "warm node, v1 -> v2": [], "cold node, v2": []}
+        rows: dict[str, list[dict[str, Any]]] = {"cold node, v1": [], WARM: [], COLD_LAST: []}
         node, keep = 0, None
         for r in range(repeats):
             node += 1
@@ -292,29 +295,30 @@ def fresh_node(n: int, repeats: int) -> None:
                 c.kill_worker(node)
             else:
                 keep = (actor, port)
-        night = publish_night(work, n)
-        v2 = night["v2"]
-        print(f"v2 {v2}: +{n // 100:,} rows, index {night['mode']} ({night['factory']}), published in {night['v2_s']:.0f} s, "
-              f"{night['v2_uploaded'] / 2**20:.2f} MiB uploaded", flush=True)
         assert keep is not None
-        mv = warm_move(keep[0], keep[1], v2, seqs)
-        print("warm v1 -> v2:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in mv.items()}),
-              flush=True)
-        rows["warm node, v1 -> v2"].append(mv)
+        v2 = v1
+        for k in range(1, repeats + 1):  # one +1% night each, and the warm node's move to it
+            night = publish_night(work, n, k)
+            v2 = night["v2"]
+            print(f"night {k}, {v2}: +{n // 100:,} rows, index {night['mode']} ({night['factory']}), published "
+                  f"in {night['v2_s']:.0f} s, {night['v2_uploaded'] / 2**20:.2f} MiB uploaded", flush=True)
+            mv = warm_move(keep[0], keep[1], v2, seqs)
+            print("warm move:", json.dumps({a: round(b, 3) if isinstance(b, float) else b for a, b in mv.items()}),
+                  flush=True)
+            rows[WARM].append(mv)
         ray.get(keep[0].stop.remote())
         ray.kill(keep[0])
         c.kill_worker(node)
         for _ in range(repeats):
             node += 1
             row, actor, _port = cold_node(c, node, v2, seqs)
-            print("cold v2:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+            print("cold, last night:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
                   flush=True)
-            rows["cold node, v2"].append(row)
+            rows[COLD_LAST].append(row)
             ray.get(actor.stop.remote())
             ray.kill(actor)
             c.kill_worker(node)
-        sizes = {"cold node, v1": version_size(v1), "warm node, v1 -> v2": version_size(v2),
-                 "cold node, v2": version_size(v2)}
+        sizes = {"cold node, v1": version_size(v1), WARM: version_size(v2), COLD_LAST: version_size(v2)}
         print(f"\nbench wall {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
         table(rows, sizes)
     finally:
