@@ -45,7 +45,7 @@ class FreshReplica:
         import genoray.serving.app  # noqa: F401
 
         self.import_s = time.perf_counter() - t0
-        self.root, self.holder = root, None
+        self.root, self.holder, self.server = root, None, None
 
     def started(self) -> dict[str, Any]:
         """When the constructor ran, its imports, and where (node id, cache root)."""
@@ -85,7 +85,7 @@ class FreshReplica:
         t1 = time.perf_counter()
         cfg = ServeConfig(root=self.root)
         app = create_app(LocalBackend(self.holder), require_key=False, limits=cfg.limits)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.server = server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
             time.sleep(0.005)
@@ -99,7 +99,9 @@ class FreshReplica:
         return {"load_s": time.perf_counter() - t0, "version": self.holder.version}
 
     def stop(self) -> None:
-        """Release the lease (the node is killed next)."""
+        """Stop the HTTP server and release the lease (the node is killed next)."""
+        if self.server is not None:
+            self.server.should_exit = True
         if self.holder is not None:
             self.holder.close()
 
@@ -134,8 +136,8 @@ def make_store(work: Path, n: int) -> Path:
     return store
 
 
-def publish_versions(work: Path, n: int) -> dict[str, Any]:
-    """Version 1: build, head, publish to ``ROOT`` (from the driver's node, the head)."""
+def publish_versions(work: Path, n: int, root: str = ROOT, index_type: str = "auto") -> dict[str, Any]:
+    """Version 1: build, head, publish to ``root`` (from the driver's node, the head)."""
     from genoray.bundle import publish
     from genoray.config import HeadConfig, IndexConfig
     from genoray.index import build_index
@@ -143,19 +145,18 @@ def publish_versions(work: Path, n: int) -> dict[str, Any]:
     from genoray.pipeline import write_bundle
     from genoray.pipeline.train import train_head
 
-    os.environ["GENORAY_CACHE"] = str(work / "publisher-cache")  # the publisher's node (the head)
     store = make_store(work, n)
     t0 = time.perf_counter()
-    rep = build_index(store, work / "index1", IndexConfig(split="train", recall_queries=200))
+    rep = build_index(store, work / "index1", IndexConfig(index_type=index_type, split="train", recall_queries=200))
     train_head(store, work / "index1", work / "head", HeadConfig(max_rows=20_000))
     u0 = fs.TRANSFERRED["uploaded"]
-    v1 = write_bundle(ROOT, work / "index1", work / "head")
-    publish(ROOT, v1)
+    v1 = write_bundle(root, work / "index1", work / "head")
+    publish(root, v1)
     return {"v1": v1, "v1_s": time.perf_counter() - t0, "v1_uploaded": fs.TRANSFERRED["uploaded"] - u0,
             "factory": rep.factory}
 
 
-def publish_night(work: Path, n: int, night: int) -> dict[str, Any]:
+def publish_night(work: Path, n: int, night: int, root: str = ROOT, index_type: str = "auto") -> dict[str, Any]:
     """Night ``night`` (1, 2, ...): 1% new rows appended, ``extend_index`` of the previous
     night's index, the head carried over, published."""
     from genoray.bundle import publish
@@ -168,7 +169,7 @@ def publish_night(work: Path, n: int, night: int) -> dict[str, Any]:
 
     append_synthetic_rows(work / "store", n // 100, seed=0)
     t0 = time.perf_counter()
-    cfg = IndexConfig(split="train", recall_queries=200)
+    cfg = IndexConfig(index_type=index_type, split="train", recall_queries=200)
     try:
         rep = extend_index(work / f"index{night}", work / "store", work / f"index{night + 1}", 0.0, cfg)
         mode = "extended"
@@ -176,19 +177,19 @@ def publish_night(work: Path, n: int, night: int) -> dict[str, Any]:
         print(f"night: {e}", flush=True)
         rep, mode = build_index(work / "store", work / f"index{night + 1}", cfg), "rebuilt"
     u0 = fs.TRANSFERRED["uploaded"]
-    v2 = write_bundle(ROOT, work / f"index{night + 1}", work / "head")
-    publish(ROOT, v2)
+    v2 = write_bundle(root, work / f"index{night + 1}", work / "head")
+    publish(root, v2)
     return {"v2": v2, "v2_s": time.perf_counter() - t0, "v2_uploaded": fs.TRANSFERRED["uploaded"] - u0,
             "v2_ntotal": rep.ntotal, "mode": mode, "factory": rep.factory}
 
 
-def version_size(version: str) -> int:
+def version_size(version: str, root: str = ROOT) -> int:
     """Bytes of every object ``version``'s ``bundle.json`` lists (the whole version)."""
     from genoray.bundle import read_version
     from genoray.infra import fs
 
-    files = read_version(ROOT, version).files
-    return sum(fs.info(fs.join(ROOT, "objects", d[:2], d))[1] for d in set(files.values()))
+    files = read_version(root, version).files
+    return sum(fs.info(fs.join(root, "objects", d[:2], d))[1] for d in set(files.values()))
 
 
 def join(c: SharedNothingCluster, i: int, timeout: float = 180) -> dict[str, Any]:
@@ -274,6 +275,7 @@ def fresh_node(n: int, repeats: int) -> None:
         c.s3().create_bucket(Bucket=BUCKET)
         t0 = time.perf_counter()
         print(f"load average at the start {os.getloadavg()}", flush=True)
+        os.environ["GENORAY_CACHE"] = str(work / "publisher-cache")  # the publisher's node (the head)
         pub = publish_versions(work, n)
         v1 = pub["v1"]
         print(f"v1 {v1}: {n:,} x 64 ({pub['factory']}) built and published in {pub['v1_s']:.0f} s, "
