@@ -23,10 +23,13 @@ counted) -> verified (``verify_bundle(cached=True)``: the node's verified record
 over HTTP by the genoray app on that holder (``create_app`` + ``LocalBackend`` under uvicorn: a
 HAProxy-topology ``GenorayReplica`` without Serve's wrapper and batching). The last node stays up as the warm node; a +1% night is
 then published (``extend_index``, head carried over, content-addressed objects) and the warm
-node's move to it is timed the same way, then cold nodes on the new version.
+node's move to it is timed the same way, then cold nodes on the new version. Last (unless
+``--no-serve``), the Serve path, totals only: ``genoray serve --ingress proxy`` with its replicas
+on one worker node; ``--repeats`` times that node is killed and a fresh one started, timed from
+its ``ray start`` to the first answer through Serve's proxy on the head.
 
 Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``,
-``python bench/bench_cluster.py --fresh-node [--serve-n 500000] [--repeats 3]``.
+``python bench/bench_cluster.py --fresh-node [--serve-n 500000] [--repeats 3] [--no-serve]``.
 """
 
 from __future__ import annotations
@@ -110,12 +113,13 @@ def main() -> None:
     ap.add_argument("--fresh-node", action="store_true", help="a fresh serving node's time to its first answer")
     ap.add_argument("--serve-n", type=int, default=500_000, help="--fresh-node: rows of the served bundle")
     ap.add_argument("--repeats", type=int, default=3, help="--fresh-node: cold nodes per version (medians)")
+    ap.add_argument("--no-serve", action="store_true", help="--fresh-node: skip the genoray serve replacement")
     args = ap.parse_args()
     why = why_not()
     if why:
         sys.exit(f"bench_cluster: cannot start the harness: {why}")
     if args.fresh_node:
-        fresh_node(args.serve_n, args.repeats)
+        fresh_node(args.serve_n, args.repeats, with_serve=not args.no_serve)
         return
     c = SharedNothingCluster(workers=2).start()
     try:

@@ -245,6 +245,74 @@ def warm_move(actor: Any, port: int, version: str, seqs: list[str]) -> dict[str,
             "total_s": time.time() - t0}
 
 
+def serve_replacement(c: SharedNothingCluster, first: int, seqs: list[str], repeats: int,
+                      timeout: float = 600) -> list[dict[str, Any]]:
+    """The Serve path, totals only: ``genoray serve ROOT --ingress proxy`` with its replicas on
+    node ``first``; ``repeats`` times, the node holding them is killed and, once Ray lists it
+    dead, a fresh node is started: the seconds from its ``ray start`` to its join and to the
+    first ``200`` of ``POST /v1/predict`` through Serve's proxy on the head (Serve's controller
+    re-places the ingress and the model replica there, the only node with CPUs; they download,
+    verify and load the bundle)."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+
+    import ray
+
+    key, port, node = "bench-key", free_port(), first
+    join(c, first)
+    err = c.root / "serve.err"
+    p = subprocess.Popen([str(Path(sys.executable).parent / "genoray"), "serve", ROOT, "--ingress", "proxy",
+                          "--port", str(port), "--min-replicas", "1", "--max-replicas", "1", "--num-cpus", "0.5"],
+                         env=c.driver_env(GENORAY_API_KEYS=key), stdout=subprocess.DEVNULL, stderr=open(err, "wb"),
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def answer() -> bool:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", json.dumps({"sequences": seqs}).encode(),
+                                     {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    try:
+        t0 = time.time()
+        while not answer():
+            if p.poll() is not None or time.time() - t0 > timeout:
+                raise RuntimeError(f"genoray serve not answering: {err.read_text()[-2000:]}")
+            time.sleep(0.5)
+        out = []
+        print(f"serve: answering {time.time() - t0:.1f} s after it started", flush=True)
+        for _ in range(repeats):
+            c.kill_worker(node)
+            t_kill = time.time()
+            while any(nd["Alive"] and f"node{node}" in nd["Resources"] for nd in ray.nodes()):
+                time.sleep(0.2)
+            dead_s = time.time() - t_kill
+            node += 1
+            j = join(c, node)
+            while not answer():
+                if p.poll() is not None or time.time() - j["t_start"] > timeout:
+                    raise RuntimeError(f"no answer after node {node} joined: {err.read_text()[-2000:]}")
+                time.sleep(0.2)
+            out.append({"node": node, "lost_node_dead_after_s": dead_s, "join_s": j["join_s"],
+                        "first_answer_s": time.time() - j["t_start"]})
+            print("serve, a fresh node replacing a lost one:", json.dumps({a: round(b, 2) for a, b in out[-1].items()}),
+                  flush=True)
+        return out
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        if f"worker{node}" in c.procs:
+            c.kill_worker(node)
+
+
 WARM, COLD_LAST = "warm node, a +1% night", "cold node, last night"
 STEPS = ("join_s", "scheduled_s", "import_s", "download_s", "verify_s", "load_s", "http_up_s", "first_answer_s", "total_s")
 
@@ -261,7 +329,7 @@ def table(rows: dict[str, list[dict[str, Any]]], sizes: dict[str, int]) -> None:
     print(json.dumps(rows))
 
 
-def fresh_node(n: int, repeats: int) -> None:
+def fresh_node(n: int, repeats: int, with_serve: bool = True) -> None:
     """The ``--fresh-node`` run (printed: each node's timeline, then the medians)."""
     import ray
 
@@ -320,6 +388,11 @@ def fresh_node(n: int, repeats: int) -> None:
             ray.get(actor.stop.remote())
             ray.kill(actor)
             c.kill_worker(node)
+        if with_serve:
+            sv = serve_replacement(c, node + 1, seqs, repeats)
+            print("serve, fresh node replacing a lost one (medians): " + ", ".join(
+                f"{k} {statistics.median(r[k] for r in sv):.2f}" for k in ("lost_node_dead_after_s", "join_s",
+                                                                            "first_answer_s")), flush=True)
         sizes = {"cold node, v1": version_size(v1), WARM: version_size(v2), COLD_LAST: version_size(v2)}
         print(f"\nbench wall {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
         table(rows, sizes)
