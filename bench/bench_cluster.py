@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fresh_node import fresh_node  # noqa: E402
+from bench.fresh_node import fresh_node, version_size  # noqa: E402
 from genoray.embedding.synthetic import write_synthetic_store  # noqa: E402
 from tests.shared_nothing import SharedNothingCluster, why_not  # noqa: E402
 
@@ -83,6 +83,7 @@ def group_bytes(c: SharedNothingCluster) -> None:
     from genoray.embedding import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
+    from genoray.infra import fs
     from genoray.pipeline import train_head, write_bundle
     from genoray.serving.scatter import GroupIndex
 
@@ -95,12 +96,12 @@ def group_bytes(c: SharedNothingCluster) -> None:
         for groups in (2, 1):
             root = f"s3://{BUCKET}/bundles-{groups}"
             v = write_bundle(root, Path(tmp) / "index", Path(tmp) / "head", shard_groups=groups if groups > 1 else None)
-            whole = sum(o["Size"] for o in c.s3().list_objects_v2(Bucket=BUCKET, Prefix=f"bundles-{groups}/versions/{v}/")
-                        .get("Contents", []))
+            whole = version_size(v, root)  # the distinct objects bundle.json lists (format 2)
             for g in range(groups):
-                os.environ["GENORAY_CACHE"] = cache = tempfile.mkdtemp(dir=tmp)
+                os.environ["GENORAY_CACHE"] = tempfile.mkdtemp(dir=tmp)
+                before = fs.TRANSFERRED["downloaded"]
                 GroupIndex(root, v, g)
-                got = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+                got = fs.TRANSFERRED["downloaded"] - before  # not the cache's files: its views are hard links
                 print(f"{groups} group(s), group {g}: a serving node fetched {got / 2**20:.2f} MiB of the version's "
                       f"{whole / 2**20:.2f} MiB ({got / whole:.2f}); rows {read_version(root, v).index.ntotal}", flush=True)
 
