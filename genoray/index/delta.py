@@ -24,8 +24,6 @@ store is done by the cluster, and this process holds O(queries x 10) of it. The 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +39,7 @@ from genoray.index.manifest import MANIFEST, PARTS, BuildInfo, RecallReport, rea
 from genoray.index.stages import _Local, _pick_queries, _Ray, add_part, count_split, merge_shard, scan_part, tune_index
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
+from genoray.infra.links import copy_verified, link_or_copy
 from genoray.infra.names import safe_join
 from genoray.infra.staging import mark_shared
 
@@ -52,11 +51,12 @@ class RetrainNeeded(RuntimeError):
     """The index cannot be extended; the message says why (rebuild it)."""
 
 
-def _link(src: Path, dst: Path) -> None:
+def _link(src: Path, dst: Path, digest: str) -> None:
+    """A hard link, or a copy checked against the recorded sha256 where the file system has none."""
     try:
-        os.link(src, dst)
-    except OSError:  # another filesystem
-        shutil.copy2(src, dst)
+        link_or_copy(src, dst, digest)
+    except FileExistsError:
+        copy_verified(src, dst, digest)
 
 
 def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Path, recall_floor: float,
@@ -128,9 +128,9 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     meta = merge_shard(str(out), len(m.shards), added, faiss_blob, m.factory, True, refine, parts_dir=pdir)
     fs.delete_dir(pdir)
     for s in m.shards:
-        for f in s.sha256:
-            _link(Path(safe_join(old, f, old / MANIFEST)), out / f)
-    _link(Path(safe_join(old, m.trained.file, old / MANIFEST)), out / m.trained.file)
+        for f, sha in s.sha256.items():
+            _link(Path(safe_join(old, f, old / MANIFEST)), out / f, sha)
+    _link(Path(safe_join(old, m.trained.file, old / MANIFEST)), out / m.trained.file, m.trained.sha256)
     manifest = dataclasses.replace(m, ntotal=n_old + n_new, shards=(*m.shards, meta), source_store=store_path,
                                    clean=store.clean_policy or m.clean,
                                    partitions=(*m.partitions, *(partition(p) for p in delta)))
