@@ -17,8 +17,9 @@ sequences, sequence length and total bases (422 naming the field), alphabet and 
 (422 naming the sequence and position; checked where the bundle is, with the cleaning policy
 the store was built with, once per request); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
 by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
-comma-separated), never from files in the repository. Wrong keys from one client address are
-limited (429 for that address for a window, :mod:`genoray.serving.lockout`); behind HAProxy
+comma-separated), never from files in the repository. Wrong keys from one client address can be
+limited (429 for that address for a window, :mod:`genoray.serving.lockout`; off by default, see
+``docs/security.md``); behind HAProxy
 (``behind_haproxy``) the client address is the one HAProxy forwards, trusted only with its
 ingress secret (:class:`~genoray.serving.lockout.ClientAddress`).
 
