@@ -46,7 +46,8 @@ INGRESS_HEADER = "X-Genoray-Ingress"
 
 WRAPPER = """#!/bin/sh
 # genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the
-# service's frontend instead of all interfaces (genoray.serving.haproxy.bind_wrapper).
+# service's frontend instead of all interfaces, and the client's address passed to the replicas
+# (genoray.serving.haproxy.bind_wrapper).
 cfg=""; prev=""
 for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
 if [ -n "$cfg" ] && [ -f "$cfg" ]; then
@@ -92,7 +93,8 @@ def real_haproxy() -> str:
 
 
 def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
-    """Write the wrapper script (when missing or different) and return its path: by default
+    """Write the wrapper script (when missing or different) and return its path. It rebinds the
+    stats and metrics listeners and adds the client-address rules (module docstring). By default
     ``$GENORAY_CACHE/haproxy/haproxy`` (``~/.cache/genoray``). On a cluster every node needs it
     at the path given to Ray (``cluster.yaml`` writes it in a setup command)."""
     import sys
