@@ -9,7 +9,9 @@ rule and nothing else: when the request has ``ifGenerationMatch=N`` and N is not
 live generation (``0`` when it does not exist), answer 412 ``conditionNotMet`` and store
 nothing. The check and the store run under one lock (the emulator also serves one request at a
 time), as GCS applies a precondition atomically with the write. Reads keep the emulator's own
-behaviour (it ignores ``ifGenerationMatch`` on downloads).
+behaviour (it ignores ``ifGenerationMatch`` on downloads). Apart from that rule, one harness
+setting: a connection that stalls for 30 s is dropped (the emulator serves one at a time, so a
+stalled client would otherwise block every other one).
 
 ``gcs_server`` sets ``STORAGE_EMULATOR_HOST`` for the session: genoray points both pyarrow's
 GcsFileSystem and google-cloud-storage at it (:mod:`genoray.infra.gcs`). ``gcs_bucket`` gives
@@ -73,6 +75,8 @@ def _serve() -> None:
     for handlers in routes:
         handlers[server.POST] = checked
     objects.insert = checked  # the router's fallback for POST .../b/<bucket>/o?uploadType=...
+    # the harness, not GCS: one connection at a time, so drop one that stalls (see the docstring)
+    server.RequestHandler.timeout = 30
     srv = server.create_server("127.0.0.1", 0, in_memory=True)
     srv.start()
     print(srv._api._httpd.server_address[1], flush=True)
