@@ -190,3 +190,26 @@ def test_gs_without_google_cloud_storage_names_the_extra(monkeypatch):
         conditional.read_tagged("gs://b/CURRENT")
     with pytest.raises(fs.StorageError, match=r"genoray\[gcs\]"):
         conditional.write_if("gs://b/CURRENT", b"x", None)
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    ("127.0.0.1:9023", ("http", "127.0.0.1:9023")), ("http://127.0.0.1:9023/", ("http", "127.0.0.1:9023")),
+    ("https://gcs.example:443", ("https", "gcs.example:443")), ("", None), (None, None)])
+def test_storage_emulator_host_points_pyarrow_and_the_google_client_at_one_endpoint(monkeypatch, value, want):
+    """``STORAGE_EMULATOR_HOST`` (with or without a scheme) gives pyarrow's GcsFileSystem and
+    google-cloud-storage the same endpoint, anonymously; unset, both use Google's with the
+    node's credential chain (no options)."""
+    pytest.importorskip("google.cloud.storage", reason="google-cloud-storage is missing: pip install -e '.[test]'")
+    from genoray.infra import gcs as gcs_env
+
+    if value is None:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    else:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", value)
+    assert gcs_env.emulator() == want
+    if want is None:
+        assert gcs_env.arrow_options() == {} and gcs_env.client_options() == {}
+        return
+    scheme, host = want
+    assert gcs_env.arrow_options() == {"endpoint_override": host, "scheme": scheme, "anonymous": True}
+    assert gcs_env.client_options()["client_options"] == {"api_endpoint": f"{scheme}://{host}"}
