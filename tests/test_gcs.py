@@ -137,6 +137,7 @@ def two_versions(tmp_path_factory) -> tuple[Path, list[str]]:
     return root, [make_bundle(base / f"w{i}", root, k=5, seed=i, publish_it=False) for i in range(2)]
 
 
+@pytest.mark.slow  # builds two kmer bundles and uploads them (5-25 s on 2 cores)
 @pytest.mark.parametrize("first", [True, False], ids=["first-publish", "replace"])
 def test_two_publishers_to_a_gs_root_exactly_one_wins(two_versions, gcs_bucket, held_reads, first):
     """Publishing to a ``gs://`` root moves ``CURRENT`` by generation precondition: a plain
