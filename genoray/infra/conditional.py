@@ -1,7 +1,7 @@
 """Compare-and-swap of one small file or object: the pointer (``CURRENT``) that several writers
 (publishers, a rollback, a nightly reindex) may replace at the same time.
 
-:func:`read_tagged` returns a file's bytes with a *tag* that identifies that exact content;
+:func:`read_tagged` returns a file's bytes with a *tag* that identifies that content (on GCS: that write);
 :func:`write_if` replaces the file only if it still carries that tag (``None``: only if it does
 not exist yet), else raises :class:`ConflictError` naming the file and what changed. So of two
 writers that read the same ``CURRENT``, exactly one replaces it.
@@ -18,7 +18,8 @@ writers that read the same ``CURRENT``, exactly one replaces it.
   :mod:`pyarrow.fs` cannot send preconditions, so these calls go through google-cloud-storage
   (the ``gcs`` extra: ``pip install 'genoray[gcs]'``), at the endpoint of
   :mod:`genoray.infra.gcs` (``STORAGE_EMULATOR_HOST`` or Google's) with the node's own
-  credential chain.
+  credential chain. A conditional PUT the client retried after a lost response can report a
+  conflict although it landed; the error says to read ``CURRENT`` again, which shows it.
 """
 
 from __future__ import annotations
