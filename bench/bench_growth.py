@@ -147,7 +147,7 @@ def stage_index_local(w: Path, n: int, mode: str) -> dict:
     from genoray.index import build_index
 
     rep = build_index(w / "store", w / "index_local", IndexConfig(split="train"), use_ray=False)
-    return {"factory": rep.factory, "recall": rep.recall_at_10}
+    return {"factory": rep.factory, "recall": rep.recall_at_10, "search_params": rep.search_params}
 
 
 def stage_head(w: Path, n: int, mode: str) -> dict:
@@ -155,7 +155,7 @@ def stage_head(w: Path, n: int, mode: str) -> dict:
     from genoray.pipeline.train import train_head
 
     r = train_head(w / "store", w / "index_local", w / "head")
-    return {"rows_used": r["rows_used"], "chosen": r["chosen"]}
+    return {"rows_used": r["rows_used"], "chosen": r["chosen"], "fit_nprobe": r["fit_nprobe"]}
 
 
 def stage_publish(w: Path, n: int, mode: str) -> dict:
@@ -213,7 +213,7 @@ def stage_reindex(w: Path, n: int, mode: str) -> dict:
         rep, how = build_index(w / "store", w / "index2", IndexConfig(split="train")), "full"
     train_head(w / "store", w / "index2", w / "head2")
     write_bundle(w / "bundles", w / "index2", w / "head2", version="v2")
-    return {"recall": rep.recall_at_10, "delta_rows": new, "index": how}
+    return {"recall": rep.recall_at_10, "delta_rows": new, "index": how, "search_params": rep.search_params}
 
 
 def poll_ray_workers(peak: dict, stop: threading.Event) -> None:
@@ -247,7 +247,7 @@ def child(stage: str, w: Path, n: int, mode: str) -> None:
     poller.join()
     u = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**out, "wall_s": wall, "driver_mb": u.ru_maxrss / 1024, "task_mb": peak["task"] / MB or None,
-                      "cpu_s": u.ru_utime + u.ru_stime}))
+                      "cpu_s": u.ru_utime + u.ru_stime, "load_avg": os.getloadavg()[0]}))
 
 
 def run_stage(stage: str, w: Path, n: int, mode: str, timeout: float) -> dict:
