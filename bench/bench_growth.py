@@ -347,13 +347,25 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
     return lines
 
 
-def plan_for(n: int, gflops: float):
-    """The capacity plan for ``n`` x :data:`DIM` on this machine at the measured per-core rate."""
+def plan_for(n: int, gflops: float, probe_fraction: float = 0.0):
+    """The capacity plan for ``n`` x :data:`DIM` on this machine at the measured per-core rate,
+    every search priced at ``probe_fraction`` of the lists (0: the plan's default)."""
     from genoray.config import ClusterSpec, IndexConfig
     from genoray.index.capacity import estimate
 
     return estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops), encoder="kmer",
-                    partition_rows=PART_ROWS)
+                    partition_rows=PART_ROWS, probe_fraction=probe_fraction)
+
+
+def replan(results: list[dict], gflops: float, tuned: bool) -> list[dict]:
+    """Every result annotated with the plan for its size; with ``tuned``, the plan of each
+    (vectors, size) prices its searches at the nprobe its ``index_local`` build chose (as
+    ``genoray plan --index`` does), else at the plan's default."""
+    from genoray.index.factory import parse_factory
+
+    probe = {(r["mode"], r["n"]): r["search_params"]["nprobe"] / parse_factory(r["factory"], DIM)["nlist"]
+             for r in results if tuned and r["stage"] == "index_local" and "nprobe" in r.get("search_params", {})}
+    return [annotate(r, plan_for(r["n"], gflops, probe.get((r["mode"], r["n"]), 0.0))) for r in results]
 
 
 def annotate(r: dict, plan) -> dict:
@@ -395,15 +407,17 @@ def main() -> None:
     ap.add_argument("--json-out", help="write the results here (rewritten after every stage)")
     ap.add_argument("--from-json", help="print the table of an earlier --json-out beside today's plan; runs nothing")
     ap.add_argument("--markdown", action="store_true", help="with --from-json: also print a Markdown table")
+    ap.add_argument("--default-nprobe", action="store_true",
+                    help="plan every search at the plan's default nprobe, not at the one each build's tuning chose")
     ap.add_argument("--work", help="keep the files here (default: a temp dir, removed)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.from_json:
         raw = json.loads(Path(args.from_json).read_text())
-        plans = {n: plan_for(n, raw["gflops_per_core"]) for n in raw["sizes"]}
-        print("\n".join(report([annotate(r, plans[r["n"]]) for r in raw["results"]], raw["sizes"])))
+        results = replan(raw["results"], raw["gflops_per_core"], not args.default_nprobe)
+        print("\n".join(report(results, raw["sizes"])))
         if args.markdown:
-            print("\n".join(markdown(raw["results"])))
+            print("\n".join(markdown(results)))
         return
     from bench_index import measure_gflops_per_core
 
@@ -440,7 +454,7 @@ def main() -> None:
                             "sizes": sizes, "dim": DIM, "gflops_per_core": gflops, "cores": os.cpu_count(),
                             "results": results}, indent=1))
                 shutil.rmtree(w, ignore_errors=True)
-        print("\n".join(report(results, sizes)))
+        print("\n".join(report(replan(results, gflops, not args.default_nprobe), sizes)))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -316,6 +316,10 @@ def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int,
     return best
 
 
+NPROBE_STEPS = tuple(sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)}))  # 1 2 3 4 6 8 12 16 24 ...
+# the nprobe values the recall tuning tries, smallest first (the capacity plan prices the same walk)
+
+
 def tune_index(out_dir: str, manifest: IndexManifest, queries, truth, target: float,
                k_factor_max: int) -> tuple[dict[str, int], float, list]:
     """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
@@ -331,8 +335,7 @@ def _tune(vindex: VectorIndex, manifest: IndexManifest, q: np.ndarray, truth: np
     factory = manifest.factory
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
-        steps = sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)})  # 1 2 3 4 6 8 12 16 24 ...
-        grid = [{"nprobe": p} for p in steps if p <= nlist]
+        grid = [{"nprobe": p} for p in NPROBE_STEPS if p <= nlist]
     elif factory.startswith("HNSW"):
         grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)]
     else:
