@@ -20,7 +20,8 @@ the stages that need its output are skipped):
 * ``predict``: the index memory-mapped, 10k queries predicted in one batch (``predict_vectors``);
   its private memory (``Anonymous``, private anonymous pages, of ``/proc/self/smaps_rollup``) is reported beside RSS;
 * ``reindex``: +1% rows appended as a new part, then ``extend_index`` + ``train_head`` +
-  ``write_bundle`` (the reindex night without its evaluation).
+  ``write_bundle`` (the reindex night without its evaluation, with its head refitted: the plan's
+  +1% night carries the head over, so the plan compared is its night plus its head fit).
 
 Memory: ``driver`` = ``ru_maxrss`` of the stage's process; ``task`` = the largest RSS seen by
 polling (psutil, every 0.2 s) the Ray worker processes descended from the driver (RSS includes the
@@ -28,7 +29,10 @@ object-store pages a worker touched; a polled peak can miss a spike shorter than
 Targets, 1M -> 4M (the last two sizes): memory <= 1.5x for every process whose input grows
 (except the mapped search, whose private memory is reported), head fit time <= 4x (linear).
 Plan: :func:`genoray.index.capacity.estimate` with the per-core rate measured in the same run and
-the machine's cores; ratio = measured / predicted (targets: memory 0.8-1.25, time 0.5-2).
+the machine's cores, every search priced at the nprobe the same run's ``index_local`` build tuned
+(as ``genoray plan --index`` does; ``--default-nprobe``: at the plan's default); ratio = measured /
+predicted (targets: memory 0.8-1.25, time 0.5-2). Each stage also records its process's CPU time
+and the load average: on a shared machine wall time is inflated, CPU time less so.
 
     python bench/bench_growth.py [--sizes 250000,1000000,4000000 | --quick] [--modes clustered,unclustered]
                                  [--stage-timeout 900] [--json-out r.json] [--work DIR]
@@ -269,7 +273,7 @@ def run_stage(stage: str, w: Path, n: int, mode: str, timeout: float) -> dict:
 
 def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     """The plan's (seconds, driver bytes, largest task bytes) for a bench stage."""
-    from genoray.index.stage_costs import START_S
+    from genoray.index.stage_costs import PIPELINE_START_S, START_S
 
     st = plan.stages
     ix = st["index"]
@@ -280,6 +284,9 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     if stage == "predict":
         sv = st["serve"]
         return sv["seconds"] + QUERIES * sv["batch_query_s"], sv["private_bytes"], None
+    if stage == "reindex":  # stage_reindex refits the head; the plan's +1% night carries it over: add the refit
+        hd, ri = st["head"], st["reindex"]
+        return ri["seconds"] + hd["seconds"] - PIPELINE_START_S, max(ri["peak_bytes"], hd["peak_bytes"]), None
     key = {"store": "embed", "verify": "dedup"}.get(stage, stage)
     return st[key]["seconds"], st[key]["peak_bytes"], None
 
@@ -377,13 +384,14 @@ def annotate(r: dict, plan) -> dict:
 
 def markdown(results: list[dict]) -> list[str]:
     """The per-stage rows as a Markdown table (for docs/capacity.md and docs/benchmarks.md)."""
-    lines = ["| vectors | stage | n | time s | plan s | time / plan | driver MB | plan MB | task MB | plan MB | plan |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| vectors | stage | n | time s | driver CPU s | plan s | time / plan | driver MB | plan MB | task MB | plan MB "
+             "| plan |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mem = r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")
         ok = r["status"] == "ok"
         t = fmt(r["wall_s"], ".1f") if ok else (f">{r['limit']:.0f}" if r["status"] == "timeout" else r["status"])
         lines.append(f"| {r['mode']} | {r['stage']}{' (private)' if r['stage'] == 'predict' else ''} | {r['n']:,} | {t} | "
+                     f"{fmt(r.get('cpu_s') if ok else None, '.1f')} | "
                      f"{fmt(r['plan_s'], '.1f')} | {fmt(ratio(r['wall_s'] if ok else None, r['plan_s']), '.2f')} | "
                      f"{fmt(mem if ok else None)} | {fmt(r['plan_mb'])} | {fmt(r.get('task_mb') if ok else None)} | "
                      f"{fmt(r['plan_task_mb'])} | {plan_ok(r, r['wall_s'] if ok else None, mem)} |")
