@@ -413,8 +413,10 @@ def format_plan(plan: Plan) -> str:
         (f"        build {hours(ix['build_hours'] * 3600)} (train {hours(ix['train_s'])}, add {hours(ix['add_s'])}, "
         f"merge {hours(ix['merge_s'])}, recall tuning {hours(ix['tune_s'])}); one process {hours(ix['single_process_s'])}"),
         (f"serve   replica {human(sv['replica_bytes'])} whole; {sv['shard_groups']} shard group(s) of "
-        f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query (nprobe {sv['nprobe']})"),
-        f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}",
+        f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query "
+        + (f"(nprobe {sv['nprobe']}, {sv['probe_fraction']:.2%} of the lists)" if sv["nprobe"] else "(HNSW)" if "HNSW" in plan.factory else "(exact)")),
+        f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}"
+        + (f" (its searches at nprobe {hd['fit_nprobe']})" if hd["fit_nprobe"] else ""),
     ]
     lines.append(f"{'stage':<9} {'time':>9} {'peak memory':>12} {'disk':>10} {'moved':>10} {'threads':>7}")
     lines += [f"{k:<9} {hours(st['seconds']):>9} {human(st['peak_bytes']):>12} {human(st['disk_bytes']):>10} "
