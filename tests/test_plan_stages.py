@@ -121,3 +121,9 @@ def test_plan_index_reads_the_tuned_nprobe(tmp_path, capsys):
     assert plan["stages"]["serve"]["nprobe"] == nprobe
     assert main(["plan", "--index", str(tmp_path / "index"), "--probe-fraction", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"]["serve"]["nprobe"] == 32
+    # a store planned with the index's tuned fraction (a larger store of the same kind of data)
+    assert main(["plan", "--store", str(store), "--index", str(tmp_path / "index"), "--type", "IVF64,Flat",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["n"], plan["factory"]) == (4000, "IVF64,Flat")
+    assert plan["stages"]["serve"]["nprobe"] == planned_nprobe(64, nprobe / 32) == min(64, 2 * nprobe)  # the walk doubled
