@@ -116,7 +116,7 @@ class PlanConfig:
             tuning, the head fit (then bounded by ``fit_scan_rows``), prediction and serving. ``0``:
             with ``--index``, that index's tuned ``nprobe``; otherwise ``nlist / 256``, at least 8
             (tuned on clustered k-mer spectra: the best case). Unclustered (isotropic) vectors need
-            far more (3/16 at 250k x 64, ``bench/bench_growth.py``); the worst case is ``1``.
+            far more (1/2 at 250k x 64 and 3/8 at 1M, ``bench/bench_growth.py``); the worst case is ``1``.
         cluster: the nodes (:class:`ClusterSpec`).
     """
 
