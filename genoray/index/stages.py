@@ -302,6 +302,10 @@ def _merge_files(out: Path, pdir: Path, shard: int, parts: list[dict[str, Any]],
                       refine=fr, peak_rss_mb=_peak_rss_mb())
 
 
+NPROBE_STEPS = tuple(sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)}))  # 1 2 3 4 6 8 12 16 24 ...
+# the nprobe values the recall tuning tries, smallest first (the capacity plan prices the same walk)
+
+
 def tune_index(out_dir: str, manifest: IndexManifest, queries, truth, target: float,
                k_factor_max: int) -> tuple[dict[str, int], float, list]:
     """Smallest nprobe / efSearch (and PQ re-rank depth) reaching ``target`` recall@10 (else the
@@ -317,8 +321,7 @@ def _tune(vindex: VectorIndex, manifest: IndexManifest, q: np.ndarray, truth: np
     factory = manifest.factory
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
-        steps = sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)})  # 1 2 3 4 6 8 12 16 24 ...
-        grid = [{"nprobe": p} for p in steps if p <= nlist]
+        grid = [{"nprobe": p} for p in NPROBE_STEPS if p <= nlist]
     elif factory.startswith("HNSW"):
         grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)]
     else:
