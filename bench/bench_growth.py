@@ -20,7 +20,8 @@ the stages that need its output are skipped):
 * ``predict``: the index memory-mapped, 10k queries predicted in one batch (``predict_vectors``);
   its private memory (``Anonymous``, private anonymous pages, of ``/proc/self/smaps_rollup``) is reported beside RSS;
 * ``reindex``: +1% rows appended as a new part, then ``extend_index`` + ``train_head`` +
-  ``write_bundle`` (the reindex night without its evaluation).
+  ``write_bundle`` (the reindex night without its evaluation, with its head refitted: the plan's
+  +1% night carries the head over, so the plan compared is its night plus its head fit).
 
 Memory: ``driver`` = ``ru_maxrss`` of the stage's process; ``task`` = the largest RSS seen by
 polling (psutil, every 0.2 s) the Ray worker processes descended from the driver (RSS includes the
@@ -28,7 +29,10 @@ object-store pages a worker touched; a polled peak can miss a spike shorter than
 Targets, 1M -> 4M (the last two sizes): memory <= 1.5x for every process whose input grows
 (except the mapped search, whose private memory is reported), head fit time <= 4x (linear).
 Plan: :func:`genoray.index.capacity.estimate` with the per-core rate measured in the same run and
-the machine's cores; ratio = measured / predicted (targets: memory 0.8-1.25, time 0.5-2).
+the machine's cores, every search priced at the nprobe the same run's ``index_local`` build tuned
+(as ``genoray plan --index`` does; ``--default-nprobe``: at the plan's default); ratio = measured /
+predicted (targets: memory 0.8-1.25, time 0.5-2). Each stage also records its process's CPU time
+and the load average: on a shared machine wall time is inflated, CPU time less so.
 
     python bench/bench_growth.py [--sizes 250000,1000000,4000000 | --quick] [--modes clustered,unclustered]
                                  [--stage-timeout 900] [--json-out r.json] [--work DIR]
@@ -147,7 +151,7 @@ def stage_index_local(w: Path, n: int, mode: str) -> dict:
     from genoray.index import build_index
 
     rep = build_index(w / "store", w / "index_local", IndexConfig(split="train"), use_ray=False)
-    return {"factory": rep.factory, "recall": rep.recall_at_10}
+    return {"factory": rep.factory, "recall": rep.recall_at_10, "search_params": rep.search_params}
 
 
 def stage_head(w: Path, n: int, mode: str) -> dict:
@@ -155,7 +159,7 @@ def stage_head(w: Path, n: int, mode: str) -> dict:
     from genoray.pipeline.train import train_head
 
     r = train_head(w / "store", w / "index_local", w / "head")
-    return {"rows_used": r["rows_used"], "chosen": r["chosen"]}
+    return {"rows_used": r["rows_used"], "chosen": r["chosen"], "fit_nprobe": r["fit_nprobe"]}
 
 
 def stage_publish(w: Path, n: int, mode: str) -> dict:
@@ -213,7 +217,7 @@ def stage_reindex(w: Path, n: int, mode: str) -> dict:
         rep, how = build_index(w / "store", w / "index2", IndexConfig(split="train")), "full"
     train_head(w / "store", w / "index2", w / "head2")
     write_bundle(w / "bundles", w / "index2", w / "head2", version="v2")
-    return {"recall": rep.recall_at_10, "delta_rows": new, "index": how}
+    return {"recall": rep.recall_at_10, "delta_rows": new, "index": how, "search_params": rep.search_params}
 
 
 def poll_ray_workers(peak: dict, stop: threading.Event) -> None:
@@ -247,7 +251,7 @@ def child(stage: str, w: Path, n: int, mode: str) -> None:
     poller.join()
     u = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**out, "wall_s": wall, "driver_mb": u.ru_maxrss / 1024, "task_mb": peak["task"] / MB or None,
-                      "cpu_s": u.ru_utime + u.ru_stime}))
+                      "cpu_s": u.ru_utime + u.ru_stime, "load_avg": os.getloadavg()[0]}))
 
 
 def run_stage(stage: str, w: Path, n: int, mode: str, timeout: float) -> dict:
@@ -269,7 +273,7 @@ def run_stage(stage: str, w: Path, n: int, mode: str, timeout: float) -> dict:
 
 def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     """The plan's (seconds, driver bytes, largest task bytes) for a bench stage."""
-    from genoray.index.stage_costs import START_S
+    from genoray.index.stage_costs import PIPELINE_START_S, START_S
 
     st = plan.stages
     ix = st["index"]
@@ -280,6 +284,9 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     if stage == "predict":
         sv = st["serve"]
         return sv["seconds"] + QUERIES * sv["batch_query_s"], sv["private_bytes"], None
+    if stage == "reindex":  # stage_reindex refits the head; the plan's +1% night carries it over: add the refit
+        hd, ri = st["head"], st["reindex"]
+        return ri["seconds"] + hd["seconds"] - PIPELINE_START_S, max(ri["peak_bytes"], hd["peak_bytes"]), None
     key = {"store": "embed", "verify": "dedup"}.get(stage, stage)
     return st[key]["seconds"], st[key]["peak_bytes"], None
 
@@ -347,13 +354,25 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
     return lines
 
 
-def plan_for(n: int, gflops: float):
-    """The capacity plan for ``n`` x :data:`DIM` on this machine at the measured per-core rate."""
+def plan_for(n: int, gflops: float, probe_fraction: float = 0.0):
+    """The capacity plan for ``n`` x :data:`DIM` on this machine at the measured per-core rate,
+    every search priced at ``probe_fraction`` of the lists (0: the plan's default)."""
     from genoray.config import ClusterSpec, IndexConfig
     from genoray.index.capacity import estimate
 
     return estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops), encoder="kmer",
-                    partition_rows=PART_ROWS)
+                    partition_rows=PART_ROWS, probe_fraction=probe_fraction)
+
+
+def replan(results: list[dict], gflops: float, tuned: bool) -> list[dict]:
+    """Every result annotated with the plan for its size; with ``tuned``, the plan of each
+    (vectors, size) prices its searches at the nprobe its ``index_local`` build chose (as
+    ``genoray plan --index`` does), else at the plan's default."""
+    from genoray.index.factory import parse_factory
+
+    probe = {(r["mode"], r["n"]): r["search_params"]["nprobe"] / parse_factory(r["factory"], DIM)["nlist"]
+             for r in results if tuned and r["stage"] == "index_local" and "nprobe" in r.get("search_params", {})}
+    return [annotate(r, plan_for(r["n"], gflops, probe.get((r["mode"], r["n"]), 0.0))) for r in results]
 
 
 def annotate(r: dict, plan) -> dict:
@@ -365,13 +384,14 @@ def annotate(r: dict, plan) -> dict:
 
 def markdown(results: list[dict]) -> list[str]:
     """The per-stage rows as a Markdown table (for docs/capacity.md and docs/benchmarks.md)."""
-    lines = ["| vectors | stage | n | time s | plan s | time / plan | driver MB | plan MB | task MB | plan MB | plan |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| vectors | stage | n | time s | driver CPU s | plan s | time / plan | driver MB | plan MB | task MB | plan MB "
+             "| plan |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mem = r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")
         ok = r["status"] == "ok"
         t = fmt(r["wall_s"], ".1f") if ok else (f">{r['limit']:.0f}" if r["status"] == "timeout" else r["status"])
         lines.append(f"| {r['mode']} | {r['stage']}{' (private)' if r['stage'] == 'predict' else ''} | {r['n']:,} | {t} | "
+                     f"{fmt(r.get('cpu_s') if ok else None, '.1f')} | "
                      f"{fmt(r['plan_s'], '.1f')} | {fmt(ratio(r['wall_s'] if ok else None, r['plan_s']), '.2f')} | "
                      f"{fmt(mem if ok else None)} | {fmt(r['plan_mb'])} | {fmt(r.get('task_mb') if ok else None)} | "
                      f"{fmt(r['plan_task_mb'])} | {plan_ok(r, r['wall_s'] if ok else None, mem)} |")
@@ -395,15 +415,17 @@ def main() -> None:
     ap.add_argument("--json-out", help="write the results here (rewritten after every stage)")
     ap.add_argument("--from-json", help="print the table of an earlier --json-out beside today's plan; runs nothing")
     ap.add_argument("--markdown", action="store_true", help="with --from-json: also print a Markdown table")
+    ap.add_argument("--default-nprobe", action="store_true",
+                    help="plan every search at the plan's default nprobe, not at the one each build's tuning chose")
     ap.add_argument("--work", help="keep the files here (default: a temp dir, removed)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.from_json:
         raw = json.loads(Path(args.from_json).read_text())
-        plans = {n: plan_for(n, raw["gflops_per_core"]) for n in raw["sizes"]}
-        print("\n".join(report([annotate(r, plans[r["n"]]) for r in raw["results"]], raw["sizes"])))
+        results = replan(raw["results"], raw["gflops_per_core"], not args.default_nprobe)
+        print("\n".join(report(results, raw["sizes"])))
         if args.markdown:
-            print("\n".join(markdown(raw["results"])))
+            print("\n".join(markdown(results)))
         return
     from bench_index import measure_gflops_per_core
 
@@ -440,7 +462,7 @@ def main() -> None:
                             "sizes": sizes, "dim": DIM, "gflops_per_core": gflops, "cores": os.cpu_count(),
                             "results": results}, indent=1))
                 shutil.rmtree(w, ignore_errors=True)
-        print("\n".join(report(results, sizes)))
+        print("\n".join(report(replan(results, gflops, not args.default_nprobe), sizes)))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -104,3 +104,30 @@ def test_the_failure_table_is_a_bounded_lru():
     assert table.retry_after("a") == 0
     table.failed("a")
     assert table.retry_after("a") == 5  # failures at 5 and 10: locked until 15
+
+
+def test_behind_haproxy_the_forwarded_address_counts_only_with_the_ingress_secret(monkeypatch):
+    from starlette.requests import Request
+
+    from genoray.serving.haproxy import INGRESS_SECRET_ENV
+    from genoray.serving.lockout import ClientAddress
+
+    def request(peer: str, *headers: tuple[str, str]) -> Request:
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        return Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "client": (peer, 5000)})
+
+    secret = "ab" * 32
+    forged = ("X-Forwarded-For", "10.0.0.7")
+    tag = ("X-Genoray-Ingress", secret)
+    # ingress="proxy": the TCP peer, whatever the headers say
+    assert ClientAddress()(request("10.0.0.1", forged, tag)) == "10.0.0.1"
+    monkeypatch.delenv(INGRESS_SECRET_ENV, raising=False)
+    assert ClientAddress(behind_haproxy=True)(request("127.0.0.1", forged)) is None  # no secret: unknown
+    monkeypatch.setenv(INGRESS_SECRET_ENV, secret)
+    address = ClientAddress(behind_haproxy=True)
+    assert address(request("127.0.0.1", forged, tag)) == "10.0.0.7"  # HAProxy's header, with its secret
+    assert address(request("127.0.0.1", forged)) == "127.0.0.1"  # no secret: the peer
+    assert address(request("127.0.0.1", forged, ("X-Genoray-Ingress", "ab" * 31 + "ac"))) == "127.0.0.1"
+    assert address(request("127.0.0.1", tag)) == "127.0.0.1"  # the secret without an address: the peer
+    # two X-Forwarded-For headers never come from HAProxy (it replaces the client's): the peer
+    assert address(request("127.0.0.1", forged, ("X-Forwarded-For", "10.0.0.8"), tag)) == "127.0.0.1"

@@ -201,3 +201,67 @@ def test_format_1_versions_still_load(nights, tmp_path, request, monkeypatch, wh
     publish(root, v2)
     assert collect_garbage(root, keep=1, object_grace_s=0) == [v]
     assert stored(root) == set(read_version(root, v2).files.values())
+
+
+def _no_hard_links(monkeypatch) -> list[str]:
+    """``os.link`` fails as across devices (EXDEV); returns the links tried."""
+    import errno
+
+    from genoray.infra import links
+
+    tried: list[str] = []
+
+    def no_link(src, dst, *a, **k):
+        tried.append(str(dst))
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(links, "_logged", False)
+    return tried
+
+
+def test_without_hard_links_extend_write_publish_and_serve_copy_verified(nights, s3_bucket, tmp_path, monkeypatch,
+                                                                       caplog):
+    tried = _no_hard_links(monkeypatch)
+    store = read_manifest(nights["index2"]).source_store
+    assert store is not None
+    ext = tmp_path / "index2"
+    extend_index(nights["index1"], store, ext, 0.5, CFG)  # the old shards: copies, sha256 checked
+    for d in old_index_digests(nights["index1"]):
+        assert d in read_manifest(ext).files().values()
+    old = read_manifest(nights["index1"])
+    for f in [*(f for s in old.shards for f in s.sha256), old.trained.file if old.trained else ""]:
+        assert (ext / f).read_bytes() == (nights["index1"] / f).read_bytes() and (ext / f).stat().st_nlink == 1
+    root = tmp_path / "root"
+    v1 = write_version(root, nights["index1"], nights["head1"])
+    v2 = write_version(root, ext, nights["head2"])
+    publish(root, v2)
+    d1, d2 = (set(read_version(root, v).files.values()) for v in (v1, v2))
+    assert stored(root) == d1 | d2 and load(root) == v2 and load(root, v1) == v1
+    for rel in read_version(root, v2).files:  # copies, not links
+        assert (root / "versions" / v2 / rel).stat().st_nlink == 1
+    # a serving node whose cache cannot link its views: copies of the downloaded objects
+    s3root = f"{s3_bucket}/bundles"
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "publisher"))
+    publish(s3root, write_version(s3root, ext, nights["head2"]))
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))
+    assert load(s3root) == current_version(s3root)
+    assert tried and not list(tmp_path.rglob("*.tmp"))  # every link was tried, no temp copy left
+    warned = [r for r in caplog.records if r.name == "genoray.infra.links"]
+    assert len(warned) == 1 and "copying instead" in warned[0].getMessage()  # logged once
+
+
+def test_a_copy_instead_of_a_link_is_checked_against_the_digest(tmp_path, monkeypatch):
+    from genoray.infra.artifacts import sha256_file
+    from genoray.infra.links import link_or_copy
+
+    _no_hard_links(monkeypatch)
+    src = tmp_path / "a"
+    src.write_bytes(b"shard bytes")
+    link_or_copy(src, tmp_path / "b", sha256_file(src))
+    assert (tmp_path / "b").read_bytes() == b"shard bytes"
+    with pytest.raises(FileExistsError):  # like os.link: an object is created once
+        link_or_copy(src, tmp_path / "b", sha256_file(src))
+    with pytest.raises(ChecksumError, match=f"{src}: copied to {tmp_path / 'c'} with sha256 .* not the recorded"):
+        link_or_copy(src, tmp_path / "c", "0" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # nothing half-written left

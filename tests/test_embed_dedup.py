@@ -161,5 +161,81 @@ def test_dedup_reads_hash_files_from_object_storage(s3_bucket, tmp_path):
     units, files = planted(tmp_path)
     for name in {n for pair in files for n in pair if n}:
         fs.write_bytes(f"{s3_bucket}/shards/{name}", (tmp_path / name).read_bytes())
-    got = dedup.find_duplicates(f"{s3_bucket}/shards", files, buckets=6)
+    got = dedup.find_duplicates(f"{s3_bucket}/shards", files, buckets=6, digests=_digests(tmp_path, files))
     assert {k: sorted(v) for k, v in got.items()} == oracle(units)
+    from genoray.infra.errors import ChecksumError
+
+    fs.write_bytes(f"{s3_bucket}/shards/k0.ids.npy", (tmp_path / "k3.ids.npy").read_bytes())  # swapped
+    with pytest.raises(ChecksumError, match=r"shards/k0\.ids\.npy: the sorted id hashes of unit 0 have sha256"):
+        dedup.find_duplicates(f"{s3_bucket}/shards", files, buckets=6, digests=_digests(tmp_path, files))
+
+
+def _digests(d: Path, files: list) -> list:
+    from genoray.infra.artifacts import sha256_file
+
+    return [sha256_file(d / ids) if ids else None for ids, _ in files]
+
+
+@pytest.mark.parametrize("buckets", [1, 7, 64])
+def test_a_corrupt_or_swapped_hash_file_is_an_error_naming_file_and_unit(tmp_path, monkeypatch, buckets):
+    from genoray.infra.errors import ChecksumError
+
+    units, files = planted(tmp_path)
+    digests = _digests(tmp_path, files)
+    names = [f"in{i}.fa (unit k{i})" for i in range(4)]
+    seen: list[str] = []
+    real = dedup.fs.sha256
+    monkeypatch.setattr(dedup.fs, "sha256", lambda uri, *a: seen.append(str(uri)) or real(uri, *a))
+    with pytest.raises(DuplicateIdError):  # intact: checked, then the planted duplicates are found
+        dedup.check_unique_ids(tmp_path, files, names, buckets=buckets, digests=digests)
+    assert sorted(Path(s).name for s in seen) == ["k0.ids.npy", "k2.ids.npy", "k3.ids.npy"]  # once each, any B
+    f = tmp_path / "k2.ids.npy"
+    good = f.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) - 5] ^= 0x10  # one bit of one hash: a silently different dedup without the check
+    f.write_bytes(bytes(flipped))
+    with pytest.raises(ChecksumError, match=r"k2\.ids\.npy: the sorted id hashes of in2\.fa \(unit k2\) have "
+                                            r"sha256 [0-9a-f]{64}, its done marker records " + digests[2]):
+        dedup.check_unique_ids(tmp_path, files, names, buckets=buckets, digests=digests)
+    f.write_bytes((tmp_path / "k0.ids.npy").read_bytes())  # unit 0's (valid) file under unit 2's name
+    with pytest.raises(ChecksumError, match=r"k2\.ids\.npy: .*in2\.fa \(unit k2\)"):
+        dedup.find_duplicates(tmp_path, files, buckets=buckets, digests=digests, names=names)
+    f.unlink()
+    with pytest.raises(ChecksumError, match=r"k2\.ids\.npy: the sorted id hashes of unit 2 have sha256 missing"):
+        dedup.find_duplicates(tmp_path, files, buckets=buckets, digests=digests)
+    f.write_bytes(good)
+    assert {k: sorted(v) for k, v in dedup.find_duplicates(tmp_path, files, buckets=buckets,
+                                                          digests=digests).items()} == oracle(units)
+
+
+def test_hash_files_are_checked_in_ray_tasks(ray_session, tmp_path):
+    from genoray.infra.errors import ChecksumError
+
+    units, files = planted(tmp_path)
+    digests = _digests(tmp_path, files)
+    got = dedup.find_duplicates(tmp_path, files, buckets=5, use_ray=True, digests=digests)
+    assert {k: sorted(v) for k, v in got.items()} == oracle(units)
+    data = bytearray((tmp_path / "k3.ids.npy").read_bytes())
+    data[200] ^= 1
+    (tmp_path / "k3.ids.npy").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"k3\.ids\.npy: the sorted id hashes of unit 3 have sha256"):
+        dedup.find_duplicates(tmp_path, files, buckets=5, use_ray=True, digests=digests)
+
+
+def test_embed_checks_the_hash_files_it_dedups(tmp_path, monkeypatch):
+    """The job hands the markers' sha256 to the check: a hash file changed after its unit
+    committed (here: by the check's first read) stops the embed with the file and unit named."""
+    from genoray.infra.errors import ChecksumError
+
+    a = write_fasta(tmp_path / "a.fa", [("x", "ACGT"), ("y", "ACGA")])
+    real = dedup.verify_hash_files
+
+    def tampered(shard_dir, checks):
+        for _, name, _ in checks:
+            p = Path(shard_dir) / name
+            p.write_bytes(p.read_bytes()[:-8] + b"\0" * 8)
+        return real(shard_dir, checks)
+
+    monkeypatch.setattr(dedup, "verify_hash_files", tampered)
+    with pytest.raises(ChecksumError, match=r"\.ids\.npy: the sorted id hashes of .*a\.fa \(unit .*\) have sha256"):
+        embed_sequences([a], tmp_path / "s", KmerEncoder(), use_ray=False)

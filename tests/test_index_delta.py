@@ -156,3 +156,23 @@ def test_arrow_column_behaves_like_the_object_array_it_replaces():
     assert got.shape == (2, 2) and list(got.ravel()) == ["d", "a", None, "c"]
     assert col[2] == ref[2] and list(col) == list(ref) and len(col) == 4
     assert list(np.asarray(col)) == list(ref) and list(col[1:3]) == list(ref[1:3])
+
+
+def test_extend_exact_pass_runs_in_ray_tasks_and_agrees_with_local(tmp_path, ray_session):
+    store = write_synthetic_store(tmp_path / "s", 20_000, 32, parts=4, test_fraction=0.02)
+    build_index(store, tmp_path / "v1", CFG)
+    append_synthetic_rows(store, 1000, seed=0)
+    here = extend_index(tmp_path / "v1", store, tmp_path / "local", 0.85, CFG, drift=drift_rule(0.05))
+    ray = extend_index(tmp_path / "v1", store, tmp_path / "ray", 0.85, CFG, drift=drift_rule(0.05), use_ray=True)
+    # same queries, same exact oracle: the same recall and tuned nprobe, to the bit
+    assert ray.recall_at_10 == here.recall_at_10 and ray.search_params == here.search_params
+    m_here, m_ray = read_json(tmp_path / "local" / "manifest.json"), read_json(tmp_path / "ray" / "manifest.json")
+    assert m_ray["recall_at_10"] == m_here["recall_at_10"] and m_ray["search_params"] == m_here["search_params"]
+    parts = len(m_ray["partitions"])
+    assert parts == 5  # 4 old + 1 new
+    # one exact task per partition; locally all in this process, on Ray none of them
+    assert here.predicted["exact_tasks"] == here.predicted["exact_in_caller"] == parts
+    assert len(here.predicted["exact_nodes"]) == 1 and here.predicted["exact_nodes"] == m_here["build"]["exact_nodes"]
+    assert ray.predicted["exact_tasks"] == parts and ray.predicted["exact_in_caller"] == 0
+    assert m_ray["build"]["exact_nodes"] == ray.predicted["exact_nodes"] == [ray_session.get_runtime_context().get_node_id()]
+    assert ray.predicted["exact_peak_task_rss_mb"] > 0

@@ -365,7 +365,7 @@ def test_no_object_storage_credential_in_any_environment():
                 checked += 1
                 assert e["name"] not in CREDENTIAL_VARS, (f, e["name"])
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
-                assert ref is None or e["name"] == "GENORAY_API_KEYS", (f, e["name"])  # the only secret
+                assert ref is None or e["name"] in ("GENORAY_API_KEYS", "GENORAY_INGRESS_SECRET"), (f, e["name"])
             for ref in node.get("envFrom", []) if isinstance(node.get("envFrom"), list) else []:
                 assert "secretRef" not in ref, f
                 names = set(config_maps[ref["configMapRef"]["name"]])
@@ -401,6 +401,7 @@ def test_haproxy_settings_are_genorays(tmp_path):
     (config,) = [d["data"] for d in documents("raycluster-serve.yaml") if d["kind"] == "ConfigMap"]
     expected = haproxy_env(wrapper=False)
     expected.pop("RAY_SERVE_HAPROXY_NBTHREAD")          # from the CPU count of the host
+    expected.pop("GENORAY_INGRESS_SECRET")              # random: from the Secret, in every pod (below)
     # the paths in genoray's 0700 HAProxy directory keep other users of a shared host away from
     # the admin socket; a pod has one user, so the pods keep Ray's defaults (and no such path)
     private = {k for k, v in expected.items() if v.startswith(str(private_dir()))}
@@ -417,6 +418,8 @@ def test_haproxy_settings_are_genorays(tmp_path):
         if f == "raycluster-serve.yaml":
             (c,) = template["spec"]["containers"]
             assert {"configMapRef": {"name": "genoray-serve-env"}} in c["envFrom"], group
+            assert {"name": "GENORAY_INGRESS_SECRET", "valueFrom": {"secretKeyRef": {
+                "name": "genoray-api-keys", "key": "GENORAY_INGRESS_SECRET"}}} in c["env"], group
 
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

@@ -140,3 +140,24 @@ def test_every_public_name_resolves():
     import genoray
 
     assert all(getattr(genoray, name) is not None for name in genoray.__all__)
+
+
+def test_publish_load_check_maps_the_index(tmp_path, monkeypatch):
+    """write_bundle's check that a replica can load the version memory-maps every shard and id
+    table (the publishing process holds mapped pages, not a copy of the index); the version loads."""
+    from bundles import make_bundle
+
+    import genoray.index.core as core
+    from genoray.bundle import verify_bundle
+    from genoray.pipeline import write_bundle
+
+    make_bundle(tmp_path / "w", tmp_path / "root0", k=5, publish_it=False)
+    calls: list[tuple[str, bool]] = []
+    real_shard, real_ids = core.read_shard, core.read_ids
+    monkeypatch.setattr(core, "read_shard", lambda p, f, mmap=False: calls.append((str(p), mmap)) or real_shard(p, f, mmap))
+    monkeypatch.setattr(core, "read_ids", lambda p, mmap=False: calls.append((str(p), mmap)) or real_ids(p, mmap))
+    v = write_bundle(tmp_path / "root", tmp_path / "w" / "index", tmp_path / "w" / "head")
+    assert calls and all(m for _, m in calls), calls
+    assert {p.rsplit("/", 1)[-1] for p, _ in calls} >= {"shard-00.faiss"}
+    monkeypatch.undo()
+    assert verify_bundle(tmp_path / "root", v).version == v

@@ -6,6 +6,9 @@ version's ``bundle.json`` (format 2, :mod:`genoray.bundle.manifest`).
   become objects; a local root hard-links them (same file system: no byte copied, an object
   already there is linked back into the version instead), object storage gets one existence
   check per object and an upload of the missing ones only.
+* **no hard links** (another device, a file system without them): every link above becomes an
+  atomic copy, its sha256 checked against the object's name (:mod:`genoray.infra.links`,
+  logged once); a version then works the same and takes its full size on disk.
 * **read** (:func:`materialize`): a node builds a version's view (the ``index/`` and ``head/``
   directory FAISS and the predictor read) from hard links to its cached objects, downloading
   only the objects it lacks; each is hashed once, when downloaded, and refused (never cached)
@@ -30,6 +33,7 @@ from genoray.bundle.manifest import OBJECTS, STAGING
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file
 from genoray.infra.errors import ChecksumError
+from genoray.infra.links import cannot_link, link_or_copy
 from genoray.infra.names import UnsafeNameError, check_digest, safe_join
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ def link_into_objects(base: Path, stage: Path, files: dict[str, str]) -> list[st
         obj.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # an object swept between the check and the link is installed again
             try:
-                os.link(src, obj)  # atomic: fails when the object exists
+                link_or_copy(src, obj, digest)  # atomic: fails when the object exists
                 added.append(digest)
                 break
             except FileExistsError:
@@ -64,6 +68,10 @@ def link_into_objects(base: Path, stage: Path, files: dict[str, str]) -> list[st
                 os.link(obj, tmp)  # holds the object's inode from here on
             except FileNotFoundError:
                 continue
+            except OSError as e:  # no hard links here: the staged copy (same bytes) stays
+                if cannot_link(e):
+                    break
+                raise
             os.unlink(src)  # a staging file nobody reads yet: no rename needed
             os.link(tmp, src)
             os.unlink(tmp)
@@ -117,7 +125,7 @@ def materialize(cache: Path, files: dict[str, str], source: Callable[[str, str],
             if not obj.is_file():
                 got += _fetch(source(rel, digest), obj, digest, where, rel)
             try:
-                os.link(obj, dst)
+                link_or_copy(obj, dst, digest)
                 break
             except FileNotFoundError:
                 continue

@@ -83,6 +83,7 @@ from genoray.infra.artifacts import make_read_only, sha256_file, verify_files
 from genoray.infra.conditional import ConflictError
 from genoray.infra.documents import from_json, read_document, to_json, write_document
 from genoray.infra.errors import ChecksumError, FormatError
+from genoray.infra.links import link_or_copy
 from genoray.infra.names import UnsafeNameError, check_version
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,10 @@ def _link_or_copy(base: Path) -> Callable[[str, str], str]:
     """A ``copytree`` copy function that hard-links a file whose object ``base`` already holds
     (an unchanged shard of an extended index) and copies any other."""
     def copy(src: str, dst: str) -> str:
-        obj = base / object_name(sha256_file(src), src)
+        digest = sha256_file(src)
         try:
-            os.link(obj, dst)
-        except OSError:
+            link_or_copy(base / object_name(digest, src), dst, digest)
+        except FileNotFoundError:  # a new object
             shutil.copy2(src, dst)
         return dst
     return copy

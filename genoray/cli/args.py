@@ -168,9 +168,13 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     p.set_defaults(func=commands["index"])
 
     p = sub.add_parser("plan", help="predict time and memory of embedding, index build, serving and head fit",
-                       description="genoray plan --n N --dim D (or --store STORE): predicted peak memory and time "
-                                   "of each stage on the given cluster. Exit status: 0 fits, 4 does not fit.")
+                       description="genoray plan --n N --dim D (or --store STORE, or --index DIR): predicted peak "
+                                   "memory and time of each stage on the given cluster, every search priced at the "
+                                   "nprobe the recall tuning picks (--probe-fraction, or a built index's). "
+                                   "Exit status: 0 fits, 4 does not fit.")
     p.add_argument("--store", help="plan for this embedding store instead of --n/--dim")
+    p.add_argument("--index", help="a built index: its tuned nprobe prices every search (and, without --n/--dim or "
+                                   "--store, the plan is for its rows, dim and factory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--memory-per-node", "--memory-per-node-gb", action=RemovedFlag, help=argparse.SUPPRESS)
     _add_groups(p, "plan")

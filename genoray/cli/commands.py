@@ -3,7 +3,7 @@
 quickstart -> genoray.pipeline.run_quickstart
 embed      -> genoray.embedding.embed_sequences
 index      -> genoray.index.build_index
-plan       -> genoray.index.capacity.estimate / plan_store
+plan       -> genoray.index.capacity.estimate / plan_store / plan_index
 train      -> genoray.pipeline.train_head
 evaluate   -> genoray.evaluation.evaluation_report (a study: genoray.evaluation.evaluate)
 predict    -> genoray.predict.Predictor
@@ -168,19 +168,22 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     """``genoray plan``: predicted memory and time per stage; exit 4 when it does not fit."""
-    from genoray.index.capacity import estimate, format_plan, plan_store  # lazy: pyarrow, faiss
+    from genoray.index import capacity as cap  # lazy: pyarrow, faiss
 
     plan_cfg = build(a, PLAN)
     cluster = plan_cfg.cluster
     cfg = build(a, INDEX)  # the same settings and defaults `genoray index` builds with
+    probe = plan_cfg.probe_fraction or (cap.tuned_probe_fraction(a.index) if a.index else 0.0)
     if a.store:
-        plan = plan_store(a.store, cfg, cluster, embed_rate=plan_cfg.embed_rate)
+        plan = cap.plan_store(a.store, cfg, cluster, embed_rate=plan_cfg.embed_rate, probe_fraction=probe)
     elif plan_cfg.n and plan_cfg.dim:
-        plan = estimate(plan_cfg.n, plan_cfg.dim, cfg, cluster, encoder=build(a, ENCODER).encoder,
-                        embed_rate=plan_cfg.embed_rate)
+        plan = cap.estimate(plan_cfg.n, plan_cfg.dim, cfg, cluster, encoder=build(a, ENCODER).encoder,
+                            embed_rate=plan_cfg.embed_rate, probe_fraction=probe)
+    elif a.index:
+        plan = cap.plan_index(a.index, cfg, cluster, embed_rate=plan_cfg.embed_rate, probe_fraction=probe)
     else:
-        raise ValueError("give --n N and --dim D (rows and vector size to plan for), or --store STORE")
-    print_result(plan.to_dict(), a.json, format_plan(plan))
+        raise ValueError("give --n N and --dim D (rows and vector size to plan for), or --store STORE, or --index DIR")
+    print_result(plan.to_dict(), a.json, cap.format_plan(plan))
     return EXIT_OK if plan.fits else EXIT_GATE
 
 

@@ -111,13 +111,21 @@ class PlanConfig:
         n: vectors (``0`` with a store: its rows of the index split).
         dim: embedding dimension (``0`` with a store: its dimension).
         embed_rate: measured sequences/s per node (``0``: the plan's rate for the encoder).
+        probe_fraction: share of an IVF index's lists one recall-tuned search scans (``nprobe /
+            nlist``), at which the plan prices every search: the build's and the reindex's recall
+            tuning, the head fit (then bounded by ``fit_scan_rows``), prediction and serving. ``0``:
+            with ``--index``, that index's tuned ``nprobe``; otherwise ``nlist / 256``, at least 8
+            (tuned on clustered k-mer spectra: the best case). Unclustered (isotropic) vectors need
+            far more (1/2 at 250k x 64 and 3/8 at 1M, ``bench/bench_growth.py``); the worst case is ``1``.
         cluster: the nodes (:class:`ClusterSpec`).
     """
 
     n: int = 0
     dim: int = 0
     embed_rate: float = 0.0
+    probe_fraction: float = 0.0
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
     def __post_init__(self) -> None:
-        validate(self, (min(self.n, self.dim, self.embed_rate) >= 0, "n, dim and embed_rate must be >= 0"))
+        validate(self, (min(self.n, self.dim, self.embed_rate) >= 0, "n, dim and embed_rate must be >= 0"),
+                 (0 <= self.probe_fraction <= 1, f"probe_fraction must be in [0, 1], got {self.probe_fraction}"))

@@ -70,9 +70,10 @@ class ServiceLimits:
         burst_per_key: token-bucket burst per key.
         failed_keys_per_client: after this many wrong API keys from one client address within
             ``failed_keys_window_s``, that address gets 429 (``Retry-After``), the right key
-            included, until the oldest of them is that old (per ingress replica); 0 = off. Off by
-            default: behind HAProxy (``ingress="haproxy"``) every client has HAProxy's address,
-            so one client's wrong keys would lock out all (see :mod:`genoray.serving.lockout`).
+            included, until the oldest of them is that old (per ingress replica); 0 = off. Behind
+            HAProxy the address is the one HAProxy saw (:mod:`genoray.serving.lockout`). Off by
+            default: one address is often many clients (a TLS proxy in front, a NAT), and then
+            anyone could keep all of them locked out (``docs/security.md``).
         failed_keys_window_s: the window of ``failed_keys_per_client``.
         failed_keys_clients: client addresses remembered (least recently failing forgotten first).
     """

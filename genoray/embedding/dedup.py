@@ -16,6 +16,14 @@ the cluster, without it (``use_ray=False``, or a single range) the same function
 range at a time.
 Units without a hash file (committed by an older genoray) have their hashes computed from
 their shard by the tasks instead.
+
+**The hash files are checked** before any range is read (when the caller gives their recorded
+sha256, as the embedding job does): :func:`verify_hash_files` tasks, as many as ranges (at
+most one per unit), each stream whole files through sha256, every file once. The check reads
+the hash files once more in all (8 bytes per row; the range reads read them once), never once
+per range. A corrupt, truncated, missing or swapped hash file stops the check with a
+:class:`~genoray.infra.errors.ChecksumError` naming the file and the unit, so a dedup is never
+computed from wrong hashes.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from genoray.infra import fs
+from genoray.infra.errors import ChecksumError
 from genoray.infra.names import safe_join
 from genoray.infra.runtime import init_ray
 from genoray.sequences.records import SEQ_ID
@@ -139,6 +148,39 @@ def ids_with_hashes(shard_dir: str, shard_file: str, hashes: list[int], batch_ro
     return out
 
 
+def verify_hash_files(shard_dir: str, checks: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    """``(unit index, ids_file, recorded sha256)`` each: the ``(index, actual sha256)`` of those
+    whose file differs (``"missing"`` when it is gone), each file streamed once."""
+    bad = []
+    for i, name, want in checks:
+        try:
+            got = fs.sha256(safe_join(shard_dir, name, shard_dir))
+        except FileNotFoundError:
+            got = "missing"
+        if got != want:
+            bad.append((i, got))
+    return bad
+
+
+def _check_hash_files(run: Callable, sd: str, units: list[tuple[str | None, str]], digests: Sequence[str | None],
+                      names: Sequence[str] | None, groups: int) -> None:
+    """Raise :class:`ChecksumError` unless every unit's hash file has its recorded sha256."""
+    checks = [(i, u[0], dg) for i, (u, dg) in enumerate(zip(units, digests, strict=True))
+              if u[0] is not None and dg is not None]
+    if not checks:
+        return
+    n = max(1, min(len(checks), groups))
+    bad = sorted(x for r in run(verify_hash_files, [(sd, checks[g::n]) for g in range(n)]) for x in r)
+    if bad:
+        i, got = bad[0]
+        unit = names[i] if names else f"unit {i}"
+        raise ChecksumError(
+            f"{fs.join(sd, str(units[i][0]))}: the sorted id hashes of {unit} have sha256 {got}, its done marker "
+            f"records {digests[i]} (corrupt, truncated or swapped; {len(bad)} hash file(s) differ); no duplicate "
+            "check was run on them. Delete that unit's .done.json (and its .ids.npy) so the next run embeds it "
+            "again, then rerun")
+
+
 def buckets_for(rows: int) -> int:
     """How many hash ranges a check over ``rows`` ids uses (about :data:`BUCKET_ROWS` each)."""
     return max(1, min(MAX_BUCKETS, math.ceil(rows / BUCKET_ROWS)))
@@ -165,16 +207,21 @@ def _runner(use_ray: bool, shard_dir: str) -> Callable[[Callable, list[tuple]], 
 
 
 def find_duplicates(shard_dir: str | Path, units: list[tuple[str | None, str]], rows: int | None = None,
-                    buckets: int | None = None, use_ray: bool = False) -> dict[str, list[int]]:
+                    buckets: int | None = None, use_ray: bool = False, digests: Sequence[str | None] | None = None,
+                    names: Sequence[str] | None = None) -> dict[str, list[int]]:
     """Every seq_id that occurs more than once over ``units`` (``(ids_file or None, shard_file)``,
     relative to ``shard_dir``) -> the indices of the units holding it (once per occurrence).
     ``buckets`` ranges of the hash space (default :func:`buckets_for` ``rows``) are checked as
-    separate tasks; the driver sees only candidates and confirmed duplicates."""
+    separate tasks; the driver sees only candidates and confirmed duplicates. ``digests``: the
+    hash files' recorded sha256 (one per unit, ``None`` for none), checked first (see the module
+    doc; ``names`` name the units in its error)."""
     sd = str(shard_dir)
     if not units:
         return {}
     b = buckets or buckets_for(rows or 0)
     run = _runner(use_ray and b > 1, sd)  # one range: here (no Ray start for a small or resumed corpus)
+    if digests is not None:
+        _check_hash_files(run, sd, units, digests, names, b)
     by_unit: dict[int, set[int]] = defaultdict(set)
     for cands in run(bucket_candidates, [(sd, units, lo, hi) for lo, hi in _bounds(b)]):
         for h, owners in cands:
@@ -192,11 +239,13 @@ def find_duplicates(shard_dir: str | Path, units: list[tuple[str | None, str]], 
 
 
 def check_unique_ids(shard_dir: str | Path, units: list[tuple[str | None, str]], names: list[str],
-                     rows: int | None = None, buckets: int | None = None, use_ray: bool = False) -> None:
+                     rows: int | None = None, buckets: int | None = None, use_ray: bool = False,
+                     digests: Sequence[str | None] | None = None) -> None:
     """Raise :class:`DuplicateIdError` when a seq_id occurs more than once over ``units``; it
     names the first such id, the units (``names``: e.g. input file and unit key) holding it,
-    and every file involved. See :func:`find_duplicates`."""
-    dups = find_duplicates(shard_dir, units, rows, buckets, use_ray)
+    and every file involved; :class:`~genoray.infra.errors.ChecksumError` when a hash file
+    differs from its recorded sha256 (``digests``). See :func:`find_duplicates`."""
+    dups = find_duplicates(shard_dir, units, rows, buckets, use_ray, digests, names)
     if not dups:
         return
     sid, owners = next(iter(dups.items()))

@@ -269,7 +269,7 @@ def embed_sequences(
     committed = kept + [done[u["key"]] for u in units if u["key"] in done]
     check_unique_ids(shard_dir, [(d.ids_file, d.file) for d in committed],
                      [f"{d.path} (unit {d.key})" for d in committed], rows=sum(d.rows for d in committed),
-                     use_ray=use_ray)
+                     use_ray=use_ray, digests=[d.ids_sha256 for d in committed])
     status: Literal["complete", "partial"] = "complete" if not failed else "partial"
     rejected: Counter = Counter()
     windows_rejected: Counter = Counter()

@@ -23,7 +23,7 @@ Stages:
 4. **merge** (one task per shard): a shard is a contiguous run of partitions, so it holds a
    contiguous gid range; its partitions' inverted lists are merged into one index that shares
    the trained quantizer.
-5. **recall**: exact top-10 of held-out queries per partition (streamed), then ``nprobe`` (and
+5. **recall**: exact top-10 of held-out queries per partition (:mod:`genoray.index.exact`), then ``nprobe`` (and
    for PQ the re-rank depth ``k_factor``) tuned to the smallest values reaching
    ``target_recall``. When no setting reaches it the build fails and says so.
 """
@@ -44,8 +44,8 @@ import numpy as np
 from genoray.config import ClusterSpec, IndexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.capacity import CapacityError, check_fits, estimate, human
+from genoray.index.exact import exact_truth
 from genoray.index.factory import choose_factory, train_sample_size
-from genoray.index.knn import merge_topk
 from genoray.index.manifest import (
     MANIFEST,
     PARTS,
@@ -66,7 +66,6 @@ from genoray.index.stages import (
     _Ray,
     add_part,
     count_split,
-    exact_part,
     merge_shard,
     part_marker,
     scan_part,
@@ -261,8 +260,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
 
     # 5. recall: exact truth streamed per partition, then tune
     qref = ex.put(queries)
-    exact = ex.map(exact_part, [(store_path, p, cfg.split, d, qref, 10) for p in parts], num_cpus=cfg.add_cpus)
-    truth = merge_topk([e[0] for e in exact], [e[1] for e in exact], 10)[1]
+    truth = exact_truth(ex, store_path, parts, cfg.split, d, qref, 10, num_cpus=cfg.add_cpus)[0]
     manifest = IndexManifest(
         format_version=IndexManifest.FORMAT_VERSION, type=factory.split(",")[0].rstrip("0123456789") or factory,
         factory=factory, metric="cosine", dim=d, ntotal=n, encoder=store.encoder_spec, fingerprint=store.fingerprint,

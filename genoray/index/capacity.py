@@ -23,6 +23,7 @@ per-core rate: ``--gflops-per-core`` (default measured on the project machine wh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -30,12 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig, ReindexConfig
+from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig, PlanConfig, ReindexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index import stage_costs
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
 from genoray.index.manifest import MANIFEST, IndexManifest, read_manifest
-from genoray.index.stages import BATCH_ROWS, count_split
+from genoray.index.stages import BATCH_ROWS, NPROBE_STEPS, count_split
 from genoray.infra import fs
 from genoray.infra.documents import read_document
 
@@ -163,13 +164,45 @@ class Plan:
         return asdict(self)
 
 
+def planned_nprobe(nlist: int, probe_fraction: float) -> int:
+    """The ``nprobe`` the plan prices an IVF search at: the smallest step of the recall
+    tuning's walk (:data:`~genoray.index.stages.NPROBE_STEPS`) that covers ``probe_fraction``
+    of the ``nlist`` lists (``0``: nlist / 256, at least 8; see
+    :attr:`~genoray.config.PlanConfig.probe_fraction`), at most nlist; 0 without lists."""
+    if not nlist:
+        return 0
+    if not probe_fraction:
+        return min(nlist, max(8, nlist // 256))
+    return min(nlist, next(p for p in NPROBE_STEPS if p >= probe_fraction * nlist - 1e-9))
+
+
+def tuned_probe_fraction(index_dir: str | Path) -> float:
+    """``nprobe / nlist`` of a built index's recall-tuned search parameters (its manifest's
+    ``search_params``); 1.0 for an index without lists (Flat, HNSW: every search is priced whole)."""
+    m = read_manifest(index_dir)
+    nlist = parse_factory(m.factory, int(m.dim))["nlist"]
+    return min(1.0, int(m.search_params["nprobe"]) / nlist) if nlist and "nprobe" in m.search_params else 1.0
+
+
+def search_s(n: int, d: int, nlist: int, nprobe: int, per_vec: int, flops: float, hnsw: bool = False) -> float:
+    """Seconds of one query on one thread: the coarse quantizer and ``nprobe / nlist`` of the
+    codes for IVF, a graph walk of about 4,096 vectors for HNSW, every vector for Flat."""
+    if hnsw:
+        return 4096 * d * 2 / flops
+    if not nlist:
+        return n * d * 2 / flops
+    return nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)
+
+
 def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpec | None = None,
              encoder: str = EncoderChoice.encoder, partition_rows: int = 100_000, embed_rate: float = 0.0,
-             id_bytes: int = 24, head: HeadConfig | None = None) -> Plan:
+             id_bytes: int = 24, head: HeadConfig | None = None,
+             probe_fraction: float = PlanConfig.probe_fraction) -> Plan:
     """Predict every stage of embedding, indexing, serving and head fitting ``n`` x ``d``
     (``cfg``: the :class:`~genoray.config.IndexConfig`, whose ``recall_queries`` the recall
-    tuning runs; ``head``: the :class:`~genoray.config.HeadConfig` whose ``max_rows`` bounds the
-    head fit; defaults for both)."""
+    tuning runs; ``head``: the :class:`~genoray.config.HeadConfig` whose ``max_rows`` and
+    ``fit_scan_rows`` bound the head fit; defaults for both). Every search is priced at
+    :func:`planned_nprobe` of ``probe_fraction``, the walk the recall tuning takes to it included."""
 
     cfg = cfg or IndexConfig()
     cl = cluster or ClusterSpec()
@@ -180,6 +213,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     nlist, code = f["nlist"], f["code_bytes"]
     per_vec = code + (8 if f["ivf"] else 0)
     quantizer = nlist * d * 4
+    nprobe = planned_nprobe(nlist, probe_fraction)
     plan = Plan(n, d, factory, {**asdict(cl), "memory_per_node_bytes": mem, "cpus_per_node": cpus})
 
     # embed
@@ -228,7 +262,9 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     add_s = add_flops / (flops * total_cores) + read_s / total_cores
     queries = cfg.recall_queries
     exact_s = queries * n * d * 2 / (flops * total_cores) + n * d * 4 / (READ_MB_S * MB) / total_cores
-    tune_s = exact_s + 20 * queries * (nlist * d * 2 + n * per_vec * 0.05) / (flops * threads)
+    # the tuning searches every query at each step of its walk up to the chosen nprobe (HNSW: 12 efSearch values)
+    walk = [p for p in NPROBE_STEPS if p <= nprobe] if nlist else [0] * (12 if f["hnsw"] else 1)
+    tune_s = exact_s + queries * sum(search_s(n, d, nlist, p, per_vec, flops, f["hnsw"]) for p in walk) / threads
     merge_s = n * per_vec / (500 * MB) / min(n_shards, cl.nodes)
     workers_per_node = max(0, min(int(cpus / max(cfg.add_cpus, 0.01)), int(mem * 0.8 // add_mem)))
     plan.stages["index"] = {
@@ -256,28 +292,31 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
             > 0.8 * mem and groups < 4096:
         groups *= 2
     per_group = replica_bytes([ShardSize(n * per_vec // groups, ids_bytes // groups)], quantizer, 0, 1, mmap=False)
-    nprobe = max(8, nlist // 256) if nlist else 0
     scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
     latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
     bundle_bytes = index_bytes + ids_bytes + refine_disk
     private = stage_costs.ANON_BASE + quantizer + ids_bytes  # ids and quantizer read in; the codes stay mapped
-    per_query = (nlist * d * 2 / flops + nprobe / nlist * n * per_vec / (SCAN_GB_S * GB)) if nlist \
+    per_query = search_s(n, d, nlist, nprobe, per_vec, flops) if nlist \
         else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     plan.stages["serve"] = {**stage_costs.cold_start(bundle_bytes, private, replica, per_query, cpus),
                             "replica_bytes": int(replica), "shard_groups": groups, "replica_bytes_per_group": int(per_group),
-                            "index_bytes": int(index_bytes), "ids_bytes": int(ids_bytes), "assumed_nprobe": nprobe,
+                            "index_bytes": int(index_bytes), "ids_bytes": int(ids_bytes), "nprobe": nprobe,
+                            "probe_fraction": nprobe / nlist if nlist else 1.0,
                             "query_latency_ms": latency_s * 1000 + 1.0}
 
     # head: bounded sample; kNN vote through the index, logistic regression by L-BFGS over the sample
-    hs = min(n, (head or HeadConfig()).max_rows)
-
-    searches = min(hs, (head or HeadConfig()).ood_reference_rows) + (head or HeadConfig()).val_fraction * hs  # OOD reference + validation votes
+    hc = head or HeadConfig()
+    hs = min(n, hc.max_rows)
+    searches = min(hs, hc.ood_reference_rows) + hc.val_fraction * hs  # OOD reference + validation votes
+    fit_probe = max(1, min(nprobe, nlist * hc.fit_scan_rows // max(n, 1))) if nlist else 0  # heads.common.fit_nprobe
+    fit_query = search_s(n, d, nlist, fit_probe, per_vec, flops) if nlist else per_query
     head_read = 2 * n * (d * 4 + ROW_META) / (READ_MB_S * MB)  # the sample's and the OOD rows' store passes
     head_linear = LBFGS_PASSES * hs * d * 8 / (MEM_GB_S * GB)  # float64 passes of the C grid + refit, one core
     plan.stages["head"] = {"sample_rows": hs, "peak_bytes": int(stage_costs.PIPELINE_BASE + hs * d * 4 * HEAD_WORK
                                                              + index_bytes + ids_bytes),  # index loaded whole
-                           "seconds": stage_costs.PIPELINE_START_S + head_read + searches * per_query / cpus + head_linear,
-                           "read_s": head_read, "search_s": searches * per_query / cpus, "linear_s": head_linear}
+                           "seconds": stage_costs.PIPELINE_START_S + head_read + searches * fit_query / cpus + head_linear,
+                           "read_s": head_read, "search_s": searches * fit_query / cpus, "linear_s": head_linear,
+                           "fit_nprobe": fit_probe}
     plan.stages["head"].update(stage_costs.stage(plan.stages["head"]["seconds"], plan.stages["head"]["peak_bytes"],
                                                  hs * d * 8, 2 * store_bytes, cpus))
     plan.stages["publish"] = stage_costs.publish(bundle_bytes, index_bytes, ids_bytes)
@@ -316,6 +355,15 @@ def plan_store(store_path, cfg=None, cluster: ClusterSpec | None = None, **kw) -
     enc = "hf" if str(spec.get("type", "kmer")).startswith("hf") else str(spec.get("type", "kmer"))
     part = max((p.rows for p in parts), default=1)
     return estimate(n, store.dim, cfg, cluster, encoder=enc, partition_rows=min(part, 250_000), **kw)
+
+
+def plan_index(index_dir: str | Path, cfg: IndexConfig | None = None, cluster: ClusterSpec | None = None,
+               **kw) -> Plan:
+    """:func:`estimate` for a built index: its rows, dim and factory, every search priced at its
+    tuned ``nprobe`` (:func:`tuned_probe_fraction`) unless ``probe_fraction`` is given."""
+    m = read_manifest(index_dir)
+    kw["probe_fraction"] = kw.get("probe_fraction") or tuned_probe_fraction(index_dir)
+    return estimate(m.ntotal, m.dim, dataclasses.replace(cfg or IndexConfig(), index_type=m.factory), cluster, **kw)
 
 
 def split_rows(store, split: str | None) -> int:
@@ -365,8 +413,10 @@ def format_plan(plan: Plan) -> str:
         (f"        build {hours(ix['build_hours'] * 3600)} (train {hours(ix['train_s'])}, add {hours(ix['add_s'])}, "
         f"merge {hours(ix['merge_s'])}, recall tuning {hours(ix['tune_s'])}); one process {hours(ix['single_process_s'])}"),
         (f"serve   replica {human(sv['replica_bytes'])} whole; {sv['shard_groups']} shard group(s) of "
-        f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query (nprobe {sv['assumed_nprobe']})"),
-        f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}",
+        f"{human(sv['replica_bytes_per_group'])}; ~{sv['query_latency_ms']:.1f} ms per query "
+        + (f"(nprobe {sv['nprobe']}, {sv['probe_fraction']:.2%} of the lists)" if sv["nprobe"] else "(HNSW)" if "HNSW" in plan.factory else "(exact)")),
+        f"head    sample {hd['sample_rows']:,} rows: {human(hd['peak_bytes'])}, {hours(hd['seconds'])}"
+        + (f" (its searches at nprobe {hd['fit_nprobe']})" if hd["fit_nprobe"] else ""),
     ]
     lines.append(f"{'stage':<9} {'time':>9} {'peak memory':>12} {'disk':>10} {'moved':>10} {'threads':>7}")
     lines += [f"{k:<9} {hours(st['seconds']):>9} {human(st['peak_bytes']):>12} {human(st['disk_bytes']):>10} "

@@ -13,13 +13,17 @@ It refuses (:class:`RetrainNeeded`, with the reason; the caller then rebuilds fr
   :func:`genoray.evaluation.shift.drift_rule`) gives a reason for the new rows;
 * **recall@10** on held-out queries (exact oracle streamed over every row), with ``nprobe``
   re-tuned, stays below ``recall_floor``.
+
+With ``use_ray`` the new partitions are added and the exact pass runs as Ray tasks, one per
+partition, spread over the nodes (:mod:`genoray.index.exact`): the night's O(n) read of the
+store is done by the cluster, and this process holds O(queries x 10) of it. The report's
+``predicted`` names the exact pass's tasks and nodes (``exact_tasks``, ``exact_nodes``,
+``exact_in_caller``: 0 on Ray); the manifest records its nodes (``build.exact_nodes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,21 +34,12 @@ import numpy as np
 from genoray.config import IndexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.build import IndexReport, partition
-from genoray.index.knn import merge_topk
+from genoray.index.exact import exact_truth
 from genoray.index.manifest import MANIFEST, PARTS, BuildInfo, RecallReport, read_manifest, write_manifest
-from genoray.index.stages import (
-    _Local,
-    _pick_queries,
-    _Ray,
-    add_part,
-    count_split,
-    exact_part,
-    merge_shard,
-    scan_part,
-    tune_index,
-)
+from genoray.index.stages import _Local, _pick_queries, _Ray, add_part, count_split, merge_shard, scan_part, tune_index
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
+from genoray.infra.links import copy_verified, link_or_copy
 from genoray.infra.names import safe_join
 from genoray.infra.staging import mark_shared
 
@@ -56,11 +51,12 @@ class RetrainNeeded(RuntimeError):
     """The index cannot be extended; the message says why (rebuild it)."""
 
 
-def _link(src: Path, dst: Path) -> None:
+def _link(src: Path, dst: Path, digest: str) -> None:
+    """A hard link, or a copy checked against the recorded sha256 where the file system has none."""
     try:
-        os.link(src, dst)
-    except OSError:  # another filesystem
-        shutil.copy2(src, dst)
+        link_or_copy(src, dst, digest)
+    except FileExistsError:
+        copy_verified(src, dst, digest)
 
 
 def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Path, recall_floor: float,
@@ -108,12 +104,14 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         raise RetrainNeeded(f"{store_path}: no new rows of split {cfg.split!r} to add")
 
     # drift rule 1: the caller's test of the new rows against a sample of the old rows
-    new_scans = [scan_part(store_path, p.file, cfg.split, d, min(1.0, 4000 / n_new), cfg.recall_queries, cfg.seed + i)
-                 for i, p in enumerate(new_parts)]
+    new_scans = ex.map(scan_part, [(store_path, p.file, cfg.split, d, min(1.0, 4000 / n_new), cfg.recall_queries,
+                                    cfg.seed + i) for i, p in enumerate(new_parts)], spread=True, num_cpus=1)
     if drift is not None:
-        old_sample = [scan_part(store_path, p.file, cfg.split, d, min(1.0, 4000 / max(n_old, 1)), 0, cfg.seed + i)[1]
-                      ["sample"] for i, p in enumerate(m.partitions[:: max(1, len(m.partitions) // 8)])]
-        reason = drift(np.concatenate(old_sample), np.concatenate([s[1]["sample"] for s in new_scans]))
+        old_sample = ex.map(scan_part, [(store_path, p.file, cfg.split, d, min(1.0, 4000 / max(n_old, 1)), 0,
+                                         cfg.seed + i) for i, p in enumerate(m.partitions[:: max(1, len(m.partitions) // 8)])],
+                            spread=True, num_cpus=1)
+        reason = drift(np.concatenate([s[1]["sample"] for s in old_sample]),
+                       np.concatenate([s[1]["sample"] for s in new_scans]))
         if reason:
             raise RetrainNeeded(f"{reason} in the {n_new} new rows; retrain the quantizer")
 
@@ -130,18 +128,18 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
     meta = merge_shard(str(out), len(m.shards), added, faiss_blob, m.factory, True, refine, parts_dir=pdir)
     fs.delete_dir(pdir)
     for s in m.shards:
-        for f in s.sha256:
-            _link(Path(safe_join(old, f, old / MANIFEST)), out / f)
-    _link(Path(safe_join(old, m.trained.file, old / MANIFEST)), out / m.trained.file)
+        for f, sha in s.sha256.items():
+            _link(Path(safe_join(old, f, old / MANIFEST)), out / f, sha)
+    _link(Path(safe_join(old, m.trained.file, old / MANIFEST)), out / m.trained.file, m.trained.sha256)
     manifest = dataclasses.replace(m, ntotal=n_old + n_new, shards=(*m.shards, meta), source_store=store_path,
                                    clean=store.clean_policy or m.clean,
                                    partitions=(*m.partitions, *(partition(p) for p in delta)))
 
     # drift rule 2: recall on held-out queries against exact search over every row, nprobe re-tuned
     queries, from_outside = _pick_queries(ex, [s[1] for s in new_scans], cfg)
+    # (one task per partition, spread over the nodes on Ray: see genoray.index.exact)
     all_parts = [*(dataclasses.asdict(p) for p in m.partitions), *delta]
-    exact = [exact_part(store_path, p, cfg.split, d, queries, 10) for p in all_parts]
-    truth = merge_topk([e[0] for e in exact], [e[1] for e in exact], 10)[1]
+    truth, ran = exact_truth(ex, store_path, all_parts, cfg.split, d, ex.put(queries), 10, num_cpus=cfg.add_cpus)
     params, recall, _ = tune_index(str(out), manifest, queries, truth, max(recall_floor, cfg.target_recall),
                                    cfg.refine_k_factor_max)
     if recall < recall_floor:
@@ -152,10 +150,12 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                                   queries_from="new rows outside the indexed split" if from_outside else "new rows",
                                   oracle="exact cosine over all indexed rows"),
         build=BuildInfo(incremental=True, base=str(old.resolve()), delta_rows=n_new,
-                        shift={"tested": drift is not None, "is_shift": False}))
+                        shift={"tested": drift is not None, "is_shift": False}, exact_nodes=ran.nodes))
     write_manifest(out, manifest)
     return IndexReport(str(out), m.factory, len(manifest.shards), n_old + n_new, d, recall,
                        manifest.search_params, False, round(time.perf_counter() - t0, 3), 0, len(delta), 0,
                        sorted({str(a["node_id"]) for a in added}),
                        float(meta.peak_rss_mb or 0.0), {"delta_rows": n_new, "sha256_reused": sum(
-                           len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index)})
+                           len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index),
+                           "exact_tasks": ran.tasks, "exact_in_caller": ran.in_caller,
+                           "exact_nodes": list(ran.nodes), "exact_peak_task_rss_mb": ran.peak_task_rss_mb})

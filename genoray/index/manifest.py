@@ -99,7 +99,7 @@ class RecallReport:
 @record
 class BuildInfo:
     """How the build ran: partitions (resumed), the nodes that added, the largest worker; or,
-    for an incremental build, its base and the rows it added."""
+    for an incremental build, its base, the rows it added and the nodes of its exact pass."""
 
     partitions: int | None = None
     resumed: int | None = None
@@ -109,6 +109,7 @@ class BuildInfo:
     base: str | None = None
     delta_rows: int | None = None
     shift: dict[str, Any] | None = None
+    exact_nodes: tuple[str, ...] | None = None
 
 
 @record

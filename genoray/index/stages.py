@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from genoray.config import IndexConfig
 from genoray.embedding.store import EMBEDDING, LABEL, SEQ_ID, SPLIT, vectors_of
 from genoray.index.core import VectorIndex, _faiss, gpu_count, write_ids, write_without_quantizer
-from genoray.index.knn import l2_normalize, merge_topk, recall_at_k
+from genoray.index.knn import l2_normalize, recall_at_k
 from genoray.index.manifest import PARTS, IndexManifest, IndexShard, ids_file, refine_file, shard_file
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
@@ -302,18 +302,8 @@ def _merge_files(out: Path, pdir: Path, shard: int, parts: list[dict[str, Any]],
                       refine=fr, peak_rss_mb=_peak_rss_mb())
 
 
-def exact_part(store_path: str, part: dict[str, Any], split: str | None, d: int, queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` (cosine) of ``queries`` among one partition's rows, as global ids."""
-    faiss = _faiss()
-    q = l2_normalize(np.asarray(_resolve(queries)))
-    best = (np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64))
-    pos = 0
-    for t in _split_batches(store_path, part["file"], split, [EMBEDDING], part.get("offset", 0), part["rows"]):
-        sims, top = faiss.knn(q, _vectors(t, d), min(k, t.num_rows), metric=faiss.METRIC_INNER_PRODUCT)
-        best = merge_topk([best[0], sims], [best[1], top + part["gid_start"] + pos], k)[:2]
-        pos += t.num_rows
-    return best
+NPROBE_STEPS = tuple(sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)}))  # 1 2 3 4 6 8 12 16 24 ...
+# the nprobe values the recall tuning tries, smallest first (the capacity plan prices the same walk)
 
 
 def tune_index(out_dir: str, manifest: IndexManifest, queries, truth, target: float,
@@ -331,8 +321,7 @@ def _tune(vindex: VectorIndex, manifest: IndexManifest, q: np.ndarray, truth: np
     factory = manifest.factory
     if factory.startswith("IVF"):
         nlist = int(factory[3:].split(",")[0])
-        steps = sorted({2**i for i in range(17)} | {3 * 2**i for i in range(16)})  # 1 2 3 4 6 8 12 16 24 ...
-        grid = [{"nprobe": p} for p in steps if p <= nlist]
+        grid = [{"nprobe": p} for p in NPROBE_STEPS if p <= nlist]
     elif factory.startswith("HNSW"):
         grid = [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)]
     else:
@@ -373,6 +362,10 @@ class _Local:
     def map(self, fn, calls: list[tuple], spread: bool = False, **opts) -> list:
         return [fn(*c) for c in calls]
 
+    def stream(self, fn, calls: list[tuple], spread: bool = False, **opts):
+        """``fn(*call)`` of every call, one at a time."""
+        return (fn(*c) for c in calls)
+
     def one(self, fn, *args, **opts):
         return fn(*args)
 
@@ -399,9 +392,20 @@ class _Ray:
         """Run ``fn(*call)`` for every call; with ``spread``, call ``i`` prefers the ``i``-th
         node with CPUs (round robin, soft: another node takes it when that one is gone), so
         the heavy stages use every node instead of packing onto the first ones."""
+        return self.ray.get(self._submit(fn, calls, spread, **opts))
+
+    def stream(self, fn, calls: list[tuple], spread: bool = False, **opts):
+        """Like :meth:`map`, but yields each result as its task completes (in any order), so
+        the caller holds one result at a time."""
+        refs = self._submit(fn, calls, spread, **opts)
+        while refs:
+            done, refs = self.ray.wait(refs, num_returns=1)
+            yield self.ray.get(done[0])
+
+    def _submit(self, fn, calls: list[tuple], spread: bool, **opts) -> list:
         if not spread:
             f = self._remote(fn, **opts)
-            return self.ray.get([f.remote(*c) for c in calls])
+            return [f.remote(*c) for c in calls]
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = sorted(n["NodeID"] for n in self.ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
@@ -409,7 +413,7 @@ class _Ray:
         for i, c in enumerate(calls):
             where = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "SPREAD"
             refs.append(self._remote(fn, scheduling_strategy=where, **opts).remote(*c))
-        return self.ray.get(refs)
+        return refs
 
     def node_memory_bytes(self) -> int:
         """Ray's ``memory`` resource of the smallest alive node with CPUs (where a build task may run)."""

@@ -1,7 +1,7 @@
 """Compare-and-swap of one small file or object: the pointer (``CURRENT``) that several writers
 (publishers, a rollback, a nightly reindex) may replace at the same time.
 
-:func:`read_tagged` returns a file's bytes with a *tag* that identifies that exact content;
+:func:`read_tagged` returns a file's bytes with a *tag* that identifies that content (on GCS: that write);
 :func:`write_if` replaces the file only if it still carries that tag (``None``: only if it does
 not exist yet), else raises :class:`ConflictError` naming the file and what changed. So of two
 writers that read the same ``CURRENT``, exactly one replaces it.
@@ -12,9 +12,14 @@ writers that read the same ``CURRENT``, exactly one replaces it.
 * **local**: the tag is the sha256 of the content; an exclusive ``flock`` on ``<file>.lock``
   is held while the file is re-read, compared and replaced (temp file + ``os.replace``).
   :func:`locked` takes the same lock for other read-then-act steps (GC).
-* **GCS** (``gs://``): the tag is the content's sha256, re-read just before the PUT. This
-  narrows the race to that gap but does not close it (a generation precondition needs
-  google-cloud-storage, which genoray does not depend on); see SECURITY.md.
+* **GCS** (``gs://``): the tag is the object's *generation* and the PUT carries
+  ``ifGenerationMatch`` (``0``: must not exist), GCS's own precondition; the content is read
+  with ``ifGenerationMatch`` of the generation just looked up, so content and tag agree.
+  :mod:`pyarrow.fs` cannot send preconditions, so these calls go through google-cloud-storage
+  (the ``gcs`` extra: ``pip install 'genoray[gcs]'``), at the endpoint of
+  :mod:`genoray.infra.gcs` (``STORAGE_EMULATOR_HOST`` or Google's) with the node's own
+  credential chain. A conditional PUT the client retried after a lost response can report a
+  conflict although it landed; the error says to read ``CURRENT`` again, which shows it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from genoray.infra import fs
+from genoray.infra import fs, gcs
 
 MISSING = "<missing>"  # how an absent file is named in a conflict message
 
@@ -62,6 +67,42 @@ def _s3(uri: str):
     return boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None), bucket, key
 
 
+def _gcs(uri: str):
+    """``(google-cloud-storage blob, exceptions module)`` for a ``gs://`` URI, at the endpoint and
+    with the credentials of :mod:`genoray.infra.gcs`; a clear error when the extra is missing."""
+    try:
+        from google.api_core import exceptions
+        from google.cloud import storage
+    except ImportError as e:
+        raise fs.StorageError(f"{uri}: compare-and-swap on gs:// needs google-cloud-storage ({e}); install "
+                              "genoray's gcs extra: pip install 'genoray[gcs]'") from None
+    bucket, _, key = uri[len("gs://"):].partition("/")
+    try:
+        client = storage.Client(**gcs.client_options())
+    except Exception as e:  # no credentials on this node (google.auth.exceptions.DefaultCredentialsError)
+        raise fs.StorageError(f"{uri}: no GCS client: {e}. Give this node application default credentials "
+                              f"(GOOGLE_APPLICATION_CREDENTIALS, a metadata server) or set {gcs.EMULATOR_ENV}") from e
+    return client.bucket(bucket).blob(key), exceptions
+
+
+def _gcs_read(uri: str) -> tuple[bytes | None, str | None]:
+    """Content and generation of a ``gs://`` object that agree: the generation is looked up,
+    then the content read only if it is still that generation (else looked up again)."""
+    blob, exc = _gcs(uri)
+    for _ in range(10):
+        try:
+            blob.reload()  # metadata: the live generation
+        except exc.NotFound:
+            return None, None
+        gen = blob.generation
+        try:
+            return blob.download_as_bytes(if_generation_match=gen), str(gen)
+        except (exc.PreconditionFailed, exc.NotFound):  # replaced or deleted in between: again
+            continue
+    raise fs.StorageError(f"{uri}: changed on every one of 10 reads; another writer is replacing it in a loop. "
+                          "Stop it and try again")
+
+
 def _digest(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data is not None else None
 
@@ -78,6 +119,13 @@ def read_tagged(uri: str | os.PathLike) -> tuple[bytes | None, str | None]:
         except Exception as e:
             raise fs.StorageError(f"{uri}: read failed: {e}") from e
         return r["Body"].read(), str(r["ETag"])
+    if s.startswith("gs://"):
+        try:
+            return _gcs_read(s)
+        except fs.StorageError:
+            raise
+        except Exception as e:
+            raise fs.StorageError(f"{uri}: read failed: {e}") from e
     data = fs.read_bytes(uri) if fs.is_file(uri) else None
     return data, _digest(data)
 
@@ -101,6 +149,15 @@ def write_if(uri: str | os.PathLike, data: bytes, tag: str | None, seen: str = "
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404"):
                 raise conflict from None
+            raise fs.StorageError(f"{uri}: conditional write failed: {e}") from e
+        return
+    if s.startswith("gs://"):
+        blob, exc = _gcs(s)
+        try:  # the generation read, or 0: only if no live object
+            blob.upload_from_string(data, if_generation_match=int(tag) if tag is not None else 0)
+        except exc.PreconditionFailed:
+            raise conflict from None
+        except Exception as e:
             raise fs.StorageError(f"{uri}: conditional write failed: {e}") from e
         return
     with locked(uri):

@@ -1,18 +1,17 @@
 """Paths on local disk or object storage (``s3://``, ``gs://``) through :mod:`pyarrow.fs`.
 
 Every genoray path argument (inputs, stores, index and head directories, bundle roots) may be a
-local path, a ``file://`` URI, ``s3://bucket/key`` or ``gs://bucket/key``. Credentials come from
-each store's standard chain (AWS: environment, ``~/.aws``, instance/pod roles; GCS: application
-default credentials) on every node, never forwarded to Ray workers (:func:`forwarded_env`);
-``AWS_ENDPOINT_URL`` points S3 at another server (MinIO, moto).
+local path, a ``file://`` URI, ``s3://bucket/key`` or ``gs://bucket/key``. Credentials come from each
+store's standard chain (AWS: environment, ``~/.aws``, instance/pod roles; GCS: application default
+credentials) on every node, never forwarded to Ray workers (:func:`forwarded_env`); ``AWS_ENDPOINT_URL``
+/ ``STORAGE_EMULATOR_HOST`` point S3 / GCS at another server (MinIO, moto, :mod:`genoray.infra.gcs`).
 
-Object stores have no rename and no partial visibility of a single object: one PUT (also a
-multipart upload, completed at its end) is atomic for readers, and S3 and GCS both give strong
-read-after-write consistency for PUT, GET and LIST. genoray's guarantees rest on exactly that:
-an artifact's files are uploaded first and the small object that refers to them (a unit's done
-marker, ``store.json``, ``manifest.json``, ``bundle.json``, ``CURRENT``) is PUT last, so a
-reader that sees the pointer sees everything it points at. Local writes keep using a temp file
-+ ``os.replace``.
+Object stores have no rename and no partial visibility of a single object: one PUT (also a multipart
+upload, completed at its end) is atomic for readers, and S3 and GCS both give strong read-after-write
+consistency for PUT, GET and LIST. genoray's guarantees rest on exactly that: an artifact's files are
+uploaded first and the small object that refers to them (a unit's done marker, ``store.json``,
+``manifest.json``, ``bundle.json``, ``CURRENT``) is PUT last, so a reader that sees the pointer sees
+everything it points at. Local writes keep using a temp file + ``os.replace``.
 """
 
 from __future__ import annotations
@@ -26,11 +25,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from genoray.infra.gcs import EMULATOR_ENV, arrow_options
 from genoray.infra.names import REMOTE_SCHEMES, check_relative, safe_join
 from genoray.infra.uploads import put_bytes, put_file
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                 "STORAGE_EMULATOR_HOST")  # where the store is: no secret, handed to Ray workers
+                 EMULATOR_ENV)  # where the store is: no secret, handed to Ray workers
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
               "GOOGLE_APPLICATION_CREDENTIALS")  # who may read it: never leaves this process
 CREDENTIAL_ENV = FORWARDED_ENV + SECRET_ENV
@@ -94,7 +94,7 @@ def resolve(uri: str | os.PathLike) -> tuple[Any, str]:
                     kw["region"] = region
                 _FILESYSTEMS[key] = pafs.S3FileSystem(**kw)
             else:
-                _FILESYSTEMS[key] = pafs.GcsFileSystem()
+                _FILESYSTEMS[key] = pafs.GcsFileSystem(**arrow_options())  # STORAGE_EMULATOR_HOST
         except Exception as e:
             raise StorageError(f"{uri}: cannot open the {scheme} filesystem: {e}") from e
     return _FILESYSTEMS[key], rest.rstrip("/")

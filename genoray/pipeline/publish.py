@@ -20,7 +20,8 @@ def write_bundle(root: str | os.PathLike, index_dir: str | os.PathLike, head_dir
                  shard_groups: list[list[int]] | None = None, trust_remote_code: bool = False) -> str:
     """Write a new version of ``root`` from an index and a head; returns its name (not
     published). It is loaded with the code every replica uses before it is sealed, so a version
-    a replica could not load is never written. ``target``: unlabeled sequences of the data the
+    a replica could not load is never written (the index memory-mapped, as ``serve --mmap``
+    loads it: the check holds no copy of it in this process's memory). ``target``: unlabeled sequences of the data the
     bundle will serve; their estimated class priors (and the decision whether to re-weight,
     :mod:`genoray.scoring.priors`) go into ``head/priors.json`` and every replica applies them.
     ``cfg``: the shard groups (:class:`~genoray.config.PublishConfig`); ``shard_groups``:
@@ -29,11 +30,13 @@ def write_bundle(root: str | os.PathLike, index_dir: str | os.PathLike, head_dir
     cfg = cfg or PublishConfig()
 
     def prepare(stage: Path) -> None:
+        # the index memory-mapped (as a serving replica maps it): this process holds mapped
+        # pages of the page cache, not an anonymous copy of the whole index
         if target is not None:
-            Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, trust_remote_code=trust_remote_code).adapt_to(
+            Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, mmap=True, trust_remote_code=trust_remote_code).adapt_to(
                 list(target)).save(stage / HEAD_DIR)
         # refuse what replicas could not load
-        Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, trust_remote_code=trust_remote_code)
+        Predictor.load(stage / INDEX_DIR, stage / HEAD_DIR, mmap=True, trust_remote_code=trust_remote_code)
 
     return write_version(root, index_dir, head_dir, metrics, version,
                          shard_groups=shard_groups if shard_groups is not None else cfg.shard_groups,

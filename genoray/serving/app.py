@@ -148,7 +148,8 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
     """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
     from ray import serve
 
-    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits,
+                     behind_haproxy=True)  # client addresses from HAProxy's X-Forwarded-For (its secret)
 
     @serve.deployment(**replica_options)
     @serve.ingress(app)

@@ -8,6 +8,16 @@ at a small wrapper (:func:`bind_wrapper`) that, each time Ray starts or reloads 
 those two listeners to the host of the service's own frontend (127.0.0.1 by default) and then
 ``exec``\\ s the real HAProxy (same process id, same arguments, so Ray manages it unchanged).
 
+The wrapper also passes the client's address to the replicas (:func:`bind_wrapper`): in the
+service's frontend HAProxy *replaces* ``X-Forwarded-For`` with the TCP source it saw (``set-header``,
+not ``option forwardfor``, which appends to what the client sent and leaves a chain for the
+replica to pick from) and sets ``X-Genoray-Ingress`` (:data:`INGRESS_HEADER`) to the secret in
+``$GENORAY_INGRESS_SECRET`` (:data:`INGRESS_SECRET_ENV`; HAProxy expands it from its environment,
+so the config file never holds it; any client-sent value is replaced, or removed when no secret
+is set). A replica takes the client address from ``X-Forwarded-For`` only when that secret
+matches (:class:`genoray.serving.lockout.ClientAddress`): a client that reaches a replica's port
+directly does not know it, so a forwarded address it sends changes nothing.
+
 The wrapper also ties HAProxy to the process that starts it (``PR_SET_PDEATHSIG``: Ray
 starts it in its own process group, so when Ray's processes were killed it used to live on,
 holding the service, stats and metrics ports) and records its process id in
@@ -18,6 +28,7 @@ holding the service, stats and metrics ports) and records its process id in
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -28,16 +39,32 @@ from genoray.config import ServeConfig
 # (deliberate backpressure) nor 504 (the request already used its time).
 HAPROXY_RETRY_ON = "conn-failure empty-response 500 502"
 PIDS_ENV = "GENORAY_HAPROXY_PIDS"  # a directory where each HAProxy the wrapper starts records its pid
+# the secret HAProxy sends in INGRESS_HEADER (the same value in the environment of every Ray process of
+# the service: HAProxy's and the replicas'), so that a replica trusts X-Forwarded-For from HAProxy only
+INGRESS_SECRET_ENV = "GENORAY_INGRESS_SECRET"
+INGRESS_HEADER = "X-Genoray-Ingress"
 
 WRAPPER = """#!/bin/sh
 # genoray: Ray Serve's HAProxy with its stats and metrics listeners bound to the host of the
-# service's frontend instead of all interfaces (genoray.serving.haproxy.bind_wrapper).
+# service's frontend instead of all interfaces, and the client's address passed to the replicas
+# (genoray.serving.haproxy.bind_wrapper).
 cfg=""; prev=""
 for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
 if [ -n "$cfg" ] && [ -f "$cfg" ]; then
   host=$(sed -nE '/^frontend http_frontend/,/^(frontend|backend|listen) /s/^[[:space:]]*bind ([^ ]+):[0-9]+.*$/\\1/p' "$cfg" | head -n 1)
   if [ -n "$host" ]; then
     sed -E -i "s/^([[:space:]]*bind )[*]?:([0-9]+)[[:space:]]*$/\\1$host:\\2/" "$cfg"
+  fi
+  # the client's address as HAProxy saw it replaces any X-Forwarded-For the client sent, and the
+  # ingress secret (HAProxy reads it from its environment: never written here) tells a replica
+  # that HAProxy set it (genoray.serving.lockout.ClientAddress); a client-sent secret never passes
+  xff='    http-request set-header X-Forwarded-For %[src]'
+  tag='    http-request del-header X-Genoray-Ingress'
+  [ -n "$GENORAY_INGRESS_SECRET" ] && tag='    http-request set-header X-Genoray-Ingress "${GENORAY_INGRESS_SECRET}"'
+  if ! grep -q 'X-Genoray-Ingress' "$cfg"; then
+    awk -v xff="$xff" -v tag="$tag" '{ print } /^frontend http_frontend/ { fe = 1; next }
+      /^(frontend|backend|listen) / { fe = 0 }
+      fe && !done && /^[[:space:]]*bind / { print xff; print tag; done = 1 }' "$cfg" > "$cfg.gr$$" && mv "$cfg.gr$$" "$cfg"
   fi
 fi
 # record this process (HAProxy after the exec below: same pid) for genoray serve's shutdown
@@ -66,7 +93,8 @@ def real_haproxy() -> str:
 
 
 def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
-    """Write the wrapper script (when missing or different) and return its path: by default
+    """Write the wrapper script (when missing or different) and return its path. It rebinds the
+    stats and metrics listeners and adds the client-address rules (module docstring). By default
     ``$GENORAY_CACHE/haproxy/haproxy`` (``~/.cache/genoray``). On a cluster every node needs it
     at the path given to Ray (``cluster.yaml`` writes it in a setup command)."""
     import sys
@@ -125,6 +153,12 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
     pick free ports when several services share a host (``ServeConfig.stats_port`` and
     ``metrics_port``, whose defaults apply when a port is ``None``). ``pids_dir``: where the wrapper records HAProxy's process ids (:data:`PIDS_ENV`).
     HAProxy's config, admin socket and state live in :func:`private_dir` (mode ``0700``).
+
+    The client address: a fresh random ingress secret (:data:`INGRESS_SECRET_ENV`; keep one that
+    is already set, as ``genoray serve`` does: every node of a cluster needs the same) and
+    ``FORWARDED_ALLOW_IPS=""``: uvicorn in Ray's processes (replicas, Serve's proxy) trusts no
+    peer's ``X-Forwarded-For`` (its default trusts 127.0.0.1, so a local process that reached a
+    replica directly could name any client address).
     """
     stats_port = ServeConfig.stats_port if stats_port is None else stats_port  # the field's default
     metrics_port = ServeConfig.metrics_port if metrics_port is None else metrics_port
@@ -140,6 +174,8 @@ def haproxy_env(stats_port: int | None = None, metrics_port: int | None = None, 
         # Serve's own HAProxy is reloaded within a second, and Ray's 30 s default made every
         # shutdown (SIGTERM, scale-down) take over 30 s
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+        "FORWARDED_ALLOW_IPS": "",
+        INGRESS_SECRET_ENV: secrets.token_hex(32),
     }
     run = private_dir()  # Ray scopes each path under <dir>/<node id>/, created inside this 0700 one
     env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(run / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(run / "a.sock"),

@@ -8,19 +8,71 @@ most ``max_clients`` addresses, each with at most ``limit`` timestamps: its memo
 whatever the number of addresses an attacker uses (the least recently failing ones are
 forgotten first). Per ingress replica, like the per-key rate limit.
 
-The address is the TCP peer the ingress sees: the client's own address behind Serve's proxy
-(``ingress="proxy"``), but HAProxy's (one address for every client) with ``ingress="haproxy"``,
-where a client that sends ``limit`` wrong keys locks every client out for up to ``window_s``
-(see ``docs/security.md``).
+The address (:class:`ClientAddress`) is the TCP peer the ingress sees with ``ingress="proxy"``
+(the client's own address behind Serve's proxy). Behind HAProxy (``ingress="haproxy"``) the
+peer is HAProxy for every client, so there it is the ``X-Forwarded-For`` that HAProxy put in
+place of any the client sent, trusted only when the request carries the ingress secret that
+HAProxy adds (:mod:`genoray.serving.haproxy`); a request without it (a client that reached a
+replica's port directly) keeps its TCP peer, whatever it claims. A replica whose environment
+has no secret (a cluster whose ``ray start`` lacks it) cannot tell clients apart and does not
+lock any out (it logs a warning once). See ``docs/security.md``.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+from starlette.requests import Request
+
+from genoray.serving.haproxy import INGRESS_HEADER, INGRESS_SECRET_ENV
+
+log = logging.getLogger(__name__)
+
+
+class ClientAddress:
+    """The address a request's failed keys count against: ``address(request)``.
+
+    ``behind_haproxy`` off: the TCP peer. On: ``X-Forwarded-For`` when the request carries
+    ``$GENORAY_INGRESS_SECRET`` in ``X-Genoray-Ingress`` (compared in constant time; only HAProxy
+    sets it, replacing whatever the client sent), else the TCP peer; ``None`` (unknown: no
+    lockout) when this process has no secret. The secret is read from this process's environment
+    on first use, so it never travels in the pickled app (Ray's GCS).
+    """
+
+    def __init__(self, behind_haproxy: bool = False):
+        self.behind_haproxy = behind_haproxy
+        self._secret: bytes | None = None
+
+    def secret(self) -> bytes:
+        """The ingress secret of this process (empty when unset)."""
+        if self._secret is None:
+            self._secret = os.environ.get(INGRESS_SECRET_ENV, "").encode()
+            if self.behind_haproxy and not self._secret:
+                log.warning("%s is not set in this replica's environment: clients behind HAProxy cannot be told "
+                            "apart, so wrong API keys lock no address out (start Ray with "
+                            "genoray.serving.haproxy.haproxy_env(), see cluster.yaml)", INGRESS_SECRET_ENV)
+        return self._secret
+
+    def __call__(self, request: Request) -> str | None:
+        """The client address of ``request`` (``None`` when it cannot be known)."""
+        peer = request.client.host if request.client else ""
+        if not self.behind_haproxy:
+            return peer
+        secret = self.secret()
+        if not secret:
+            return None
+        sent = request.headers.get(INGRESS_HEADER, "").encode("latin-1", "replace")
+        forwarded = request.headers.getlist("x-forwarded-for")
+        if hmac.compare_digest(sent, secret) and len(forwarded) == 1 and forwarded[0].strip():
+            return forwarded[0].strip()  # HAProxy's %[src]: one address, set by HAProxy alone
+        return peer
 
 
 class FailedKeys:

@@ -18,7 +18,10 @@ sequences, sequence length and total bases (422 naming the field), alphabet and 
 the store was built with, once per request); API keys as ``Authorization: Bearer <key>`` (401 otherwise), compared
 by sha256 digest in constant time. Keys come from the environment (``GENORAY_API_KEYS``,
 comma-separated), never from files in the repository. Wrong keys from one client address can be
-limited (429 for that address for a window, :mod:`genoray.serving.lockout`; off by default).
+limited (429 for that address for a window, :mod:`genoray.serving.lockout`; off by default, see
+``docs/security.md``); behind HAProxy
+(``behind_haproxy``) the client address is the one HAProxy forwards, trusted only with its
+ingress secret (:class:`~genoray.serving.lockout.ClientAddress`).
 
 The work behind the API is a :class:`Backend`; every backend (in-process, Ray Serve model
 replicas, HAProxy direct-ingress replicas) lives in :mod:`genoray.serving.app`, and the loaded,
@@ -43,7 +46,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from genoray.config import ServiceLimits  # noqa: F401 (defined in config.py)
-from genoray.serving.lockout import FailedKeys
+from genoray.serving.lockout import ClientAddress, FailedKeys
 from genoray.serving.page import mount_page
 
 log = logging.getLogger(__name__)
@@ -226,8 +229,11 @@ def create_app(
     key_hashes: tuple[str, ...] = (),
     require_key: bool = True,
     limits: ServiceLimits | None = None,
+    behind_haproxy: bool = False,
 ) -> FastAPI:
-    """The genoray HTTP API; ``backend`` does the work (batched model replicas under Ray Serve)."""
+    """The genoray HTTP API; ``backend`` does the work (batched model replicas under Ray Serve).
+    ``behind_haproxy``: the app serves ``ingress="haproxy"`` replicas, whose TCP peer is HAProxy
+    (client addresses: :class:`~genoray.serving.lockout.ClientAddress`)."""
     limits = limits or ServiceLimits()
     if require_key and not key_hashes:
         raise ValueError("no API keys configured: set GENORAY_API_KEYS, or disable auth explicitly for local use")
@@ -246,19 +252,20 @@ def create_app(
 
     failed = (FailedKeys(limits.failed_keys_per_client, limits.failed_keys_window_s, limits.failed_keys_clients)
               if require_key and limits.failed_keys_per_client > 0 else None)
+    client_address = ClientAddress(behind_haproxy)
 
     def auth(request: Request) -> None:
         digest = ""
         if require_key:
-            address = request.client.host if request.client else ""
-            if failed is not None and (locked := failed.retry_after(address)):
+            address = client_address(request) if failed is not None else None
+            if failed is not None and address is not None and (locked := failed.retry_after(address)):
                 raise HTTPException(status_code=429, detail="too many wrong API keys from this address",
                                     headers={"Retry-After": str(locked)})
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             digest = hash_key(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
             if not digest or not any(hmac.compare_digest(digest, k) for k in key_hashes):
-                if failed is not None and header:
+                if failed is not None and address is not None and header:
                     failed.failed(address)
                 raise HTTPException(status_code=401, detail="missing or invalid API key",
                                     headers={"WWW-Authenticate": "Bearer"})
