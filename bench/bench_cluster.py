@@ -12,7 +12,24 @@ First the bytes a serving node fetches: a bundle of the bundled E. coli set (4 s
 empty cache (:class:`genoray.serving.scatter.GroupIndex` on the ``s3://`` root), against the
 whole version.
 
-Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``.
+``--fresh-node``: a fresh serving node's time to its first answer, instead of the above. A
+bundle of ``--serve-n`` x 64 synthetic vectors (a 3-mer encoder record, so queries are real DNA)
+is published to ``s3://``; then, ``--repeats`` times, a new worker node is started in its own
+mount namespace (empty cache) and timed: node join (``ray start`` until Ray lists it alive) ->
+replica scheduled on it (a Ray actor that needs the node's own custom resource, timed to its
+constructor) -> bundle files downloaded and hashed into the node cache (``version_dir``, bytes
+counted) -> verified (``verify_bundle(cached=True)``: the node's verified record) -> loaded
+(``BundleHolder(mmap=True)``, what a replica constructs) -> first ``POST /v1/predict`` answered
+over HTTP by the genoray app on that holder (``create_app`` + ``LocalBackend`` under uvicorn: a
+HAProxy-topology ``GenorayReplica`` without Serve's wrapper and batching). The last node stays up as the warm node; a +1% night is
+then published (``extend_index``, head carried over, content-addressed objects) and the warm
+node's move to it is timed the same way, then cold nodes on the new version. Last (unless
+``--no-serve``), the Serve path, totals only: ``genoray serve --ingress proxy`` with its replicas
+on one worker node; ``--repeats`` times that node is killed and a fresh one started, timed from
+its ``ray start`` to the first answer through Serve's proxy on the head.
+
+Usage (root, from the repository): ``python bench/bench_cluster.py [--n 1000000] [--d 64]``,
+``python bench/bench_cluster.py --fresh-node [--serve-n 500000] [--repeats 3] [--no-serve]``.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fresh_node import fresh_node, version_size  # noqa: E402
 from genoray.embedding.synthetic import write_synthetic_store  # noqa: E402
 from tests.shared_nothing import SharedNothingCluster, why_not  # noqa: E402
 
@@ -65,6 +83,7 @@ def group_bytes(c: SharedNothingCluster) -> None:
     from genoray.embedding import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
+    from genoray.infra import fs
     from genoray.pipeline import train_head, write_bundle
     from genoray.serving.scatter import GroupIndex
 
@@ -77,12 +96,12 @@ def group_bytes(c: SharedNothingCluster) -> None:
         for groups in (2, 1):
             root = f"s3://{BUCKET}/bundles-{groups}"
             v = write_bundle(root, Path(tmp) / "index", Path(tmp) / "head", shard_groups=groups if groups > 1 else None)
-            whole = sum(o["Size"] for o in c.s3().list_objects_v2(Bucket=BUCKET, Prefix=f"bundles-{groups}/versions/{v}/")
-                        .get("Contents", []))
+            whole = version_size(v, root)  # the distinct objects bundle.json lists (format 2)
             for g in range(groups):
-                os.environ["GENORAY_CACHE"] = cache = tempfile.mkdtemp(dir=tmp)
+                os.environ["GENORAY_CACHE"] = tempfile.mkdtemp(dir=tmp)
+                before = fs.TRANSFERRED["downloaded"]
                 GroupIndex(root, v, g)
-                got = sum(p.stat().st_size for p in Path(cache).rglob("*") if p.is_file())
+                got = fs.TRANSFERRED["downloaded"] - before  # not the cache's files: its views are hard links
                 print(f"{groups} group(s), group {g}: a serving node fetched {got / 2**20:.2f} MiB of the version's "
                       f"{whole / 2**20:.2f} MiB ({got / whole:.2f}); rows {read_version(root, v).index.ntotal}", flush=True)
 
@@ -92,10 +111,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--skip-build", action="store_true", help="only the per-group bytes")
+    ap.add_argument("--fresh-node", action="store_true", help="a fresh serving node's time to its first answer")
+    ap.add_argument("--serve-n", type=int, default=500_000, help="--fresh-node: rows of the served bundle")
+    ap.add_argument("--repeats", type=int, default=3, help="--fresh-node: cold nodes per version (medians)")
+    ap.add_argument("--no-serve", action="store_true", help="--fresh-node: skip the genoray serve replacement")
     args = ap.parse_args()
     why = why_not()
     if why:
         sys.exit(f"bench_cluster: cannot start the harness: {why}")
+    if args.fresh_node:
+        fresh_node(args.serve_n, args.repeats, with_serve=not args.no_serve)
+        return
     c = SharedNothingCluster(workers=2).start()
     try:
         c.s3().create_bucket(Bucket=BUCKET)
