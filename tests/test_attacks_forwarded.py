@@ -71,7 +71,8 @@ def served(tmp_path_factory):
     version = make_bundle(tmp / "w1", root, seed=0)
     port, stats, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ, GENORAY_API_KEYS=KEY)
-    for k in ("RAY_ADDRESS", "GENORAY_INGRESS_SECRET", "FORWARDED_ALLOW_IPS"):
+    for k in ("RAY_ADDRESS", "GENORAY_INGRESS_SECRET", "FORWARDED_ALLOW_IPS", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+              "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
         env.pop(k, None)
     log = open(tmp / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port),
@@ -81,7 +82,7 @@ def served(tmp_path_factory):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 180
-        while True:  # this service's bundle: Serve's fallback proxy (8500) may be another service's on this host
+        while True:  # this service's bundle answers (not a replica of an earlier run)
             try:
                 status, body, _ = get_info(port, KEY, "127.0.0.9")
                 if status == 200 and body.get("bundle_version") == version:
@@ -141,3 +142,15 @@ def test_haproxy_replaces_forwarded_for_and_a_replica_reached_directly_trusts_no
     assert (status, body) == (429, {"detail": "too many wrong API keys from this address"})
     # through HAProxy the replica sees each client's own address: 127.0.0.1's lockout is its own
     assert get_info(port, KEY, "127.0.0.5")[0] == 200
+
+
+def test_haproxys_backup_server_is_this_services_own_proxy(served):
+    """HAProxy's ``backup`` server (Serve's fallback proxy) is on a port of this service's Ray,
+    not Ray's fixed 8500 that every Ray on the host shares: there a second service's backup
+    traffic reached the first service (another bundle, other keys). Fails on f467b52 (8500)."""
+    port = served
+    text = haproxy_config().read_text()
+    backup = re.findall(r"^\s*server \S+ [0-9.]+:(\d+) .*\bbackup\b", text, flags=re.M)
+    assert backup and all(int(p) != 8500 for p in backup), backup
+    status, body, _ = get_info(int(backup[0]), KEY, "127.0.0.6")  # the backup answers for this service
+    assert status == 200 and body.get("bundle_version") == get_info(port, KEY, "127.0.0.6")[1]["bundle_version"]

@@ -46,7 +46,7 @@ from genoray.bundle import BundleManifest, current_bundle, groups_of
 from genoray.config import ServeConfig
 from genoray.infra.runtime import init_ray, recorded_pids, signal_recorded, supervise
 from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBackend, predict_async, set_backend
-from genoray.serving.haproxy import PIDS_ENV, haproxy_env, private_dir
+from genoray.serving.haproxy import PIDS_ENV, fallback_env, haproxy_env, private_dir
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
 from genoray.serving.scatter import group_model
@@ -248,6 +248,9 @@ def run_service(cfg: ServeConfig, announce_json: bool = False) -> bool:
                 os.environ[k] = v  # the settings (flags) win
             else:
                 os.environ.setdefault(k, v)  # read by Ray's processes at start; explicit settings win
+        if not os.environ.get("RAY_ADDRESS"):  # this host's own Ray: a backup proxy of its own
+            for k, v in fallback_env(cfg.host).items():
+                os.environ.setdefault(k, v)
         ports += f", HAProxy stats {cfg.host}:{cfg.stats_port}, metrics {cfg.host}:{cfg.metrics_port}"
     stopping: list[int] = []
 

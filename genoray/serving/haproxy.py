@@ -114,6 +114,25 @@ def bind_wrapper(directory: str | os.PathLike | None = None) -> Path:
     return path
 
 
+FALLBACK_PORT_ENVS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+
+
+def fallback_env(host: str) -> dict[str, str]:
+    """Free ports on ``host`` for Serve's fallback proxy (HTTP and gRPC), HAProxy's ``backup``
+    server, for a Ray that ``genoray serve`` starts itself. Ray's fixed defaults (8500, 9500)
+    are the same for every Ray on a host: a second service's HAProxy sent its backup traffic to
+    the first service's proxy, i.e. to another bundle under other keys. A cluster, one service
+    per node, keeps the defaults or sets both in its nodes' environment."""
+    import socket
+
+    ports = []
+    with socket.socket() as a, socket.socket() as b:  # both held until both are chosen: two ports
+        for s in (a, b):
+            s.bind((host, 0))
+            ports.append(str(s.getsockname()[1]))
+    return dict(zip(FALLBACK_PORT_ENVS, ports, strict=True))
+
+
 HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
 SOCKET_TAIL = 1 + 56 + len("/m.sock")  # what Ray adds to the directory: /<node id>/<socket name>
 
