@@ -49,7 +49,7 @@ from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBacken
 from genoray.serving.haproxy import PIDS_ENV, haproxy_env, private_dir
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
-from genoray.serving.scatter import group_model
+from genoray.serving.scatter import GroupHolder, group_model, group_searchers, predict_groups_async
 from genoray.serving.service import PredictRequest, create_app, keys_from_env
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def resolve_ingress(cfg: ServeConfig, served: BundleManifest | None) -> str:
     deployments sit behind the model replicas)."""
     if cfg.ingress != "auto":
         return cfg.ingress
-    return "proxy" if served is not None and groups_of(served) else "haproxy"
+    return "haproxy"
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -106,9 +106,8 @@ def build_app(cfg: ServeConfig, served: BundleManifest | None = None):
 
     groups = groups_of(served) if served is not None else None  # a searcher deployment each (genoray.serving.scatter)
     if resolve_ingress(cfg, served) == "haproxy":
-        if groups:
-            raise ValueError(f"{cfg.root}: the bundle has {len(groups)} shard groups; serve it with ingress='proxy' "
-                             "or 'auto'")
+        if served is not None and groups:
+            return _group_replica_app(cfg, key_hashes, limits, replica_options, served)
         return _replica_app(cfg, key_hashes, limits, replica_options)
 
     @serve.deployment(**replica_options)
@@ -160,6 +159,28 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
                                         cfg.batch_wait_timeout_s))
 
     return GenorayReplica.bind()  # type: ignore[attr-defined]
+
+
+def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_options: dict,
+                       served: BundleManifest):
+    """``ingress="haproxy"`` for a shard-grouped bundle: replicas that serve the API, hold the
+    encoder and head (:class:`~genoray.serving.scatter.GroupHolder`, no vectors) and scatter
+    their own batches to the ``searcher-<g>`` deployments bound to them."""
+    from ray import serve
+
+    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    model_opts, searchers = group_searchers(cfg, replica_options, served)
+
+    @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
+    @serve.ingress(app)
+    class GenorayReplica(BundleReplica):
+        def __init__(self, *groups):
+            self.holder = GroupHolder(cfg.root, cfg.poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
+                                      cfg.trust_remote_code)
+            set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
+                                        cfg.batch_wait_timeout_s, run=predict_groups_async))
+
+    return GenorayReplica.bind(*searchers)  # type: ignore[attr-defined]
 
 
 def preflight(cfg: ServeConfig) -> BundleManifest:

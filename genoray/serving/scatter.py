@@ -247,6 +247,10 @@ class GroupHolder(BundleHolder):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
         super().__init__(root, poll_s=poll_s, trust_remote_code=trust_remote_code)
 
+    def describe(self) -> dict[str, Any]:
+        """``GET /v1/info`` of this replica: the bundle and the number of shard groups it searches."""
+        return {**super().describe(), "shard_groups": len(self.searchers)}
+
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         version = version or current_version(self.root)
         if version is None:
@@ -321,16 +325,31 @@ def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
         raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
 
-def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
-    """The bound ``GenorayModel`` deployment of the shard-grouped bundle ``served``, with one
-    ``searcher-<g>`` deployment per group behind it (put it behind the ingress); each declares
-    its own memory (:func:`genoray.serving.replica_memory.grouped_actor_options`)."""
+async def predict_groups_async(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
+    """:func:`predict_groups` on a worker thread (the scatter waits there), so the replica's event
+    loop keeps taking requests meanwhile (what :class:`~genoray.serving.backends.BatchedBackend` runs)."""
+    return await asyncio.get_running_loop().run_in_executor(None, predict_groups, holder, requests)
+
+
+def group_searchers(cfg, replica_options: dict[str, Any], served: BundleManifest) -> tuple[dict[str, Any], list]:
+    """The bound ``searcher-<g>`` deployments of the shard-grouped bundle ``served`` (one per
+    group, each declaring its own memory: :func:`genoray.serving.replica_memory.grouped_actor_options`)
+    and the Ray actor options of the replicas in front of them (encoder and head, no vectors)."""
     from ray import serve
 
     n_groups = len(groups_of(served) or [[]])
     model_opts, group_opts = grouped_actor_options(cfg, replica_options["ray_actor_options"], served, n_groups)
     searchers = [serve.deployment(**{**replica_options, "ray_actor_options": group_opts[g]})(GenoraySearcher)
                  .options(name=f"searcher-{g}").bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
+    return model_opts, searchers
+
+
+def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
+    """The bound ``GenorayModel`` deployment of the shard-grouped bundle ``served``, with one
+    ``searcher-<g>`` deployment per group behind it (put it behind the ingress: ``ingress="proxy"``)."""
+    from ray import serve
+
+    model_opts, searchers = group_searchers(cfg, replica_options, served)
 
     @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
     class GenorayModel(BundleReplica):
@@ -340,9 +359,9 @@ def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list) -> list[dict[str, Any]]:
-            return await asyncio.get_running_loop().run_in_executor(None, predict_groups, self.holder, requests)
+            return await predict_groups_async(self.holder, requests)
 
         def info(self) -> dict[str, Any]:
-            return {**self.holder.describe(), "shard_groups": len(self.holder.searchers)}
+            return self.holder.describe()
 
     return GenorayModel.bind(cfg.root, cfg.poll_s, *searchers)  # type: ignore[attr-defined]
