@@ -171,6 +171,12 @@ class _Dead:
     def result(self, timeout_s=None):
         raise self.error
 
+    def __await__(self):  # awaited like a DeploymentResponse
+        return self._answer().__await__()
+
+    async def _answer(self):
+        return self.result()
+
     def cancel(self):
         pass
 
@@ -183,6 +189,12 @@ class _Live:
     def remote(self, x, k, version):
         self.args = (x, k, version)
         return self
+
+    def __await__(self):  # awaited like a DeploymentResponse
+        return self._answer().__await__()
+
+    async def _answer(self):
+        return self.result()
 
     def result(self, timeout_s=None):
         x, k, version = self.args

@@ -24,6 +24,14 @@ environment of its processes, so it must be set before Ray starts (:func:`~genor
 CLI does it; on a cluster, in ``cluster.yaml``), and :mod:`genoray.serving.haproxy` binds HAProxy's
 stats and metrics listeners to the service's host.
 
+A bundle with shard groups (:mod:`genoray.serving.scatter`) adds one ``searcher-<g>``
+deployment per group in either topology. With ``ingress="haproxy"`` its ``GenorayReplica``
+holds a :class:`~genoray.serving.scatter.GroupHolder` (encoder, head, OOD scorer; no vectors)
+and the bound searcher handles, batches its own requests like the one-group replica
+(:class:`~genoray.serving.backends.BatchedBackend` over
+:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups;
+with ``ingress="proxy"`` the ``GenorayModel`` replicas do the same behind the Python proxy.
+
 Batching takes only what is already queued (``batch_wait_timeout_s=0``): a lone request is
 answered at once, and while a batch runs the requests that arrive meanwhile queue up and form
 the next one, so batches grow with the load without a fixed wait. Replicas memory-map the
@@ -49,7 +57,7 @@ from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBacken
 from genoray.serving.haproxy import PIDS_ENV, haproxy_env, private_dir
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
-from genoray.serving.scatter import GroupHolder, group_model, group_searchers, predict_groups_async
+from genoray.serving.scatter import GroupHolder, group_model, group_searchers, predict_groups_async, running_loop
 from genoray.serving.service import PredictRequest, create_app, keys_from_env
 
 log = logging.getLogger(__name__)
@@ -59,9 +67,9 @@ INGRESS_MODES = ("auto", "proxy", "haproxy")
 
 
 def resolve_ingress(cfg: ServeConfig, served: BundleManifest | None) -> str:
-    """The topology ``cfg`` runs for the bundle ``served`` (``CURRENT``): ``"auto"`` is HAProxy
-    for a bundle of one shard group and the proxy topology for a grouped one (searcher
-    deployments sit behind the model replicas)."""
+    """The topology ``cfg`` runs for the bundle ``served`` (``CURRENT``): ``"auto"`` is HAProxy,
+    for a bundle with shard groups too (its replicas then scatter to the searcher deployments;
+    measured in ``bench/bench_serve.py --groups 2``, see ``docs/benchmarks.md``)."""
     if cfg.ingress != "auto":
         return cfg.ingress
     return "haproxy"
@@ -176,7 +184,7 @@ def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, re
     class GenorayReplica(BundleReplica):
         def __init__(self, *groups):
             self.holder = GroupHolder(cfg.root, cfg.poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
-                                      cfg.trust_remote_code)
+                                      cfg.trust_remote_code, running_loop())  # the constructor runs in its loop
             set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s, run=predict_groups_async))
 
