@@ -245,8 +245,9 @@ async def scatter_async(searchers: list, version: str, x: np.ndarray, k: int, ti
             except TimeoutError as e:
                 calls[g].cancel()
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) did not answer within {timeout_s:g} s") from e
-            except RayTaskError as e:  # e.g. its files of this version fail verification
-                cause = e.cause if getattr(e, "cause", None) is not None else e
+            except Exception as e:  # noqa: BLE001  e.g. its files of this version fail verification: a
+                # RayTaskError, or (Serve's gRPC transport, the HAProxy topology) the searcher's own error
+                cause = e.cause if isinstance(e, RayTaskError) and getattr(e, "cause", None) is not None else e
                 log.error("searcher-%d cannot search %s: %s", g, version, cause)  # paths stay in the log
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) cannot search bundle {version} "
                                        f"({type(cause).__name__}; see the service log)") from e
