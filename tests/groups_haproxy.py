@@ -92,15 +92,19 @@ def main() -> None:
     shard.write_bytes(bytes(data))
     async def searcher_1() -> set[str]:  # this mode's handles run their router in the caller's event loop
         handle = serve.get_deployment_handle("searcher-1", app_name="genoray")
-        return {(await handle.info.remote())["replica"] for _ in range(30)}
+        found: set[str] = set()
+        end = time.time() + 60  # both replicas, the one that replaced the replica killed above included
+        while len(found) < 2 and time.time() < end:
+            found.add((await handle.info.remote())["replica"])
+        return found
 
-    print("RESULT-SO-FAR", json.dumps(res), file=sys.stderr, flush=True)
     replicas = asyncio.run(searcher_1())
     for replica in replicas:
         os.kill(replica_pid(replica), signal.SIGKILL)
     time.sleep(1)
     down = [post(port, path, s) for s in seqs[:3]]
-    res["group_down"] = [(status, body[:300].decode(errors="replace")) for status, body, _ in down]
+    res["group_down"] = [(status, body[:300].decode(errors="replace"), header) for status, body, header in down]
+    res["killed_searchers"] = sorted(replicas)
     print("RESULT", json.dumps(res), flush=True)
     # no serve.shutdown(): direct-ingress replicas keep a 30 s drain; the local Ray ends with this process
 

@@ -354,5 +354,6 @@ def test_grouped_bundle_through_haproxy(tmp_path):
     assert res["info_shard_groups"] == 2
     load = res["load"]
     assert load["killed_pid"] and load["requests"] > 50 and load["failed"] == 0 and load["wrong"] == 0
-    assert all(status == 503 and "shard group 1 (searcher-1)" in body for status, body in res["group_down"]), \
-        res["group_down"]
+    assert len(res["killed_searchers"]) == 2, res["killed_searchers"]
+    assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
+               for status, body, _ in res["group_down"]), res["group_down"]
