@@ -86,8 +86,9 @@ def make_bundle(work: Path, root: Path, seed: int, groups: int = 1) -> str:
     return write_bundle(root, work / f"index{seed}", work / f"head{seed}", shard_groups=[[g] for g in range(groups)] if groups > 1 else None)
 
 
-def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
-    """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray)."""
+def start_server(kind: str, root: Path, port: int, groups: int = 1) -> subprocess.Popen:
+    """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray);
+    with shard groups, every replica (searchers too) asks for 0.25 CPU so that all of them fit 2 cores."""
     env = dict(os.environ)
     if kind == "uvicorn":
         code = (f"import uvicorn; from genoray.serving.backends import plain_app; "
@@ -97,7 +98,7 @@ def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
         replicas = "2" if kind == "haproxy" else "1"
         cmd = [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--no-auth",
                "--no-access-log", "--poll-s", "0.5", "--ingress", kind, "--min-replicas", replicas,
-               "--max-replicas", replicas]
+               "--max-replicas", replicas, *(["--num-cpus", "0.25"] if groups > 1 else [])]
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -174,7 +175,7 @@ def main() -> None:
         wait_ready(base_port, timeout=180)
         for kind in args.servers.split(","):
             port = free_port()
-            proc = start_server(kind, root, port)
+            proc = start_server(kind, root, port, args.groups)
             try:
                 wait_ready(port, timeout=180)
                 for name, body in bodies.items():
