@@ -14,7 +14,11 @@ gave ratios that said more about the neighbours than about the servers. After ea
 run, a swap under load: a new bundle is published; failures and per-replica version changes
 are counted.
 
-    python bench/bench_serve.py [--seconds 4] [--repeats 3]
+With ``--groups 2`` the bundle is published in 2 shard groups: both Serve topologies then run a
+``searcher-<g>`` deployment per group behind the replicas that hold the encoder and head
+(:mod:`genoray.serving.scatter`), against the uvicorn baseline over the whole bundle.
+
+    python bench/bench_serve.py [--seconds 4] [--repeats 3] [--groups 2]
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ def client(port: int, body: dict, seconds: float, conc: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def make_bundle(work: Path, root: Path, seed: int) -> str:
-    from genoray.config import HeadConfig
+def make_bundle(work: Path, root: Path, seed: int, groups: int = 1) -> str:
+    """A bundle of the bundled data; with ``groups`` > 1, an index of that many shards published
+    in that many shard groups (a ``searcher-<g>`` deployment each when served)."""
+    from genoray.config import HeadConfig, IndexConfig
     from genoray.embedding.job import embed_sequences
     from genoray.encoders.kmer import KmerEncoder
     from genoray.index import build_index
@@ -73,14 +79,16 @@ def make_bundle(work: Path, root: Path, seed: int) -> str:
     from genoray.pipeline.quickstart import bundled_dataset
     from genoray.pipeline.train import train_head
 
-    embed_sequences(bundled_dataset(), work / "store", KmerEncoder(), use_ray=False)
-    build_index(work / "store", work / f"index{seed}")
+    if not (work / "store").exists():
+        embed_sequences(bundled_dataset(), work / "store", KmerEncoder(), use_ray=False)
+    build_index(work / "store", work / f"index{seed}", IndexConfig(shards=groups) if groups > 1 else None)
     train_head(work / "store", work / f"index{seed}", work / f"head{seed}", HeadConfig(seed=seed))
-    return write_bundle(root, work / f"index{seed}", work / f"head{seed}")
+    return write_bundle(root, work / f"index{seed}", work / f"head{seed}", shard_groups=[[g] for g in range(groups)] if groups > 1 else None)
 
 
-def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
-    """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray)."""
+def start_server(kind: str, root: Path, port: int, groups: int = 1) -> subprocess.Popen:
+    """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray);
+    with shard groups, every replica (searchers too) asks for 0.25 CPU so that all of them fit 2 cores."""
     env = dict(os.environ)
     if kind == "uvicorn":
         code = (f"import uvicorn; from genoray.serving.backends import plain_app; "
@@ -90,7 +98,7 @@ def start_server(kind: str, root: Path, port: int) -> subprocess.Popen:
         replicas = "2" if kind == "haproxy" else "1"
         cmd = [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--no-auth",
                "--no-access-log", "--poll-s", "0.5", "--ingress", kind, "--min-replicas", replicas,
-               "--max-replicas", replicas]
+               "--max-replicas", replicas, *(["--num-cpus", "0.25"] if groups > 1 else [])]
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -120,7 +128,9 @@ def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
     res = run_load(port, "/v1/predict", body, None, seconds=10, concurrency=8, max_requests=5000, on_tick=tick)
     by_replica = {}
     for r in sorted(res):
-        by_replica.setdefault(r[4], []).append(r[3])
+        # the replica that holds the bundle (first token): with shard groups the header also lists
+        # each group's version@replica, so the whole header changes with the version
+        by_replica.setdefault(r[4].split(" ")[0], []).append(r[3])
     changes = {rep: sum(1 for a, b in zip(v, v[1:]) if a != b) for rep, v in by_replica.items()}
     failed = sum(1 for r in res if r[2] != 200)
     return (f"{len(res)} requests, {failed} failed; version changes per replica: {list(changes.values())}; "
@@ -149,10 +159,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3, help="runs per level and server (medians are reported)")
     ap.add_argument("--servers", default="haproxy,proxy", help="comma-separated Serve topologies: haproxy (default), proxy")
+    ap.add_argument("--groups", type=int, default=1,
+                    help="shard groups of the served bundle (> 1: one searcher deployment per group; the uvicorn "
+                         "baseline holds the whole bundle)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     root = work / "bundles"
-    versions = [make_bundle(work, root, seed) for seed in range(3)]
+    versions = [make_bundle(work, root, seed, args.groups) for seed in range(3)]
     publish(root, versions[0])
     seqs = pq.read_table(bundled_dataset(), columns=["sequence"])["sequence"].to_pylist()
     bodies = {"1 seq": {"sequences": seqs[:1], "k": 5}, "32 seq": {"sequences": seqs[:32], "k": 5}}
@@ -164,7 +177,7 @@ def main() -> None:
         wait_ready(base_port, timeout=180)
         for kind in args.servers.split(","):
             port = free_port()
-            proc = start_server(kind, root, port)
+            proc = start_server(kind, root, port, args.groups)
             try:
                 wait_ready(port, timeout=180)
                 for name, body in bodies.items():
@@ -181,7 +194,7 @@ def main() -> None:
                 stop_server(proc)
     finally:
         stop_server(base)
-    print(f"bundle: E. coli promoters, k-mer encoder; {args.seconds:g} s per run, median of {args.repeats} runs per "
+    print(f"bundle: E. coli promoters, k-mer encoder, {args.groups} shard group(s); {args.seconds:g} s per run, median of {args.repeats} runs per "
           f"level, baseline runs interleaved with each server's; client in a separate process; {os.cpu_count()} CPUs")
     print(f"{'server':<24} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'failed':>6} | {'uvicorn req/s':>13} {'p50':>6} {'p99':>6} | {'ratio':>6}")

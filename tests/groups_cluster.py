@@ -149,7 +149,9 @@ def main() -> None:
     ray.init(address=cluster.address, log_to_driver=False)
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
+    # the proxy topology (no HAProxy env in this cluster's processes; tests/groups_haproxy.py has the default)
     common = dict(require_key=False, min_replicas=2, max_replicas=2, num_cpus=0.1, ingress_num_cpus=0.05,
+                  ingress="proxy",
                   poll_s=0.5, access_log=False, predict_timeout_s=20)
     serve.run(build_app(ServeConfig(root=str(grouped), **common)), name="grouped", route_prefix="/grouped")
     serve.run(build_app(ServeConfig(root=str(mono), **common)), name="mono", route_prefix="/mono")

@@ -171,6 +171,12 @@ class _Dead:
     def result(self, timeout_s=None):
         raise self.error
 
+    def __await__(self):  # awaited like a DeploymentResponse
+        return self._answer().__await__()
+
+    async def _answer(self):
+        return self.result()
+
     def cancel(self):
         pass
 
@@ -183,6 +189,12 @@ class _Live:
     def remote(self, x, k, version):
         self.args = (x, k, version)
         return self
+
+    def __await__(self):  # awaited like a DeploymentResponse
+        return self._answer().__await__()
+
+    async def _answer(self):
+        return self.result()
 
     def result(self, timeout_s=None):
         x, k, version = self.args
@@ -269,13 +281,12 @@ def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
     """Each ``searcher-<g>`` declares the process, its group's id rows and the shared quantizer in
     full plus its group's shard files shared by the replicas of a node; the model declares the
     process and the head only. Sizes are summed here from the files of the group layout."""
-    from genoray.bundle import publish
+    from genoray.bundle import current_bundle, publish
     from genoray.config import ServeConfig
     from genoray.index.capacity import RAY_WORKER_BASE, SERVE_EXTRA
     from genoray.infra.artifacts import read_json
     from genoray.pipeline import write_bundle
     from genoray.serving.replica_memory import grouped_actor_options, replica_actor_options
-    from genoray.bundle import current_bundle
     from genoray.serving.scatter import group_model
 
     root = tmp_path / "root"
@@ -310,3 +321,39 @@ def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
     assert grouped_actor_options(fixed, fixed_opts, served, 2) == (fixed_opts, [fixed_opts, fixed_opts])
     with pytest.raises(ValueError, match="2 shard groups, serving 3"):
         grouped_actor_options(cfg, opts, served, 3)
+
+
+@pytest.mark.ray
+@pytest.mark.chaos
+@pytest.mark.timeout(420)
+def test_grouped_bundle_through_haproxy(tmp_path):
+    """A 2-group bundle served by ``ingress="auto"``, i.e. HAProxy in front of direct-ingress
+    replicas that scatter to the searcher deployments: every answer equals one process holding
+    every shard, a SIGKILLed searcher replica under load costs no request, and a whole group
+    down is a 503 naming it."""
+    from test_serve_haproxy import free_port
+
+    short = tempfile.mkdtemp(prefix="g", dir="/tmp" if os.path.isdir("/tmp") else None)  # AF_UNIX path limit
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TMPDIR=short,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
+    env.pop("RAY_ADDRESS", None)
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "tests" / "groups_haproxy.py"), str(tmp_path),
+                              *(str(free_port()) for _ in range(3))],
+                             capture_output=True, text=True, timeout=400, env=env, check=False)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-6000:]
+    res = json.loads(lines[-1][7:])
+    print(json.dumps(res, indent=1))
+    assert res["ingress"] == "haproxy"
+    assert res["statuses"] == [200] and res["same_as_oracle"] == res["queries"] == 24
+    assert all(f"searcher-0={res['v1']}@" in h and f"searcher-1={res['v1']}@" in h for h in res["headers"])
+    assert res["info_shard_groups"] == 2
+    load = res["load"]
+    assert load["killed_pid"] and load["requests"] > 50 and load["failed"] == 0 and load["wrong"] == 0
+    assert len(res["killed_searchers"]) == 2, res["killed_searchers"]
+    assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
+               for status, body, _ in res["group_down"]), res["group_down"]

@@ -153,10 +153,10 @@ class ServeConfig:
         access_log: Serve's per-request access log lines (proxy and replicas); off saves a log
             write per hop per request (one A/B on 2 cores: 110 -> 131 req/s at 8 clients; within
             run-to-run noise in bench_serve).
-        ingress: ``"auto"`` (default: ``"haproxy"``, or ``"proxy"`` when the published bundle
-            has shard groups), ``"haproxy"`` (HAProxy -> API-and-model replicas; see
-            :mod:`genoray.serving.app`) or ``"proxy"`` (Serve's Python proxy -> ingress -> model
-            replicas; the topology that serves shard groups). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
+        ingress: ``"auto"`` (default: ``"haproxy"``, for a bundle with shard groups too),
+            ``"haproxy"`` (HAProxy -> API-and-model replicas, which scatter to the groups'
+            searchers when the bundle has shard groups; see :mod:`genoray.serving.app`) or
+            ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
         trust_remote_code: let the replicas run the bundle's transformers model's own Python

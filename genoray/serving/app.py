@@ -24,6 +24,14 @@ environment of its processes, so it must be set before Ray starts (:func:`~genor
 CLI does it; on a cluster, in ``cluster.yaml``), and :mod:`genoray.serving.haproxy` binds HAProxy's
 stats and metrics listeners to the service's host.
 
+A bundle with shard groups (:mod:`genoray.serving.scatter`) adds one ``searcher-<g>``
+deployment per group in either topology. With ``ingress="haproxy"`` its ``GenorayReplica``
+holds a :class:`~genoray.serving.scatter.GroupHolder` (encoder, head, OOD scorer; no vectors)
+and the bound searcher handles, batches its own requests like the one-group replica
+(:class:`~genoray.serving.backends.BatchedBackend` over
+:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups;
+with ``ingress="proxy"`` the ``GenorayModel`` replicas do the same behind the Python proxy.
+
 Batching takes only what is already queued (``batch_wait_timeout_s=0``): a lone request is
 answered at once, and while a batch runs the requests that arrive meanwhile queue up and form
 the next one, so batches grow with the load without a fixed wait. Replicas memory-map the
@@ -49,7 +57,7 @@ from genoray.serving.backends import BatchedBackend, IngressBackend, ServeBacken
 from genoray.serving.haproxy import PIDS_ENV, fallback_env, haproxy_env, private_dir
 from genoray.serving.holder import BundleHolder, BundleReplica
 from genoray.serving.replica_memory import replica_actor_options
-from genoray.serving.scatter import group_model
+from genoray.serving.scatter import GroupHolder, group_model, group_searchers, predict_groups_async, running_loop
 from genoray.serving.service import PredictRequest, create_app, keys_from_env
 
 log = logging.getLogger(__name__)
@@ -59,12 +67,12 @@ INGRESS_MODES = ("auto", "proxy", "haproxy")
 
 
 def resolve_ingress(cfg: ServeConfig, served: BundleManifest | None) -> str:
-    """The topology ``cfg`` runs for the bundle ``served`` (``CURRENT``): ``"auto"`` is HAProxy
-    for a bundle of one shard group and the proxy topology for a grouped one (searcher
-    deployments sit behind the model replicas)."""
+    """The topology ``cfg`` runs for the bundle ``served`` (``CURRENT``): ``"auto"`` is HAProxy,
+    for a bundle with shard groups too (its replicas then scatter to the searcher deployments;
+    measured in ``bench/bench_serve.py --groups 2``, see ``docs/benchmarks.md``)."""
     if cfg.ingress != "auto":
         return cfg.ingress
-    return "proxy" if served is not None and groups_of(served) else "haproxy"
+    return "haproxy"
 
 
 def start_http(cfg: ServeConfig) -> None:
@@ -106,9 +114,8 @@ def build_app(cfg: ServeConfig, served: BundleManifest | None = None):
 
     groups = groups_of(served) if served is not None else None  # a searcher deployment each (genoray.serving.scatter)
     if resolve_ingress(cfg, served) == "haproxy":
-        if groups:
-            raise ValueError(f"{cfg.root}: the bundle has {len(groups)} shard groups; serve it with ingress='proxy' "
-                             "or 'auto'")
+        if served is not None and groups:
+            return _group_replica_app(cfg, key_hashes, limits, replica_options, served)
         return _replica_app(cfg, key_hashes, limits, replica_options)
 
     @serve.deployment(**replica_options)
@@ -161,6 +168,28 @@ def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_
                                         cfg.batch_wait_timeout_s))
 
     return GenorayReplica.bind()  # type: ignore[attr-defined]
+
+
+def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_options: dict,
+                       served: BundleManifest):
+    """``ingress="haproxy"`` for a shard-grouped bundle: replicas that serve the API, hold the
+    encoder and head (:class:`~genoray.serving.scatter.GroupHolder`, no vectors) and scatter
+    their own batches to the ``searcher-<g>`` deployments bound to them."""
+    from ray import serve
+
+    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    model_opts, searchers = group_searchers(cfg, replica_options, served)
+
+    @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
+    @serve.ingress(app)
+    class GenorayReplica(BundleReplica):
+        def __init__(self, *groups):
+            self.holder = GroupHolder(cfg.root, cfg.poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
+                                      cfg.trust_remote_code, running_loop())  # the constructor runs in its loop
+            set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
+                                        cfg.batch_wait_timeout_s, run=predict_groups_async))
+
+    return GenorayReplica.bind(*searchers)  # type: ignore[attr-defined]
 
 
 def preflight(cfg: ServeConfig) -> BundleManifest:

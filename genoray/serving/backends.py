@@ -5,7 +5,8 @@
   FastAPI app, the benchmark baseline: :func:`plain_app`);
 * :class:`ServeBackend`: the ingress of ``ingress="proxy"``, forwarding to the model
   deployment's replicas and retrying a request on another replica when its replica dies;
-* :class:`BatchedBackend`: a ``GenorayReplica`` of ``ingress="haproxy"``, its own bundle,
+* :class:`BatchedBackend`: a ``GenorayReplica`` of ``ingress="haproxy"``, its own bundle (or,
+  for a shard-grouped bundle, its encoder and head and the groups' searcher handles),
   concurrent requests batched in-process.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from genoray.config import ServiceLimits
@@ -129,17 +131,20 @@ class ServeBackend:
 
 class BatchedBackend:
     """:class:`~genoray.serving.service.Backend` of a ``GenorayReplica``: its own bundle, concurrent
-    requests batched in-process (``@serve.batch``), 504 after ``timeout_s``."""
+    requests batched in-process (``@serve.batch``), 504 after ``timeout_s``. ``run`` answers one
+    batch (:func:`predict_async` by default; over shard groups,
+    :func:`genoray.serving.scatter.predict_groups_async`)."""
 
-    def __init__(self, holder, timeout_s: float, max_batch_size: int, batch_wait_timeout_s: float):
+    def __init__(self, holder, timeout_s: float, max_batch_size: int, batch_wait_timeout_s: float,
+                 run: Callable[[Any, list], Awaitable[list[dict[str, Any]]]] = predict_async):
         from ray import serve
 
-        self.holder, self.timeout_s = holder, timeout_s
+        self.holder, self.timeout_s, self._run = holder, timeout_s, run
         self._batched = serve.batch(max_batch_size=max_batch_size,
                                     batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
 
     async def _predict_many(self, requests: list) -> list[dict[str, Any]]:
-        return await predict_async(self.holder, requests)
+        return await self._run(self.holder, requests)
 
     async def predict(self, req) -> dict[str, Any]:
         """Batch this request with concurrent ones; 504 after ``timeout_s``."""

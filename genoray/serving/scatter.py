@@ -1,20 +1,24 @@
 """Scatter-gather serving over shard groups, for a bundle that does not fit one replica.
 
 A bundle may record ``shard_groups`` (lists of index shard numbers, see :func:`genoray.bundle.groups.shard_groups`).
-With more than one group, ``genoray serve`` (``ingress="proxy"``) runs:
+With more than one group, ``genoray serve`` runs (in either topology of :mod:`genoray.serving.app`):
 
 * one ``searcher-<g>`` deployment per group (:class:`GenoraySearcher`), each autoscaled on its
   own. A searcher replica loads only its group's shards and their seq_id / label rows, verified
   against ``bundle.json``, for the versions it is asked for: ``CURRENT`` at start, the next one
   when ``CURRENT`` moves (it watches it), and any version a request names (at most
   :data:`CACHED_VERSIONS` held at a time);
-* ``GenorayModel`` replicas that hold the encoder, head and OOD scorer but no vectors
-  (:class:`GroupHolder`). A batch is embedded once, sent to every group concurrently with its
+* replicas that hold the encoder, head and OOD scorer but no vectors (:class:`GroupHolder`):
+  with ``ingress="haproxy"`` (the default) the direct-ingress ``GenorayReplica`` replicas
+  behind HAProxy, which serve the API and batch their own requests
+  (:func:`genoray.serving.app.build_app`), with ``ingress="proxy"`` the ``GenorayModel``
+  replicas behind Serve's proxy (:func:`group_model`). A batch is embedded once, sent to every group concurrently with its
   bundle version, and the groups' top-k lists are merged by similarity (larger first, ties by
   global id: :func:`genoray.index.knn.merge_topk`) before the head votes over the merged neighbours. The result equals one index
   holding every shard (the merge is the one a sharded :class:`~genoray.index.VectorIndex` does).
 
-Versions never mix: a batch is searched at the one version its model replica serves, a
+Versions never mix (in either topology; "model replica" below is the replica that holds the
+encoder and head): a batch is searched at the one version its model replica serves, a
 searcher answers at exactly the version asked for (loading it if needed) and says which, and
 the model checks it. A model replica moves to a new ``CURRENT`` only after every group answered
 that it has loaded it. A searcher replica that dies is retried on another replica of its group;
@@ -196,34 +200,54 @@ class GroupUnavailable(RuntimeError):
     """No replica of a shard group answered in time (the API's 503)."""
 
 
-def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
-            seen: dict[str, str] | None = None) -> Hits:
-    """Search every group at ``version`` concurrently (sync: call from a worker thread), retrying
-    a group on another of its replicas when one dies; merged :class:`Hits`."""
+def on_loop(coro, loop: asyncio.AbstractEventLoop | None):
+    """Run ``coro`` from a worker thread on ``loop`` (the replica's event loop: in Serve's
+    throughput-optimized mode, the HAProxy topology, a handle's router lives in the loop that
+    first used it, so every call of a handle is awaited there), or on a loop of its own
+    (``None``: outside a replica)."""
+    if loop is None:
+        return asyncio.run(coro)
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread (a Serve replica's constructor runs in its loop), or ``None``."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def scatter_async(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
+                        seen: dict[str, str] | None = None) -> Hits:
+    """Search every group at ``version`` concurrently, awaiting the searchers' answers in this
+    event loop and retrying a group on another of its replicas when one dies; merged :class:`Hits`."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
     from ray.serve.exceptions import ReplicaUnavailableError
 
-    deadline = time.monotonic() + timeout_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     calls = {g: s.search.remote(x, k, version) for g, s in enumerate(searchers)}
     parts: dict[int, dict[str, Any]] = {}
     for g in range(len(searchers)):
         attempt = 0
         while g not in parts:
             try:
-                parts[g] = calls[g].result(timeout_s=max(0.001, deadline - time.monotonic()))
+                parts[g] = await asyncio.wait_for(calls[g], max(0.001, deadline - loop.time()))
             except (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError) as e:
                 attempt += 1
                 log.warning("searcher-%d replica lost (attempt %d): %s", g, attempt, type(e).__name__)
-                if attempt > retries or time.monotonic() >= deadline:
+                if attempt > retries or loop.time() >= deadline:
                     raise GroupUnavailable(f"shard group {g} (searcher-{g}): no replica answered after "
                                            f"{attempt} attempts") from e
-                time.sleep(min(0.05 * 2 ** attempt, 0.5, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(0.05 * 2 ** attempt, 0.5, max(0.0, deadline - loop.time())))
                 calls[g] = searchers[g].search.remote(x, k, version)
             except TimeoutError as e:
                 calls[g].cancel()
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) did not answer within {timeout_s:g} s") from e
-            except RayTaskError as e:  # e.g. its files of this version fail verification
-                cause = e.cause if getattr(e, "cause", None) is not None else e
+            except Exception as e:  # noqa: BLE001  e.g. its files of this version fail verification: a
+                # RayTaskError, or (Serve's gRPC transport, the HAProxy topology) the searcher's own error
+                cause = e.cause if isinstance(e, RayTaskError) and getattr(e, "cause", None) is not None else e
                 log.error("searcher-%d cannot search %s: %s", g, version, cause)  # paths stay in the log
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) cannot search bundle {version} "
                                        f"({type(cause).__name__}; see the service log)") from e
@@ -237,15 +261,27 @@ def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: flo
     return Hits(sims, gids, seq_ids, labels)
 
 
+def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
+            seen: dict[str, str] | None = None, loop: asyncio.AbstractEventLoop | None = None) -> Hits:
+    """:func:`scatter_async` from a worker thread (the predictor's search is synchronous), run on
+    ``loop`` (:func:`on_loop`)."""
+    return on_loop(scatter_async(searchers, version, x, k, timeout_s, retries, seen), loop)
+
+
 class GroupHolder(BundleHolder):
     """A model replica's bundle: encoder, head and OOD scorer of ``CURRENT`` (no vectors),
     and the searcher handles of its shard groups. Switches version only when every group has
     the new one loaded."""
 
     def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
-                 retries: int = 3, trust_remote_code: bool = False):
+                 retries: int = 3, trust_remote_code: bool = False, loop: asyncio.AbstractEventLoop | None = None):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
+        self.loop = loop  # the replica's event loop: where the searcher handles are awaited (on_loop)
         super().__init__(root, poll_s=poll_s, trust_remote_code=trust_remote_code)
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /v1/info`` of this replica: the bundle and the number of shard groups it searches."""
+        return {**super().describe(), "shard_groups": len(self.searchers)}
 
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         version = version or current_version(self.root)
@@ -264,13 +300,18 @@ class GroupHolder(BundleHolder):
 
     def load(self, version: str) -> None:
         """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
-        g = 0
-        try:
+        failed = [0]
+
+        async def ready() -> None:
             calls = [s.ready.remote(version) for s in self.searchers]
-            for g in range(len(calls)):
-                calls[g].result(timeout_s=120)
+            for g, call in enumerate(calls):
+                failed[0] = g
+                await asyncio.wait_for(call, 120)
+
+        try:
+            on_loop(ready(), self.loop)
         except Exception as e:
-            self.last_error = f"bundle {version} not ready on shard group {g}: {type(e).__name__}: {e}"
+            self.last_error = f"bundle {version} not ready on shard group {failed[0]}: {type(e).__name__}: {e}"
             log.warning(self.last_error)
             raise
         super().load(version)
@@ -298,7 +339,8 @@ class _Batch:
         self.seen: dict[str, str] = {}
 
         def search(x: np.ndarray, k: int) -> Hits:
-            return scatter(holder.searchers, self.version, x, k, 0.8 * holder.timeout_s, holder.retries, self.seen)
+            return scatter(holder.searchers, self.version, x, k, 0.8 * holder.timeout_s, holder.retries, self.seen,
+                           holder.loop)
 
         self.predictor = _Searching(predictor, search)
 
@@ -321,28 +363,43 @@ def predict_groups(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
         raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
 
-def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
-    """The bound ``GenorayModel`` deployment of the shard-grouped bundle ``served``, with one
-    ``searcher-<g>`` deployment per group behind it (put it behind the ingress); each declares
-    its own memory (:func:`genoray.serving.replica_memory.grouped_actor_options`)."""
+async def predict_groups_async(holder: GroupHolder, requests: list) -> list[dict[str, Any]]:
+    """:func:`predict_groups` on a worker thread (the scatter waits there), so the replica's event
+    loop keeps taking requests meanwhile (what :class:`~genoray.serving.backends.BatchedBackend` runs)."""
+    return await asyncio.get_running_loop().run_in_executor(None, predict_groups, holder, requests)
+
+
+def group_searchers(cfg, replica_options: dict[str, Any], served: BundleManifest) -> tuple[dict[str, Any], list]:
+    """The bound ``searcher-<g>`` deployments of the shard-grouped bundle ``served`` (one per
+    group, each declaring its own memory: :func:`genoray.serving.replica_memory.grouped_actor_options`)
+    and the Ray actor options of the replicas in front of them (encoder and head, no vectors)."""
     from ray import serve
 
     n_groups = len(groups_of(served) or [[]])
     model_opts, group_opts = grouped_actor_options(cfg, replica_options["ray_actor_options"], served, n_groups)
     searchers = [serve.deployment(**{**replica_options, "ray_actor_options": group_opts[g]})(GenoraySearcher)
                  .options(name=f"searcher-{g}").bind(cfg.root, g, cfg.poll_s) for g in range(n_groups)]
+    return model_opts, searchers
+
+
+def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
+    """The bound ``GenorayModel`` deployment of the shard-grouped bundle ``served``, with one
+    ``searcher-<g>`` deployment per group behind it (put it behind the ingress: ``ingress="proxy"``)."""
+    from ray import serve
+
+    model_opts, searchers = group_searchers(cfg, replica_options, served)
 
     @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
     class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
             self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
-                                      cfg.trust_remote_code)
+                                      cfg.trust_remote_code, running_loop())
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list) -> list[dict[str, Any]]:
-            return await asyncio.get_running_loop().run_in_executor(None, predict_groups, self.holder, requests)
+            return await predict_groups_async(self.holder, requests)
 
         def info(self) -> dict[str, Any]:
-            return {**self.holder.describe(), "shard_groups": len(self.holder.searchers)}
+            return self.holder.describe()
 
     return GenorayModel.bind(cfg.root, cfg.poll_s, *searchers)  # type: ignore[attr-defined]
