@@ -86,6 +86,20 @@ def test_write_if_replaces_only_the_generation_it_read(gcs_bucket):
     assert conditional.read_tagged(uri) == (b"two", second)
 
 
+def test_the_gcs_scheme_takes_the_same_generation_precondition(gcs_bucket):
+    """``gcs://`` names GCS like ``gs://``: it took the unconditional path before, where a
+    stale writer replaced the object."""
+    assert gcs_bucket.startswith("gs://")
+    uri = "gcs://" + gcs_bucket[len("gs://"):] + "/alias/CURRENT"
+    conditional.write_if(uri, b"one", None)
+    _, first = conditional.read_tagged(uri)
+    assert first == str(_generation("gs://" + uri[len("gcs://"):]))
+    conditional.write_if(uri, b"two", first)
+    with pytest.raises(ConflictError, match="gcs://.*changed since it was read"):
+        conditional.write_if(uri, b"stale", first)
+    assert conditional.read_tagged(uri)[0] == b"two"
+
+
 def test_a_rewrite_of_the_same_bytes_still_makes_the_old_tag_stale(gcs_bucket):
     """Another writer PUTs the very bytes already there (a rollback and a re-publish): the
     object was replaced, so a writer holding the old generation loses. A content hash as the

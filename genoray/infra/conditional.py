@@ -103,13 +103,20 @@ def _gcs_read(uri: str) -> tuple[bytes | None, str | None]:
                           "Stop it and try again")
 
 
+def _scheme(uri: str | os.PathLike) -> str:
+    """``uri`` as a string, ``gcs://`` spelled ``gs://`` (both name GCS; only ``gs://`` took the
+    generation path, so a ``gcs://`` root fell back to the unconditional write)."""
+    s = str(uri)
+    return "gs://" + s[len("gcs://"):] if s.startswith("gcs://") else s
+
+
 def _digest(data: bytes | None) -> str | None:
     return hashlib.sha256(data).hexdigest() if data is not None else None
 
 
 def read_tagged(uri: str | os.PathLike) -> tuple[bytes | None, str | None]:
     """``(content, tag)`` of ``uri``; ``(None, None)`` when it does not exist."""
-    s = str(uri)
+    s = _scheme(uri)
     if s.startswith("s3://"):
         client, bucket, key = _s3(s)
         try:
@@ -134,7 +141,7 @@ def write_if(uri: str | os.PathLike, data: bytes, tag: str | None, seen: str = "
     """Replace ``uri`` with ``data`` only if it still has ``tag`` (from :func:`read_tagged`;
     ``None``: only if it does not exist). Raises :class:`ConflictError` naming ``uri`` and
     ``seen`` (what the caller read: a version name) when another writer replaced it first."""
-    s = str(uri)
+    s = _scheme(uri)
     conflict = ConflictError(f"{uri}: changed since it was read (this writer saw {seen or MISSING}); another "
                              "publish, rollback or reindex replaced it first. Read it again and decide whether "
                              "to publish again")
