@@ -357,3 +357,25 @@ def test_grouped_bundle_through_haproxy(tmp_path):
     assert len(res["killed_searchers"]) == 2, res["killed_searchers"]
     assert all(status == 503 and "shard group 1 (searcher-1) cannot search" in body and "ChecksumError" in body
                for status, body, _ in res["group_down"]), res["group_down"]
+
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "grouped"])
+def test_both_haproxy_apps_take_client_addresses_from_haproxy(built, tmp_path, monkeypatch, grouped):
+    """Behind HAProxy every TCP peer is HAProxy, so the failed-key lockout needs the address
+    HAProxy forwards: the grouped replicas' API took the TCP peer (the two apps were written in
+    parallel), and one guessing client would have locked every client of a grouped bundle out."""
+    import genoray.serving.app as app_mod
+    from genoray.bundle import current_bundle, publish
+    from genoray.config import ServeConfig
+    from genoray.pipeline import write_bundle
+
+    root = tmp_path / "root"
+    publish(root, write_bundle(root, built["ivf4"], built["head"], **({"shard_groups": 2} if grouped else {})))
+    made: list[dict] = []
+    real = app_mod.create_app
+    monkeypatch.setattr(app_mod, "create_app", lambda *a, **kw: made.append(kw) or real(*a, **kw))
+    cfg = ServeConfig(root=str(root), ingress="haproxy", require_key=True, key_hashes=("0" * 64,))
+    app = app_mod.build_app(cfg, current_bundle(root))
+    assert app._bound_deployment.name == "GenorayReplica"
+    assert [kw.get("behind_haproxy") for kw in made] == [True]

@@ -151,12 +151,18 @@ def build_app(cfg: ServeConfig, served: BundleManifest | None = None):
     return GenorayIngress.bind(model)  # type: ignore[attr-defined]
 
 
+def _haproxy_api(cfg: ServeConfig, key_hashes: tuple[str, ...], limits):
+    """The API of a replica behind HAProxy (either ``ingress="haproxy"`` app): its client
+    addresses come from HAProxy's ``X-Forwarded-For``, trusted with HAProxy's ingress secret."""
+    return create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits,
+                      behind_haproxy=True)
+
+
 def _replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, replica_options: dict):
     """``ingress="haproxy"``: one deployment whose replicas serve the API and hold a bundle."""
     from ray import serve
 
-    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits,
-                     behind_haproxy=True)  # client addresses from HAProxy's X-Forwarded-For (its secret)
+    app = _haproxy_api(cfg, key_hashes, limits)
 
     @serve.deployment(**replica_options)
     @serve.ingress(app)
@@ -177,7 +183,7 @@ def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, re
     their own batches to the ``searcher-<g>`` deployments bound to them."""
     from ray import serve
 
-    app = create_app(IngressBackend(), key_hashes=key_hashes, require_key=cfg.require_key, limits=limits)
+    app = _haproxy_api(cfg, key_hashes, limits)
     model_opts, searchers = group_searchers(cfg, replica_options, served)
 
     @serve.deployment(**{**replica_options, "ray_actor_options": model_opts})
