@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from bundles import make_bundle
+from procs import stop
 
 pytestmark = [pytest.mark.ray]
 KEY = "forwarded-test-key"
@@ -93,12 +93,7 @@ def served(tmp_path_factory):
             time.sleep(0.5)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 60)
         log.close()
 
 

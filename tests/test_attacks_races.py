@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import s3
 from bundles import make_bundle
+from racing import race
 
 from genoray.bundle import collect_garbage, live_leases, publish, store
 from genoray.bundle.versions import read_current
@@ -81,22 +82,7 @@ def test_two_racing_publishers_exactly_one_wins(three, tmp_path, backend, bucket
         return out
 
     monkeypatch.setattr(store, "verify_bundle", held)
-    results: dict[str, BaseException | None] = {}
-
-    def run(v: str) -> None:
-        try:
-            publish(root, v)
-            results[v] = None
-        except BaseException as e:  # noqa: BLE001 - the test inspects it
-            results[v] = e
-
-    threads = [threading.Thread(target=run, args=(v,)) for v in (v1, v2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    winners = [v for v, e in results.items() if e is None]
-    losers = [e for e in results.values() if e is not None]
+    winners, losers, results = race(lambda v: publish(root, v), (v1, v2), 60)
     assert len(winners) == 1 and len(losers) == 1, results
     assert isinstance(losers[0], ConflictError)
     msg = str(losers[0])

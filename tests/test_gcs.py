@@ -24,6 +24,7 @@ from pathlib import Path
 import gcs
 import pytest
 from bundles import make_bundle
+from racing import race
 
 from genoray.bundle import publish
 from genoray.bundle.versions import read_current
@@ -169,22 +170,7 @@ def test_two_publishers_to_a_gs_root_exactly_one_wins(two_versions, gcs_bucket, 
         assert read_current(root).version == v0
         assert conditional.read_tagged(where)[1] == str(_generation(where))
     held_reads(2)
-    results: dict[str, BaseException | None] = {}
-
-    def run(v: str) -> None:
-        try:
-            publish(root, v)
-            results[v] = None
-        except BaseException as e:  # noqa: BLE001 - the test inspects it
-            results[v] = e
-
-    threads = [threading.Thread(target=run, args=(v,)) for v in (v0, v1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    winners = [v for v, e in results.items() if e is None]
-    losers = [e for e in results.values() if e is not None]
+    winners, losers, results = race(lambda v: publish(root, v), (v0, v1), 120)
     assert len(winners) == 1 and len(losers) == 1, results
     assert isinstance(losers[0], ConflictError)
     assert where in str(losers[0])

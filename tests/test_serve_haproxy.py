@@ -19,6 +19,7 @@ import time
 
 import pytest
 from bundles import make_bundle
+from procs import stop
 from replicas import replica_pid
 
 from bench.loadtest import post, run_load
@@ -87,12 +88,7 @@ def haproxy_server(tmp_path):
         assert listening_on(port) == {"127.0.0.1"}
         yield port, root, v1, tmp_path
     finally:
-        proc.send_signal(signal.SIGTERM)  # genoray serve stops Serve, HAProxy and Ray
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 60)
         log.close()
     assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
 
