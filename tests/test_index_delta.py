@@ -170,9 +170,11 @@ def test_extend_exact_pass_runs_in_ray_tasks_and_agrees_with_local(tmp_path, ray
     assert m_ray["recall_at_10"] == m_here["recall_at_10"] and m_ray["search_params"] == m_here["search_params"]
     parts = len(m_ray["partitions"])
     assert parts == 5  # 4 old + 1 new
-    # one exact task per partition; locally all in this process, on Ray none of them
-    assert here.predicted["exact_tasks"] == here.predicted["exact_in_caller"] == parts
+    # the exact pass reads only the new partition (the calibration set covers the old ones):
+    # one task, locally in this process, on Ray in none
+    assert here.predicted["exact_tasks"] == here.predicted["exact_in_caller"] == 1
+    assert here.predicted["exact_rows_read"] == ray.predicted["exact_rows_read"] == here.predicted["delta_rows"]
     assert len(here.predicted["exact_nodes"]) == 1 and here.predicted["exact_nodes"] == m_here["build"]["exact_nodes"]
-    assert ray.predicted["exact_tasks"] == parts and ray.predicted["exact_in_caller"] == 0
+    assert ray.predicted["exact_tasks"] == 1 and ray.predicted["exact_in_caller"] == 0
     assert m_ray["build"]["exact_nodes"] == ray.predicted["exact_nodes"] == [ray_session.get_runtime_context().get_node_id()]
     assert ray.predicted["exact_peak_task_rss_mb"] > 0

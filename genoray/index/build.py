@@ -43,8 +43,9 @@ import numpy as np
 
 from genoray.config import ClusterSpec, IndexConfig
 from genoray.embedding.store import EmbeddingStore
+from genoray.index.calibration import CalibrationSet, write_calibration
 from genoray.index.capacity import CapacityError, check_fits, estimate, human
-from genoray.index.exact import exact_truth
+from genoray.index.exact import exact_topk
 from genoray.index.factory import choose_factory, train_sample_size
 from genoray.index.manifest import (
     MANIFEST,
@@ -260,7 +261,9 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
 
     # 5. recall: exact truth streamed per partition, then tune
     qref = ex.put(queries)
-    truth = exact_truth(ex, store_path, parts, cfg.split, d, qref, 10, num_cpus=cfg.add_cpus)[0]
+    sims, truth, _ = exact_topk(ex, store_path, parts, cfg.split, d, qref, 10, num_cpus=cfg.add_cpus)
+    queries_from = "outside the indexed split" if from_outside else "indexed rows"  # kept for a night's O(delta) check
+    calibration = write_calibration(out, CalibrationSet(queries, sims, truth, n), queries_from)
     manifest = IndexManifest(
         format_version=IndexManifest.FORMAT_VERSION, type=factory.split(",")[0].rstrip("0123456789") or factory,
         factory=factory, metric="cosine", dim=d, ntotal=n, encoder=store.encoder_spec, fingerprint=store.fingerprint,
@@ -279,8 +282,8 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     manifest = dataclasses.replace(
         manifest, search_params=params,
         recall_at_10=RecallReport(value=recall, queries=len(queries), target=cfg.target_recall,
-                                  queries_from="outside the indexed split" if from_outside else "indexed rows",
-                                  oracle="exact cosine over all indexed rows"),
+                                  queries_from=queries_from, oracle="exact cosine over all indexed rows"),
+        calibration=calibration,
         build=BuildInfo(partitions=len(parts), resumed=resumed, add_nodes=add_nodes, peak_worker_rss_mb=peak_worker))
     write_manifest(out, manifest)
     fs.delete_dir(pdir)

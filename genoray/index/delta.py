@@ -11,14 +11,24 @@ It refuses (:class:`RetrainNeeded`, with the reason; the caller then rebuilds fr
   not an unchanged prefix of the store (old rows were changed or removed);
 * the caller's **drift rule** (``drift(reference_sample, new_sample)``, e.g. the shift test of
   :func:`genoray.evaluation.shift.drift_rule`) gives a reason for the new rows;
-* **recall@10** on held-out queries (exact oracle streamed over every row), with ``nprobe``
+* **recall@10** on held-out queries against the exact top-10 over every row, with ``nprobe``
   re-tuned, stays below ``recall_floor``.
 
+The exact top-10 costs O(delta), not O(n): the old version's recall calibration set
+(``calibration.npz``, :mod:`genoray.index.calibration`: the full build's held-out queries and
+their exact top-10) is searched exactly over the new partitions only and merged with the stored
+top-10, which is exactly the top-10 over old + new rows; the new version stores the result. An
+old index without one (or with one that does not check out) falls back to the full exact pass
+over every row, with queries drawn from the new rows, and its new version gets a calibration
+set from that pass. The report's ``predicted`` says which (``calibration``: ``"updated"`` or
+``"full pass: <why>"``) and how many rows the exact pass read (``exact_rows_read``: the delta
+rows, or every row on the fallback).
+
 With ``use_ray`` the new partitions are added and the exact pass runs as Ray tasks, one per
-partition, spread over the nodes (:mod:`genoray.index.exact`): the night's O(n) read of the
-store is done by the cluster, and this process holds O(queries x 10) of it. The report's
-``predicted`` names the exact pass's tasks and nodes (``exact_tasks``, ``exact_nodes``,
-``exact_in_caller``: 0 on Ray); the manifest records its nodes (``build.exact_nodes``).
+partition it reads, spread over the nodes (:mod:`genoray.index.exact`); this process holds
+O(queries x 10) of it. The report's ``predicted`` names the exact pass's tasks and nodes
+(``exact_tasks``, ``exact_nodes``, ``exact_in_caller``: 0 on Ray); the manifest records its
+nodes (``build.exact_nodes``).
 """
 
 from __future__ import annotations
@@ -34,8 +44,24 @@ import numpy as np
 from genoray.config import IndexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index.build import IndexReport, partition
-from genoray.index.exact import exact_truth
-from genoray.index.manifest import MANIFEST, PARTS, BuildInfo, RecallReport, read_manifest, write_manifest
+from genoray.index.calibration import (
+    ORACLE,
+    ORACLE_MERGED,
+    CalibrationSet,
+    read_calibration,
+    update_calibration,
+    write_calibration,
+)
+from genoray.index.exact import exact_topk
+from genoray.index.manifest import (
+    MANIFEST,
+    PARTS,
+    BuildInfo,
+    IndexManifest,
+    RecallReport,
+    read_manifest,
+    write_manifest,
+)
 from genoray.index.stages import _Local, _pick_queries, _Ray, add_part, count_split, merge_shard, scan_part, tune_index
 from genoray.infra import fs
 from genoray.infra.artifacts import sha256_file, verify_files
@@ -135,20 +161,29 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                                    clean=store.clean_policy or m.clean,
                                    partitions=(*m.partitions, *(partition(p) for p in delta)))
 
-    # drift rule 2: recall on held-out queries against exact search over every row, nprobe re-tuned
-    queries, from_outside = _pick_queries(ex, [s[1] for s in new_scans], cfg)
-    # (one task per partition, spread over the nodes on Ray: see genoray.index.exact)
-    all_parts = [*(dataclasses.asdict(p) for p in m.partitions), *delta]
-    truth, ran = exact_truth(ex, store_path, all_parts, cfg.split, d, ex.put(queries), 10, num_cpus=cfg.add_cpus)
-    params, recall, _ = tune_index(str(out), manifest, queries, truth, max(recall_floor, cfg.target_recall),
+    # drift rule 2: recall on held-out queries against the exact top-10 over every row, nprobe re-tuned;
+    # O(delta) from the old version's calibration set, else the full exact pass (one task per partition)
+    cal, why = read_calibration(old, m)
+    if cal is not None and m.calibration is not None:
+        cal, ran = update_calibration(ex, store_path, cal, delta, cfg.split, d, num_cpus=cfg.add_cpus)
+        calibration = write_calibration(out, cal, m.calibration.queries_from, ORACLE_MERGED, m.calibration.updates + 1)
+        how = "updated"
+    else:
+        queries, from_outside = _pick_queries(ex, [s[1] for s in new_scans], cfg)
+        all_parts = [*(dataclasses.asdict(p) for p in m.partitions), *delta]
+        sims, ids, ran = exact_topk(ex, store_path, all_parts, cfg.split, d, ex.put(queries), 10, num_cpus=cfg.add_cpus)
+        cal = CalibrationSet(queries, sims, ids, n_old + n_new)
+        calibration = write_calibration(out, cal, "new rows outside the indexed split" if from_outside else "new rows")
+        how = f"full pass: {why}"
+    params, recall, _ = tune_index(str(out), manifest, cal.queries, cal.ids, max(recall_floor, cfg.target_recall),
                                    cfg.refine_k_factor_max)
     if recall < recall_floor:
         raise RetrainNeeded(f"recall@10 {recall:.3f} with the delta is below the floor {recall_floor} at every nprobe")
     manifest = dataclasses.replace(
-        manifest, search_params=params,
-        recall_at_10=RecallReport(value=recall, queries=len(queries), target=cfg.target_recall, floor=recall_floor,
-                                  queries_from="new rows outside the indexed split" if from_outside else "new rows",
-                                  oracle="exact cosine over all indexed rows"),
+        manifest, format_version=IndexManifest.FORMAT_VERSION, search_params=params, calibration=calibration,
+        recall_at_10=RecallReport(value=recall, queries=len(cal.queries), target=cfg.target_recall, floor=recall_floor,
+                                  queries_from=calibration.queries_from,
+                                  oracle=ORACLE_MERGED if how == "updated" else ORACLE),
         build=BuildInfo(incremental=True, base=str(old.resolve()), delta_rows=n_new,
                         shift={"tested": drift is not None, "is_shift": False}, exact_nodes=ran.nodes))
     write_manifest(out, manifest)
@@ -158,4 +193,5 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                        float(meta.peak_rss_mb or 0.0), {"delta_rows": n_new, "sha256_reused": sum(
                            len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index),
                            "exact_tasks": ran.tasks, "exact_in_caller": ran.in_caller,
-                           "exact_nodes": list(ran.nodes), "exact_peak_task_rss_mb": ran.peak_task_rss_mb})
+                           "exact_nodes": list(ran.nodes), "exact_peak_task_rss_mb": ran.peak_task_rss_mb,
+                           "exact_rows_read": ran.rows, "calibration": how})

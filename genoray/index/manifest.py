@@ -12,6 +12,9 @@ An index directory holds::
                         earlier wrote ``ids-XX.parquet``; both load)
     refine-XX.npy       (PQ indexes only) float16 normalised vectors of the shard's rows in gid
                         order, memory-mapped to re-rank candidates
+    calibration.npz     (format 5) the recall calibration set: held-out queries and their exact
+                        top-10 over every indexed row (:mod:`genoray.index.calibration`); a
+                        nightly extend updates it from the delta rows alone
 
 While a build runs it also holds ``trained.json`` (what the trained index was made from, so a
 resumed build reuses it) and ``parts/`` (one add task's files per store partition).
@@ -30,6 +33,7 @@ from genoray.infra.documents import read_document, record, write_document
 MANIFEST = "manifest.json"
 TRAINED = "trained.faiss"
 TRAINED_RECORD = "trained.json"
+CALIBRATION = "calibration.npz"
 PARTS = "parts"
 
 
@@ -97,6 +101,24 @@ class RecallReport:
 
 
 @record
+class RecallCalibration:
+    """The recall calibration set of an index version (``calibration.npz``, read by
+    :func:`genoray.index.calibration.read_calibration`): its file and sha256, its ``queries``
+    and ``k``, the indexed ``rows`` its exact top-``k`` covers (the version's ``ntotal``),
+    where the queries came from, the oracle, and how many nightly deltas were merged into it
+    since the full exact pass that made it."""
+
+    file: str
+    sha256: str
+    queries: int
+    k: int
+    rows: int
+    oracle: str
+    queries_from: str | None = None
+    updates: int = 0
+
+
+@record
 class BuildInfo:
     """How the build ran: partitions (resumed), the nodes that added, the largest worker; or,
     for an incremental build, its base, the rows it added and the nodes of its exact pass."""
@@ -132,11 +154,13 @@ class IndexManifest:
         build: how the build ran.
         clean: the store's :class:`~genoray.config.CleanPolicy`, carried to bundles and the
             predictor (``None``: the store predates it; the default is then used).
+        calibration: the recall calibration set (format 5; ``None``: built before it, or an
+            in-memory index; the next extend then runs a full exact pass and writes one).
     """
 
     KIND: ClassVar[str] = "index manifest"
-    FORMAT_VERSION: ClassVar[int] = 4
-    READABLE: ClassVar[tuple[int, ...]] = (2, 3, 4)
+    FORMAT_VERSION: ClassVar[int] = 5
+    READABLE: ClassVar[tuple[int, ...]] = (2, 3, 4, 5)
     format_version: int
     type: str
     factory: str
@@ -156,6 +180,7 @@ class IndexManifest:
     partitions: tuple[IndexPartition, ...] = ()
     build: BuildInfo | None = None
     clean: CleanPolicy | None = None
+    calibration: RecallCalibration | None = None
 
     def files(self) -> dict[str, str]:
         """sha256 of every file the index loads (shards, id tables, re-rank vectors, trained)."""
