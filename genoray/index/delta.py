@@ -21,8 +21,9 @@ top-10, which is exactly the top-10 over old + new rows; the new version stores 
 old index without one (or with one that does not check out) falls back to the full exact pass
 over every row, with queries drawn from the new rows, and its new version gets a calibration
 set from that pass. The report's ``predicted`` says which (``calibration``: ``"updated"`` or
-``"full pass: <why>"``) and how many rows the exact pass read (``exact_rows_read``: the delta
-rows, or every row on the fallback).
+``"full pass: <why>"``), how many rows the exact pass read (``exact_rows_read``: the delta
+rows, or every row on the fallback) and its seconds (``exact_s``, with the calibration read
+and written).
 
 With ``use_ray`` the new partitions are added and the exact pass runs as Ray tasks, one per
 partition it reads, spread over the nodes (:mod:`genoray.index.exact`); this process holds
@@ -163,6 +164,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
 
     # drift rule 2: recall on held-out queries against the exact top-10 over every row, nprobe re-tuned;
     # O(delta) from the old version's calibration set, else the full exact pass (one task per partition)
+    t_exact = time.perf_counter()
     cal, why = read_calibration(old, m)
     if cal is not None and m.calibration is not None:
         cal, ran = update_calibration(ex, store_path, cal, delta, cfg.split, d, num_cpus=cfg.add_cpus)
@@ -175,6 +177,7 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
         cal = CalibrationSet(queries, sims, ids, n_old + n_new)
         calibration = write_calibration(out, cal, "new rows outside the indexed split" if from_outside else "new rows")
         how = f"full pass: {why}"
+    t_exact = time.perf_counter() - t_exact
     params, recall, _ = tune_index(str(out), manifest, cal.queries, cal.ids, max(recall_floor, cfg.target_recall),
                                    cfg.refine_k_factor_max)
     if recall < recall_floor:
@@ -194,4 +197,4 @@ def extend_index(old_dir: str | Path, store_path: str | Path, out_dir: str | Pat
                            len(s.sha256) for s in m.shards), "delta_sha256": sha256_file(out / meta.index),
                            "exact_tasks": ran.tasks, "exact_in_caller": ran.in_caller,
                            "exact_nodes": list(ran.nodes), "exact_peak_task_rss_mb": ran.peak_task_rss_mb,
-                           "exact_rows_read": ran.rows, "calibration": how})
+                           "exact_rows_read": ran.rows, "exact_s": round(t_exact, 3), "calibration": how})
