@@ -65,6 +65,8 @@ def test_second_night_adds_a_delta_without_retraining(tmp_path):
     build = r2.gate["index_build"]
     assert build["mode"] == "incremental", build
     assert build["delta_rows"] == 80 and r2.gate["ntotal"] == 400 and r2.published
+    # the published version carried yesterday's recall calibration set: the exact pass read the 80 new rows only
+    assert build["recall_check"] == "updated" and build["exact_rows_read"] == 80, build
     # the new version's index holds old and new rows and finds new rows
     from genoray.predict import Predictor
 

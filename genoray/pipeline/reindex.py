@@ -188,7 +188,8 @@ def reindex(inputs, work_dir: str | Path, bundle_root: str | Path, encoder: Enco
                                cfg.index, drift=drift_rule(cfg.shift_alpha, cfg.index.seed), use_ray=use_ray,
                                stage=stage)
             index_dir = build / "index"
-            index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"]}
+            index_mode = {"mode": "incremental", "base": cur, "delta_rows": idx.predicted["delta_rows"],
+                          "exact_rows_read": idx.predicted["exact_rows_read"], "recall_check": idx.predicted["calibration"]}
         except RetrainNeeded as e:
             shutil.rmtree(build / "index", ignore_errors=True)
             if stage:
