@@ -4,8 +4,10 @@
 Modules: :mod:`.manifest` (the directory's format), :mod:`.factory` (which index a corpus
 gets), :mod:`.core` (:class:`VectorIndex`), :mod:`.columns` (Arrow id and label columns),
 :mod:`.knn` (normalisation, the exact oracle, the one top-k merge, recall), :mod:`.build` and
-:mod:`.stages` (the build and its Ray tasks), :mod:`.delta` (adding a store's new rows to an
-index) and :mod:`.capacity` (the plan: what every stage needs before any work).
+:mod:`.stages` (the build and its Ray tasks), :mod:`.exact` (the exact pass, streamed per
+partition), :mod:`.calibration` (the recall calibration set a night updates from its delta
+rows), :mod:`.delta` (adding a store's new rows to an index) and :mod:`.capacity` (the plan:
+what every stage needs before any work).
 """
 
 from genoray.index.build import IndexReport, RecallNotReached, build_index
