@@ -2,6 +2,7 @@
 only the delta rows (genoray.index.calibration); an index without one falls back to the full pass."""
 
 import numpy as np
+import s3
 
 from genoray.config import IndexConfig
 from genoray.embedding.store import EmbeddingStore
@@ -12,9 +13,11 @@ from genoray.index.calibration import read_calibration
 from genoray.index.delta import extend_index
 from genoray.index.knn import recall_at_k
 from genoray.index.manifest import read_manifest
+from genoray.infra import fs
 from genoray.infra.artifacts import read_json, write_json
 
 CFG = IndexConfig(index_type="IVF64,SQ8", recall_queries=200, target_recall=0.9)
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 
 def _brute(store, ix_dir, queries):
@@ -96,3 +99,18 @@ def test_index_without_calibration_extends_by_a_full_pass_then_gets_one(tmp_path
     v4 = extend_index(tmp_path / "v3", store, tmp_path / "v4", 0.85, CFG, drift=drift_rule(0.05))
     assert v4.predicted["calibration"] == "updated" and v4.predicted["exact_rows_read"] == v4.ntotal - v3.ntotal
     _check_exact(store, tmp_path / "v4", v4)
+
+
+def test_a_build_on_object_storage_writes_its_calibration_set_there(tmp_path, s3_bucket):
+    store = write_synthetic_store(tmp_path / "s", 20_000, 32, parts=4, test_fraction=0.02)
+    uri = f"{s3_bucket}/ix"
+    rep = build_index(store, uri, CFG)
+    m = read_manifest(uri)
+    cal, why = read_calibration(uri, m)
+    assert cal is not None, why
+    assert cal.rows == rep.ntotal and m.calibration.sha256 and len(cal.queries) == 200
+    local = tmp_path / "ix"
+    local.mkdir()
+    for f in fs.list_files(uri):
+        fs.download(fs.join(uri, f), local / f)
+    _check_exact(store, local, rep)

@@ -284,6 +284,8 @@ def test_s3_reindex_two_nights_incremental(s3_bucket, tmp_path, monkeypatch):
     r2 = reindex([f"{s3_bucket}/in/a.fa", f"{s3_bucket}/in/b.fa"], work, root, KmerEncoder(), cfg=cfg, use_ray=False)
     assert r2.published and r2.embed["units_skipped"] == 1 and r2.embed["written"] == 500
     assert r2.gate["index_build"]["mode"] == "incremental" and r2.gate["index_build"]["delta_rows"] == 80
+    # yesterday's calibration set came back from S3 with the bundle: the exact pass read the 80 new rows only
+    assert r2.gate["index_build"]["recall_check"] == "updated" and r2.gate["index_build"]["exact_rows_read"] == 80
     assert fs.read_json(f"{work}/builds/{r2.version}/gate.json")["passed"] is True
     pred, doc = Predictor.from_bundle(root)
     assert doc.version == r2.version and pred.index.ntotal == 400
