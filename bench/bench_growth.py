@@ -58,6 +58,7 @@ import numpy as np
 DIM = 64
 PART_ROWS = 125_000
 QUERIES = 10_000
+ID_BYTES = 8  # a synthetic seq_id: "s" + up to 7 digits (the plan's id_bytes; its default, 24, is a real store's)
 STAGES = ("store", "verify", "index_ray", "index_local", "head", "publish", "predict", "reindex")
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
          "publish": "head", "predict": "head", "reindex": "publish"}
@@ -361,7 +362,7 @@ def plan_for(n: int, gflops: float, probe_fraction: float = 0.0):
     from genoray.index.capacity import estimate
 
     return estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops), encoder="kmer",
-                    partition_rows=PART_ROWS, probe_fraction=probe_fraction)
+                    partition_rows=PART_ROWS, probe_fraction=probe_fraction, id_bytes=ID_BYTES)
 
 
 def replan(results: list[dict], gflops: float, tuned: bool) -> list[dict]:
