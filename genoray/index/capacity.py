@@ -19,6 +19,9 @@ Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with
 below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
 prints prediction beside measurement; docs/capacity.md states the error). Time is FLOPs over a
 per-core rate: ``--gflops-per-core`` (default measured on the project machine when idle).
+The start costs, rates and fixed working memory were refitted on ``bench/bench_growth.py``'s idle
+1M runs and checked on its 4M and 250k runs (docs/capacity.md, "The refitted plan");
+``bench/calibrate_plan.py`` re-measures the machine's own constants beside the plan's.
 """
 
 from __future__ import annotations
