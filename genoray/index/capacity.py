@@ -71,8 +71,9 @@ SCAN_GB_S = 4.5                # inverted-list codes scanned per query per core,
                                # unclustered 1M predict (10k queries at nprobe 1,536 of 4,096 lists, 2 cores)
 LOCAL_WORK = 120 * MB          # the one-process build's and extend's fixed working memory beyond PROCESS_BASE (Arrow
                                # pool, FAISS thread buffers, recall queries and their exact truth): fitted at 1M x 64
-KMEANS_THREADS = 1             # threads the one-process quantizer training gains from: the 2-core machine's in-process
-                               # k-means ran at one core's kNN rate while both threads spun (CPU 2x wall)
+OMP_EFFICIENCY = 0.5           # a one-process FAISS call (k-means, add) on c cores runs at OMP_EFFICIENCY x c cores'
+                               # kNN rate: profiled at 1M x 64 on the 2-core machine, training and adds progressed at one
+                               # core's rate while both threads ran (CPU 2x wall); measured at c = 2 only, assumed beyond
 KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
 LBFGS_PASSES = 160             # passes over the float64 sample of the head's logistic regressions (C grid + refit),
 MEM_GB_S = 5.0                 # at this rate on one core: fitted to bench_growth's 1M head fits (both vector kinds:
@@ -287,7 +288,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
         "peak_single_process_bytes": int(single_mem), "refine_disk_bytes": refine_disk,
         "train_s": train_s, "add_s": add_s, "merge_s": merge_s, "tune_s": tune_s,
         "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
-        "single_process_s": train_flops / (flops * min(cpus, KMEANS_THREADS)) + add_flops / (flops * cpus)
+        "single_process_s": (train_flops + add_flops) / (flops * max(1.0, cpus * OMP_EFFICIENCY))
         + read_s / cpus + tune_s * threads / cpus + n * per_vec / (500 * MB), "task_threads": threads,
         **stage_costs.stage(stage_costs.RAY_START_S + train_s + add_s + merge_s + tune_s, worker_mem, index_bytes + ids_bytes + refine_disk,
                             3 * store_bytes + index_bytes + ids_bytes, total_cores),
