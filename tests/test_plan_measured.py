@@ -2,7 +2,8 @@
 ±25% of measured memory and ±2x of time for every stage at all three sizes").
 
 The plan's constants were fitted on the 1M rows of ``bench/results/growth-1m-4m-*-2026-12-05.json``
-(docs/capacity.md, "Refitted plan"); the 4M rows of the same runs are held out. Replanned the way
+(docs/capacity.md, "The refitted plan"); the 4M rows of the same runs are held out, and the
+memory of a 250k run of today's code (its times were taken at load 4.5-16). Replanned the way
 ``bench/bench_growth.py --from-json`` does (the run's own per-core rate, every search at the nprobe
 that run's build tuned), every held-out stage run must be within both targets. A constant that
 drifts (a start cost, a per-row byte count, a scan rate) or a stage model that stops following the
@@ -58,3 +59,18 @@ def test_memory_errors_are_small_where_the_plan_models_structures():
             if r["n"] == HELD_OUT and r["stage"] in ("index_ray", "index_local", "publish", "predict"):
                 mem = r["private_mb"] if r["stage"] == "predict" else r["driver_mb"]
                 assert abs(mem / r["plan_mb"] - 1) <= 0.10, (name, r["stage"], mem, r["plan_mb"])
+
+
+def test_held_out_250k_memory_within_25_percent():
+    """The 250k run of today's code (load 4.5-16: its times check nothing about an idle-machine
+    plan, its memory does): every measured process within ±25% of the plan, but the unclustered
+    prediction's private memory (the search buffers the plan does not model, as at 1M)."""
+    off = []
+    for r in replanned("growth-250k-refit-2026-12-05.json"):
+        if r["stage"] == "store":
+            continue
+        mem = r["private_mb"] if r["stage"] == "predict" else r["driver_mb"]
+        for m, p in ((mem, r["plan_mb"]), (r.get("task_mb"), r["plan_task_mb"])):
+            if m and p and abs(p - m) > 0.25 * m:
+                off.append((r["mode"], r["stage"]))
+    assert off == [("unclustered", "predict")]
