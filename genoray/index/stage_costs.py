@@ -37,7 +37,7 @@ RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' 
 # START_S and PIPELINE_START_S: `python -c "import genoray.embedding.store"` 0.46 s and
 # `... import genoray.pipeline.train` 1.9 s on the idle project machine (2 cores, 2026-12-05; a calibration: they
 # scale with the machine's load); RAY_START_S was measured while it was shared (load ~10) and is not refitted
-# (the Ray build is within 0.95-1.05x of plan at 1M with it). They matter below ~1M rows.
+# (the Ray build is within 0.98-1.05x of plan at 1M with it). They matter below ~1M rows.
 LIGHT_BASE = 140 * MB       # a process that imports the store code only (the verification): 139-141 MiB measured
 PIPELINE_BASE = 215 * MB    # a process that imports the heads, predictor and encoders (publish): 215-226 MiB
 ANON_BASE = 137 * MB        # private anonymous memory of a searcher beside its quantizer and id gids: fitted to the
