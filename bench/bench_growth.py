@@ -58,6 +58,7 @@ import numpy as np
 DIM = 64
 PART_ROWS = 125_000
 QUERIES = 10_000
+ID_BYTES = 8  # a synthetic seq_id: "s" + up to 7 digits (the plan's id_bytes; its default, 24, is a real store's)
 STAGES = ("store", "verify", "index_ray", "index_local", "head", "publish", "predict", "reindex")
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
          "publish": "head", "predict": "head", "reindex": "publish"}
@@ -329,6 +330,11 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
               for r in results if r["status"] == "ok" and r["stage"] != "store"]
     lines.append(f"plan within 2x of time and 25% of memory (every measured process): "
                  f"{checks.count('PASS')} of {len(checks)} stage runs (store: a stand-in for embed, not counted)")
+    for n in dict.fromkeys(r["n"] for r in results):
+        at_n = [(r, plan_ok(r, r["wall_s"], r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")))
+                for r in results if r["n"] == n and r["status"] == "ok" and r["stage"] != "store"]
+        fails = [f"{r['mode']} {r['stage']}" for r, v in at_n if v != "PASS"]
+        lines.append(f"  at {n:,}: {len(at_n) - len(fails)} of {len(at_n)}" + (f"; FAIL: {', '.join(fails)}" if fails else ""))
     sizes = [n for n in sizes if any(r["n"] == n and r["status"] == "ok" for r in results)]
     if len(sizes) >= 2:
         a, b = sizes[-2], sizes[-1]
@@ -361,7 +367,7 @@ def plan_for(n: int, gflops: float, probe_fraction: float = 0.0):
     from genoray.index.capacity import estimate
 
     return estimate(n, DIM, IndexConfig(split="train"), ClusterSpec(gflops_per_core=gflops), encoder="kmer",
-                    partition_rows=PART_ROWS, probe_fraction=probe_fraction)
+                    partition_rows=PART_ROWS, probe_fraction=probe_fraction, id_bytes=ID_BYTES)
 
 
 def replan(results: list[dict], gflops: float, tuned: bool) -> list[dict]:
@@ -413,7 +419,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop starting stages after this many seconds in all (0: no limit); the rest are 'budget'")
     ap.add_argument("--json-out", help="write the results here (rewritten after every stage)")
-    ap.add_argument("--from-json", help="print the table of an earlier --json-out beside today's plan; runs nothing")
+    ap.add_argument("--from-json", help="print the table of earlier --json-out files (comma-separated: one table) "
+                                        "beside today's plan; runs nothing")
     ap.add_argument("--markdown", action="store_true", help="with --from-json: also print a Markdown table")
     ap.add_argument("--default-nprobe", action="store_true",
                     help="plan every search at the plan's default nprobe, not at the one each build's tuning chose")
@@ -421,9 +428,12 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.from_json:
-        raw = json.loads(Path(args.from_json).read_text())
-        results = replan(raw["results"], raw["gflops_per_core"], not args.default_nprobe)
-        print("\n".join(report(results, raw["sizes"])))
+        results, sizes = [], []
+        for f in args.from_json.split(","):  # each run replanned at its own per-core rate and tuned nprobe
+            raw = json.loads(Path(f).read_text())
+            results += replan(raw["results"], raw["gflops_per_core"], not args.default_nprobe)
+            sizes += [n for n in raw["sizes"] if n not in sizes]
+        print("\n".join(report(results, sorted(sizes))))
         if args.markdown:
             print("\n".join(markdown(results)))
         return

@@ -82,8 +82,8 @@ def test_every_search_is_priced_at_the_tuned_nprobe():
     cl = ClusterSpec(memory_per_node_mb=64 * 1024, cpus_per_node=cpus, gflops_per_core=25.0)
     base, tuned = (estimate(n, d, cluster=cl, probe_fraction=f).stages for f in (0.0, 0.5))
 
-    def query(p):  # coarse quantizer + p/nlist of the SQ8 codes and ids at 4 GB/s, one thread
-        return nlist * d * 2 / flops + p / nlist * n * per_vec / (4 * 2**30)
+    def query(p):  # coarse quantizer + p/nlist of the SQ8 codes and ids at 4.5 GB/s (SCAN_GB_S), one thread
+        return nlist * d * 2 / flops + p / nlist * n * per_vec / (4.5 * 2**30)
 
     assert base["index"]["factory"] == "IVF2048,SQ8" and base["index"]["bytes_per_vector"] == per_vec
     assert (base["serve"]["nprobe"], tuned["serve"]["nprobe"]) == (8, 1024)

@@ -19,6 +19,9 @@ Memory is modelled as ``process base + bytes per row x rows + fixed parts`` with
 below, calibrated against measured peak RSS at 250k and 1M vectors (``bench/bench_index.py``
 prints prediction beside measurement; docs/capacity.md states the error). Time is FLOPs over a
 per-core rate: ``--gflops-per-core`` (default measured on the project machine when idle).
+The start costs, rates and fixed working memory were refitted on ``bench/bench_growth.py``'s idle
+1M runs and checked on its 4M and 250k runs (docs/capacity.md, "The refitted plan");
+``bench/calibrate_plan.py`` re-measures the machine's own constants beside the plan's.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ GB = 2**30
 
 PROCESS_BASE = 170 * MB        # python + numpy + pyarrow + faiss + genoray imported, measured
 RAY_WORKER_BASE = 230 * MB     # a Ray worker process running the same imports
-RAY_DRIVER = 270 * MB          # the build's driver on Ray (imports + Ray client; it holds only summaries):
-                               # 223-323 MiB measured at 250k-1M x 256-350, flat in n
+RAY_DRIVER = 180 * MB          # the build's driver on Ray (imports + Ray client; it holds only summaries):
+                               # 178 MiB at 1M x 64 (bench_growth, both vector kinds), flat in n
 ROW_META = 64                  # Arrow seq_id / label / split / hash strings per store row (read transiently)
 ID_TABLE_ROW = 48              # resident id table per row: gid int64 + seq_id + label (Arrow, ~24 B ids)
 SERVE_EXTRA = 200 * MB         # a serving replica's encoder, head, FastAPI and Serve's replica machinery
@@ -64,10 +67,17 @@ HEAD_WORK = 10.0               # head fit peak bytes per byte of its float32 sam
                                # neighbour lists, OOD reference): fitted to bench/bench_growth.py at 50k-250k x 64
 GFLOPS_PER_CORE = 25.0         # faiss sgemm rate per core (kmeans assignment, coarse quantisation)
 READ_MB_S = 400.0              # Parquet embedding columns decoded per core, MB/s
-SCAN_GB_S = 4.0                # inverted-list codes scanned per query per core, GB/s
+SCAN_GB_S = 4.5                # inverted-list codes scanned per query per core, GB/s: fitted to bench_growth's
+                               # unclustered 1M predict (10k queries at nprobe 1,536 of 4,096 lists, 2 cores)
+LOCAL_WORK = 120 * MB          # the one-process build's and extend's fixed working memory beyond PROCESS_BASE (Arrow
+                               # pool, FAISS thread buffers, recall queries and their exact truth): fitted at 1M x 64
+OMP_EFFICIENCY = 0.5           # a one-process FAISS call (k-means, add) on c cores runs at OMP_EFFICIENCY x c cores'
+                               # kNN rate: profiled at 1M x 64 on the 2-core machine, training and adds progressed at one
+                               # core's rate while both threads ran (CPU 2x wall); measured at c = 2 only, assumed beyond
 KMEANS_ITERS = 10              # faiss IVF coarse quantizer training default
-LBFGS_PASSES = 3000            # passes over the float64 sample of the head's logistic regressions (C grid + refit),
-MEM_GB_S = 5.0                 # at this rate on one core: fitted to the CPU time of bench/bench_train.py at 250k
+LBFGS_PASSES = 160             # passes over the float64 sample of the head's logistic regressions (C grid + refit),
+MEM_GB_S = 5.0                 # at this rate on one core: fitted to bench_growth's 1M head fits (both vector kinds:
+                               # their wall time less start, store reads and searches, 1.3-1.8 s at 100k x 64)
 EMBED_RATE = {"kmer": 28_000.0, "hf": 25.0}     # sequences/s per CPU core
 EMBED_RATE_GPU = {"kmer": 0.0, "hf": 1_000.0}   # sequences/s per GPU (hf: assumed, not measured here)
 
@@ -247,7 +257,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     refine_disk = n * d * 2 if f["pq"] else 0
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
-    single_mem = PROCESS_BASE + batch_work + max(sample_work + (sample * d * 4 if f["pq"] else 0),
+    single_mem = PROCESS_BASE + LOCAL_WORK + batch_work + max(sample_work + (sample * d * 4 if f["pq"] else 0),
                                                  index_bytes * (1 + WORK_INDEX) + ids_bytes)
     train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
     if f["pq"]:
@@ -278,8 +288,8 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
         "peak_single_process_bytes": int(single_mem), "refine_disk_bytes": refine_disk,
         "train_s": train_s, "add_s": add_s, "merge_s": merge_s, "tune_s": tune_s,
         "build_hours": (train_s + add_s + merge_s + tune_s) / 3600,
-        "single_process_s": train_flops / (flops * cpus) + add_flops / (flops * cpus) + read_s / cpus + tune_s
-        + n * per_vec / (500 * MB), "task_threads": threads,
+        "single_process_s": (train_flops + add_flops) / (flops * max(1.0, cpus * OMP_EFFICIENCY))
+        + read_s / cpus + tune_s * threads / cpus + n * per_vec / (500 * MB), "task_threads": threads,
         **stage_costs.stage(stage_costs.RAY_START_S + train_s + add_s + merge_s + tune_s, worker_mem, index_bytes + ids_bytes + refine_disk,
                             3 * store_bytes + index_bytes + ids_bytes, total_cores),
     }
@@ -295,7 +305,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     scanned = (nprobe / nlist * n * per_vec / groups) if nlist else (n * per_vec / groups if not f["hnsw"] else 0)
     latency_s = (nlist * d * 2) / flops + scanned / (SCAN_GB_S * GB) + (4096 * d * 2 / flops if f["hnsw"] else 0)
     bundle_bytes = index_bytes + ids_bytes + refine_disk
-    private = stage_costs.ANON_BASE + quantizer + ids_bytes  # ids and quantizer read in; the codes stay mapped
+    private = stage_costs.ANON_BASE + quantizer + n * stage_costs.GID_BYTES  # the codes and the id table stay mapped
     per_query = search_s(n, d, nlist, nprobe, per_vec, flops) if nlist \
         else n * d * 2 / flops  # exact (Flat) below the IVF threshold
     plan.stages["serve"] = {**stage_costs.cold_start(bundle_bytes, private, replica, per_query, cpus),
@@ -324,7 +334,7 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     refit = new_fraction > ReindexConfig.head_refit_fraction
     night_new = int(new_fraction * (index_bytes + ids_bytes + refine_disk)) + (hs * d * 8 if refit else 0)
     plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE, night_new)
-    extend_peak = int(PROCESS_BASE + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
+    extend_peak = int(PROCESS_BASE + LOCAL_WORK + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
     plan.stages["reindex"] = stage_costs.reindex(
         n, d, new_fraction, add_s, tune_s + plan.stages["dedup"]["seconds"], plan.stages["head"],
         stage_costs.publish(bundle_bytes, index_bytes, ids_bytes, night_new), extend_peak, refit)

@@ -27,18 +27,22 @@ from typing import Any
 MB = 2**20
 
 QUANTITIES = ("seconds", "peak_bytes", "disk_bytes", "moved_bytes")
-HASH_MB_S = 900.0          # sha256 of a file on one core, MB/s (hashlib, measured)
+HASH_MB_S = 1700.0         # sha256 on one core, MB/s: hashlib over 256 MiB on the project machine, idle (calibration)
 COPY_MB_S = 600.0          # local file copy, MB/s
 LOAD_MB_S = 800.0          # reading an index / id table file into memory, MB/s
 NET_MB_S = 100.0           # object storage -> node download, MB/s (assumed: a 1 Gbit/s link, not measured here)
-START_S = 1.5              # a command's process start: python + numpy + pyarrow + faiss + the store code imported
-PIPELINE_START_S = 5.0     # ... + the heads, predictor and encoders (sklearn, transformers) imported
+START_S = 0.5              # a command's process start: python + numpy + pyarrow + faiss + the store code imported
+PIPELINE_START_S = 2.0     # ... + the heads, predictor and encoders (sklearn, transformers) imported
 RAY_START_S = 12.0         # ray.init of a local cluster and its first workers' imports
-# the three start costs were measured on the project machine (2 cores) while it was shared (load ~10):
-# an idle machine starts faster; they matter below ~1M rows, where a stage's work takes seconds
+# START_S and PIPELINE_START_S: `python -c "import genoray.embedding.store"` 0.46 s and
+# `... import genoray.pipeline.train` 1.9 s on the idle project machine (2 cores, 2026-12-05; a calibration: they
+# scale with the machine's load); RAY_START_S was measured while it was shared (load ~10) and is not refitted
+# (the Ray build is within 0.98-1.05x of plan at 1M with it). They matter below ~1M rows.
 LIGHT_BASE = 140 * MB       # a process that imports the store code only (the verification): 139-141 MiB measured
 PIPELINE_BASE = 215 * MB    # a process that imports the heads, predictor and encoders (publish): 215-226 MiB
-ANON_BASE = 130 * MB        # private anonymous memory of such a process before it loads an index: 132-136 MiB
+ANON_BASE = 137 * MB        # private anonymous memory of a searcher beside its quantizer and id gids: fitted to the
+                            # clustered 1M predict of bench_growth (146 MiB private; 132-136 MiB before an index)
+GID_BYTES = 8               # per row of a mapped index that a searcher reads into its own memory: the int64 gids
 DEDUP_RANGE = 2 * 524_288 * 8  # the unique-id check's largest working set: one hash range (524,288 ids) and its sort
 PART_META = 16             # split-column bytes per row of the one part the count reads at a time
 
@@ -58,13 +62,14 @@ def dedup(n: int, store_bytes: int, part_rows: int, read_mb_s: float) -> dict[st
 
 
 def publish(bundle_bytes: int, index_bytes: int, ids_bytes: int, new_bytes: int | None = None) -> dict[str, Any]:
-    """``write_bundle``: hash every file of the version, load it twice (without mmap) to check
-    that a replica can (peak = the whole index and id table), and store only the ``new_bytes``
-    of objects the root lacks (all of them on a first publish)."""
+    """``write_bundle``: hash every file of the version, load it twice with the index
+    memory-mapped (as ``serve --mmap`` does) to check that a replica can (peak = the process and
+    the id table it reads; ``index_bytes`` stay mapped), and store only the ``new_bytes`` of
+    objects the root lacks (all of them on a first publish)."""
     new = bundle_bytes if new_bytes is None else new_bytes
     seconds = PIPELINE_START_S + new / (COPY_MB_S * MB) + bundle_bytes / (HASH_MB_S * MB) \
-        + 2 * bundle_bytes / (LOAD_MB_S * MB)
-    return stage(seconds, PIPELINE_BASE + index_bytes + ids_bytes, new, bundle_bytes + new, 1)
+        + 2 * ids_bytes / (LOAD_MB_S * MB)
+    return stage(seconds, PIPELINE_BASE + ids_bytes, new, bundle_bytes + new, 1, mapped_bytes=int(index_bytes))
 
 
 def transfer(bundle_bytes: int, base: int, night_bytes: int) -> dict[str, Any]:
