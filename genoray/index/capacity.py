@@ -336,7 +336,8 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     plan.stages["transfer"] = stage_costs.transfer(bundle_bytes, PROCESS_BASE, night_new)
     extend_peak = int(PROCESS_BASE + LOCAL_WORK + batch_work + index_bytes * (1 + WORK_INDEX) + ids_bytes)
     plan.stages["reindex"] = stage_costs.reindex(
-        n, d, new_fraction, add_s, tune_s + plan.stages["dedup"]["seconds"], plan.stages["head"],
+        n, d, new_fraction, add_s, tune_s - exact_s * (1 - new_fraction) + plan.stages["dedup"]["seconds"],
+        plan.stages["head"],
         stage_costs.publish(bundle_bytes, index_bytes, ids_bytes, night_new), extend_peak, refit)
 
     limit = 0.8 * mem

@@ -90,11 +90,12 @@ def cold_start(bundle_bytes: int, private: int, replica: int, per_query_s: float
 def reindex(n: int, d: int, new_fraction: float, add_s: float, check_s: float, head: dict[str, Any],
             pub: dict[str, Any], extend_peak: int, refit_head: bool) -> dict[str, Any]:
     """A +``new_fraction`` night: add the delta with the trained quantizer, verify the store and
-    re-tune against an exact pass over every row (``check_s``), refit the head only when
+    re-tune against the calibration set, whose exact top-10 is updated by a pass over the delta rows
+    only (``check_s``, :mod:`genoray.index.calibration`), refit the head only when
     ``refit_head`` (else the current head is carried over), and publish (``pub``: only its new
     objects are stored)."""
     head_s = head["seconds"] - PIPELINE_START_S if refit_head else 0.0  # one process
     seconds = add_s * new_fraction + check_s + head_s + pub["seconds"]
     peak = max(extend_peak, head["peak_bytes"] if refit_head else 0, pub["peak_bytes"])
-    return stage(seconds, peak, pub["disk_bytes"], pub["moved_bytes"] + n * d * 4 * (1 + new_fraction), 1,
+    return stage(seconds, peak, pub["disk_bytes"], pub["moved_bytes"] + 2 * n * d * 4 * new_fraction, 1,  # the delta read to add it and to update the calibration
                  new_fraction=new_fraction, head_refit=refit_head)
