@@ -159,6 +159,11 @@ class ServeConfig:
             ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
+        local_groups: with shard groups, a replica that holds the encoder and head searches
+            in-process (memory-mapped, verified, the same search and merge) every group whose
+            files of the version it serves are already on its node (the node cache; always
+            under a local root) and calls the ``searcher-<g>`` deployments only for the others.
+            Off: every group is searched by its searchers (the remote scatter; tests, benches).
         trust_remote_code: let the replicas run the bundle's transformers model's own Python
             code (a warning names the model). The operator's decision on this command only: a
             value recorded in the bundle never switches it on.
@@ -196,6 +201,7 @@ class ServeConfig:
     access_log: bool = True
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    local_groups: bool = True
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:

@@ -1,0 +1,90 @@
+"""Shard groups searched in the replica's own process (``ServeConfig.local_groups``,
+:func:`genoray.serving.scatter.search_groups`): on a node that holds a group's files the replica
+searches it in-process instead of calling its searchers, and the answer must be exactly the
+remote scatter's. Real Ray actors of :class:`~genoray.serving.scatter.GenoraySearcher` serve the
+remote groups; the oracle is the remote scatter over them (and, for Flat, one index holding every
+shard)."""
+
+import numpy as np
+import pytest
+from test_serve_groups import build_indexes, queries
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_indexes(tmp_path_factory.mktemp("local-groups"), n=1200)
+
+
+def _searchers(ray, root, n):
+    from genoray.serving.scatter import GenoraySearcher
+
+    return [ray.remote(num_cpus=0.01)(GenoraySearcher).remote(str(root), g, 3600) for g in range(n)]
+
+
+def _same_hits(a, b) -> None:
+    assert np.array_equal(a.sims, b.sims) and np.array_equal(a.gids, b.gids)
+    assert a.seq_ids.tolist() == b.seq_ids.tolist() and a.labels.tolist() == b.labels.tolist()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("kind", ["flat4", "ivf4"])
+def test_local_groups_equal_the_remote_scatter(ray_session, built, tmp_path, kind):
+    from genoray.bundle import publish
+    from genoray.infra.errors import InvariantError
+    from genoray.pipeline import write_bundle
+    from genoray.predict.predictor import Predictor
+    from genoray.serving.backends import predict_batch
+    from genoray.serving.scatter import GroupHolder, GroupIndex, _Batch, scatter, search_groups
+    from genoray.serving.service import PredictRequest
+
+    root = tmp_path / "root"
+    v1 = write_bundle(root, built[kind], built["head"], shard_groups=[[0], [1, 2, 3]])  # unequal groups
+    publish(root, v1)
+    searchers = _searchers(ray_session, root, 2)
+    remote = GroupHolder(root, 3600, searchers, local_groups=False)
+    local = GroupHolder(root, 3600, searchers, local_groups=True)
+    try:
+        assert remote.local == {v1: {}} and sorted(local.local[v1]) == [0, 1]  # a local root: every group is here
+        assert local.describe()["local_groups"] == [0, 1] and remote.describe()["local_groups"] == []
+        predictor, _ = local.snapshot()
+        x = np.asarray(predictor.encoder.embed(queries(40)), np.float32)
+        for k in (1, 7, 30):
+            want = scatter(searchers, v1, x, k, timeout_s=30, retries=1)
+            seen: dict[str, str] = {}
+            _same_hits(search_groups(searchers, local.local[v1], v1, x, k, 30, 1, seen), want)
+            assert seen == {"searcher-0": f"{v1}@local", "searcher-1": f"{v1}@local"}
+            half: dict[str, str] = {}  # group 0 here, group 1 through its searcher
+            _same_hits(search_groups(searchers, {0: local.local[v1][0]}, v1, x, k, 30, 1, half), want)
+            assert half["searcher-0"] == f"{v1}@local" and half["searcher-1"].startswith(f"{v1}@")
+            assert half["searcher-1"] != f"{v1}@local"
+        if kind == "flat4":  # exact: one index holding every shard
+            whole = Predictor.load(built["flat1"], built["head"])
+            sims, pos = whole.index.search(x, 7)
+            got = search_groups(searchers, local.local[v1], v1, x, 7, 30, 1)
+            assert np.allclose(got.sims, sims, atol=1e-6) and got.seq_ids.tolist() == whole.index.ids[pos].tolist()
+        reqs = [PredictRequest(sequences=queries(5, seed=s), k=4) for s in range(3)]
+        a, b = predict_batch(_Batch(local), reqs), predict_batch(_Batch(remote), reqs)
+        strip = lambda out: [{k: v for k, v in r.items() if k != "replica"} for r in out]  # noqa: E731
+        assert strip(a) == strip(b) and len(a) == 3 and all(len(r["predictions"]) == 5 for r in a)
+
+        # versions never mix: a group loaded at another version is refused, never merged
+        v2 = write_bundle(root, built[kind], built["head"], shard_groups=[[0], [1, 2, 3]])
+        with pytest.raises(InvariantError, match=f"searcher-1 searched {v2} for a request at {v1}"):
+            search_groups(searchers, {0: local.local[v1][0], 1: GroupIndex(root, v2, 1)}, v1, x, 3, 30, 1)
+        publish(root, v2)
+        local.load(v2)  # the searchers load v2, then the replica swaps with v2's groups of its own
+        assert local.version == v2 and list(local.local) == [v2] and sorted(local.local[v2]) == [0, 1]
+        _same_hits(search_groups(searchers, local.local[v2], v2, x, 5, 30, 1), scatter(searchers, v2, x, 5, 30, 1))
+    finally:
+        remote.close()
+        local.close()
+        for s in searchers:
+            ray_session.kill(s)
+
+
+def test_local_copy_names_only_what_a_node_holds(tmp_path):
+    """Under a local root every version is on the node; under a remote one only a copy already
+    in this node's cache (the partial copy of exactly those files, or the whole version)."""
+    from genoray.bundle import local_copy
+
+    assert local_copy(tmp_path / "root", "v1", ["index/manifest.json"]) == tmp_path / "root" / "versions" / "v1"
