@@ -17,9 +17,9 @@ are counted.
 With ``--groups 2`` the bundle is published in 2 shard groups: both Serve topologies then run a
 ``searcher-<g>`` deployment per group behind the replicas that hold the encoder and head
 (:mod:`genoray.serving.scatter`), against the uvicorn baseline over the whole bundle. Those
-replicas search in-process the groups whose files are on their node (``local_groups``, the
+replicas search in-process the groups whose files are on their node (``local_groups_mb``, the
 default; on one host, every group); the server ``haproxy-remote`` is the same with
-``--no-local-groups`` (every group through its searchers), and ``haproxy-1`` serves the same
+``--local-groups-mb 0`` (every group through its searchers), and ``haproxy-1`` serves the same
 data published as one group (no searchers), all in one run:
 
     python bench/bench_serve.py [--seconds 4] [--repeats 3] [--groups 2] [--servers haproxy,haproxy-remote,haproxy-1]
@@ -103,7 +103,7 @@ def start_server(kind: str, root: Path, port: int, groups: int = 1, local_groups
         cmd = [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--no-auth",
                "--no-access-log", "--poll-s", "0.5", "--ingress", kind, "--min-replicas", replicas,
                "--max-replicas", replicas, *(["--num-cpus", "0.25"] if groups > 1 else []),
-               *([] if local_groups else ["--no-local-groups"])]
+               *([] if local_groups else ["--local-groups-mb", "0"])]
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

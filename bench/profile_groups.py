@@ -4,7 +4,7 @@ Builds the ``bench_serve.py --groups 2`` bundle and times, hop by hop, in one pr
 request at a time (medians of ``--n`` calls):
 
 * ``predict, all groups in-process``: ``predict_batch`` of one request over a ``GroupHolder``
-  whose groups are all searched in this process (``local_groups``; what a replica then does);
+  whose groups are all searched in this process (``local_groups_mb``; what a replica then does);
 * ``search, one group in-process``: ``GroupIndex.search`` of one group; ``merge``: ``merge_parts``;
 * ``embed + head``: the predict above minus its search;
 * ``Ray call per group``: ``await handle.search.remote(...)`` of a ``searcher-<g>`` Serve
@@ -65,7 +65,7 @@ def main() -> None:
     req = PredictRequest(sequences=seq, k=5)
     rows: list[tuple[str, float]] = []
 
-    holder = GroupHolder(str(root), 3600, [None, None], local_groups=True)
+    holder = GroupHolder(str(root), 3600, [None, None], local_groups_mb=1024)
     assert sorted(holder.local[version]) == [0, 1]
     predictor, _ = holder.snapshot()
     xv = np.asarray(predictor.encoder.embed(seq), np.float32)

@@ -1,4 +1,4 @@
-"""Shard groups searched in the replica's own process (``ServeConfig.local_groups``,
+"""Shard groups searched in the replica's own process (``ServeConfig.local_groups_mb``,
 :func:`genoray.serving.scatter.search_groups`): on a node that holds a group's files the replica
 searches it in-process instead of calling its searchers, and the answer must be exactly the
 remote scatter's. Real Ray actors of :class:`~genoray.serving.scatter.GenoraySearcher` serve the
@@ -41,8 +41,8 @@ def test_local_groups_equal_the_remote_scatter(ray_session, built, tmp_path, kin
     v1 = write_bundle(root, built[kind], built["head"], shard_groups=[[0], [1, 2, 3]])  # unequal groups
     publish(root, v1)
     searchers = _searchers(ray_session, root, 2)
-    remote = GroupHolder(root, 3600, searchers, local_groups=False)
-    local = GroupHolder(root, 3600, searchers, local_groups=True)
+    remote = GroupHolder(root, 3600, searchers, local_groups_mb=0)
+    local = GroupHolder(root, 3600, searchers, local_groups_mb=1024)
     try:
         assert remote.local == {v1: {}} and sorted(local.local[v1]) == [0, 1]  # a local root: every group is here
         assert local.describe()["local_groups"] == [0, 1] and remote.describe()["local_groups"] == []
@@ -88,3 +88,45 @@ def test_local_copy_names_only_what_a_node_holds(tmp_path):
     from genoray.bundle import local_copy
 
     assert local_copy(tmp_path / "root", "v1", ["index/manifest.json"]) == tmp_path / "root" / "versions" / "v1"
+
+
+def test_local_groups_within_a_memory_budget(built, tmp_path):
+    """A replica searches in-process only the groups whose id rows and quantizer fit
+    ``local_groups_mb`` (what it declares to Ray); the others stay with their searchers."""
+    from genoray.bundle import current_bundle, publish
+    from genoray.config import ServeConfig
+    from genoray.index.capacity import RAY_WORKER_BASE, SERVE_EXTRA
+    from genoray.pipeline import write_bundle
+    from genoray.serving.replica_memory import (
+        group_id_bytes,
+        grouped_actor_options,
+        local_groups_within,
+        replica_actor_options,
+    )
+    from genoray.serving.scatter import GroupHolder
+
+    root = tmp_path / "root"
+    v = write_bundle(root, built["ivf4"], built["head"], shard_groups=[[0], [1, 2, 3]])
+    publish(root, v)
+    index = root / "versions" / v / "index"
+    served = current_bundle(root)
+    sizes, quantizer = group_id_bytes(str(root), served)
+    ids = [(index / f"ids-{i:02d}.arrow").stat().st_size for i in range(4)]
+    assert quantizer == (index / "trained.faiss").stat().st_size > 0
+    assert sizes == [ids[0], ids[1] + ids[2] + ids[3]]
+    just = quantizer + sizes[0]  # group 0 fits, group 1 does not
+    assert local_groups_within(sizes, quantizer, just) == ([0], just)
+    assert local_groups_within(sizes, quantizer, just - 1) == ([], 0)
+    assert local_groups_within(sizes, quantizer, quantizer + sizes[1]) == ([0], just)  # taken in order
+    assert local_groups_within(sizes, quantizer, quantizer + sum(sizes)) == ([0, 1], quantizer + sum(sizes))
+    for mb, want in ((just / 2**20, [0]), ((just - 1) / 2**20, []), (0, []), (1024, [0, 1])):
+        holder = GroupHolder(root, 3600, [None, None], local_groups_mb=mb)
+        try:
+            assert sorted(holder.local[v]) == want, mb
+        finally:
+            holder.close()
+        cfg = ServeConfig(root=str(root), num_cpus=0.25, local_groups_mb=mb)
+        model = grouped_actor_options(cfg, replica_actor_options(cfg, served), served, 2)[0]
+        head = sum(p.stat().st_size for p in (root / "versions" / v / "head").rglob("*") if p.is_file())
+        assert model["memory"] == RAY_WORKER_BASE + SERVE_EXTRA + head + (quantizer + sum(sizes[g] for g in want)
+                                                                          if want else 0)

@@ -192,7 +192,7 @@ def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, re
         def __init__(self, *groups):
             self.holder = GroupHolder(cfg.root, cfg.poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
                                       cfg.trust_remote_code, running_loop(),  # the constructor runs in its loop
-                                      cfg.local_groups)
+                                      cfg.local_groups_mb)
             set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s, run=predict_groups_async))
 

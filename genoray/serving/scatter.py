@@ -25,11 +25,12 @@ that it has loaded it. A searcher replica that dies is retried on another replic
 when a whole group cannot answer in time the request fails with 503 naming the group, never a
 partial answer.
 
-Groups on the replica's own node (``ServeConfig.local_groups``, on by default): a model replica
-that finds a group's files of the version it loads already on its node (a local root, or this
+Groups on the replica's own node (``ServeConfig.local_groups_mb``): a model replica that finds
+a group's files of the version it loads already on its node (a local root, or this
 node's cache of a remote one, :func:`genoray.bundle.local_copy`) loads that group itself
 (:class:`~genoray.serving.searcher.GroupIndex`, verified, memory-mapped: the page cache is shared
-with the node's searchers) and searches it in-process; only the other groups are called
+with the node's searchers; its id rows and the quantizer in memory of its own, within
+``local_groups_mb``) and searches it in-process; only the other groups are called
 (:func:`search_groups`). The answers are merged exactly as the scatter merges them, so the result
 is the same; the local groups are loaded with the version and dropped with it, so versions never
 mix. Each Ray call costs more than the whole in-process prediction (``bench/profile_groups.py``).
@@ -53,7 +54,7 @@ from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
 from genoray.serving.holder import BundleHolder, BundleReplica
-from genoray.serving.replica_memory import grouped_actor_options
+from genoray.serving.replica_memory import group_id_bytes, grouped_actor_options, local_groups_within
 from genoray.serving.searcher import CACHED_VERSIONS, GenoraySearcher, GroupIndex, _verify, group_files
 
 __all__ = ["CACHED_VERSIONS", "GenoraySearcher", "GroupHolder", "GroupIndex", "GroupUnavailable", "gather_async",
@@ -171,10 +172,10 @@ class GroupHolder(BundleHolder):
 
     def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
                  retries: int = 3, trust_remote_code: bool = False, loop: asyncio.AbstractEventLoop | None = None,
-                 local_groups: bool = True):
+                 local_groups_mb: float = 1024.0):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
         self.loop = loop  # the replica's event loop: where the searcher handles are awaited (on_loop)
-        self.local_groups = local_groups  # ServeConfig.local_groups
+        self.local_groups_mb = local_groups_mb  # ServeConfig.local_groups_mb
         self.local: dict[str, dict[int, GroupIndex]] = {}  # version -> the groups searched in this process
         super().__init__(root, poll_s=poll_s, trust_remote_code=trust_remote_code)
 
@@ -201,10 +202,14 @@ class GroupHolder(BundleHolder):
         return predictor, doc
 
     def _load_local(self, version: str, n_groups: int) -> dict[int, GroupIndex]:
-        """The groups of ``version`` whose files are on this node already (:func:`genoray.bundle.local_copy`),
-        loaded and verified here like a searcher loads them; none with ``local_groups`` off."""
+        """The groups of ``version`` that fit ``local_groups_mb`` (:func:`~genoray.serving.replica_memory.local_groups_within`)
+        and whose files are on this node already (:func:`genoray.bundle.local_copy`), loaded and
+        verified here like a searcher loads them."""
         local: dict[int, GroupIndex] = {}
-        for g in range(n_groups if self.local_groups else 0):
+        if self.local_groups_mb <= 0:
+            return local
+        sizes, quantizer = group_id_bytes(str(self.root), read_version(self.root, version))
+        for g in local_groups_within(sizes, quantizer, int(self.local_groups_mb * 2**20))[0]:
             if local_copy(self.root, version, group_files(self.root, version, g)[3]) is not None:
                 local[g] = GroupIndex(self.root, version, g)
         if local:
@@ -312,7 +317,7 @@ def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
     class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
             self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
-                                      cfg.trust_remote_code, running_loop(), cfg.local_groups)
+                                      cfg.trust_remote_code, running_loop(), cfg.local_groups_mb)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list) -> list[dict[str, Any]]:
