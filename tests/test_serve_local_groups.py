@@ -7,7 +7,10 @@ shard)."""
 
 import numpy as np
 import pytest
+import s3
 from test_serve_groups import build_indexes, queries
+
+s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +85,35 @@ def test_local_groups_equal_the_remote_scatter(ray_session, built, tmp_path, kin
             ray_session.kill(s)
 
 
-def test_local_copy_names_only_what_a_node_holds(tmp_path):
-    """Under a local root every version is on the node; under a remote one only a copy already
-    in this node's cache (the partial copy of exactly those files, or the whole version)."""
-    from genoray.bundle import local_copy
+def test_local_copy_names_only_what_a_node_holds(built, s3_bucket, tmp_path, monkeypatch):
+    """Under a local root every version is on the node; under ``s3://`` only a copy already in
+    this node's cache: a replica searches in-process exactly the groups a searcher on its node
+    fetched and verified, and fetches no group's files itself."""
+    from genoray.bundle import local_copy, publish, version_dir
+    from genoray.pipeline import write_bundle
+    from genoray.serving.scatter import GroupHolder, GroupIndex, group_files
 
     assert local_copy(tmp_path / "root", "v1", ["index/manifest.json"]) == tmp_path / "root" / "versions" / "v1"
+    root = f"{s3_bucket}/bundles"
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "publisher"))
+    v = write_bundle(root, built["ivf4"], built["head"], shard_groups=[[0], [1, 2, 3]])
+    publish(root, v)
+    monkeypatch.setenv("GENORAY_CACHE", str(tmp_path / "node"))  # a fresh serving node
+    files = [group_files(root, v, g)[3] for g in (0, 1)]
+    assert [local_copy(root, v, f) for f in files] == [None, None]
+    holder = GroupHolder(root, 3600, [None, None], local_groups_mb=1024)
+    try:
+        assert holder.local == {v: {}}  # nothing of the groups is on this node: every group remote
+        assert [local_copy(root, v, f) for f in files] == [None, None]  # and the replica fetched none
+    finally:
+        holder.close()
+    GroupIndex(root, v, 0)  # a searcher of group 0 on this node fetches and verifies its files
+    assert local_copy(root, v, files[0]) == version_dir(root, v, files[0]) and local_copy(root, v, files[1]) is None
+    holder = GroupHolder(root, 3600, [None, None], local_groups_mb=1024)
+    try:
+        assert sorted(holder.local[v]) == [0]  # group 0 in-process, group 1 through its searchers
+    finally:
+        holder.close()
 
 
 def test_local_groups_within_a_memory_budget(built, tmp_path):
