@@ -236,8 +236,9 @@ class GroupHolder(BundleHolder):
         try:
             super().load(version)
         finally:  # batches keep the groups of the version they started with (_Batch)
-            for v in [v for v in self.local if v != self.version]:
-                self.local.pop(v, None)
+            for v in list(self.local):  # a copy: another thread's load may add its version meanwhile
+                if v != self.version:
+                    self.local.pop(v, None)
 
 
 class _Searching:
