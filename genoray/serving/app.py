@@ -29,7 +29,8 @@ deployment per group in either topology. With ``ingress="haproxy"`` its ``Genora
 holds a :class:`~genoray.serving.scatter.GroupHolder` (encoder, head, OOD scorer; no vectors)
 and the bound searcher handles, batches its own requests like the one-group replica
 (:class:`~genoray.serving.backends.BatchedBackend` over
-:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups;
+:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups
+(searching in-process those whose files are on its node, ``ServeConfig.local_groups_mb``);
 with ``ingress="proxy"`` the ``GenorayModel`` replicas do the same behind the Python proxy.
 
 Batching takes only what is already queued (``batch_wait_timeout_s=0``): a lone request is
