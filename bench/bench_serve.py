@@ -16,9 +16,13 @@ are counted.
 
 With ``--groups 2`` the bundle is published in 2 shard groups: both Serve topologies then run a
 ``searcher-<g>`` deployment per group behind the replicas that hold the encoder and head
-(:mod:`genoray.serving.scatter`), against the uvicorn baseline over the whole bundle.
+(:mod:`genoray.serving.scatter`), against the uvicorn baseline over the whole bundle. Those
+replicas search in-process the groups whose files are on their node (``local_groups_mb``, the
+default; on one host, every group); the server ``haproxy-remote`` is the same with
+``--local-groups-mb 0`` (every group through its searchers), and ``haproxy-1`` serves the same
+data published as one group (no searchers), all in one run:
 
-    python bench/bench_serve.py [--seconds 4] [--repeats 3] [--groups 2]
+    python bench/bench_serve.py [--seconds 4] [--repeats 3] [--groups 2] [--servers haproxy,haproxy-remote,haproxy-1]
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def make_bundle(work: Path, root: Path, seed: int, groups: int = 1) -> str:
     return write_bundle(root, work / f"index{seed}", work / f"head{seed}", shard_groups=[[g] for g in range(groups)] if groups > 1 else None)
 
 
-def start_server(kind: str, root: Path, port: int, groups: int = 1) -> subprocess.Popen:
+def start_server(kind: str, root: Path, port: int, groups: int = 1, local_groups: bool = True) -> subprocess.Popen:
     """The uvicorn baseline or ``genoray serve --ingress KIND`` as a user runs it (own process, own Ray);
     with shard groups, every replica (searchers too) asks for 0.25 CPU so that all of them fit 2 cores."""
     env = dict(os.environ)
@@ -98,7 +102,8 @@ def start_server(kind: str, root: Path, port: int, groups: int = 1) -> subproces
         replicas = "2" if kind == "haproxy" else "1"
         cmd = [sys.executable, "-m", "genoray.cli", "serve", str(root), "--port", str(port), "--no-auth",
                "--no-access-log", "--poll-s", "0.5", "--ingress", kind, "--min-replicas", replicas,
-               "--max-replicas", replicas, *(["--num-cpus", "0.25"] if groups > 1 else [])]
+               "--max-replicas", replicas, *(["--num-cpus", "0.25"] if groups > 1 else []),
+               *([] if local_groups else ["--local-groups-mb", "0"])]
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -137,7 +142,17 @@ def swap_under_load(port: int, root: Path, body: dict, new_version: str) -> str:
             f"last version is the new one: {all(v[-1] == new_version for v in by_replica.values())}")
 
 
-SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve haproxy (default)"}
+SERVERS = {"uvicorn": "uvicorn (no batching)", "proxy": "Serve --ingress proxy", "haproxy": "Serve haproxy (default)",
+           "haproxy-remote": "haproxy, groups remote", "haproxy-1": "haproxy, one group"}
+
+
+def server_spec(name: str, groups: int) -> tuple[str, int, bool]:
+    """``(ingress, shard groups, local_groups)`` of a ``--servers`` entry."""
+    if name == "haproxy-remote":
+        return "haproxy", groups, False
+    if name == "haproxy-1":
+        return "haproxy", 1, True
+    return name, groups, True
 
 
 def median_summary(runs: list[dict]) -> dict:
@@ -158,26 +173,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3, help="runs per level and server (medians are reported)")
-    ap.add_argument("--servers", default="haproxy,proxy", help="comma-separated Serve topologies: haproxy (default), proxy")
+    ap.add_argument("--servers", default="haproxy,proxy",
+                    help="comma-separated Serve topologies: haproxy (default), proxy; with --groups > 1 also "
+                         "haproxy-remote (every group through its searchers) and haproxy-1 (the data as one group)")
     ap.add_argument("--groups", type=int, default=1,
                     help="shard groups of the served bundle (> 1: one searcher deployment per group; the uvicorn "
                          "baseline holds the whole bundle)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    root = work / "bundles"
-    versions = [make_bundle(work, root, seed, args.groups) for seed in range(3)]
-    publish(root, versions[0])
+    specs = {name: server_spec(name, args.groups) for name in args.servers.split(",")}
+    roots, versions = {}, {}
+    for g in sorted({args.groups, *(spec[1] for spec in specs.values())}):  # a bundle root per group count
+        roots[g] = work / f"bundles-{g}"
+        versions[g] = [make_bundle(work / f"g{g}", roots[g], seed, g) for seed in range(3)]
+        publish(roots[g], versions[g][0])
+    root = roots[args.groups]  # the baseline: the whole bundle of the grouped data
     seqs = pq.read_table(bundled_dataset(), columns=["sequence"])["sequence"].to_pylist()
     bodies = {"1 seq": {"sequences": seqs[:1], "k": 5}, "32 seq": {"sequences": seqs[:32], "k": 5}}
     levels = [1, 8, 32]
     rows, swaps = [], {}
+    print(f"load average at the start: {os.getloadavg()}", flush=True)
     base_port = free_port()
     base = start_server("uvicorn", root, base_port)
     try:
         wait_ready(base_port, timeout=180)
-        for kind in args.servers.split(","):
+        for kind, (ingress, groups, local) in specs.items():
             port = free_port()
-            proc = start_server(kind, root, port, args.groups)
+            proc = start_server(ingress, roots[groups], port, groups, local)
             try:
                 wait_ready(port, timeout=180)
                 for name, body in bodies.items():
@@ -189,11 +211,12 @@ def main() -> None:
                             runs["uvicorn"].append(client(base_port, body, args.seconds, c))
                             runs[kind].append(client(port, body, args.seconds, c))
                         rows.append((kind, name, c, median_summary(runs[kind]), median_summary(runs["uvicorn"])))
-                swaps[kind] = swap_under_load(port, root, bodies["1 seq"], versions[1 + len(swaps) % 2])
+                swaps[kind] = swap_under_load(port, roots[groups], bodies["1 seq"], versions[groups][1 + len(swaps) % 2])
             finally:
                 stop_server(proc)
     finally:
         stop_server(base)
+    print(f"load average at the end: {os.getloadavg()}")
     print(f"bundle: E. coli promoters, k-mer encoder, {args.groups} shard group(s); {args.seconds:g} s per run, median of {args.repeats} runs per "
           f"level, baseline runs interleaved with each server's; client in a separate process; {os.cpu_count()} CPUs")
     print(f"{'server':<24} {'request':<7} {'clients':>7} {'req/s':>8} {'seq/s':>8} {'p50 ms':>8} {'p99 ms':>8} "

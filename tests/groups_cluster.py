@@ -152,7 +152,8 @@ def main() -> None:
     # the proxy topology (no HAProxy env in this cluster's processes; tests/groups_haproxy.py has the default)
     common = dict(require_key=False, min_replicas=2, max_replicas=2, num_cpus=0.1, ingress_num_cpus=0.05,
                   ingress="proxy",
-                  poll_s=0.5, access_log=False, predict_timeout_s=20)
+                  poll_s=0.5, access_log=False, predict_timeout_s=20,
+                  local_groups_mb=0)  # the searchers on the worker nodes answer (one host's file system here)
     serve.run(build_app(ServeConfig(root=str(grouped), **common)), name="grouped", route_prefix="/grouped")
     serve.run(build_app(ServeConfig(root=str(mono), **common)), name="mono", route_prefix="/mono")
     gpath, mpath = "/grouped/v1/predict", "/mono/v1/predict"

@@ -40,7 +40,8 @@ def main() -> None:
     seqs = queries(24)
     truth = oracle(root, v1, seqs)  # every shard in one process: the monolithic answer
     cfg = ServeConfig(root=str(root), port=port, require_key=False, min_replicas=2, max_replicas=2, num_cpus=0.1,
-                      poll_s=0.5, access_log=False, predict_timeout_s=20)
+                      poll_s=0.5, access_log=False, predict_timeout_s=20,
+                      local_groups_mb=0)  # the searchers are what this test kills: no group searched in-process
     res: dict = {"ingress": resolve_ingress(cfg, current_bundle(root)), "v1": v1}
     init_ray()
     start_http(cfg)

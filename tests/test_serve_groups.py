@@ -280,7 +280,8 @@ def test_publish_cli_records_shard_groups(built, tmp_path):
 def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
     """Each ``searcher-<g>`` declares the process, its group's id rows and the shared quantizer in
     full plus its group's shard files shared by the replicas of a node; the model declares the
-    process and the head only. Sizes are summed here from the files of the group layout."""
+    process and the head, plus the id rows and quantizer of the groups it may search in-process
+    (``local_groups_mb``). Sizes are summed here from the files of the group layout."""
     from genoray.bundle import current_bundle, publish
     from genoray.config import ServeConfig
     from genoray.index.capacity import RAY_WORKER_BASE, SERVE_EXTRA
@@ -307,7 +308,10 @@ def test_grouped_replicas_declare_their_own_memory(built, tmp_path):
     served = current_bundle(root)
     opts = replica_actor_options(cfg, served)
     model, searchers = grouped_actor_options(cfg, opts, served, 2)
-    assert model == {"num_cpus": 0.25, "memory": RAY_WORKER_BASE + SERVE_EXTRA + head}
+    ids_all = sum(size(f"ids-{i:02d}.arrow") for i in range(4))  # the groups it may search in-process (1024 MB)
+    assert model == {"num_cpus": 0.25, "memory": RAY_WORKER_BASE + SERVE_EXTRA + head + quantizer + ids_all}
+    remote_only = ServeConfig(root=str(root), max_replicas=4, num_cpus=0.25, local_groups_mb=0)
+    assert grouped_actor_options(remote_only, opts, served, 2)[0]["memory"] == RAY_WORKER_BASE + SERVE_EXTRA + head
     assert [s["memory"] for s in searchers] == expected and all(s["num_cpus"] == 0.25 for s in searchers)
     assert searchers[1]["memory"] > searchers[0]["memory"]  # three shards' files and rows against one
     assert sum(s["memory"] for s in searchers) < 2 * opts["memory"]  # no longer each the whole bundle's share

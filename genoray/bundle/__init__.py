@@ -13,6 +13,7 @@ from genoray.bundle.store import (
     collect_garbage,
     evict_unleased,
     list_versions,
+    local_copy,
     publish,
     verify_bundle,
     version_dir,
@@ -33,6 +34,6 @@ from genoray.bundle.versions import (
 __all__ = [
     "LEASE_TTL_S", "BundleManifest", "Current", "collect_garbage", "current_bundle", "current_version", "evict_unleased", "file_uri", "groups_of",
     "lease",
-    "list_versions", "live_leases", "new_version_name", "publish", "read_version", "release", "shard_groups",
+    "list_versions", "live_leases", "local_copy", "new_version_name", "publish", "read_version", "release", "shard_groups",
     "verify_bundle", "version_dir", "version_uri", "write_version",
 ]

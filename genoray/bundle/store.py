@@ -175,17 +175,11 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
     whole version is already here. Fetching a version drops this node's copies of versions
     that are not ``CURRENT``, that no replica leases any more and that were fetched over a
     lease period ago (:func:`evict_unleased`)."""
-    if not fs.is_remote(root):
-        return Path(fs.as_path(version_uri(root, version)))
+    if (have := local_copy(root, version, files)) is not None:
+        return have
     cache = fs.cache_dir("bundles", root)
-    base = cache / VERSIONS
-    full = base / check_version(version, fs.join(root, VERSIONS))
     want = None if files is None else sorted(set(files))
-    # "+" is not allowed in version names, so a partial copy's directory is never taken for one
-    local = full if want is None else base / f"{version}+{hashlib.sha256(chr(10).join(want).encode()).hexdigest()[:12]}"
-    for have in (full, local):
-        if have.is_dir():
-            return have
+    local = _copy_dirs(root, version, want)[1]
     doc, raw = read_version_raw(root, version)
     vuri = version_uri(root, version)
     names = list(doc.files) if want is None else want
@@ -209,6 +203,28 @@ def version_dir(root: str | os.PathLike, version: str, files: Iterable[str] | No
             remove_view(stage)
     evict_unleased(root, keep={version})
     return local
+
+
+def _copy_dirs(root: str | os.PathLike, version: str, want: list[str] | None) -> tuple[Path, Path]:
+    """This node's cache directories of a remote ``version``: the whole copy, and the copy of
+    the files ``want`` (the whole one when ``None``)."""
+    base = fs.cache_dir("bundles", root) / VERSIONS
+    full = base / check_version(version, fs.join(root, VERSIONS))
+    # "+" is not allowed in version names, so a partial copy's directory is never taken for one
+    return full, full if want is None else base / f"{version}+{hashlib.sha256(chr(10).join(want).encode()).hexdigest()[:12]}"
+
+
+def local_copy(root: str | os.PathLike, version: str, files: Iterable[str] | None = None) -> Path | None:
+    """:func:`version_dir` of ``version`` (``files`` of it) when this node holds it already, so
+    that nothing would be downloaded (always, under a local ``root``); ``None`` otherwise. A
+    serving replica searches in-process the shard groups whose files it finds here
+    (:mod:`genoray.serving.scatter`)."""
+    if not fs.is_remote(root):
+        return Path(fs.as_path(version_uri(root, version)))
+    for have in _copy_dirs(root, version, None if files is None else sorted(set(files))):
+        if have.is_dir():
+            return have
+    return None
 
 
 def evict_unleased(root: str | os.PathLike, keep: Iterable[str] = (), min_age_s: float = LEASE_TTL_S) -> list[str]:

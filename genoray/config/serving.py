@@ -159,6 +159,13 @@ class ServeConfig:
             ``"proxy"`` (Serve's Python proxy -> ingress -> model replicas). ``"haproxy"`` needs ``genoray.serving.haproxy.haproxy_env()`` in the environment of
             the Ray processes (``genoray serve`` sets it when it starts Ray).
         limits: request limits (:class:`ServiceLimits`; a dict of its fields is accepted).
+        local_groups_mb: with shard groups, a replica that holds the encoder and head searches
+            in-process (verified, memory-mapped, the same search and merge) the groups whose
+            files of the version it serves are already on its node (the node cache; always
+            under a local root), in group order while their id rows and the IVF quantizer (the
+            memory of its own they take; the mapped files are shared with the node's searchers)
+            fit this many MB, and calls the ``searcher-<g>`` deployments only for the others.
+            The replica declares that memory to Ray. 0: every group through its searchers.
         trust_remote_code: let the replicas run the bundle's transformers model's own Python
             code (a warning names the model). The operator's decision on this command only: a
             value recorded in the bundle never switches it on.
@@ -196,6 +203,7 @@ class ServeConfig:
     access_log: bool = True
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    local_groups_mb: float = 1024.0
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -219,9 +227,9 @@ class ServeConfig:
                  (min(self.request_timeout_s, self.predict_timeout_s, self.poll_s, self.health_check_period_s) > 0,
                   "request_timeout_s, predict_timeout_s, poll_s and health_check_period_s must be > 0"),
                  (self.retries >= 0 and self.batch_wait_timeout_s >= 0 and self.num_cpus >= 0
-                  and self.replica_memory_mb >= 0
+                  and self.replica_memory_mb >= 0 and self.local_groups_mb >= 0
                   and self.ingress_num_cpus >= 0 and self.graceful_shutdown_timeout_s >= 0,
-                  ("retries, batch_wait_timeout_s, num_cpus, replica_memory_mb, ingress_num_cpus, "
+                  ("retries, batch_wait_timeout_s, num_cpus, replica_memory_mb, local_groups_mb, ingress_num_cpus, "
                    "graceful_shutdown_timeout_s must be >= 0")),
                  (isinstance(self.limits, ServiceLimits), "limits must be a ServiceLimits"),
                  (self.require_key or self.allow_public_no_auth or is_loopback(self.host),

@@ -29,7 +29,8 @@ deployment per group in either topology. With ``ingress="haproxy"`` its ``Genora
 holds a :class:`~genoray.serving.scatter.GroupHolder` (encoder, head, OOD scorer; no vectors)
 and the bound searcher handles, batches its own requests like the one-group replica
 (:class:`~genoray.serving.backends.BatchedBackend` over
-:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups;
+:func:`~genoray.serving.scatter.predict_groups_async`) and scatters each batch to the groups
+(searching in-process those whose files are on its node, ``ServeConfig.local_groups_mb``);
 with ``ingress="proxy"`` the ``GenorayModel`` replicas do the same behind the Python proxy.
 
 Batching takes only what is already queued (``batch_wait_timeout_s=0``): a lone request is
@@ -191,7 +192,8 @@ def _group_replica_app(cfg: ServeConfig, key_hashes: tuple[str, ...], limits, re
     class GenorayReplica(BundleReplica):
         def __init__(self, *groups):
             self.holder = GroupHolder(cfg.root, cfg.poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
-                                      cfg.trust_remote_code, running_loop())  # the constructor runs in its loop
+                                      cfg.trust_remote_code, running_loop(),  # the constructor runs in its loop
+                                      cfg.local_groups_mb)
             set_backend(BatchedBackend(self.holder, cfg.predict_timeout_s, cfg.max_batch_size,
                                         cfg.batch_wait_timeout_s, run=predict_groups_async))
 

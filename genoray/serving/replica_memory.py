@@ -73,13 +73,34 @@ def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> di
     return options
 
 
+def group_id_bytes(root: str, served: BundleManifest) -> tuple[list[int], int]:
+    """Per shard group of ``served``, the bytes of its id rows (what a replica that loads the group
+    sorts into memory of its own), and the shared IVF quantizer's (0 without one); from the
+    files' sizes where they are (nothing is downloaded)."""
+    vdir = version_uri(root, served.version)
+    shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR), _index_locator(lambda rel: file_uri(root, served, rel)))
+    return [sum(shards[i].ids for i in g) for g in groups_of(served) or []], quantizer
+
+
+def local_groups_within(sizes: list[int], quantizer: int, budget: int) -> tuple[list[int], int]:
+    """The groups (in order, each taken while it fits) whose id rows plus the quantizer (once) fit
+    ``budget`` bytes, and the bytes they take (0 when none)."""
+    taken, used = [], quantizer
+    for g, size in enumerate(sizes):
+        if used + size <= budget:
+            taken.append(g)
+            used += size
+    return taken, used if taken else 0
+
+
 def grouped_actor_options(cfg: ServeConfig, options: dict[str, Any], served: BundleManifest | None,
                           n_groups: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``ray_actor_options`` of the model deployment and of each ``searcher-<g>`` deployment of a
     shard-grouped bundle ``served``: ``options`` (:func:`replica_actor_options`) with the memory of each
     part, unchanged when ``cfg.replica_memory_mb`` sets it or nothing is published. A searcher
     maps its group's shard files (shared by the replicas of its node) and sorts its id rows
-    into memory of its own; the model replica holds the encoder, head and OOD scorer, no vectors."""
+    into memory of its own; the model replica holds the encoder, head and OOD scorer, and the
+    id rows of the groups it may search in-process (``cfg.local_groups_mb``)."""
     if cfg.replica_memory_mb > 0 or served is None:
         return options, [options] * n_groups
     groups = groups_of(served) or []
@@ -93,4 +114,6 @@ def grouped_actor_options(cfg: ServeConfig, options: dict[str, Any], served: Bun
     shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR), _index_locator(locate))
     searchers = [{**options, "memory": replica_bytes([shards[i] for i in g], quantizer, 0, cfg.max_replicas,
                                                      ids_mapped=False)} for g in groups]
-    return {**options, "memory": replica_bytes([], 0, _head_bytes(vdir, locate, served.files), 1)}, searchers
+    local = local_groups_within([sum(shards[i].ids for i in g) for g in groups], quantizer,
+                                int(cfg.local_groups_mb * 2**20))[1]  # the groups it may search in-process
+    return {**options, "memory": replica_bytes([], 0, _head_bytes(vdir, locate, served.files) + local, 1)}, searchers

@@ -24,178 +24,43 @@ the model checks it. A model replica moves to a new ``CURRENT`` only after every
 that it has loaded it. A searcher replica that dies is retried on another replica of its group;
 when a whole group cannot answer in time the request fails with 503 naming the group, never a
 partial answer.
+
+Groups on the replica's own node (``ServeConfig.local_groups_mb``): a model replica that finds
+a group's files of the version it loads already on its node (a local root, or this
+node's cache of a remote one, :func:`genoray.bundle.local_copy`) loads that group itself
+(:class:`~genoray.serving.searcher.GroupIndex`, verified, memory-mapped: the page cache is shared
+with the node's searchers; its id rows and the quantizer in memory of its own, within
+``local_groups_mb``) and searches it in-process; only the other groups are called
+(:func:`search_groups`). The answers are merged exactly as the scatter merges them, so the result
+is the same; the local groups are loaded with the version and dropped with it, so versions never
+mix. Each Ray call costs more than the whole in-process prediction (``bench/profile_groups.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import threading
-import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from genoray.bundle import BundleManifest, current_version, file_uri, groups_of, read_version, version_dir, version_uri
+from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
-from genoray.index import VectorIndex, merge_topk, read_manifest
-from genoray.index.core import open_shards
+from genoray.bundle.store import local_copy
+from genoray.index import merge_topk
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
-from genoray.index.manifest import IndexManifest
-from genoray.infra.artifacts import verify_files
-from genoray.infra.documents import read_document
 from genoray.infra.errors import InvariantError
 from genoray.predict import Hits, Predictor
 from genoray.serving.backends import predict_batch
-from genoray.serving.holder import BundleHolder, BundleReplica, public_error, replica_id
-from genoray.serving.replica_memory import grouped_actor_options
+from genoray.serving.holder import BundleHolder, BundleReplica
+from genoray.serving.replica_memory import group_id_bytes, grouped_actor_options, local_groups_within
+from genoray.serving.searcher import CACHED_VERSIONS, GenoraySearcher, GroupIndex, _verify, group_files
 
+__all__ = ["CACHED_VERSIONS", "GenoraySearcher", "GroupHolder", "GroupIndex", "GroupUnavailable", "gather_async",
+           "group_files", "group_model", "group_searchers", "merge_parts", "on_loop", "predict_groups",
+           "predict_groups_async", "running_loop", "scatter", "scatter_async", "search_groups"]
 log = logging.getLogger(__name__)
-CACHED_VERSIONS = 2  # per searcher replica: the version served and the one being swapped to
-
-
-def _verify(vdir: Path, doc: BundleManifest, files: list[str]) -> None:
-    """Verify the files of a version that one replica loads (a group's shards, or the head)."""
-    missing = [f for f in files if f not in doc.files]
-    if missing:
-        raise ValueError(f"{vdir}: bundle.json lists no sha256 for {missing[:3]}")
-    verify_files(vdir, {f: doc.files[f] for f in files})
-
-
-class GroupIndex:
-    """One shard group of one bundle version: its FAISS shards (a shared IVF quantizer
-    attached) and the seq_id / label of its rows, searched like a sharded VectorIndex."""
-
-    def __init__(self, root: str | Path, version: str, group: int):
-        self.version, self.group = version, group
-        doc = read_version(root, version)
-        # which files this group needs, read where the version stores its index manifest
-        m = read_document(IndexManifest, file_uri(root, doc, f"{INDEX_DIR}/{INDEX_MANIFEST}"))
-        groups = groups_of(doc) or [list(range(len(m.shards)))]
-        if group >= len(groups):
-            raise ValueError(f"bundle {version} has {len(groups)} shard group(s); no group {group}")
-        shards = [m.shards[i] for i in groups[group]]
-        files = [INDEX_MANIFEST, *(f for s in shards for f in s.sha256)]
-        if m.shared_quantizer and m.trained:
-            files.append(m.trained.file)
-        files = [f"{INDEX_DIR}/{f}" for f in files]
-        vdir = version_dir(root, version, files)  # on a remote root, this node fetches this group's files only
-        _verify(vdir, doc, files)
-        idir = vdir / INDEX_DIR
-        if read_manifest(idir) != m:  # what was fetched and verified is what chose the files
-            raise ValueError(f"{version_uri(root, version)}: the index manifest changed while loading group {group}")
-        indexes, tables, refine = open_shards(idir, m, shards, mmap=True)  # page cache shared by replicas
-        t = pa.concat_tables(tables)
-        t = t.take(pc.sort_indices(t["gid"]))
-        self.gids = t["gid"].to_numpy()
-        self.seq_ids, self.labels = t["seq_id"].combine_chunks(), t["label"].combine_chunks()
-        sub = dataclasses.replace(m, shards=tuple(shards), ntotal=len(self.gids))
-        self.index = VectorIndex(indexes, self.seq_ids, self.labels, sub)
-        self.index.refine = refine
-
-    def search(self, x: np.ndarray, k: int) -> dict[str, Any]:
-        """Top-``k`` of this group: similarities, global ids, seq_ids and labels (lists of rows)."""
-        sims, gids = self.index.search(x, k)
-        rows = np.searchsorted(self.gids, np.clip(gids, 0, None))
-        rows = np.clip(rows, 0, max(len(self.gids) - 1, 0))
-        valid = gids >= 0
-        if valid.any() and not np.array_equal(self.gids[rows[valid]], gids[valid]):
-            raise InvariantError(f"group {self.group} of {self.version}: a shard returned ids outside its id table")
-        take = pa.array(rows.ravel())
-        return {"sims": sims, "gids": gids, "version": self.version,
-                "seq_ids": np.array(self.seq_ids.take(take).to_pylist(), dtype=object).reshape(gids.shape),
-                "labels": np.array(self.labels.take(take).to_pylist(), dtype=object).reshape(gids.shape)}
-
-
-class GenoraySearcher:
-    """A searcher replica of one shard group (the class behind the ``searcher-<g>`` deployments)."""
-
-    def __init__(self, root: str, group: int, poll_s: float = 2.0):
-        self.root, self.group, self.poll_s = root, group, poll_s
-        self.replica = replica_id()  # opaque: never the host name or pid
-        self._cache: OrderedDict[str, GroupIndex] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
-        self._refused: set[str | None] = set()  # versions this group could not preload
-        self.last_error: str | None = None
-        version = current_version(self.root)
-        if version is None:
-            raise FileNotFoundError(f"{self.root}: no CURRENT bundle has been published")
-        try:
-            self.get(version)  # synchronous: a replica starts with CURRENT's shards loaded
-        except Exception as e:  # a version this group cannot load: the model keeps its own, loaded on demand
-            self.last_error = f"{type(e).__name__}: {e}"
-            log.error("searcher-%d could not load CURRENT %s: %s", group, version, self.last_error)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="group-watch", daemon=True)
-        self._thread.start()
-
-    def get(self, version: str) -> GroupIndex:
-        """This group of ``version``, loaded (and verified) on first use; the least recently
-        used version beyond :data:`CACHED_VERSIONS` is dropped. Searches of loaded versions
-        never wait for a load."""
-        with self._lock:
-            if version in self._cache:
-                self._cache.move_to_end(version)
-                return self._cache[version]
-            loading = self._loading.setdefault(version, threading.Lock())
-        with loading:  # one load per version; concurrent requests for it wait for that one
-            with self._lock:
-                if version in self._cache:
-                    return self._cache[version]
-            t0 = time.perf_counter()
-            idx = GroupIndex(self.root, version, self.group)
-            with self._lock:
-                self._cache[version] = idx
-                self._loading.pop(version, None)
-                while len(self._cache) > CACHED_VERSIONS:
-                    self._cache.popitem(last=False)
-            log.info("searcher-%d loaded %s (%d rows) in %.2f s", self.group, version, len(idx.gids),
-                     time.perf_counter() - t0)
-            return idx
-
-    async def search(self, x: np.ndarray, k: int, version: str) -> dict[str, Any]:
-        """Top-``k`` of this group at exactly ``version`` (with the version and this replica)."""
-        loop = asyncio.get_running_loop()
-        idx = await loop.run_in_executor(None, self.get, version)
-        out = await loop.run_in_executor(None, idx.search, x, k)
-        return {**out, "replica": self.replica}
-
-    async def ready(self, version: str) -> bool:
-        """Load ``version`` if needed; True once this replica can search it."""
-        await asyncio.get_running_loop().run_in_executor(None, self.get, version)
-        return True
-
-    def info(self) -> dict[str, Any]:
-        """Group, loaded versions, replica, its Ray node and the last load error."""
-        import ray
-
-        return {"group": self.group, "versions": list(self._cache), "replica": self.replica,
-                "node": ray.get_runtime_context().get_node_id(), "last_error": public_error(self.last_error)}
-
-    def check_health(self) -> None:
-        """Fails when the watcher stopped (Serve then replaces this replica)."""
-        if not self._thread.is_alive():
-            raise RuntimeError(f"searcher-{self.group}: CURRENT watcher stopped")
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            version = None  # stays None when CURRENT itself cannot be read (next poll)
-            try:
-                version = current_version(self.root)
-                if version and version not in self._cache and version not in self._refused:
-                    self.get(version)  # preload, so the model's switch finds it ready
-            except Exception as e:  # a version this group cannot load: requests for it fail clearly
-                self._refused.add(version)  # versions are immutable: not preloaded again
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("searcher-%d: %s", self.group, self.last_error)
-
-
 class GroupUnavailable(RuntimeError):
     """No replica of a shard group answered in time (the API's 503)."""
 
@@ -218,18 +83,19 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-async def scatter_async(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
-                        seen: dict[str, str] | None = None) -> Hits:
-    """Search every group at ``version`` concurrently, awaiting the searchers' answers in this
-    event loop and retrying a group on another of its replicas when one dies; merged :class:`Hits`."""
+async def gather_async(searchers: dict[int, Any], version: str, x: np.ndarray, k: int, timeout_s: float,
+                       retries: int) -> dict[int, dict[str, Any]]:
+    """Search the groups ``searchers`` (group -> handle) at ``version`` concurrently, awaiting the
+    answers in this event loop and retrying a group on another of its replicas when one dies;
+    each group's answer (unchecked: :func:`merge_parts` checks the versions)."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
     from ray.serve.exceptions import ReplicaUnavailableError
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    calls = {g: s.search.remote(x, k, version) for g, s in enumerate(searchers)}
+    calls = {g: s.search.remote(x, k, version) for g, s in searchers.items()}
     parts: dict[int, dict[str, Any]] = {}
-    for g in range(len(searchers)):
+    for g in searchers:
         attempt = 0
         while g not in parts:
             try:
@@ -251,14 +117,45 @@ async def scatter_async(searchers: list, version: str, x: np.ndarray, k: int, ti
                 log.error("searcher-%d cannot search %s: %s", g, version, cause)  # paths stay in the log
                 raise GroupUnavailable(f"shard group {g} (searcher-{g}) cannot search bundle {version} "
                                        f"({type(cause).__name__}; see the service log)") from e
+    return parts
+
+
+def merge_parts(parts: dict[int, dict[str, Any]], version: str, k: int, seen: dict[str, str] | None = None) -> Hits:
+    """Every group's answer checked to be at ``version`` (and noted in ``seen``), merged by
+    similarity in group order: :class:`Hits` equal to one index holding every shard."""
+    merged = [parts[g] for g in sorted(parts)]
+    for g in sorted(parts):
         if parts[g]["version"] != version:
             raise InvariantError(f"searcher-{g} searched {parts[g]['version']} for a request at {version}")
         if seen is not None:
             seen[f"searcher-{g}"] = f"{parts[g]['version']}@{parts[g]['replica']}"
-    merged = [parts[g] for g in range(len(searchers))]
     sims, gids, (seq_ids, labels) = merge_topk([p["sims"] for p in merged], [p["gids"] for p in merged], k,
                                                [[p["seq_ids"] for p in merged], [p["labels"] for p in merged]])
     return Hits(sims, gids, seq_ids, labels)
+
+
+async def scatter_async(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
+                        seen: dict[str, str] | None = None) -> Hits:
+    """Search every group at ``version`` through its searchers (:func:`gather_async`); merged :class:`Hits`."""
+    parts = await gather_async(dict(enumerate(searchers)), version, x, k, timeout_s, retries)
+    return merge_parts(parts, version, k, seen)
+
+
+def search_groups(searchers: list, local: dict[int, GroupIndex], version: str, x: np.ndarray, k: int,
+                  timeout_s: float, retries: int, seen: dict[str, str] | None = None,
+                  loop: asyncio.AbstractEventLoop | None = None) -> Hits:
+    """Every group at ``version``: those in ``local`` (loaded at that version in this process)
+    searched here, while the others' searchers are called on ``loop`` (:func:`on_loop`); merged
+    as :func:`scatter` merges, so the result is the same."""
+    remote = {g: s for g, s in enumerate(searchers) if g not in local}
+    call = gather_async(remote, version, x, k, timeout_s, retries) if remote else None
+    pending = asyncio.run_coroutine_threadsafe(call, loop) if call is not None and loop is not None else None
+    parts = {g: {**idx.search(x, k), "replica": "local"} for g, idx in local.items()}
+    if pending is not None:
+        parts.update(pending.result())
+    elif call is not None:
+        parts.update(on_loop(call, None))
+    return merge_parts(parts, version, k, seen)
 
 
 def scatter(searchers: list, version: str, x: np.ndarray, k: int, timeout_s: float, retries: int,
@@ -274,14 +171,18 @@ class GroupHolder(BundleHolder):
     the new one loaded."""
 
     def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
-                 retries: int = 3, trust_remote_code: bool = False, loop: asyncio.AbstractEventLoop | None = None):
+                 retries: int = 3, trust_remote_code: bool = False, loop: asyncio.AbstractEventLoop | None = None,
+                 local_groups_mb: float = 1024.0):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
         self.loop = loop  # the replica's event loop: where the searcher handles are awaited (on_loop)
+        self.local_groups_mb = local_groups_mb  # ServeConfig.local_groups_mb
+        self.local: dict[str, dict[int, GroupIndex]] = {}  # version -> the groups searched in this process
         super().__init__(root, poll_s=poll_s, trust_remote_code=trust_remote_code)
 
     def describe(self) -> dict[str, Any]:
         """``GET /v1/info`` of this replica: the bundle and the number of shard groups it searches."""
-        return {**super().describe(), "shard_groups": len(self.searchers)}
+        local = sorted(self.local.get(self.version, {}))
+        return {**super().describe(), "shard_groups": len(self.searchers), "local_groups": local}
 
     def _open(self, version: str | None) -> tuple[Predictor, BundleManifest]:
         version = version or current_version(self.root)
@@ -295,8 +196,26 @@ class GroupHolder(BundleHolder):
         files = [f"{INDEX_DIR}/{INDEX_MANIFEST}"] + [f for f in doc.files if f.startswith(f"{HEAD_DIR}/")]
         vdir = version_dir(self.root, version, files)  # the head and the index manifest: no vectors
         _verify(vdir, doc, files)
-        return Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False,
-                              trust_remote_code=self.trust_remote_code), doc
+        predictor = Predictor.load(vdir / INDEX_DIR, vdir / HEAD_DIR, with_index=False,
+                                   trust_remote_code=self.trust_remote_code)
+        self.local[version] = self._load_local(version, len(groups))
+        return predictor, doc
+
+    def _load_local(self, version: str, n_groups: int) -> dict[int, GroupIndex]:
+        """The groups of ``version`` that fit ``local_groups_mb`` (:func:`~genoray.serving.replica_memory.local_groups_within`)
+        and whose files are on this node already (:func:`genoray.bundle.local_copy`), loaded and
+        verified here like a searcher loads them."""
+        local: dict[int, GroupIndex] = {}
+        if self.local_groups_mb <= 0:
+            return local
+        sizes, quantizer = group_id_bytes(str(self.root), read_version(self.root, version))
+        for g in local_groups_within(sizes, quantizer, int(self.local_groups_mb * 2**20))[0]:
+            if local_copy(self.root, version, group_files(self.root, version, g)[3]) is not None:
+                local[g] = GroupIndex(self.root, version, g)
+        if local:
+            log.info("bundle %s: shard groups %s searched in this replica, %d by their searchers", version,
+                     sorted(local), n_groups - len(local))
+        return local
 
     def load(self, version: str) -> None:
         """Swap to ``version`` once every shard group reports it loaded (else keep serving and retry)."""
@@ -314,7 +233,12 @@ class GroupHolder(BundleHolder):
             self.last_error = f"bundle {version} not ready on shard group {failed[0]}: {type(e).__name__}: {e}"
             log.warning(self.last_error)
             raise
-        super().load(version)
+        try:
+            super().load(version)
+        finally:  # batches keep the groups of the version they started with (_Batch)
+            for v in list(self.local):  # a copy: another thread's load may add its version meanwhile
+                if v != self.version:
+                    self.local.pop(v, None)
 
 
 class _Searching:
@@ -337,10 +261,11 @@ class _Batch:
         self._holder, self.monitor = holder, holder.monitor
         predictor, self.version = holder.snapshot()
         self.seen: dict[str, str] = {}
+        local = holder.local.get(self.version, {})  # a swap meanwhile: the groups not found are called
 
         def search(x: np.ndarray, k: int) -> Hits:
-            return scatter(holder.searchers, self.version, x, k, 0.8 * holder.timeout_s, holder.retries, self.seen,
-                           holder.loop)
+            return search_groups(holder.searchers, local, self.version, x, k, 0.8 * holder.timeout_s, holder.retries,
+                                 self.seen, holder.loop)
 
         self.predictor = _Searching(predictor, search)
 
@@ -393,7 +318,7 @@ def group_model(cfg, replica_options: dict[str, Any], served: BundleManifest):
     class GenorayModel(BundleReplica):
         def __init__(self, root: str, poll_s: float, *groups):
             self.holder = GroupHolder(root, poll_s, list(groups), cfg.predict_timeout_s, cfg.retries,
-                                      cfg.trust_remote_code, running_loop())
+                                      cfg.trust_remote_code, running_loop(), cfg.local_groups_mb)
 
         @serve.batch(max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
         async def predict(self, requests: list) -> list[dict[str, Any]]:
