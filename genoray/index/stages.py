@@ -138,10 +138,15 @@ def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: 
 
 
 def train_template(factory: str, d: int, samples: list, use_gpu: bool, sharded: bool) -> tuple[np.ndarray, bool]:
-    """Train the empty index once on the concatenated samples; serialised bytes and GPU used."""
+    """Train the empty index once on the concatenated samples (the list is emptied as they are
+    copied, each freed once copied); serialised bytes and GPU used."""
     faiss = _faiss()
-    samples = [_resolve(s)["sample"] if not isinstance(s, np.ndarray) else s for s in samples]
-    x = np.concatenate(samples) if samples else np.zeros((0, d), np.float32)
+    if any(not isinstance(s, np.ndarray) for s in samples):  # object refs (on Ray)
+        samples[:] = [_resolve(s)["sample"] if not isinstance(s, np.ndarray) else s for s in samples]
+    x, pos = np.empty((sum(len(s) for s in samples), d), np.float32), 0
+    while samples:
+        s = samples.pop(0)
+        x[pos:pos + len(s)], pos = s, pos + len(s)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if sharded and not factory.startswith("IVF"):
         index = faiss.IndexIDMap(index)
@@ -267,15 +272,12 @@ def _merge_files(out: Path, pdir: Path, shard: int, parts: list[dict[str, Any]],
     fi, fids = shard_file(shard), ids_file(shard)
     # IVF: written list by list from the partitions' files (O(one list) memory, same bytes)
     merged = write_merged_ivf(blob, [pdir / f"{p['key']}.faiss" for p in parts], out / fi) if ivf else None
-    if merged is not None:
-        ntotal = merged
-    else:  # Flat (small by construction), or an IVF layout write_merged_ivf does not read
+    ntotal = merged
+    if ntotal is None:  # Flat (small by construction), or an IVF layout write_merged_ivf does not read
         index = faiss.deserialize_index(blob)
         for p in parts:
             if ivf:
-                part_index = faiss.read_index(str(pdir / f"{p['key']}.faiss"))
-                index.merge_from(part_index, 0)
-                del part_index
+                index.merge_from(faiss.read_index(str(pdir / f"{p['key']}.faiss")), 0)
             else:
                 vec = np.load(pdir / f"{p['key']}.vec.npy", allow_pickle=False)
                 if sharded:
