@@ -193,6 +193,7 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
     else:
         res = ex.map(scan_part, scan_calls)
         metas, arrays = [r[0] for r in res], [r[1] for r in res]
+        del res  # the training samples are then referenced only by `arrays` (freed once trained)
     if [m["rows"] for m in metas] != counts:
         raise ValueError(f"{store_path}: split counts changed during the build")
     queries, from_outside = _pick_queries(ex, arrays, cfg)
@@ -218,8 +219,9 @@ def build_index(store_path: str | Path, out_dir: str | Path, cfg: IndexConfig | 
         blob = np.frombuffer(fs.read_bytes(template_uri), dtype=np.uint8)
         gpu_used = bool(record.get("gpu"))
     else:
-        samples = arrays if use_ray else [a["sample"] for a in arrays]
+        samples = arrays if use_ray else [a.pop("sample") for a in arrays]  # emptied by a local train_template
         blob, gpu_used = ex.one(train_template, factory, d, samples, cfg.use_gpu, sharded, **opts)
+        del samples
         blob = np.asarray(blob)
         fs.write_bytes(template_uri, blob.tobytes())
         fs.write_json(record_uri, {"key": template_key, "gpu": gpu_used, "sha256": hashlib.sha256(blob.tobytes()).hexdigest()})

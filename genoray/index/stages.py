@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 
 from genoray.config import IndexConfig
 from genoray.embedding.store import EMBEDDING, LABEL, SEQ_ID, SPLIT, vectors_of
-from genoray.index.core import VectorIndex, _faiss, gpu_count, write_ids, write_without_quantizer
+from genoray.index.core import VectorIndex, _faiss, gpu_count, write_without_quantizer
+from genoray.index.ivf_merge import write_merged_ivf, write_shard_ids
 from genoray.index.knn import l2_normalize, recall_at_k
 from genoray.index.manifest import PARTS, IndexManifest, IndexShard, ids_file, refine_file, shard_file
 from genoray.infra import fs
@@ -137,10 +138,15 @@ def scan_part(store_path: str, part_file: str, split: str | None, d: int, rate: 
 
 
 def train_template(factory: str, d: int, samples: list, use_gpu: bool, sharded: bool) -> tuple[np.ndarray, bool]:
-    """Train the empty index once on the concatenated samples; serialised bytes and GPU used."""
+    """Train the empty index once on the concatenated samples (the list is emptied as they are
+    copied, each freed once copied); serialised bytes and GPU used."""
     faiss = _faiss()
-    samples = [_resolve(s)["sample"] if not isinstance(s, np.ndarray) else s for s in samples]
-    x = np.concatenate(samples) if samples else np.zeros((0, d), np.float32)
+    if any(not isinstance(s, np.ndarray) for s in samples):  # object refs (on Ray)
+        samples[:] = [_resolve(s)["sample"] if not isinstance(s, np.ndarray) else s for s in samples]
+    x, pos = np.empty((sum(len(s) for s in samples), d), np.float32), 0
+    while samples:
+        s = samples.pop(0)
+        x[pos:pos + len(s)], pos = s, pos + len(s)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if sharded and not factory.startswith("IVF"):
         index = faiss.IndexIDMap(index)
@@ -261,29 +267,30 @@ def _merge_files(out: Path, pdir: Path, shard: int, parts: list[dict[str, Any]],
                  sharded: bool, refine: bool) -> IndexShard:
     """:func:`merge_shard` between local directories."""
     faiss = _faiss()
-    index = faiss.deserialize_index(np.asarray(_resolve(template)))
+    blob = np.asarray(_resolve(template))
     ivf = factory.startswith("IVF")
-    for p in parts:
-        if ivf:
-            part_index = faiss.read_index(str(pdir / f"{p['key']}.faiss"))
-            index.merge_from(part_index, 0)
-            del part_index
-        else:
-            vec = np.load(pdir / f"{p['key']}.vec.npy", allow_pickle=False)
-            if sharded:
-                index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
-            else:
-                index.add(vec)
     fi, fids = shard_file(shard), ids_file(shard)
-    if ivf:
-        write_without_quantizer(index, out / fi)
-    else:
-        faiss.write_index(index, str(out / fi))
-    ntotal = int(index.ntotal)
-    del index
-    tables = [pq.read_table(pdir / f"{p['key']}.ids.parquet") for p in parts]
-    write_ids(pa.concat_tables(tables).combine_chunks() if tables else pa.table({"gid": pa.array([], pa.int64()),
-              SEQ_ID: pa.array([], pa.string()), LABEL: pa.array([], pa.string())}), out / fids)
+    # IVF: written list by list from the partitions' files (O(one list) memory, same bytes)
+    merged = write_merged_ivf(blob, [pdir / f"{p['key']}.faiss" for p in parts], out / fi) if ivf else None
+    ntotal = merged
+    if ntotal is None:  # Flat (small by construction), or an IVF layout write_merged_ivf does not read
+        index = faiss.deserialize_index(blob)
+        for p in parts:
+            if ivf:
+                index.merge_from(faiss.read_index(str(pdir / f"{p['key']}.faiss")), 0)
+            else:
+                vec = np.load(pdir / f"{p['key']}.vec.npy", allow_pickle=False)
+                if sharded:
+                    index.add_with_ids(vec, np.arange(p["gid_start"], p["gid_start"] + len(vec), dtype=np.int64))
+                else:
+                    index.add(vec)
+        if ivf:
+            write_without_quantizer(index, out / fi)
+        else:
+            faiss.write_index(index, str(out / fi))
+        ntotal = int(index.ntotal)
+        del index
+    write_shard_ids([pdir / f"{p['key']}.ids.parquet" for p in parts], out / fids)
     sha = {fi: sha256_file(out / fi), fids: sha256_file(out / fids)}
     fr = None
     if refine:
