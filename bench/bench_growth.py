@@ -25,7 +25,12 @@ the stages that need its output are skipped):
 
 Memory: ``driver`` = ``ru_maxrss`` of the stage's process; ``task`` = the largest RSS seen by
 polling (psutil, every 0.2 s) the Ray worker processes descended from the driver (RSS includes the
-object-store pages a worker touched; a polled peak can miss a spike shorter than 0.2 s).
+object-store pages a worker touched; a polled peak can miss a spike shorter than 0.2 s);
+``private_peak_mb`` / ``mapped_peak_mb`` = the stage's process's peak private anonymous memory
+and peak file-backed (and shared) resident memory, sampled from ``/proc/self/smaps_rollup`` every
+50 ms: ``driver`` counts both, so for a stage that maps the index (head, reindex, predict) the
+private peak is what grows with what the process holds, the mapped peak what the page cache
+lends it (printed as ``priv pk`` / ``map pk``).
 Targets, 1M -> 4M (the last two sizes): memory <= 1.5x for every process whose input grows
 (except the mapped search, whose private memory is reported), head fit time <= 4x (linear).
 Plan: :func:`genoray.index.capacity.estimate` with the per-core rate measured in the same run and
