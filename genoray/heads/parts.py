@@ -6,11 +6,14 @@ import logging
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from genoray.heads.common import _check_X, _encode, _stratified_split, drop_own, vote
 from genoray.index import VectorIndex
+from genoray.index.columns import ArrowColumn
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +39,44 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
         y = np.asarray(y, dtype=object)
         self.classes_ = np.array(sorted(set(y)), dtype=object)
         self.n_features_in_ = X.shape[1]
-        self.y_ = _encode(y, self.classes_)
+        self.y_: np.ndarray | None = _encode(y, self.classes_)
         self.index_ = VectorIndex.from_vectors(X, np.arange(len(y)), y)
         return self
 
     def attach(self, index, classes) -> "KNNVoteHead":
-        """Use an existing :class:`~genoray.index.VectorIndex` (its labels) as the reference set."""
+        """Use an existing :class:`~genoray.index.VectorIndex` (its labels) as the reference set.
+
+        An index with an Arrow label column (a loaded, possibly memory-mapped index) keeps no
+        per-row codes: the neighbours' labels are looked up per search (:meth:`codes_at`), so
+        attaching costs no private memory that grows with the index. An in-memory index's
+        labels are encoded once (``y_``)."""
         self.classes_ = np.asarray(classes, dtype=object)
         self.n_features_in_ = index.dim
-        self.y_ = _encode(index.labels, self.classes_)
+        if isinstance(index.labels, ArrowColumn):  # checked in one streamed pass (pc.unique), nothing kept
+            if new := sorted(set(map(str, pc.unique(index.labels.array).drop_null().to_pylist())) - set(map(str, classes))):
+                raise ValueError(f"label {new[0]!r} not among the classes seen in fit: {list(self.classes_)}")
+            self.y_ = None
+        else:
+            self.y_ = _encode(index.labels, self.classes_)
         self.index_ = index
         return self
+
+    def codes_at(self, pos: np.ndarray) -> np.ndarray:
+        """Class codes (positions in ``classes_``) of the reference rows ``pos`` (``-1`` = none, and
+        gives ``-1``); a label outside ``classes_`` is refused."""
+        pos = np.asarray(pos, dtype=np.int64)
+        valid = pos >= 0
+        if self.y_ is not None:
+            return np.where(valid, self.y_[np.clip(pos, 0, None)], -1)
+        labels = self.index_.labels.take(np.clip(pos, 0, None))
+        value_set = pa.array([str(c) for c in self.classes_], pa.string())
+        codes = pc.index_in(labels, value_set=value_set).fill_null(-1).to_numpy(zero_copy_only=False)
+        codes = codes.astype(np.int64).reshape(pos.shape)
+        if (bad := valid & (codes < 0)).any():
+            label = labels[int(np.flatnonzero(bad.ravel())[0])].as_py()
+            raise ValueError(f"label {label!r} of the index is not among the classes seen in fit: "
+                             f"{list(self.classes_)} (refit the head on this index)")
+        return np.where(valid, codes, -1)
 
     def kneighbors(self, X, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and index rows of the k nearest neighbours. With ``exclude_self``, X
@@ -61,7 +91,7 @@ class KNNVoteHead(ClassifierMixin, BaseEstimator):
 
     def proba_from_neighbours(self, sims: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Vote probabilities from neighbour similarities and index rows (``-1`` = none)."""
-        codes = np.where(pos >= 0, self.y_[np.clip(pos, 0, None)], -1)
+        codes = self.codes_at(pos)
         return vote(sims, codes, len(self.classes_), self.temperature, self.smoothing)
 
     def predict_proba(self, X, exclude_self: bool = False) -> np.ndarray:

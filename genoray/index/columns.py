@@ -34,10 +34,32 @@ class ArrowColumn:
             pos = np.flatnonzero(pos)
         flat = pos.astype(np.int64).ravel()
         valid = flat >= 0
-        taken = self.array.take(pa.array(np.where(valid, flat, 0))).to_pylist()
+        taken = self.take(np.where(valid, flat, 0)).to_pylist()
         out = np.array(taken, dtype=object)
         out[~valid] = None
         return out.reshape(pos.shape)
+
+    def take(self, positions) -> pa.Array:
+        """The values at ``positions`` (integers in ``0..len-1``) as one Arrow array, in that order,
+        taken chunk by chunk: ``ChunkedArray.take`` first concatenates every chunk of a string
+        column (pyarrow 26), a private copy of the whole (memory-mapped) column per call, so
+        this keeps a lookup's memory proportional to the positions, not to the index."""
+        pos = np.asarray(positions, dtype=np.int64).ravel()
+        a = self.array
+        if isinstance(a, pa.Array):
+            return a.take(pa.array(pos))
+        if a.num_chunks <= 1:
+            return (a.chunk(0) if a.num_chunks else pa.array([], a.type)).take(pa.array(pos))
+        starts = np.cumsum([0] + [len(c) for c in a.chunks[:-1]], dtype=np.int64)
+        which = np.searchsorted(starts, pos, side="right") - 1  # an empty chunk is never chosen
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(a.num_chunks + 1))
+        parts = [a.chunk(c).take(pa.array(pos[order[lo:hi]] - starts[c]))
+                 for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
+        got = pa.concat_arrays(parts) if parts else pa.array([], a.type)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return got.take(pa.array(back))
 
     def __iter__(self):
         for chunk_start in range(0, len(self.array), 65536):
