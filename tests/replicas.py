@@ -3,7 +3,9 @@
 this; a client cannot. Two ways, both local to the test host: Ray's actor table (Serve names the
 actor ``SERVE_REPLICA::<app>#<deployment>#<id>``) when this process is a driver of that Ray,
 otherwise the process that holds the replica's own Serve log file
-(``.../serve/replica_<app>_<deployment>_<id>.log``) open, found through ``/proc``."""
+(``.../serve/replica_<app>_<deployment>_<id>.log``) open, found through ``/proc``. Also the
+versions each replica served under load, in an order the client can vouch for
+(:func:`replica_sequences`)."""
 
 from __future__ import annotations
 
@@ -48,3 +50,25 @@ def replica_pid(replica: str) -> int:
     if len(pids) != 1:
         raise LookupError(f"{len(pids)} live Serve replicas with id {replica!r}")
     return pids[0]
+
+
+def replica_sequences(results):
+    """The versions each replica served, in an order the client can vouch for: two responses of
+    different versions whose requests overlapped in time on one replica are left out (a request
+    sent earlier can reach the replica later, so their start order is not the order the replica
+    served them; CI saw v1 v2 v1 v2 v1 that way). Responses that did not overlap a response of
+    another version keep their order, so a replica that really went back and forth still shows it."""
+    by_replica: dict = {}
+    for r in sorted(results):
+        by_replica.setdefault(r[4], []).append(r)
+    sequences = {}
+    for replica, rs in by_replica.items():
+        unclear = set()
+        for i, (t0, latency, _, version, _) in enumerate(rs):
+            for j in range(i + 1, len(rs)):
+                if rs[j][0] >= t0 + latency:
+                    break
+                if rs[j][3] != version:
+                    unclear.update((i, j))
+        sequences[replica] = [r[3] for i, r in enumerate(rs) if i not in unclear]
+    return sequences

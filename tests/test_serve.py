@@ -8,7 +8,7 @@ import time
 
 import pytest
 from bundles import make_bundle
-from replicas import replica_pid
+from replicas import replica_pid, replica_sequences
 
 from bench.loadtest import post, run_load
 from genoray.bundle import publish
@@ -29,28 +29,6 @@ def deploy(root, name, port, **kw):
     cfg = ServeConfig(root=str(root), port=port, key_hashes=(hash_key(KEY),), poll_s=0.2, num_cpus=0.1, **kw)
     serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
     return f"/{name}"
-
-
-def replica_sequences(results):
-    """The versions each replica served, in an order the client can vouch for: two responses of
-    different versions whose requests overlapped in time on one replica are left out (a request
-    sent earlier can reach the replica later, so their start order is not the order the replica
-    served them; CI saw v1 v2 v1 v2 v1 that way). Responses that did not overlap a response of
-    another version keep their order, so a replica that really went back and forth still shows it."""
-    by_replica: dict = {}
-    for r in sorted(results):
-        by_replica.setdefault(r[4], []).append(r)
-    sequences = {}
-    for replica, rs in by_replica.items():
-        unclear = set()
-        for i, (t0, latency, _, version, _) in enumerate(rs):
-            for j in range(i + 1, len(rs)):
-                if rs[j][0] >= t0 + latency:
-                    break
-                if rs[j][3] != version:
-                    unclear.update((i, j))
-        sequences[replica] = [r[3] for i, r in enumerate(rs) if i not in unclear]
-    return sequences
 
 
 def test_predict_auth_hot_swap_and_rollback_under_load(serve_port, tmp_path):
