@@ -48,6 +48,7 @@ import numpy as np
 from genoray.bundle import BundleManifest, current_version, groups_of, read_version, version_dir
 from genoray.bundle.manifest import HEAD_DIR, INDEX_DIR
 from genoray.bundle.store import local_copy
+from genoray.config import ServeConfig
 from genoray.index import merge_topk
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.infra.errors import InvariantError
@@ -172,7 +173,7 @@ class GroupHolder(BundleHolder):
 
     def __init__(self, root: str | Path, poll_s: float, searchers: list, timeout_s: float = 10.0,
                  retries: int = 3, trust_remote_code: bool = False, loop: asyncio.AbstractEventLoop | None = None,
-                 local_groups_mb: float = 1024.0):
+                 local_groups_mb: float = ServeConfig.local_groups_mb):
         self.searchers, self.timeout_s, self.retries = list(searchers), timeout_s, retries
         self.loop = loop  # the replica's event loop: where the searcher handles are awaited (on_loop)
         self.local_groups_mb = local_groups_mb  # ServeConfig.local_groups_mb
