@@ -124,7 +124,10 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
     # a 5xx (500/502 from Serve's fallback proxy are resent) and never a wrong answer
     closed = ("RemoteDisconnected", "IncompleteRead", "ConnectionReset")
     assert all(r[2] == 0 and any(c in r[3] for c in closed) for r in failed), failed[:3]
-    assert len(failed) <= 3, failed
+    # each of the 8 clients has at most one request in flight, and a replica batches what is
+    # queued, so one kill closes at most 8 (CI saw 4 in one batch); more would mean HAProxy
+    # did not move the later requests to the other replica
+    assert len(failed) <= 8, failed
     replicas_answering(port, 2, timeout=90, not_replica=killed["replica"])  # the replica comes back
 
     # swap under load: every replica moves to v2 exactly once, nothing fails
