@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MB = 2**20
-STAGES = ("scan_part", "train_template", "add_part", "merge_shard", "exact_truth", "tune_index")
+STAGES = ("scan_part", "train_template", "add_part", "merge_shard", "exact_topk", "tune_index")
 
 
 def rollup() -> dict[str, int]:

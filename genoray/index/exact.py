@@ -3,11 +3,11 @@ queries over every indexed row, the oracle ``nprobe`` is tuned against.
 
 One task per store partition (:func:`exact_part`, spread over the cluster's nodes on Ray) reads
 its rows streamed, :data:`~genoray.index.stages.BATCH_ROWS` at a time, and returns only its
-top-``k`` per query; the caller merges each result as it arrives (:func:`exact_truth`), so the
+top-``k`` per query; the caller merges each result as it arrives (:func:`exact_topk`), so the
 O(n) read is spread over the nodes, a task holds O(batch + queries x k) and the caller
-O(queries x k), whatever the number of partitions. :func:`exact_topk` also returns the
-similarities, which a recall calibration set stores (:mod:`genoray.index.calibration`) so that a
-nightly extend searches only the new partitions exactly.
+O(queries x k), whatever the number of partitions. The similarities are returned too: a
+recall calibration set stores them (:mod:`genoray.index.calibration`) so that a nightly
+extend searches only the new partitions exactly.
 """
 
 from __future__ import annotations
@@ -50,14 +50,6 @@ class ExactPass:
     in_caller: int
     peak_task_rss_mb: float
     rows: int = 0
-
-
-def exact_truth(ex: Any, store_path: str, parts: list[dict[str, Any]], split: str | None, d: int, queries: Any,
-                k: int = 10, **opts: Any) -> tuple[np.ndarray, ExactPass]:
-    """The exact top-``k`` global ids ``(len(queries), k)`` of ``queries`` (as returned by
-    ``ex.put``) over ``parts``: :func:`exact_topk` without the similarities."""
-    _, ids, ran = exact_topk(ex, store_path, parts, split, d, queries, k, **opts)
-    return ids, ran
 
 
 def exact_topk(ex: Any, store_path: str, parts: list[dict[str, Any]], split: str | None, d: int, queries: Any,
