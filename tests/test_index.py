@@ -77,6 +77,31 @@ def test_sharded_flat_equals_one_flat_index(tmp_path):
     assert [list(a.ids[r]) for r in ia] == [list(b.ids[r]) for r in ib]
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat"])
+def test_a_large_query_batch_is_searched_in_chunks_with_the_same_answer(tmp_path, monkeypatch, factory):
+    """A batch job's queries go to FAISS in chunks of SEARCH_ROWS (bounded buffers): the answer is
+    the one-call answer, row for row, and for Flat the brute-force top-k."""
+    import genoray.index.core as core
+    from genoray.embedding.store import EmbeddingStore
+
+    store = synthetic_store(tmp_path, n=3000)
+    build_index(store, tmp_path / "ix", IndexConfig(index_type=factory, shards=2, train_sample=2000))
+    idx = VectorIndex.load(tmp_path / "ix")
+    q = EmbeddingStore(store).load("test").vectors
+    whole = idx.search(q, 10)
+    calls = []
+    one_call = VectorIndex._search
+    monkeypatch.setattr(core, "SEARCH_ROWS", 16)
+    monkeypatch.setattr(VectorIndex, "_search", lambda self, qq, k: calls.append(len(qq)) or one_call(self, qq, k))
+    chunked = idx.search(q, 10)
+    assert max(calls) == 16 and sum(calls) == len(q) > 16 * 5
+    assert np.array_equal(chunked[1], whole[1]) and np.allclose(chunked[0], whole[0])
+    if factory == "Flat":
+        emb = EmbeddingStore(store).load("train")
+        truth, _ = exact_search(emb.vectors, q, 10)
+        assert np.allclose(chunked[0], truth, atol=1e-5)
+
+
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8"])
 def test_ivf_reaches_target_recall_and_mmap_load_matches(tmp_path, factory):
     store = synthetic_store(tmp_path)

@@ -66,6 +66,11 @@ def shard_of(seq_ids: list[str], n_shards: int) -> np.ndarray:
                      for s in seq_ids], dtype=np.int64)
 
 
+# queries per FAISS search call: an IVF search holds nprobe coarse ids and distances per query (12 B
+# each: 123 MB for 10k queries at nprobe 1,024), so a batch job searches in chunks of this many rows
+SEARCH_ROWS = 1024
+
+
 class VectorIndex:
     """Cosine kNN over one or more FAISS shards, with the seq_id and label of every row.
 
@@ -118,6 +123,12 @@ class VectorIndex:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query dim {q.shape[-1]} != index dim {self.dim}")
         k = max(1, min(k, self.ntotal))
+        if len(q) > SEARCH_ROWS:  # FAISS's per-call buffers grow with the queries: bounded chunks
+            parts = [self._search(q[i:i + SEARCH_ROWS], k) for i in range(0, len(q), SEARCH_ROWS)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return self._search(q, k)
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k_factor = int(self.manifest.search_params.get("k_factor", 1))
         if self.refine and k_factor > 1:
             results = [self._refined(shard, q, k, k_factor, start, vecs)
