@@ -4,8 +4,9 @@ predictions and auth, a replica SIGKILLed under load, then a swap under load.
 HAProxy resends the killed replica's in-flight requests to the other replica (its log shows
 them answered 200 after one retry). What it does not cover: Serve reloads HAProxy when the set
 of replicas changes, and in 12 kills under load 5 of about 51,000 requests ended with the
-connection closed before any response (no HAProxy log line, so no HTTP status). The test
-therefore allows only that, and rarely: any HTTP error status fails it. The other topology,
+connection closed before any response (no HAProxy log line, so no HTTP status), and in 4 CI
+runs one request got HAProxy's own error page (500). The test therefore allows only those, at
+most one per client: any other HTTP error status fails it. The other topology,
 ``--ingress proxy`` fails no request at all (``test_serve.py``)."""
 
 import http.client
@@ -28,6 +29,7 @@ from genoray.serving.page import CSP
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "haproxy-test-key"
+HAPROXY_ERROR_PAGE = "Internal Server Error"  # the body of Ray Serve's HAProxy errorfile (502/503/504 as 500)
 QUERY = {"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3}
 
 
@@ -113,17 +115,23 @@ def test_haproxy_ingress_survives_replica_kill_and_swaps_under_load(haproxy_serv
         if not killed and len(results) > 50:
             replica = next(r[4] for r in results if r[4])
             killed["replica"], killed["pid"] = replica, replica_pid(replica)  # the id is opaque
+            killed["at"] = time.time()
             os.kill(killed["pid"], signal.SIGKILL)
 
     results = run_load(port, "/v1/predict", QUERY, KEY, seconds=10, concurrency=8, max_requests=3000, on_tick=kill)
     failed = [r for r in results if r[2] != 200]
-    print(f"kill: {len(results)} requests, {len(failed)} failed: {failed[:3]}")
+    print(f"kill: {len(results)} requests, {len(failed)} failed, started {[round(r[0] - killed['at'], 3) for r in failed]} "
+          f"s after the kill: {failed[:3]}")
     assert killed and any(r[4] == killed["replica"] for r in results)
     # what HAProxy cannot resend is a request whose replica died after it began answering: the
-    # client sees the connection close (no status line, or a truncated body) and may retry; never
-    # a 5xx (500/502 from Serve's fallback proxy are resent) and never a wrong answer
+    # client sees the connection close (no status line, or a truncated body), or, rarely, HAProxy's
+    # own error page (500, body "Internal Server Error", no replica header: CI saw 1 in ~3,000
+    # requests in 1 of 4 runs), and may retry; never another 5xx (500/502 from
+    # Serve's fallback proxy are resent) and never a wrong answer
     closed = ("RemoteDisconnected", "IncompleteRead", "ConnectionReset")
-    assert all(r[2] == 0 and any(c in r[3] for c in closed) for r in failed), failed[:3]
+    unanswered = [r for r in failed if (r[2] == 0 and any(c in r[3] for c in closed))
+                  or (r[2] == 500 and r[3] == HAPROXY_ERROR_PAGE and not r[4])]
+    assert unanswered == failed, failed[:3]
     # each of the 8 clients has at most one request in flight, and a replica batches what is
     # queued, so one kill closes at most 8 (CI saw 4 in one batch); more would mean HAProxy
     # did not move the later requests to the other replica
