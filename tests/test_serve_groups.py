@@ -81,6 +81,8 @@ def test_group_search_equals_whole_index_and_exact_oracle(built, tmp_path):
         groups, search = group_search(tmp_path / "root", v, 2)
         assert sum(len(g.gids) for g in groups) == VectorIndex.load(built[name]).ntotal
         assert not set(groups[0].gids) & set(groups[1].gids)  # each replica holds only its group's rows
+        # its seq_ids and labels stay in the mapped id tables (one chunk per shard): no copy of its own
+        assert all(g.seq_ids.array.num_chunks == g.labels.array.num_chunks == 2 for g in groups)
         whole = VectorIndex.load(built[name])
         q = rng.standard_normal((60, whole.dim)).astype(np.float32)
         hits = search(q, 10)
@@ -95,6 +97,30 @@ def test_group_search_equals_whole_index_and_exact_oracle(built, tmp_path):
             assert np.array_equal(np.asarray(emb.ids, dtype=object)[truth], hits.seq_ids)
         else:
             print("IVF recall@10 grouped vs whole:", recall_at_k(hits.gids, pos))
+
+
+def test_a_group_whose_shards_are_out_of_gid_order_answers_the_same(built, tmp_path, monkeypatch):
+    """A group's id tables stay mapped and only its gids are sorted: with its shards read in reverse
+    (gids out of order: the sort-order path) every search answers as with them in order."""
+    import genoray.serving.searcher as searcher
+    from genoray.pipeline import write_bundle
+
+    v = write_bundle(tmp_path / "root", built["ivf4"], built["head"], shard_groups=2)
+    groups, search = group_search(tmp_path / "root", v, 2)
+    assert all(g.order is None for g in groups)
+    opened = searcher.open_shards
+
+    def reversed_shards(*args, **kwargs):
+        indexes, tables, refine = opened(*args, **kwargs)
+        return indexes[::-1], tables[::-1], refine[::-1]
+
+    monkeypatch.setattr(searcher, "open_shards", reversed_shards)
+    flipped, flipped_search = group_search(tmp_path / "root", v, 2)
+    assert all(g.order is not None for g in flipped)
+    q = np.random.default_rng(5).standard_normal((30, groups[0].index.dim)).astype(np.float32)
+    a, b = search(q, 10), flipped_search(q, 10)
+    assert np.array_equal(a.gids, b.gids) and np.allclose(a.sims, b.sims, atol=1e-6)
+    assert np.array_equal(a.seq_ids, b.seq_ids) and np.array_equal(a.labels, b.labels)
 
 
 def test_predictions_through_groups_equal_the_local_predictor(built, tmp_path):

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from genoray.bundle import BundleManifest, current_version, file_uri, groups_of, read_version, version_dir, version_uri
 from genoray.bundle.manifest import INDEX_DIR
 from genoray.index import VectorIndex, read_manifest
+from genoray.index.columns import ArrowColumn
 from genoray.index.core import open_shards
 from genoray.index.manifest import MANIFEST as INDEX_MANIFEST
 from genoray.index.manifest import IndexManifest
@@ -60,7 +60,12 @@ def group_files(root: str | Path, version: str, group: int) -> tuple[BundleManif
 
 class GroupIndex:
     """One shard group of one bundle version: its FAISS shards (a shared IVF quantizer
-    attached) and the seq_id / label of its rows, searched like a sharded VectorIndex."""
+    attached) and the seq_id / label of its rows, searched like a sharded VectorIndex.
+
+    Shards and id tables are memory-mapped (shared by the node's replicas); the group's own
+    memory is its global ids sorted, 8 B a row (16 while loading, and kept when the shards' ids
+    are not in order: the sort order). The replica's memory declared to Ray counts the id
+    tables' bytes, at least 16 B a row: an upper bound."""
 
     def __init__(self, root: str | Path, version: str, group: int):
         self.version, self.group = version, group
@@ -71,10 +76,12 @@ class GroupIndex:
         if read_manifest(idir) != m:  # what was fetched and verified is what chose the files
             raise ValueError(f"{version_uri(root, version)}: the index manifest changed while loading group {group}")
         indexes, tables, refine = open_shards(idir, m, shards, mmap=True)  # page cache shared by replicas
-        t = pa.concat_tables(tables)
-        t = t.take(pc.sort_indices(t["gid"]))
-        self.gids = t["gid"].to_numpy()
-        self.seq_ids, self.labels = t["seq_id"].combine_chunks(), t["label"].combine_chunks()
+        t = pa.concat_tables(tables)  # the mapped tables as chunks: nothing copied
+        gids = t["gid"].to_numpy()  # the one column of its own: 8 B a row, and 8 more when not sorted
+        self.order = None if bool(np.all(gids[1:] > gids[:-1])) else np.argsort(gids, kind="stable")
+        self.gids = gids if self.order is None else gids[self.order]
+        # seq_ids and labels stay mapped (shared by the node's replicas): a search takes its rows
+        self.seq_ids, self.labels = ArrowColumn(t["seq_id"]), ArrowColumn(t["label"])
         sub = dataclasses.replace(m, shards=tuple(shards), ntotal=len(self.gids))
         self.index = VectorIndex(indexes, self.seq_ids, self.labels, sub)
         self.index.refine = refine
@@ -87,7 +94,7 @@ class GroupIndex:
         valid = gids >= 0
         if valid.any() and not np.array_equal(self.gids[rows[valid]], gids[valid]):
             raise InvariantError(f"group {self.group} of {self.version}: a shard returned ids outside its id table")
-        take = pa.array(rows.ravel())
+        take = (rows if self.order is None else self.order[rows]).ravel()  # rows of the mapped tables
         return {"sims": sims, "gids": gids, "version": self.version,
                 "seq_ids": np.array(self.seq_ids.take(take).to_pylist(), dtype=object).reshape(gids.shape),
                 "labels": np.array(self.labels.take(take).to_pylist(), dtype=object).reshape(gids.shape)}
