@@ -25,14 +25,17 @@ the stages that need its output are skipped):
 
 Memory: ``driver`` = ``ru_maxrss`` of the stage's process; ``task`` = the largest RSS seen by
 polling (psutil, every 0.2 s) the Ray worker processes descended from the driver (RSS includes the
-object-store pages a worker touched; a polled peak can miss a spike shorter than 0.2 s);
+object-store pages a worker touched; a polled peak can miss a spike shorter than 0.2 s), and
+``task_private_mb`` the largest private anonymous memory of those workers (the recall tuning task
+maps the index, so its RSS counts the lists its searches scanned);
 ``private_peak_mb`` / ``mapped_peak_mb`` = the stage's process's peak private anonymous memory
 and peak file-backed (and shared) resident memory, sampled from ``/proc/self/smaps_rollup`` every
 50 ms: ``driver`` counts both, so for a stage that maps the index (head, reindex, predict) the
 private peak is what grows with what the process holds, the mapped peak what the page cache
 lends it (printed as ``priv pk`` / ``map pk``).
 Targets, 1M -> 4M (the last two sizes): memory <= 1.5x for every process whose input grows
-(except the mapped search, whose private memory is reported), head fit time <= 4x (linear).
+(a process that searches the memory-mapped index, :data:`MAPPED_RSS`, is held to its private
+memory and its RSS reported), head fit time <= 4x (linear).
 Plan: :func:`genoray.index.capacity.estimate` with the per-core rate measured in the same run and
 the machine's cores, every search priced at the nprobe the same run's ``index_local`` build tuned
 (as ``genoray plan --index`` does; ``--default-nprobe``: at the plan's default); ratio = measured /
@@ -68,6 +71,10 @@ STAGES = ("store", "verify", "index_ray", "index_local", "head", "publish", "pre
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
          "publish": "head", "predict": "head", "reindex": "publish"}
 MB = 2**20
+PRIVATE_KEYS = ("task_private_mb", "private_mb", "private_peak_mb")
+# (value, stage) pairs that count the pages of a memory-mapped index its searches touched: the
+# acceptance's "search that maps the index", held to its private memory instead
+MAPPED_RSS = {("driver_mb", "predict"), ("driver_mb", "head"), ("driver_mb", "reindex"), ("task_mb", "index_ray")}
 SMAPS_EVERY_S = 0.05  # the private / mapped memory sampling period of every stage's process
 
 
@@ -224,7 +231,9 @@ def stage_reindex(w: Path, n: int, mode: str) -> dict:
 
 
 def poll_ray_workers(peak: dict, stop: threading.Event) -> None:
-    """Record the largest RSS of any Ray worker process below this one until ``stop``."""
+    """Record the largest RSS, and the largest private anonymous memory (:func:`smaps_rollup`), of
+    any Ray worker process below this one until ``stop``: a task that maps the index (the recall
+    tuning) counts the pages its search touched in its RSS."""
     import psutil
 
     me = psutil.Process()
@@ -237,17 +246,18 @@ def poll_ray_workers(peak: dict, stop: threading.Event) -> None:
             try:
                 if "default_worker" in " ".join(p.cmdline()) or p.name().startswith("ray::"):
                     peak["task"] = max(peak["task"], p.memory_info().rss)
-            except psutil.Error:
+                    peak["task_private"] = max(peak["task_private"], smaps_rollup(p.pid)[0])
+            except (psutil.Error, OSError):
                 pass
 
 
-def smaps_rollup() -> tuple[int, int]:
-    """(private anonymous bytes, file-backed and shared resident bytes) of this process now, from
-    ``/proc/self/smaps_rollup``: ``Anonymous`` (heap, numpy arrays, FAISS's allocations: what an
+def smaps_rollup(pid: int | str = "self") -> tuple[int, int]:
+    """(private anonymous bytes, file-backed and shared resident bytes) of a process (this one by
+    default) now, from ``/proc/<pid>/smaps_rollup``: ``Anonymous`` (heap, numpy arrays, FAISS's allocations: what an
     index read without mmap is in) and ``Rss - Anonymous`` (resident pages of mapped files, such as a
     memory-mapped index and Arrow id tables, and of shared memory: page cache others can share)."""
     rss = anon = 0
-    with open("/proc/self/smaps_rollup") as f:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             if line.startswith("Rss:"):
                 rss = int(line.split()[1]) * 1024
@@ -276,7 +286,7 @@ def child(stage: str, w: Path, n: int, mode: str) -> None:
     peak file-backed resident memory during the stage, sampled every :data:`SMAPS_EVERY_S` s
     (:func:`poll_smaps`; a spike shorter than that can be missed); ``driver_mb`` (``ru_maxrss``)
     counts both."""
-    peak = {"task": 0}
+    peak = {"task": 0, "task_private": 0}
     mem = {"private": 0, "mapped": 0, "samples": 0}
     stop = threading.Event()
     poller = threading.Thread(target=poll_ray_workers, args=(peak, stop), daemon=True)
@@ -291,6 +301,7 @@ def child(stage: str, w: Path, n: int, mode: str) -> None:
     sampler.join()
     u = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**out, "wall_s": wall, "driver_mb": u.ru_maxrss / 1024, "task_mb": peak["task"] / MB or None,
+                      "task_private_mb": peak["task_private"] / MB or None,
                       "private_peak_mb": mem["private"] / MB, "mapped_peak_mb": mem["mapped"] / MB,
                       "smaps_samples": mem["samples"], "cpu_s": u.ru_utime + u.ru_stime,
                       "load_avg": os.getloadavg()[0]}))
@@ -390,10 +401,12 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
                 if not lo or not hi or lo["status"] != "ok":
                     continue
                 cells = []
-                for key in ("driver_mb", "task_mb", "private_mb", "private_peak_mb"):
+                for key in ("driver_mb", "task_mb", "task_private_mb", "private_mb", "private_peak_mb"):
                     if lo.get(key) and (hi.get(key) or hi["status"] != "ok"):
                         g = hi[key] / lo[key] if hi["status"] == "ok" else None
-                        target = key in ("private_mb", "private_peak_mb") or stage != "predict"
+                        # a process that maps the index: its private memory is the target, its RSS
+                        # (the pages its searches touched) is information; for the others, every value
+                        target = key in PRIVATE_KEYS or (key, stage) not in MAPPED_RSS
                         ok = g is not None and g <= 1.5
                         cells.append(f"{key} x{fmt(g, '.2f')} {('PASS' if ok else 'FAIL') if target else '(info)'}")
                 if stage == "head":
