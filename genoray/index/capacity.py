@@ -58,7 +58,7 @@ BATCH_WORK = 7.0               # peak bytes per byte of one decoded batch (BATCH
                                # stages stream, so a partition's size no longer matters
 WORK_SAMPLE = 3.4              # peak bytes per byte of the training sample (the scans' kept shares, the
                                # concatenated copy, k-means and residual buffers)
-WORK_INDEX = 0.5               # extra peak per byte of index codes (merge growth, loaded index for tuning)
+WORK_INDEX = 0.5               # extend: extra peak per byte of index codes (merge growth, loaded index for tuning)
 # BATCH_WORK and WORK_SAMPLE are fitted to the peak RSS of the streamed build at 250k and 1M x 256
 # (bench/bench_index.py: the peak is in the quantizer training; the two points fix a slope per sample byte
 # and an intercept, whose split into batch and k-means buffers they cannot tell apart); checked at 250k and
@@ -149,7 +149,7 @@ def replica_bytes(shards: list[ShardSize], quantizer: int, private: int, replica
     (:data:`RAY_WORKER_BASE` + :data:`SERVE_EXTRA`), ``private`` bytes of its own (head and
     OOD scorer files), the quantizer, and the shards: with ``mmap`` their mapped files shared
     by ``replicas_per_node`` replicas (and the id tables too when ``ids_mapped``; a searcher of
-    a shard group sorts its ids into memory of its own), in full otherwise."""
+    a shard group is charged them as its own, an upper bound), in full otherwise."""
     mapped = sum(s.mapped for s in shards)
     ids = sum(s.ids for s in shards)
     shared = (mapped + (ids if ids_mapped else 0)) if mmap else 0
@@ -257,8 +257,10 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     refine_disk = n * d * 2 if f["pq"] else 0
     index_bytes = n * per_vec + quantizer  # shards share one quantizer once loaded
     ids_bytes = n * (ID_TABLE_ROW - 24 + id_bytes)
+    # the shards are merged list by list from the partition files (ivf_merge): no in-memory copy of
+    # the index, whose pages the recall tuning maps once (WORK_INDEX is the extend's, which loads it)
     single_mem = PROCESS_BASE + LOCAL_WORK + batch_work + max(sample_work + (sample * d * 4 if f["pq"] else 0),
-                                                 index_bytes * (1 + WORK_INDEX) + ids_bytes)
+                                                 index_bytes + ids_bytes)
     train_flops = KMEANS_ITERS * sample * max(nlist, 1) * d * 2
     if f["pq"]:
         train_flops += 25 * sample * 256 * d * 2
