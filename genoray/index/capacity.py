@@ -234,7 +234,8 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
                             "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
                             "hours": n / (rate * cl.nodes) / 3600, "store_bytes": store_bytes,
-                            **stage_costs.stage(n / (rate * cl.nodes), PROCESS_BASE + stage_costs.DEDUP_RANGE
+                            **stage_costs.stage(stage_costs.RAY_START_S + n / (rate * cl.nodes),  # a job on Ray
+                                                PROCESS_BASE + stage_costs.DEDUP_RANGE
                                                 + BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META),
                                                 store_bytes, store_bytes, cpus)}
     plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, READ_MB_S)
