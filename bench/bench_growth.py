@@ -19,6 +19,10 @@ the stages that need its output are skipped):
 * ``head``: ``train_head`` (index of ``index_local``); ``publish``: ``write_bundle`` to a local root;
 * ``predict``: the index memory-mapped, 10k queries predicted in one batch (``predict_vectors``);
   its private memory (``Anonymous``, private anonymous pages, of ``/proc/self/smaps_rollup``) is reported beside RSS;
+* ``sequences``, ``embed`` (opt-in: ``--stages sequences,embed``): ``n`` random DNA sequences of
+  200-300 bases written as Parquet, then ``embed_sequences`` of the 3-mer encoder on a local 2-CPU
+  Ray (what ``genoray embed`` runs), checked against the plan's embed stage (its largest process
+  against the largest task);
 * ``reindex``: +1% rows appended as a new part, then ``extend_index`` + ``train_head`` +
   ``write_bundle`` (the reindex night without its evaluation, with its head refitted: the plan's
   +1% night carries the head over, so the plan compared is its night plus its head fit).
@@ -68,8 +72,11 @@ PART_ROWS = 125_000
 QUERIES = 10_000
 ID_BYTES = 8  # a synthetic seq_id: "s" + up to 7 digits (the plan's id_bytes; its default, 24, is a real store's)
 STAGES = ("store", "verify", "index_ray", "index_local", "head", "publish", "predict", "reindex")
+EMBED_STAGES = ("sequences", "embed")  # opt-in (--stages sequences,embed): the real embed of the k-mer encoder
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
-         "publish": "head", "predict": "head", "reindex": "publish"}
+         "publish": "head", "predict": "head", "reindex": "publish", "embed": "sequences"}
+UNPLANNED = ("store", "sequences")  # inputs the bench writes: no stage of the plan
+SEQ_LEN = (200, 300)  # the synthetic sequences' lengths, as bench_kmer's (the plan's k-mer rate)
 MB = 2**20
 PRIVATE_KEYS = ("task_private_mb", "private_mb", "private_peak_mb")
 # (value, stage) pairs that count the pages of a memory-mapped index its searches touched: the
@@ -134,6 +141,40 @@ def stage_store(w: Path, n: int, mode: str) -> dict:
         format_version=s.StoreManifest.FORMAT_VERSION, encoder=enc.spec(), fingerprint=enc.fingerprint, dim=DIM,
         status="complete", rows=n, counts=s.StoreCounts(read=n, accepted=n, rejected=0, written=n), parts=parts))
     return {}
+
+
+def stage_sequences(w: Path, n: int, mode: str) -> dict:
+    """The input of ``embed``: ``n`` random DNA sequences of :data:`SEQ_LEN` bases as Parquet
+    (``id, sequence, label, split``), in parts of :data:`PART_ROWS` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (w / "sequences").mkdir()
+    for i, a in enumerate(range(0, n, PART_ROWS)):
+        rows = min(PART_ROWS, n - a)
+        rng = np.random.default_rng([11, a])
+        lens = rng.integers(SEQ_LEN[0], SEQ_LEN[1] + 1, size=rows)
+        bases = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, size=int(lens.sum()))].tobytes().decode()
+        cut = np.concatenate([[0], np.cumsum(lens)])
+        seqs = [bases[cut[j]:cut[j + 1]] for j in range(rows)]
+        pq.write_table(pa.table({"id": [f"q{j}" for j in range(a, a + rows)], "sequence": seqs,
+                                 "label": ["ab"[j % 2] for j in range(rows)], "split": ["train"] * rows}),
+                       w / "sequences" / f"part-{i:05d}.parquet")
+    return {}
+
+
+def stage_embed(w: Path, n: int, mode: str) -> dict:
+    """``embed_sequences`` of the 3-mer encoder on a local 2-CPU Ray, as ``genoray embed`` runs it."""
+    import ray
+
+    from genoray.embedding.job import embed_sequences
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 * MB)
+    try:
+        rep = embed_sequences(w / "sequences", w / "embedded", encoder(), use_ray=True)
+    finally:
+        ray.shutdown()
+    return {"read": rep.read, "written": rep.written, "rejected": sum(rep.rejected.values())}
 
 
 def stage_verify(w: Path, n: int, mode: str) -> dict:
@@ -340,7 +381,9 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     if stage == "reindex":  # stage_reindex refits the head; the plan's +1% night carries it over: add the refit
         hd, ri = st["head"], st["reindex"]
         return ri["seconds"] + hd["seconds"] - PIPELINE_START_S, max(ri["peak_bytes"], hd["peak_bytes"]), None
-    key = {"store": "embed", "verify": "dedup"}.get(stage, stage)
+    if stage == "embed":  # the plan's peak is the largest process: on Ray, an encoding task
+        return st["embed"]["seconds"], st["embed"]["peak_bytes"], st["embed"]["peak_bytes"]
+    key = {"store": "embed", "sequences": "embed", "verify": "dedup"}.get(stage, stage)
     return st[key]["seconds"], st[key]["peak_bytes"], None
 
 
@@ -381,12 +424,12 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
     lines.append("(predict: 'driver MB' is its private anonymous memory; its RSS is in the JSON; 'priv pk' / 'map pk': "
                  "the stage process's peak private anonymous / file-backed resident MB, sampled every 50 ms)")
     checks = [plan_ok(r, r["wall_s"], r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb"))
-              for r in results if r["status"] == "ok" and r["stage"] != "store"]
+              for r in results if r["status"] == "ok" and r["stage"] not in UNPLANNED]
     lines.append(f"plan within 2x of time and 25% of memory (every measured process): "
-                 f"{checks.count('PASS')} of {len(checks)} stage runs (store: a stand-in for embed, not counted)")
+                 f"{checks.count('PASS')} of {len(checks)} stage runs (store, sequences: inputs, not counted)")
     for n in dict.fromkeys(r["n"] for r in results):
         at_n = [(r, plan_ok(r, r["wall_s"], r.get("private_mb") if r["stage"] == "predict" else r.get("driver_mb")))
-                for r in results if r["n"] == n and r["status"] == "ok" and r["stage"] != "store"]
+                for r in results if r["n"] == n and r["status"] == "ok" and r["stage"] not in UNPLANNED]
         fails = [f"{r['mode']} {r['stage']}" for r, v in at_n if v != "PASS"]
         lines.append(f"  at {n:,}: {len(at_n) - len(fails)} of {len(at_n)}" + (f"; FAIL: {', '.join(fails)}" if fails else ""))
     sizes = [n for n in sizes if any(r["n"] == n and r["status"] == "ok" for r in results)]
@@ -396,7 +439,7 @@ def report(results: list[dict], sizes: list[int]) -> list[str]:
                      f"search), head time target <= {b / a:.0f}x")
         at = {(r["mode"], r["stage"], r["n"]): r for r in results}
         for mode in dict.fromkeys(r["mode"] for r in results):
-            for stage in STAGES:
+            for stage in STAGES + EMBED_STAGES:
                 lo, hi = at.get((mode, stage, a)), at.get((mode, stage, b))
                 if not lo or not hi or lo["status"] != "ok":
                     continue
