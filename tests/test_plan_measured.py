@@ -42,6 +42,18 @@ def test_every_stage_within_both_targets(n):
     assert not fails, fails
 
 
+def test_the_embed_stage_within_both_targets_at_three_sizes():
+    """``embed_sequences`` of the default k-mer encoder on a local 2-CPU Ray (the bench's opt-in
+    ``embed`` stage, ``growth-embed-idle-2026-12-06.json``): its time, its driver and its largest
+    encoding task against the plan's embed stage."""
+    runs = [r for r in replanned("growth-embed-idle-2026-12-06.json") if r["stage"] == "embed"]
+    assert sorted(r["n"] for r in runs) == [250_000, FITTED_ON, 4_000_000]
+    assert all(r["read"] == r["written"] == r["n"] and r["rejected"] == 0 for r in runs)
+    fails = [(r["n"], round(r["wall_s"] / r["plan_s"], 2), r["plan_mb"], r["plan_task_mb"])
+             for r in runs if verdict(r) != "PASS"]
+    assert not fails, fails
+
+
 def test_the_verdict_fails_a_plan_off_by_more_than_its_targets():
     """The check above can fail: the same runs against a plan 30% short on memory, or 2.5x off on time."""
     r = next(r for r in replanned() if r["n"] == 4_000_000 and r["stage"] == "index_local")

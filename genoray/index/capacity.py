@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig, PlanConfig, ReindexConfig
+from genoray.config import ClusterSpec, EncoderChoice, HeadConfig, IndexConfig, PlanConfig, ReadConfig, ReindexConfig
 from genoray.embedding.store import EmbeddingStore
 from genoray.index import stage_costs
 from genoray.index.factory import choose_factory, parse_factory, train_sample_size
@@ -231,13 +231,15 @@ def estimate(n: int, d: int, cfg: IndexConfig | None = None, cluster: ClusterSpe
     rate = embed_rate or (EMBED_RATE_GPU[kind] * gpus if gpus and EMBED_RATE_GPU[kind] else EMBED_RATE[kind] * cpus)
     store_bytes = n * (d * 4 + ROW_META)
     part = min(n, partition_rows)
+    embed_batch = BATCH_WORK * min(part, ReadConfig.batch_size) * (d * 4 + ROW_META)  # one read batch encoded
+    embed_driver = PROCESS_BASE + stage_costs.DEDUP_RANGE + embed_batch  # or the one process without Ray
+    embed_task = RAY_WORKER_BASE + embed_batch  # an encoding task: a Ray worker and its batch
     plan.stages["embed"] = {"encoder": encoder, "rate_per_node_seq_s": rate,
                             "rate_source": "given" if embed_rate else ("assumed" if kind == "hf" else "measured"),
                             "hours": n / (rate * cl.nodes) / 3600, "store_bytes": store_bytes,
+                            "peak_driver_bytes": int(embed_driver), "peak_task_bytes": int(embed_task),
                             **stage_costs.stage(stage_costs.RAY_START_S + n / (rate * cl.nodes),  # a job on Ray
-                                                PROCESS_BASE + stage_costs.DEDUP_RANGE
-                                                + BATCH_WORK * min(part, BATCH_ROWS) * (d * 4 + ROW_META),
-                                                store_bytes, store_bytes, cpus)}
+                                                max(embed_driver, embed_task), store_bytes, store_bytes, cpus)}
     plan.stages["dedup"] = stage_costs.dedup(n, store_bytes, part, READ_MB_S)
 
     # index build
