@@ -20,9 +20,9 @@ the stages that need its output are skipped):
 * ``predict``: the index memory-mapped, 10k queries predicted in one batch (``predict_vectors``);
   its private memory (``Anonymous``, private anonymous pages, of ``/proc/self/smaps_rollup``) is reported beside RSS;
 * ``sequences``, ``embed`` (opt-in: ``--stages sequences,embed``): ``n`` random DNA sequences of
-  200-300 bases written as Parquet, then ``embed_sequences`` of the 3-mer encoder on a local 2-CPU
-  Ray (what ``genoray embed`` runs), checked against the plan's embed stage (its largest process
-  against the largest task);
+  200-300 bases written as Parquet, then ``embed_sequences`` of the default k-mer encoder on a
+  local 2-CPU Ray (what ``genoray embed`` runs), checked against the plan's embed stage (its
+  driver and its largest encoding task);
 * ``reindex``: +1% rows appended as a new part, then ``extend_index`` + ``train_head`` +
   ``write_bundle`` (the reindex night without its evaluation, with its head refitted: the plan's
   +1% night carries the head over, so the plan compared is its night plus its head fit).
@@ -76,6 +76,7 @@ EMBED_STAGES = ("sequences", "embed")  # opt-in (--stages sequences,embed): the 
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
          "publish": "head", "predict": "head", "reindex": "publish", "embed": "sequences"}
 UNPLANNED = ("store", "sequences")  # inputs the bench writes: no stage of the plan
+KMER_DIM = 350  # the default KmerEncoder's dimension (k = 1-4, GC, z-curve): what the embed stage writes
 SEQ_LEN = (200, 300)  # the synthetic sequences' lengths, as bench_kmer's (the plan's k-mer rate)
 MB = 2**20
 PRIVATE_KEYS = ("task_private_mb", "private_mb", "private_peak_mb")
@@ -164,14 +165,16 @@ def stage_sequences(w: Path, n: int, mode: str) -> dict:
 
 
 def stage_embed(w: Path, n: int, mode: str) -> dict:
-    """``embed_sequences`` of the 3-mer encoder on a local 2-CPU Ray, as ``genoray embed`` runs it."""
+    """``embed_sequences`` of the default k-mer encoder (the plan's ``kmer`` rate) on a local 2-CPU
+    Ray, as ``genoray embed`` runs it."""
     import ray
 
     from genoray.embedding.job import embed_sequences
+    from genoray.encoders.kmer import KmerEncoder
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 * MB)
     try:
-        rep = embed_sequences(w / "sequences", w / "embedded", encoder(), use_ray=True)
+        rep = embed_sequences(w / "sequences", w / "embedded", KmerEncoder(), use_ray=True)
     finally:
         ray.shutdown()
     return {"read": rep.read, "written": rep.written, "rejected": sum(rep.rejected.values())}
@@ -381,8 +384,11 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     if stage == "reindex":  # stage_reindex refits the head; the plan's +1% night carries it over: add the refit
         hd, ri = st["head"], st["reindex"]
         return ri["seconds"] + hd["seconds"] - PIPELINE_START_S, max(ri["peak_bytes"], hd["peak_bytes"]), None
-    if stage == "embed":  # the plan's peak is the largest process: on Ray, an encoding task
-        return st["embed"]["seconds"], st["embed"]["peak_bytes"], st["embed"]["peak_bytes"]
+    if stage == "embed":  # the default k-mer encoder's vectors (KMER_DIM), not the store's DIM
+        from genoray.index.capacity import estimate
+
+        e = estimate(plan.n, KMER_DIM, encoder="kmer", partition_rows=PART_ROWS).stages["embed"]
+        return e["seconds"], e["peak_driver_bytes"], e["peak_task_bytes"]
     key = {"store": "embed", "sequences": "embed", "verify": "dedup"}.get(stage, stage)
     return st[key]["seconds"], st[key]["peak_bytes"], None
 
