@@ -144,8 +144,15 @@ def test_haproxys_backup_server_is_this_services_own_proxy(served):
     not Ray's fixed 8500 that every Ray on the host shares: there a second service's backup
     traffic reached the first service (another bundle, other keys). Fails on f467b52 (8500)."""
     port = served
-    text = haproxy_config().read_text()
-    backup = re.findall(r"^\s*server \S+ [0-9.]+:(\d+) .*\bbackup\b", text, flags=re.M)
-    assert backup and all(int(p) != 8500 for p in backup), backup
+    # Ray writes the backup server into HAProxy's config once its fallback proxy is up, which can
+    # come after the replica answers (CI, loaded: the first config had none): wait for it
+    deadline = time.time() + 90
+    while True:
+        text = haproxy_config().read_text()
+        backup = re.findall(r"^\s*server \S+ [0-9.]+:(\d+) .*\bbackup\b", text, flags=re.M)
+        if backup or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert backup and all(int(p) != 8500 for p in backup), (backup, text[-2000:])
     status, body, _ = get_info(int(backup[0]), KEY, "127.0.0.6")  # the backup answers for this service
     assert status == 200 and body.get("bundle_version") == get_info(port, KEY, "127.0.0.6")[1]["bundle_version"]
