@@ -75,8 +75,9 @@ def replica_actor_options(cfg: ServeConfig, served: BundleManifest | None) -> di
 
 def group_id_bytes(root: str, served: BundleManifest) -> tuple[list[int], int]:
     """Per shard group of ``served``, the bytes of its id rows (an upper bound of what a replica
-    that loads the group holds of its own: :class:`~genoray.serving.searcher.GroupIndex`), and the shared IVF quantizer's (0 without one); from the
-    files' sizes where they are (nothing is downloaded)."""
+    that loads the group holds of its own: :class:`~genoray.serving.searcher.GroupIndex`), and
+    the shared IVF quantizer's (0 without one); from the files' sizes where they are (nothing is
+    downloaded)."""
     vdir = version_uri(root, served.version)
     shards, quantizer = shard_sizes(fs.join(vdir, INDEX_DIR), _index_locator(lambda rel: file_uri(root, served, rel)))
     return [sum(shards[i].ids for i in g) for g in groups_of(served) or []], quantizer
@@ -99,8 +100,9 @@ def grouped_actor_options(cfg: ServeConfig, options: dict[str, Any], served: Bun
     shard-grouped bundle ``served``: ``options`` (:func:`replica_actor_options`) with the memory of each
     part, unchanged when ``cfg.replica_memory_mb`` sets it or nothing is published. A searcher
     maps its group's shard files (shared by the replicas of its node) and is charged its id
-    tables' bytes of its own (an upper bound: it keeps 8-16 B a row); the model replica holds the encoder, head and OOD scorer, and the
-    id rows of the groups it may search in-process (``cfg.local_groups_mb``)."""
+    tables' bytes of its own (an upper bound: it keeps 8-16 B a row); the model replica holds
+    the encoder, head and OOD scorer, and the id rows of the groups it may search in-process
+    (``cfg.local_groups_mb``)."""
     if cfg.replica_memory_mb > 0 or served is None:
         return options, [options] * n_groups
     groups = groups_of(served) or []
