@@ -76,7 +76,6 @@ EMBED_STAGES = ("sequences", "embed")  # opt-in (--stages sequences,embed): the 
 NEEDS = {"verify": "store", "index_ray": "store", "index_local": "store", "head": "index_local",
          "publish": "head", "predict": "head", "reindex": "publish", "embed": "sequences"}
 UNPLANNED = ("store", "sequences")  # inputs the bench writes: no stage of the plan
-KMER_DIM = 350  # the default KmerEncoder's dimension (k = 1-4, GC, z-curve): what the embed stage writes
 SEQ_LEN = (200, 300)  # the synthetic sequences' lengths, as bench_kmer's (the plan's k-mer rate)
 MB = 2**20
 PRIVATE_KEYS = ("task_private_mb", "private_mb", "private_peak_mb")
@@ -384,10 +383,11 @@ def predicted(plan, stage: str) -> tuple[float, float, float | None]:
     if stage == "reindex":  # stage_reindex refits the head; the plan's +1% night carries it over: add the refit
         hd, ri = st["head"], st["reindex"]
         return ri["seconds"] + hd["seconds"] - PIPELINE_START_S, max(ri["peak_bytes"], hd["peak_bytes"]), None
-    if stage == "embed":  # the default k-mer encoder's vectors (KMER_DIM), not the store's DIM
+    if stage == "embed":  # the default k-mer encoder's vectors (its dim, 350), not the store's DIM
+        from genoray.encoders.kmer import KmerEncoder
         from genoray.index.capacity import estimate
 
-        e = estimate(plan.n, KMER_DIM, encoder="kmer", partition_rows=PART_ROWS).stages["embed"]
+        e = estimate(plan.n, KmerEncoder().dim, encoder="kmer", partition_rows=PART_ROWS).stages["embed"]
         return e["seconds"], e["peak_driver_bytes"], e["peak_task_bytes"]
     key = {"store": "embed", "sequences": "embed", "verify": "dedup"}.get(stage, stage)
     return st[key]["seconds"], st[key]["peak_bytes"], None
