@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from loadtest import free_port  # noqa: F401 (soak_serve imports it from here)
 
 CLIENT = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + """
 import json, sys
@@ -45,11 +46,6 @@ res = run_load(port, path, body, None, seconds=seconds, concurrency=conc, max_re
 print(json.dumps(summarize(res)))
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(port: int, path: str = "/v1/ready", timeout: float = 60) -> None:

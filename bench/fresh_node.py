@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from tests.shared_nothing import SharedNothingCluster, free_port
+from bench.loadtest import free_port
+from tests.shared_nothing import SharedNothingCluster
 
 BUCKET = "bench-fresh"
 ROOT = f"s3://{BUCKET}/bundles"

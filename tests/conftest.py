@@ -120,13 +120,11 @@ def labeled_fasta(tmp_path):
 @pytest.fixture(scope="session")
 def serve_port(ray_session):
     """Serve's HTTP proxy on 127.0.0.1 at a free port (one per session)."""
-    import socket
-
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from bench.loadtest import free_port
+
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
     yield port
     serve.shutdown()

@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sys
 import shutil
 import threading
@@ -18,16 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadtest import run_threads
+from bench.loadtest import free_port, run_threads
 from replicas import replica_pid
 
 K = 10
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port, path, seq):

@@ -25,7 +25,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,16 +32,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.loadtest import free_port
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN = (Path("/tmp"), Path.home() / ".cache")  # what each worker node gets a private tmpfs over
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def why_not() -> str | None:

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,13 @@ import pytest
 from bundles import make_bundle
 from procs import stop
 
+from bench.loadtest import free_port
+
 pytestmark = [pytest.mark.ray]
 KEY = "forwarded-test-key"
 LIMIT = 3  # wrong keys per client address within the window
 A, B, C = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_info(port: int, key: str | None, source: str, forwarded: str | None = None,

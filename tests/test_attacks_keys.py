@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 
 import pytest
+
+from bench.loadtest import free_port
 
 KEY = "the-right-key"
 
@@ -38,9 +39,7 @@ def keyed_server():
 
     limits = ServiceLimits(failed_keys_per_client=3, failed_keys_window_s=1.5)
     app = create_app(InfoBackend(), key_hashes=(hash_key(KEY),), limits=limits)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

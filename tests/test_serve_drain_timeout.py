@@ -14,7 +14,9 @@ import time
 
 import pytest
 from bundles import make_bundle
-from test_serve_signals import GRACE_S, KEY, QUERY, Service, assert_gone, free_ports
+from test_serve_signals import GRACE_S, KEY, QUERY, Service, assert_gone
+
+from bench.loadtest import free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 DRAIN_S = 10  # the Service's --graceful-shutdown-timeout-s

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from bundles import make_bundle
 from procs import stop
 from replicas import replica_pid, replica_sequences
 
-from bench.loadtest import post, run_load
+from bench.loadtest import free_port, post, run_load
 from genoray.bundle import publish
 from genoray.serving.page import CSP
 
@@ -32,11 +31,6 @@ KEY = "haproxy-test-key"
 HAPROXY_ERROR_PAGE = "Internal Server Error"  # the body of Ray Serve's HAProxy errorfile (502/503/504 as 500)
 QUERY = {"sequences": ["GGCCGGCCAT" * 6, "AATTAATTGC" * 6], "k": 3}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replicas_answering(port: int, n: int, timeout: float, not_replica: str | None = None) -> set[str]:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from bundles import make_bundle
 
-from bench.loadtest import post, run_load
+from bench.loadtest import free_ports, post, run_load
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "signals-test-key"
@@ -31,15 +31,6 @@ READY_S = 150  # a start on 2 busy cores (usually 10-20 s)
 GRACE_S = 45  # the drain (up to --graceful-shutdown-timeout-s 10) plus Serve's and Ray's stop
 CLEAN = ("ConnectionRefusedError",)  # after the listener closed: a new connection is refused, cleanly
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def bindable(port: int) -> bool:
