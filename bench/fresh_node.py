@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 from tests.shared_nothing import SharedNothingCluster
 
 BUCKET = "bench-fresh"

@@ -8,47 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
-import socket
 import threading
 import time
-from pathlib import Path
-
-PORT_LOW = 20000  # above Ray's default worker ports (10002-19999)
-_given: set[int] = set()  # ports this process handed out: never hand one out twice
-_pick = random.SystemRandom()  # not the global generator, which a test may seed
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for a server this process is about to start.
-
-    Chosen at random between :data:`PORT_LOW` and the kernel's ephemeral range: a port from the
-    ephemeral range (``bind(0)``) can be taken by any outgoing connection (Ray opens many) before
-    the server binds it, which once failed a CI run when HAProxy found its stats port in use.
-    """
-    try:
-        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        high = 32768  # Linux's default
-    for _ in range(500):
-        port = _pick.randrange(PORT_LOW, high) if high - PORT_LOW >= 1000 else 0
-        if port in _given:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = s.getsockname()[1]
-        _given.add(port)
-        return port
-    raise RuntimeError("no free TCP port on 127.0.0.1 after 500 tries")
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct :func:`free_port` ports."""
-    return [free_port() for _ in range(n)]
-
 
 def percentile(values, q: float) -> float:
     import numpy as np

@@ -122,7 +122,7 @@ def serve_port(ray_session):
     """Serve's HTTP proxy on 127.0.0.1 at a free port (one per session)."""
     from ray import serve
 
-    from bench.loadtest import free_port
+    from genoray.infra.ports import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadtest import free_port, run_threads
+from bench.loadtest import run_threads
+from genoray.infra.ports import free_port
 from replicas import replica_pid
 
 K = 10

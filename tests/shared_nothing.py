@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]

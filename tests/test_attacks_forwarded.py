@@ -23,7 +23,7 @@ import pytest
 from bundles import make_bundle
 from procs import stop
 
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 
 pytestmark = [pytest.mark.ray]
 KEY = "forwarded-test-key"

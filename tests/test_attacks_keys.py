@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 
 KEY = "the-right-key"
 

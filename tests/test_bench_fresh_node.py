@@ -9,7 +9,7 @@ import pytest
 import s3
 
 from bench.fresh_node import FreshReplica, predict, publish_night, publish_versions, version_size
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 from genoray.bundle import read_version
 from genoray.infra import fs
 

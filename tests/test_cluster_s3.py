@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from bench.loadtest import free_port
+from genoray.infra.ports import free_port
 from tests.shared_nothing import SharedNothingCluster, why_not
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

@@ -16,7 +16,7 @@ import pytest
 from bundles import make_bundle
 from test_serve_signals import GRACE_S, KEY, QUERY, Service, assert_gone
 
-from bench.loadtest import free_ports
+from genoray.infra.ports import free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 DRAIN_S = 10  # the Service's --graceful-shutdown-timeout-s

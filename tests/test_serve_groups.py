@@ -361,7 +361,7 @@ def test_grouped_bundle_through_haproxy(tmp_path):
     replicas that scatter to the searcher deployments: every answer equals one process holding
     every shard, a SIGKILLed searcher replica under load costs no request, and a whole group
     down is a 503 naming it."""
-    from bench.loadtest import free_port
+    from genoray.infra.ports import free_port
 
     short = tempfile.mkdtemp(prefix="g", dir="/tmp" if os.path.isdir("/tmp") else None)  # AF_UNIX path limit
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TMPDIR=short,

@@ -22,7 +22,8 @@ from bundles import make_bundle
 from procs import stop
 from replicas import replica_pid, replica_sequences
 
-from bench.loadtest import free_port, post, run_load
+from bench.loadtest import post, run_load
+from genoray.infra.ports import free_port
 from genoray.bundle import publish
 from genoray.serving.page import CSP
 

@@ -22,7 +22,8 @@ import psutil
 import pytest
 from bundles import make_bundle
 
-from bench.loadtest import free_ports, post, run_load
+from bench.loadtest import post, run_load
+from genoray.infra.ports import free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 KEY = "signals-test-key"

@@ -33,6 +33,7 @@ import stat
 from pathlib import Path
 
 from genoray.config import ServeConfig
+from genoray.infra.ports import free_ports
 
 # resend on a failed connection, an empty answer (replica died mid-request) and a 500/502 (Serve's
 # fallback proxy answering for a replica that just died): predictions are idempotent. Not 503
@@ -123,14 +124,7 @@ def fallback_env(host: str) -> dict[str, str]:
     are the same for every Ray on a host: a second service's HAProxy sent its backup traffic to
     the first service's proxy, i.e. to another bundle under other keys. A cluster, one service
     per node, keeps the defaults or sets both in its nodes' environment."""
-    import socket
-
-    ports = []
-    with socket.socket() as a, socket.socket() as b:  # both held until both are chosen: two ports
-        for s in (a, b):
-            s.bind((host, 0))
-            ports.append(str(s.getsockname()[1]))
-    return dict(zip(FALLBACK_PORT_ENVS, ports, strict=True))
+    return dict(zip(FALLBACK_PORT_ENVS, map(str, free_ports(2, host)), strict=True))
 
 
 HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
