@@ -131,18 +131,23 @@ HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
 SOCKET_TAIL = 1 + 56 + len("/m.sock")  # what Ray adds to the directory: /<node id>/<socket name>
 
 
+def private_dir_path() -> Path:
+    """Where :func:`private_dir` is (nothing is created): ``$TMPDIR/gr-hap-<uid>``, or
+    ``/tmp/gr-hap-<uid>`` when a socket path under the former would be too long for HAProxy."""
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / f"gr-hap-{os.getuid()}"
+    return Path("/tmp") / d.name if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX else d
+
+
 def private_dir() -> Path:
     """HAProxy's directory of this user: its config, admin and metrics sockets and server state
     (Ray's defaults are world-writable ``/tmp/haproxy-serve`` paths with a mode-666 admin
-    socket: any local user could redirect traffic and read keys). ``$TMPDIR/gr-haproxy-<uid>``,
-    short enough for a socket path, created ``0700``; an existing one must be a real directory
+    socket: any local user could redirect traffic and read keys), at :func:`private_dir_path`,
+    created ``0700``; an existing one must be a real directory
     of this user with mode ``0700``, else it is refused (someone else may have planted it)."""
-    import tempfile
-
     uid = os.getuid()
-    d = Path(tempfile.gettempdir()) / f"gr-hap-{uid}"
-    if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX:  # a long TMPDIR: HAProxy would refuse its sockets
-        d = Path("/tmp") / f"gr-hap-{uid}"
+    d = private_dir_path()
     try:
         d.mkdir(mode=0o700)
     except FileExistsError:
