@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from genoray.serving.haproxy import private_dir_path
+from genoray.serving.haproxy import shared_private_dir
 
 # A fresh, empty temp dir for the whole session, so leftovers of earlier runs (a Ray temp dir,
 # caches) cannot hide a missing set-up step: a fresh machine has none of them. Subprocesses
@@ -27,10 +27,13 @@ os.environ["GENORAY_CACHE"] = os.path.join(SESSION_TMP, "genoray-cache")  # node
 # node's own chain, here the environment the raylet inherited (tests/s3.py sets the endpoint).
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 
-# HAProxy's per-node run dirs (Ray names them by node id) go to a shared dir outside SESSION_TMP
-# when SESSION_TMP is too long for HAProxy's sockets (genoray.serving.haproxy.private_dir_path);
-# nothing of this session's removes them there, so pytest_unconfigure removes the ones made since.
-HAP_DIR = private_dir_path()
+# HAProxy's per-node run dirs (Ray names them by node id) go to the shared /tmp/gr-hap-<uid> from
+# any process whose TMPDIR is too long for HAProxy's sockets (genoray.serving.haproxy): a session
+# under a long TMPDIR, or a service a test starts with TMPDIR in its tmp_path. A test that kills
+# such a service, or starts Ray in-process, leaves its dir there: pytest_unconfigure removes the
+# ones made since this line (and the dir, if it is new); nothing else of this user should be
+# starting HAProxy on this host meanwhile.
+HAP_DIR = shared_private_dir()
 HAP_BEFORE = set(os.listdir(HAP_DIR)) if HAP_DIR.is_dir() else None
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -79,13 +82,12 @@ def hyena_dir(request, tmp_path_factory) -> Path:
 
 
 def pytest_unconfigure(config):
-    """Remove the session temp dir (Ray's session files, pytest's tmp_path trees) and, where
-    SESSION_TMP was too long for HAProxy's sockets, the HAProxy run dirs this session made in
-    the shared one."""
+    """Remove the session temp dir (Ray's session files, pytest's tmp_path trees) and the HAProxy
+    run dirs this session left in the shared one."""
     import shutil
 
     shutil.rmtree(SESSION_TMP, ignore_errors=True)
-    if Path(SESSION_TMP) not in HAP_DIR.parents and HAP_DIR.is_dir():
+    if HAP_DIR.is_dir():
         for name in set(os.listdir(HAP_DIR)) - (HAP_BEFORE or set()):
             shutil.rmtree(HAP_DIR / name, ignore_errors=True)
         if HAP_BEFORE is None and not os.listdir(HAP_DIR):

@@ -131,13 +131,20 @@ HAPROXY_SOCKET_MAX = 97  # HAProxy refuses a longer unix socket path
 SOCKET_TAIL = 1 + 56 + len("/m.sock")  # what Ray adds to the directory: /<node id>/<socket name>
 
 
+def shared_private_dir() -> Path:
+    """``/tmp/gr-hap-<uid>``: :func:`private_dir` where ``$TMPDIR`` is too long for HAProxy's
+    sockets; shared by every such process of this user (Ray makes one ``<node id>`` dir in it per
+    node, which ``genoray serve`` removes when it stops)."""
+    return Path("/tmp") / f"gr-hap-{os.getuid()}"
+
+
 def private_dir_path() -> Path:
     """Where :func:`private_dir` is (nothing is created): ``$TMPDIR/gr-hap-<uid>``, or
-    ``/tmp/gr-hap-<uid>`` when a socket path under the former would be too long for HAProxy."""
+    :func:`shared_private_dir` when a socket path under the former would be too long for HAProxy."""
     import tempfile
 
     d = Path(tempfile.gettempdir()) / f"gr-hap-{os.getuid()}"
-    return Path("/tmp") / d.name if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX else d
+    return shared_private_dir() if len(str(d)) + SOCKET_TAIL > HAPROXY_SOCKET_MAX else d
 
 
 def private_dir() -> Path:
