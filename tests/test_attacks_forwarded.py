@@ -59,6 +59,22 @@ def haproxy_config() -> Path:
     return found[-1]
 
 
+BACKUP = r"^\s*server \S+ [0-9.]+:(\d+) .*\bbackup\b"  # Serve's fallback proxy, HAProxy's backup server
+
+
+def settled_config(pattern: str, timeout: float = 90) -> str:
+    """The newest config's text once it matches ``pattern`` (or at ``timeout``). Ray rewrites
+    haproxy.cfg on every reload (it adds the backup server once its fallback proxy is up, which
+    can come after the replica answers), and the wrapper adds its rules to the file just before
+    the new HAProxy starts: a read in between sees Ray's config without them (two CI runs did)."""
+    deadline = time.time() + timeout
+    while True:
+        text = haproxy_config().read_text()
+        if re.search(pattern, text, flags=re.M) or time.time() > deadline:
+            return text
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """``genoray serve`` (HAProxy ingress, one replica) locking an address out after 3 wrong keys."""
@@ -115,7 +131,7 @@ def test_a_guessing_client_is_locked_out_alone_and_a_forged_forwarded_for_change
 
 def test_haproxy_replaces_forwarded_for_and_a_replica_reached_directly_trusts_none(served):
     port = served
-    text = haproxy_config().read_text()
+    text = settled_config("X-Genoray-Ingress")  # Ray's config with the wrapper's rules (the asserts say which)
     frontend = text.split("frontend http_frontend", 1)[1].split("\nbackend ", 1)[0]
     assert "http-request set-header X-Forwarded-For %[src]" in frontend
     assert 'http-request set-header X-Genoray-Ingress "${GENORAY_INGRESS_SECRET}"' in frontend
@@ -140,15 +156,8 @@ def test_haproxys_backup_server_is_this_services_own_proxy(served):
     not Ray's fixed 8500 that every Ray on the host shares: there a second service's backup
     traffic reached the first service (another bundle, other keys). Fails on f467b52 (8500)."""
     port = served
-    # Ray writes the backup server into HAProxy's config once its fallback proxy is up, which can
-    # come after the replica answers (CI, loaded: the first config had none): wait for it
-    deadline = time.time() + 90
-    while True:
-        text = haproxy_config().read_text()
-        backup = re.findall(r"^\s*server \S+ [0-9.]+:(\d+) .*\bbackup\b", text, flags=re.M)
-        if backup or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    text = settled_config(BACKUP)
+    backup = re.findall(BACKUP, text, flags=re.M)
     assert backup and all(int(p) != 8500 for p in backup), (backup, text[-2000:])
     status, body, _ = get_info(int(backup[0]), KEY, "127.0.0.6")  # the backup answers for this service
     assert status == 200 and body.get("bundle_version") == get_info(port, KEY, "127.0.0.6")[1]["bundle_version"]
