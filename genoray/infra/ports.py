@@ -1,13 +1,13 @@
 """Free TCP ports for a server that a process is about to start (or have Ray start).
 
-``bind(port 0)`` hands out a port from the kernel's ephemeral range, where any outgoing
-connection, and any other ``bind(0)`` (Ray's processes open many), may take it in the seconds
-before the server binds it; a CI run once failed when HAProxy found its stats port taken that
-way. :func:`free_ports` picks at random from 20000-29999 instead: above Ray's worker ports
+``bind(0)`` hands out a port from the kernel's ephemeral range, where any outgoing connection,
+and any other ``bind(0)`` (Ray's processes open many), may take it in the seconds before the
+server binds it; a CI run once failed when HAProxy found its stats port taken that way.
+:func:`free_ports` picks at random from 20000-29999 instead: above Ray's worker ports
 (10002-19999 by default), below Serve's replica ports (30000-31000, direct ingress) and the
-ephemeral range (32768 up on Linux); it checks each is bindable and never hands out a port
-twice in one process. The port can still be taken before the server binds it, by a process that does not
-use the ephemeral range, but nothing here does.
+ephemeral range (32768 up on Linux). It checks that each port is bindable and never hands out a
+port twice in one process. A process that binds fixed ports in that range can still take one
+before the server binds it; nothing in genoray or Ray does.
 """
 
 from __future__ import annotations

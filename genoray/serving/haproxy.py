@@ -151,8 +151,8 @@ def private_dir() -> Path:
     """HAProxy's directory of this user: its config, admin and metrics sockets and server state
     (Ray's defaults are world-writable ``/tmp/haproxy-serve`` paths with a mode-666 admin
     socket: any local user could redirect traffic and read keys), at :func:`private_dir_path`,
-    created ``0700``; an existing one must be a real directory
-    of this user with mode ``0700``, else it is refused (someone else may have planted it)."""
+    created ``0700``; an existing one must be a real directory of this user with mode ``0700``,
+    else it is refused (someone else may have planted it)."""
     uid = os.getuid()
     d = private_dir_path()
     try:
