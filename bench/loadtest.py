@@ -11,6 +11,7 @@ import json
 import threading
 import time
 
+
 def percentile(values, q: float) -> float:
     import numpy as np
 

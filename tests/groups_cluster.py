@@ -8,18 +8,18 @@ Usage: python tests/groups_cluster.py WORK_DIR
 import http.client
 import json
 import os
+import shutil
 import signal
 import sys
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from replicas import replica_pid
 
 from bench.loadtest import run_threads
 from genoray.infra.ports import free_port
-from replicas import replica_pid
 
 K = 10
 
@@ -118,8 +118,8 @@ def main() -> None:
 
     from genoray.bundle import publish
     from genoray.config import ServeConfig
-    from genoray.pipeline import write_bundle
     from genoray.infra.runtime import ray_temp_dir
+    from genoray.pipeline import write_bundle
     from genoray.serving.app import build_app
 
     work = Path(sys.argv[1])

@@ -9,9 +9,9 @@ import pytest
 import s3
 
 from bench.fresh_node import FreshReplica, predict, publish_night, publish_versions, version_size
-from genoray.infra.ports import free_port
 from genoray.bundle import read_version
 from genoray.infra import fs
+from genoray.infra.ports import free_port
 
 s3_server, s3_bucket = s3.s3_server, s3.s3_bucket  # the fixtures of tests/s3.py
 

@@ -23,8 +23,8 @@ from procs import stop
 from replicas import replica_pid, replica_sequences
 
 from bench.loadtest import post, run_load
-from genoray.infra.ports import free_port
 from genoray.bundle import publish
+from genoray.infra.ports import free_port
 from genoray.serving.page import CSP
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
