@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from genoray.infra.ports import free_port  # noqa: F401 (soak_serve imports it from here)
+from genoray.infra.ports import free_port
 
 CLIENT = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n" + """
 import json, sys

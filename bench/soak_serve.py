@@ -28,7 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-from bench_serve import free_port, make_bundle, wait_ready
+from bench_serve import make_bundle, wait_ready
+
+from genoray.infra.ports import free_port
 
 KEY = "soak-key"
 
